@@ -1,0 +1,93 @@
+"""The errors relgraph raises on bad input: one base class, a subclass per stage.
+
+Every message is a single paragraph that names, where known, the file, the YAML line
+and the node it concerns, e.g. ``c3d.yaml:12: node 'conv2': in_channels is 32 but ...``.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class RelgraphError(Exception):
+    """Base class of every error relgraph raises for bad input.
+
+    Parameters
+    ----------
+    message
+        What is wrong and, where possible, how to fix it.
+    file
+        The file the problem is in (architecture YAML, weight file, video, ...).
+    line
+        1-based line number inside ``file``.
+    node
+        Name of the graph node concerned.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | os.PathLike | None = None,
+        line: int | None = None,
+        node: str | None = None,
+    ) -> None:
+        self.message = message
+        self.file = None if file is None else str(file)
+        self.line = line
+        self.node = node
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = self.file if self.line is None else f"{self.file}:{self.line}"
+        elif self.line is not None:
+            where = f"line {self.line}"
+        parts = [p for p in (where, f"node '{self.node}'" if self.node else "") if p]
+        prefix = ": ".join(parts)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class SpecError(RelgraphError):
+    """An architecture or rule file is not valid: YAML syntax, fields, types, unknown names."""
+
+
+class GraphError(RelgraphError):
+    """The graph's structure is wrong: duplicate names, dangling inputs, cycles."""
+
+
+class ShapeError(RelgraphError):
+    """A node's input shape does not fit its op (found at compile time or on real input)."""
+
+
+class WeightsError(RelgraphError):
+    """A weight file or state dict does not match the architecture."""
+
+
+class RuleError(RelgraphError):
+    """A rule does not fit its node, or a rule/preset name is unknown."""
+
+
+class TargetError(RelgraphError):
+    """A target class or seed is invalid for the model's output."""
+
+
+class VideoError(RelgraphError):
+    """A video cannot be read, has no video stream, or is otherwise unusable."""
+
+
+class LabelError(RelgraphError):
+    """A label file is unreadable, malformed, or does not fit the model."""
+
+
+class OutputError(RelgraphError):
+    """An output location cannot be written."""
+
+
+def did_you_mean(name: str, choices) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
