@@ -1,0 +1,287 @@
+"""Atomic output writing: a file appears complete at its final path, or not at all.
+
+Every writer goes through :func:`atomic_path`: it writes to a temporary file beside the
+target (same folder, so ``os.replace`` is atomic; same suffix, so libraries that infer the
+format from the extension still work) and moves it into place only once writing succeeded.
+An interrupted run therefore never leaves a truncated figure or array file behind, and an
+existing file survives a writer that fails midway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from relgraph.errors import OutputError
+
+__all__ = ["atomic_path", "atomic_write_bytes", "ensure_out_dir", "write_json", "write_npz"]
+
+
+def ensure_out_dir(path: str | os.PathLike) -> Path:
+    """Create an output folder (and its parents) and check that files can be written in it.
+
+    Parameters
+    ----------
+    path
+        The folder.
+
+    Returns
+    -------
+    Path
+        The folder as a ``Path``.
+
+    Raises
+    ------
+    OutputError
+        If the folder cannot be created (e.g. a regular file is in the way) or written to.
+    """
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(
+            "cannot create the output folder: a file that is not a folder already has this name",
+            file=folder,
+        ) from None
+    except OSError as error:
+        raise OutputError(
+            f"cannot create the output folder: {error.strerror or error}", file=folder
+        ) from None
+    # mkdir succeeding says nothing about write permission (the folder may already exist,
+    # read-only, or sit on a read-only mount), so probe with a real file.
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OutputError(
+            f"cannot write files in the output folder: {error.strerror or error}", file=folder
+        ) from None
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write to; move it to ``path`` only if the block succeeds.
+
+    The temporary file lies in the same folder as ``path`` and has the same suffix. It exists
+    (empty) when yielded, so a writer may open it or overwrite it by name. On an exception the
+    temporary file is removed, ``path`` is left as it was, and the exception propagates.
+    Missing parent folders are created.
+
+    Parameters
+    ----------
+    path
+        The final location of the file.
+
+    Yields
+    ------
+    Path
+        The temporary file to write.
+
+    Raises
+    ------
+    OutputError
+        If the folder of ``path`` cannot be created or written to, or the file cannot be moved
+        into place (e.g. ``path`` is an existing folder).
+    """
+    target = Path(path)
+    folder = target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, temporary_name = tempfile.mkstemp(
+            dir=folder, prefix=f".{target.name}.", suffix=f".tmp{target.suffix}"
+        )
+    except OSError as error:
+        raise OutputError(
+            f"cannot write the file: {error.strerror or error}", file=target
+        ) from None
+    os.close(handle)
+    temporary = Path(temporary_name)
+    try:
+        yield temporary
+        _flush_to_disk(temporary)
+        # mkstemp creates files readable by the owner only; give the result the permissions
+        # any other new file would get.
+        os.chmod(temporary, 0o666 & ~_umask())
+        try:
+            os.replace(temporary, target)
+        except OSError as error:
+            raise OutputError(
+                f"cannot move the finished file into place: {error.strerror or error}",
+                file=target,
+            ) from None
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically.
+
+    Parameters
+    ----------
+    path
+        The file to write.
+    data
+        Its complete contents.
+
+    Returns
+    -------
+    Path
+        ``path`` as a ``Path``.
+    """
+    target = Path(path)
+    with atomic_path(target) as temporary:
+        temporary.write_bytes(data)
+    return target
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented UTF-8 JSON, atomically.
+
+    NumPy scalars and arrays, torch tensors (anything with ``.tolist()``), paths, tuples and
+    sets are converted; dictionary keys that are NumPy scalars become strings as usual.
+    Non-finite floats are written as ``NaN``/``Infinity``, as Python's ``json`` does.
+
+    Parameters
+    ----------
+    path
+        The file to write.
+    obj
+        The data.
+
+    Returns
+    -------
+    Path
+        ``path`` as a ``Path``.
+
+    Raises
+    ------
+    OutputError
+        If ``obj`` holds a value JSON cannot represent (the message names its type).
+    """
+    target = Path(path)
+    try:
+        text = json.dumps(_to_json(obj), indent=2, ensure_ascii=False)
+    except (TypeError, ValueError) as error:
+        raise OutputError(f"cannot write as JSON: {error}", file=target) from None
+    return atomic_write_bytes(target, (text + "\n").encode("utf-8"))
+
+
+def write_npz(path: str | os.PathLike, /, **arrays: Any) -> Path:
+    """Write named arrays to a compressed ``.npz`` file, atomically.
+
+    Accepts NumPy arrays, torch tensors (on any device, with or without grad; bfloat16 is
+    stored as float32) and anything ``np.asarray`` accepts. Object arrays are refused so
+    the file loads with ``np.load(..., allow_pickle=False)``. The file is written exactly at
+    ``path``: no ``.npz`` suffix is appended.
+
+    Parameters
+    ----------
+    path
+        The file to write.
+    **arrays
+        The arrays, by the name they get in the file.
+
+    Returns
+    -------
+    Path
+        ``path`` as a ``Path``.
+
+    Raises
+    ------
+    OutputError
+        If an array cannot be stored (the message names it).
+    """
+    target = Path(path)
+    converted = {}
+    for name, value in arrays.items():
+        array = _to_numpy(value)
+        if array.dtype.hasobject:
+            raise OutputError(
+                f"array '{name}' has dtype object, which .npz cannot store without pickling",
+                file=target,
+            )
+        converted[name] = array
+    with atomic_path(target) as temporary, open(temporary, "wb") as handle:
+        # Written with zipfile directly, as np.savez does, so that no array name can clash
+        # with a keyword of np.savez and no suffix is appended to the name.
+        with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, array in converted.items():
+                with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
+    return target
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """Convert a torch tensor or array-like to a NumPy array on the CPU."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        tensor = value.detach().cpu()
+        try:
+            return tensor.numpy()
+        except TypeError:
+            # dtypes NumPy lacks (bfloat16, float8 ...) are widened.
+            return tensor.float().numpy()
+    return np.asarray(value)
+
+
+def _to_json(value: Any) -> Any:
+    """Recursively convert ``value`` to types ``json`` can write."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {_json_key(key): _to_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return [_to_json(item) for item in sorted(value, key=repr)]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "detach") and hasattr(value, "tolist"):
+        return _to_json(value.detach().cpu().tolist())
+    if hasattr(value, "tolist"):
+        # NumPy scalars and arrays: tolist gives Python scalars or nested lists.
+        return _to_json(value.tolist())
+    raise TypeError(f"a value of type {type(value).__name__} is not JSON serializable")
+
+
+def _json_key(key: Any) -> Any:
+    """Convert a dictionary key to a type ``json`` accepts as a key."""
+    if hasattr(key, "item") and not isinstance(key, (str, bytes)):
+        key = key.item()
+    if isinstance(key, float) and not math.isfinite(key):
+        return str(key)
+    if key is None or isinstance(key, (bool, int, float, str)):
+        return key
+    return str(key)
+
+
+def _flush_to_disk(path: Path) -> None:
+    """Flush a finished file to stable storage before it replaces the old one."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        # Some file systems (pipes, certain network mounts) do not support fsync.
+        pass
+    finally:
+        os.close(descriptor)
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's file-creation mask (read once: os.umask can only read it by setting it)."""
+    current = os.umask(0)
+    os.umask(current)
+    return current
