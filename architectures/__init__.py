@@ -1,0 +1,1 @@
+"""Architectures shipped with relgraph, as YAML files loadable by name (``"c3d"``)."""

@@ -1,0 +1,43 @@
+"""relgraph: an explicit layer-wise relevance graph engine for video (3D CNN) classifiers."""
+
+from .errors import (
+    GraphError,
+    LabelError,
+    OutputError,
+    RelgraphError,
+    RuleError,
+    ShapeError,
+    SpecError,
+    TargetError,
+    VideoError,
+    WeightsError,
+)
+from .graph import (
+    ForwardResult,
+    Graph,
+    architecture_from_yaml,
+    compile_spec,
+    load_architecture,
+    shipped_architectures,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ForwardResult",
+    "Graph",
+    "GraphError",
+    "LabelError",
+    "OutputError",
+    "RelgraphError",
+    "RuleError",
+    "ShapeError",
+    "SpecError",
+    "TargetError",
+    "VideoError",
+    "WeightsError",
+    "architecture_from_yaml",
+    "compile_spec",
+    "load_architecture",
+    "shipped_architectures",
+]

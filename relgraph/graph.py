@@ -1,0 +1,464 @@
+"""The layer graph: compile a spec into a ``networkx.DiGraph``, run the cached forward pass.
+
+Node attributes are plain data: ``op`` (an ``relgraph.ops.Op``), ``shape`` (output shape,
+batch left out), ``tensors`` (parameter tensors by name), ``tensor_shapes``, ``line`` (YAML
+line) and ``index`` (declaration order). Edge attribute ``slot`` is the input position.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import torch
+import yaml
+
+from .errors import GraphError, RelgraphError, ShapeError, SpecError, did_you_mean
+from .ops import OPS, Input, Op, OpDefinitionError, infer_output_shape
+from .spec import ArchSpec, load_yaml, parse_spec
+
+
+@dataclass
+class ForwardResult:
+    """What the forward pass leaves: the output and every node's activation."""
+
+    output: torch.Tensor
+    activations: dict[str, torch.Tensor] = field(repr=False)
+
+
+class Graph:
+    """A compiled architecture: a ``networkx.DiGraph`` of ops with shapes and weights.
+
+    Build one with ``relgraph.load_architecture``. ``graph`` is the DiGraph; ``order`` the
+    nodes in topological order; ``input`` and ``output`` the names of those nodes.
+    """
+
+    def __init__(self, graph: nx.DiGraph, spec: ArchSpec) -> None:
+        self.graph = graph
+        self.spec = spec
+        self.name = spec.name
+        self.input = spec.input_name
+        self.output = spec.output
+        self.params = dict(spec.params)
+        self.default_rules = spec.rules
+        self.default_preprocess = spec.preprocess
+        self.file = spec.file
+        index = nx.get_node_attributes(graph, "index")
+        self.order: list[str] = list(
+            nx.lexicographical_topological_sort(graph, key=index.__getitem__)
+        )
+        #: per-graph memo for rules (e.g. W⁺, W⁻); cleared whenever weights change
+        self.cache: dict[Any, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.graph.nodes[self.input]["shape"]
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.graph.nodes[self.output]["shape"]
+
+    @property
+    def num_classes(self) -> int:
+        return math.prod(self.output_shape)
+
+    def op(self, node: str) -> Op:
+        """The op of ``node``."""
+        return self.graph.nodes[node]["op"]
+
+    def inputs_of(self, node: str) -> list[str]:
+        """Predecessors of ``node`` in input-slot order."""
+        preds = self.graph.in_edges(node, data="slot")
+        return [p for p, _, _ in sorted(preds, key=lambda e: e[2])]
+
+    def tensors(self, node: str) -> dict[str, torch.Tensor]:
+        return self.graph.nodes[node]["tensors"]
+
+    def num_parameters(self, node: str | None = None) -> int:
+        """Parameter count of one node, or of the whole graph."""
+        nodes = [node] if node is not None else self.order
+        return sum(
+            math.prod(shape)
+            for n in nodes
+            for shape in self.graph.nodes[n]["tensor_shapes"].values()
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Graph({self.name!r}, {len(self.order)} nodes, input {list(self.input_shape)}, "
+            f"output {list(self.output_shape)}, {self.num_parameters():,} parameters)"
+        )
+
+    def summary(self) -> str:
+        """A table: node, op, inputs, output shape, parameter count, and the total."""
+        rows = [("node", "op", "inputs", "output shape", "parameters")]
+        for node in self.order:
+            data = self.graph.nodes[node]
+            rows.append(
+                (
+                    node,
+                    data["op"].type,
+                    ", ".join(self.inputs_of(node)) or "-",
+                    "×".join(map(str, data["shape"])),
+                    f"{self.num_parameters(node):,}",
+                )
+            )
+        rows.append(("total", "", "", "", f"{self.num_parameters():,}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = []
+        for i, row in enumerate(rows):
+            cells = [
+                c.ljust(w) if j < 4 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))
+            ]
+            lines.append("  ".join(cells).rstrip())
+            if i == 0 or i == len(rows) - 2:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ tensors
+    @property
+    def device(self) -> torch.device:
+        for node in self.order:
+            for t in self.tensors(node).values():
+                return t.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for node in self.order:
+            for t in self.tensors(node).values():
+                return t.dtype
+        return torch.get_default_dtype()
+
+    def to(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> Graph:
+        """Move (and/or cast) every weight in place; returns the graph."""
+        for node in self.order:
+            tensors = self.tensors(node)
+            for name, t in tensors.items():
+                tensors[name] = t.to(device=device, dtype=dtype)
+        self.cache.clear()
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every weight as ``{"node.tensor": tensor}`` (PyTorch naming)."""
+        return {
+            f"{node}.{name}": t for node in self.order for name, t in self.tensors(node).items()
+        }
+
+    def load_weights(self, source: str | os.PathLike | dict, *, strict: bool = True):
+        """Load weights from a file or a state dict; see ``relgraph.weights.load_weights``."""
+        from .weights import load_weights
+
+        return load_weights(self, source, strict=strict)
+
+    def save_weights(self, path: str | os.PathLike) -> None:
+        """Write the weights: safetensors for ``.safetensors``, else a torch state dict."""
+        from .weights import save_weights
+
+        save_weights(self, path)
+
+    # ------------------------------------------------------------------ forward
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a clear error unless ``x`` is a batch that fits the graph's input."""
+        if not isinstance(x, torch.Tensor):
+            raise ShapeError(
+                f"input must be a torch.Tensor, got {type(x).__name__}", node=self.input
+            )
+        if tuple(x.shape[1:]) != self.input_shape or x.dim() != len(self.input_shape) + 1:
+            raise ShapeError(
+                f"input has shape {list(x.shape)} but the graph takes "
+                f"[batch, {', '.join(map(str, self.input_shape))}]",
+                file=self.file,
+                node=self.input,
+            )
+        if x.dtype != self.dtype or x.device != self.device:
+            raise ShapeError(
+                f"input is {x.dtype} on {x.device} but the weights are {self.dtype} on "
+                f"{self.device}; convert the input or call graph.to(...)",
+                node=self.input,
+            )
+        if not torch.isfinite(x).all():
+            raise ShapeError("input contains NaN or Inf", node=self.input)
+
+    def forward(self, x: torch.Tensor, *, keep: Iterable[str] | None = None) -> ForwardResult:
+        """Run the graph on a batch ``x`` and keep each node's activation.
+
+        Parameters
+        ----------
+        x
+            Input batch, shaped ``(B, *input_shape)``, on the graph's device and dtype.
+        keep
+            Names of the nodes whose activation to keep; ``None`` keeps all. The output's
+            activation is always kept.
+        """
+        self.check_input(x)
+        keep_set = None if keep is None else set(keep) | {self.output}
+        remaining = {n: self.graph.out_degree(n) for n in self.order}
+        activations: dict[str, torch.Tensor] = {}
+        with torch.inference_mode():
+            activations[self.input] = x
+            for node in self.order[1:]:
+                preds = self.inputs_of(node)
+                inputs = [activations[p] for p in preds]
+                activations[node] = self.op(node).forward(inputs, self.tensors(node))
+                if keep_set is not None:
+                    for p in preds:
+                        remaining[p] -= 1
+                        if remaining[p] == 0 and p not in keep_set:
+                            del activations[p]
+        return ForwardResult(output=activations[self.output], activations=activations)
+
+    __call__ = forward
+
+    # ------------------------------------------------------------------ YAML
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved architecture as plain data (every field explicit)."""
+        nodes = []
+        for node in self.order[1:]:
+            op = self.op(node)
+            nodes.append(
+                {"name": node, "op": op.type, "inputs": self.inputs_of(node), **op.yaml_fields()}
+            )
+        data: dict[str, Any] = {"name": self.name}
+        if self.spec.description:
+            data["description"] = self.spec.description
+        if self.params:
+            data["params"] = dict(self.params)
+        data["input"] = {"name": self.input, "shape": list(self.input_shape)}
+        data["nodes"] = nodes
+        data["output"] = self.output
+        if self.default_rules:
+            data["rules"] = self.default_rules
+        if self.default_preprocess:
+            data["preprocess"] = self.default_preprocess
+        return data
+
+    def to_yaml(self) -> str:
+        """YAML that ``load_architecture`` reads back into an identical graph.
+
+        Parameter references are written as their values; ``params`` records them.
+        """
+
+        class _Dumper(yaml.SafeDumper):
+            pass
+
+        def short_list(dumper, value):
+            flow = all(not isinstance(v, (list, dict)) for v in value)
+            return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flow)
+
+        _Dumper.add_representer(list, short_list)
+        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+
+
+# --------------------------------------------------------------------------- compile
+
+
+def _field_line(node_spec, field_name: str | None) -> int | None:
+    if field_name and field_name in node_spec.field_lines:
+        return node_spec.field_lines[field_name]
+    return node_spec.line
+
+
+def compile_spec(
+    spec: ArchSpec,
+    *,
+    init: str = "default",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+) -> Graph:
+    """Compile an ``ArchSpec`` into a ``Graph``: structure, ops, shapes, weights.
+
+    Parameters
+    ----------
+    init
+        ``"default"`` draws PyTorch's default initialisation (seeded by ``seed``);
+        ``"none"`` creates no tensors (for inspecting structure only).
+    """
+    file = spec.file
+    graph = nx.DiGraph()
+    graph.add_node(
+        spec.input_name, op=Input(shape=list(spec.input_shape)), line=spec.input_line, index=0
+    )
+    by_name = {spec.input_name: None}
+    for index, node_spec in enumerate(spec.nodes, start=1):
+        where = {"file": file, "line": node_spec.line, "node": node_spec.name}
+        if node_spec.name in by_name:
+            first = by_name[node_spec.name]
+            first_line = spec.input_line if first is None else first.line
+            raise GraphError(f"duplicate node name (first declared on line {first_line})", **where)
+        by_name[node_spec.name] = node_spec
+        op_cls = OPS.get(node_spec.op)
+        if op_cls is None or op_cls is Input:
+            choices = [k for k in OPS if k != "input"]
+            raise SpecError(
+                f"unknown op '{node_spec.op}'{did_you_mean(node_spec.op, choices)} "
+                f"(known ops: {', '.join(choices)})",
+                file=file,
+                line=_field_line(node_spec, "op"),
+                node=node_spec.name,
+            )
+        try:
+            op = op_cls(**node_spec.fields)
+        except OpDefinitionError as exc:
+            raise SpecError(
+                str(exc), file=file, line=_field_line(node_spec, exc.field), node=node_spec.name
+            ) from None
+        n_inputs = len(node_spec.inputs)
+        if op.arity is None and n_inputs < 2:
+            raise SpecError(f"{op.type} needs two or more inputs, got {node_spec.inputs}", **where)
+        if op.arity is not None and n_inputs != op.arity:
+            raise SpecError(
+                f"{op.type} takes exactly {op.arity} input, got {node_spec.inputs}", **where
+            )
+        if len(set(node_spec.inputs)) != n_inputs:
+            raise SpecError(f"an input is named twice in {node_spec.inputs}", **where)
+        graph.add_node(node_spec.name, op=op, line=node_spec.line, index=index)
+
+    for node_spec in spec.nodes:
+        line = _field_line(node_spec, "inputs")
+        for slot, source in enumerate(node_spec.inputs):
+            if source not in by_name:
+                raise GraphError(
+                    f"input '{source}' names no node{did_you_mean(source, by_name)}",
+                    file=file,
+                    line=line,
+                    node=node_spec.name,
+                )
+            graph.add_edge(source, node_spec.name, slot=slot)
+
+    if not nx.is_directed_acyclic_graph(graph):
+        cycle = [u for u, _ in nx.find_cycle(graph)]
+        first = by_name[cycle[0]]
+        raise GraphError(
+            "the graph has a cycle: " + " → ".join([*cycle, cycle[0]]),
+            file=file,
+            line=first.line if first else spec.input_line,
+            node=cycle[0],
+        )
+    if spec.output not in by_name:
+        raise GraphError(
+            f"'output' names no node: '{spec.output}'{did_you_mean(spec.output, by_name)}",
+            file=file,
+            line=spec.output_line,
+        )
+    feeding = nx.ancestors(graph, spec.output) | {spec.output}
+    for node_spec in spec.nodes:
+        if node_spec.name not in feeding:
+            raise GraphError(
+                f"node does not lead to the output '{spec.output}'; remove it or connect it",
+                file=file,
+                line=node_spec.line,
+                node=node_spec.name,
+            )
+    for node in graph.nodes:
+        if node != spec.input_name and spec.input_name not in nx.ancestors(graph, node):
+            node_spec = by_name[node]
+            raise GraphError(
+                "node is not reached from the input", file=file, line=node_spec.line, node=node
+            )
+
+    compiled = Graph(graph, spec)
+    generator = torch.Generator().manual_seed(seed)
+    graph.nodes[spec.input_name].update(shape=tuple(spec.input_shape), tensors={}, tensor_shapes={})
+    for node in compiled.order[1:]:
+        data = graph.nodes[node]
+        op = data["op"]
+        in_shapes = [graph.nodes[p]["shape"] for p in compiled.inputs_of(node)]
+        try:
+            op.resolve(in_shapes)
+            tensor_shapes = op.tensor_shapes(in_shapes)
+            data["shape"] = infer_output_shape(op, in_shapes, tensor_shapes)
+        except OpDefinitionError as exc:
+            raise ShapeError(
+                str(exc), file=file, line=_field_line(by_name[node], exc.field), node=node
+            ) from None
+        data["tensor_shapes"] = tensor_shapes
+        data["tensors"] = {} if init == "none" else op.init_tensors(tensor_shapes, generator, dtype)
+    if init not in ("default", "none"):
+        raise RelgraphError(f"init must be 'default' or 'none', got {init!r}")
+    if device is not None:
+        compiled.to(device=device)
+    return compiled
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def shipped_architectures() -> list[str]:
+    """Names of the architectures shipped with relgraph."""
+    folder = resources.files("relgraph.architectures")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def architecture_path(name_or_path: str | os.PathLike) -> Path:
+    """The YAML file for a shipped architecture name, or the given path."""
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or os.sep in text or Path(text).exists():
+        path = Path(text)
+        if not path.is_file():
+            raise SpecError("architecture file not found", file=text)
+        return path
+    folder = resources.files("relgraph.architectures")
+    candidate = folder / f"{text}.yaml"
+    if not candidate.is_file():
+        names = shipped_architectures()
+        raise SpecError(
+            f"no architecture named '{text}'{did_you_mean(text, names)} "
+            f"(shipped: {', '.join(names)}; or give a path to a YAML file)"
+        )
+    return Path(str(candidate))
+
+
+def parse_architecture(text: str, file: str = "<string>", **params: Any) -> ArchSpec:
+    """Parse YAML text into an ``ArchSpec`` with ``params`` applied."""
+    return parse_spec(load_yaml(text, file), file, params)
+
+
+def load_architecture(
+    name_or_path: str | os.PathLike,
+    *,
+    init: str = "default",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    **params: Any,
+) -> Graph:
+    """Load a shipped architecture by name (``"c3d"``) or a YAML file, and compile it.
+
+    Parameters
+    ----------
+    name_or_path
+        A shipped name (see ``shipped_architectures()``) or a path to a YAML file.
+    init, seed, dtype, device
+        How to create the initial weights (see ``compile_spec``).
+    **params
+        Values for the parameters the architecture declares, e.g. ``num_classes=10``.
+
+    Raises
+    ------
+    RelgraphError
+        With file, line and node for anything wrong in the file.
+    """
+    path = architecture_path(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read the architecture file: {exc}", file=str(path)) from None
+    spec = parse_architecture(text, str(path), **params)
+    return compile_spec(spec, init=init, seed=seed, dtype=dtype, device=device)
+
+
+def architecture_from_yaml(text: str, *, file: str = "<string>", **kwargs: Any) -> Graph:
+    """Compile an architecture given as YAML text (see ``load_architecture``)."""
+    compile_kwargs = {k: kwargs.pop(k) for k in ("init", "seed", "dtype", "device") if k in kwargs}
+    return compile_spec(parse_architecture(text, file, **kwargs), **compile_kwargs)

@@ -1,0 +1,902 @@
+"""Ops: what a graph node computes, and the explicit adjoint maps that relevance rules call.
+
+Each op is a small object built from the fields of its YAML node. It knows
+
+- its fields (names, types, defaults) for validation and for writing YAML back,
+- the shapes of its parameter tensors and its output, given its input shapes,
+- its forward computation,
+- the adjoint maps its family offers to rules (rules ask for a capability, never an op type):
+
+  ``affine``      ``linear_map(x, W, b)`` = A(x; W, b) and ``adjoint(s, W, x_shape)`` = Aᵀ(s; W)
+                  (conv1d/2d/3d, linear, batch-norm as a per-channel affine map)
+  ``window``      ``window_sum(x)`` and ``window_sum_adjoint(s, x_shape)``: the sum over each
+                  pooling window and its adjoint (every pool)
+  ``max_route``   ``max_route(x, R)``: route R to the forward's argmax (max pools)
+  ``split``       ``split(inputs, R, divide)``: hand R back to several inputs (add, concat)
+  ``reshape``     relevance passes through unchanged, reshaped (relu, dropout, flatten, ...)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+Shape = tuple[int, ...]
+
+_REQUIRED = object()
+
+
+class OpDefinitionError(ValueError):
+    """Raised by ops for a bad field or shape; the compiler adds file, line and node."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Field:
+    """One YAML field of an op: its kind, default and a short description."""
+
+    kind: str  # "int", "ints", "bool", "float", "int?" (int or null)
+    default: Any = _REQUIRED
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+
+def _check_value(op: str, name: str, field: Field, value: Any, dims: int) -> Any:
+    """Validate one field value and return it in canonical form (tuples for ``ints``)."""
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    kind = field.kind
+    if kind == "int?" and value is None:
+        return None
+    if kind in ("int", "int?"):
+        if not is_int(value):
+            raise OpDefinitionError(
+                f"field '{name}' of {op} must be an integer, got {value!r}", name
+            )
+        return value
+    if kind == "ints":
+        if is_int(value):
+            return (value,) * dims
+        if isinstance(value, (list, tuple)) and all(is_int(v) for v in value):
+            if len(value) != dims:
+                raise OpDefinitionError(
+                    f"field '{name}' of {op} needs {dims} values (one per spatial dimension), "
+                    f"got {len(value)}: {list(value)}",
+                    name,
+                )
+            return tuple(value)
+        raise OpDefinitionError(
+            f"field '{name}' of {op} must be an integer or a list of {dims} integers, "
+            f"got {value!r}",
+            name,
+        )
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise OpDefinitionError(
+                f"field '{name}' of {op} must be true or false, got {value!r}", name
+            )
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise OpDefinitionError(f"field '{name}' of {op} must be a number, got {value!r}", name)
+        return float(value)
+    if kind == "shape":
+        if isinstance(value, (list, tuple)) and value and all(is_int(v) for v in value):
+            return tuple(value)
+        raise OpDefinitionError(
+            f"field '{name}' of {op} must be a non-empty list of integers, got {value!r}", name
+        )
+    raise AssertionError(kind)  # pragma: no cover
+
+
+class Op:
+    """Base class: one node's computation. Subclasses set ``type`` and ``fields``."""
+
+    type: ClassVar[str]
+    fields: ClassVar[dict[str, Field]] = {}
+    dims: ClassVar[int] = 1
+    #: number of inputs; ``None`` means two or more
+    arity: ClassVar[int | None] = 1
+    #: adjoint capabilities offered to rules (see module docstring)
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: parameter tensors that a weight file may carry but the op does not need
+    optional_tensors: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, **attrs: Any) -> None:
+        unknown = sorted(set(attrs) - set(self.fields))
+        if unknown:
+            raise OpDefinitionError(
+                f"unknown field '{unknown[0]}' for op {self.type} "
+                f"(allowed: {', '.join(self.fields) or 'none'})",
+                unknown[0],
+            )
+        self.attrs: dict[str, Any] = {}
+        for name, field in self.fields.items():
+            if name in attrs:
+                self.attrs[name] = _check_value(self.type, name, field, attrs[name], self.dims)
+            elif field.required:
+                raise OpDefinitionError(f"op {self.type} needs the field '{name}'", name)
+            elif field.default is None:
+                self.attrs[name] = None
+            else:
+                self.attrs[name] = _check_value(self.type, name, field, field.default, self.dims)
+        self._validate()
+
+    def __getattr__(self, name: str) -> Any:
+        attrs = self.__dict__.get("attrs")
+        if attrs is not None and name in attrs:
+            return attrs[name]
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.attrs.items())
+        return f"{type(self).__name__}({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.attrs == other.attrs  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(sorted(self.attrs.items()))))
+
+    def _validate(self) -> None:
+        """Check field values against each other."""
+
+    def resolve(self, in_shapes: Sequence[Shape]) -> None:
+        """Fill inferred fields (e.g. ``in_channels``) and check the input shapes."""
+
+    def tensor_shapes(self, in_shapes: Sequence[Shape]) -> dict[str, Shape]:
+        """Shapes of the parameter tensors this op owns."""
+        return {}
+
+    def init_tensors(
+        self, shapes: dict[str, Shape], generator: torch.Generator, dtype: torch.dtype
+    ) -> dict[str, torch.Tensor]:
+        """Initial parameter values (PyTorch's default initialisation)."""
+        return {}
+
+    def forward(
+        self, inputs: Sequence[torch.Tensor], tensors: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def yaml_fields(self) -> dict[str, Any]:
+        """Fields to write back to YAML: every field, tuples as lists."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.attrs.items()}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _conv_fn(dims: int) -> Callable:
+    return {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+
+
+def _conv_transpose_fn(dims: int) -> Callable:
+    return {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[dims]
+
+
+def _output_padding(
+    x_shape: Sequence[int],
+    out_shape: Sequence[int],
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> tuple[int, ...]:
+    """``output_padding`` that makes a transposed convolution restore ``x_shape`` exactly."""
+    return tuple(
+        x - ((o - 1) * s - 2 * p + d * (k - 1) + 1)
+        for x, o, k, s, p, d in zip(x_shape, out_shape, kernel, stride, padding, dilation)
+    )
+
+
+def _uniform(
+    shape: Shape, bound: float, generator: torch.Generator, dtype: torch.dtype
+) -> torch.Tensor:
+    return (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
+
+
+def _channels_of(op: Op, shape: Shape, want_rank: int, what: str) -> int:
+    if len(shape) != want_rank:
+        raise OpDefinitionError(
+            f"{op.type} expects input of shape {what} (batch left out), "
+            f"got {list(shape)} ({len(shape)} dimensions)"
+        )
+    return shape[0]
+
+
+# --------------------------------------------------------------------------- input
+
+
+class Input(Op):
+    """The graph's input; its activation is the tensor given to ``forward``."""
+
+    type = "input"
+    fields = {"shape": Field("shape", doc="shape without batch, e.g. [3, 16, 112, 112]")}
+    arity = 0
+    capabilities = frozenset()
+
+
+# --------------------------------------------------------------------------- affine ops
+
+
+class Affine(Op):
+    """An affine map ``A(x; W) + b``; rules use ``linear_map`` and ``adjoint``."""
+
+    capabilities = frozenset({"affine"})
+
+    def weight_and_bias(
+        self, tensors: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The map's weight and bias, as ``linear_map`` takes them."""
+        return tensors["weight"], tensors.get("bias")
+
+    def linear_map(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``A(x; W) + b``."""
+        raise NotImplementedError
+
+    def adjoint(self, s: torch.Tensor, weight: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        """``Aᵀ(s; W)``, shaped like the input ``x``."""
+        raise NotImplementedError
+
+    def forward(self, inputs, tensors):
+        weight, bias = self.weight_and_bias(tensors)
+        return self.linear_map(inputs[0], weight, bias)
+
+
+class ConvNd(Affine):
+    dims: ClassVar[int]
+    fields = {
+        "in_channels": Field("int?", None, "inferred from the input when left out"),
+        "out_channels": Field("int"),
+        "kernel_size": Field("ints"),
+        "stride": Field("ints", 1),
+        "padding": Field("ints", 0),
+        "dilation": Field("ints", 1),
+        "groups": Field("int", 1),
+        "bias": Field("bool", True),
+    }
+
+    def _validate(self) -> None:
+        for name in ("kernel_size", "stride", "dilation"):
+            if min(self.attrs[name]) < 1:
+                raise OpDefinitionError(
+                    f"{name} must be at least 1, got {list(self.attrs[name])}", name
+                )
+        if min(self.padding) < 0:
+            raise OpDefinitionError(f"padding must be ≥ 0, got {list(self.padding)}", "padding")
+        if self.out_channels < 1:
+            raise OpDefinitionError("out_channels must be at least 1", "out_channels")
+        if self.groups < 1 or self.out_channels % self.groups:
+            raise OpDefinitionError(
+                f"out_channels ({self.out_channels}) must be divisible by groups ({self.groups})",
+                "groups",
+            )
+
+    def resolve(self, in_shapes):
+        channels = _channels_of(self, in_shapes[0], self.dims + 1, f"(C, {self.dims} spatial dims)")
+        if self.in_channels is None:
+            self.attrs["in_channels"] = channels
+        elif self.in_channels != channels:
+            raise OpDefinitionError(
+                f"in_channels is {self.in_channels} but its input has {channels} channels "
+                f"(input shape {list(in_shapes[0])})",
+                "in_channels",
+            )
+        if channels % self.groups:
+            raise OpDefinitionError(
+                f"in_channels ({channels}) must be divisible by groups ({self.groups})", "groups"
+            )
+        for size, k, p, d in zip(in_shapes[0][1:], self.kernel_size, self.padding, self.dilation):
+            if size + 2 * p < d * (k - 1) + 1:
+                raise OpDefinitionError(
+                    f"kernel {list(self.kernel_size)} (dilation {list(self.dilation)}) is larger "
+                    f"than its padded input {list(in_shapes[0][1:])} (padding {list(self.padding)})"
+                )
+
+    def tensor_shapes(self, in_shapes):
+        shapes = {"weight": (self.out_channels, self.in_channels // self.groups, *self.kernel_size)}
+        if self.bias:
+            shapes["bias"] = (self.out_channels,)
+        return shapes
+
+    def init_tensors(self, shapes, generator, dtype):
+        fan_in = math.prod(shapes["weight"][1:])
+        bound = 1.0 / math.sqrt(fan_in)
+        return {name: _uniform(shape, bound, generator, dtype) for name, shape in shapes.items()}
+
+    def linear_map(self, x, weight, bias=None):
+        return _conv_fn(self.dims)(
+            x, weight, bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+    def adjoint(self, s, weight, x_shape):
+        out_pad = _output_padding(
+            x_shape[2:], s.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation
+        )
+        return _conv_transpose_fn(self.dims)(
+            s, weight, None, self.stride, self.padding, out_pad, self.groups, self.dilation
+        )
+
+
+class Conv1d(ConvNd):
+    type = "conv1d"
+    dims = 1
+
+
+class Conv2d(ConvNd):
+    type = "conv2d"
+    dims = 2
+
+
+class Conv3d(ConvNd):
+    type = "conv3d"
+    dims = 3
+
+
+class Linear(Affine):
+    type = "linear"
+    fields = {
+        "in_features": Field("int?", None, "inferred from the input when left out"),
+        "out_features": Field("int"),
+        "bias": Field("bool", True),
+    }
+
+    def _validate(self):
+        if self.out_features < 1:
+            raise OpDefinitionError("out_features must be at least 1", "out_features")
+
+    def resolve(self, in_shapes):
+        shape = in_shapes[0]
+        if len(shape) != 1:
+            raise OpDefinitionError(
+                f"linear expects a flat input (features,), got shape {list(shape)}; "
+                "add a flatten node before it"
+            )
+        if self.in_features is None:
+            self.attrs["in_features"] = shape[0]
+        elif self.in_features != shape[0]:
+            raise OpDefinitionError(
+                f"in_features is {self.in_features} but its input has {shape[0]} features",
+                "in_features",
+            )
+
+    def tensor_shapes(self, in_shapes):
+        shapes = {"weight": (self.out_features, self.in_features)}
+        if self.bias:
+            shapes["bias"] = (self.out_features,)
+        return shapes
+
+    def init_tensors(self, shapes, generator, dtype):
+        bound = 1.0 / math.sqrt(self.in_features)
+        return {name: _uniform(shape, bound, generator, dtype) for name, shape in shapes.items()}
+
+    def linear_map(self, x, weight, bias=None):
+        return F.linear(x, weight, bias)
+
+    def adjoint(self, s, weight, x_shape):
+        return s @ weight
+
+
+class BatchNormNd(Affine):
+    """Batch norm in inference mode, seen by rules as the affine map ``x·scale + shift``."""
+
+    dims: ClassVar[int]
+    fields = {
+        "num_features": Field("int?", None, "inferred from the input when left out"),
+        "eps": Field("float", 1e-5),
+        "affine": Field("bool", True),
+    }
+    optional_tensors = frozenset({"num_batches_tracked"})
+
+    def resolve(self, in_shapes):
+        shape = in_shapes[0]
+        ranks = (1, 2) if self.dims == 1 else (self.dims + 1,)
+        if len(shape) not in ranks:
+            raise OpDefinitionError(
+                f"{self.type} expects input of rank {' or '.join(map(str, ranks))} "
+                f"(batch left out), got shape {list(shape)}"
+            )
+        if self.num_features is None:
+            self.attrs["num_features"] = shape[0]
+        elif self.num_features != shape[0]:
+            raise OpDefinitionError(
+                f"num_features is {self.num_features} but its input has {shape[0]} channels",
+                "num_features",
+            )
+
+    def tensor_shapes(self, in_shapes):
+        c = (self.num_features,)
+        shapes = {"running_mean": c, "running_var": c}
+        if self.affine:
+            shapes.update(weight=c, bias=c)
+        return shapes
+
+    def init_tensors(self, shapes, generator, dtype):
+        c = shapes["running_mean"]
+        tensors = {
+            "running_mean": torch.zeros(c, dtype=dtype),
+            "running_var": torch.ones(c, dtype=dtype),
+        }
+        if self.affine:
+            tensors.update(weight=torch.ones(c, dtype=dtype), bias=torch.zeros(c, dtype=dtype))
+        return tensors
+
+    def weight_and_bias(self, tensors):
+        scale = torch.rsqrt(tensors["running_var"] + self.eps)
+        shift = -tensors["running_mean"] * scale
+        if self.affine:
+            scale = scale * tensors["weight"]
+            shift = shift * tensors["weight"] + tensors["bias"]
+        return scale, shift
+
+    @staticmethod
+    def _per_channel(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return v.reshape(1, -1, *([1] * (like.dim() - 2)))
+
+    def linear_map(self, x, weight, bias=None):
+        out = x * self._per_channel(weight, x)
+        return out if bias is None else out + self._per_channel(bias, x)
+
+    def adjoint(self, s, weight, x_shape):
+        return s * self._per_channel(weight, s)
+
+
+class BatchNorm1d(BatchNormNd):
+    type = "batchnorm1d"
+    dims = 1
+
+
+class BatchNorm2d(BatchNormNd):
+    type = "batchnorm2d"
+    dims = 2
+
+
+class BatchNorm3d(BatchNormNd):
+    type = "batchnorm3d"
+    dims = 3
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+class PoolNd(Op):
+    """A pooling op. ``window_sum`` is a depthwise convolution with a kernel of ones over
+    the zero-padded input, so its adjoint is the matching transposed convolution."""
+
+    dims: ClassVar[int]
+    capabilities = frozenset({"window"})
+
+    def _validate(self):
+        if self.attrs.get("stride") is None:
+            self.attrs["stride"] = self.kernel_size
+        for name in ("kernel_size", "stride"):
+            if min(self.attrs[name]) < 1:
+                raise OpDefinitionError(f"{name} must be at least 1", name)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise OpDefinitionError(
+                f"padding {list(self.padding)} must be at most half of kernel_size "
+                f"{list(self.kernel_size)}",
+                "padding",
+            )
+
+    @property
+    def _dilation(self) -> tuple[int, ...]:
+        return self.attrs.get("dilation", (1,) * self.dims)
+
+    def resolve(self, in_shapes):
+        shape = in_shapes[0]
+        if len(shape) != self.dims + 1:
+            raise OpDefinitionError(
+                f"{self.type} expects input of shape (C, {self.dims} spatial dims) "
+                f"(batch left out), got {list(shape)}"
+            )
+        for size, k, p, d in zip(shape[1:], self.kernel_size, self.padding, self._dilation):
+            if size + 2 * p < d * (k - 1) + 1:
+                raise OpDefinitionError(
+                    f"kernel {list(self.kernel_size)} is larger than its padded input "
+                    f"{list(shape[1:])} (padding {list(self.padding)})"
+                )
+
+    def _ones_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ones((x.shape[1], 1, *self.kernel_size), dtype=x.dtype, device=x.device)
+
+    def _extra_padding(self, in_size: Sequence[int], out_size: Sequence[int]) -> list[int]:
+        # ceil_mode lets a last window start inside the input and run past its padded end
+        return [
+            max(0, (o - 1) * s + d * (k - 1) + 1 - (n + 2 * p))
+            for n, o, k, s, p, d in zip(
+                in_size, out_size, self.kernel_size, self.stride, self.padding, self._dilation
+            )
+        ]
+
+    def _out_size(self, in_size: Sequence[int]) -> list[int]:
+        sizes = []
+        for n, k, s, p, d in zip(
+            in_size, self.kernel_size, self.stride, self.padding, self._dilation
+        ):
+            span = n + 2 * p - d * (k - 1) - 1
+            o = (-(-span // s) if self.ceil_mode else span // s) + 1
+            if self.ceil_mode and (o - 1) * s >= n + p:
+                o -= 1  # the last window must start inside the input or the left padding
+            sizes.append(o)
+        return sizes
+
+    def _padded(self, x: torch.Tensor, extra: Sequence[int]) -> torch.Tensor:
+        pads: list[int] = []
+        for p, e in zip(reversed(self.padding), reversed(extra)):
+            pads += [p, p + e]
+        return F.pad(x, pads)
+
+    def window_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of each pooling window (padding counts as zero)."""
+        extra = self._extra_padding(x.shape[2:], self._out_size(x.shape[2:]))
+        return _conv_fn(self.dims)(
+            self._padded(x, extra),
+            self._ones_kernel(x),
+            None,
+            self.stride,
+            0,
+            self._dilation,
+            x.shape[1],
+        )
+
+    def window_sum_adjoint(self, s: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        """Adjoint of ``window_sum``: each window's value added to every element it covers."""
+        in_size = x_shape[2:]
+        extra = self._extra_padding(in_size, s.shape[2:])
+        padded = [n + 2 * p + e for n, p, e in zip(in_size, self.padding, extra)]
+        zeros = (0,) * self.dims
+        out_pad = _output_padding(
+            padded, s.shape[2:], self.kernel_size, self.stride, zeros, self._dilation
+        )
+        full = _conv_transpose_fn(self.dims)(
+            s, self._ones_kernel(s), None, self.stride, 0, out_pad, s.shape[1], self._dilation
+        )
+        index = tuple(slice(p, p + n) for p, n in zip(self.padding, in_size))
+        return full[(..., *index)]
+
+
+class MaxPoolNd(PoolNd):
+    capabilities = frozenset({"window", "max_route"})
+    fields = {
+        "kernel_size": Field("ints"),
+        "stride": Field("ints", None, "defaults to kernel_size"),
+        "padding": Field("ints", 0),
+        "dilation": Field("ints", 1),
+        "ceil_mode": Field("bool", False),
+    }
+
+    def _pool(self, x: torch.Tensor, return_indices: bool = False):
+        fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[self.dims]
+        return fn(
+            x,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            ceil_mode=self.ceil_mode,
+            return_indices=return_indices,
+        )
+
+    def forward(self, inputs, tensors):
+        return self._pool(inputs[0])
+
+    def max_route(self, x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+        """Each output's relevance to the input position that won its window (summed where
+        windows overlap)."""
+        _, indices = self._pool(x, return_indices=True)
+        routed = torch.zeros_like(x).flatten(2)
+        routed.scatter_add_(2, indices.flatten(2), relevance.flatten(2))
+        return routed.view_as(x)
+
+
+class MaxPool1d(MaxPoolNd):
+    type = "maxpool1d"
+    dims = 1
+
+
+class MaxPool2d(MaxPoolNd):
+    type = "maxpool2d"
+    dims = 2
+
+
+class MaxPool3d(MaxPoolNd):
+    type = "maxpool3d"
+    dims = 3
+
+
+class AvgPoolNd(PoolNd):
+    fields = {
+        "kernel_size": Field("ints"),
+        "stride": Field("ints", None, "defaults to kernel_size"),
+        "padding": Field("ints", 0),
+        "ceil_mode": Field("bool", False),
+        "count_include_pad": Field("bool", True),
+    }
+
+    def forward(self, inputs, tensors):
+        fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[self.dims]
+        return fn(
+            inputs[0],
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            ceil_mode=self.ceil_mode,
+            count_include_pad=self.count_include_pad,
+        )
+
+
+class AvgPool1d(AvgPoolNd):
+    type = "avgpool1d"
+    dims = 1
+
+
+class AvgPool2d(AvgPoolNd):
+    type = "avgpool2d"
+    dims = 2
+
+
+class AvgPool3d(AvgPoolNd):
+    type = "avgpool3d"
+    dims = 3
+
+
+class AdaptiveAvgPoolNd(Op):
+    """Adaptive average pooling. Its windows are separable bins, so ``window_sum`` is a
+    product of one 0/1 bin matrix per spatial dimension, and the adjoint their transposes."""
+
+    dims: ClassVar[int]
+    capabilities = frozenset({"window"})
+    fields = {"output_size": Field("ints")}
+
+    def resolve(self, in_shapes):
+        shape = in_shapes[0]
+        if len(shape) != self.dims + 1:
+            raise OpDefinitionError(
+                f"{self.type} expects input of shape (C, {self.dims} spatial dims) "
+                f"(batch left out), got {list(shape)}"
+            )
+        if min(self.output_size) < 1:
+            raise OpDefinitionError("output_size must be at least 1", "output_size")
+
+    def forward(self, inputs, tensors):
+        fn = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+        return fn[self.dims](inputs[0], self.output_size)
+
+    @staticmethod
+    def _bins(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+        # PyTorch's adaptive bins: [floor(i*n/o), ceil((i+1)*n/o))
+        rows = torch.arange(n_out, device=like.device)
+        start = (rows * n_in) // n_out
+        end = -((-(rows + 1) * n_in) // n_out)
+        cols = torch.arange(n_in, device=like.device)
+        return ((cols >= start[:, None]) & (cols < end[:, None])).to(like.dtype)
+
+    def _contract(
+        self, t: torch.Tensor, sizes_from: Sequence[int], sizes_to: Sequence[int], transpose: bool
+    ):
+        for axis, (n_from, n_to) in enumerate(zip(sizes_from, sizes_to)):
+            bins = self._bins(n_to, n_from, t) if transpose else self._bins(n_from, n_to, t)
+            matrix = bins.T if transpose else bins
+            t = torch.movedim(torch.movedim(t, axis + 2, -1) @ matrix.T, -1, axis + 2)
+        return t
+
+    def window_sum(self, x):
+        return self._contract(x, x.shape[2:], self.output_size, transpose=False)
+
+    def window_sum_adjoint(self, s, x_shape):
+        return self._contract(s, s.shape[2:], x_shape[2:], transpose=True)
+
+
+class AdaptiveAvgPool1d(AdaptiveAvgPoolNd):
+    type = "adaptive_avgpool1d"
+    dims = 1
+
+
+class AdaptiveAvgPool2d(AdaptiveAvgPoolNd):
+    type = "adaptive_avgpool2d"
+    dims = 2
+
+
+class AdaptiveAvgPool3d(AdaptiveAvgPoolNd):
+    type = "adaptive_avgpool3d"
+    dims = 3
+
+
+# --------------------------------------------------------------------------- shape-preserving
+
+
+class Elementwise(Op):
+    """Ops whose relevance passes straight through (reshaped to the input's shape)."""
+
+    capabilities = frozenset({"reshape"})
+
+
+class ReLU(Elementwise):
+    type = "relu"
+
+    def forward(self, inputs, tensors):
+        return F.relu(inputs[0])
+
+
+class Dropout(Elementwise):
+    """Dropout at inference: the identity."""
+
+    type = "dropout"
+    fields = {"p": Field("float", 0.5)}
+
+    def _validate(self):
+        if not 0.0 <= self.p < 1.0:
+            raise OpDefinitionError(f"p must be in [0, 1), got {self.p}", "p")
+
+    def forward(self, inputs, tensors):
+        return inputs[0]
+
+
+class Identity(Elementwise):
+    type = "identity"
+
+    def forward(self, inputs, tensors):
+        return inputs[0]
+
+
+class Flatten(Elementwise):
+    """Flatten every dimension but the batch."""
+
+    type = "flatten"
+
+    def forward(self, inputs, tensors):
+        return inputs[0].flatten(1)
+
+
+class Reshape(Elementwise):
+    type = "reshape"
+    fields = {"shape": Field("shape", doc="new shape without batch; one entry may be -1")}
+
+    def resolve(self, in_shapes):
+        known = [v for v in self.shape if v != -1]
+        if len(known) < len(self.shape) - 1 or any(v < 1 for v in known):
+            raise OpDefinitionError(f"invalid shape {list(self.shape)}", "shape")
+        total = math.prod(in_shapes[0])
+        if (-1 not in self.shape and math.prod(known) != total) or total % math.prod(known):
+            raise OpDefinitionError(
+                f"cannot reshape input {list(in_shapes[0])} ({total} values) to {list(self.shape)}"
+            )
+
+    def forward(self, inputs, tensors):
+        return inputs[0].reshape(inputs[0].shape[0], *self.shape)
+
+
+# --------------------------------------------------------------------------- merges
+
+
+class Merge(Op):
+    arity = None
+    capabilities = frozenset({"split"})
+
+    def split(
+        self,
+        inputs: Sequence[torch.Tensor],
+        relevance: torch.Tensor,
+        divide: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> list[torch.Tensor]:
+        """Hand ``relevance`` back to the inputs (``divide`` is the rule's safe division)."""
+        raise NotImplementedError
+
+
+class Add(Merge):
+    type = "add"
+    capabilities = frozenset({"split", "window"})
+
+    def resolve(self, in_shapes):
+        if len(set(in_shapes)) != 1:
+            raise OpDefinitionError(
+                "add needs inputs of one shape, got " + ", ".join(str(list(s)) for s in in_shapes)
+            )
+
+    def forward(self, inputs, tensors):
+        return torch.stack(list(inputs)).sum(0) if len(inputs) > 2 else inputs[0] + inputs[1]
+
+    def split(self, inputs, relevance, divide):
+        share = divide(relevance, self.forward(inputs, {}))
+        return [x * share for x in inputs]
+
+
+class Concat(Merge):
+    type = "concat"
+    fields = {"dim": Field("int", 1, "dimension to join along, counting the batch as 0")}
+
+    def _validate(self):
+        if self.dim < 1:
+            raise OpDefinitionError("dim must be ≥ 1 (dimension 0 is the batch)", "dim")
+
+    def resolve(self, in_shapes):
+        rank = len(in_shapes[0])
+        if self.dim > rank:
+            raise OpDefinitionError(
+                f"dim {self.dim} is out of range for inputs of rank {rank}", "dim"
+            )
+        axis = self.dim - 1
+        for shape in in_shapes:
+            if len(shape) != rank or any(
+                a != b for i, (a, b) in enumerate(zip(shape, in_shapes[0])) if i != axis
+            ):
+                raise OpDefinitionError(
+                    f"concat along dim {self.dim} needs inputs equal in every other dimension, got "
+                    + ", ".join(str(list(s)) for s in in_shapes)
+                )
+
+    def forward(self, inputs, tensors):
+        return torch.cat(list(inputs), dim=self.dim)
+
+    def split(self, inputs, relevance, divide):
+        return list(torch.split(relevance, [x.shape[self.dim] for x in inputs], dim=self.dim))
+
+
+# --------------------------------------------------------------------------- registry
+
+OPS: dict[str, type[Op]] = {
+    cls.type: cls
+    for cls in (
+        Input,
+        Conv1d,
+        Conv2d,
+        Conv3d,
+        Linear,
+        BatchNorm1d,
+        BatchNorm2d,
+        BatchNorm3d,
+        MaxPool1d,
+        MaxPool2d,
+        MaxPool3d,
+        AvgPool1d,
+        AvgPool2d,
+        AvgPool3d,
+        AdaptiveAvgPool1d,
+        AdaptiveAvgPool2d,
+        AdaptiveAvgPool3d,
+        ReLU,
+        Dropout,
+        Identity,
+        Flatten,
+        Reshape,
+        Add,
+        Concat,
+    )
+}
+"""Every op by its YAML name."""
+
+
+def infer_output_shape(
+    op: Op, in_shapes: Sequence[Shape], tensor_shapes: dict[str, Shape]
+) -> Shape:
+    """Run ``op`` on meta tensors (no data, no memory) and return its output shape."""
+    inputs = [torch.empty((1, *s), device="meta") for s in in_shapes]
+    tensors = {k: torch.empty(s, device="meta") for k, s in tensor_shapes.items()}
+    try:
+        out = op.forward(inputs, tensors)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        shapes = ", ".join(str(list(s)) for s in in_shapes)
+        message = f"{op.type} cannot take input of shape {shapes}: {first_line}"
+        raise OpDefinitionError(message) from None
+    shape = tuple(out.shape[1:])
+    if any(d < 1 for d in shape):
+        raise OpDefinitionError(f"{op.type} would produce an empty output of shape {list(shape)}")
+    return shape

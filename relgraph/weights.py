@@ -1,0 +1,246 @@
+"""Weight files: the checkpoint formats C3D users bring, mapped onto graph node names.
+
+Accepted: a training checkpoint dict (``{'epoch', 'state_dict', 'opt_dict'}``), a plain state
+dict, keys with a ``module.`` prefix (DataParallel), the Sports-1M ``features.N`` /
+``classifier.N`` naming, and safetensors files. Pickled files are read with
+``torch.load(..., weights_only=True)`` only: a pickle is code, and we never run it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .errors import WeightsError
+
+if TYPE_CHECKING:
+    from .graph import Graph
+
+_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net")
+_INDEXED = re.compile(r"^(features|classifier)\.(\d+)\.(\w+)$")
+
+
+@dataclass
+class LoadReport:
+    """What ``load_weights`` did: the key naming it detected and what stayed initialised."""
+
+    source: str
+    naming: str
+    loaded: list[str] = field(default_factory=list)
+    not_in_file: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = f"{len(self.loaded)} tensors loaded from {self.source} ({self.naming} naming)"
+        if self.not_in_file:
+            text += "; kept initial values (not in the file): " + ", ".join(self.not_in_file)
+        if self.skipped:
+            text += "; skipped: " + ", ".join(self.skipped)
+        return text
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a weight file into a flat ``{name: tensor}`` dict (checkpoint unwrapped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError("weight file not found", file=str(path))
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    is_safetensors = path.suffix == ".safetensors" or (len(head) > 9 and head[8:9] == b"{")
+    try:
+        if is_safetensors:
+            from safetensors.torch import load_file
+
+            data = load_file(str(path), device="cpu")
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every reader failure becomes one clear error
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            reason = (
+                "it holds Python objects other than tensors, and relgraph loads pickles only "
+                "with weights_only=True (a pickle is code); re-save it as a plain state dict"
+            )
+        raise WeightsError(f"cannot read the weight file: {reason}", file=str(path)) from None
+    return unwrap_checkpoint(data, str(path))
+
+
+def unwrap_checkpoint(data: object, source: str) -> dict[str, torch.Tensor]:
+    """Take the state dict out of a training checkpoint and check every value is a tensor."""
+    if isinstance(data, dict) and not any(isinstance(v, torch.Tensor) for v in data.values()):
+        for key in _CHECKPOINT_KEYS:
+            if isinstance(data.get(key), dict):
+                data = data[key]
+                break
+    if not isinstance(data, dict):
+        raise WeightsError(
+            f"expected a state dict (name → tensor), got {type(data).__name__}", file=source
+        )
+    state = {}
+    not_tensors = []
+    for key, value in data.items():
+        if isinstance(value, torch.Tensor):
+            state[str(key)] = value
+        else:
+            not_tensors.append(str(key))
+    if not state:
+        raise WeightsError(
+            "the file holds no tensors"
+            + (f" (keys: {', '.join(not_tensors[:10])})" if not_tensors else ""),
+            file=source,
+        )
+    return state
+
+
+def _strip_module_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _map_indexed(graph: Graph, state: dict[str, torch.Tensor], source: str):
+    """Map Sports-1M ``features.N`` onto conv nodes and ``classifier.N`` onto linear nodes,
+    each in topological order. Returns the renamed dict and the nodes the file lacks."""
+    groups: dict[str, set[int]] = {"features": set(), "classifier": set()}
+    for key in state:
+        match = _INDEXED.match(key)
+        if match:
+            groups[match.group(1)].add(int(match.group(2)))
+    convs = [n for n in graph.order if graph.op(n).type.startswith("conv")]
+    linears = [n for n in graph.order if graph.op(n).type == "linear"]
+    mapping: dict[tuple[str, int], str] = {}
+    missing: list[str] = []
+    for group, nodes in (("features", convs), ("classifier", linears)):
+        indices = sorted(groups[group])
+        if len(indices) > len(nodes):
+            raise WeightsError(
+                f"the file has {len(indices)} '{group}.N' layers but the architecture has only "
+                f"{len(nodes)} {'convolution' if group == 'features' else 'linear'} nodes "
+                f"({', '.join(nodes)})",
+                file=source,
+            )
+        mapping.update({(group, i): node for i, node in zip(indices, nodes)})
+        missing += nodes[len(indices) :]
+    renamed = {}
+    for key, value in state.items():
+        match = _INDEXED.match(key)
+        if match:
+            renamed[f"{mapping[(match.group(1), int(match.group(2)))]}.{match.group(3)}"] = value
+        else:
+            renamed[key] = value
+    return renamed, missing
+
+
+def load_weights(
+    graph: Graph, source: str | os.PathLike | dict, *, strict: bool = True
+) -> LoadReport:
+    """Load weights into ``graph`` from a file or a state dict.
+
+    Parameters
+    ----------
+    source
+        A path (pickled checkpoint or state dict, or ``.safetensors``) or a dict.
+    strict
+        If true, any missing, unexpected or mis-shaped tensor is an error that lists them
+        all. Nodes that a Sports-1M file cannot hold (``fc8``) are never an error: they keep
+        their initial values, with a warning. If false, loads what fits and reports the rest.
+
+    Returns
+    -------
+    LoadReport
+    """
+    if isinstance(source, dict):
+        name = "<state dict>"
+        state = unwrap_checkpoint(source, name)
+    else:
+        name = str(source)
+        state = read_state_dict(source)
+    state = _strip_module_prefix(state)
+    naming = "node"
+    allowed_missing: list[str] = []
+    if any(_INDEXED.match(k) for k in state) and not any(
+        k.split(".")[0] in graph.graph for k in state
+    ):
+        naming = "features/classifier (Sports-1M)"
+        state, allowed_missing = _map_indexed(graph, state, name)
+
+    expected = {
+        f"{node}.{tname}": (node, tname, shape)
+        for node in graph.order
+        for tname, shape in graph.graph.nodes[node]["tensor_shapes"].items()
+    }
+    optional = {f"{node}.{t}" for node in graph.order for t in graph.op(node).optional_tensors}
+    missing = [k for k in expected if k not in state and k.rsplit(".", 1)[0] not in allowed_missing]
+    unexpected = [k for k in state if k not in expected and k not in optional]
+    misshaped = [
+        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k][2])
+    ]
+    if (missing or unexpected or misshaped) and strict:
+        lines = []
+        if missing:
+            lines.append("missing: " + ", ".join(f"{k} {list(expected[k][2])}" for k in missing))
+        if unexpected:
+            lines.append(
+                "unexpected: " + ", ".join(f"{k} {list(state[k].shape)}" for k in unexpected)
+            )
+        if misshaped:
+            lines.append(
+                "mis-shaped: "
+                + ", ".join(
+                    f"{k} is {list(state[k].shape)} in the file, {list(expected[k][2])} in the "
+                    "architecture"
+                    for k in misshaped
+                )
+            )
+        raise WeightsError(
+            f"the weights do not match architecture '{graph.name}' ({naming} naming); "
+            + "; ".join(lines),
+            file=name,
+        )
+
+    report = LoadReport(source=name, naming=naming)
+    for key, (node, tname, _) in expected.items():
+        if key in state and key not in misshaped:
+            current = graph.tensors(node).get(tname)
+            target_dtype = current.dtype if current is not None else graph.dtype
+            target_device = current.device if current is not None else graph.device
+            value = state[key]
+            if not value.is_floating_point():
+                raise WeightsError(
+                    f"tensor {key} has dtype {value.dtype}, expected floating point", file=name
+                )
+            graph.tensors(node)[tname] = (
+                value.detach().to(dtype=target_dtype, device=target_device).clone()
+            )
+            report.loaded.append(key)
+    report.skipped = sorted(set(unexpected) | set(misshaped)) + [f"{k} (missing)" for k in missing]
+    if allowed_missing:
+        report.not_in_file = [n for n in allowed_missing]
+        warnings.warn(
+            f"{name}: the file has no weights for {', '.join(allowed_missing)}; "
+            "they keep their initial (random) values. Fine-tune or load them before explaining.",
+            stacklevel=3,
+        )
+    graph.cache.clear()
+    return report
+
+
+def save_weights(graph: Graph, path: str | os.PathLike) -> None:
+    """Write ``graph.state_dict()``: safetensors for ``.safetensors``, else ``torch.save``."""
+    from .outputs import atomic_path
+
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in graph.state_dict().items()}
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(tmp), metadata={"architecture": graph.name})
+        else:
+            torch.save(state, tmp)
