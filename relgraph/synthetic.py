@@ -1,0 +1,256 @@
+"""A synthetic action data set whose class is decided by motion alone, for demo models.
+
+Every clip shows a static textured background, one or two textured objects that move in the
+class's direction (1 or 2 px per frame) and one to three static distractors that are copies
+of the moving objects. Objects wrap around the frame edges (the frame is a torus) and start at
+uniformly random positions, so in every single frame the objects' positions are uniform
+whatever the class: one frame alone carries no information about the class, only motion does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OutputError, RelgraphError
+
+__all__ = ["CLASS_NAMES", "SyntheticClip", "make_clip", "make_dataset", "write_label_file"]
+
+CLASS_NAMES: tuple[str, ...] = ("MoveRight", "MoveLeft", "MoveDown", "MoveUp")
+# (dy, dx) per frame at speed 1, in class order; y grows downwards.
+DIRECTIONS = np.array([(0, 1), (0, -1), (1, 0), (-1, 0)], dtype=np.int64)
+
+MAX_MOVING = 2
+MAX_DISTRACTORS = 3
+_CHUNK = 256  # clips rendered at once: bounds the memory of the gathers
+_ALPHA = np.uint32(1 << 24)  # pixels are packed as R | G << 8 | B << 16 | covered << 24
+
+
+@dataclass(frozen=True)
+class SyntheticClip:
+    """One synthetic clip and its ground truth.
+
+    Attributes
+    ----------
+    frames
+        uint8 RGB ``(T, H, W, 3)``.
+    moving
+        bool ``(T, H, W)``: pixels covered by a moving object in each frame.
+    static
+        bool ``(T, H, W)``: visible pixels of the static distractors (moving objects are drawn
+        on top, so ``moving`` and ``static`` never overlap).
+    label
+        Class index into ``CLASS_NAMES``.
+    """
+
+    frames: np.ndarray
+    moving: np.ndarray
+    static: np.ndarray
+    label: int
+
+
+def make_clip(
+    label: int, rng: np.random.Generator, *, frames: int = 16, size: int = 32
+) -> SyntheticClip:
+    """Draw one clip of class ``label`` (index into ``CLASS_NAMES``)."""
+    _check_geometry(frames, size)
+    if isinstance(label, bool) or not isinstance(label, int | np.integer):
+        raise RelgraphError(f"label must be a class index, not {label!r}.")
+    if not 0 <= label < len(CLASS_NAMES):
+        raise RelgraphError(
+            f"label {label} is out of range: the classes are 0..{len(CLASS_NAMES) - 1} "
+            f"({', '.join(CLASS_NAMES)})."
+        )
+    scene = _draw_scenes(np.array([label]), rng, size)
+    clip, moving, static = _render(scene, frames, size)
+    return SyntheticClip(clip[0], moving[0], static[0], int(label))
+
+
+def make_dataset(
+    n: int, seed: int, *, frames: int = 16, size: int = 32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Draw ``n`` clips with balanced classes in random order, deterministic given ``seed``.
+
+    Returns
+    -------
+    tuple
+        ``frames`` uint8 ``(n, T, H, W, 3)``, ``labels`` int64 ``(n,)``, ``moving`` and
+        ``static`` bool ``(n, T, H, W)``. Class counts differ by at most one.
+    """
+    _check_geometry(frames, size)
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise RelgraphError(f"n must be a positive number of clips, not {n!r}.")
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n, dtype=np.int64) % len(CLASS_NAMES))
+    scene = _draw_scenes(labels, rng, size)
+    clips = np.empty((n, frames, size, size, 3), dtype=np.uint8)
+    moving = np.empty((n, frames, size, size), dtype=bool)
+    static = np.empty((n, frames, size, size), dtype=bool)
+    for begin in range(0, n, _CHUNK):
+        part = slice(begin, min(begin + _CHUNK, n))
+        chunk = {key: value[part] for key, value in scene.items()}
+        clips[part], moving[part], static[part] = _render(chunk, frames, size)
+    return clips, labels, moving, static
+
+
+def write_label_file(path: str | os.PathLike) -> Path:
+    """Write ``CLASS_NAMES`` as a UCF-101 style label file (``1 MoveRight`` per line)."""
+    path = Path(path)
+    text = "".join(f"{class_id} {name}\n" for class_id, name in enumerate(CLASS_NAMES, 1))
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write the label file: {exc.strerror or exc}.", file=path
+        ) from exc
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# drawing: all random choices first (vectorised over clips), then rendering
+
+
+def _check_geometry(frames: int, size: int) -> None:
+    if isinstance(frames, bool) or not isinstance(frames, int | np.integer) or frames < 2:
+        raise RelgraphError(f"frames must be an integer >= 2 (motion needs two), not {frames!r}.")
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 8:
+        raise RelgraphError(f"size must be an integer >= 8 pixels, not {size!r}.")
+
+
+def _draw_scenes(labels: np.ndarray, rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
+    """Every random choice of ``len(labels)`` clips; nothing but the motion depends on labels."""
+    n = len(labels)
+    smallest = max(3, round(size * 5 / 32))
+    largest = max(smallest, round(size / 4))
+    objects = (n, MAX_MOVING)
+    appearance = {
+        "side": rng.integers(smallest, largest + 1, objects),
+        "disc": rng.random(objects) < 0.5,
+        "pattern": rng.integers(0, 4, objects),  # checker, vertical, horizontal, diagonal
+        "period": rng.integers(1, 3, objects),  # cell width of the texture, pixels
+        "colour": rng.integers(0, 256, (*objects, 3)),
+    }
+    moving_count = rng.integers(1, MAX_MOVING + 1, n)
+    distractor_count = rng.integers(1, MAX_DISTRACTORS + 1, n)
+    # A distractor is a copy of one of the clip's moving objects.
+    copy_of = (rng.random((n, MAX_DISTRACTORS)) * moving_count[:, None]).astype(np.int64)
+    scene = {f"object_{key}": value for key, value in appearance.items()}
+    scene.update(
+        labels=np.asarray(labels, dtype=np.int64),
+        moving_active=np.arange(MAX_MOVING) < moving_count[:, None],
+        distractor_active=np.arange(MAX_DISTRACTORS) < distractor_count[:, None],
+        copy_of=copy_of,
+        moving_start=rng.integers(0, size, (n, MAX_MOVING, 2)),
+        moving_speed=rng.integers(1, 3, (n, MAX_MOVING)),
+        distractor_position=rng.integers(0, size, (n, MAX_DISTRACTORS, 2)),
+        background_base=rng.uniform(50, 200, (n, 3)),
+        background_blobs=rng.normal(0, 1, (n, 5, 5, 3)) * rng.uniform(10, 40, (n, 1, 1, 1)),
+        stripe_amplitude=rng.uniform(0, 35, n) * (rng.random(n) < 0.6),
+        stripe_angle=rng.uniform(0, np.pi, n),
+        stripe_period=rng.uniform(3, 10, n),
+        stripe_phase=rng.uniform(0, 2 * np.pi, n),
+        stripe_tint=rng.uniform(0.3, 1.0, (n, 3)),
+        grain=rng.normal(0, 1, (n, size, size, 3)) * rng.uniform(0, 8, (n, 1, 1, 1)),
+    )
+    return scene
+
+
+def _render(scene: dict[str, np.ndarray], frames: int, size: int):
+    n = len(scene["labels"])
+    sprites = _sprites(scene, size)  # (n, MAX_MOVING, H, W) packed, sprite at the top left
+    clip_index = np.arange(n)[:, None, None, None]
+    pixels = np.broadcast_to(_background(scene, size)[:, None], (n, frames, size, size)).copy()
+    moving = np.zeros((n, frames, size, size), dtype=bool)
+    static = np.zeros_like(moving)
+    time = np.arange(frames)
+
+    def place(sprite: np.ndarray, top: np.ndarray, left: np.ndarray) -> np.ndarray:
+        # Frame pixel (y, x) shows sprite pixel ((y - top) mod H, (x - left) mod W).
+        rows = (np.arange(size) - top[..., None]) % size
+        cols = (np.arange(size) - left[..., None]) % size
+        return sprite[clip_index, rows[:, :, :, None], cols[:, :, None, :]]
+
+    # Distractors first: moving objects pass in front of them.
+    for slot in range(MAX_DISTRACTORS):
+        sprite = sprites[np.arange(n), scene["copy_of"][:, slot]]
+        sprite = sprite * scene["distractor_active"][:, slot, None, None]
+        top, left = (
+            np.repeat(scene["distractor_position"][:, slot, k, None], frames, 1) for k in (0, 1)
+        )
+        placed = place(sprite, top, left)
+        covered = placed >= _ALPHA
+        np.copyto(pixels, placed, where=covered)
+        static |= covered
+    steps = DIRECTIONS[scene["labels"]]  # (n, 2)
+    for slot in range(MAX_MOVING):
+        sprite = sprites[:, slot] * scene["moving_active"][:, slot, None, None]
+        offset = (
+            scene["moving_speed"][:, slot, None, None] * steps[:, None, :] * time[None, :, None]
+        )
+        position = scene["moving_start"][:, slot, None, :] + offset  # (n, T, 2)
+        placed = place(sprite, position[..., 0], position[..., 1])
+        covered = placed >= _ALPHA
+        np.copyto(pixels, placed, where=covered)
+        moving |= covered
+    static &= ~moving
+    rgb = pixels.astype("<u4").view(np.uint8).reshape(n, frames, size, size, 4)[..., :3]
+    return np.ascontiguousarray(rgb), moving, static
+
+
+def _sprites(scene: dict[str, np.ndarray], size: int) -> np.ndarray:
+    """Packed textured objects, ``(n, MAX_MOVING, size, size)``, each at the canvas's top left."""
+    y = np.arange(size)[:, None]
+    x = np.arange(size)[None, :]
+    side = scene["object_side"][..., None, None]
+    centre = (side - 1) / 2
+    in_square = (y < side) & (x < side)
+    in_disc = (y - centre) ** 2 + (x - centre) ** 2 <= (side / 2) ** 2 + 0.25
+    shape = np.where(scene["object_disc"][..., None, None], in_disc & in_square, in_square)
+
+    period = scene["object_period"][..., None, None]
+    texture_by_pattern = np.stack(
+        np.broadcast_arrays(
+            (y // period + x // period) % 2,
+            (x // period) % 2,
+            (y // period) % 2,
+            ((x + y) // period) % 2,
+        ),
+        axis=-1,
+    )
+    texture = np.take_along_axis(
+        texture_by_pattern, scene["object_pattern"][..., None, None, None], axis=-1
+    )[..., 0].astype(bool)
+    colour = scene["object_colour"].astype(np.uint32)
+    # Texture alternates a colour with its complement: always visible, whatever the colour.
+    rgb = np.where(
+        texture[..., None], colour[:, :, None, None, :], 255 - colour[:, :, None, None, :]
+    )
+    return _pack(rgb) | np.where(shape, _ALPHA, np.uint32(0))
+
+
+def _background(scene: dict[str, np.ndarray], size: int) -> np.ndarray:
+    """Packed static backgrounds ``(n, size, size)``: smooth blobs, stripes and grain."""
+    coarse = scene["background_blobs"]
+    ramp = np.linspace(0, coarse.shape[1] - 1, size)
+    # Linear interpolation matrix from the coarse grid to the frame, rows and columns alike.
+    upsample = np.maximum(0, 1 - np.abs(ramp[:, None] - np.arange(coarse.shape[1])[None, :]))
+    blobs = (upsample @ coarse.transpose(0, 3, 1, 2) @ upsample.T).transpose(0, 2, 3, 1)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    angle = scene["stripe_angle"][:, None, None]
+    wave = np.sin(
+        2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / scene["stripe_period"][:, None, None]
+        + scene["stripe_phase"][:, None, None]
+    )
+    stripes = (scene["stripe_amplitude"][:, None, None] * wave)[..., None] * scene["stripe_tint"][
+        :, None, None, :
+    ]
+    image = scene["background_base"][:, None, None, :] + blobs + stripes + scene["grain"]
+    return _pack(np.clip(np.rint(image), 0, 255).astype(np.uint32))
+
+
+def _pack(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.uint32)
+    return rgb[..., 0] | (rgb[..., 1] << np.uint32(8)) | (rgb[..., 2] << np.uint32(16))
