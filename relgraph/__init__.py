@@ -12,6 +12,7 @@ from .errors import (
     VideoError,
     WeightsError,
 )
+from .explain import Explanation, explain, explain_with_rules
 from .graph import (
     ForwardResult,
     Graph,
@@ -24,6 +25,7 @@ from .graph import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Explanation",
     "ForwardResult",
     "Graph",
     "GraphError",
@@ -38,6 +40,8 @@ __all__ = [
     "WeightsError",
     "architecture_from_yaml",
     "compile_spec",
+    "explain",
+    "explain_with_rules",
     "load_architecture",
     "shipped_architectures",
 ]

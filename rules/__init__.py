@@ -1,0 +1,47 @@
+"""Relevance rules (``relgraph.rules``): the rule objects, composites and shipped presets."""
+
+from .base import RULES, NodeContext, Rule, Stabilizer, make_rule, register_rule
+from .composite import Composite, Entry, Selector, as_composite, preset, preset_names
+from .library import (
+    AlphaBeta,
+    Combine,
+    Epsilon,
+    Flat,
+    Gamma,
+    Pass,
+    Proportional,
+    Split,
+    Uniform,
+    WinnerTakeAll,
+    WSquare,
+    ZBeta,
+    ZPlus,
+)
+
+__all__ = [
+    "RULES",
+    "AlphaBeta",
+    "Combine",
+    "Composite",
+    "Entry",
+    "Epsilon",
+    "Flat",
+    "Gamma",
+    "NodeContext",
+    "Pass",
+    "Proportional",
+    "Rule",
+    "Selector",
+    "Split",
+    "Stabilizer",
+    "Uniform",
+    "WSquare",
+    "WinnerTakeAll",
+    "ZBeta",
+    "ZPlus",
+    "as_composite",
+    "make_rule",
+    "preset",
+    "preset_names",
+    "register_rule",
+]

@@ -1,0 +1,284 @@
+"""The machinery below every rule: the node context, safe division, sign splits, the registry.
+
+A rule turns the relevance of a node's output into relevance of its inputs. It asks the op
+for a capability (``affine``, ``window``, ``max_route``, ``split``, ``reshape``; see
+``relgraph.ops``) and never looks at the op's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from relgraph.errors import RuleError, did_you_mean
+from relgraph.ops import Op
+
+
+@dataclass
+class NodeContext:
+    """What a rule sees of one node during the reverse pass.
+
+    Attributes
+    ----------
+    node
+        The node's name.
+    op
+        Its op (offers the adjoint maps).
+    inputs
+        The activations of its inputs, in slot order (``None`` where the rule declared it
+        does not need them).
+    input_shapes
+        The full (batched) shapes of its inputs.
+    output
+        Its own activation, when the rule asked for it (``needs_output``), else ``None``.
+    tensors
+        Its parameter tensors by name.
+    cache
+        A per-graph memo for values that depend only on the weights (cleared when they change).
+    """
+
+    node: str
+    op: Op
+    inputs: list[torch.Tensor | None]
+    input_shapes: list[torch.Size]
+    output: torch.Tensor | None
+    tensors: dict[str, torch.Tensor]
+    cache: dict
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The single input's activation."""
+        return self.inputs[0]
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()``, computed once per node and weights."""
+        full_key = (self.node, key)
+        if full_key not in self.cache:
+            self.cache[full_key] = compute()
+        return self.cache[full_key]
+
+    def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The affine map's weight and bias (batch-norm folded to scale and shift)."""
+        return self.memo("W,b", lambda: self.op.weight_and_bias(self.tensors))
+
+    def weight_parts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W⁺, W⁻)``, memoised."""
+
+        def split():
+            weight = self.weight_and_bias()[0]
+            return weight.clamp(min=0), weight.clamp(max=0)
+
+        return self.memo("W+,W-", split)
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+
+def positive(t: torch.Tensor) -> torch.Tensor:
+    """``t⁺ = max(t, 0)``."""
+    return t.clamp(min=0)
+
+
+def negative(t: torch.Tensor) -> torch.Tensor:
+    """``t⁻ = min(t, 0)``."""
+    return t.clamp(max=0)
+
+
+def is_nonnegative(t: torch.Tensor) -> bool:
+    """True if no entry is negative (then every ``t⁻`` term vanishes and can be skipped)."""
+    return not bool((t < 0).any())
+
+
+@dataclass(frozen=True)
+class Stabilizer:
+    """Safe division ``R / stab(z)``.
+
+    ``zero`` (the paper authors' code): ``stab(z) = z`` and the result is 0 where ``z == 0``.
+    ``epsilon`` (zennit, innvestigate): ``stab(z) = z + ε·sign(z)`` with ``sign(0) = +1``.
+    In both, a denominator that is zero or subnormal gives 0, never Inf or NaN.
+    """
+
+    kind: str = "zero"
+    epsilon: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("zero", "epsilon"):
+            raise RuleError(f"stabilizer must be 'zero' or 'epsilon', got {self.kind!r}")
+        if self.epsilon < 0:
+            raise RuleError(f"the stabilizer's epsilon must be ≥ 0, got {self.epsilon}")
+
+    def __call__(self, numerator: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if self.kind == "epsilon" and self.epsilon > 0:
+            z = z + self.epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+        usable = z.abs() >= torch.finfo(z.dtype).tiny
+        return torch.where(usable, numerator / torch.where(usable, z, torch.ones_like(z)), 0.0)
+
+
+# --------------------------------------------------------------------------- rules
+
+
+class Rule:
+    """Base class of relevance rules.
+
+    Subclasses are dataclasses whose fields are the rule's parameters (settable from YAML),
+    and implement ``relevance``. Class attributes:
+
+    ``name``           the name used in YAML and by ``get_rule``
+    ``requires``       the op capabilities the rule works with (any one suffices)
+    ``needs_inputs``   whether the rule reads the input activations
+    ``needs_output``   whether the rule reads the node's own activation
+    ``conserving``     whether Σ R_in = Σ R holds (under the conditions in rules.md)
+    """
+
+    name: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]] = ()
+    needs_inputs: ClassVar[bool] = True
+    needs_output: ClassVar[bool] = False
+    conserving: ClassVar[bool] = True
+
+    def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
+        """Relevance of each input, given the relevance of the node's output."""
+        raise NotImplementedError
+
+    def __call__(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
+        return self.relevance(ctx, relevance)
+
+    def bind(self, **context: Any) -> Rule:
+        """This rule with context-dependent parameters resolved (e.g. zβ bounds from the
+        preprocessing); most rules return themselves."""
+        return self
+
+    def fits(self, op: Op) -> bool:
+        """Whether the op offers a capability this rule needs."""
+        return any(c in op.capabilities for c in self.requires)
+
+    def describe(self) -> str:
+        """``name(param=value, ...)``."""
+        if dataclasses.is_dataclass(self):
+            params = ", ".join(
+                f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+            )
+            return f"{self.name}({params})" if params else self.name
+        return self.name
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+
+RULES: dict[str, type[Rule]] = {}
+"""Every registered rule class by name."""
+
+
+def register_rule(cls: type[Rule] | None = None, *, name: str | None = None):
+    """Register a rule class so YAML presets can name it. Use as a decorator.
+
+    Examples
+    --------
+    >>> @register_rule
+    ... @dataclass
+    ... class Halve(Rule):
+    ...     name = "halve"
+    ...     requires = ("reshape",)
+    ...     def relevance(self, ctx, relevance):
+    ...         return [0.5 * relevance.reshape(ctx.input_shapes[0])]
+    """
+
+    def add(rule_cls: type[Rule]) -> type[Rule]:
+        key = name or rule_cls.name
+        if not dataclasses.is_dataclass(rule_cls):
+            rule_cls = dataclass(rule_cls)
+        rule_cls.name = key
+        RULES[key] = rule_cls
+        return rule_cls
+
+    return add(cls) if cls is not None else add
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check and convert a YAML value for a rule parameter of the given annotation."""
+    origin = typing.get_origin(annotation)
+    options = (
+        typing.get_args(annotation)
+        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None))
+        else (annotation,)
+    )
+    errors = []
+    for option in options:
+        if option is type(None):
+            if value is None:
+                return None
+            continue
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is str and isinstance(value, str):
+            return value
+        if typing.get_origin(option) in (list, tuple, Sequence) and isinstance(
+            value, (list, tuple)
+        ):
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                return tuple(float(v) for v in value)
+        if option is Any:
+            return value
+        errors.append(getattr(option, "__name__", str(option)))
+    raise RuleError(f"{where} must be {' or '.join(errors) or 'valid'}, got {value!r}")
+
+
+def make_rule(spec: Any, *, file: str | None = None, line: int | None = None) -> Rule:
+    """Build a rule from a YAML spec: a name (``"zplus"``) or a mapping
+    (``{name: epsilon, epsilon: 0.25}``), or pass a ``Rule`` through."""
+    if isinstance(spec, Rule):
+        return spec
+    if isinstance(spec, str):
+        name, params = spec, {}
+    elif isinstance(spec, dict):
+        if "name" not in spec:
+            raise RuleError(
+                "a rule mapping needs 'name' (e.g. {name: epsilon, epsilon: 0.25})",
+                file=file,
+                line=line,
+            )
+        params = {k: v for k, v in spec.items() if k != "name"}
+        name = spec["name"]
+    else:
+        raise RuleError(
+            f"a rule must be a name or a mapping with 'name', got {spec!r}", file=file, line=line
+        )
+    if name not in RULES:
+        raise RuleError(
+            f"unknown rule '{name}'{did_you_mean(name, RULES)} (rules: {', '.join(sorted(RULES))})",
+            file=file,
+            line=line,
+        )
+    cls = RULES[name]
+    if name == "combine":
+        return cls.from_spec(params, file=file, line=line)  # type: ignore[attr-defined]
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    kwargs = {}
+    for key, value in params.items():
+        if key not in fields:
+            raise RuleError(
+                f"rule '{name}' has no parameter '{key}'{did_you_mean(key, fields)} "
+                f"(parameters: {', '.join(fields) or 'none'})",
+                file=file,
+                line=line,
+            )
+        try:
+            kwargs[key] = _coerce(value, hints.get(key, Any), f"parameter '{key}' of rule '{name}'")
+        except RuleError as exc:
+            raise RuleError(exc.message, file=file, line=line) from None
+    try:
+        return cls(**kwargs)
+    except RuleError as exc:
+        raise RuleError(exc.message, file=file, line=line) from None
+    except (TypeError, ValueError) as exc:
+        raise RuleError(f"cannot build rule '{name}': {exc}", file=file, line=line) from None

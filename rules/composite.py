@@ -1,0 +1,318 @@
+"""Composites: which rule each node gets. Selectors map nodes to rules; later entries win.
+
+A preset is a YAML file::
+
+    name: deep-taylor-paper
+    extends: base                 # optional: entries of another preset come first
+    seed: onehot                  # optional: the default seed of the reverse pass
+    rules:
+      - {ops: ["conv*", linear], rule: {name: zplus, stabilizer: zero}}
+      - {nodes: first, rule: {name: zbeta, bounds: preprocess}}
+
+Selector keys (all given must match): ``nodes`` (names or glob patterns, or ``first``: the
+affine nodes with no affine node before them, or ``last``: those with none after them) and
+``ops`` (op types or glob patterns).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+
+from relgraph.errors import RuleError, did_you_mean
+
+from .base import Rule, make_rule
+
+if TYPE_CHECKING:
+    from relgraph.graph import Graph
+
+SELECTOR_KEYS = ("nodes", "ops")
+ENTRY_KEYS = (*SELECTOR_KEYS, "rule")
+PRESET_KEYS = ("name", "description", "extends", "seed", "rules")
+
+
+def _as_tuple(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which nodes an entry applies to; every given criterion must hold."""
+
+    nodes: tuple[str, ...] | None = None
+    ops: tuple[str, ...] | None = None
+
+    def matches(self, graph: Graph) -> set[str]:
+        """Names of the matching nodes (the input node never matches)."""
+        candidates = set(graph.order[1:])
+        if self.nodes is not None:
+            chosen: set[str] = set()
+            for pattern in self.nodes:
+                if pattern == "first":
+                    chosen |= _boundary_affine(graph, first=True)
+                elif pattern == "last":
+                    chosen |= _boundary_affine(graph, first=False)
+                else:
+                    chosen |= {n for n in candidates if fnmatch.fnmatchcase(n, pattern)}
+            candidates &= chosen
+        if self.ops is not None:
+            candidates = {
+                n
+                for n in candidates
+                if any(fnmatch.fnmatchcase(graph.op(n).type, p) for p in self.ops)
+            }
+        return candidates
+
+    def describe(self) -> str:
+        parts = []
+        if self.nodes is not None:
+            parts.append("nodes " + ", ".join(self.nodes))
+        if self.ops is not None:
+            parts.append("ops " + ", ".join(self.ops))
+        return "; ".join(parts) or "every node"
+
+
+def _boundary_affine(graph: Graph, *, first: bool) -> set[str]:
+    """Affine nodes (conv, linear, batch-norm) with no affine node before (or after) them."""
+    affine = {n for n in graph.order if "affine" in graph.op(n).capabilities}
+    related = nx.ancestors if first else nx.descendants
+    return {n for n in affine if not (related(graph.graph, n) & affine)}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of a composite: a selector and the rule (or rule spec) it assigns."""
+
+    selector: Selector
+    rule: Any
+    file: str | None = None
+    line: int | None = None
+
+
+@dataclass
+class Composite:
+    """An ordered list of (selector, rule) entries; for each node the last match wins.
+
+    Build one from a preset (``preset("deep-taylor-paper")``), a YAML file, or in Python,
+    and refine it with ``override``.
+    """
+
+    entries: list[Entry] = field(default_factory=list)
+    name: str = "custom"
+    description: str = ""
+    seed: str | None = None
+
+    def override(
+        self,
+        nodes: str | Iterable[str] | None = None,
+        rule: Rule | str | dict | None = None,
+        *,
+        ops: str | Iterable[str] | None = None,
+    ) -> Composite:
+        """A new composite with ``rule`` for the selected nodes on top of this one.
+
+        Examples
+        --------
+        >>> composite = preset("deep-taylor-paper").override("conv5b", Epsilon(0.25))
+        >>> composite = composite.override(ops="maxpool*", rule="proportional")
+        """
+        if rule is None:
+            raise RuleError("override needs a rule")
+        if nodes is None and ops is None:
+            raise RuleError("override needs nodes=... or ops=...")
+        entry = Entry(Selector(_as_tuple(nodes), _as_tuple(ops)), make_rule(rule))
+        return Composite(
+            [*self.entries, entry], self.name + "+override", self.description, self.seed
+        )
+
+    def resolve(self, graph: Graph, *, preprocess: str | None = None) -> dict[str, Rule]:
+        """The rule of every node of ``graph`` (input excluded), checked against its op.
+
+        Parameters
+        ----------
+        preprocess
+            The preprocessing preset in use (zβ bounds follow from it); defaults to the
+            architecture's.
+        """
+        preprocess = preprocess or graph.default_preprocess
+        chosen: dict[str, Entry] = {}
+        for entry in self.entries:
+            for node in entry.selector.matches(graph):
+                chosen[node] = entry
+        rules: dict[str, Rule] = {}
+        for node in graph.order[1:]:
+            op = graph.op(node)
+            line = graph.graph.nodes[node].get("line")
+            if node not in chosen:
+                raise RuleError(
+                    f"composite '{self.name}' gives no rule to this {op.type} node; add an "
+                    f"entry for it (e.g. override('{node}', ...))",
+                    file=graph.file,
+                    line=line,
+                    node=node,
+                )
+            entry = chosen[node]
+            rule = make_rule(entry.rule, file=entry.file, line=entry.line)
+            if not rule.fits(op):
+                from .base import RULES
+
+                fitting = sorted(
+                    n
+                    for n, cls in RULES.items()
+                    if set(getattr(cls, "requires", ())) & op.capabilities
+                )
+                where = f" ({entry.file}:{entry.line})" if entry.file else ""
+                raise RuleError(
+                    f"rule '{rule.name}'{where} does not fit a {op.type} node; rules that do: "
+                    f"{', '.join(fitting)}",
+                    file=graph.file,
+                    line=line,
+                    node=node,
+                )
+            try:
+                rules[node] = rule.bind(preprocess=preprocess)
+            except RuleError as exc:
+                raise RuleError(
+                    exc.message, file=entry.file or graph.file, line=entry.line, node=node
+                ) from None
+        return rules
+
+    def table(self, graph: Graph, *, preprocess: str | None = None) -> str:
+        """A table of which rule each node gets."""
+        rules = self.resolve(graph, preprocess=preprocess)
+        rows = [("node", "op", "rule")] + [
+            (n, graph.op(n).type, rules[n].describe()) for n in graph.order[1:]
+        ]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def _presets_folder():
+    return resources.files("relgraph.rules") / "presets"
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped rule presets."""
+    return sorted(
+        p.name[: -len(".yaml")] for p in _presets_folder().iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def _preset_path(name_or_path: str | os.PathLike) -> Path:
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        path = Path(text)
+        if not path.is_file():
+            raise RuleError("rule preset file not found", file=text)
+        return path
+    candidate = _presets_folder() / f"{text}.yaml"
+    if not candidate.is_file():
+        names = preset_names()
+        raise RuleError(
+            f"no rule preset named '{text}'{did_you_mean(text, names)} "
+            f"(presets: {', '.join(names)}; or give a path to a YAML file)"
+        )
+    return Path(str(candidate))
+
+
+def preset(name_or_path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> Composite:
+    """Load a rule preset by name (``"deep-taylor-paper"``) or from a YAML file."""
+    from relgraph.spec import line_of, load_yaml
+
+    path = _preset_path(name_or_path)
+    file = str(path)
+    if file in _seen:
+        raise RuleError(
+            "presets extend each other in a circle: " + " → ".join([*_seen, file]), file=file
+        )
+    try:
+        data = load_yaml(path.read_text(encoding="utf-8"), file)
+    except OSError as exc:
+        raise RuleError(f"cannot read the preset: {exc}", file=file) from None
+    except Exception as exc:  # SpecError from the YAML reader: same message, rule error class
+        raise RuleError(
+            getattr(exc, "message", str(exc)), file=file, line=getattr(exc, "line", None)
+        ) from None
+    if not isinstance(data, dict) or "rules" not in data:
+        raise RuleError(
+            "a rule preset must be a mapping with a 'rules' list", file=file, line=line_of(data)
+        )
+    for key in data:
+        if key not in PRESET_KEYS:
+            raise RuleError(
+                f"unknown field '{key}'{did_you_mean(key, PRESET_KEYS)} "
+                f"(allowed: {', '.join(PRESET_KEYS)})",
+                file=file,
+                line=line_of(data, key),
+            )
+    entries: list[Entry] = []
+    seed = data.get("seed")
+    if data.get("extends"):
+        parent = preset(data["extends"], (*_seen, file))
+        entries += parent.entries
+        seed = seed or parent.seed
+    if not isinstance(data["rules"], list):
+        raise RuleError("'rules' must be a list of entries", file=file, line=line_of(data, "rules"))
+    for item in data["rules"]:
+        line = line_of(item)
+        if not isinstance(item, dict) or "rule" not in item:
+            raise RuleError(
+                "each entry needs 'rule' and a selector ('nodes' and/or 'ops')",
+                file=file,
+                line=line,
+            )
+        for key in item:
+            if key not in ENTRY_KEYS:
+                raise RuleError(
+                    f"unknown field '{key}' in a rule entry{did_you_mean(key, ENTRY_KEYS)} "
+                    f"(allowed: {', '.join(ENTRY_KEYS)})",
+                    file=file,
+                    line=line_of(item, key),
+                )
+        if not any(k in item for k in SELECTOR_KEYS):
+            raise RuleError("a rule entry needs 'nodes' or 'ops'", file=file, line=line)
+        values = {}
+        for key in SELECTOR_KEYS:
+            value = item.get(key)
+            if value is not None and not (
+                isinstance(value, str)
+                or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+            ):
+                raise RuleError(
+                    f"'{key}' must be a name or a list of names, got {value!r}",
+                    file=file,
+                    line=line_of(item, key),
+                )
+            values[key] = _as_tuple(value)
+        rule = make_rule(item["rule"], file=file, line=line_of(item, "rule"))  # checked now
+        entries.append(Entry(Selector(**values), rule, file, line))
+    return Composite(entries, data.get("name", path.stem), data.get("description", ""), seed)
+
+
+def as_composite(rules: Composite | str | os.PathLike | dict | None, graph: Graph) -> Composite:
+    """Accept a composite, a preset name or path, or ``{node or pattern: rule}`` on top of the
+    graph's default preset."""
+    if isinstance(rules, Composite):
+        return rules
+    if rules is None:
+        return preset(graph.default_rules or "epsilon-plus")
+    if isinstance(rules, dict):
+        composite = preset(graph.default_rules or "epsilon-plus")
+        for target, rule in rules.items():
+            composite = composite.override(target, rule)
+        return composite
+    return preset(rules)

@@ -1,0 +1,447 @@
+"""The rule library: each rule is a short dataclass whose ``relevance`` reads like its formula
+in ``rules.md``. ``A``/``Aᵀ`` are the op's ``linear_map``/``adjoint``; ``stab`` the safe division.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from relgraph.errors import RuleError
+
+from .base import (
+    NodeContext,
+    Rule,
+    Stabilizer,
+    is_nonnegative,
+    make_rule,
+    negative,
+    positive,
+    register_rule,
+)
+
+
+def _A(ctx: NodeContext, x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
+    return ctx.op.linear_map(x, weight, bias)
+
+
+def _At(ctx: NodeContext, s: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return ctx.op.adjoint(s, weight, ctx.input_shapes[0])
+
+
+def signed_share(
+    ctx: NodeContext,
+    relevance: torch.Tensor,
+    w_for_positive: torch.Tensor,
+    w_for_negative: torch.Tensor,
+    bias: torch.Tensor | None,
+    stab: Stabilizer,
+) -> torch.Tensor:
+    """``z = A(x⁺; W_p) + A(x⁻; W_n) (+ bias)``, ``s = R / stab(z)``,
+    ``R_in = x⁺ ⊙ Aᵀ(s; W_p) + x⁻ ⊙ Aᵀ(s; W_n)``: the building block of zplus, αβ and γ.
+    Where ``x ≥ 0`` everywhere (ReLU outputs) the ``x⁻`` terms vanish and are skipped."""
+    x = ctx.x
+    if is_nonnegative(x):
+        z = _A(ctx, x, w_for_positive, bias)
+        return x * _At(ctx, stab(relevance, z), w_for_positive)
+    x_pos, x_neg = positive(x), negative(x)
+    z = _A(ctx, x_pos, w_for_positive, bias) + _A(ctx, x_neg, w_for_negative)
+    s = stab(relevance, z)
+    return x_pos * _At(ctx, s, w_for_positive) + x_neg * _At(ctx, s, w_for_negative)
+
+
+def _bias_part(ctx: NodeContext, use_bias: bool, sign: str) -> torch.Tensor | None:
+    bias = ctx.weight_and_bias()[1]
+    if not use_bias or bias is None:
+        return None
+    return positive(bias) if sign == "+" else negative(bias)
+
+
+# --------------------------------------------------------------------------- structural
+
+
+@register_rule
+@dataclass
+class Pass(Rule):
+    """``R_in = R``, reshaped to the input's shape (ReLU, dropout, flatten, identity)."""
+
+    name = "pass"
+    requires = ("reshape",)
+    needs_inputs = False
+
+    def relevance(self, ctx, relevance):
+        return [relevance.reshape(ctx.input_shapes[0])]
+
+
+# --------------------------------------------------------------------------- affine rules
+
+
+@register_rule
+@dataclass
+class Epsilon(Rule):
+    """LRP-ε: ``z = A(x; W, b)``, ``R_in = x ⊙ Aᵀ(R / stab_ε(z); W)``; ε = 0 is LRP-0."""
+
+    name = "epsilon"
+    requires = ("affine",)
+    conserving = False  # conserves with b = 0 and ε = 0
+    epsilon: float = 1e-6
+    bias: bool = True
+
+    def __post_init__(self):
+        if self.epsilon < 0:
+            raise RuleError(f"epsilon must be ≥ 0, got {self.epsilon}")
+
+    @property
+    def needs_output(self) -> bool:  # the forward output is z itself when the bias is kept
+        return self.bias
+
+    def relevance(self, ctx, relevance):
+        weight, bias = ctx.weight_and_bias()
+        if self.bias and ctx.output is not None:
+            z = ctx.output
+        else:
+            z = _A(ctx, ctx.x, weight, bias if self.bias else None)
+        s = Stabilizer("epsilon", self.epsilon)(relevance, z)
+        return [ctx.x * _At(ctx, s, weight)]
+
+
+@dataclass
+class _Stabilized(Rule):
+    """Rules with a choice of stabiliser (``zero`` or ``epsilon``) and of keeping the bias."""
+
+    bias: bool = False
+    stabilizer: str = "zero"
+    epsilon: float = 1e-6
+
+    def __post_init__(self):
+        # derived from the parameters, not itself a parameter (not a dataclass field)
+        self.stab = Stabilizer(self.stabilizer, self.epsilon)
+
+
+@register_rule
+@dataclass
+class ZPlus(_Stabilized):
+    """z⁺: ``z = A(x⁺;W⁺) + A(x⁻;W⁻) (+b⁺)``, ``R_in = x⁺⊙Aᵀ(s;W⁺) + x⁻⊙Aᵀ(s;W⁻)``."""
+
+    name = "zplus"
+    requires = ("affine",)
+
+    def relevance(self, ctx, relevance):
+        w_pos, w_neg = ctx.weight_parts()
+        return [
+            signed_share(ctx, relevance, w_pos, w_neg, _bias_part(ctx, self.bias, "+"), self.stab)
+        ]
+
+
+@register_rule
+@dataclass
+class AlphaBeta(_Stabilized):
+    """αβ: ``R_in = α·[x⁺⊙Aᵀ(sα;W⁺) + x⁻⊙Aᵀ(sα;W⁻)] − β·[x⁺⊙Aᵀ(sβ;W⁻) + x⁻⊙Aᵀ(sβ;W⁺)]``
+    with ``zα = A(x⁺;W⁺)+A(x⁻;W⁻) (+b⁺)`` and ``zβ = A(x⁺;W⁻)+A(x⁻;W⁺) (+b⁻)``; α − β = 1."""
+
+    name = "alphabeta"
+    requires = ("affine",)
+    alpha: float = 2.0
+    beta: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1) > 1e-12:
+            raise RuleError(
+                f"alphabeta needs α, β ≥ 0 and α − β = 1, got α={self.alpha}, β={self.beta}"
+            )
+
+    def relevance(self, ctx, relevance):
+        w_pos, w_neg = ctx.weight_parts()
+        r_in = self.alpha * signed_share(
+            ctx, relevance, w_pos, w_neg, _bias_part(ctx, self.bias, "+"), self.stab
+        )
+        if self.beta:
+            r_in = r_in - self.beta * signed_share(
+                ctx, relevance, w_neg, w_pos, _bias_part(ctx, self.bias, "-"), self.stab
+            )
+        return [r_in]
+
+
+@register_rule
+@dataclass
+class Gamma(_Stabilized):
+    """γ: ``W↑ = W + γW⁺``, ``W↓ = W + γW⁻``; outputs with z > 0 share by
+    ``z↑ = A(x⁺;W↑)+A(x⁻;W↓)``, outputs with z < 0 by ``z↓ = A(x⁺;W↓)+A(x⁻;W↑)``."""
+
+    name = "gamma"
+    requires = ("affine",)
+    needs_output = True
+    gamma: float = 0.25
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.gamma < 0:
+            raise RuleError(f"gamma must be ≥ 0, got {self.gamma}")
+
+    def relevance(self, ctx, relevance):
+        weight, bias = ctx.weight_and_bias()
+        gamma = self.gamma
+
+        def weights():
+            w_pos, w_neg = ctx.weight_parts()
+            return weight + gamma * w_pos, weight + gamma * w_neg
+
+        w_up, w_down = ctx.memo(f"gamma={gamma}", weights)
+        z = ctx.output if ctx.output is not None else _A(ctx, ctx.x, weight, bias)
+        up = signed_share(ctx, torch.where(z > 0, relevance, 0.0), w_up, w_down, None, self.stab)
+        down = signed_share(ctx, torch.where(z < 0, relevance, 0.0), w_down, w_up, None, self.stab)
+        return [up + down]
+
+
+@register_rule
+@dataclass
+class ZBeta(_Stabilized):
+    """zβ (bounded inputs ``l ≤ x ≤ h``): ``z = A(x;W) − A(l;W⁺) − A(h;W⁻)``,
+    ``R_in = x⊙Aᵀ(s;W) − l⊙Aᵀ(s;W⁺) − h⊙Aᵀ(s;W⁻)``.
+
+    ``low``/``high`` are numbers or one value per input channel; or ``bounds`` names a
+    preprocessing preset (``c3d-ucf101``, ``hara``) or ``preprocess`` (the one in use), with
+    ``per_channel`` choosing ``(−mean_c, 255 − mean_c)`` over the paper's scalar bounds.
+    """
+
+    name = "zbeta"
+    requires = ("affine",)
+    needs_output = True
+    low: float | tuple[float, ...] | None = None
+    high: float | tuple[float, ...] | None = None
+    bounds: str | None = None
+    per_channel: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.bounds is None and (self.low is None or self.high is None):
+            raise RuleError("zbeta needs 'low' and 'high', or 'bounds' (a preprocessing preset)")
+
+    def bind(self, *, preprocess: str | None = None, **_: Any) -> Rule:
+        """Resolve ``bounds`` into ``low``/``high`` from the preprocessing preset."""
+        if self.bounds is None:
+            return self
+        name = preprocess if self.bounds == "preprocess" else self.bounds
+        if name is None:
+            raise RuleError(
+                "zbeta takes its bounds from the preprocessing, but none is known: pass "
+                "preprocess=... or name one in the architecture file"
+            )
+        from relgraph.preprocess import get_preprocess
+
+        low, high = get_preprocess(name).zbeta_bounds(self.per_channel)
+        return dataclasses.replace(
+            self, low=tuple(low.tolist()), high=tuple(high.tolist()), bounds=None
+        )
+
+    def _bound(self, value, x: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+        if t.dim() == 1:
+            if t.numel() != x.shape[1]:
+                raise RuleError(
+                    f"zbeta has {t.numel()} per-channel bounds but its input has "
+                    f"{x.shape[1]} channels"
+                )
+            t = t.reshape(1, -1, *([1] * (x.dim() - 2)))
+        return t.expand_as(x)
+
+    def relevance(self, ctx, relevance):
+        x = ctx.x
+        weight, bias = ctx.weight_and_bias()
+        w_pos, w_neg = ctx.weight_parts()
+        low, high = self._bound(self.low, x), self._bound(self.high, x)
+
+        def bound_part():
+            return _A(ctx, low, w_pos) + _A(ctx, high, w_neg)
+
+        if ctx.output is not None and bias is not None:  # A(x;W) = output − b: no extra pass
+            z_x = ctx.output - bias.reshape(1, -1, *([1] * (ctx.output.dim() - 2)))
+        else:
+            z_x = _A(ctx, x, weight)
+        z = z_x - ctx.memo(("zbeta", tuple(x.shape), self.low, self.high), bound_part)
+        s = self.stab(relevance, z)
+        # x⊙Aᵀ(s;W) − l⊙Aᵀ(s;W⁺) − h⊙Aᵀ(s;W⁻) with Aᵀ(s;W) = Aᵀ(s;W⁺) + Aᵀ(s;W⁻)
+        return [(x - low) * _At(ctx, s, w_pos) + (x - high) * _At(ctx, s, w_neg)]
+
+
+@register_rule
+@dataclass
+class Flat(_Stabilized):
+    """Flat: ``R_in = Aᵀ(R / stab(A(1;1)); 1)``, uniform over each receptive field."""
+
+    name = "flat"
+    requires = ("affine",)
+    needs_inputs = False
+
+    def relevance(self, ctx, relevance):
+        shape = ctx.input_shapes[0]
+        weight = ctx.weight_and_bias()[0]
+        ones_w = ctx.memo("ones(W)", lambda: torch.ones_like(weight))
+        ones_x = torch.ones(shape, dtype=relevance.dtype, device=relevance.device)
+        count = ctx.memo(("A(1;1)", tuple(shape)), lambda: _A(ctx, ones_x, ones_w))
+        return [_At(ctx, self.stab(relevance, count), ones_w)]
+
+
+@register_rule
+@dataclass
+class WSquare(_Stabilized):
+    """w²: ``R_in = Aᵀ(R / stab(A(1;W²)); W²)``, bias dropped."""
+
+    name = "wsquare"
+    requires = ("affine",)
+    needs_inputs = False
+
+    def relevance(self, ctx, relevance):
+        shape = ctx.input_shapes[0]
+        w_sq = ctx.memo("W²", lambda: ctx.weight_and_bias()[0] ** 2)
+        ones_x = torch.ones(shape, dtype=relevance.dtype, device=relevance.device)
+        z = ctx.memo(("A(1;W²)", tuple(shape)), lambda: _A(ctx, ones_x, w_sq))
+        return [_At(ctx, self.stab(relevance, z), w_sq)]
+
+
+# --------------------------------------------------------------------------- pooling, merges
+
+
+@register_rule
+@dataclass
+class WinnerTakeAll(Rule):
+    """Max pool: ``R_in[k] = Σ_j δ_jk R[j]``, δ the forward's argmax (overlaps add)."""
+
+    name = "winner-take-all"
+    requires = ("max_route",)
+
+    def relevance(self, ctx, relevance):
+        return [ctx.op.max_route(ctx.x, relevance)]
+
+
+@register_rule
+@dataclass
+class Proportional(Rule):
+    """``R_in = x ⊙ Aᵀ(R / stab(f(x)))``: each input its share of the window (or sum) it fed."""
+
+    name = "proportional"
+    requires = ("window", "split")
+    stabilizer: str = "zero"
+    epsilon: float = 1e-6
+
+    def __post_init__(self):
+        self.stab = Stabilizer(self.stabilizer, self.epsilon)
+
+    def relevance(self, ctx, relevance):
+        if "window" in ctx.op.capabilities:
+            x = ctx.x
+            s = self.stab(relevance, ctx.op.window_sum(x))
+            return [x * ctx.op.window_sum_adjoint(s, x.shape)]
+        return ctx.op.split(ctx.inputs, relevance, self.stab)
+
+
+@register_rule
+@dataclass
+class Uniform(Rule):
+    """Average pool as in the paper: ``R_in[k] = Σ_j R[j] / N_j`` over the windows j holding k
+    (``N_j`` counts the window's real inputs, so padding takes no relevance)."""
+
+    name = "uniform"
+    requires = ("window",)
+    needs_inputs = False
+
+    def relevance(self, ctx, relevance):
+        shape = ctx.input_shapes[0]
+        ones = torch.ones(shape, dtype=relevance.dtype, device=relevance.device)
+        counts = ctx.memo(("N_j", tuple(shape)), lambda: ctx.op.window_sum(ones))
+        return [ctx.op.window_sum_adjoint(Stabilizer("zero")(relevance, counts), shape)]
+
+
+@register_rule
+@dataclass
+class Split(Rule):
+    """add: ``R_i = x_i / Σx · R`` (stabilised); concat: ``R`` sliced back to each input."""
+
+    name = "split"
+    requires = ("split",)
+    stabilizer: str = "zero"
+    epsilon: float = 1e-6
+
+    def __post_init__(self):
+        self.stab = Stabilizer(self.stabilizer, self.epsilon)
+
+    def relevance(self, ctx, relevance):
+        return ctx.op.split(ctx.inputs, relevance, self.stab)
+
+
+# --------------------------------------------------------------------------- composition
+
+
+@register_rule
+@dataclass
+class Combine(Rule):
+    """A weighted sum of rules at one node: ``R_in = Σ_k w_k · rule_k(R)``.
+
+    YAML: ``{name: combine, parts: [{weight: 0.5, rule: zplus}, {weight: 0.5, rule: epsilon}]}``.
+    """
+
+    name = "combine"
+    conserving = False
+    parts: list[tuple[float, Rule]] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.parts:
+            raise RuleError("combine needs at least one part")
+        self.parts = [(float(w), make_rule(r)) for w, r in self.parts]
+
+    @property
+    def requires(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(c for _, r in self.parts for c in r.requires)
+
+    def fits(self, op) -> bool:
+        return all(rule.fits(op) for _, rule in self.parts)
+
+    @property
+    def needs_inputs(self) -> bool:  # type: ignore[override]
+        return any(r.needs_inputs for _, r in self.parts)
+
+    @property
+    def needs_output(self) -> bool:  # type: ignore[override]
+        return any(getattr(r, "needs_output", False) for _, r in self.parts)
+
+    def bind(self, **context: Any) -> Rule:
+        parts = [(w, r.bind(**context)) for w, r in self.parts]
+        return dataclasses.replace(self, parts=parts)
+
+    def relevance(self, ctx, relevance):
+        total = None
+        for weight, rule in self.parts:
+            part = [weight * r for r in rule(ctx, relevance)]
+            total = part if total is None else [t + p for t, p in zip(total, part)]
+        return total
+
+    def describe(self) -> str:
+        return "combine(" + " + ".join(f"{w:g}·{r.describe()}" for w, r in self.parts) + ")"
+
+    @classmethod
+    def from_spec(cls, params: dict, *, file=None, line=None) -> Combine:
+        parts = params.get("parts")
+        extra = set(params) - {"parts"}
+        if extra or not isinstance(parts, list) or not parts:
+            raise RuleError(
+                "combine needs 'parts': a list of {weight: w, rule: ...}", file=file, line=line
+            )
+        built = []
+        for part in parts:
+            if not isinstance(part, dict) or set(part) != {"weight", "rule"}:
+                raise RuleError(
+                    f"each part of combine needs 'weight' and 'rule', got {part!r}",
+                    file=file,
+                    line=line,
+                )
+            weight = part["weight"]
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise RuleError(
+                    f"a part's weight must be a number, got {weight!r}", file=file, line=line
+                )
+            built.append((float(weight), make_rule(part["rule"], file=file, line=line)))
+        return cls(parts=built)
