@@ -173,7 +173,8 @@ def explain(
         x,
         node_rules,
         target,
-        seed or composite.seed or "onehot",
+        # `seed or ...` would ask a seed tensor for its truth value
+        seed if seed is not None else composite.seed or "onehot",
         labels=labels,
         return_all=return_all,
     )

@@ -165,10 +165,12 @@ class Composite:
             if not rule.fits(op):
                 from .base import RULES
 
+                # a rule whose requirements depend on its parameters (combine) has a
+                # property, not a tuple, as its class attribute: it is left out of the hint
                 fitting = sorted(
                     n
                     for n, cls in RULES.items()
-                    if set(getattr(cls, "requires", ())) & op.capabilities
+                    if isinstance(cls.requires, tuple) and set(cls.requires) & op.capabilities
                 )
                 where = f" ({entry.file}:{entry.line})" if entry.file else ""
                 raise RuleError(
