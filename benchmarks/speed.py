@@ -1,0 +1,397 @@
+"""Speed and memory of relgraph against the autograd-based way of computing the same rules.
+
+Run ``python benchmarks/speed.py`` (CPU) or ``python benchmarks/speed.py --device cuda``.
+Measures, on the full-size C3D (3×16×112×112, float32), medians over repeats after a
+warm-up, each configuration in a fresh subprocess so that its peak memory is its own:
+
+- the forward pass alone;
+- ``relgraph.explain`` with ``deep-taylor-paper`` and ``epsilon-plus``;
+- the same rules computed as hook-based libraries do (``lrp_autograd.py``: a modified
+  forward per layer plus ``torch.autograd.grad``), checked to give the same relevance;
+- captum's LRP with the rules it shares with relgraph (z⁺ as ``Alpha1_Beta0_Rule`` with
+  the bias off, ε for the first layer and max pools), against relgraph with the same rules;
+- ``relgraph.discriminative`` (T = 16) against 17 single explanations one after another;
+- peak memory: resident set size on CPU, ``torch.cuda.max_memory_allocated`` on CUDA.
+
+Then a second table: time and peak memory against clip length T (8, 16, 32) and batch
+size (1, 4, 17). Prints markdown tables and writes them as JSON (``--json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _build(frames: int, device: str):
+    """Full-size C3D for clips of ``frames`` frames (fc6 resized to fit when T ≠ 16)."""
+    import torch
+
+    import relgraph
+
+    if frames == 16:
+        graph = relgraph.load_architecture("c3d", device=device)
+    else:
+        text = (Path(relgraph.graph.architecture_path("c3d"))).read_text()
+        text = text.replace("shape: [3, 16, 112, 112]", f"shape: [3, {frames}, 112, 112]")
+        text = text.replace("in_features: 8192, ", "")
+        if frames < 16:  # pool5 sees a single frame: let its window run past the end
+            text = text.replace("padding: [0, 1, 1]}", "padding: [0, 1, 1], ceil_mode: true}")
+        graph = relgraph.architecture_from_yaml(text, file=f"c3d-T{frames}", device=device)
+    torch.manual_seed(0)
+    return graph
+
+
+def _clip(batch: int, frames: int, device: str):
+    import torch
+
+    generator = torch.Generator().manual_seed(1)
+    clip = torch.rand((batch, 3, frames, 112, 112), generator=generator) * 255 - 102
+    return clip.to(device)
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def worker(kind: str, device: str, batch: int, frames: int, repeats: int) -> dict:
+    """Time one configuration in this process and report its peak memory."""
+    import torch
+    from relgraph.rules import Composite, Entry, Epsilon, Selector, ZPlus, preset
+
+    import relgraph
+
+    sys.path.insert(0, str(HERE))
+    from lrp_autograd import relevance_autograd
+
+    torch.set_grad_enabled(kind.startswith("autograd") or kind.startswith("captum"))
+    graph = _build(frames, device)
+    clip = _clip(batch, frames, device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def rules_of(name):
+        return preset(name).resolve(graph)
+
+    captum_like = Composite(
+        [
+            *preset("base").entries,
+            Entry(Selector(ops=("conv*", "linear")), ZPlus(stabilizer="epsilon", epsilon=1e-9)),
+            Entry(Selector(nodes=("first",)), Epsilon(epsilon=1e-9, bias=True)),
+        ],
+        name="captum-like",
+    )
+
+    if kind == "forward":
+
+        def run():
+            return graph.forward(clip).output
+
+    elif kind.startswith("explain:"):
+        name = kind.split(":", 1)[1]
+        composite = captum_like if name == "captum-like" else preset(name)
+
+        def run():
+            return relgraph.explain(graph, clip, rules=composite)
+
+    elif kind.startswith("autograd:"):
+        node_rules = rules_of(kind.split(":", 1)[1])
+
+        def run():
+            return relevance_autograd(graph, clip, node_rules)
+
+    elif kind == "captum":
+        from captum.attr import LRP
+        from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule
+
+        model = _torch_c3d(graph)
+
+        def run():
+            for name, module in model.named_children():
+                if isinstance(module, torch.nn.Conv3d | torch.nn.Linear):
+                    module.rule = EpsilonRule() if name == "conv1" else Alpha1_Beta0_Rule(True)
+                elif isinstance(module, torch.nn.MaxPool3d):
+                    module.rule = EpsilonRule()
+            target = int(graph.forward(clip.detach()).output.argmax(1)[0])
+            return LRP(model).attribute(clip.clone().requires_grad_(True), target=target)
+
+    elif kind == "discriminative":
+
+        def run():
+            return relgraph.discriminative(graph, clip, rules="deep-taylor-paper", progress=False)
+
+    elif kind == "explain17":
+
+        def run():
+            frozen = [clip[:, :, t : t + 1].expand_as(clip).contiguous() for t in range(frames)]
+            outputs = [relgraph.explain(graph, clip, rules="deep-taylor-paper")]
+            for frozen_clip in frozen:
+                outputs.append(relgraph.explain(graph, frozen_clip, rules="deep-taylor-paper"))
+            return outputs
+
+    else:
+        raise SystemExit(f"unknown kind {kind}")
+
+    result = run()  # warm-up (also fills per-graph caches such as W⁺)
+    rss_before = _rss_bytes()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        result = run()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    report = {
+        "kind": kind,
+        "batch": batch,
+        "frames": frames,
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "rss_before_bytes": rss_before,
+        "peak_rss_bytes": _peak_rss_bytes(),
+        "weights_bytes": sum(t.numel() * t.element_size() for t in graph.state_dict().values()),
+    }
+    if device == "cuda":
+        report["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
+    if kind.startswith("autograd:"):  # check the baseline against relgraph
+        name = kind.split(":", 1)[1]
+        with torch.no_grad():
+            ours = relgraph.explain(graph, clip, rules=name)
+        report["max_rel_diff_vs_relgraph"] = float((ours - result).abs().max() / result.abs().max())
+    if kind == "captum":
+        ours = relgraph.explain(graph, clip, rules=captum_like)
+        result = result.detach()
+        report["max_rel_diff_vs_relgraph"] = float((ours - result).abs().max() / result.abs().max())
+    if kind.startswith("explain:") and batch == 1:
+        from relgraph.reverse import activations_needed
+
+        needed = activations_needed(graph, preset(kind.split(":", 1)[1]).resolve(graph))
+        per_clip = sum(4 * int(torch.tensor(graph.graph.nodes[n]["shape"]).prod()) for n in needed)
+        report["needed_activation_bytes"] = per_clip * batch
+    return report
+
+
+def _torch_c3d(graph):
+    """A plain torch.nn C3D with the graph's weights, for captum."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    layers: dict[str, nn.Module] = {}
+    for node in graph.order[1:]:
+        op = graph.op(node)
+        if op.type == "conv3d":
+            layers[node] = nn.Conv3d(
+                op.in_channels, op.out_channels, op.kernel_size, padding=op.padding
+            )
+        elif op.type == "linear":
+            layers[node] = nn.Linear(op.in_features, op.out_features)
+        elif op.type == "relu":
+            layers[node] = nn.ReLU()
+        elif op.type == "maxpool3d":
+            layers[node] = nn.MaxPool3d(
+                op.kernel_size, op.stride, op.padding, ceil_mode=op.ceil_mode
+            )
+        elif op.type == "flatten":
+            layers[node] = nn.Flatten()
+        elif op.type == "dropout":
+            layers[node] = nn.Dropout(op.p)
+    model = nn.Sequential(OrderedDict(layers))
+    model.load_state_dict(graph.state_dict())
+    return model.eval().to(graph.device)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def measure(kind: str, args, batch: int = 1, frames: int = 16, repeats: int | None = None) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        kind,
+        "--device",
+        args.device,
+        "--batch",
+        str(batch),
+        "--frames",
+        str(frames),
+        "--repeats",
+        str(repeats or args.repeats),
+    ]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        print(done.stderr, file=sys.stderr)
+        raise SystemExit(f"worker {kind} failed")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"  {kind:32s} B={batch:<2d} T={frames:<2d} {report['median_s']:8.3f} s", file=sys.stderr)
+    return report
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.0f}"
+
+
+def _memory(report: dict, device: str) -> float:
+    return report["cuda_peak_bytes"] if device == "cuda" else report["peak_rss_bytes"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=None, help="write the tables here as JSON")
+    parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--skip-captum", action="store_true")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--frames", type=int, default=16, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.device, args.batch, args.frames, args.repeats)))
+        return
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    threads = torch.get_num_threads()
+    machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
+    if args.device == "cuda":
+        machine = torch.cuda.get_device_name() + f", torch {torch.__version__}"
+    print(f"# relgraph speed benchmark — C3D 3×16×112×112 float32 on {args.device} ({machine})\n")
+    print("measuring (each in a fresh process):", file=sys.stderr)
+
+    kinds = [
+        "forward",
+        "explain:deep-taylor-paper",
+        "autograd:deep-taylor-paper",
+        "explain:epsilon-plus",
+        "autograd:epsilon-plus",
+    ]
+    if not args.skip_captum:
+        kinds += ["explain:captum-like", "captum"]
+    reports = {kind: measure(kind, args) for kind in kinds}
+    reports["discriminative"] = measure("discriminative", args, repeats=max(1, args.repeats // 2))
+    reports["explain17"] = measure("explain17", args, repeats=max(1, args.repeats // 2))
+
+    forward = reports["forward"]["median_s"]
+    names = {
+        "forward": "forward pass",
+        "explain:deep-taylor-paper": "relgraph explain, deep-taylor-paper",
+        "autograd:deep-taylor-paper": "autograd baseline, deep-taylor-paper",
+        "explain:epsilon-plus": "relgraph explain, epsilon-plus",
+        "autograd:epsilon-plus": "autograd baseline, epsilon-plus",
+        "explain:captum-like": "relgraph explain, captum's rules",
+        "captum": "captum LRP, same rules",
+        "discriminative": "relgraph discriminative (1 + 16 explanations)",
+        "explain17": "17 single explanations, one after another",
+    }
+    print("| what | median time (s) | × forward | peak memory (MiB) | check |")
+    print("|---|---:|---:|---:|---|")
+    for kind, report in reports.items():
+        check = ""
+        if "max_rel_diff_vs_relgraph" in report:
+            check = f"max rel. diff to relgraph {report['max_rel_diff_vs_relgraph']:.1e}"
+        print(
+            f"| {names[kind]} | {report['median_s']:.3f} | {report['median_s'] / forward:.2f} | "
+            f"{_mib(_memory(report, args.device))} | {check} |"
+        )
+    dt = reports["explain:deep-taylor-paper"]
+    ratios = {
+        "explain_over_forward": dt["median_s"] / forward,
+        "autograd_over_explain": reports["autograd:deep-taylor-paper"]["median_s"] / dt["median_s"],
+        "discriminative_over_explain": reports["discriminative"]["median_s"] / dt["median_s"],
+        "explain17_over_explain": reports["explain17"]["median_s"] / dt["median_s"],
+    }
+    print()
+    print(f"- explain / forward: **{ratios['explain_over_forward']:.2f} ×** (target ≤ 3.0)")
+    print(
+        f"- autograd baseline / explain: **{ratios['autograd_over_explain']:.2f} ×** (target ≥ 1.5)"
+    )
+    print(
+        f"- discriminative / one explanation: **{ratios['discriminative_over_explain']:.2f} ×** "
+        f"(target ≤ 17.5; 17 singles: {ratios['explain17_over_explain']:.2f} ×)"
+    )
+    if args.device == "cpu":
+        base = reports["forward"]["rss_before_bytes"]
+        weights = dt["weights_bytes"]
+        needed = dt["needed_activation_bytes"]
+        peak_increase = dt["peak_rss_bytes"] - dt["rss_before_bytes"]
+        print(
+            f"- memory of one explanation: peak RSS {_mib(dt['peak_rss_bytes'])} MiB; "
+            f"weights {_mib(weights)} MiB, activations the rules need {_mib(needed)} MiB; "
+            f"RSS rise during the timed runs {_mib(peak_increase)} MiB "
+            f"(process with weights loaded and warm: {_mib(dt['rss_before_bytes'])} MiB, "
+            f"forward-only process {_mib(base)} MiB)"
+        )
+
+    scaling = []
+    if not args.skip_scaling:
+        print("\n## How cost grows (relgraph explain, deep-taylor-paper)\n")
+        print("| T | batch | forward (s) | explain (s) | explain / clip (s) | peak memory (MiB) |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for frames in (8, 16, 32):
+            for batch in (1, 4, 17):
+                repeats = 1 if batch * frames > 64 else 2
+                fwd = measure("forward", args, batch=batch, frames=frames, repeats=repeats)
+                exp = measure(
+                    "explain:deep-taylor-paper", args, batch=batch, frames=frames, repeats=repeats
+                )
+                row = {
+                    "frames": frames,
+                    "batch": batch,
+                    "forward_s": fwd["median_s"],
+                    "explain_s": exp["median_s"],
+                    "peak_memory_bytes": _memory(exp, args.device),
+                }
+                scaling.append(row)
+                print(
+                    f"| {frames} | {batch} | {fwd['median_s']:.2f} | {exp['median_s']:.2f} | "
+                    f"{exp['median_s'] / batch:.2f} | {_mib(row['peak_memory_bytes'])} |"
+                )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "machine": machine,
+                    "device": args.device,
+                    "reports": reports,
+                    "ratios": ratios,
+                    "scaling": scaling,
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
