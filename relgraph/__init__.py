@@ -12,7 +12,7 @@ from .errors import (
     VideoError,
     WeightsError,
 )
-from .explain import Explanation, explain, explain_with_rules
+from .reverse import Explanation, explain, explain_with_rules
 from .graph import (
     ForwardResult,
     Graph,
