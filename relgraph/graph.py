@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -55,6 +56,9 @@ class Graph:
         )
         #: per-graph memo for rules (e.g. W⁺, W⁻); cleared whenever weights change
         self.cache: dict[Any, torch.Tensor] = {}
+        # what weights get when none exist yet (init="none"): set by compile_spec and to()
+        self._dtype = torch.float32
+        self._device = torch.device("cpu")
 
     # ------------------------------------------------------------------ structure
     @property
@@ -128,14 +132,14 @@ class Graph:
         for node in self.order:
             for t in self.tensors(node).values():
                 return t.device
-        return torch.device("cpu")
+        return self._device
 
     @property
     def dtype(self) -> torch.dtype:
         for node in self.order:
             for t in self.tensors(node).values():
                 return t.dtype
-        return torch.get_default_dtype()
+        return self._dtype
 
     def to(
         self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
@@ -145,6 +149,10 @@ class Graph:
             tensors = self.tensors(node)
             for name, t in tensors.items():
                 tensors[name] = t.to(device=device, dtype=dtype)
+        if device is not None:
+            self._device = torch.device(device)
+        if dtype is not None:
+            self._dtype = dtype
         self.cache.clear()
         return self
 
@@ -202,6 +210,12 @@ class Graph:
         """
         self.check_input(x)
         keep_set = None if keep is None else set(keep) | {self.output}
+        unknown = sorted(set(keep_set or ()) - set(self.graph))
+        if unknown:
+            raise GraphError(
+                f"keep names no node: '{unknown[0]}'{did_you_mean(unknown[0], self.order)}",
+                file=self.file,
+            )
         remaining = {n: self.graph.out_degree(n) for n in self.order}
         activations: dict[str, torch.Tensor] = {}
         with torch.inference_mode():
@@ -261,6 +275,19 @@ class Graph:
 
 # --------------------------------------------------------------------------- compile
 
+#: most elements one activation (per clip) or one parameter tensor may have, and most
+#: parameters ``init="default"`` creates: 2³¹ (8 GiB in float32). C3D needs 2²⁶ at most; a
+#: typo such as ``out_channels: 5120000`` must be refused here, not kill the process later.
+MAX_ELEMENTS = 2**31
+
+
+def _check_size(what: str, shape: tuple[int, ...]) -> None:
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise OpDefinitionError(
+            f"{what} would have shape {list(shape)}: {math.prod(shape):,} values, more than "
+            f"the {MAX_ELEMENTS:,} relgraph accepts; check the sizes in this node"
+        )
+
 
 def _field_line(node_spec, field_name: str | None) -> int | None:
     if field_name and field_name in node_spec.field_lines:
@@ -284,7 +311,17 @@ def compile_spec(
         ``"default"`` draws PyTorch's default initialisation (seeded by ``seed``);
         ``"none"`` creates no tensors (for inspecting structure only).
     """
+    if init not in ("default", "none"):
+        raise RelgraphError(f"init must be 'default' or 'none', got {init!r}")
     file = spec.file
+    if math.prod(spec.input_shape) > MAX_ELEMENTS:
+        raise ShapeError(
+            f"the input shape {list(spec.input_shape)} has {math.prod(spec.input_shape):,} "
+            f"values per clip, more than the {MAX_ELEMENTS:,} relgraph accepts",
+            file=file,
+            line=spec.input_line,
+            node=spec.input_name,
+        )
     graph = nx.DiGraph()
     graph.add_node(
         spec.input_name, op=Input(shape=list(spec.input_shape)), line=spec.input_line, index=0
@@ -368,8 +405,10 @@ def compile_spec(
             )
 
     compiled = Graph(graph, spec)
+    compiled._dtype = dtype
     generator = torch.Generator().manual_seed(seed)
-    graph.nodes[spec.input_name].update(shape=tuple(spec.input_shape), tensors={}, tensor_shapes={})
+    total_parameters = 0
+    graph.nodes[spec.input_name].update(shape=tuple(spec.input_shape), tensor_shapes={})
     for node in compiled.order[1:]:
         data = graph.nodes[node]
         op = data["op"]
@@ -377,15 +416,33 @@ def compile_spec(
         try:
             op.resolve(in_shapes)
             tensor_shapes = op.tensor_shapes(in_shapes)
+            for tensor_name, shape in tensor_shapes.items():
+                _check_size(f"its {tensor_name} tensor", shape)
             data["shape"] = infer_output_shape(op, in_shapes, tensor_shapes)
+            _check_size("its output", data["shape"])
         except OpDefinitionError as exc:
             raise ShapeError(
                 str(exc), file=file, line=_field_line(by_name[node], exc.field), node=node
             ) from None
         data["tensor_shapes"] = tensor_shapes
-        data["tensors"] = {} if init == "none" else op.init_tensors(tensor_shapes, generator, dtype)
-    if init not in ("default", "none"):
-        raise RelgraphError(f"init must be 'default' or 'none', got {init!r}")
+        total_parameters += sum(math.prod(shape) for shape in tensor_shapes.values())
+        if init == "default" and total_parameters > MAX_ELEMENTS:
+            # refused before any weight exists: nothing is allocated for a graph this large
+            raise ShapeError(
+                f"the graph has more than {MAX_ELEMENTS:,} parameters up to this node, too many "
+                "to create; check the channel and feature counts (init='none' compiles the "
+                "structure without creating weights)",
+                file=file,
+                line=by_name[node].line,
+                node=node,
+            )
+    for node in compiled.order:
+        data = graph.nodes[node]
+        data["tensors"] = (
+            {}
+            if init == "none"
+            else data["op"].init_tensors(data["tensor_shapes"], generator, dtype)
+        )
     if device is not None:
         compiled.to(device=device)
     return compiled
@@ -419,9 +476,33 @@ def architecture_path(name_or_path: str | os.PathLike) -> Path:
     return Path(str(candidate))
 
 
+_NODE_ITEM = re.compile(r"""^\s*-\s*\{?\s*name\s*:\s*["']?([^"',}\s]+)""")
+_TOP_LEVEL_KEY = re.compile(r"^[A-Za-z_][\w-]*\s*:")
+
+
+def _node_around(text: str, line: int) -> str | None:
+    """The node whose YAML lines contain ``line``, read off the text (it did not parse)."""
+    lines = text.splitlines()
+    for number in range(min(line, len(lines)), 0, -1):
+        found = _NODE_ITEM.match(lines[number - 1])
+        if found:
+            return found.group(1)
+        if _TOP_LEVEL_KEY.match(lines[number - 1]):
+            return None  # reached 'nodes:' or another section: not inside a node
+    return None
+
+
 def parse_architecture(text: str, file: str = "<string>", **params: Any) -> ArchSpec:
     """Parse YAML text into an ``ArchSpec`` with ``params`` applied."""
-    return parse_spec(load_yaml(text, file), file, params)
+    try:
+        data = load_yaml(text, file)
+    except SpecError as exc:
+        if exc.node is None and exc.line is not None:
+            node = _node_around(text, exc.line)
+            if node is not None:
+                raise SpecError(exc.message, file=exc.file, line=exc.line, node=node) from None
+        raise
+    return parse_spec(data, file, params)
 
 
 def load_architecture(

@@ -26,6 +26,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from .errors import did_you_mean
+
 Shape = tuple[int, ...]
 
 _REQUIRED = object()
@@ -52,6 +54,12 @@ class Field:
         return self.default is _REQUIRED
 
 
+def _show(value: Any) -> str:
+    """``repr(value)``, shortened: a fuzzed file may hold a 400-digit number."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_value(op: str, name: str, field: Field, value: Any, dims: int) -> Any:
     """Validate one field value and return it in canonical form (tuples for ``ints``)."""
 
@@ -64,7 +72,7 @@ def _check_value(op: str, name: str, field: Field, value: Any, dims: int) -> Any
     if kind in ("int", "int?"):
         if not is_int(value):
             raise OpDefinitionError(
-                f"field '{name}' of {op} must be an integer, got {value!r}", name
+                f"field '{name}' of {op} must be an integer, got {_show(value)}", name
             )
         return value
     if kind == "ints":
@@ -80,24 +88,34 @@ def _check_value(op: str, name: str, field: Field, value: Any, dims: int) -> Any
             return tuple(value)
         raise OpDefinitionError(
             f"field '{name}' of {op} must be an integer or a list of {dims} integers, "
-            f"got {value!r}",
+            f"got {_show(value)}",
             name,
         )
     if kind == "bool":
         if not isinstance(value, bool):
             raise OpDefinitionError(
-                f"field '{name}' of {op} must be true or false, got {value!r}", name
+                f"field '{name}' of {op} must be true or false, got {_show(value)}", name
             )
         return value
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise OpDefinitionError(f"field '{name}' of {op} must be a number, got {value!r}", name)
-        return float(value)
+            raise OpDefinitionError(
+                f"field '{name}' of {op} must be a number, got {_show(value)}", name
+            )
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+        if not math.isfinite(number):
+            raise OpDefinitionError(
+                f"field '{name}' of {op} must be a finite number, got {_show(value)}", name
+            )
+        return number
     if kind == "shape":
         if isinstance(value, (list, tuple)) and value and all(is_int(v) for v in value):
             return tuple(value)
         raise OpDefinitionError(
-            f"field '{name}' of {op} must be a non-empty list of integers, got {value!r}", name
+            f"field '{name}' of {op} must be a non-empty list of integers, got {_show(value)}", name
         )
     raise AssertionError(kind)  # pragma: no cover
 
@@ -119,7 +137,8 @@ class Op:
         unknown = sorted(set(attrs) - set(self.fields))
         if unknown:
             raise OpDefinitionError(
-                f"unknown field '{unknown[0]}' for op {self.type} "
+                f"unknown field '{unknown[0]}' for op {self.type}"
+                f"{did_you_mean(unknown[0], self.fields)} "
                 f"(allowed: {', '.join(self.fields) or 'none'})",
                 unknown[0],
             )
@@ -306,7 +325,9 @@ class ConvNd(Affine):
             if size + 2 * p < d * (k - 1) + 1:
                 raise OpDefinitionError(
                     f"kernel {list(self.kernel_size)} (dilation {list(self.dilation)}) is larger "
-                    f"than its padded input {list(in_shapes[0][1:])} (padding {list(self.padding)})"
+                    f"than its padded input {list(in_shapes[0][1:])} "
+                    f"(padding {list(self.padding)})",
+                    "kernel_size",
                 )
 
     def tensor_shapes(self, in_shapes):
@@ -404,6 +425,11 @@ class BatchNormNd(Affine):
     }
     optional_tensors = frozenset({"num_batches_tracked"})
 
+    def _validate(self):
+        # eps ≤ 0 divides by zero (or takes the root of a negative) where a variance is 0
+        if self.eps <= 0:
+            raise OpDefinitionError(f"eps must be positive, got {self.eps}", "eps")
+
     def resolve(self, in_shapes):
         shape = in_shapes[0]
         ranks = (1, 2) if self.dims == 1 else (self.dims + 1,)
@@ -485,9 +511,13 @@ class PoolNd(Op):
     def _validate(self):
         if self.attrs.get("stride") is None:
             self.attrs["stride"] = self.kernel_size
-        for name in ("kernel_size", "stride"):
-            if min(self.attrs[name]) < 1:
-                raise OpDefinitionError(f"{name} must be at least 1", name)
+        for name in ("kernel_size", "stride", "dilation"):
+            if name in self.attrs and min(self.attrs[name]) < 1:
+                raise OpDefinitionError(
+                    f"{name} must be at least 1, got {list(self.attrs[name])}", name
+                )
+        if min(self.padding) < 0:
+            raise OpDefinitionError(f"padding must be ≥ 0, got {list(self.padding)}", "padding")
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise OpDefinitionError(
                 f"padding {list(self.padding)} must be at most half of kernel_size "
@@ -510,7 +540,8 @@ class PoolNd(Op):
             if size + 2 * p < d * (k - 1) + 1:
                 raise OpDefinitionError(
                     f"kernel {list(self.kernel_size)} is larger than its padded input "
-                    f"{list(shape[1:])} (padding {list(self.padding)})"
+                    f"{list(shape[1:])} (padding {list(self.padding)})",
+                    "kernel_size",
                 )
 
     def _ones_kernel(self, x: torch.Tensor) -> torch.Tensor:
@@ -888,11 +919,11 @@ def infer_output_shape(
     op: Op, in_shapes: Sequence[Shape], tensor_shapes: dict[str, Shape]
 ) -> Shape:
     """Run ``op`` on meta tensors (no data, no memory) and return its output shape."""
-    inputs = [torch.empty((1, *s), device="meta") for s in in_shapes]
-    tensors = {k: torch.empty(s, device="meta") for k, s in tensor_shapes.items()}
     try:
+        inputs = [torch.empty((1, *s), device="meta") for s in in_shapes]
+        tensors = {k: torch.empty(s, device="meta") for k, s in tensor_shapes.items()}
         out = op.forward(inputs, tensors)
-    except (RuntimeError, ValueError, TypeError) as exc:
+    except (RuntimeError, ValueError, TypeError, OverflowError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         shapes = ", ".join(str(list(s)) for s in in_shapes)
         message = f"{op.type} cannot take input of shape {shapes}: {first_line}"

@@ -77,6 +77,8 @@ def load_yaml(text: str, file: str) -> Any:
         return loader.get_single_data()
     except SpecError:
         raise
+    except RecursionError:
+        raise SpecError("not valid YAML: nested too deeply", file=file) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -97,6 +99,22 @@ def line_of(mapping: Any, key: str | None = None) -> int | None:
 
 # --------------------------------------------------------------------------- parameters
 
+#: largest integer ``**`` computes, in bits: far beyond any size, small enough to stay instant
+_MAX_POWER_BITS = 1024
+
+
+def _power(base: Any, exponent: Any) -> Any:
+    # 9**9**9 would hang the loader computing a number with millions of digits
+    if (
+        isinstance(base, int)
+        and isinstance(exponent, int)
+        and abs(base) > 1
+        and exponent * base.bit_length() > _MAX_POWER_BITS
+    ):
+        raise ValueError(f"{base}**{exponent} is too large")
+    return operator.pow(base, exponent)
+
+
 _BINARY = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
@@ -104,7 +122,7 @@ _BINARY = {
     ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv,
     ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
+    ast.Pow: _power,
 }
 _FUNCS = {"min": min, "max": max, "int": int, "round": round}
 _REF = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$|^\$\{(.+)\}$")
@@ -160,6 +178,8 @@ def substitute(value: Any, params: dict[str, Any], where: dict[str, Any]) -> Any
         ) from None
     except (SyntaxError, ValueError, ZeroDivisionError, TypeError, OverflowError) as exc:
         raise SpecError(f"cannot evaluate '{value}': {exc}", **where) from None
+    except (RecursionError, MemoryError):
+        raise SpecError(f"cannot evaluate '{value}': nested too deeply", **where) from None
     if isinstance(result, float) and result.is_integer():
         result = int(result)
     return result
