@@ -59,13 +59,26 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             data = load_file(str(path), device="cpu")
         else:
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # torch warns about the pickle protocol of files it then reads (or refuses)
+                warnings.simplefilter("ignore")
+                data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every reader failure becomes one clear error
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        text = str(exc)
+        reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        refused = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+        if refused:
             reason = (
-                "it holds Python objects other than tensors, and relgraph loads pickles only "
-                "with weights_only=True (a pickle is code); re-save it as a plain state dict"
+                f"it holds a Python object ({refused.group(1)}) besides tensors, and relgraph "
+                "loads pickles only with weights_only=True (a pickle is code); re-save it as a "
+                "plain state dict"
+            )
+        elif "Weights only load failed" in text:
+            # any other refusal of the restricted unpickler: corrupt bytes, or a pickle that
+            # torch.save did not write (its opcodes may build arbitrary objects)
+            reason = (
+                "torch.load(weights_only=True) refused it: it is neither a PyTorch checkpoint "
+                "nor a safetensors file (corrupt, truncated, or a pickle of other objects)"
             )
         raise WeightsError(f"cannot read the weight file: {reason}", file=str(path)) from None
     return unwrap_checkpoint(data, str(path))
@@ -204,21 +217,23 @@ def load_weights(
             file=name,
         )
 
+    to_load = [k for k in expected if k in state and k not in misshaped]
+    # checked before anything is copied, so a refused file leaves the graph as it was
+    not_float = [f"{k} ({state[k].dtype})" for k in to_load if not state[k].is_floating_point()]
+    if not_float:
+        raise WeightsError(
+            "these tensors are not floating point: " + ", ".join(not_float), file=name
+        )
     report = LoadReport(source=name, naming=naming)
-    for key, (node, tname, _) in expected.items():
-        if key in state and key not in misshaped:
-            current = graph.tensors(node).get(tname)
-            target_dtype = current.dtype if current is not None else graph.dtype
-            target_device = current.device if current is not None else graph.device
-            value = state[key]
-            if not value.is_floating_point():
-                raise WeightsError(
-                    f"tensor {key} has dtype {value.dtype}, expected floating point", file=name
-                )
-            graph.tensors(node)[tname] = (
-                value.detach().to(dtype=target_dtype, device=target_device).clone()
-            )
-            report.loaded.append(key)
+    for key in to_load:
+        node, tname, _ = expected[key]
+        current = graph.tensors(node).get(tname)
+        target_dtype = current.dtype if current is not None else graph.dtype
+        target_device = current.device if current is not None else graph.device
+        graph.tensors(node)[tname] = (
+            state[key].detach().to(dtype=target_dtype, device=target_device).clone()
+        )
+        report.loaded.append(key)
     report.skipped = sorted(set(unexpected) | set(misshaped)) + [f"{k} (missing)" for k in missing]
     if allowed_missing:
         report.not_in_file = [n for n in allowed_missing]
