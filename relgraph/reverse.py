@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .errors import TargetError
+from .errors import RuleError, TargetError
 from .graph import Graph
 
 if TYPE_CHECKING:
@@ -228,7 +228,13 @@ def explain_with_rules(
                 tensors=graph.tensors(node),
                 cache=graph.cache,
             )
-            contributions = rule(ctx, node_relevance)
+            try:
+                contributions = rule(ctx, node_relevance)
+            except RuleError as exc:  # e.g. zβ bounds that do not fit: say which node
+                if exc.node is not None:
+                    raise
+                line = graph.graph.nodes[node].get("line")
+                raise RuleError(exc.message, file=graph.file, line=line, node=node) from None
             for pred, contribution in zip(preds, contributions):
                 relevance[pred] = (
                     relevance[pred] + contribution if pred in relevance else contribution

@@ -234,6 +234,10 @@ class ZBeta(_Stabilized):
         from relgraph.preprocess import get_preprocess
 
         low, high = get_preprocess(name).zbeta_bounds(self.per_channel)
+        if not self.per_channel:
+            # the paper's bounds are one number for every channel (zbeta_bounds repeats it per
+            # channel): kept scalar, they also fit a first layer that does not read 3 channels
+            return dataclasses.replace(self, low=float(low[0]), high=float(high[0]), bounds=None)
         return dataclasses.replace(
             self, low=tuple(low.tolist()), high=tuple(high.tolist()), bounds=None
         )
