@@ -275,10 +275,11 @@ MERGE_BLOCKS = ("residual", "concat")
 def graph_cases(
     draw,
     *,
-    dims: int | None = None,
+    dims: int | tuple[int, ...] = (0, 1, 2, 3),
     channels: int | None = None,
     merges: bool = True,
     max_blocks: int = 4,
+    first_conv: bool = False,
 ) -> GraphCase:
     """A random architecture that compiles.
 
@@ -286,15 +287,18 @@ def graph_cases(
     ----------
     dims
         Number of spatial dimensions (1 to 3), or 0 for an MLP on a feature vector;
-        drawn when ``None``.
+        drawn from them when a tuple.
     channels
         Input channels (or features); drawn when ``None``.
     merges
         Whether to draw residual ``add`` and ``concat`` branches.
     max_blocks
         Most blocks before the classifier head.
+    first_conv
+        Start with a convolution on the input (then it is the only ``first`` affine node,
+        as in C3D); needs ``dims`` ≥ 1.
     """
-    dims = draw(st.integers(0, 3)) if dims is None else dims
+    dims = draw(st.sampled_from(dims)) if isinstance(dims, tuple) else dims
     channels = channels or draw(st.integers(1, 3))
     if dims == 0:
         input_shape: tuple[int, ...] = (draw(st.integers(1, 5)),)
@@ -305,6 +309,8 @@ def graph_cases(
     blocks = ("relu", "batchnorm", "dropout", "linear") if dims == 0 else SPATIAL_BLOCKS
     if merges:
         blocks = blocks + MERGE_BLOCKS
+    if first_conv:
+        builder.conv()
     for _ in range(draw(st.integers(1, max_blocks))):
         getattr(builder, draw(st.sampled_from(blocks)))()
     if len(builder.shape) > 1:

@@ -1,0 +1,180 @@
+"""No rule and no preset emits NaN or Inf, for any finite input (rules.md).
+
+Random graphs meet the inputs that break naive divisions: all-zero inputs, dead ReLUs
+(pre-activations pushed negative), huge and tiny magnitudes, exact zeros in the weights, in
+float32 and float64, from both the ``onehot`` and the ``logit`` seed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from relgraph.rules import (
+    AlphaBeta,
+    Combine,
+    Epsilon,
+    Flat,
+    Gamma,
+    Proportional,
+    Rule,
+    Uniform,
+    WSquare,
+    ZBeta,
+    ZPlus,
+    preset,
+    preset_names,
+)
+from strategies import graph_cases, one_torch_thread  # noqa: F401
+
+import relgraph
+
+PROPERTY = settings(max_examples=40, deadline=None)
+BASE = preset("base")
+#: every shipped preset that gives affine nodes a rule (``base`` only holds structural rules)
+PRESETS = {name: preset(name) for name in preset_names() if name != "base"}
+
+#: rules for affine nodes, with both stabilisers where a rule offers the choice
+AFFINE_RULES: list[Rule] = [
+    Epsilon(epsilon=1e-6),
+    Epsilon(epsilon=0.0, bias=True),
+    Epsilon(epsilon=0.0, bias=False),
+    ZPlus(),
+    ZPlus(bias=True, stabilizer="epsilon"),
+    AlphaBeta(alpha=2.0, beta=1.0),
+    AlphaBeta(alpha=2.0, beta=1.0, bias=True, stabilizer="epsilon"),
+    AlphaBeta(alpha=1.0, beta=0.0),
+    Gamma(gamma=0.25),
+    Gamma(gamma=0.25, stabilizer="epsilon"),
+    ZBeta(low=-1.0, high=1.0),
+    Flat(),
+    WSquare(),
+    Combine(parts=[(0.5, ZPlus()), (0.5, Epsilon(epsilon=0.0))]),
+]
+
+
+def composite_for(affine: Rule, proportional_pools: bool):
+    composite = BASE.override(ops=["conv*", "linear", "batchnorm*"], rule=affine)
+    if proportional_pools:
+        composite = composite.override(ops=["*pool*", "add", "concat"], rule=Proportional())
+    else:
+        composite = composite.override(ops="maxpool*", rule=Uniform())
+    return composite
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+def affine_nodes(graph):
+    return [n for n in graph.order if "affine" in graph.op(n).capabilities]
+
+
+def all_zero_input(graph, x):
+    return torch.zeros_like(x)
+
+
+def dead_relus(graph, x):
+    """Negative weights and biases on a positive input: every affine node that reads the input
+    or a ReLU has only negative pre-activations, so every ReLU after it is dead."""
+    for node in affine_nodes(graph):
+        tensors = graph.tensors(node)
+        if "running_mean" in tensors:  # batch norm: (x − mean)/σ·w + b < 0 for x ≪ mean
+            tensors["running_mean"] = tensors["running_mean"].abs() + 1e3
+            if "weight" in tensors:
+                tensors["weight"] = tensors["weight"].abs()
+                tensors["bias"] = -tensors["bias"].abs() - 1
+        else:
+            tensors["weight"] = -tensors["weight"].abs()
+            if "bias" in tensors:
+                tensors["bias"] = -tensors["bias"].abs() - 1
+    graph.cache.clear()
+    return x.abs()
+
+
+def scaled(factor_float64: float, factor_float32: float):
+    def scale(graph, x):
+        return x * (factor_float64 if x.dtype == torch.float64 else factor_float32)
+
+    return scale
+
+
+def zeros_in_weights(graph, x):
+    """About half of every weight tensor set to exactly 0, and the first affine node all 0."""
+    generator = torch.Generator().manual_seed(7)
+    for index, node in enumerate(affine_nodes(graph)):
+        tensors = graph.tensors(node)
+        weight = tensors.get("weight")
+        if weight is None:  # batch norm without affine parameters
+            continue
+        keep = torch.rand(weight.shape, generator=generator) < 0.5
+        tensors["weight"] = torch.where(keep, weight, 0.0) if index else torch.zeros_like(weight)
+    graph.cache.clear()
+    return x
+
+
+CONDITIONS = {
+    "all-zero input": all_zero_input,
+    "dead ReLUs": dead_relus,
+    "huge input (1e30 in float64, 1e15 in float32)": scaled(1e30, 1e15),
+    "tiny input (1e-30 in float64, 1e-15 in float32)": scaled(1e-30, 1e-15),
+    "exact zeros in weights": zeros_in_weights,
+}
+
+
+def assert_all_finite(explanation: relgraph.Explanation) -> None:
+    for node, relevance in explanation.node_relevance.items():
+        bad = ~torch.isfinite(relevance)
+        assert not bool(bad.any()), f"node {node}: {int(bad.sum())} NaN/Inf in its relevance"
+
+
+def prepared(case, condition, dtype, batch=2):
+    graph = case.build(dtype)
+    x = CONDITIONS[condition](graph, case.inputs(batch, dtype))
+    return graph, x
+
+
+DTYPES = st.sampled_from([torch.float32, torch.float64])
+SEEDS = st.sampled_from(["onehot", "logit"])
+
+
+@pytest.mark.parametrize("condition", CONDITIONS)
+@PROPERTY
+@given(
+    case=graph_cases(),
+    rule=st.sampled_from(AFFINE_RULES),
+    proportional_pools=st.booleans(),
+    dtype=DTYPES,
+    seed=SEEDS,
+)
+def test_no_rule_emits_nan_or_inf(condition, case, rule, proportional_pools, dtype, seed):
+    graph, x = prepared(case, condition, dtype)
+    composite = composite_for(rule, proportional_pools)
+    explanation = relgraph.explain(graph, x, "auto", composite, seed, return_all=True)
+    assert_all_finite(explanation)
+
+
+@pytest.mark.parametrize("condition", CONDITIONS)
+@PROPERTY
+@given(
+    # three input channels and a first convolution on the input: the per-channel zβ bounds
+    # of c3d-ucf101 fit it
+    case=graph_cases(dims=(1, 2, 3), channels=3, first_conv=True),
+    name=st.sampled_from(sorted(PRESETS)),
+    dtype=DTYPES,
+    seed=SEEDS,
+)
+def test_no_preset_emits_nan_or_inf(condition, case, name, dtype, seed):
+    graph, x = prepared(case, condition, dtype)
+    explanation = relgraph.explain(
+        graph, x, "auto", PRESETS[name], seed, preprocess="c3d-ucf101", return_all=True
+    )
+    assert_all_finite(explanation)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_no_preset_emits_nan_or_inf_on_c3d_tiny_with_a_zero_clip(name, dtype):
+    graph = relgraph.load_architecture("c3d-tiny", dtype=dtype, size=16, width=2, hidden=8)
+    x = torch.zeros((1, *graph.input_shape), dtype=dtype)
+    assert_all_finite(relgraph.explain(graph, x, rules=name, return_all=True))
