@@ -31,6 +31,8 @@ class ForwardResult:
 
     output: torch.Tensor
     activations: dict[str, torch.Tensor] = field(repr=False)
+    #: what ops recorded for the reverse pass (``forward(record=...)``), e.g. max-pool indices
+    records: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 class Graph:
@@ -197,7 +199,13 @@ class Graph:
         if not torch.isfinite(x).all():
             raise ShapeError("input contains NaN or Inf", node=self.input)
 
-    def forward(self, x: torch.Tensor, *, keep: Iterable[str] | None = None) -> ForwardResult:
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        keep: Iterable[str] | None = None,
+        record: Iterable[str] = (),
+    ) -> ForwardResult:
         """Run the graph on a batch ``x`` and keep each node's activation.
 
         Parameters
@@ -207,6 +215,9 @@ class Graph:
         keep
             Names of the nodes whose activation to keep; ``None`` keeps all. The output's
             activation is always kept.
+        record
+            Nodes whose op should also record what its forward alone knows (max pools:
+            the argmax indices) in ``ForwardResult.records``, for the reverse pass.
         """
         self.check_input(x)
         keep_set = None if keep is None else set(keep) | {self.output}
@@ -217,19 +228,27 @@ class Graph:
                 file=self.file,
             )
         remaining = {n: self.graph.out_degree(n) for n in self.order}
+        record_set = set(record)
         activations: dict[str, torch.Tensor] = {}
+        records: dict[str, Any] = {}
         with torch.inference_mode():
             activations[self.input] = x
             for node in self.order[1:]:
                 preds = self.inputs_of(node)
                 inputs = [activations[p] for p in preds]
-                activations[node] = self.op(node).forward(inputs, self.tensors(node))
+                if node in record_set:
+                    output, records[node] = self.op(node).forward_record(inputs, self.tensors(node))
+                    activations[node] = output
+                else:
+                    activations[node] = self.op(node).forward(inputs, self.tensors(node))
                 if keep_set is not None:
                     for p in preds:
                         remaining[p] -= 1
                         if remaining[p] == 0 and p not in keep_set:
                             del activations[p]
-        return ForwardResult(output=activations[self.output], activations=activations)
+        return ForwardResult(
+            output=activations[self.output], activations=activations, records=records
+        )
 
     __call__ = forward
 

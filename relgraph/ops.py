@@ -191,6 +191,13 @@ class Op:
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    def forward_record(
+        self, inputs: Sequence[torch.Tensor], tensors: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, Any]:
+        """``forward`` plus what only the forward knows and a rule may need later
+        (``None`` for most ops; max pools return their argmax indices)."""
+        return self.forward(inputs, tensors), None
+
     def yaml_fields(self) -> dict[str, Any]:
         """Fields to write back to YAML: every field, tuples as lists."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.attrs.items()}
@@ -273,6 +280,27 @@ class Affine(Op):
         """``Aᵀ(s; W)``, shaped like the input ``x``."""
         raise NotImplementedError
 
+    def stack_inputs(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor | None:
+        """One weight whose adjoint gives ``Aᵀ(s; first)`` and ``Aᵀ(s; second)`` side by side
+        along the input channels, or ``None`` where the op cannot (see ``adjoint_pair``)."""
+        return None
+
+    def adjoint_pair(
+        self,
+        s: torch.Tensor,
+        first: torch.Tensor,
+        second: torch.Tensor,
+        x_shape: torch.Size,
+        stacked: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Aᵀ(s; first), Aᵀ(s; second))`` in one pass where the op allows it (the weights
+        stacked along the input channels, ``stacked`` from ``stack_inputs``)."""
+        if stacked is None:
+            return self.adjoint(s, first, x_shape), self.adjoint(s, second, x_shape)
+        doubled = torch.Size((x_shape[0], 2 * x_shape[1], *x_shape[2:]))
+        both = self.adjoint(s, stacked, doubled)
+        return both[:, : x_shape[1]], both[:, x_shape[1] :]
+
     def forward(self, inputs, tensors):
         weight, bias = self.weight_and_bias(tensors)
         return self.linear_map(inputs[0], weight, bias)
@@ -346,6 +374,9 @@ class ConvNd(Affine):
             x, weight, bias, self.stride, self.padding, self.dilation, self.groups
         )
 
+    def stack_inputs(self, first, second):
+        return torch.cat([first, second], dim=1) if self.groups == 1 else None
+
     def adjoint(self, s, weight, x_shape):
         out_pad = _output_padding(
             x_shape[2:], s.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation
@@ -409,6 +440,9 @@ class Linear(Affine):
 
     def linear_map(self, x, weight, bias=None):
         return F.linear(x, weight, bias)
+
+    def stack_inputs(self, first, second):
+        return torch.cat([first, second], dim=1)
 
     def adjoint(self, s, weight, x_shape):
         return s @ weight
@@ -628,13 +662,25 @@ class MaxPoolNd(PoolNd):
     def forward(self, inputs, tensors):
         return self._pool(inputs[0])
 
-    def max_route(self, x: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+    def forward_record(self, inputs, tensors):
+        return self._pool(inputs[0], return_indices=True)
+
+    def max_route(
+        self,
+        x: torch.Tensor | None,
+        relevance: torch.Tensor,
+        indices: torch.Tensor | None = None,
+        x_shape: torch.Size | None = None,
+    ) -> torch.Tensor:
         """Each output's relevance to the input position that won its window (summed where
-        windows overlap)."""
-        _, indices = self._pool(x, return_indices=True)
-        routed = torch.zeros_like(x).flatten(2)
+        windows overlap). ``indices`` are the forward's argmax (``forward_record``); without
+        them they are recomputed from ``x``."""
+        if indices is None:
+            _, indices = self._pool(x, return_indices=True)
+        shape = x.shape if x_shape is None else x_shape
+        routed = relevance.new_zeros((*shape[:2], math.prod(shape[2:])))
         routed.scatter_add_(2, indices.flatten(2), relevance.flatten(2))
-        return routed.view_as(x)
+        return routed.view(shape)
 
 
 class MaxPool1d(MaxPoolNd):

@@ -204,8 +204,12 @@ def explain_with_rules(
     """``explain`` with the rules already resolved per node (see ``Composite.resolve``)."""
     from .rules import NodeContext
 
-    fwd = graph.forward(x, keep=activations_needed(graph, node_rules))
-    activations = fwd.activations
+    fwd = graph.forward(
+        x,
+        keep=activations_needed(graph, node_rules),
+        record=[n for n, rule in node_rules.items() if getattr(rule, "needs_record", False)],
+    )
+    activations, records = fwd.activations, fwd.records
     output = fwd.output.clone() if return_all else fwd.output
     with torch.inference_mode():
         target_index = resolve_target(output, target, labels)
@@ -227,6 +231,7 @@ def explain_with_rules(
                 output=activations.get(node),
                 tensors=graph.tensors(node),
                 cache=graph.cache,
+                record=records.pop(node, None),
             )
             try:
                 contributions = rule(ctx, node_relevance)

@@ -49,6 +49,8 @@ class NodeContext:
     output: torch.Tensor | None
     tensors: dict[str, torch.Tensor]
     cache: dict
+    #: what the op recorded in the forward pass (max pools: argmax indices), if asked for
+    record: Any = None
 
     @property
     def x(self) -> torch.Tensor:
@@ -74,6 +76,17 @@ class NodeContext:
             return weight.clamp(min=0), weight.clamp(max=0)
 
         return self.memo("W+,W-", split)
+
+    def stacked(self, key: str, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor | None:
+        """``first`` and ``second`` stacked for ``op.adjoint_pair`` (memoised under ``key``)."""
+        return self.memo(("stacked", key), lambda: self.op.stack_inputs(first, second))
+
+    def adjoint_pair(
+        self, s: torch.Tensor, key: str, first: torch.Tensor, second: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Aᵀ(s; first), Aᵀ(s; second))``, in a single adjoint where the op allows."""
+        stacked = self.stacked(key, first, second)
+        return self.op.adjoint_pair(s, first, second, self.input_shapes[0], stacked)
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -132,6 +145,7 @@ class Rule:
     ``requires``       the op capabilities the rule works with (any one suffices)
     ``needs_inputs``   whether the rule reads the input activations
     ``needs_output``   whether the rule reads the node's own activation
+    ``needs_record``   whether the rule reads what the op recorded in the forward pass
     ``conserving``     whether Σ R_in = Σ R holds (under the conditions in rules.md)
     """
 
@@ -139,6 +153,7 @@ class Rule:
     requires: ClassVar[tuple[str, ...]] = ()
     needs_inputs: ClassVar[bool] = True
     needs_output: ClassVar[bool] = False
+    needs_record: ClassVar[bool] = False
     conserving: ClassVar[bool] = True
 
     def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:

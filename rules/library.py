@@ -39,18 +39,22 @@ def signed_share(
     w_for_negative: torch.Tensor,
     bias: torch.Tensor | None,
     stab: Stabilizer,
+    key: str,
 ) -> torch.Tensor:
     """``z = A(x⁺; W_p) + A(x⁻; W_n) (+ bias)``, ``s = R / stab(z)``,
     ``R_in = x⁺ ⊙ Aᵀ(s; W_p) + x⁻ ⊙ Aᵀ(s; W_n)``: the building block of zplus, αβ and γ.
-    Where ``x ≥ 0`` everywhere (ReLU outputs) the ``x⁻`` terms vanish and are skipped."""
+    Where ``x ≥ 0`` everywhere (ReLU outputs) the ``x⁻`` terms vanish and are skipped;
+    elsewhere both adjoints run as one (``key`` names the weight pair for the memo)."""
     x = ctx.x
     if is_nonnegative(x):
         z = _A(ctx, x, w_for_positive, bias)
         return x * _At(ctx, stab(relevance, z), w_for_positive)
     x_pos, x_neg = positive(x), negative(x)
     z = _A(ctx, x_pos, w_for_positive, bias) + _A(ctx, x_neg, w_for_negative)
-    s = stab(relevance, z)
-    return x_pos * _At(ctx, s, w_for_positive) + x_neg * _At(ctx, s, w_for_negative)
+    from_positive, from_negative = ctx.adjoint_pair(
+        stab(relevance, z), key, w_for_positive, w_for_negative
+    )
+    return x_pos * from_positive + x_neg * from_negative
 
 
 def _bias_part(ctx: NodeContext, use_bias: bool, sign: str) -> torch.Tensor | None:
@@ -132,7 +136,9 @@ class ZPlus(_Stabilized):
     def relevance(self, ctx, relevance):
         w_pos, w_neg = ctx.weight_parts()
         return [
-            signed_share(ctx, relevance, w_pos, w_neg, _bias_part(ctx, self.bias, "+"), self.stab)
+            signed_share(
+                ctx, relevance, w_pos, w_neg, _bias_part(ctx, self.bias, "+"), self.stab, "W+|W-"
+            )
         ]
 
 
@@ -157,11 +163,11 @@ class AlphaBeta(_Stabilized):
     def relevance(self, ctx, relevance):
         w_pos, w_neg = ctx.weight_parts()
         r_in = self.alpha * signed_share(
-            ctx, relevance, w_pos, w_neg, _bias_part(ctx, self.bias, "+"), self.stab
+            ctx, relevance, w_pos, w_neg, _bias_part(ctx, self.bias, "+"), self.stab, "W+|W-"
         )
         if self.beta:
             r_in = r_in - self.beta * signed_share(
-                ctx, relevance, w_neg, w_pos, _bias_part(ctx, self.bias, "-"), self.stab
+                ctx, relevance, w_neg, w_pos, _bias_part(ctx, self.bias, "-"), self.stab, "W-|W+"
             )
         return [r_in]
 
@@ -192,8 +198,13 @@ class Gamma(_Stabilized):
 
         w_up, w_down = ctx.memo(f"gamma={gamma}", weights)
         z = ctx.output if ctx.output is not None else _A(ctx, ctx.x, weight, bias)
-        up = signed_share(ctx, torch.where(z > 0, relevance, 0.0), w_up, w_down, None, self.stab)
-        down = signed_share(ctx, torch.where(z < 0, relevance, 0.0), w_down, w_up, None, self.stab)
+        up_key, down_key = f"γ={gamma} W↑|W↓", f"γ={gamma} W↓|W↑"
+        up = signed_share(
+            ctx, torch.where(z > 0, relevance, 0.0), w_up, w_down, None, self.stab, up_key
+        )
+        down = signed_share(
+            ctx, torch.where(z < 0, relevance, 0.0), w_down, w_up, None, self.stab, down_key
+        )
         return [up + down]
 
 
@@ -269,7 +280,8 @@ class ZBeta(_Stabilized):
         z = z_x - ctx.memo(("zbeta", tuple(x.shape), self.low, self.high), bound_part)
         s = self.stab(relevance, z)
         # x⊙Aᵀ(s;W) − l⊙Aᵀ(s;W⁺) − h⊙Aᵀ(s;W⁻) with Aᵀ(s;W) = Aᵀ(s;W⁺) + Aᵀ(s;W⁻)
-        return [(x - low) * _At(ctx, s, w_pos) + (x - high) * _At(ctx, s, w_neg)]
+        from_positive, from_negative = ctx.adjoint_pair(s, "W+|W-", w_pos, w_neg)
+        return [(x - low) * from_positive + (x - high) * from_negative]
 
 
 @register_rule
@@ -317,9 +329,12 @@ class WinnerTakeAll(Rule):
 
     name = "winner-take-all"
     requires = ("max_route",)
+    # the argmax indices come from the forward pass, so the input itself need not be kept
+    needs_inputs = False
+    needs_record = True
 
     def relevance(self, ctx, relevance):
-        return [ctx.op.max_route(ctx.x, relevance)]
+        return [ctx.op.max_route(ctx.x, relevance, indices=ctx.record, x_shape=ctx.input_shapes[0])]
 
 
 @register_rule
