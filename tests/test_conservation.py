@@ -86,6 +86,10 @@ class Recorded(Rule):
     def needs_output(self) -> bool:  # type: ignore[override]
         return getattr(self.inner, "needs_output", False)
 
+    @property
+    def needs_record(self) -> bool:  # type: ignore[override]
+        return getattr(self.inner, "needs_record", False)
+
     def relevance(self, ctx, relevance):
         handed_on = self.inner(ctx, relevance)
         self.log[ctx.node] = (relevance.clone(), [r.clone() for r in handed_on])
