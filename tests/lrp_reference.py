@@ -1,0 +1,418 @@
+"""Independent references for the relevance rules, written from the formulas in rules.md.
+
+Nothing here imports relgraph. Affine rules are computed the way hook-based LRP libraries do
+it: autograd on the layer with modified weights ("gradient × input"): ``z = A(x; W′)``,
+``s = R / stab(z)`` held constant, ``c = ∂(z·s)/∂x``, ``R_in = x ⊙ c``. Pooling rules are
+computed with explicit loops over the pooling windows (a dense 0/1 membership matrix per
+layer), and merges with numpy. ``c3d_deep_taylor`` re-implements the full C3D functionally
+and explains it layer by layer with the same trick (Montavon et al.'s LRP tutorial).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+AffineFn = Callable[..., torch.Tensor]
+
+# --------------------------------------------------------------------------- safe division
+
+
+def safe_divide(
+    numerator: torch.Tensor, z: torch.Tensor, stabilizer: str = "zero", epsilon: float = 0.0
+) -> torch.Tensor:
+    """``numerator / stab(z)``: ``zero`` gives 0 where z == 0; ``epsilon`` adds ε·sign(z),
+    with sign(0) = +1."""
+    if stabilizer == "epsilon":
+        z = z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    zero = z == 0
+    return torch.where(zero, 0.0, numerator / torch.where(zero, 1.0, z)).to(z.dtype)
+
+
+# --------------------------------------------------------------------------- affine maps
+
+
+def affine_fn(fields: dict) -> AffineFn:
+    """``f(x, W, b=None)``: the node's affine map written directly with torch.nn.functional
+    from its YAML fields (every field given explicitly by the caller)."""
+    op = fields["op"]
+    if op.startswith("conv"):
+        conv = {"conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d}[op]
+
+        def f(x, weight, bias=None):
+            return conv(
+                x,
+                weight,
+                bias,
+                fields["stride"],
+                fields["padding"],
+                fields["dilation"],
+                fields["groups"],
+            )
+
+        return f
+    if op == "linear":
+        return lambda x, weight, bias=None: F.linear(x, weight, bias)
+    if op.startswith("batchnorm"):
+
+        def f(x, scale, shift=None):
+            view = (1, -1, *([1] * (x.dim() - 2)))
+            out = x * scale.reshape(view)
+            return out if shift is None else out + shift.reshape(view)
+
+        return f
+    raise ValueError(op)
+
+
+def padded_conv_fn(fields: dict) -> AffineFn:
+    """A convolution with its zero padding done by ``F.pad`` and the conv itself unpadded:
+    the second way of writing ``A`` that makes padded positions explicit zeros."""
+    op = fields["op"]
+    conv = {"conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d}[op]
+    pads: list[int] = []
+    for p in reversed(fields["padding"]):
+        pads += [p, p]
+
+    def f(x, weight, bias=None):
+        return conv(
+            F.pad(x, pads), weight, bias, fields["stride"], 0, fields["dilation"], fields["groups"]
+        )
+
+    return f
+
+
+def batchnorm_scale_shift(
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch norm at inference as ``x·scale + shift``."""
+    scale = 1.0 / torch.sqrt(running_var + eps)
+    shift = -running_mean * scale
+    if weight is not None:
+        scale, shift = scale * weight, shift * weight + bias
+    return scale, shift
+
+
+# --------------------------------------------------------------------------- affine rules
+
+
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().clone().requires_grad_(True)
+
+
+def _vjp(z: torch.Tensor, leaves: Sequence[torch.Tensor], s: torch.Tensor):
+    """``Aᵀ(s)`` for each leaf: the gradient of ``(z · s).sum()`` with s held constant."""
+    return torch.autograd.grad(z, list(leaves), grad_outputs=s.detach(), allow_unused=False)
+
+
+def _pos(t):
+    return t.clamp(min=0)
+
+
+def _neg(t):
+    return t.clamp(max=0)
+
+
+def epsilon_reference(f, x, weight, bias, relevance, epsilon, use_bias):
+    """``R_in = x ⊙ ∇ₓ(z · R/stab_ε(z))`` with ``z = A(x; W, b)``."""
+    x = _leaf(x)
+    z = f(x, weight, bias if use_bias else None)
+    s = safe_divide(relevance, z.detach(), "epsilon", epsilon)
+    (grad,) = _vjp(z, [x], s)
+    return (x * grad).detach()
+
+
+def _two_sided(f, x, w_for_positive, w_for_negative, bias, relevance, stab):
+    """``z = A(x⁺; W_p, b) + A(x⁻; W_n)``; ``R_in = x⁺ ⊙ ∇_{x⁺} + x⁻ ⊙ ∇_{x⁻}``."""
+    x_pos, x_neg = _leaf(_pos(x)), _leaf(_neg(x))
+    z = f(x_pos, w_for_positive, bias) + f(x_neg, w_for_negative)
+    s = safe_divide(relevance, z.detach(), *stab)
+    grad_pos, grad_neg = _vjp(z, [x_pos, x_neg], s)
+    return (x_pos * grad_pos + x_neg * grad_neg).detach()
+
+
+def zplus_reference(f, x, weight, bias, relevance, use_bias, stab=("zero", 0.0)):
+    """z⁺ with the positive bias part in z when ``use_bias``."""
+    b = _pos(bias) if use_bias and bias is not None else None
+    return _two_sided(f, x, _pos(weight), _neg(weight), b, relevance, stab)
+
+
+def alphabeta_reference(f, x, weight, bias, relevance, alpha, beta, use_bias, stab=("zero", 0.0)):
+    """``α·[positive share] − β·[negative share]``; b⁺ / b⁻ in zα / zβ when ``use_bias``."""
+    b_pos = _pos(bias) if use_bias and bias is not None else None
+    b_neg = _neg(bias) if use_bias and bias is not None else None
+    positive_share = _two_sided(f, x, _pos(weight), _neg(weight), b_pos, relevance, stab)
+    negative_share = _two_sided(f, x, _neg(weight), _pos(weight), b_neg, relevance, stab)
+    return alpha * positive_share - beta * negative_share
+
+
+def zbeta_reference(f, x, weight, low, high, relevance, stab=("zero", 0.0)):
+    """``z = A(x;W) − A(l;W⁺) − A(h;W⁻)``; ``R_in = x⊙∇ₓ − l⊙∇_l − h⊙∇_h`` where each
+    gradient is of its own term (``l``, ``h`` are full tensors of x's shape)."""
+    x, low, high = _leaf(x), _leaf(low), _leaf(high)
+    z_x = f(x, weight)
+    z_low = f(low, _pos(weight))
+    z_high = f(high, _neg(weight))
+    z = z_x - z_low - z_high
+    s = safe_divide(relevance, z.detach(), *stab)
+    (grad_x,) = _vjp(z_x, [x], s)
+    (grad_low,) = _vjp(z_low, [low], s)
+    (grad_high,) = _vjp(z_high, [high], s)
+    return (x * grad_x - low * grad_low - high * grad_high).detach()
+
+
+def gamma_reference(f, x, weight, bias, relevance, gamma, stab=("zero", 0.0)):
+    """γ: outputs with z > 0 share by ``W↑ = W + γW⁺`` on x⁺ (``W↓`` on x⁻), outputs with
+    z < 0 by ``W↓`` on x⁺ (``W↑`` on x⁻); z is the layer's output."""
+    z = f(x, weight, bias)
+    w_up, w_down = weight + gamma * _pos(weight), weight + gamma * _neg(weight)
+    up = _two_sided(f, x, w_up, w_down, None, torch.where(z > 0, relevance, 0.0), stab)
+    down = _two_sided(f, x, w_down, w_up, None, torch.where(z < 0, relevance, 0.0), stab)
+    return up + down
+
+
+def _all_ones_rule(f, x_shape, weight, relevance, stab):
+    ones = _leaf(torch.ones(x_shape, dtype=relevance.dtype))
+    z = f(ones, weight)
+    s = safe_divide(relevance, z.detach(), *stab)
+    (grad,) = _vjp(z, [ones], s)
+    return grad.detach()
+
+
+def flat_reference(f, x_shape, weight, relevance, stab=("zero", 0.0)):
+    """``R_in = ∇₁(A(1;1) · R/A(1;1))``."""
+    return _all_ones_rule(f, x_shape, torch.ones_like(weight), relevance, stab)
+
+
+def wsquare_reference(f, x_shape, weight, relevance, stab=("zero", 0.0)):
+    """``R_in = ∇₁(A(1;W²) · R/A(1;W²))``."""
+    return _all_ones_rule(f, x_shape, weight**2, relevance, stab)
+
+
+# --------------------------------------------------------------------------- pooling windows
+
+
+def pool_output_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    """PyTorch's documented pooling output size (with its ceil-mode correction)."""
+    span = (n + 2 * p - d * (k - 1) - 1) / s
+    out = (math.ceil(span) if ceil_mode else math.floor(span)) + 1
+    if ceil_mode and (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+def pool_windows(
+    in_size: Sequence[int],
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    ceil_mode: bool,
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Dense membership matrix ``M[j, k] = 1`` if input position k (flattened) lies in the
+    window of output position j; positions in the padding belong to no input."""
+    out_size = tuple(
+        pool_output_size(n, k, s, p, d, ceil_mode)
+        for n, k, s, p, d in zip(in_size, kernel, stride, padding, dilation)
+    )
+    membership = np.zeros((math.prod(out_size), math.prod(in_size)))
+    for j, out_index in enumerate(np.ndindex(*out_size)):
+        for offsets in np.ndindex(*kernel):
+            position = [
+                o * s - p + t * d
+                for o, t, s, p, d in zip(out_index, offsets, stride, padding, dilation)
+            ]
+            if all(0 <= q < n for q, n in zip(position, in_size)):
+                membership[j, np.ravel_multi_index(position, in_size)] = 1.0
+    return membership, out_size
+
+
+def adaptive_windows(
+    in_size: Sequence[int], out_size: Sequence[int]
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Membership matrix of adaptive pooling: bin i of n → o spans [⌊i·n/o⌋, ⌈(i+1)·n/o⌉)."""
+    membership = np.zeros((math.prod(out_size), math.prod(in_size)))
+    for j, out_index in enumerate(np.ndindex(*out_size)):
+        ranges = [
+            range(math.floor(i * n / o), math.ceil((i + 1) * n / o))
+            for i, n, o in zip(out_index, in_size, out_size)
+        ]
+        for position in np.ndindex(*[len(r) for r in ranges]):
+            absolute = [r[q] for r, q in zip(ranges, position)]
+            membership[j, np.ravel_multi_index(absolute, in_size)] = 1.0
+    return membership, tuple(out_size)
+
+
+def _flat(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy().reshape(t.shape[0], t.shape[1], -1)
+
+
+def window_max(x: torch.Tensor, membership: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per window: the largest member and its flat input position, shapes (B, C, windows)."""
+    values = _flat(x)
+    batch, channels, _ = values.shape
+    winners = np.zeros((batch, channels, membership.shape[0]), dtype=np.int64)
+    for j, row in enumerate(membership):
+        members = np.flatnonzero(row)
+        winners[:, :, j] = members[np.argmax(values[:, :, members], axis=2)]
+    return np.take_along_axis(values, winners, axis=2), winners
+
+
+def winner_take_all_reference(x, relevance, membership) -> np.ndarray:
+    """``R_in[k] = Σ_j [k = argmax of window j] R[j]``."""
+    _, winners = window_max(x, membership)
+    r = _flat(relevance)
+    r_in = np.zeros(_flat(x).shape)
+    for b, c, j in np.ndindex(*r.shape):
+        r_in[b, c, winners[b, c, j]] += r[b, c, j]
+    return r_in.reshape(x.shape)
+
+
+def proportional_pool_reference(x, relevance, membership) -> np.ndarray:
+    """``R_in[k] = x_k Σ_j M_jk R_j / Σ_i M_ji x_i`` (0 where a window sums to 0)."""
+    values, r = _flat(x), _flat(relevance)
+    sums = values @ membership.T
+    share = np.divide(r, sums, out=np.zeros_like(r), where=sums != 0)
+    return (values * (share @ membership)).reshape(x.shape)
+
+
+def uniform_pool_reference(x_shape, relevance, membership) -> np.ndarray:
+    """``R_in[k] = Σ_j M_jk R_j / N_j`` with ``N_j`` the number of real inputs of window j."""
+    counts = membership.sum(axis=1)
+    return ((_flat(relevance) / counts) @ membership).reshape(x_shape)
+
+
+# --------------------------------------------------------------------------- merges
+
+
+def add_split_reference(inputs: Sequence[torch.Tensor], relevance: torch.Tensor):
+    """``R_i = x_i / Σ_k x_k · R`` (0 where the sum is 0)."""
+    values = [t.numpy() for t in inputs]
+    total = sum(values)
+    r = relevance.numpy()
+    share = np.divide(r, total, out=np.zeros_like(r), where=total != 0)
+    return [v * share for v in values]
+
+
+def concat_split_reference(inputs: Sequence[torch.Tensor], relevance: torch.Tensor, dim: int):
+    """Each input's own slice of R along ``dim``."""
+    bounds = np.cumsum([0] + [t.shape[dim] for t in inputs])
+    r = relevance.numpy()
+    return [r[(slice(None),) * dim + (slice(lo, hi),)] for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+# --------------------------------------------------------------------------- full C3D
+
+#: C3D as in the public code of Tran et al. / Hiley et al.: (kind, name, arguments)
+C3D_LAYERS: tuple[tuple[str, str, dict], ...] = (
+    ("conv", "conv1", {}),
+    ("relu", "relu1", {}),
+    ("maxpool", "pool1", {"kernel": (1, 2, 2), "stride": (1, 2, 2), "padding": 0}),
+    ("conv", "conv2", {}),
+    ("relu", "relu2", {}),
+    ("maxpool", "pool2", {"kernel": 2, "stride": 2, "padding": 0}),
+    ("conv", "conv3a", {}),
+    ("relu", "relu3a", {}),
+    ("conv", "conv3b", {}),
+    ("relu", "relu3b", {}),
+    ("maxpool", "pool3", {"kernel": 2, "stride": 2, "padding": 0}),
+    ("conv", "conv4a", {}),
+    ("relu", "relu4a", {}),
+    ("conv", "conv4b", {}),
+    ("relu", "relu4b", {}),
+    ("maxpool", "pool4", {"kernel": 2, "stride": 2, "padding": 0}),
+    ("conv", "conv5a", {}),
+    ("relu", "relu5a", {}),
+    ("conv", "conv5b", {}),
+    ("relu", "relu5b", {}),
+    ("maxpool", "pool5", {"kernel": 2, "stride": 2, "padding": (0, 1, 1)}),
+    ("flatten", "flatten", {}),
+    ("linear", "fc6", {}),
+    ("relu", "relu6", {}),
+    ("linear", "fc7", {}),
+    ("relu", "relu7", {}),
+    ("linear", "fc8", {}),
+)
+
+
+def _c3d_layer(kind: str, name: str, args: dict, weights: dict[str, torch.Tensor]):
+    """The layer as a function of its input only (dropout is the identity at inference)."""
+    if kind == "conv":
+        return lambda t, w=None: F.conv3d(
+            t,
+            weights[f"{name}.weight"] if w is None else w,
+            (weights[f"{name}.bias"] if w is None else None),
+            padding=1,
+        )
+    if kind == "linear":
+        return lambda t, w=None: F.linear(
+            t,
+            weights[f"{name}.weight"] if w is None else w,
+            (weights[f"{name}.bias"] if w is None else None),
+        )
+    if kind == "maxpool":
+        return lambda t: F.max_pool3d(t, args["kernel"], args["stride"], args["padding"])
+    if kind == "relu":
+        return F.relu
+    if kind == "flatten":
+        return lambda t: t.reshape(t.shape[0], -1)
+    raise ValueError(kind)
+
+
+def c3d_deep_taylor(
+    weights: dict[str, torch.Tensor], x: torch.Tensor, low: float, high: float
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The paper's deep Taylor explanation of C3D, layer by layer with autograd.
+
+    Rules: zβ at conv1 with scalar bounds ``(low, high)`` as tensors of x's shape; z⁺ with
+    bias off at every other conv and linear layer (inputs are ReLU outputs ≥ 0, so
+    ``z = A(x; W⁺)``); max pools route by their ordinary gradient (winner-take-all); ReLU
+    and flatten pass relevance on unchanged (identity gradient). Seed: one-hot at the
+    predicted class. Returns ``(input relevance, logits, predicted class)``.
+    """
+    layers = [
+        (kind, name, _c3d_layer(kind, name, args, weights)) for kind, name, args in C3D_LAYERS
+    ]
+    activations = [x]
+    with torch.no_grad():
+        for _, _, layer in layers:
+            activations.append(layer(activations[-1]))
+    logits = activations[-1]
+    predicted = int(logits[0].argmax())
+    relevance = torch.zeros_like(logits)
+    relevance[0, predicted] = 1.0
+    for (kind, name, layer), a in reversed(list(zip(layers, activations[:-1]))):
+        if kind in ("relu", "flatten"):
+            relevance = relevance.reshape(a.shape)
+            continue
+        if kind == "maxpool":
+            a = _leaf(a)
+            (relevance,) = _vjp(layer(a), [a], relevance)
+            continue
+        weight = weights[f"{name}.weight"]
+        if name == "conv1":
+            a = _leaf(a)
+            low_t, high_t = _leaf(torch.full_like(a, low)), _leaf(torch.full_like(a, high))
+            z_x, z_low, z_high = (
+                layer(a, weight),
+                layer(low_t, _pos(weight)),
+                layer(high_t, _neg(weight)),
+            )
+            s = safe_divide(relevance, (z_x - z_low - z_high).detach())
+            (grad_x,) = _vjp(z_x, [a], s)
+            (grad_low,) = _vjp(z_low, [low_t], s)
+            (grad_high,) = _vjp(z_high, [high_t], s)
+            relevance = (a * grad_x - low_t * grad_low - high_t * grad_high).detach()
+        else:
+            a = _leaf(a)
+            z = layer(a, _pos(weight))
+            (grad,) = _vjp(z, [a], safe_divide(relevance, z.detach()))
+            relevance = (a * grad).detach()
+    return relevance, logits, predicted
