@@ -20,7 +20,7 @@ import networkx as nx
 import torch
 import yaml
 
-from .errors import GraphError, RelgraphError, ShapeError, SpecError, did_you_mean
+from .errors import GraphError, RelgraphError, ShapeError, SpecError, WeightsError, did_you_mean
 from .ops import OPS, Input, Op, OpDefinitionError, infer_output_shape
 from .spec import ArchSpec, load_yaml, parse_spec
 
@@ -198,6 +198,20 @@ class Graph:
             )
         if not torch.isfinite(x).all():
             raise ShapeError("input contains NaN or Inf", node=self.input)
+        missing = [
+            f"{node}.{name}"
+            for node in self.order
+            for name in self.graph.nodes[node]["tensor_shapes"]
+            if name not in self.tensors(node)
+        ]
+        if missing:
+            raise WeightsError(
+                f"the graph has no weights for {', '.join(missing[:6])}"
+                + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+                + " (compiled with init='none', or a non-strict load skipped them); "
+                "load weights before running it",
+                file=self.file,
+            )
 
     def forward(
         self,

@@ -71,23 +71,31 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 
 def load_yaml(text: str, file: str) -> Any:
     """Parse YAML text; mappings come back as dicts carrying ``line`` and ``key_lines``."""
-    loader = _Loader(text)
-    loader.name = file
+    loader = None
     try:
+        # the reader checks the characters as it is built: keep it inside the try
+        loader = _Loader(text)
+        loader.name = file
         return loader.get_single_data()
     except SpecError:
         raise
     except RecursionError:
         raise SpecError("not valid YAML: nested too deeply", file=file) from None
+    except (ValueError, OverflowError) as exc:
+        # PyYAML lets these out for e.g. "\U99999999" escapes or a date like 2001-02-30
+        raise SpecError(f"not valid YAML: {exc}", file=file) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
+        if isinstance(exc, yaml.reader.ReaderError):  # a bad character: only its offset is known
+            line = text.count("\n", 0, exc.position) + 1
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         context = getattr(exc, "context", None)
         message = f"not valid YAML: {problem}" + (f" ({context})" if context else "")
         raise SpecError(message, file=file, line=line) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def line_of(mapping: Any, key: str | None = None) -> int | None:

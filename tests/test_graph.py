@@ -301,3 +301,20 @@ def test_forward_refuses_an_input_with_nan(tiny):
 
     with pytest.raises(relgraph.ShapeError, match="NaN"):
         tiny.forward(x)
+
+
+def test_forward_refuses_a_graph_compiled_without_weights():
+    graph = relgraph.load_architecture("c3d-tiny", init="none")
+
+    with pytest.raises(relgraph.WeightsError, match="no weights for conv1.weight"):
+        graph.forward(torch.zeros(1, 3, 16, 32, 32))
+
+
+def test_forward_refuses_a_graph_whose_non_strict_load_left_a_tensor_out():
+    source = relgraph.load_architecture("c3d-tiny").state_dict()
+    del source["fc7.bias"]
+    graph = relgraph.load_architecture("c3d-tiny", init="none")
+    graph.load_weights(source, strict=False)
+
+    with pytest.raises(relgraph.WeightsError, match=r"no weights for fc7\.bias \("):
+        graph.forward(torch.zeros(1, 3, 16, 32, 32))

@@ -559,3 +559,40 @@ def test_to_yaml_is_stable_under_a_second_round_trip():
     again = relgraph.architecture_from_yaml(text, init="none").to_yaml()
 
     assert again == text
+
+
+# ----------------------------------------------------------------------- found by fuzzing
+
+
+def test_control_character_is_a_yaml_error_on_its_line(tmp_path):
+    text = SMALL.replace("    op: relu\n", "    op: relu\x1f\n")
+    path = write(tmp_path, text)
+
+    error = load_error(path)
+
+    assert isinstance(error, relgraph.SpecError)
+    assert error.line == line_containing(text, "relu\x1f")
+    assert "not valid YAML" in str(error)
+
+
+@pytest.mark.parametrize(
+    "value", ['"\\U99999999"', "2001-02-30", "!!int 0x", "!!float nine"], ids=str
+)
+def test_scalar_the_yaml_library_cannot_build_is_a_spec_error(tmp_path, value):
+    text = SMALL.replace("name: small", f"name: {value}")
+    path = write(tmp_path, text)
+
+    error = load_error(path)
+
+    assert isinstance(error, relgraph.SpecError)
+    assert error.file == str(path)
+
+
+def test_deeply_nested_yaml_is_a_spec_error(tmp_path):
+    text = SMALL.replace("shape: [3, 4, 8, 8]", "shape: " + "[" * 3000 + "]" * 3000)
+    path = write(tmp_path, text)
+
+    error = load_error(path)
+
+    assert isinstance(error, relgraph.SpecError)
+    assert "nested too deeply" in str(error)
