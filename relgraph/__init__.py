@@ -1,5 +1,6 @@
 """relgraph: an explicit layer-wise relevance graph engine for video (3D CNN) classifiers."""
 
+from .discriminative import DiscriminativeResult, discriminative
 from .errors import (
     GraphError,
     LabelError,
@@ -25,6 +26,7 @@ from .graph import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DiscriminativeResult",
     "Explanation",
     "ForwardResult",
     "Graph",
@@ -40,6 +42,7 @@ __all__ = [
     "WeightsError",
     "architecture_from_yaml",
     "compile_spec",
+    "discriminative",
     "explain",
     "explain_with_rules",
     "load_architecture",
