@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -119,8 +119,15 @@ class _Stabilized(Rule):
     bias: bool = False
     stabilizer: str = "zero"
     epsilon: float = 1e-6
+    #: the formula has no bias term, so ``bias: true`` would be silently ignored
+    drops_bias: ClassVar[bool] = False
 
     def __post_init__(self):
+        if self.bias and self.drops_bias:
+            raise RuleError(
+                f"rule '{self.name}' has no bias term (see rules.md), so bias: true would be "
+                "ignored; leave it out"
+            )
         # derived from the parameters, not itself a parameter (not a dataclass field)
         self.stab = Stabilizer(self.stabilizer, self.epsilon)
 
@@ -180,6 +187,7 @@ class Gamma(_Stabilized):
 
     name = "gamma"
     requires = ("affine",)
+    drops_bias = True
     needs_output = True
     gamma: float = 0.25
 
@@ -291,6 +299,7 @@ class Flat(_Stabilized):
 
     name = "flat"
     requires = ("affine",)
+    drops_bias = True
     needs_inputs = False
 
     def relevance(self, ctx, relevance):
@@ -309,6 +318,7 @@ class WSquare(_Stabilized):
 
     name = "wsquare"
     requires = ("affine",)
+    drops_bias = True
     needs_inputs = False
 
     def relevance(self, ctx, relevance):

@@ -615,3 +615,10 @@ def test_deep_taylor_paper_on_full_size_c3d_equals_layerwise_autograd_reference(
     scale = float(expected.abs().max())
     assert float((actual - expected).abs().max()) <= 1e-5 * scale
     assert abs(float(actual.sum()) - float(expected.sum())) <= 1e-5 * float(expected.abs().sum())
+
+
+@pytest.mark.parametrize("name", ["gamma", "flat", "wsquare"])
+def test_rules_without_a_bias_term_refuse_bias_true(name):
+    """Their formulas have no bias, so ``bias: true`` would be silently ignored."""
+    with pytest.raises(relgraph.RuleError, match="no bias term"):
+        make_rule({"name": name, "bias": True})
