@@ -59,7 +59,7 @@ def test_shipped_architectures_include_c3d_tiny_c3d_and_resnet_tiny():
     assert {"c3d", "c3d-tiny", "resnet-tiny"} <= set(relgraph.shipped_architectures())
 
 
-@pytest.mark.parametrize("name", ["c3d", "c3d-tiny", "resnet-tiny"])
+@pytest.mark.parametrize("name", relgraph.shipped_architectures())
 def test_shipped_architecture_compiles_with_a_shape_for_every_node(name):
     graph = relgraph.load_architecture(name, init="none")
 
@@ -106,12 +106,6 @@ def test_c3d_parameter_count_is_the_sum_over_its_layers_about_78_million(c3d_str
 
     assert count == conv_parameters + linear_parameters
     assert 77.5e6 < count < 78.5e6
-
-
-def test_c3d_created_weights_have_the_counted_number_of_values():
-    graph = relgraph.load_architecture("c3d")
-
-    assert sum(t.numel() for t in graph.state_dict().values()) == graph.num_parameters()
 
 
 def test_num_classes_parameter_sets_the_output_size():

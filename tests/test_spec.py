@@ -524,7 +524,7 @@ def assert_same_graph(first: relgraph.Graph, second: relgraph.Graph) -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["c3d", "c3d-tiny", "resnet-tiny"])
+@pytest.mark.parametrize("name", relgraph.shipped_architectures())
 def test_to_yaml_loads_back_into_an_identical_graph(name):
     graph = relgraph.load_architecture(name, init="none")
 
