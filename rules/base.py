@@ -8,6 +8,7 @@ for a capability (``affine``, ``window``, ``max_route``, ``split``, ``reshape``;
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -113,7 +114,8 @@ class Stabilizer:
 
     ``zero`` (the paper authors' code): ``stab(z) = z`` and the result is 0 where ``z == 0``.
     ``epsilon`` (zennit, innvestigate): ``stab(z) = z + ε·sign(z)`` with ``sign(0) = +1``.
-    In both, a denominator that is zero or subnormal gives 0, never Inf or NaN.
+    In both, a denominator that is zero or subnormal gives 0, and so does a quotient too large
+    for the format: never Inf or NaN.
     """
 
     kind: str = "zero"
@@ -125,11 +127,43 @@ class Stabilizer:
         if self.epsilon < 0:
             raise RuleError(f"the stabilizer's epsilon must be ≥ 0, got {self.epsilon}")
 
-    def __call__(self, numerator: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, numerator: torch.Tensor, z: torch.Tensor, scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``numerator / stab(z)``; ``scale`` is the per-sample factor (``sample_scale``) that
+        ``z`` was computed with, so that ε scales along with it."""
         if self.kind == "epsilon" and self.epsilon > 0:
-            z = z + self.epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+            epsilon = self.epsilon if scale is None else self.epsilon * _to_rank(scale, z)
+            z = z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
         usable = z.abs() >= torch.finfo(z.dtype).tiny
-        return torch.where(usable, numerator / torch.where(usable, z, torch.ones_like(z)), 0.0)
+        quotient = numerator / torch.where(usable, z, torch.ones_like(z))
+        # A normal but tiny z can still overflow R/z; such a share lies beyond the format,
+        # and it hands on nothing rather than Inf (and NaN where Inf meets a zero input).
+        return torch.where(usable & torch.isfinite(quotient), quotient, 0.0)
+
+
+def _to_rank(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return scale.reshape(scale.shape[0], *([1] * (like.dim() - 1)))
+
+
+def sample_scale(*tensors: torch.Tensor) -> torch.Tensor:
+    """A power of two per sample that brings the sample's largest magnitude (over ``tensors``,
+    all batched alike) into [1, 2), shaped ``(B, 1, ...)`` like the first tensor.
+
+    Rules compute ``z`` and ``s = R / stab(z)`` from inputs multiplied by it: a power of two
+    changes no bit of a result in the normal range, but keeps ``z`` away from the ends of the
+    format, where ``R / z`` overflows (inputs near 1e-38 in float32) or underflows (near 1e38).
+    """
+    first = tensors[0]
+    batch = first.shape[0]
+    peak = torch.stack([t.abs().reshape(batch, -1).amax(1) for t in tensors]).amax(0)
+    _, exponent = torch.frexp(peak)  # peak = m·2^e, m in [0.5, 1); frexp(0) gives e = 0
+    info = torch.finfo(first.dtype)
+    # keep the factor itself a finite normal number (a subnormal peak is only raised part-way)
+    lowest, highest = math.frexp(info.tiny)[1] - 1, math.frexp(info.max)[1] - 1
+    power = (1 - exponent).clamp(lowest, highest)
+    scale = torch.full_like(peak, 2.0).pow(power.to(peak.dtype))  # exact for integer powers
+    return _to_rank(scale, first)
 
 
 # --------------------------------------------------------------------------- rules

@@ -21,6 +21,7 @@ from .base import (
     negative,
     positive,
     register_rule,
+    sample_scale,
 )
 
 
@@ -30,6 +31,18 @@ def _A(ctx: NodeContext, x: torch.Tensor, weight: torch.Tensor, bias=None) -> to
 
 def _At(ctx: NodeContext, s: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return ctx.op.adjoint(s, weight, ctx.input_shapes[0])
+
+
+def _A_scaled(
+    ctx: NodeContext, x: torch.Tensor, weight: torch.Tensor, bias, scale: torch.Tensor
+) -> torch.Tensor:
+    """``A(x; W) + scale·b`` for an input ``x`` already multiplied by the per-sample ``scale``."""
+    z = _A(ctx, x, weight)
+    if bias is None:
+        return z
+    return z + bias.reshape(1, -1, *([1] * (z.dim() - 2))) * scale.reshape(
+        -1, *([1] * (z.dim() - 1))
+    )
 
 
 def signed_share(
@@ -44,15 +57,17 @@ def signed_share(
     """``z = A(x⁺; W_p) + A(x⁻; W_n) (+ bias)``, ``s = R / stab(z)``,
     ``R_in = x⁺ ⊙ Aᵀ(s; W_p) + x⁻ ⊙ Aᵀ(s; W_n)``: the building block of zplus, αβ and γ.
     Where ``x ≥ 0`` everywhere (ReLU outputs) the ``x⁻`` terms vanish and are skipped;
-    elsewhere both adjoints run as one (``key`` names the weight pair for the memo)."""
-    x = ctx.x
+    elsewhere both adjoints run as one (``key`` names the weight pair for the memo).
+    Each sample runs at the scale ``sample_scale`` picks: the same result, no overflow."""
+    scale = sample_scale(ctx.x)
+    x = ctx.x * scale
     if is_nonnegative(x):
-        z = _A(ctx, x, w_for_positive, bias)
-        return x * _At(ctx, stab(relevance, z), w_for_positive)
+        z = _A_scaled(ctx, x, w_for_positive, bias, scale)
+        return x * _At(ctx, stab(relevance, z, scale), w_for_positive)
     x_pos, x_neg = positive(x), negative(x)
-    z = _A(ctx, x_pos, w_for_positive, bias) + _A(ctx, x_neg, w_for_negative)
+    z = _A_scaled(ctx, x_pos, w_for_positive, bias, scale) + _A(ctx, x_neg, w_for_negative)
     from_positive, from_negative = ctx.adjoint_pair(
-        stab(relevance, z), key, w_for_positive, w_for_negative
+        stab(relevance, z, scale), key, w_for_positive, w_for_negative
     )
     return x_pos * from_positive + x_neg * from_negative
 
@@ -104,12 +119,14 @@ class Epsilon(Rule):
 
     def relevance(self, ctx, relevance):
         weight, bias = ctx.weight_and_bias()
+        scale = sample_scale(ctx.x)  # see signed_share
+        x = ctx.x * scale
         if self.bias and ctx.output is not None:
-            z = ctx.output
+            z = ctx.output * scale.reshape(-1, *([1] * (ctx.output.dim() - 1)))
         else:
-            z = _A(ctx, ctx.x, weight, bias if self.bias else None)
-        s = Stabilizer("epsilon", self.epsilon)(relevance, z)
-        return [ctx.x * _At(ctx, s, weight)]
+            z = _A_scaled(ctx, x, weight, bias if self.bias else None, scale)
+        s = Stabilizer("epsilon", self.epsilon)(relevance, z, scale)
+        return [x * _At(ctx, s, weight)]
 
 
 @dataclass
@@ -286,10 +303,11 @@ class ZBeta(_Stabilized):
         else:
             z_x = _A(ctx, x, weight)
         z = z_x - ctx.memo(("zbeta", tuple(x.shape), self.low, self.high), bound_part)
-        s = self.stab(relevance, z)
+        scale = sample_scale(x, low, high)  # see signed_share
+        s = self.stab(relevance, z * scale.reshape(-1, *([1] * (z.dim() - 1))), scale)
         # x⊙Aᵀ(s;W) − l⊙Aᵀ(s;W⁺) − h⊙Aᵀ(s;W⁻) with Aᵀ(s;W) = Aᵀ(s;W⁺) + Aᵀ(s;W⁻)
         from_positive, from_negative = ctx.adjoint_pair(s, "W+|W-", w_pos, w_neg)
-        return [(x - low) * from_positive + (x - high) * from_negative]
+        return [(x - low) * scale * from_positive + (x - high) * scale * from_negative]
 
 
 @register_rule
@@ -362,10 +380,11 @@ class Proportional(Rule):
 
     def relevance(self, ctx, relevance):
         if "window" in ctx.op.capabilities:
-            x = ctx.x
-            s = self.stab(relevance, ctx.op.window_sum(x))
+            scale = sample_scale(ctx.x)  # see signed_share
+            x = ctx.x * scale
+            s = self.stab(relevance, ctx.op.window_sum(x), scale)
             return [x * ctx.op.window_sum_adjoint(s, x.shape)]
-        return ctx.op.split(ctx.inputs, relevance, self.stab)
+        return _scaled_split(ctx, relevance, self.stab)
 
 
 @register_rule
@@ -399,7 +418,16 @@ class Split(Rule):
         self.stab = Stabilizer(self.stabilizer, self.epsilon)
 
     def relevance(self, ctx, relevance):
-        return ctx.op.split(ctx.inputs, relevance, self.stab)
+        return _scaled_split(ctx, relevance, self.stab)
+
+
+def _scaled_split(ctx: NodeContext, relevance: torch.Tensor, stab: Stabilizer) -> list:
+    """The op's ``split`` with the inputs at the scale ``sample_scale`` picks (see
+    ``signed_share``); concat only slices, and its inputs are not even read."""
+    if any(x is None for x in ctx.inputs):
+        return ctx.op.split(ctx.inputs, relevance, stab)
+    scale = sample_scale(*ctx.inputs)
+    return ctx.op.split([x * scale for x in ctx.inputs], relevance, lambda r, z: stab(r, z, scale))
 
 
 # --------------------------------------------------------------------------- composition

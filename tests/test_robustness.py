@@ -113,12 +113,19 @@ def zeros_in_weights(graph, x):
     return x
 
 
+def smallest_normal_input(graph, x):
+    """Each sample's largest magnitude a few times the smallest normal number of its type."""
+    peak = x.abs().reshape(len(x), -1).amax(1).clamp(min=1e-300).reshape(-1, *[1] * (x.dim() - 1))
+    return x / peak * (4 * torch.finfo(x.dtype).tiny)
+
+
 CONDITIONS = {
     "all-zero input": all_zero_input,
     "dead ReLUs": dead_relus,
     "huge input (1e30 in float64, 1e15 in float32)": scaled(1e30, 1e15),
     "tiny input (1e-30 in float64, 1e-15 in float32)": scaled(1e-30, 1e-15),
     "exact zeros in weights": zeros_in_weights,
+    "input at the smallest normal magnitude": smallest_normal_input,
 }
 
 
@@ -178,3 +185,20 @@ def test_no_preset_emits_nan_or_inf_on_c3d_tiny_with_a_zero_clip(name, dtype):
     graph = relgraph.load_architecture("c3d-tiny", dtype=dtype, size=16, width=2, hidden=8)
     x = torch.zeros((1, *graph.input_shape), dtype=dtype)
     assert_all_finite(relgraph.explain(graph, x, rules=name, return_all=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rule", AFFINE_RULES, ids=repr)
+def test_relevance_stays_finite_where_an_intermediate_share_would_overflow(rule, dtype):
+    # x = (4·tiny, 0) and W = 1 into 8 outputs seeded with 1 each: R/z = 1/(4·tiny) is
+    # finite, but Aᵀ(R/z) summed over 8 outputs is not; the relevance itself is (8, 0)
+    graph = relgraph.architecture_from_yaml(
+        "input: {shape: [2]}\nnodes:\n  - {name: fc, op: linear, out_features: 8, bias: false}\n",
+        dtype=dtype,
+    )
+    graph.tensors("fc")["weight"] = torch.ones(8, 2, dtype=dtype)
+    graph.cache.clear()
+    x = torch.tensor([[4 * torch.finfo(dtype).tiny, 0.0]], dtype=dtype)
+    composite = BASE.override(ops="linear", rule=rule)
+    relevance = relgraph.explain(graph, x, 0, composite, torch.ones(1, 8, dtype=dtype))
+    assert torch.isfinite(relevance).all()
