@@ -52,6 +52,7 @@ CONSERVING_AFFINE = {
 STRUCTURAL = {
     "winner-take-all, uniform, split": (WinnerTakeAll(), Uniform(), Split()),
     "proportional everywhere": (Proportional(), Proportional(), Proportional()),
+    "uniform on every pool": (Uniform(), Uniform(), Split()),
 }
 
 
