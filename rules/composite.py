@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 SELECTOR_KEYS = ("nodes", "ops")
 ENTRY_KEYS = (*SELECTOR_KEYS, "rule")
 PRESET_KEYS = ("name", "description", "extends", "seed", "rules")
+SEEDS = ("onehot", "logit")
 
 
 def _as_tuple(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
@@ -263,8 +264,24 @@ def preset(name_or_path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> Comp
             )
     entries: list[Entry] = []
     seed = data.get("seed")
-    if data.get("extends"):
-        parent = preset(data["extends"], (*_seen, file))
+    if seed is not None and seed not in SEEDS:
+        raise RuleError(
+            f"seed must be one of {', '.join(SEEDS)}, got {seed!r}",
+            file=file,
+            line=line_of(data, "seed"),
+        )
+    extends = data.get("extends")
+    if extends:
+        if not isinstance(extends, str):
+            raise RuleError(
+                f"'extends' must be a preset name or a YAML path, got {extends!r}",
+                file=file,
+                line=line_of(data, "extends"),
+            )
+        # a path is read relative to the preset that names it, not to the working directory
+        sibling = path.parent / extends
+        is_path = extends.endswith((".yaml", ".yml")) or os.sep in extends
+        parent = preset(sibling if is_path and sibling.is_file() else extends, (*_seen, file))
         entries += parent.entries
         seed = seed or parent.seed
     if not isinstance(data["rules"], list):

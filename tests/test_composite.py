@@ -244,6 +244,27 @@ def test_extends_puts_the_parents_entries_first_and_inherits_its_seed(tmp_path, 
     }
 
 
+def test_extends_reads_a_relative_path_next_to_the_extending_preset(tmp_path, monkeypatch, c3d):
+    write(
+        tmp_path,
+        "parent.yaml",
+        "extends: deep-taylor-paper\nrules:\n  - {nodes: fc8, rule: flat}\n",
+    )
+    child = write(
+        tmp_path, "child.yaml", "extends: parent.yaml\nrules:\n  - {nodes: fc7, rule: flat}\n"
+    )
+    monkeypatch.chdir(tmp_path.parent)  # not the presets' folder
+    rules = preset(child).resolve(c3d)
+    assert (rules["fc7"].name, rules["fc8"].name, rules["fc6"].name) == ("flat", "flat", "zplus")
+
+
+def test_a_preset_seed_other_than_onehot_or_logit_names_the_file_and_line(tmp_path):
+    path = write(tmp_path, "seed.yaml", "extends: base\nseed: one-hot\nrules: []\n")
+    with pytest.raises(RuleError, match="seed must be one of onehot, logit") as info:
+        preset(path)
+    assert (info.value.file, info.value.line) == (path, 2)
+
+
 @pytest.fixture
 def halve_rule():
     """A custom rule, registered by name for the test's duration."""
