@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from .errors import RuleError, TargetError
@@ -66,12 +67,16 @@ def resolve_target(
             target = [int(target)] * batch
         else:
             target = target.tolist()
+    if isinstance(target, (np.ndarray, np.integer)):  # e.g. a data set's labels
+        target = target.tolist()
     if isinstance(target, (int, str)):
         target = [target] * batch
     if not isinstance(target, (list, tuple)) or len(target) != batch:
         raise TargetError(f"give one target per sample ({batch}), or a single one; got {target!r}")
     indices = []
     for item in target:
+        if isinstance(item, np.integer):
+            item = int(item)
         if isinstance(item, str) and item == "auto":
             indices.append(None)
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from strategies import one_torch_thread  # noqa: F401
@@ -96,6 +97,12 @@ def test_a_list_gives_each_sample_its_own_target(net, batch):
 
 def test_a_tensor_of_indices_gives_each_sample_its_own_target(net, batch):
     assert explain(net, batch, torch.tensor([1, 2, 0])).target.tolist() == [1, 2, 0]
+
+
+def test_numpy_integers_are_indices_like_python_ints(net, batch):
+    assert explain(net, batch, np.int64(2)).target.tolist() == [2, 2, 2]
+    assert explain(net, batch, np.array([3, 1, 0])).target.tolist() == [3, 1, 0]
+    assert explain(net, batch, [np.int32(1), 0, "auto"]).target.tolist()[:2] == [1, 0]
 
 
 def test_auto_in_a_list_explains_that_samples_prediction(net, batch):
