@@ -146,9 +146,14 @@ def _to_rank(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return scale.reshape(scale.shape[0], *([1] * (like.dim() - 1)))
 
 
-def sample_scale(*tensors: torch.Tensor) -> torch.Tensor:
+#: peaks within [2⁻³², 2³²] leave ample room to the ends of float32 (2^±126): no rescaling
+SAFE_EXPONENTS = (-32, 32)
+
+
+def sample_scale(*tensors: torch.Tensor) -> torch.Tensor | None:
     """A power of two per sample that brings the sample's largest magnitude (over ``tensors``,
-    all batched alike) into [1, 2), shaped ``(B, 1, ...)`` like the first tensor.
+    all batched alike) into [1, 2), shaped ``(B, 1, ...)`` like the first tensor; ``None``
+    (no rescaling needed) when every sample's peak already lies well inside the format.
 
     Rules compute ``z`` and ``s = R / stab(z)`` from inputs multiplied by it: a power of two
     changes no bit of a result in the normal range, but keeps ``z`` away from the ends of the
@@ -158,12 +163,20 @@ def sample_scale(*tensors: torch.Tensor) -> torch.Tensor:
     batch = first.shape[0]
     peak = torch.stack([t.abs().reshape(batch, -1).amax(1) for t in tensors]).amax(0)
     _, exponent = torch.frexp(peak)  # peak = m·2^e, m in [0.5, 1); frexp(0) gives e = 0
+    low, high = SAFE_EXPONENTS
+    if bool(((exponent >= low) & (exponent <= high)).all()):
+        return None
     info = torch.finfo(first.dtype)
     # keep the factor itself a finite normal number (a subnormal peak is only raised part-way)
     lowest, highest = math.frexp(info.tiny)[1] - 1, math.frexp(info.max)[1] - 1
     power = (1 - exponent).clamp(lowest, highest)
     scale = torch.full_like(peak, 2.0).pow(power.to(peak.dtype))  # exact for integer powers
     return _to_rank(scale, first)
+
+
+def rescaled(t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``t`` times the per-sample ``scale`` of ``sample_scale`` (``t`` itself for ``None``)."""
+    return t if scale is None else t * _to_rank(scale, t)
 
 
 # --------------------------------------------------------------------------- rules

@@ -21,6 +21,7 @@ from .base import (
     negative,
     positive,
     register_rule,
+    rescaled,
     sample_scale,
 )
 
@@ -40,6 +41,8 @@ def _A_scaled(
     z = _A(ctx, x, weight)
     if bias is None:
         return z
+    if scale is None:
+        return z + bias.reshape(1, -1, *([1] * (z.dim() - 2)))
     return z + bias.reshape(1, -1, *([1] * (z.dim() - 2))) * scale.reshape(
         -1, *([1] * (z.dim() - 1))
     )
@@ -60,7 +63,7 @@ def signed_share(
     elsewhere both adjoints run as one (``key`` names the weight pair for the memo).
     Each sample runs at the scale ``sample_scale`` picks: the same result, no overflow."""
     scale = sample_scale(ctx.x)
-    x = ctx.x * scale
+    x = rescaled(ctx.x, scale)
     if is_nonnegative(x):
         z = _A_scaled(ctx, x, w_for_positive, bias, scale)
         return x * _At(ctx, stab(relevance, z, scale), w_for_positive)
@@ -120,9 +123,9 @@ class Epsilon(Rule):
     def relevance(self, ctx, relevance):
         weight, bias = ctx.weight_and_bias()
         scale = sample_scale(ctx.x)  # see signed_share
-        x = ctx.x * scale
+        x = rescaled(ctx.x, scale)
         if self.bias and ctx.output is not None:
-            z = ctx.output * scale.reshape(-1, *([1] * (ctx.output.dim() - 1)))
+            z = rescaled(ctx.output, scale)
         else:
             z = _A_scaled(ctx, x, weight, bias if self.bias else None, scale)
         s = Stabilizer("epsilon", self.epsilon)(relevance, z, scale)
@@ -304,10 +307,10 @@ class ZBeta(_Stabilized):
             z_x = _A(ctx, x, weight)
         z = z_x - ctx.memo(("zbeta", tuple(x.shape), self.low, self.high), bound_part)
         scale = sample_scale(x, low, high)  # see signed_share
-        s = self.stab(relevance, z * scale.reshape(-1, *([1] * (z.dim() - 1))), scale)
+        s = self.stab(relevance, rescaled(z, scale), scale)
         # x⊙Aᵀ(s;W) − l⊙Aᵀ(s;W⁺) − h⊙Aᵀ(s;W⁻) with Aᵀ(s;W) = Aᵀ(s;W⁺) + Aᵀ(s;W⁻)
         from_positive, from_negative = ctx.adjoint_pair(s, "W+|W-", w_pos, w_neg)
-        return [(x - low) * scale * from_positive + (x - high) * scale * from_negative]
+        return [rescaled((x - low) * from_positive + (x - high) * from_negative, scale)]
 
 
 @register_rule
@@ -381,7 +384,7 @@ class Proportional(Rule):
     def relevance(self, ctx, relevance):
         if "window" in ctx.op.capabilities:
             scale = sample_scale(ctx.x)  # see signed_share
-            x = ctx.x * scale
+            x = rescaled(ctx.x, scale)
             s = self.stab(relevance, ctx.op.window_sum(x), scale)
             return [x * ctx.op.window_sum_adjoint(s, x.shape)]
         return _scaled_split(ctx, relevance, self.stab)
@@ -427,7 +430,8 @@ def _scaled_split(ctx: NodeContext, relevance: torch.Tensor, stab: Stabilizer) -
     if any(x is None for x in ctx.inputs):
         return ctx.op.split(ctx.inputs, relevance, stab)
     scale = sample_scale(*ctx.inputs)
-    return ctx.op.split([x * scale for x in ctx.inputs], relevance, lambda r, z: stab(r, z, scale))
+    inputs = [rescaled(x, scale) for x in ctx.inputs]
+    return ctx.op.split(inputs, relevance, lambda r, z: stab(r, z, scale))
 
 
 # --------------------------------------------------------------------------- composition
