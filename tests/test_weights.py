@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from reference_models import C3D_CONVS, c3d_tiny_reference
+from reference_models import C3D_CONVS, ResNetTiny, c3d_tiny_reference
 from safetensors.torch import save_file
 from torch import nn
 
@@ -119,7 +119,7 @@ def test_safetensors_content_is_recognised_whatever_the_file_suffix(tmp_path, mo
     assert_graph_computes_like(graph, model, clip)
 
 
-def sports1m_shaped(model: C3D_CONVS.__class__ | nn.Module) -> nn.Module:
+def sports1m_shaped(model: nn.Module) -> nn.Module:
     """The Sports-1M C3D layout: ``features`` and ``classifier`` as ``nn.Sequential``
     (conv/ReLU/pool in order, so the convs land at 0, 3, 6, 8, 11, 13, 16, 18 and the two
     linears at 0, 3), holding the convolutions and fc6/fc7 of ``model``."""
@@ -200,8 +200,6 @@ def test_load_report_lists_every_loaded_tensor(model):
 
 def test_batchnorm_num_batches_tracked_is_accepted_and_ignored():
     torch.manual_seed(0)
-    from reference_models import ResNetTiny
-
     state = ResNetTiny().state_dict()
     assert "stem_bn.num_batches_tracked" in state
     graph = relgraph.load_architecture("resnet-tiny")
