@@ -260,6 +260,7 @@ def run_pipeline(
                     "folder": f"clip-{n:03d}",
                     "frame_indices": s["clip"]["frame_indices"],
                     "looped": s["clip"]["looped"],
+                    "padding": s["clip"]["padding"],
                     "prediction": s["prediction"],
                     "target": s["target"],
                 }
