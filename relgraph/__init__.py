@@ -13,7 +13,6 @@ from .errors import (
     VideoError,
     WeightsError,
 )
-from .reverse import Explanation, explain, explain_with_rules
 from .graph import (
     ForwardResult,
     Graph,
@@ -22,6 +21,7 @@ from .graph import (
     load_architecture,
     shipped_architectures,
 )
+from .reverse import Explanation, explain, explain_with_rules
 
 __version__ = "0.1.0"
 

@@ -577,6 +577,26 @@ class PoolNd(Op):
                     f"{list(shape[1:])} (padding {list(self.padding)})",
                     "kernel_size",
                 )
+        for axis, (n, o, k, s, p, d) in enumerate(
+            zip(
+                shape[1:],
+                self._out_size(shape[1:]),
+                self.kernel_size,
+                self.stride,
+                self.padding,
+                self._dilation,
+            )
+        ):
+            # a (dilated) window that falls wholly into the padding has no input to pool; a
+            # window starting inside the input holds its start, so only left-padding starts
+            for start in range(-p, min(0, (o - 1) * s - p + 1), s):
+                if not any(0 <= start + d * i < n for i in range(k)):
+                    raise OpDefinitionError(
+                        f"along spatial axis {axis} a pooling window starting at {start} covers "
+                        f"only padding (kernel {k}, dilation {d}, padding {p}, input {n}); "
+                        "reduce padding or dilation",
+                        "padding",
+                    )
 
     def _ones_kernel(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ones((x.shape[1], 1, *self.kernel_size), dtype=x.dtype, device=x.device)
