@@ -596,3 +596,36 @@ def test_deeply_nested_yaml_is_a_spec_error(tmp_path):
 
     assert isinstance(error, relgraph.SpecError)
     assert "nested too deeply" in str(error)
+
+
+# ----------------------------------------------------------------------- later fixes
+
+
+def test_exponent_without_a_dot_is_a_number_not_a_string(tmp_path):
+    text = SMALL.replace(
+        "    op: relu\n", "    op: relu\n  - name: bn\n    op: batchnorm3d\n    eps: 1e-3\n"
+    )
+
+    graph = relgraph.load_architecture(write(tmp_path, text))
+
+    assert graph.op("bn").eps == pytest.approx(0.001)
+
+
+def test_pool_window_that_covers_only_padding_is_refused_at_its_padding_line(tmp_path):
+    text = """\
+input: {shape: [1, 1]}
+nodes:
+  - name: pool
+    op: maxpool1d
+    kernel_size: 2
+    dilation: 2
+    stride: 1
+    padding: 1
+"""
+    path = write(tmp_path, text)
+
+    error = load_error(path)
+
+    assert isinstance(error, relgraph.ShapeError)
+    assert_names(error, path, line_containing(text, "padding: 1"), "pool")
+    assert "only padding" in str(error)
