@@ -1,0 +1,50 @@
+"""Specification of the shipped demo model: c3d-tiny that tells the synthetic motions apart."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from relgraph.demo_model import DEMO_LABELS, DEMO_PREPROCESS, DEMO_WEIGHTS, load_demo_model
+from relgraph.labels import Labels
+from relgraph.preprocess import get_preprocess
+from relgraph.synthetic import CLASS_NAMES, make_dataset
+
+# The training script uses seed 0 for its clips and 1_000_003 for its own check.
+TEST_SEED = 424_242
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    return load_demo_model()
+
+
+def test_demo_model_classifies_at_least_95_percent_of_fresh_clips(demo_model):
+    frames, labels, _, _ = make_dataset(200, seed=TEST_SEED)
+    _, _, size, _ = demo_model.input_shape
+    preprocess = get_preprocess(DEMO_PREPROCESS, size=size)
+    clips = torch.stack([preprocess(clip) for clip in frames])
+    predicted = demo_model.forward(clips, keep=()).output.argmax(1).numpy()
+    accuracy = float(np.mean(predicted == labels))
+    assert accuracy >= 0.95, f"accuracy {accuracy:.3f} on 200 fresh clips"
+
+
+def test_demo_model_has_one_output_per_synthetic_class(demo_model):
+    assert demo_model.num_classes == len(CLASS_NAMES)
+
+
+def test_demo_weights_are_safetensors_under_5_mb():
+    from safetensors import safe_open
+
+    assert DEMO_WEIGHTS.stat().st_size < 5 * 2**20
+    with safe_open(str(DEMO_WEIGHTS), framework="pt") as weights:
+        keys = set(weights.keys())
+    assert keys == set(load_demo_model().state_dict())
+
+
+def test_demo_label_file_lists_the_synthetic_classes_in_order():
+    assert Labels.from_file(DEMO_LABELS).names == list(CLASS_NAMES)
+    assert DEMO_LABELS.read_text(encoding="utf-8").splitlines() == [
+        f"{number} {name}" for number, name in enumerate(CLASS_NAMES, 1)
+    ]
