@@ -134,12 +134,15 @@ class Stabilizer:
         ``z`` was computed with, so that ε scales along with it."""
         if self.kind == "epsilon" and self.epsilon > 0:
             epsilon = self.epsilon if scale is None else self.epsilon * _to_rank(scale, z)
-            z = z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
-        usable = z.abs() >= torch.finfo(z.dtype).tiny
-        quotient = numerator / torch.where(usable, z, torch.ones_like(z))
-        # A normal but tiny z can still overflow R/z; such a share lies beyond the format,
-        # and it hands on nothing rather than Inf (and NaN where Inf meets a zero input).
-        return torch.where(usable & torch.isfinite(quotient), quotient, 0.0)
+            epsilon = torch.as_tensor(epsilon, dtype=z.dtype, device=z.device)
+            z = z + torch.where(z >= 0, epsilon, -epsilon)
+        quotient = numerator / z
+        # z = 0 gives Inf or NaN here, and a normal but tiny z can overflow R/z; such a share
+        # lies beyond the format and hands on nothing (NaN would follow where Inf meets a zero
+        # input). A subnormal z hands on nothing either. Done in place: this runs on every
+        # output of every layer.
+        quotient.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        return quotient.masked_fill_(z.abs() < torch.finfo(z.dtype).tiny, 0.0)
 
 
 def _to_rank(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -150,7 +153,7 @@ def _to_rank(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 SAFE_EXPONENTS = (-32, 32)
 
 
-def sample_scale(*tensors: torch.Tensor) -> torch.Tensor | None:
+def sample_scale(*tensors: torch.Tensor, also: float = 0.0) -> torch.Tensor | None:
     """A power of two per sample that brings the sample's largest magnitude (over ``tensors``,
     all batched alike) into [1, 2), shaped ``(B, 1, ...)`` like the first tensor; ``None``
     (no rescaling needed) when every sample's peak already lies well inside the format.
@@ -161,7 +164,11 @@ def sample_scale(*tensors: torch.Tensor) -> torch.Tensor | None:
     """
     first = tensors[0]
     batch = first.shape[0]
-    peak = torch.stack([t.abs().reshape(batch, -1).amax(1) for t in tensors]).amax(0)
+    peaks = []
+    for t in tensors:
+        lowest_value, highest_value = torch.aminmax(t.reshape(batch, -1), dim=1)
+        peaks.append(torch.maximum(highest_value, -lowest_value))
+    peak = torch.stack(peaks).amax(0).clamp(min=also)  # ``also``: a magnitude every sample has
     _, exponent = torch.frexp(peak)  # peak = m·2^e, m in [0.5, 1); frexp(0) gives e = 0
     low, high = SAFE_EXPONENTS
     if bool(((exponent >= low) & (exponent <= high)).all()):

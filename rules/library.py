@@ -297,20 +297,26 @@ class ZBeta(_Stabilized):
         weight, bias = ctx.weight_and_bias()
         w_pos, w_neg = ctx.weight_parts()
         low, high = self._bound(self.low, x), self._bound(self.high, x)
+        # A(x;W) = output − b: no extra pass; the bounds' part is the same for every sample,
+        # so it is computed once, for one sample, with the bias folded in
+        from_output = ctx.output is not None and bias is not None
 
-        def bound_part():
-            return _A(ctx, low, w_pos) + _A(ctx, high, w_neg)
+        def offset():
+            part = _A(ctx, low[:1], w_pos) + _A(ctx, high[:1], w_neg)
+            return part + bias.reshape(1, -1, *([1] * (part.dim() - 2))) if from_output else part
 
-        if ctx.output is not None and bias is not None:  # A(x;W) = output − b: no extra pass
-            z_x = ctx.output - bias.reshape(1, -1, *([1] * (ctx.output.dim() - 2)))
-        else:
-            z_x = _A(ctx, x, weight)
-        z = z_x - ctx.memo(("zbeta", tuple(x.shape), self.low, self.high), bound_part)
-        scale = sample_scale(x, low, high)  # see signed_share
+        key = ("zbeta", tuple(x.shape[1:]), self.low, self.high, from_output)
+        z = (ctx.output if from_output else _A(ctx, x, weight)) - ctx.memo(key, offset)
+        bound_peak = max(abs(v) for v in _values(self.low) + _values(self.high))
+        scale = sample_scale(x, also=bound_peak)  # see signed_share
         s = self.stab(relevance, rescaled(z, scale), scale)
         # x⊙Aᵀ(s;W) − l⊙Aᵀ(s;W⁺) − h⊙Aᵀ(s;W⁻) with Aᵀ(s;W) = Aᵀ(s;W⁺) + Aᵀ(s;W⁻)
         from_positive, from_negative = ctx.adjoint_pair(s, "W+|W-", w_pos, w_neg)
         return [rescaled((x - low) * from_positive + (x - high) * from_negative, scale)]
+
+
+def _values(bound: float | tuple[float, ...]) -> list[float]:
+    return list(bound) if isinstance(bound, (tuple, list)) else [bound]
 
 
 @register_rule
