@@ -103,11 +103,6 @@ def negative(t: torch.Tensor) -> torch.Tensor:
     return t.clamp(max=0)
 
 
-def is_nonnegative(t: torch.Tensor) -> bool:
-    """True if no entry is negative (then every ``t⁻`` term vanishes and can be skipped)."""
-    return not bool((t < 0).any())
-
-
 @dataclass(frozen=True)
 class Stabilizer:
     """Safe division ``R / stab(z)``.
@@ -154,6 +149,11 @@ SAFE_EXPONENTS = (-32, 32)
 
 
 def sample_scale(*tensors: torch.Tensor, also: float = 0.0) -> torch.Tensor | None:
+    """See ``scale_and_sign``; the scale alone."""
+    return scale_and_sign(*tensors, also=also)[0]
+
+
+def scale_and_sign(*tensors: torch.Tensor, also: float = 0.0) -> tuple[torch.Tensor | None, bool]:
     """A power of two per sample that brings the sample's largest magnitude (over ``tensors``,
     all batched alike) into [1, 2), shaped ``(B, 1, ...)`` like the first tensor; ``None``
     (no rescaling needed) when every sample's peak already lies well inside the format.
@@ -161,24 +161,29 @@ def sample_scale(*tensors: torch.Tensor, also: float = 0.0) -> torch.Tensor | No
     Rules compute ``z`` and ``s = R / stab(z)`` from inputs multiplied by it: a power of two
     changes no bit of a result in the normal range, but keeps ``z`` away from the ends of the
     format, where ``R / z`` overflows (inputs near 1e-38 in float32) or underflows (near 1e38).
+
+    Also returns whether no entry is negative (then every ``t⁻`` term of a rule vanishes), read
+    off the same single pass over the data.
     """
     first = tensors[0]
     batch = first.shape[0]
     peaks = []
+    nonnegative = True
     for t in tensors:
         lowest_value, highest_value = torch.aminmax(t.reshape(batch, -1), dim=1)
         peaks.append(torch.maximum(highest_value, -lowest_value))
+        nonnegative = nonnegative and not bool((lowest_value < 0).any())
     peak = torch.stack(peaks).amax(0).clamp(min=also)  # ``also``: a magnitude every sample has
     _, exponent = torch.frexp(peak)  # peak = m·2^e, m in [0.5, 1); frexp(0) gives e = 0
     low, high = SAFE_EXPONENTS
     if bool(((exponent >= low) & (exponent <= high)).all()):
-        return None
+        return None, nonnegative
     info = torch.finfo(first.dtype)
     # keep the factor itself a finite normal number (a subnormal peak is only raised part-way)
     lowest, highest = math.frexp(info.tiny)[1] - 1, math.frexp(info.max)[1] - 1
     power = (1 - exponent).clamp(lowest, highest)
     scale = torch.full_like(peak, 2.0).pow(power.to(peak.dtype))  # exact for integer powers
-    return _to_rank(scale, first)
+    return _to_rank(scale, first), nonnegative
 
 
 def rescaled(t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:

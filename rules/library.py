@@ -16,13 +16,13 @@ from .base import (
     NodeContext,
     Rule,
     Stabilizer,
-    is_nonnegative,
     make_rule,
     negative,
     positive,
     register_rule,
     rescaled,
     sample_scale,
+    scale_and_sign,
 )
 
 
@@ -62,9 +62,9 @@ def signed_share(
     Where ``x ≥ 0`` everywhere (ReLU outputs) the ``x⁻`` terms vanish and are skipped;
     elsewhere both adjoints run as one (``key`` names the weight pair for the memo).
     Each sample runs at the scale ``sample_scale`` picks: the same result, no overflow."""
-    scale = sample_scale(ctx.x)
+    scale, nonnegative = scale_and_sign(ctx.x)
     x = rescaled(ctx.x, scale)
-    if is_nonnegative(x):
+    if nonnegative:
         z = _A_scaled(ctx, x, w_for_positive, bias, scale)
         return x * _At(ctx, stab(relevance, z, scale), w_for_positive)
     x_pos, x_neg = positive(x), negative(x)
