@@ -6,7 +6,6 @@ import contextlib
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -16,6 +15,7 @@ import av
 import numpy as np
 
 from .errors import OutputError, VideoError, did_you_mean
+from .outputs import atomic_path
 
 __all__ = [
     "ClipSelection",
@@ -225,24 +225,14 @@ def write_video(
             f"cannot write the video: the folder '{path.parent}' does not exist.", file=path
         )
 
+    rate = Fraction(fps).limit_denominator(100_000)
     try:
-        handle, temp_name = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{extension}"
-        )
+        with atomic_path(path) as temporary:
+            _encode(str(temporary), frames, rate, codec, extension)
+    except av.error.FFmpegError as exc:
+        raise VideoError(f"encoding with '{codec}' failed: {_reason(exc)}.", file=path) from exc
     except OSError as exc:
-        raise OutputError(f"cannot write the video: {exc.strerror}.", file=path) from exc
-    os.close(handle)
-    try:
-        _encode(temp_name, frames, Fraction(fps).limit_denominator(100_000), codec, extension)
-        os.replace(temp_name, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        if isinstance(exc, av.error.FFmpegError):
-            raise VideoError(f"encoding with '{codec}' failed: {_reason(exc)}.", file=path) from exc
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write the video: {exc}.", file=path) from exc
-        raise
+        raise OutputError(f"cannot write the video: {exc}.", file=path) from exc
     return path
 
 
