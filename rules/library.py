@@ -75,6 +75,22 @@ def signed_share(
     return x_pos * from_positive + x_neg * from_negative
 
 
+def input_free_share(
+    ctx: NodeContext, relevance: torch.Tensor, stab: Stabilizer, name: str, weight: torch.Tensor
+) -> torch.Tensor:
+    """``R_in = Aᵀ(R / stab(A(1; V)); V)`` for a weight ``V`` (named ``name``) that ignores the
+    input's values: flat (V = 1) and w² (V = W²). ``A(1; V)`` is the same for every sample,
+    so it is computed once, for one sample."""
+    shape = ctx.input_shapes[0]
+
+    def denominator():
+        ones = torch.ones((1, *shape[1:]), dtype=relevance.dtype, device=relevance.device)
+        return _A(ctx, ones, weight)
+
+    z = ctx.memo((f"A(1;{name})", tuple(shape[1:])), denominator)
+    return _At(ctx, stab(relevance, z), weight)
+
+
 def _bias_part(ctx: NodeContext, use_bias: bool, sign: str) -> torch.Tensor | None:
     bias = ctx.weight_and_bias()[1]
     if not use_bias or bias is None:
@@ -330,12 +346,8 @@ class Flat(_Stabilized):
     needs_inputs = False
 
     def relevance(self, ctx, relevance):
-        shape = ctx.input_shapes[0]
-        weight = ctx.weight_and_bias()[0]
-        ones_w = ctx.memo("ones(W)", lambda: torch.ones_like(weight))
-        ones_x = torch.ones(shape, dtype=relevance.dtype, device=relevance.device)
-        count = ctx.memo(("A(1;1)", tuple(shape)), lambda: _A(ctx, ones_x, ones_w))
-        return [_At(ctx, self.stab(relevance, count), ones_w)]
+        ones = ctx.memo("1", lambda: torch.ones_like(ctx.weight_and_bias()[0]))
+        return [input_free_share(ctx, relevance, self.stab, "1", ones)]
 
 
 @register_rule
@@ -349,11 +361,8 @@ class WSquare(_Stabilized):
     needs_inputs = False
 
     def relevance(self, ctx, relevance):
-        shape = ctx.input_shapes[0]
-        w_sq = ctx.memo("W²", lambda: ctx.weight_and_bias()[0] ** 2)
-        ones_x = torch.ones(shape, dtype=relevance.dtype, device=relevance.device)
-        z = ctx.memo(("A(1;W²)", tuple(shape)), lambda: _A(ctx, ones_x, w_sq))
-        return [_At(ctx, self.stab(relevance, z), w_sq)]
+        squared = ctx.memo("W²", lambda: ctx.weight_and_bias()[0] ** 2)
+        return [input_free_share(ctx, relevance, self.stab, "W²", squared)]
 
 
 # --------------------------------------------------------------------------- pooling, merges
