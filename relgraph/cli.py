@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -844,6 +845,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("relgraph: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of stdout went away (`relgraph rules list | head`): stop quietly, and
+        # point stdout at /dev/null so that Python's last flush does not fail again.
+        with contextlib.suppress(Exception):
+            stdout = sys.stdout.fileno()
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stdout)
+        return 1
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

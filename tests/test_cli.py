@@ -438,6 +438,19 @@ def test_no_output_is_left_behind_by_an_error_before_the_explanation(files, tmp_
     assert not (tmp_path / "out").exists()
 
 
+def test_a_closed_stdout_pipe_ends_quietly(capsys, monkeypatch):
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["rules", "list"]) == 1
+    assert capsys.readouterr().err == ""
+
+
 def test_keyboard_interrupt_exits_130_without_traceback(files, tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
