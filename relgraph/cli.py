@@ -210,7 +210,6 @@ def run_pipeline(
     columns = parse_columns(options.columns, length)
     if not isinstance(options.target, int):
         options.target = parse_target(str(options.target), model)
-    out = ensure_out_dir(out)
 
     clock = time.perf_counter()
     info = video_info(video)
@@ -224,6 +223,7 @@ def run_pipeline(
             select_clip(frames, start=options.start, stride=options.stride, length=length)
         ]
     timings["read_video_s"] = time.perf_counter() - clock
+    out = ensure_out_dir(out)  # after the cheap checks: a refused run leaves no folder
     say(
         f"{video}: {info.width}x{info.height}, {info.fps:g} fps, {info.frames} frames; "
         f"{len(selections)} clip(s) of {length} frames"

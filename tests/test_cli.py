@@ -432,8 +432,11 @@ def test_columns_outside_the_clip_are_exit_2_one_line(files, tmp_path, capsys):
     expect_one_line_error(capsys, arguments, "1..16")
 
 
-def test_no_output_is_left_behind_by_an_error_before_the_explanation(files, tmp_path, capsys):
-    arguments = tiny_explain(files, tmp_path / "out", "--target", "Dance")
+@pytest.mark.parametrize("bad", [["--target", "Dance"], ["--start", "25"]])
+def test_no_output_folder_is_left_behind_by_an_error_before_the_explanation(
+    files, tmp_path, capsys, bad
+):
+    arguments = tiny_explain(files, tmp_path / "out", *bad)
     assert main(arguments) == 2
     assert not (tmp_path / "out").exists()
 
