@@ -190,7 +190,9 @@ def worker(kind: str, device: str, batch: int, frames: int, repeats: int) -> dic
     if kind.startswith("explain:") and batch == 1:
         from relgraph.reverse import activations_needed
 
-        needed = activations_needed(graph, preset(kind.split(":", 1)[1]).resolve(graph))
+        name = kind.split(":", 1)[1]
+        composite = captum_like if name == "captum-like" else preset(name)
+        needed = activations_needed(graph, composite.resolve(graph))
         per_clip = sum(4 * int(torch.tensor(graph.graph.nodes[n]["shape"]).prod()) for n in needed)
         report["needed_activation_bytes"] = per_clip * batch
     return report
