@@ -184,7 +184,8 @@ def worker(kind: str, device: str, batch: int, frames: int, repeats: int) -> dic
             ours = relgraph.explain(graph, clip, rules=name)
         report["max_rel_diff_vs_relgraph"] = float((ours - result).abs().max() / result.abs().max())
     if kind == "captum":
-        ours = relgraph.explain(graph, clip, rules=captum_like)
+        # captum multiplies by the output score: relgraph's ``logit`` seed
+        ours = relgraph.explain(graph, clip, rules=captum_like, seed="logit")
         result = result.detach()
         report["max_rel_diff_vs_relgraph"] = float((ours - result).abs().max() / result.abs().max())
     if kind.startswith("explain:") and batch == 1:
@@ -219,11 +220,20 @@ def _torch_c3d(graph):
             layers[node] = nn.MaxPool3d(
                 op.kernel_size, op.stride, op.padding, ceil_mode=op.ceil_mode
             )
-        elif op.type == "flatten":
-            layers[node] = nn.Flatten()
         elif op.type == "dropout":
             layers[node] = nn.Dropout(op.p)
-    model = nn.Sequential(OrderedDict(layers))
+
+    class C3D(nn.Sequential):
+        """captum has no rule for nn.Flatten: flatten in forward, as the public C3D code does."""
+
+        def forward(self, x):
+            for module in self:
+                if isinstance(module, nn.Linear):
+                    x = x.flatten(1)
+                x = module(x)
+            return x
+
+    model = C3D(OrderedDict(layers))
     model.load_state_dict(graph.state_dict())
     return model.eval().to(graph.device)
 
