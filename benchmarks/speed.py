@@ -57,8 +57,11 @@ def _build(frames: int, device: str):
         text = (Path(relgraph.graph.architecture_path("c3d"))).read_text()
         text = text.replace("shape: [3, 16, 112, 112]", f"shape: [3, {frames}, 112, 112]")
         text = text.replace("in_features: 8192, ", "")
-        if frames < 16:  # pool5 sees a single frame: let its window run past the end
-            text = text.replace("padding: [0, 1, 1]}", "padding: [0, 1, 1], ceil_mode: true}")
+        if frames < 16:  # pool5 sees a single frame: it pools space only
+            text = text.replace(
+                "{name: pool5, op: maxpool3d, kernel_size: 2, stride: 2,",
+                "{name: pool5, op: maxpool3d, kernel_size: [1, 2, 2], stride: [1, 2, 2],",
+            )
         graph = relgraph.architecture_from_yaml(text, file=f"c3d-T{frames}", device=device)
     torch.manual_seed(0)
     return graph
@@ -282,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default=None, help="write the tables here as JSON")
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--only-scaling", action="store_true", help="the second table alone")
     parser.add_argument("--skip-captum", action="store_true")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)

@@ -69,14 +69,18 @@ class NodeContext:
         """The affine map's weight and bias (batch-norm folded to scale and shift)."""
         return self.memo("W,b", lambda: self.op.weight_and_bias(self.tensors))
 
+    def positive_weight(self) -> torch.Tensor:
+        """``W⁺``, memoised."""
+        return self.memo("W+", lambda: self.weight_and_bias()[0].clamp(min=0))
+
+    def negative_weight(self) -> torch.Tensor:
+        """``W⁻``, memoised. Kept apart from ``W⁺``: z⁺ on ReLU outputs never needs it, and
+        caching it anyway would cost another copy of the weights."""
+        return self.memo("W-", lambda: self.weight_and_bias()[0].clamp(max=0))
+
     def weight_parts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W⁺, W⁻)``, memoised."""
-
-        def split():
-            weight = self.weight_and_bias()[0]
-            return weight.clamp(min=0), weight.clamp(max=0)
-
-        return self.memo("W+,W-", split)
+        return self.positive_weight(), self.negative_weight()
 
     def stacked(self, key: str, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor | None:
         """``first`` and ``second`` stacked for ``op.adjoint_pair`` (memoised under ``key``)."""

@@ -5,6 +5,7 @@ in ``rules.md``. ``A``/``Aᵀ`` are the op's ``linear_map``/``adjoint``; ``stab`
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -52,7 +53,7 @@ def signed_share(
     ctx: NodeContext,
     relevance: torch.Tensor,
     w_for_positive: torch.Tensor,
-    w_for_negative: torch.Tensor,
+    w_for_negative: torch.Tensor | Callable[[], torch.Tensor],
     bias: torch.Tensor | None,
     stab: Stabilizer,
     key: str,
@@ -67,6 +68,8 @@ def signed_share(
     if nonnegative:
         z = _A_scaled(ctx, x, w_for_positive, bias, scale)
         return x * _At(ctx, stab(relevance, z, scale), w_for_positive)
+    if callable(w_for_negative):  # computed only now that the x⁻ terms are needed
+        w_for_negative = w_for_negative()
     x_pos, x_neg = positive(x), negative(x)
     z = _A_scaled(ctx, x_pos, w_for_positive, bias, scale) + _A(ctx, x_neg, w_for_negative)
     from_positive, from_negative = ctx.adjoint_pair(
@@ -177,7 +180,7 @@ class ZPlus(_Stabilized):
     requires = ("affine",)
 
     def relevance(self, ctx, relevance):
-        w_pos, w_neg = ctx.weight_parts()
+        w_pos, w_neg = ctx.positive_weight(), ctx.negative_weight
         return [
             signed_share(
                 ctx, relevance, w_pos, w_neg, _bias_part(ctx, self.bias, "+"), self.stab, "W+|W-"
@@ -204,13 +207,13 @@ class AlphaBeta(_Stabilized):
             )
 
     def relevance(self, ctx, relevance):
-        w_pos, w_neg = ctx.weight_parts()
+        w_pos, w_neg = ctx.positive_weight(), ctx.negative_weight
         r_in = self.alpha * signed_share(
             ctx, relevance, w_pos, w_neg, _bias_part(ctx, self.bias, "+"), self.stab, "W+|W-"
         )
         if self.beta:
             r_in = r_in - self.beta * signed_share(
-                ctx, relevance, w_neg, w_pos, _bias_part(ctx, self.bias, "-"), self.stab, "W-|W+"
+                ctx, relevance, w_neg(), w_pos, _bias_part(ctx, self.bias, "-"), self.stab, "W-|W+"
             )
         return [r_in]
 
