@@ -18,7 +18,7 @@ import torch
 
 from .errors import RelgraphError, ShapeError, TargetError, did_you_mean
 from .graph import Graph
-from .reverse import Target, explain_with_rules
+from .reverse import Target, explain_with_rules, resolve_rules
 
 if TYPE_CHECKING:
     from .labels import Labels
@@ -254,18 +254,14 @@ def discriminative(
         For a clip of the wrong shape, dtype or device, an unknown ``reduce`` or
         ``normalize``, a bad ``batch_size``, target or seed, or rules that do not fit.
     """
-    from .rules import as_composite
-
     _check_options(reduce, normalize, batch_size)
-    composite = as_composite(rules, g)
-    node_rules = composite.resolve(g, preprocess=preprocess)
+    composite, node_rules, seed = resolve_rules(g, rules, preprocess, seed)
     return discriminative_with_rules(
         g,
         clip,
         node_rules,
         target,
-        # `seed or ...` would ask a seed tensor for its truth value
-        seed if seed is not None else composite.seed or "onehot",
+        seed,
         reduce=reduce,
         normalize=normalize,
         batch_size=batch_size,

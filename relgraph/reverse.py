@@ -169,20 +169,26 @@ def explain(
     -------
     torch.Tensor or Explanation
     """
+    _, node_rules, seed = resolve_rules(graph, rules, preprocess, seed)
+    return explain_with_rules(
+        graph, x, node_rules, target, seed, labels=labels, return_all=return_all
+    )
+
+
+def resolve_rules(
+    graph: Graph,
+    rules: Composite | str | os.PathLike | dict | None,
+    preprocess: str | None,
+    seed: str | torch.Tensor | None,
+) -> tuple[Composite, dict[str, Rule], str | torch.Tensor]:
+    """The composite, each node's rule and the seed that ``explain`` and ``discriminative``
+    use for their ``rules``, ``preprocess`` and ``seed`` arguments."""
     from .rules import as_composite
 
     composite = as_composite(rules, graph)
     node_rules = composite.resolve(graph, preprocess=preprocess)
-    return explain_with_rules(
-        graph,
-        x,
-        node_rules,
-        target,
-        # `seed or ...` would ask a seed tensor for its truth value
-        seed if seed is not None else composite.seed or "onehot",
-        labels=labels,
-        return_all=return_all,
-    )
+    # `seed or ...` would ask a seed tensor for its truth value
+    return composite, node_rules, seed if seed is not None else composite.seed or "onehot"
 
 
 def activations_needed(graph: Graph, node_rules: dict[str, Rule]) -> set[str]:
