@@ -1,15 +1,19 @@
-"""Shared pytest set-up: tests marked ``cuda`` run only where a CUDA device exists."""
+"""Shared pytest set-up: tests marked ``cuda`` are collected only where a CUDA device exists.
+
+Without one they are deselected (reported as such), not skipped: they did not run, and the
+summary says so plainly.
+"""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
-    no_cuda = pytest.mark.skip(reason="needs a CUDA device (none on this machine)")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(no_cuda)
+    kept = [item for item in items if "cuda" not in item.keywords]
+    deselected = [item for item in items if "cuda" in item.keywords]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept

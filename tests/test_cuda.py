@@ -1,7 +1,8 @@
 """The engine and every rule preset on CUDA give what they give on the CPU.
 
-Marked ``cuda``: they run where a GPU is present (``python -m pytest -m cuda``) and are
-skipped elsewhere. The references are the same computations on the CPU in float64.
+Marked ``cuda``: they run where a GPU is present (``python -m pytest -m cuda``); elsewhere
+``tests/conftest.py`` deselects them. The references are the same computations on the CPU
+in float64.
 """
 
 from __future__ import annotations
