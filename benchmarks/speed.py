@@ -277,35 +277,8 @@ def _memory(report: dict, device: str) -> float:
     return report["cuda_peak_bytes"] if device == "cuda" else report["peak_rss_bytes"]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", default=None, help="write the tables here as JSON")
-    parser.add_argument("--skip-scaling", action="store_true")
-    parser.add_argument("--only-scaling", action="store_true", help="the second table alone")
-    parser.add_argument("--skip-captum", action="store_true")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--frames", type=int, default=16, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-
-    if args.worker:
-        print(json.dumps(worker(args.worker, args.device, args.batch, args.frames, args.repeats)))
-        return
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    threads = torch.get_num_threads()
-    machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
-    if args.device == "cuda":
-        machine = torch.cuda.get_device_name() + f", torch {torch.__version__}"
-    print(f"# relgraph speed benchmark — C3D 3×16×112×112 float32 on {args.device} ({machine})\n")
-    print("measuring (each in a fresh process):", file=sys.stderr)
-
+def _main_table(args) -> tuple[dict, dict]:
+    """The first table: every method on one clip; returns the reports and the ratios."""
     kinds = [
         "forward",
         "explain:deep-taylor-paper",
@@ -369,7 +342,39 @@ def main(argv: list[str] | None = None) -> None:
             f"(process with weights loaded and warm: {_mib(dt['rss_before_bytes'])} MiB, "
             f"forward-only process {_mib(base)} MiB)"
         )
+    return reports, ratios
 
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=None, help="write the tables here as JSON")
+    parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--only-scaling", action="store_true", help="the second table alone")
+    parser.add_argument("--skip-captum", action="store_true")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--frames", type=int, default=16, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.device, args.batch, args.frames, args.repeats)))
+        return
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    threads = torch.get_num_threads()
+    machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
+    if args.device == "cuda":
+        machine = torch.cuda.get_device_name() + f", torch {torch.__version__}"
+    print(f"# relgraph speed benchmark — C3D 3×16×112×112 float32 on {args.device} ({machine})\n")
+    print("measuring (each in a fresh process):", file=sys.stderr)
+
+    reports, ratios = ({}, {}) if args.only_scaling else _main_table(args)
     scaling = []
     if not args.skip_scaling:
         print("\n## How cost grows (relgraph explain, deep-taylor-paper)\n")
