@@ -386,18 +386,26 @@ class WinnerTakeAll(Rule):
         return [ctx.op.max_route(ctx.x, relevance, indices=ctx.record, x_shape=ctx.input_shapes[0])]
 
 
-@register_rule
 @dataclass
-class Proportional(Rule):
-    """``R_in = x ⊙ Aᵀ(R / stab(f(x)))``: each input its share of the window (or sum) it fed."""
+class _Shares(Rule):
+    """Pool and merge rules that divide by a window's or a sum's total, with a choice of
+    stabiliser."""
 
-    name = "proportional"
-    requires = ("window", "split")
     stabilizer: str = "zero"
     epsilon: float = 1e-6
 
     def __post_init__(self):
+        # derived from the parameters, not itself a parameter (not a dataclass field)
         self.stab = Stabilizer(self.stabilizer, self.epsilon)
+
+
+@register_rule
+@dataclass
+class Proportional(_Shares):
+    """``R_in = x ⊙ Aᵀ(R / stab(f(x)))``: each input its share of the window (or sum) it fed."""
+
+    name = "proportional"
+    requires = ("window", "split")
 
     def relevance(self, ctx, relevance):
         if "window" in ctx.op.capabilities:
@@ -420,23 +428,22 @@ class Uniform(Rule):
 
     def relevance(self, ctx, relevance):
         shape = ctx.input_shapes[0]
-        ones = torch.ones(shape, dtype=relevance.dtype, device=relevance.device)
-        counts = ctx.memo(("N_j", tuple(shape)), lambda: ctx.op.window_sum(ones))
-        return [ctx.op.window_sum_adjoint(Stabilizer("zero")(relevance, counts), shape)]
+
+        def counts():  # the same for every sample: counted once, for one sample
+            ones = torch.ones((1, *shape[1:]), dtype=relevance.dtype, device=relevance.device)
+            return ctx.op.window_sum(ones)
+
+        per_window = ctx.memo(("N_j", tuple(shape[1:])), counts)
+        return [ctx.op.window_sum_adjoint(Stabilizer("zero")(relevance, per_window), shape)]
 
 
 @register_rule
 @dataclass
-class Split(Rule):
+class Split(_Shares):
     """add: ``R_i = x_i / Σx · R`` (stabilised); concat: ``R`` sliced back to each input."""
 
     name = "split"
     requires = ("split",)
-    stabilizer: str = "zero"
-    epsilon: float = 1e-6
-
-    def __post_init__(self):
-        self.stab = Stabilizer(self.stabilizer, self.epsilon)
 
     def relevance(self, ctx, relevance):
         return _scaled_split(ctx, relevance, self.stab)
