@@ -661,6 +661,16 @@ def _add_discriminative_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
+def _add_param_option(parser: argparse.ArgumentParser) -> None:
+    """``--param KEY=VALUE``, for every command that loads an architecture."""
+    parser.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="architecture parameter, e.g. num_classes=10 (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .preprocess import PRESETS
 
@@ -690,12 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME|FILE",
         help="shipped architecture name or YAML file (default: c3d)",
     )
-    explain.add_argument(
-        "--param",
-        action="append",
-        metavar="KEY=VALUE",
-        help="architecture parameter, e.g. num_classes=10 (repeatable)",
-    )
+    _add_param_option(explain)
     explain.add_argument(
         "--labels",
         metavar="FILE",
@@ -776,12 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print node, op, inputs, shape and parameters.",
     )
     show.add_argument("architecture", metavar="NAME|FILE")
-    show.add_argument(
-        "--param",
-        action="append",
-        metavar="KEY=VALUE",
-        help="architecture parameter, e.g. num_classes=10 (repeatable)",
-    )
+    _add_param_option(show)
     show.set_defaults(handler=command_arch_show)
     check = arch_commands.add_parser(
         "check",
@@ -789,9 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compile FILE (shapes included); print OK or the error (exit status 2).",
     )
     check.add_argument("file", metavar="FILE")
-    check.add_argument(
-        "--param", action="append", metavar="KEY=VALUE", help="architecture parameter (repeatable)"
-    )
+    _add_param_option(check)
     check.set_defaults(handler=command_arch_check)
 
     rules = commands.add_parser(
@@ -815,9 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument(
         "--arch", default="c3d", metavar="NAME|FILE", help="architecture (default: c3d)"
     )
-    table.add_argument(
-        "--param", action="append", metavar="KEY=VALUE", help="architecture parameter (repeatable)"
-    )
+    _add_param_option(table)
     table.add_argument(
         "--preprocess",
         choices=sorted(PRESETS),
