@@ -1,10 +1,19 @@
-"""A synthetic action data set whose class is decided by motion alone, for demo models.
+"""A synthetic action data set whose class is decided by motion, for demo models.
 
 Every clip shows a static textured background, one or two textured objects that move in the
 class's direction (1 or 2 px per frame) and one to three static distractors that are copies
 of the moving objects. Objects wrap around the frame edges (the frame is a torus) and start at
 uniformly random positions, so in every single frame the objects' positions are uniform
-whatever the class: one frame alone carries no information about the class, only motion does.
+whatever the class.
+
+Motion decides the class. Appearance is a cue, as the scene is in real action data (a pool
+suggests swimming): each object wears its class's typical colour (``CLASS_COLOURS``, jittered)
+with probability ``cue`` (``APPEARANCE_CUE`` = 0.8 by default) and a uniformly random colour
+otherwise. The distractors, being copies, wear the same colours, so a model that learned the
+cue sees class evidence on static objects too; the discriminative method should tell that
+spatial evidence apart from the motion. With ``cue=0`` a single frame carries no information
+about the class, and the clips are otherwise identical (same seed, same positions, textures
+and backgrounds; only the objects' colours differ).
 """
 
 from __future__ import annotations
@@ -22,6 +31,13 @@ __all__ = ["CLASS_NAMES", "SyntheticClip", "make_clip", "make_dataset", "write_l
 CLASS_NAMES: tuple[str, ...] = ("MoveRight", "MoveLeft", "MoveDown", "MoveUp")
 # (dy, dx) per frame at speed 1, in class order; y grows downwards.
 DIRECTIONS = np.array([(0, 1), (0, -1), (1, 0), (-1, 0)], dtype=np.int64)
+
+# The appearance cue: an object wears its class's typical colour (jittered) with probability
+# APPEARANCE_CUE, any colour otherwise. Its texture pairs the colour with its complement:
+# red/cyan, green/magenta, blue/yellow, light grey/near black.
+CLASS_COLOURS = np.array([(220, 40, 40), (40, 200, 40), (40, 40, 220), (225, 225, 225)])
+APPEARANCE_CUE = 0.8
+COLOUR_JITTER = 30
 
 MAX_MOVING = 2
 MAX_DISTRACTORS = 3
@@ -53,7 +69,12 @@ class SyntheticClip:
 
 
 def make_clip(
-    label: int, rng: np.random.Generator, *, frames: int = 16, size: int = 32
+    label: int,
+    rng: np.random.Generator,
+    *,
+    frames: int = 16,
+    size: int = 32,
+    cue: float = APPEARANCE_CUE,
 ) -> SyntheticClip:
     """Draw one clip of class ``label`` (index into ``CLASS_NAMES``)."""
     _check_geometry(frames, size)
@@ -64,13 +85,13 @@ def make_clip(
             f"label {label} is out of range: the classes are 0..{len(CLASS_NAMES) - 1} "
             f"({', '.join(CLASS_NAMES)})."
         )
-    scene = _draw_scenes(np.array([label]), rng, size)
+    scene = _draw_scenes(np.array([label]), rng, size, _check_cue(cue))
     clip, moving, static = _render(scene, frames, size)
     return SyntheticClip(clip[0], moving[0], static[0], int(label))
 
 
 def make_dataset(
-    n: int, seed: int, *, frames: int = 16, size: int = 32
+    n: int, seed: int, *, frames: int = 16, size: int = 32, cue: float = APPEARANCE_CUE
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Draw ``n`` clips with balanced classes in random order, deterministic given ``seed``.
 
@@ -85,7 +106,7 @@ def make_dataset(
         raise RelgraphError(f"n must be a positive number of clips, not {n!r}.")
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n, dtype=np.int64) % len(CLASS_NAMES))
-    scene = _draw_scenes(labels, rng, size)
+    scene = _draw_scenes(labels, rng, size, _check_cue(cue))
     clips = np.empty((n, frames, size, size, 3), dtype=np.uint8)
     moving = np.empty((n, frames, size, size), dtype=bool)
     static = np.empty((n, frames, size, size), dtype=bool)
@@ -120,7 +141,15 @@ def _check_geometry(frames: int, size: int) -> None:
         raise RelgraphError(f"size must be an integer >= 8 pixels, not {size!r}.")
 
 
-def _draw_scenes(labels: np.ndarray, rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
+def _check_cue(cue: float) -> float:
+    if isinstance(cue, bool) or not isinstance(cue, int | float) or not 0 <= cue <= 1:
+        raise RelgraphError(f"cue must be a probability in [0, 1], not {cue!r}.")
+    return float(cue)
+
+
+def _draw_scenes(
+    labels: np.ndarray, rng: np.random.Generator, size: int, cue: float
+) -> dict[str, np.ndarray]:
     """Every random choice of ``len(labels)`` clips; nothing but the motion depends on labels."""
     n = len(labels)
     smallest = max(3, round(size * 5 / 32))
@@ -155,6 +184,11 @@ def _draw_scenes(labels: np.ndarray, rng: np.random.Generator, size: int) -> dic
         stripe_tint=rng.uniform(0.3, 1.0, (n, 3)),
         grain=rng.normal(0, 1, (n, size, size, 3)) * rng.uniform(0, 8, (n, 1, 1, 1)),
     )
+    # The appearance cue is drawn last: with cue=0 the clips are those of a motion-only set.
+    cued = rng.random(objects) < cue
+    jitter = rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, (*objects, 3))
+    typical = np.clip(CLASS_COLOURS[scene["labels"]][:, None, :] + jitter, 0, 255)
+    scene["object_colour"] = np.where(cued[..., None], typical, scene["object_colour"])
     return scene
 
 

@@ -1,4 +1,4 @@
-"""Specification of relgraph.synthetic: motion alone decides the class."""
+"""Specification of relgraph.synthetic: motion decides the class, colour is a cue."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ import pytest
 
 from relgraph.errors import RelgraphError
 from relgraph.labels import Labels
-from relgraph.synthetic import CLASS_NAMES, DIRECTIONS, make_clip, make_dataset, write_label_file
+from relgraph.synthetic import (
+    APPEARANCE_CUE,
+    CLASS_COLOURS,
+    CLASS_NAMES,
+    COLOUR_JITTER,
+    DIRECTIONS,
+    make_clip,
+    make_dataset,
+    write_label_file,
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +113,11 @@ def assert_class_means_agree(values: np.ndarray, labels: np.ndarray) -> None:
         assert (gap <= 5 * standard_error + 1e-9).all(), f"class {CLASS_NAMES[label]}"
 
 
+@pytest.fixture(scope="module")
+def motion_only():
+    return make_dataset(1200, seed=7, cue=0.0)
+
+
 @pytest.mark.parametrize("frame", [0, 15])
 def test_single_frame_object_positions_do_not_depend_on_the_class(dataset, frame):
     _, labels, moving, static = dataset
@@ -115,11 +129,82 @@ def test_single_frame_object_positions_do_not_depend_on_the_class(dataset, frame
 
 
 @pytest.mark.parametrize("frame", [0, 15])
-def test_single_frame_colours_do_not_depend_on_the_class(dataset, frame):
-    frames, labels, _, _ = dataset
+def test_without_the_cue_single_frame_colours_do_not_depend_on_the_class(motion_only, frame):
+    frames, labels, _, _ = motion_only
     image = frames[:, frame].astype(np.float64)
     assert_class_means_agree(image.mean(axis=(1, 2)), labels)
     assert_class_means_agree(image.std(axis=(1, 2)), labels)
+
+
+def test_the_cue_changes_colours_only(dataset, motion_only):
+    frames, labels, moving, static = dataset
+    plain_frames, plain_labels, plain_moving, plain_static = motion_only
+    np.testing.assert_array_equal(labels, plain_labels)
+    np.testing.assert_array_equal(moving, plain_moving)
+    np.testing.assert_array_equal(static, plain_static)
+    background = ~(moving | static)
+    np.testing.assert_array_equal(frames[background], plain_frames[background])
+    assert not np.array_equal(frames[moving], plain_frames[moving])
+
+
+def near(pixels: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """Whether each pixel lies within the jitter of ``colour`` or of its complement."""
+    return (np.abs(pixels - colour) <= COLOUR_JITTER).all(-1) | (
+        np.abs(pixels - (255 - colour)) <= COLOUR_JITTER
+    ).all(-1)
+
+
+def test_with_a_full_cue_every_object_wears_its_class_colour():
+    frames, labels, moving, static = make_dataset(200, seed=5, cue=1.0)
+    pixels = frames.astype(np.int64)
+    colours = CLASS_COLOURS[labels][:, None, None, None, :]
+    objects = moving | static
+    assert near(pixels, colours)[objects].all()
+    # and no other class's colour fits them
+    for other in range(1, len(CLASS_NAMES)):
+        shifted = CLASS_COLOURS[(labels + other) % len(CLASS_NAMES)][:, None, None, None, :]
+        assert not near(pixels, shifted)[objects].any()
+
+
+def test_a_single_frame_tells_the_class_by_colour_as_often_as_the_cue_says():
+    # One moving object per clip is forced by reading frame 0 of clips of one object only.
+    frames, labels, moving, _ = make_dataset(4000, seed=11)
+    single = np.array([_one_object(mask) for mask in moving[:, 0]])
+    pixels = frames[single, 0].astype(np.int64)
+    votes = np.stack(
+        [(near(pixels, colour) & moving[single, 0]).sum((1, 2)) for colour in CLASS_COLOURS], 1
+    )
+    cued = votes[np.arange(len(votes)), labels[single]] == moving[single, 0].sum((1, 2))
+    count = int(single.sum())
+    spread = 4 * np.sqrt(APPEARANCE_CUE * (1 - APPEARANCE_CUE) / count)
+    # A random colour falls in a class's box now and then (under 2 %), hence the small bonus.
+    assert APPEARANCE_CUE - spread <= cued.mean() <= APPEARANCE_CUE + 0.02 + spread
+
+
+def _one_object(mask: np.ndarray) -> bool:
+    """Whether the moving pixels of one frame form one 4-connected piece (on the torus)."""
+    seen = np.zeros_like(mask)
+    points = np.argwhere(mask)
+    if len(points) == 0:
+        return False
+    stack = [tuple(points[0])]
+    size = mask.shape[0]
+    while stack:
+        y, x = stack.pop()
+        if seen[y, x] or not mask[y, x]:
+            continue
+        seen[y, x] = True
+        stack += [((y + 1) % size, x), ((y - 1) % size, x)]
+        stack += [(y, (x + 1) % size), (y, (x - 1) % size)]
+    return bool(seen.sum() == mask.sum())
+
+
+@pytest.mark.parametrize("cue", [-0.1, 1.5, "high", True])
+def test_a_cue_outside_zero_to_one_is_an_error(cue):
+    with pytest.raises(RelgraphError, match="cue must be a probability"):
+        make_dataset(4, seed=0, cue=cue)
+    with pytest.raises(RelgraphError, match="cue must be a probability"):
+        make_clip(0, np.random.default_rng(0), cue=cue)
 
 
 def test_label_file_lists_the_classes_in_ucf_format(tmp_path):
