@@ -1,4 +1,4 @@
-"""The shipped demo model: c3d-tiny trained on the synthetic motion-only clips.
+"""The shipped demo model: c3d-tiny trained on the synthetic clips (motion decides, colour hints).
 
 Made by ``scripts/train_demo_model.py``; it classifies ``relgraph.synthetic`` clips, given
 through the ``hara`` preset at size 32, into ``relgraph.synthetic.CLASS_NAMES``.
