@@ -218,7 +218,9 @@ def discriminative(
     reduce
         How frame ``t``'s frozen-clip relevance ``(T, H, W)`` becomes its spatial map:
         ``first`` (slice 0, the authors' choice and the default), ``same`` (slice ``t``),
-        ``mean`` or ``sum`` over the slices.
+        ``mean`` or ``sum`` over the slices. ``sum`` is about ``T`` times the scale of one
+        frame of the clip's map whatever ``normalize`` is, so its temporal map is mostly
+        negative; ``mean`` is the aggregate on the clip's scale.
     normalize
         ``maxabs`` (default, the paper's): each explanation's channel-summed map divided by
         its own maximum absolute value (the clip's over ``T × H × W``, each frozen clip's over
