@@ -28,8 +28,13 @@ c3d-tiny at its default parameters (width 8, hidden 64; 169,060 parameters), 3 e
 8000 fresh clips (seeds 0, 1, 2), 250 steps of 32 clips each, Adam at 1e-3 (first layer
 1e-3 / input std), 50 warm-up steps, cosine decay. It took 1 min 35 s wall (data and
 training) on an otherwise idle machine. Accuracy with relgraph's forward pass: 0.987 on
-1000 fresh clips (seed 1000003) and 0.970 on 200 of them after an mp4 round trip. With
-``--seed 1``: 0.960. The weight file is 677,968 bytes.
+1000 fresh clips (seed 1000003) and 0.970 on 200 of them after an mp4 round trip. The
+weight file is 677,968 bytes.
+
+The recipe is fragile across seeds: ``--seed 1`` gave 0.960, ``--seed 2`` did not learn
+motion in 3 epochs (0.623). ``--epochs 4`` reached 0.998-1.000 for seeds 0, 1 and 2, with a
+model that leans less on colour (the README's seed table has what that does to the
+explanations). ``--motion-kernels`` and ``--frozen-from`` are the other knobs tried there.
 """
 
 from __future__ import annotations
@@ -94,7 +99,9 @@ class GraphModule(nn.Module):
         return activations[graph.output]
 
 
-def initialise(model: GraphModule, input_scale: float, generator: torch.Generator) -> None:
+def initialise(
+    model: GraphModule, input_scale: float, generator: torch.Generator, motion: float = 0.5
+) -> None:
     """He initialisation, zero biases; the first layer scaled to the input, half of it motion.
 
     There is no batch norm in C3D and the input is 0..255 minus a mean (std ~50), so the first
@@ -119,7 +126,7 @@ def initialise(model: GraphModule, input_scale: float, generator: torch.Generato
                 # (C_out, C_in, kT, kH, kW): the first half of the kernels loses its mean over
                 # kT, and gets back the variance that removal takes (a factor (kT - 1) / kT).
                 time_taps = weight.shape[2]
-                half = weight[: len(weight) // 2]
+                half = weight[: round(len(weight) * motion)]
                 half -= half.mean(dim=2, keepdim=True)
                 half *= math.sqrt(time_taps / (time_taps - 1))
         first = False
@@ -200,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--frozen-share", type=float, default=FROZEN_SHARE, help="training clips shown frozen"
     )
+    parser.add_argument("--frozen-from", type=int, default=0, help="first epoch with frozen clips")
+    parser.add_argument(
+        "--motion-kernels", type=float, default=0.5, help="first-layer kernels started as motion"
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--width", type=int, default=None, help="override the YAML's width")
     parser.add_argument("--hidden", type=int, default=None, help="override the YAML's hidden")
@@ -223,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     model = GraphModule(graph)
-    initialise(model, input_scale, generator)
+    initialise(model, input_scale, generator, args.motion_kernels)
     model = model.to(memory_format=torch.channels_last_3d)
     # Adam's steps have the same size for every weight: the first layer, whose weights are
     # input_scale times smaller, gets a learning rate that much smaller.
@@ -261,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
                 group["lr"] = base * factor
             index = order[batch * args.batch : (batch + 1) * args.batch]
             clips, targets = roll(train_clips[index], generator), train_labels[index]
-            clips = freeze_some(clips, args.frozen_share, generator)
+            if epoch >= args.frozen_from:
+                clips = freeze_some(clips, args.frozen_share, generator)
             logits = model(clips.contiguous(memory_format=torch.channels_last_3d))
             loss = F.cross_entropy(logits, targets)
             optimiser.zero_grad(set_to_none=True)
