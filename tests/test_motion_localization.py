@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from repo_scripts import load_script
 
 from relgraph.synthetic import make_dataset
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "motion_localization.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("motion_localization", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/motion_localization.py")
 
 
 def test_moving_static_and_background_partition_every_frame(bench):

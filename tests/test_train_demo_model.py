@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from repo_scripts import load_script
 
 from relgraph.graph import load_architecture
 from relgraph.labels import Labels
 from relgraph.synthetic import CLASS_NAMES
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_demo_model.py"
 TINY = ["--clips", "64", "--epochs", "2", "--test-clips", "8", "--video-clips", "2"]
 SMALL_MODEL = ["--width", "2", "--hidden", "8"]
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("train_demo_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/train_demo_model.py")
 
 
 def train(script, folder: Path, *extra: str) -> Path:
