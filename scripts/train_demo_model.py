@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from relgraph.discriminative import frozen_clips
 from relgraph.graph import Graph, load_architecture
 from relgraph.preprocess import get_preprocess
 from relgraph.synthetic import (
@@ -65,6 +66,7 @@ SIZE = 32
 FRAMES = 16
 THREADS = 2
 FROZEN_SHARE = 0.35
+MOTION_KERNELS = 0.5
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "relgraph" / "data"
 WEIGHTS_NAME = "c3d-tiny-synthetic.safetensors"
 LABELS_NAME = "synthetic-labels.txt"
@@ -100,16 +102,20 @@ class GraphModule(nn.Module):
 
 
 def initialise(
-    model: GraphModule, input_scale: float, generator: torch.Generator, motion: float = 0.5
+    model: GraphModule,
+    input_scale: float,
+    generator: torch.Generator,
+    motion: float = MOTION_KERNELS,
 ) -> None:
-    """He initialisation, zero biases; the first layer scaled to the input, half of it motion.
+    """He initialisation, zero biases; the first layer scaled to the input, part of it motion.
 
     There is no batch norm in C3D and the input is 0..255 minus a mean (std ~50), so the first
     layer's weights are divided by that scale and every layer's activations start near unit
-    size. Half of the first layer's kernels also start with zero mean over their time axis:
-    they respond to change only. With plain He kernels the model learns colour first and
-    motion slowly (81 % after 3 epochs); with all kernels so, it learns motion fast and never
-    uses colour; with half, both. Training is free to move every kernel.
+    size. A share ``motion`` of the first layer's kernels (half by default) also starts with
+    zero mean over its time axis: those respond to change only. With plain He kernels the
+    model learns colour first and motion slowly (81 % after 3 epochs); with all kernels so,
+    it learns motion fast and never uses colour; with half, both. Training is free to move
+    every kernel.
     """
     first = True
     for node in model.graph.order[1:]:
@@ -123,12 +129,12 @@ def initialise(
             bias.zero_()
             if first:
                 weight /= input_scale
-                # (C_out, C_in, kT, kH, kW): the first half of the kernels loses its mean over
-                # kT, and gets back the variance that removal takes (a factor (kT - 1) / kT).
+                # (C_out, C_in, kT, kH, kW): the motion kernels lose their mean over kT, and
+                # get back the variance that removal takes (a factor (kT - 1) / kT).
                 time_taps = weight.shape[2]
-                half = weight[: round(len(weight) * motion)]
-                half -= half.mean(dim=2, keepdim=True)
-                half *= math.sqrt(time_taps / (time_taps - 1))
+                moving = weight[: round(len(weight) * motion)]
+                moving -= moving.mean(dim=2, keepdim=True)
+                moving *= math.sqrt(time_taps / (time_taps - 1))
         first = False
 
 
@@ -162,12 +168,10 @@ def freeze_some(clips: torch.Tensor, share: float, generator: torch.Generator) -
     chosen = torch.rand(len(clips), generator=generator) < share
     if not chosen.any():
         return clips
-    frames = clips.shape[2]
-    when = torch.randint(0, frames, (int(chosen.sum()),), generator=generator)
-    part = clips[chosen]
-    still = part[torch.arange(len(part)), :, when]  # (k, C, H, W)
+    rows = chosen.nonzero().flatten()
+    when = torch.randint(0, clips.shape[2], (len(rows),), generator=generator)
     clips = clips.clone()
-    clips[chosen] = still[:, :, None].expand(-1, -1, frames, -1, -1)
+    clips[rows] = frozen_clips(clips, list(zip(rows.tolist(), when.tolist(), strict=True)))
     return clips
 
 
@@ -209,7 +213,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--frozen-from", type=int, default=0, help="first epoch with frozen clips")
     parser.add_argument(
-        "--motion-kernels", type=float, default=0.5, help="first-layer kernels started as motion"
+        "--motion-kernels",
+        type=float,
+        default=MOTION_KERNELS,
+        help="share of first-layer kernels started as motion detectors",
     )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--width", type=int, default=None, help="override the YAML's width")
