@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--preprocess",
         choices=sorted(PRESETS),
-        help="input preset (default: the architecture's; c3d → c3d-ucf101)",
+        help="input preset (default: the architecture's 'preprocess:', e.g. c3d → "
+        "c3d-ucf101; required when the architecture names none)",
     )
     clips = explain.add_mutually_exclusive_group()
     clips.add_argument(

@@ -135,7 +135,8 @@ def load_model(
     labels
         A label file (one class name per output), a list of names, or ``Labels``.
     preprocess
-        Input preset name. Default: the architecture's ``preprocess:``, else ``c3d-ucf101``.
+        Input preset name. Default: the architecture's ``preprocess:``. There is no fallback:
+        an architecture that names none needs one here.
     rules
         A rule preset name, a preset YAML path, a ``Composite`` or ``{node: rule}``
         overrides; default: the architecture's preset.
@@ -170,7 +171,14 @@ def load_model(
     label_names = _labels(labels)
     if label_names is not None:
         label_names.check_size(graph.num_classes)
-    preprocess_name = preprocess or graph.default_preprocess or "c3d-ucf101"
+    preprocess_name = preprocess or graph.default_preprocess
+    if not preprocess_name:
+        raise RelgraphError(
+            f"architecture '{graph.name}' names no input preprocessing (no 'preprocess:' in "
+            "its file) and none was given: choose one with --preprocess NAME (command line) or "
+            "preprocess='NAME' (Python), e.g. c3d-ucf101 or hara",
+            file=graph.file,
+        )
     preset = get_preprocess(preprocess_name, size=graph.input_shape[-1])
     if device is not None:
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
@@ -544,7 +552,8 @@ def explain_video(
     out
         Output folder; None writes nothing (the result holds the maps).
     weights, labels, params, rules, preprocess, device
-        As in :func:`load_model`.
+        As in :func:`load_model`. An architecture without ``preprocess:`` needs
+        ``preprocess``: there is no silent fallback.
     target
         ``"auto"`` (the prediction), a 0-based index, or a class name of ``labels``.
     start, stride, all_clips

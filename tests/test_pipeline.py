@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import relgraph
+from relgraph.cli import main
 from relgraph.discriminative import discriminative
 from relgraph.pipeline import (
     FIGURE_FILES,
@@ -162,6 +163,51 @@ def test_bad_input_is_refused_before_anything_is_written(inputs, tmp_path):
     with pytest.raises(relgraph.VideoError):
         relgraph.explain_video(inputs["video"], graph, tmp_path / "out", start=25)
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- point 6: no fallback
+
+
+def test_an_architecture_without_preprocess_needs_one(inputs, tmp_path):
+    graph = relgraph.load_architecture("resnet-tiny")
+    assert graph.default_preprocess is None
+    with pytest.raises(relgraph.RelgraphError) as error:
+        relgraph.explain_video(inputs["video"], graph, tmp_path / "out")
+    message = str(error.value)
+    assert "resnet-tiny.yaml" in message and "preprocess" in message
+    assert "\n" not in message
+    assert not (tmp_path / "out").exists()
+
+    result = relgraph.explain_video(inputs["video"], graph, preprocess="hara")
+    assert result.summary["options"]["preprocess"] == "hara"
+    assert result.clips[0].spatiotemporal.shape == (8, 16, 16)
+
+
+def test_cli_explain_of_an_architecture_without_preprocess_is_exit_2_one_line(
+    inputs, tmp_path, capsys
+):
+    graph = relgraph.load_architecture("resnet-tiny", seed=0)
+    graph.save_weights(tmp_path / "resnet.safetensors")
+    arguments = [
+        "explain",
+        str(inputs["video"]),
+        "--arch",
+        "resnet-tiny",
+        "--weights",
+        str(tmp_path / "resnet.safetensors"),
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    ]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("relgraph: error: ")
+    assert "resnet-tiny.yaml" in error[0] and "--preprocess" in error[0]
+    assert not (tmp_path / "out").exists()
+
+    assert main([*arguments, "--preprocess", "hara"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["options"]["preprocess"] == "hara"
 
 
 # --------------------------------------------------------------------------- the per-clip core
