@@ -34,6 +34,7 @@ from .video import ClipSelection, iter_clips, read_video, select_clip, video_inf
 
 __all__ = [
     "FIGURE_FILES",
+    "LOST_NOTE_FRACTION",
     "OUTPUT_FILES",
     "ClipResult",
     "Model",
@@ -41,6 +42,7 @@ __all__ = [
     "explain_clips",
     "explain_video",
     "load_model",
+    "lost_note",
     "parse_columns",
     "parse_target",
     "write_clip",
@@ -56,6 +58,8 @@ OUTPUT_FILES: tuple[str, ...] = (
 )
 #: The files that ``figures=False`` leaves out.
 FIGURE_FILES: tuple[str, ...] = OUTPUT_FILES[:3]
+#: A clip whose reverse passes lost more than this share of the seed relevance gets a note.
+LOST_NOTE_FRACTION = 0.01
 
 Log = Callable[[str], None]
 
@@ -269,6 +273,11 @@ class ClipResult:
         The model's class on the clip, its softmax probability, and the class explained.
     frozen_predictions, frozen_probabilities
         ``(T,)``: the model's class on each frozen clip and its probability.
+    lost_fraction
+        Share of the seed relevance the clip's reverse pass did not hand on to the input
+        (stabilisers, zeroed denominators); None when the engine does not report it.
+    frozen_lost_fraction
+        ``(T,)``: the same for each frozen clip, or None.
     options
         The discriminative options used (rules, seed, reduce, normalize, ...).
     explain_seconds
@@ -285,8 +294,20 @@ class ClipResult:
     target: int
     frozen_predictions: np.ndarray
     frozen_probabilities: np.ndarray
+    lost_fraction: float | None = None
+    frozen_lost_fraction: np.ndarray | None = None
     options: dict[str, Any] = field(default_factory=dict)
     explain_seconds: float = 0.0
+
+    @property
+    def worst_lost_fraction(self) -> float | None:
+        """The larger of the clip's lost share and its worst frozen clip's, or None."""
+        shares = []
+        if self.lost_fraction is not None:
+            shares.append(float(self.lost_fraction))
+        if self.frozen_lost_fraction is not None and self.frozen_lost_fraction.size:
+            shares.append(float(np.max(self.frozen_lost_fraction)))
+        return max(shares) if shares else None
 
 
 def explain_clips(
@@ -331,6 +352,9 @@ def explain_clips(
         options={"rules": model.rules_name, "preprocess": model.preprocess.name},
     )
     seconds = (time.perf_counter() - clock) / len(clips)
+    # Reported by the reverse pass once the engine has it (issue 9, point 8).
+    lost = getattr(result, "lost_fraction", None)
+    frozen_lost = getattr(result, "frozen_lost_fraction", None)
     return [
         ClipResult(
             spatiotemporal=_numpy(result.spatiotemporal[b], float32=True),
@@ -343,6 +367,8 @@ def explain_clips(
             target=int(result.target[b]),
             frozen_predictions=_numpy(result.frozen_predictions[b]),
             frozen_probabilities=_numpy(result.frozen_probabilities[b]),
+            lost_fraction=None if lost is None else float(lost[b]),
+            frozen_lost_fraction=None if frozen_lost is None else _numpy(frozen_lost[b]),
             options=dict(result.options),
             explain_seconds=seconds,
         )
@@ -359,8 +385,8 @@ def clip_summary(
     looped: bool = False,
     padding: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON-ready summary of one clip: prediction, target, frozen predictions, the
-    model. The caller adds ``options``, ``timings`` and ``files``."""
+    """The JSON-ready summary of one clip: prediction, target, frozen predictions, the lost
+    relevance, the model. The caller adds ``options``, ``timings`` and ``files``."""
     frozen = zip(result.frozen_predictions.tolist(), result.frozen_probabilities.tolist())
     return {
         "video": None if video is None else str(video),
@@ -379,6 +405,14 @@ def clip_summary(
             }
             for t, (index, probability) in enumerate(frozen)
         ],
+        "lost_relevance": {
+            "clip": result.lost_fraction,
+            "frozen": (
+                None
+                if result.frozen_lost_fraction is None
+                else [float(share) for share in result.frozen_lost_fraction]
+            ),
+        },
         "model": model_summary(model),
     }
 
@@ -446,6 +480,27 @@ def write_clip(
         names = [path.name for path in written] + ["summary.json"]
         written.append(write_json(folder / "summary.json", {**summary, "files": names}))
     return written
+
+
+def lost_note(result: ClipResult, label: str = "clip") -> str | None:
+    """A one-line note when the reverse passes lost more than :data:`LOST_NOTE_FRACTION` of
+    the seed relevance (the clip's, or its worst frozen clip's); else None."""
+    worst = result.worst_lost_fraction
+    if worst is None or worst <= LOST_NOTE_FRACTION:
+        return None
+    parts = []
+    if result.lost_fraction is not None:
+        parts.append(f"{100 * result.lost_fraction:.1f} % of the clip's seed")
+    if result.frozen_lost_fraction is not None and result.frozen_lost_fraction.size:
+        frame = int(np.argmax(result.frozen_lost_fraction))
+        share = float(result.frozen_lost_fraction[frame])
+        parts.append(f"{100 * share:.1f} % of frozen frame {frame + 1}'s")
+    return (
+        f"note: {label}: the rules lost relevance on the way to the input ("
+        + "; ".join(parts)
+        + "): stabilisers or zeroed denominators absorbed it, so the maps do not sum to the "
+        "output"
+    )
 
 
 # --------------------------------------------------------------------------- a video
@@ -711,6 +766,9 @@ def explain_video(
             f"; explained {summary['target']['label']} in {result.explain_seconds:.1f} s"
             + (f" → {clip_folder}" if clip_folder is not None else "")
         )
+        note = lost_note(result, label)
+        if note:
+            say(note)
 
     timings["total_s"] = time.perf_counter() - started + timings.get("load_model_s", 0.0)
     if all_clips:
@@ -724,6 +782,7 @@ def explain_video(
                     "padding": s["clip"]["padding"],
                     "prediction": s["prediction"],
                     "target": s["target"],
+                    "lost_relevance": s["lost_relevance"],
                 }
                 for n, s in enumerate(summaries)
             ],

@@ -20,8 +20,10 @@ from relgraph.discriminative import discriminative
 from relgraph.pipeline import (
     FIGURE_FILES,
     OUTPUT_FILES,
+    ClipResult,
     explain_clips,
     load_model,
+    lost_note,
     write_clip,
 )
 from relgraph.preprocess import get_preprocess
@@ -252,3 +254,65 @@ def test_write_clip_without_figures_and_with_a_summary(inputs, tmp_path):
     with np.load(written[0]) as arrays:
         assert int(arrays["label"]) == 7
         np.testing.assert_array_equal(arrays["spatial"], result.spatial)
+
+
+# --------------------------------------------------------------------------- lost relevance
+
+
+def clip_result(lost: float | None, frozen_lost: list[float] | None) -> ClipResult:
+    maps = np.zeros((4, 2, 2), dtype=np.float32)
+    return ClipResult(
+        spatiotemporal=maps,
+        spatial=maps,
+        temporal=maps,
+        relevance=np.zeros((3, 4, 2, 2)),
+        frozen_relevance=np.zeros((4, 3, 4, 2, 2)),
+        prediction=0,
+        probability=0.5,
+        target=0,
+        frozen_predictions=np.zeros(4, dtype=np.int64),
+        frozen_probabilities=np.full(4, 0.5),
+        lost_fraction=lost,
+        frozen_lost_fraction=None if frozen_lost is None else np.asarray(frozen_lost),
+    )
+
+
+def test_lost_note_only_above_one_percent_of_the_clip_or_worst_frozen_clip():
+    assert lost_note(clip_result(None, None)) is None
+    assert lost_note(clip_result(0.01, [0.0, 0.005, 0.01, 0.0])) is None
+    note = lost_note(clip_result(0.002, [0.0, 0.03, 0.01, 0.0]))
+    assert note is not None and "3.0 % of frozen frame 2's" in note and "0.2 %" in note
+    assert "12.5 %" in lost_note(clip_result(0.125, [0.0] * 4))
+
+
+def test_cli_explain_prints_the_lost_relevance_note_and_the_summary_records_it(
+    inputs, tmp_path, capsys, monkeypatch
+):
+    import relgraph.pipeline as pipeline
+
+    real = pipeline.discriminative_with_rules
+
+    def losing(*args, **kwargs):
+        # Stand-in for an engine that reports what its reverse passes lost.
+        result = real(*args, **kwargs)
+        result.lost_fraction = torch.tensor([0.004])
+        result.frozen_lost_fraction = torch.linspace(0.0, 0.03, 16)[None]
+        return result
+
+    monkeypatch.setattr(pipeline, "discriminative_with_rules", losing)
+    arguments = [
+        "explain",
+        str(inputs["video"]),
+        "--arch",
+        "c3d-tiny",
+        "--weights",
+        str(inputs["weights"]),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert main(arguments) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "lost relevance" in line]
+    assert len(notes) == 1 and "3.0 % of frozen frame 16's" in notes[0]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["lost_relevance"]["clip"] == pytest.approx(0.004)
+    assert summary["lost_relevance"]["frozen"][-1] == pytest.approx(0.03)
