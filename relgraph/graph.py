@@ -12,7 +12,6 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import yaml
 
 from .errors import GraphError, RelgraphError, ShapeError, SpecError, WeightsError, did_you_mean
 from .ops import OPS, Input, Op, OpDefinitionError, infer_output_shape
+from .resources import shipped_names, shipped_path
 from .spec import ArchSpec, load_yaml, parse_spec
 
 
@@ -486,8 +486,7 @@ def compile_spec(
 
 def shipped_architectures() -> list[str]:
     """Names of the architectures shipped with relgraph."""
-    folder = resources.files("relgraph.architectures")
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return shipped_names("architecture")
 
 
 def architecture_path(name_or_path: str | os.PathLike) -> Path:
@@ -498,15 +497,7 @@ def architecture_path(name_or_path: str | os.PathLike) -> Path:
         if not path.is_file():
             raise SpecError("architecture file not found", file=text)
         return path
-    folder = resources.files("relgraph.architectures")
-    candidate = folder / f"{text}.yaml"
-    if not candidate.is_file():
-        names = shipped_architectures()
-        raise SpecError(
-            f"no architecture named '{text}'{did_you_mean(text, names)} "
-            f"(shipped: {', '.join(names)}; or give a path to a YAML file)"
-        )
-    return Path(str(candidate))
+    return shipped_path("architecture", text)
 
 
 _NODE_ITEM = re.compile(r"""^\s*-\s*\{?\s*name\s*:\s*["']?([^"',}\s]+)""")
