@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from .errors import WeightsError
+from .outputs import atomic_path
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for annotations only: graph.py imports this module
     from .graph import Graph
 
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net")
@@ -55,8 +57,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     is_safetensors = path.suffix == ".safetensors" or (len(head) > 9 and head[8:9] == b"{")
     try:
         if is_safetensors:
-            from safetensors.torch import load_file
-
             data = load_file(str(path), device="cpu")
         else:
             with warnings.catch_warnings():
@@ -237,14 +237,10 @@ def checked_state_dict(
 
 def save_weights(graph: Graph, path: str | os.PathLike) -> None:
     """Write ``graph.state_dict()``: safetensors for ``.safetensors``, else ``torch.save``."""
-    from .outputs import atomic_path
-
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in graph.state_dict().items()}
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
-
             save_file(state, str(tmp), metadata={"architecture": graph.name})
         else:
             torch.save(state, tmp)
