@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 import zoo_reference as zoo
+from relgraph.rules.composite import preset, preset_names
 
 import relgraph
 from relgraph.graph import architecture_path
@@ -190,3 +191,32 @@ def test_forward_equals_the_reference_at_full_size(name, tmp_path):
     got = graph(x).output
     assert got.shape == (1, 400)
     assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def _preprocess_for_tests() -> str:
+    # kinetics is the YAMLs' default; another helper adds it: fall back to hara until then
+    from relgraph.preprocess import PRESETS
+
+    return "kinetics" if "kinetics" in PRESETS else "hara"
+
+
+@pytest.mark.parametrize("rules", [n for n in preset_names() if n != "base"])
+@pytest.mark.parametrize("name", list(TORCHVISION))
+def test_every_preset_gives_every_node_a_rule(name, rules):
+    graph = relgraph.load_architecture(name, init="none", frames=4, size=32)
+    chosen = preset(rules).resolve(graph, preprocess=_preprocess_for_tests())
+    assert set(chosen) == set(graph.order[1:])
+
+
+def test_default_rules_explain_r2plus1d():
+    # one model is enough here: what the rules do is checked elsewhere, per op
+    name = "r2plus1d-18"
+    graph = relgraph.load_architecture(name, init="none", frames=4, size=32, num_classes=5)
+    assert graph.default_rules == "epsilon-plus"
+    model = zoo.randomise(TORCHVISION[name][0](num_classes=5), seed=5)
+    graph.load_weights(model.state_dict())
+    clip = torch.randn(1, 3, 4, 32, 32)
+    relevance = relgraph.explain(graph, clip, target=0, seed="logit")
+    assert relevance.shape == clip.shape
+    assert torch.isfinite(relevance).all()
+    assert relevance.abs().sum() > 0
