@@ -471,23 +471,19 @@ class _Expander:
                 )
             full = prefix + name
             is_instance = "block" in item
-            if block is not None or is_instance:
-                if name in declared or name in local and block is not None:
-                    first = declared.get(name)
-                    raise self.error(
-                        "duplicate name"
-                        + (f" (first declared on line {first})" if first else "")
-                        + (
-                            " (it is an input placeholder of the block)"
-                            if name in local and name not in declared
-                            else ""
-                        ),
-                        item_line,
-                        full,
-                        origin,
-                    )
-                if block is None and name in local:
-                    raise self.error("duplicate name", item_line, full, origin)
+            # a name stands for one thing; two plain top-level nodes of one name are left to
+            # the compiler, whose message names both lines
+            if name in local and (block is not None or is_instance or local[name] != name):
+                first = declared.get(name)
+                placeholder = block is not None and name in block.inputs
+                raise self.error(
+                    "duplicate name"
+                    + (f" (first declared on line {first})" if first else "")
+                    + (" (it is an input placeholder of the block)" if placeholder else ""),
+                    item_line,
+                    full,
+                    origin,
+                )
             declared[name] = item_line
             inputs_explicit = "inputs" in item
             inputs = item.get("inputs", [previous])

@@ -360,3 +360,21 @@ def test_unknown_field_in_a_block_definition_is_named(tmp_path):
     path, error = block_error(tmp_path, text)
     assert error.line == line_containing(text, "    inputs: x")
     assert "did you mean 'input'" in str(error)
+
+
+def test_node_named_like_an_earlier_instance_is_an_error(tmp_path):
+    text = BLOCKS.replace("{name: gap, op: adaptive", "{name: layer2, op: adaptive")
+    text = text.replace(
+        "{name: flatten, op: flatten}", "{name: flatten, op: flatten, inputs: layer2}"
+    )
+    path, error = block_error(tmp_path, text)
+    assert error.line == line_containing(text, "{name: layer2, op: adaptive")
+    assert "duplicate name" in str(error)
+    assert f"line {line_containing(text, 'name: layer2, block')}" in str(error)
+
+
+def test_block_node_named_like_its_placeholder_is_an_error(tmp_path):
+    text = BLOCKS.replace("{name: conv1.1, op: relu}", "{name: x, op: relu}")
+    path, error = block_error(tmp_path, text)
+    assert "placeholder" in str(error)
+    assert error.line == line_containing(text, "{name: x, op: relu}")
