@@ -23,7 +23,7 @@ import yaml
 from .errors import GraphError, RelgraphError, ShapeError, SpecError, WeightsError, did_you_mean
 from .ops import OPS, Input, Op, OpDefinitionError, infer_output_shape
 from .resources import shipped_names, shipped_path
-from .spec import ArchSpec, load_yaml, parse_spec
+from .spec import ArchSpec, load_yaml, parse_spec, with_block_origin
 from .weights import LoadReport, checked_state_dict, save_weights
 
 
@@ -384,6 +384,13 @@ def compile_spec(
         ``"default"`` draws PyTorch's default initialisation (seeded by ``seed``);
         ``"none"`` creates no tensors (for inspecting structure only).
     """
+    try:
+        return _compile_spec(spec, init=init, seed=seed, dtype=dtype, device=device)
+    except RelgraphError as exc:
+        raise with_block_origin(exc, spec) from None
+
+
+def _compile_spec(spec: ArchSpec, *, init, seed, dtype, device) -> Graph:
     if init not in ("default", "none"):
         raise RelgraphError(f"init must be 'default' or 'none', got {init!r}")
     file = spec.file
