@@ -111,7 +111,7 @@ def rule_op_pairs() -> list[tuple[str, dict, str]]:
         (name, params, op_type)
         for name, params in rule_cases()
         for op_type in sorted(OP_EXAMPLES)
-        if make_rule({"name": name, **params}).fits(OPS[op_type])
+        if make_rule({"name": name, **params}).fits(shared_example(op_type).op("node"))
     ]
 
 
