@@ -18,6 +18,7 @@ import torch
 
 from .errors import RelgraphError, ShapeError, TargetError, did_you_mean
 from .graph import Graph
+from .canonize import canonical
 from .reverse import Target, explain_with_rules, resolve_rules
 
 if TYPE_CHECKING:
@@ -200,6 +201,7 @@ def discriminative(
     preprocess: str | None = None,
     labels: Labels | Sequence[str] | None = None,
     progress: bool | None = None,
+    canonize: bool | None = None,
 ) -> DiscriminativeResult:
     """Spatio-temporal, spatial and temporal relevance of each clip of a batch.
 
@@ -253,6 +255,9 @@ def discriminative(
     progress
         Show a tqdm bar on stderr over the batches of frozen clips. Default (``None``): only
         when stderr is a terminal and there is more than one batch.
+    canonize
+        Fold batch norms into the layer before them before the rules run (see
+        :func:`relgraph.explain`); default: the architecture's ``canonize:``.
 
     Returns
     -------
@@ -265,6 +270,7 @@ def discriminative(
         ``normalize``, a bad ``batch_size``, target or seed, or rules that do not fit.
     """
     _check_options(reduce, normalize, batch_size)
+    g = canonical(g, canonize)
     composite, node_rules, seed = resolve_rules(g, rules, preprocess, seed)
     return discriminative_with_rules(
         g,
