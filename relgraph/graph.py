@@ -109,15 +109,19 @@ class Graph:
             f"output {list(self.output_shape)}, {self.num_parameters():,} parameters)"
         )
 
-    def summary(self) -> str:
-        """A table: node, op, inputs, output shape, parameter count, and the total."""
+    def summary(self, notes: Mapping[str, str] | None = None) -> str:
+        """A table: node, op, inputs, output shape, parameter count, and the total.
+
+        ``notes`` (per node, e.g. ``relgraph.canonize.fold_notes``) are added to the op column.
+        """
+        notes = notes or {}
         rows = [("node", "op", "inputs", "output shape", "parameters")]
         for node in self.order:
             data = self.graph.nodes[node]
             rows.append(
                 (
                     node,
-                    data["op"].type,
+                    data["op"].type + (f" [{notes[node]}]" if node in notes else ""),
                     ", ".join(self.inputs_of(node)) or "-",
                     "×".join(map(str, data["shape"])),
                     f"{self.num_parameters(node):,}",
