@@ -14,6 +14,8 @@ Each op is a small object built from the fields of its YAML node. It knows
   ``max_route``   ``max_route(x, R)``: route R to the forward's argmax (max pools)
   ``split``       ``split(inputs, R, divide)``: hand R back to several inputs (add, concat)
   ``reshape``     relevance passes through unchanged, reshaped (relu, dropout, flatten, ...)
+  ``channelwise`` a monotone map of each channel on its own, output shaped like the input
+                  (batch norm): relevance may pass through it unchanged
 """
 
 from __future__ import annotations
@@ -452,6 +454,7 @@ class BatchNormNd(Affine):
     """Batch norm in inference mode, seen by rules as the affine map ``x·scale + shift``."""
 
     dims: ClassVar[int]
+    capabilities = frozenset({"affine", "channelwise"})
     fields = {
         "num_features": Field("int?", None, "inferred from the input when left out"),
         "eps": Field("float", 1e-5),
