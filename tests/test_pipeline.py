@@ -325,7 +325,10 @@ def test_the_engine_reports_what_the_rules_lost_and_a_large_loss_gets_a_note(inp
     graph = tiny_graph(inputs)
     lines: list[str] = []
     lossy = relgraph.explain_video(
-        inputs["video"], graph, rules={"fc*": {"name": "epsilon", "epsilon": 10.0}}, log=lines.append
+        inputs["video"],
+        graph,
+        rules={"fc*": {"name": "epsilon", "epsilon": 10.0}},
+        log=lines.append,
     )
     clip = lossy.clips[0]
     clip_tensor = get_preprocess(graph.default_preprocess, size=graph.input_shape[-1])(
