@@ -19,6 +19,11 @@ from relgraph.graph import shipped_architectures
 RESNETS = {"r3d-18": zoo.r3d_18, "mc3-18": zoo.mc3_18, "r2plus1d-18": zoo.r2plus1d_18}
 """Shipped architectures with a torch.nn reference and its EpsilonPlus reference."""
 
+#: the default run checks R(2+1)D (the deepest: 37 folds); the other two are marked slow
+ZOO_CASES = [
+    pytest.param(name, marks=() if name == "r2plus1d-18" else pytest.mark.slow) for name in RESNETS
+]
+
 SMALL = {"frames": 4, "size": 32, "num_classes": 5}
 
 
@@ -90,7 +95,7 @@ def test_forward_is_unchanged(tmp_path):
     assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
-@pytest.mark.parametrize("name", list(RESNETS))
+@pytest.mark.parametrize("name", ZOO_CASES)
 def test_zoo_forward_is_unchanged_in_float32(name):
     _, graph = zoo_graph(name, torch.float32)
     x = clip(torch.float32)
@@ -248,7 +253,7 @@ def test_every_shipped_zoo_model_with_batch_norms_has_a_relevance_reference():
         pytest.xfail(f"no EpsilonPlus reference yet for {missing}")
 
 
-@pytest.mark.parametrize("name", list(RESNETS))
+@pytest.mark.parametrize("name", ZOO_CASES)
 def test_epsilon_plus_equals_the_autograd_reference_on_the_canonized_model(name):
     model, graph = zoo_graph(name)
     x = clip()
