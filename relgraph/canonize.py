@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Mapping
+
 import networkx as nx
 import torch
 
@@ -27,7 +28,6 @@ from .errors import RelgraphError
 from .graph import Graph
 from .ops import BatchNormNd, ConvNd, Linear, Op
 from .rules.base import _same_tensors, _signature
-
 
 
 class CanonicalGraph(Graph):
@@ -220,5 +220,3 @@ def fold_notes(graph: Graph) -> dict[str, str]:
         bias = "" if getattr(graph.op(layer), "bias", True) else ", bias created"
         notes[layer] = f"absorbs {norm}{bias}"
     return notes
-
-

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .canonize import canonical
 from .errors import RelgraphError, ShapeError, TargetError, did_you_mean
 from .graph import Graph
-from .canonize import canonical
 from .reverse import Target, explain_with_rules, resolve_rules
 
 if TYPE_CHECKING:

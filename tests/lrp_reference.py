@@ -498,7 +498,9 @@ def video_resnet_epsilon_plus(
     for index in range(1, 5):
         for block in getattr(model, f"layer{index}"):
             main = chain(fold_batchnorms([block.conv1, block.conv2]), a)
-            shortcut = a if block.downsample is None else chain(fold_batchnorms([block.downsample]), a)
+            shortcut = a
+            if block.downsample is not None:
+                shortcut = chain(fold_batchnorms([block.downsample]), a)
             total = main + shortcut
             a = F.relu(_ruled(total, total, epsilon))
     pooled = a.mean(dim=(2, 3, 4))

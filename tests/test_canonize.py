@@ -35,9 +35,7 @@ def zoo_graph(name, dtype=torch.float64, seed=5):
 
 
 def clip(dtype=torch.float64, batch=2, seed=1):
-    return torch.randn(batch, 3, 4, 32, 32, generator=torch.Generator().manual_seed(seed)).to(
-        dtype
-    )
+    return torch.randn(batch, 3, 4, 32, 32, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
 MIXED = """
@@ -45,7 +43,8 @@ name: mixed
 input: {name: x, shape: [3, 4, 6, 6]}
 nodes:
   - {name: bn_in, op: batchnorm3d, inputs: [x]}
-  - {name: conv, op: conv3d, inputs: [bn_in], out_channels: 4, kernel_size: 3, padding: 1, bias: false}
+  - {name: conv, op: conv3d, inputs: [bn_in], out_channels: 4, kernel_size: 3, padding: 1,
+     bias: false}
   - {name: bn, op: batchnorm3d, inputs: [conv]}
   - {name: relu, op: relu, inputs: [bn]}
   - {name: side, op: conv3d, inputs: [relu], out_channels: 4, kernel_size: 1}
@@ -156,7 +155,7 @@ def test_on_by_default_and_off_by_argument_or_yaml():
     )
     assert "bn" not in folded.rules and "bn" in plain.rules
     assert not torch.allclose(folded.relevance, plain.relevance)
-    off = relgraph.architecture_from_yaml(MIXED.replace("output: bn_fc", "output: bn_fc\ncanonize: false"))
+    off = relgraph.architecture_from_yaml(MIXED + "canonize: false\n")
     off.assign(graph.state_dict())
     assert off.canonize is False and canonical(off) is off
     torch.testing.assert_close(relgraph.explain(off, x, target=1, rules=rules), plain.relevance)
@@ -182,9 +181,7 @@ def test_composites_address_folded_layers_by_their_declared_names():
     graph = randomise_graph(relgraph.architecture_from_yaml(MIXED), seed=4)
     x = torch.randn(2, 3, 4, 6, 6)
     base = relgraph.explain(graph, x, target=0, rules="epsilon-plus", return_explanation=True)
-    moved = relgraph.explain(
-        graph, x, target=0, rules={"conv": "flat"}, return_explanation=True
-    )
+    moved = relgraph.explain(graph, x, target=0, rules={"conv": "flat"}, return_explanation=True)
     assert moved.rules["conv"].name == "flat" and base.rules["conv"].name != "flat"
     assert not torch.allclose(moved.relevance, base.relevance)
 
