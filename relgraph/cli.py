@@ -1,4 +1,5 @@
-"""The command line: ``relgraph explain``, ``demo``, ``arch show|check``, ``rules list|show``.
+"""The command line: ``relgraph explain``, ``demo``, ``arch show|check``, ``rules list|show``
+(and ``dataset explain|report``, from :mod:`relgraph.dataset_cli`).
 
 Every error relgraph knows about ends the program with one line on stderr,
 ``relgraph: error: ...``, and exit status 2; an interrupt exits with 130. Neither prints a
@@ -820,6 +821,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="input preset the zβ bounds follow (default: the architecture's)",
     )
     table.set_defaults(handler=command_rules_show)
+    from .dataset_cli import add_dataset_commands
+
+    add_dataset_commands(commands)
     return parser
 
 
