@@ -1,5 +1,5 @@
-"""The command line: ``relgraph explain``, ``demo``, ``arch show|check``, ``rules list|show``
-(and ``dataset explain|report``, from :mod:`relgraph.dataset_cli`).
+"""The command line: ``relgraph explain``, ``demo``, ``arch show|check``, ``rules list|show``,
+``dataset explain|report`` (the last from :mod:`relgraph.dataset_cli`).
 
 Every error relgraph knows about ends the program with one line on stderr,
 ``relgraph: error: ...``, and exit status 2; an interrupt exits with 130. Neither prints a

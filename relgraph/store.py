@@ -114,7 +114,10 @@ class Store:
     def read_manifest(self) -> dict[str, Any] | None:
         """The manifest, None for a store not created yet."""
         if not self.manifest_path.exists():
-            if self.root.is_dir() and any(self.root.iterdir()):
+            # (another rank's manifest being written atomically shows as a hidden temporary)
+            if self.root.is_dir() and any(
+                not (p.name.startswith(".") and ".tmp" in p.name) for p in self.root.iterdir()
+            ):
                 raise StoreError(
                     f"the folder is not empty but has no {MANIFEST}: it is not a relgraph "
                     "store. Pick a new --out or an empty folder.",

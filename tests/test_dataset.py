@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("data") / "videos"
-    write_video_folders(folder, 7, seed=3, frames=(16, 40))
+    write_video_folders(folder, 5, seed=3, frames=(16, 40))
     short = make_clip(0, np.random.default_rng(1)).frames[:3]
     write_video(folder / "MoveRight" / "v_short.avi", short, fps=8)
     (folder / "MoveLeft" / "v_corrupt.avi").write_bytes(b"not a video at all" * 50)
@@ -105,7 +105,7 @@ def assert_same_store(a: Path, b: Path) -> None:
 
 def test_three_source_layouts_give_the_same_videos(source, tmp_path):
     from_folders = load_source(source)
-    assert len(from_folders) == 9
+    assert len(from_folders) == 7
     assert {item.label for item in from_folders} <= set(CLASS_NAMES)
     assert all(item.label == item.key.split("/")[0] for item in from_folders)
 
@@ -162,7 +162,7 @@ def test_shard_is_deterministic_and_balanced():
 def test_store_index_and_failures(reference, source):
     rows = read_index(reference / "index.jsonl")
     assert [r["key"] for r in rows] == sorted(r["key"] for r in rows)
-    assert len(rows) == 9
+    assert len(rows) == 7
     failed = {r["key"]: r["error"] for r in rows if r["status"] == "failed"}
     assert set(failed) == {"MoveLeft/v_corrupt.avi", "MoveRight/v_short.avi"}
     assert "too short: 3 frame(s)" in failed["MoveRight/v_short.avi"]
@@ -281,12 +281,12 @@ def test_dry_run_lists_and_writes_nothing(reference, source, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert not (tmp_path / "new").exists()
-    assert out.count("todo  ") == 9 and "2 will fail" in out
+    assert out.count("todo  ") == 7 and "2 will fail" in out
     args = explain_args(source, reference, "--clips", "2", "--dry-run")
     args.remove("--quiet")
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.count("done  ") == 9 and "0 videos to do" in out
+    assert out.count("done  ") == 7 and "0 videos to do" in out
 
 
 def test_torchrun_two_processes_give_the_same_store(reference, source, tmp_path):
@@ -320,7 +320,7 @@ def test_report_summary_and_pages(reference, tmp_path):
     assert main(["dataset", "report", str(reference), "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     rows = read_index(reference / "index.jsonl")
-    assert summary["overall"]["videos"] == 9 and summary["overall"]["failed"] == 2
+    assert summary["overall"]["videos"] == 7 and summary["overall"]["failed"] == 2
     for name, stats in summary["classes"].items():
         ok = [r for r in rows if r["label"] == name and r["status"] == "ok"]
         if ok:
@@ -330,9 +330,9 @@ def test_report_summary_and_pages(reference, tmp_path):
             )
     for name in ("index.html", "motion.png", "histograms.png", "static/report.js"):
         assert (out / name).is_file()
-    assert len(list((out / "videos").glob("*.html"))) == 9
+    assert len(list((out / "videos").glob("*.html"))) == 7
     assert len(list((out / "classes").glob("*.html"))) == len(summary["classes"])
-    assert len(list((out / "media").rglob("thumb.png"))) == 7
+    assert len(list((out / "media").rglob("thumb.png"))) == 5
 
 
 def test_quick_figures_colours_and_layout(tmp_path):

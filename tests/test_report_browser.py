@@ -19,7 +19,7 @@ import pytest
 
 from relgraph.outputs import write_json, write_npz
 from relgraph.report import build_report
-from relgraph.store import STORE_FORMAT, Store
+from relgraph.store import Store
 from relgraph.synthetic import CLASS_NAMES, make_clip
 
 REQUIRED = os.environ.get("RELGRAPH_REQUIRE_BROWSER") == "1"
