@@ -48,7 +48,8 @@ ROW = "row.json"
 VIDEOS = "videos"
 
 #: Test hook: ``RELGRAPH_TEST_KILL=point:n`` sends SIGKILL to the process the n-th time it
-#: reaches ``point`` (see :func:`kill_point`). Used by the resumability tests only.
+#: reaches ``point`` (see :func:`kill_point`); with ``RELGRAPH_TEST_KILL_RANK=r`` only rank r
+#: dies. Used by the resumability tests only.
 KILL_VARIABLE = "RELGRAPH_TEST_KILL"
 _reached: dict[str, int] = {}
 
@@ -59,7 +60,8 @@ def kill_point(point: str) -> None:
     if not wanted:
         return
     name, _, count = wanted.partition(":")
-    if name != point:
+    only_rank = os.environ.get(KILL_VARIABLE + "_RANK")
+    if name != point or (only_rank is not None and only_rank != os.environ.get("RANK", "0")):
         return
     _reached[point] = _reached.get(point, 0) + 1
     if _reached[point] == int(count or 1):

@@ -290,25 +290,39 @@ def test_dry_run_lists_and_writes_nothing(reference, source, tmp_path, capsys):
 
 
 def test_torchrun_two_processes_give_the_same_store(reference, source, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    """Rank 1 dies mid-run; the rerun completes its share; the store equals 1 process's."""
+
+    def torchrun(store, env):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        args = explain_args(source, store, "--clips", "2", "--figures", "summary")
+        args.remove("--quiet")
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node=2",
+            "--nnodes=1",
+            "--master-addr=127.0.0.1",
+            f"--master-port={port}",
+            "-m",
+            "relgraph",
+            *args,
+        ]
+        env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **env}
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
     store = tmp_path / "store"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node=2",
-        "--nnodes=1",
-        "--master-addr=127.0.0.1",
-        f"--master-port={port}",
-        "-m",
-        "relgraph",
-        *explain_args(source, store, "--clips", "2", "--figures", "summary"),
-    ]
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    died = torchrun(store, {"RELGRAPH_TEST_KILL": "files:2", "RELGRAPH_TEST_KILL_RANK": "1"})
+    assert died.returncode != 0
+    assert not (store / "index.jsonl").exists()
+    assert list(store.rglob("row.json"))  # rank 1 committed its first video before dying
+    result = torchrun(store, {})
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "ETA" in result.stdout  # progress, from rank 0 only:
+    assert result.stdout.count("to do on 2 process(es)") == 1
+    assert "done already" in result.stdout and ", 0 done already" not in result.stdout
     assert_same_store(reference, store)
 
 
