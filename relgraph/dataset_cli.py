@@ -217,7 +217,7 @@ def command_dataset_explain(args: argparse.Namespace) -> int:
             model.graph.to(device=torch.device("cuda", context.local_rank))
         stats = run_dataset(model, items, store, fingerprinted, options, context)
         if stats and args.stats and context.is_main:
-            stats["startup_s"] = stats["wall_s"] and (time.perf_counter() - clock - stats["wall_s"])
+            stats["startup_s"] = time.perf_counter() - clock - stats["wall_s"]
             write_json(args.stats, stats)
     finally:
         context.close()

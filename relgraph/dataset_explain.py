@@ -47,7 +47,6 @@ class RunOptions:
     workers: int = 2
     quiet: bool = False
     dry_run: bool = False
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -141,9 +140,7 @@ def _decode(plan: VideoPlan, model, options: RunOptions) -> Decoded:
             frames = read_video(plan.item.path)
         result.frames_read = len(frames)
         minimum = _min_frames(options, length)
-        if options.clips == "first" and len(frames) < minimum:
-            raise VideoError(_too_short(len(frames), minimum, length))
-        if options.clips != "first" and len(frames) < minimum:
+        if len(frames) < minimum:
             raise VideoError(_too_short(len(frames), minimum, length))
         if options.clips == "first":
             selections = [select_clip(frames, start=0, stride=options.stride, length=length)]
@@ -476,12 +473,9 @@ def _figures(model, folder, video: Decoded, result: dict, options: RunOptions) -
         quickfig.save_grid(target / "grid.png", video.display[k], *maps)
         quickfig.save_animation(target / "animation.gif", video.display[k], *maps)
         if options.figures == "all":
-            from .plots import figure_frames, figure_paper
+            from .plots import figure_frames, figure_paper, paper_columns
 
             frozen = result["frozen_predictions"][k]
-            columns = None
-            from .plots import paper_columns
-
             columns = paper_columns(len(frozen))
             figure_paper(
                 video.display[k],

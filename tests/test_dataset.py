@@ -265,6 +265,13 @@ def test_bad_input_is_one_line_and_exit_2(source, tmp_path, capsys):
     assert main(explain_args(source, not_store)) == 2
     assert "not a relgraph store" in capsys.readouterr().err
     assert (not_store / "precious.txt").read_text() == "keep me"
+    other_version = tmp_path / "other-version"
+    other_version.mkdir()
+    manifest = {"format": 99, "relgraph": "9.9", "fingerprint": "x", "options": {}}
+    (other_version / "store.json").write_text(json.dumps(manifest))
+    assert main(explain_args(source, other_version)) == 2
+    err = capsys.readouterr().err
+    assert "format 99 (relgraph 9.9)" in err and len(err.strip().splitlines()) == 1
 
 
 def test_unwritable_store_is_refused(source, tmp_path, capsys):
