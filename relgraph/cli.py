@@ -1,4 +1,5 @@
-"""The command line: ``relgraph explain``, ``demo``, ``arch show|check``, ``rules list|show``.
+"""The command line: ``relgraph explain``, ``demo``, ``arch show|check``, ``rules list|show``,
+``dataset explain|report`` (the last from :mod:`relgraph.dataset_cli`).
 
 Each command parses its arguments and calls one public function (``explain`` →
 :func:`relgraph.explain_video`, ``demo`` → :func:`relgraph.demo_model.run_demo`), which
@@ -357,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="input preset the zβ bounds follow (default: the architecture's)",
     )
     table.set_defaults(handler=command_rules_show)
+    from .dataset_cli import add_dataset_commands
+
+    add_dataset_commands(commands)
     return parser
 
 

@@ -26,7 +26,14 @@ import numpy as np
 
 from .errors import OutputError, RelgraphError
 
-__all__ = ["CLASS_NAMES", "SyntheticClip", "make_clip", "make_dataset", "write_label_file"]
+__all__ = [
+    "CLASS_NAMES",
+    "SyntheticClip",
+    "make_clip",
+    "make_dataset",
+    "write_label_file",
+    "write_video_folders",
+]
 
 CLASS_NAMES: tuple[str, ...] = ("MoveRight", "MoveLeft", "MoveDown", "MoveUp")
 # (dy, dx) per frame at speed 1, in class order; y grows downwards.
@@ -128,6 +135,37 @@ def write_label_file(path: str | os.PathLike) -> Path:
             f"cannot write the label file: {exc.strerror or exc}.", file=path
         ) from exc
     return path
+
+
+def write_video_folders(
+    folder: str | os.PathLike,
+    n: int,
+    seed: int,
+    *,
+    frames: int | tuple[int, int] = 16,
+    size: int = 32,
+    extension: str = ".avi",
+) -> list[Path]:
+    """Write ``n`` synthetic clips as videos in one sub-folder per class (UCF-101's layout).
+
+    ``frames`` may be a range ``(low, high)``: each video gets a random length in it (longer
+    videos are the clip followed by the motion continued). Files are named
+    ``v_<Class>_g<k>.avi``; returns their paths in order.
+    """
+    from .video import write_video
+
+    folder = Path(folder)
+    low, high = (frames, frames) if isinstance(frames, int) else frames
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(low, high + 1, size=n)
+    clips, labels, _, _ = make_dataset(n, seed, frames=int(lengths.max()), size=size)
+    paths = []
+    for k in range(n):
+        name = CLASS_NAMES[int(labels[k])]
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        path = folder / name / f"v_{name}_g{k:03d}{extension}"
+        paths.append(write_video(path, clips[k, : int(lengths[k])], fps=8))
+    return paths
 
 
 # ---------------------------------------------------------------------------------------------
