@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import RelgraphError, ShapeError, TargetError, did_you_mean
+from .frozen import explain_frozen, wanted_slices
 from .graph import Graph
 from .reverse import Target, explain_with_rules, resolve_rules
 
@@ -192,6 +193,7 @@ def discriminative(
     preprocess: str | None = None,
     labels: Labels | Sequence[str] | None = None,
     progress: bool | None = None,
+    frozen_shortcut: bool = True,
 ) -> DiscriminativeResult:
     """Spatio-temporal, spatial and temporal relevance of each clip of a batch.
 
@@ -245,6 +247,13 @@ def discriminative(
     progress
         Show a tqdm bar on stderr over the batches of frozen clips. Default (``None``): only
         when stderr is a terminal and there is more than one batch.
+    frozen_shortcut
+        Explain frozen clips without redundant work (:mod:`relgraph.frozen`): the forward pass
+        computes each distinct time slice once, and where the maps need one slice of each
+        frozen clip (``reduce`` ``first``/``same`` with ``normalize="none"``) the reverse pass
+        follows only that slice's receptive field. The same results up to rounding; ``False``
+        explains the full frozen clips, for comparison. With the reverse shortcut,
+        ``frozen_relevance`` holds only the slices the reduction reads (the others are 0).
 
     Returns
     -------
@@ -269,6 +278,7 @@ def discriminative(
         batch_size=batch_size,
         labels=labels,
         progress=progress,
+        frozen_shortcut=frozen_shortcut,
         options={
             "rules": composite.name,
             "preprocess": preprocess or g.default_preprocess,
@@ -289,6 +299,7 @@ def discriminative_with_rules(
     labels: Labels | Sequence[str] | None = None,
     progress: bool | None = None,
     options: dict[str, Any] | None = None,
+    frozen_shortcut: bool = True,
 ) -> DiscriminativeResult:
     """:func:`discriminative` with the rules already resolved per node
     (``Composite.resolve``): resolve once, then call this for every clip of a video."""
@@ -313,14 +324,24 @@ def discriminative_with_rules(
     for chunk in _progress(chunks, progress):
         clip_rows = torch.tensor([b for b, _ in chunk], device=clip.device)
         frame_rows = torch.tensor([t for _, t in chunk], device=clip.device)
-        frozen = explain_with_rules(
-            g,
-            frozen_clips(clip, chunk),
-            node_rules,
-            explained[clip_rows],
-            seed_for(clip_rows),
-            return_all=True,
-        )
+        if frozen_shortcut:
+            frozen = explain_frozen(
+                g,
+                clip[clip_rows, :, frame_rows],
+                node_rules,
+                explained[clip_rows],
+                seed_for(clip_rows),
+                wanted=wanted_slices(reduce, normalize, [t for _, t in chunk]),
+            )
+        else:
+            frozen = explain_with_rules(
+                g,
+                frozen_clips(clip, chunk),
+                node_rules,
+                explained[clip_rows],
+                seed_for(clip_rows),
+                return_all=True,
+            )
         frozen_relevance[clip_rows, frame_rows] = frozen.relevance
         frozen_output[clip_rows, frame_rows] = frozen.output.reshape(len(chunk), -1)
         del frozen
@@ -340,6 +361,7 @@ def discriminative_with_rules(
         "reduce": reduce,
         "normalize": normalize,
         "batch_size": batch_size,
+        "frozen_shortcut": frozen_shortcut,
         **(options or {}),
     }
     return DiscriminativeResult(
