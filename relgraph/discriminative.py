@@ -86,6 +86,8 @@ class DiscriminativeResult:
         ``(B, T, C, T, H, W)``: the raw relevance of every frozen clip, all of it (index 1 is
         the frozen frame, index 3 the frozen clip's own time axis), so that any other
         reduction or normalisation can be computed afterwards without explaining again.
+        Except where the frozen-clip shortcut explained one slice only (``reduce``
+        ``first``/``same`` with ``normalize="none"``): then the other slices are 0.
     output
         ``(B, K)``: the model's logits on each clip.
     prediction, probability
@@ -99,7 +101,7 @@ class DiscriminativeResult:
         of that prediction. It may differ from the clip's: one frame shows no motion.
     options
         The options used: ``target`` (as given), ``rules``, ``seed``, ``reduce``,
-        ``normalize``, ``batch_size``, ``preprocess``.
+        ``normalize``, ``batch_size``, ``frozen_shortcut``, ``preprocess``.
     """
 
     spatiotemporal: torch.Tensor

@@ -30,7 +30,6 @@ shipped architecture and on generated graphs.
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -105,9 +104,7 @@ def relayout(tensor: torch.Tensor, source: Layout, target: Layout) -> torch.Tens
     """A compact tensor stored as ``source`` brought to ``target`` (same activation)."""
     if source == target:
         return tensor
-    indices = [
-        source.compact_index(target.full_position(i)) for i in range(target.compact_length)
-    ]
+    indices = [source.compact_index(target.full_position(i)) for i in range(target.compact_length)]
     return _take(tensor, source, indices)
 
 
@@ -221,7 +218,9 @@ def _build_plan(graph: Graph) -> dict[str, NodePlan]:
     in_shape = graph.input_shape
     plans: dict[str, NodePlan] = {}
     if len(in_shape) < 2:
-        raise RelgraphError(f"frozen clips need an input with a time axis; '{graph.name}' takes {list(in_shape)}")
+        raise RelgraphError(
+            f"frozen clips need an input with a time axis; '{graph.name}' takes {list(in_shape)}"
+        )
     length = in_shape[1]
     plans[graph.input] = NodePlan("input", Layout(2, length, 0, length, 1), [])
     for node in graph.order[1:]:
@@ -247,7 +246,9 @@ def _merge_plan(layouts: list[Layout]) -> NodePlan:
     if any(lay.run == 0 for lay in layouts) or r1 <= r0:
         out = _full(first)
     else:
-        out = Layout(first.axis, first.length, r0, r1, max(1, min(min(lay.m for lay in layouts), r1 - r0)))
+        out = Layout(
+            first.axis, first.length, r0, r1, max(1, min(min(lay.m for lay in layouts), r1 - r0))
+        )
     return NodePlan("merge", out, [out] * len(layouts))
 
 
@@ -449,8 +450,7 @@ def _reverse(graph, plans, acts, node_rules, needed, start, rows, wanted):
                 count = _out_length(graph, node, plan, axis, last - first)
                 if out_first > lo or out_first + count < hi:  # pragma: no cover
                     raise RelgraphError(
-                        f"frozen-clip crop [{first}, {last}) does not cover outputs "
-                        f"[{lo}, {hi})",
+                        f"frozen-clip crop [{first}, {last}) does not cover outputs [{lo}, {hi})",
                         file=graph.file,
                         node=node,
                     )

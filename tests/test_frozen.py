@@ -67,7 +67,9 @@ def assert_matches_plain(graph, frames, node_rules, seed, dtype, wanted, target=
     scale = plain.relevance.abs().amax().item()  # 0 where no relevance flows: ours must be 0
     torch.testing.assert_close(ours.target, plain.target)
     out_scale = plain.output.abs().amax().item()
-    torch.testing.assert_close(ours.output, plain.output, rtol=tolerance, atol=tolerance * out_scale)
+    torch.testing.assert_close(
+        ours.output, plain.output, rtol=tolerance, atol=tolerance * out_scale
+    )
     if wanted is None:
         torch.testing.assert_close(
             ours.relevance, plain.relevance, rtol=tolerance, atol=tolerance * scale
@@ -232,7 +234,9 @@ def test_discriminative_with_and_without_the_shortcut_agree(reduce, normalize):
     slow = relgraph.discriminative(graph, clip, frozen_shortcut=False, **kwargs)
     assert fast.options["frozen_shortcut"] and not slow.options["frozen_shortcut"]
     for field in ("spatiotemporal", "spatial", "temporal", "frozen_output"):
-        torch.testing.assert_close(getattr(fast, field), getattr(slow, field), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            getattr(fast, field), getattr(slow, field), rtol=1e-12, atol=1e-12
+        )
     torch.testing.assert_close(fast.frozen_predictions, slow.frozen_predictions)
     if wanted_slices(reduce, normalize, [0]) is None:
         scale = slow.frozen_relevance.abs().amax().item()
