@@ -23,9 +23,10 @@ from relgraph.reverse import explain_with_rules, resolve_rules
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}
 PRESETS = sorted(name for name in preset_names() if name != "base")
-#: what a shipped architecture is shrunk to where its YAML has the parameter
-SMALL = {"size": 16, "width": 2, "hidden": 16}
-#: inputs up to this many values per clip are also checked in float64
+#: what a shipped architecture is shrunk to where its YAML has the parameter (dropped from
+#: the end, one at a time, where the model does not compile with them)
+SMALL = {"size": 16, "width": 2, "hidden": 16, "frames": 8}
+#: a model with more input values per clip is checked once, in float32, at full size
 SMALL_INPUT = 200_000
 
 
@@ -102,7 +103,7 @@ def _cases() -> list:
     cases = []
     for name in shipped_architectures():
         cases.append(pytest.param(name, torch.float32, id=f"{name}-float32"))
-        if not _is_big(name):  # a full-size model is checked once, in float32
+        if not _is_big(name):  # a full-size model is checked once (float32 and float64)
             cases.append(pytest.param(name, torch.float64, id=f"{name}-float64"))
     return cases
 
@@ -110,17 +111,44 @@ def _cases() -> list:
 @pytest.mark.parametrize(("name", "dtype"), _cases())
 def test_every_shipped_architecture_gives_the_plain_relevance(name, dtype):
     graph = small_graph(name, dtype)
-    big = _is_big(name)
     _, node_rules, seed = resolve_rules(graph, None, None, None)
     length = graph.input_shape[1]
-    batch = 1 if big else 3
-    frames = frames_for(graph, batch, dtype)
-    wanted = [0] if big else [0, length // 2, length - 1]
-    assert_matches_plain(graph, frames, node_rules, seed, dtype, wanted)
-    if not big:
-        assert_matches_plain(graph, frames, node_rules, seed, dtype, None)
-    else:  # every slice too, on the full model: mean/sum reductions take this path
-        assert_matches_plain(graph, frames, node_rules, seed, dtype, None)
+    if _is_big(name):
+        full_size_against_float64(graph, node_rules, seed)
+        return
+    frames = frames_for(graph, 3, dtype)
+    assert_matches_plain(graph, frames, node_rules, seed, dtype, [0, length // 2, length - 1])
+    assert_matches_plain(graph, frames, node_rules, seed, dtype, None)
+
+
+def full_size_against_float64(graph, node_rules, seed):
+    """A full-size model in float32. Its plain float32 relevance is itself only ~1e-4 from the
+    float64 one (measured on C3D with random weights: 3e-4 of the peak, 8e-5 in relative L2;
+    zβ's cancellations), so 1e-5 to the plain float32 path is not a meaningful bar there. Both
+    are compared with the float64 plain relevance: the shortcut must be as close to it as the
+    plain float32 path is (relative L2, within a factor 2), and the logits and targets equal."""
+    length = graph.input_shape[1]
+    frames = frames_for(graph, 1, torch.float32)
+    plain = explain_with_rules(graph, frozen_of(frames, length), node_rules, "auto", seed)
+    output = graph.forward(frozen_of(frames, length)).output
+    one = explain_frozen(graph, frames, node_rules, "auto", seed, wanted=[0])
+    every = explain_frozen(graph, frames, node_rules, "auto", seed)
+    torch.testing.assert_close(one.output, output, rtol=1e-5, atol=1e-5 * output.abs().max())
+    assert int(one.target) == int(output.argmax())
+    graph.to(dtype=torch.float64)
+    _, rules64, _ = resolve_rules(graph, None, None, None)
+    double = frozen_of(frames.double(), length)
+    reference = explain_with_rules(graph, double, rules64, one.target, seed).float()
+
+    def distance(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    first_plain = distance(plain[:, :, 0], reference[:, :, 0])
+    assert distance(one.relevance[:, :, 0], reference[:, :, 0]) <= 2 * first_plain + 1e-6
+    assert not one.relevance[:, :, 1:].any()
+    every_plain = distance(plain, reference)
+    assert distance(every.relevance, reference) <= 2 * every_plain + 1e-6
+    assert every_plain < 1e-3  # the plain float32 path itself is this close
 
 
 @pytest.mark.parametrize("name", PRESETS)
