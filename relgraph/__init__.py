@@ -1,5 +1,6 @@
 """relgraph: an explicit layer-wise relevance graph engine for video (3D CNN) classifiers."""
 
+from . import rules
 from .discriminative import DiscriminativeResult, discriminative
 from .errors import (
     GraphError,
@@ -21,6 +22,7 @@ from .graph import (
     load_architecture,
     shipped_architectures,
 )
+from .pipeline import VideoExplanation, explain_video
 from .reverse import Explanation, explain, explain_with_rules
 
 __version__ = "0.1.0"
@@ -39,12 +41,15 @@ __all__ = [
     "SpecError",
     "TargetError",
     "VideoError",
+    "VideoExplanation",
     "WeightsError",
     "architecture_from_yaml",
     "compile_spec",
     "discriminative",
     "explain",
+    "explain_video",
     "explain_with_rules",
     "load_architecture",
+    "rules",
     "shipped_architectures",
 ]

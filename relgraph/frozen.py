@@ -39,7 +39,7 @@ import torch
 from .errors import RelgraphError, RuleError
 from .graph import Graph
 from .ops import infer_output_shape
-from .reverse import Target, activations_needed, make_seed, resolve_target
+from .reverse import Target, _totals, lost_fraction, make_seed, resolve_target, rule_needs
 
 __all__ = ["FrozenExplanation", "Layout", "explain_frozen", "frozen_plan", "wanted_slices"]
 
@@ -303,6 +303,9 @@ class FrozenExplanation:
     relevance: torch.Tensor
     output: torch.Tensor
     target: torch.Tensor
+    #: ``(N,)``: relevance not handed on, as a fraction of the seed (``Explanation.lost_fraction``);
+    #: where a slice was wanted, of the relevance on that slice's receptive field only
+    lost_fraction: torch.Tensor
 
 
 def frozen_forward(
@@ -367,19 +370,23 @@ def explain_frozen(
     with torch.inference_mode():
         target_index = resolve_target(output, target)
         start = make_seed(output, target_index, seed)
-        needed = activations_needed(graph, node_rules) | {graph.output}
         relevance = output.new_zeros((batch, frames.shape[1], length, *frames.shape[2:]))
         groups: dict[int | None, list[int]] = {}
         for row in range(batch):
             groups.setdefault(None if wanted is None else int(wanted[row]), []).append(row)
+        lost = torch.zeros(batch, dtype=_totals(start).dtype, device=start.device)
         for slice_, rows in groups.items():
             index = None if len(rows) == batch else torch.tensor(rows, device=frames.device)
-            part = _reverse(graph, plans, acts, node_rules, needed, start, index, slice_)
+            part, part_lost = _reverse(graph, plans, acts, node_rules, start, index, slice_)
             if index is None:
-                relevance = part
+                relevance, lost = part, part_lost
             else:
                 relevance[index] = part
-    return FrozenExplanation(relevance=relevance, output=output, target=target_index)
+                lost[index] = part_lost
+        fraction = lost_fraction({"all": lost}, start)
+    return FrozenExplanation(
+        relevance=relevance, output=output, target=target_index, lost_fraction=fraction
+    )
 
 
 def _cone(plan: NodePlan, cones: list[tuple[int, int] | None]) -> tuple[int, int] | None:
@@ -397,7 +404,7 @@ def _cone(plan: NodePlan, cones: list[tuple[int, int] | None]) -> tuple[int, int
     return (min(c[0] for c in live), max(c[1] for c in live))
 
 
-def _reverse(graph, plans, acts, node_rules, needed, start, rows, wanted):
+def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
     """The reverse pass for the clips ``rows`` (``None``: all), all wanting slice ``wanted``
     (``None``: every slice)."""
     from .rules import NodeContext
@@ -417,6 +424,7 @@ def _reverse(graph, plans, acts, node_rules, needed, start, rows, wanted):
     if plans[graph.output].out is not None:
         relevance[graph.output] = (0, rows_of(start))
 
+    lost = torch.zeros_like(_totals(rows_of(start)))
     for node in reversed(graph.order[1:]):
         if node not in relevance:
             continue  # nothing reaches it from the slice's cone
@@ -464,14 +472,15 @@ def _reverse(graph, plans, acts, node_rules, needed, start, rows, wanted):
                 ranges = [(lo, hi)] * len(preds)
                 out_range = (lo, hi)
             starts = [0 if span is None else span[0] for span in ranges]
-        wants_record = getattr(rule, "needs_record", False)
+        needs = rule_needs(rule)
+        wants_record = "record" in needs
 
         def activation(q: str, span: tuple[int, int] | None) -> torch.Tensor:
             t = acts[q] if span is None else crop(acts[q], plans[q].out, *span)
             return rows_of(t)
 
         inputs = [
-            activation(q, span) if (q in needed or wants_record) else None
+            activation(q, span) if ("inputs" in needs or wants_record) else None
             for q, span in zip(preds, ranges)
         ]
         shapes = []
@@ -486,9 +495,9 @@ def _reverse(graph, plans, acts, node_rules, needed, start, rows, wanted):
         ctx = NodeContext(
             node=node,
             op=op,
-            inputs=[x if q in needed else None for q, x in zip(preds, inputs)],
+            inputs=inputs if "inputs" in needs else [None] * len(preds),
             input_shapes=shapes,
-            output=activation(node, out_range) if node in needed else None,
+            output=activation(node, out_range) if "output" in needs else None,
             tensors=graph.tensors(node),
             cache=graph.cache,
             record=record,
@@ -500,6 +509,7 @@ def _reverse(graph, plans, acts, node_rules, needed, start, rows, wanted):
                 raise
             line = graph.graph.nodes[node].get("line")
             raise RuleError(exc.message, file=graph.file, line=line, node=node) from None
+        lost = lost + _totals(r) - sum(_totals(c) for c in contributions)
         for pred, begin, contribution in zip(preds, starts, contributions):
             _accumulate(relevance, pred, plans[pred].out, begin, contribution)
         del ctx, contributions, inputs, r, node_relevance
@@ -514,7 +524,7 @@ def _reverse(graph, plans, acts, node_rules, needed, start, rows, wanted):
         kept = full.narrow(2, wanted, 1).clone()
         full.zero_()
         full.narrow(2, wanted, 1).copy_(kept)
-    return full
+    return full, lost
 
 
 def _accumulate(relevance: dict, node: str, layout: Layout | None, begin: int, r: torch.Tensor):

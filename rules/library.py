@@ -111,7 +111,7 @@ class Pass(Rule):
 
     name = "pass"
     requires = ("reshape",)
-    needs_inputs = False
+    needs = frozenset()
 
     def relevance(self, ctx, relevance):
         return [relevance.reshape(ctx.input_shapes[0])]
@@ -136,8 +136,9 @@ class Epsilon(Rule):
             raise RuleError(f"epsilon must be ≥ 0, got {self.epsilon}")
 
     @property
-    def needs_output(self) -> bool:  # the forward output is z itself when the bias is kept
-        return self.bias
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        # the forward output is z itself when the bias is kept
+        return frozenset({"inputs", "output"}) if self.bias else frozenset({"inputs"})
 
     def relevance(self, ctx, relevance):
         weight, bias = ctx.weight_and_bias()
@@ -227,7 +228,7 @@ class Gamma(_Stabilized):
     name = "gamma"
     requires = ("affine",)
     drops_bias = True
-    needs_output = True
+    needs = frozenset({"inputs", "output"})
     gamma: float = 0.25
 
     def __post_init__(self):
@@ -268,7 +269,7 @@ class ZBeta(_Stabilized):
 
     name = "zbeta"
     requires = ("affine",)
-    needs_output = True
+    needs = frozenset({"inputs", "output"})
     low: float | tuple[float, ...] | None = None
     high: float | tuple[float, ...] | None = None
     bounds: str | None = None
@@ -346,7 +347,7 @@ class Flat(_Stabilized):
     name = "flat"
     requires = ("affine",)
     drops_bias = True
-    needs_inputs = False
+    needs = frozenset()
 
     def relevance(self, ctx, relevance):
         ones = ctx.memo("1", lambda: torch.ones_like(ctx.weight_and_bias()[0]))
@@ -361,7 +362,7 @@ class WSquare(_Stabilized):
     name = "wsquare"
     requires = ("affine",)
     drops_bias = True
-    needs_inputs = False
+    needs = frozenset()
 
     def relevance(self, ctx, relevance):
         squared = ctx.memo("W²", lambda: ctx.weight_and_bias()[0] ** 2)
@@ -379,8 +380,7 @@ class WinnerTakeAll(Rule):
     name = "winner-take-all"
     requires = ("max_route",)
     # the argmax indices come from the forward pass, so the input itself need not be kept
-    needs_inputs = False
-    needs_record = True
+    needs = frozenset({"record"})
 
     def relevance(self, ctx, relevance):
         return [ctx.op.max_route(ctx.x, relevance, indices=ctx.record, x_shape=ctx.input_shapes[0])]
@@ -424,7 +424,7 @@ class Uniform(Rule):
 
     name = "uniform"
     requires = ("window",)
-    needs_inputs = False
+    needs = frozenset()
 
     def relevance(self, ctx, relevance):
         shape = ctx.input_shapes[0]
@@ -487,12 +487,9 @@ class Combine(Rule):
         return all(rule.fits(op) for _, rule in self.parts)
 
     @property
-    def needs_inputs(self) -> bool:  # type: ignore[override]
-        return any(r.needs_inputs for _, r in self.parts)
-
-    @property
-    def needs_output(self) -> bool:  # type: ignore[override]
-        return any(getattr(r, "needs_output", False) for _, r in self.parts)
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        """Everything any part needs: each part sees the same node context."""
+        return frozenset().union(*(r.needs for _, r in self.parts))
 
     def bind(self, **context: Any) -> Rule:
         parts = [(w, r.bind(**context)) for w, r in self.parts]

@@ -275,7 +275,7 @@ def halve_rule():
 
         name = "halve-for-tests"
         requires = ("reshape",)
-        needs_inputs = False
+        needs = frozenset()
         factor: float = 0.5
 
         def relevance(self, ctx, relevance):

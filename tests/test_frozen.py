@@ -75,6 +75,9 @@ def assert_matches_plain(graph, frames, node_rules, seed, dtype, wanted, target=
         torch.testing.assert_close(
             ours.relevance, plain.relevance, rtol=tolerance, atol=tolerance * scale
         )
+        torch.testing.assert_close(
+            ours.lost_fraction, plain.lost_fraction, rtol=tolerance, atol=100 * tolerance
+        )
         return
     for row, t in enumerate(wanted):
         torch.testing.assert_close(
