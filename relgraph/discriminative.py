@@ -104,7 +104,8 @@ class DiscriminativeResult:
         on to the input (bias shares, the stabiliser's ε, zeroed denominators; see
         ``Explanation.lost_fraction``).
     frozen_lost_fraction
-        ``(B, T)``: the same for each frozen clip.
+        ``(B, T)``: the same for each frozen clip (where the frozen-clip shortcut explained
+        one slice only: of the relevance on that slice's receptive field).
     options
         The options used: ``target`` (as given), ``rules``, ``seed``, ``reduce``,
         ``normalize``, ``batch_size``, ``frozen_shortcut``, ``preprocess``.
