@@ -441,10 +441,14 @@ def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
         else:
             axis = plan.out.axis
             lo, r = node_relevance
+            if wanted is None:  # slices outside every cone read only padding: lost, as plain
+                untrimmed = _totals(r)
             c0, c1 = cones[node]
             hi = lo + r.shape[axis]
             a, b = max(lo, c0), min(hi, c1)
             if b <= a:
+                if wanted is None:
+                    lost = lost + untrimmed
                 continue
             if (a, b) != (lo, hi):
                 r = r.narrow(axis, a - lo, b - a)
@@ -509,7 +513,11 @@ def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
                 raise
             line = graph.graph.nodes[node].get("line")
             raise RuleError(exc.message, file=graph.file, line=line, node=node) from None
-        lost = lost + _totals(r) - sum(_totals(c) for c in contributions)
+        handed = sum(_totals(c) for c in contributions)
+        if wanted is None and plan.out is not None:
+            lost = lost + untrimmed - handed
+        else:
+            lost = lost + _totals(r) - handed
         for pred, begin, contribution in zip(preds, starts, contributions):
             _accumulate(relevance, pred, plans[pred].out, begin, contribution)
         del ctx, contributions, inputs, r, node_relevance
