@@ -820,6 +820,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="input preset the zβ bounds follow (default: the architecture's)",
     )
     table.set_defaults(handler=command_rules_show)
+    from .evaluate_cli import add_evaluate_command
+
+    add_evaluate_command(commands)
     return parser
 
 
