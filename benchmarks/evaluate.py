@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--sanity-clips", type=int, default=100)
+    parser.add_argument(
+        "--replacements", nargs="+", default=["freeze", "blur", "mean"], help="fill strategies"
+    )
+    parser.add_argument("--no-frames", action="store_true", help="skip frame deletion/insertion")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     parser.add_argument("--figures", type=Path, help="folder for the two PNG plots")
@@ -80,6 +84,8 @@ def run(args: argparse.Namespace) -> dict:
         steps=args.steps,
         batch_size=args.batch_size,
         sanity_clips=args.sanity_clips,
+        replacements=tuple(args.replacements),
+        frames=not args.no_frames,
         progress=True,
     )
     report["config"]["weights"] = str(args.weights) if args.weights else "shipped demo"
@@ -142,11 +148,11 @@ def plot_sanity(report: dict, path: Path) -> None:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     report = run(args)
-    print(markdown(report))
-    print(f"\ntotal {report['total_seconds']:.0f} s on {report['config']['threads']} threads")
-    if args.out:
+    if args.out:  # first, so that the numbers survive a failure below
         write_json(args.out, report)
         print(f"wrote {args.out}")
+    print(markdown(report))
+    print(f"\ntotal {report['total_seconds']:.0f} s on {report['config']['threads']} threads")
     if args.figures:
         args.figures.mkdir(parents=True, exist_ok=True)
         plot_curves(report, args.figures / "evaluation-perturbation.png")

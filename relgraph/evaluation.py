@@ -225,14 +225,15 @@ def run_evaluation(
     replacements: Sequence[str] = metrics.REPLACEMENTS,
     batch_size: int = 64,
     sanity_clips: int = 0,
+    frames: bool = True,
     progress: bool = False,
 ) -> dict:
     """Compute every map and every metric; a JSON-ready report (see :func:`markdown`).
 
     Every map gets region perturbation with ``freeze`` (MoRF and LeRF) and localisation on
     each mask; :data:`DEFAULT_MAPS` also get the other replacements, frame deletion and
-    insertion, and (on the first ``sanity_clips`` clips) cascading randomisation. The
-    explained class is each clip's prediction.
+    insertion (unless ``frames`` is False), and (on the first ``sanity_clips`` clips)
+    cascading randomisation. The explained class is each clip's prediction.
     """
     started = time.perf_counter()
     model = metrics.model_function(graph)
@@ -279,7 +280,7 @@ def run_evaluation(
             }
             if how == "freeze":
                 entry["_aopc_freeze_per_clip"] = metrics.aopc(morf).tolist()
-        if name in DEFAULT_MAPS:
+        if frames and name in DEFAULT_MAPS:
             for mode in ("deletion", "insertion"):
                 curve = metrics.frame_perturbation(
                     model, data.clips, values, targets, mode=mode, batch_size=batch_size
@@ -311,6 +312,7 @@ def run_evaluation(
             "variants": variants,
             "batch_size": batch_size,
             "sanity_clips": sanity_clips,
+            "frames": frames,
             "target": "predicted",
         },
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from relgraph.synthetic import make_clip, make_dataset, make_set
 
@@ -55,16 +54,3 @@ def test_make_clip_has_the_option_and_the_mask():
     clip = make_clip(1, np.random.default_rng(2), irrelevant_motion=True)
     assert clip.irrelevant.shape == clip.moving.shape and clip.irrelevant.any()
     assert not make_clip(1, np.random.default_rng(2)).irrelevant.any()
-
-
-def test_the_demo_model_keeps_95_percent_on_clips_with_irrelevant_motion():
-    from relgraph.demo_model import DEMO_PREPROCESS, load_demo_model
-    from relgraph.preprocess import get_preprocess
-
-    model = load_demo_model()
-    data = make_set(200, seed=424_242, irrelevant_motion=True)
-    preprocess = get_preprocess(DEMO_PREPROCESS, size=model.input_shape[2])
-    clips = torch.stack([preprocess(clip) for clip in data.frames])
-    predicted = model.forward(clips, keep=()).output.argmax(1).numpy()
-    accuracy = float(np.mean(predicted == data.labels))
-    assert accuracy >= 0.95, f"accuracy {accuracy:.3f} on 200 clips with irrelevant motion"
