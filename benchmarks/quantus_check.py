@@ -3,7 +3,7 @@
 Quantus (``pip install -e .[bench]``; it pulls pandas, scipy, scikit-learn, scikit-image
 and opencv, too heavy for the test extras) refuses 5-D video, so the check runs on images:
 a small torch image CNN, random maps without ties, patches of ``--patch`` pixels replaced
-by 0 (Quantus's ``perturb_baseline="black"``, relgraph's ``mean`` with mean 0), one patch
+by 0 (Quantus's ``perturb_baseline=0.0``, relgraph's ``mean`` with mean 0), one patch
 per step, MoRF. An image is a clip of one frame: relgraph sees ``(B, C, 1, H, W)`` and cubes
 ``(1, p, p)``.
 
@@ -54,7 +54,7 @@ def compare(images: int = 8, patch: int = 4, size: int = 16, softmax: bool = Tru
     metric = quantus.RegionPerturbation(
         patch_size=patch,
         regions_evaluation=regions,
-        perturb_baseline="black",
+        perturb_baseline=0.0,
         order="morf",
         normalise=False,
         abs=False,
