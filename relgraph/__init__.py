@@ -1,5 +1,6 @@
 """relgraph: an explicit layer-wise relevance graph engine for video (3D CNN) classifiers."""
 
+from . import rules
 from .discriminative import DiscriminativeResult, discriminative
 from .errors import (
     GraphError,
@@ -46,5 +47,6 @@ __all__ = [
     "explain",
     "explain_with_rules",
     "load_architecture",
+    "rules",
     "shipped_architectures",
 ]

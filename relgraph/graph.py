@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,9 @@ import yaml
 
 from .errors import GraphError, RelgraphError, ShapeError, SpecError, WeightsError, did_you_mean
 from .ops import OPS, Input, Op, OpDefinitionError, infer_output_shape
+from .resources import shipped_names, shipped_path
 from .spec import ArchSpec, load_yaml, parse_spec
+from .weights import LoadReport, checked_state_dict, save_weights
 
 
 @dataclass
@@ -164,16 +166,54 @@ class Graph:
             f"{node}.{name}": t for node in self.order for name, t in self.tensors(node).items()
         }
 
-    def load_weights(self, source: str | os.PathLike | dict, *, strict: bool = True):
-        """Load weights from a file or a state dict; see ``relgraph.weights.load_weights``."""
-        from .weights import load_weights
+    def assign(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Set weights from ``{"node.tensor": tensor}`` (each cast to and copied onto the
+        graph's dtype and device) and drop every cache built from the old ones.
 
-        return load_weights(self, source, strict=strict)
+        Every key must name a tensor of the graph, with its shape; nothing is assigned
+        otherwise. ``load_weights`` reads, renames and checks a file and calls this.
+        """
+        targets = []
+        for key, value in state.items():
+            node, _, tname = key.rpartition(".")
+            shapes = self.graph.nodes[node]["tensor_shapes"] if node in self.graph else {}
+            if tname not in shapes:
+                raise WeightsError(f"'{key}' names no tensor of the graph", file=self.file)
+            if tuple(value.shape) != tuple(shapes[tname]):
+                raise WeightsError(
+                    f"'{key}' is {list(value.shape)}, the graph needs {list(shapes[tname])}",
+                    file=self.file,
+                )
+            if not value.is_floating_point():
+                raise WeightsError(f"'{key}' is {value.dtype}, not floating point", file=self.file)
+            targets.append((node, tname, value))
+        for node, tname, value in targets:
+            current = self.tensors(node).get(tname)
+            dtype = current.dtype if current is not None else self.dtype
+            device = current.device if current is not None else self.device
+            self.tensors(node)[tname] = value.detach().to(dtype=dtype, device=device).clone()
+        self.cache.clear()
+
+    def load_weights(self, source: str | os.PathLike | dict, *, strict: bool = True) -> LoadReport:
+        """Load weights from a file or a state dict and return what was loaded.
+
+        The file is read, renamed and checked by ``relgraph.weights.checked_state_dict`` (see
+        there for the formats and ``strict``), then assigned (``assign``). Nodes a Sports-1M
+        file cannot hold (``fc8``) keep their values, with a warning.
+        """
+        state, report = checked_state_dict(self, source, strict=strict)
+        self.assign(state)
+        if report.not_in_file:
+            warnings.warn(
+                f"{report.source}: the file has no weights for {', '.join(report.not_in_file)}; "
+                "they keep their initial (random) values. Fine-tune or load them before "
+                "explaining.",
+                stacklevel=2,
+            )
+        return report
 
     def save_weights(self, path: str | os.PathLike) -> None:
         """Write the weights: safetensors for ``.safetensors``, else a torch state dict."""
-        from .weights import save_weights
-
         save_weights(self, path)
 
     # ------------------------------------------------------------------ forward
@@ -486,8 +526,7 @@ def compile_spec(
 
 def shipped_architectures() -> list[str]:
     """Names of the architectures shipped with relgraph."""
-    folder = resources.files("relgraph.architectures")
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return shipped_names("architecture")
 
 
 def architecture_path(name_or_path: str | os.PathLike) -> Path:
@@ -498,15 +537,7 @@ def architecture_path(name_or_path: str | os.PathLike) -> Path:
         if not path.is_file():
             raise SpecError("architecture file not found", file=text)
         return path
-    folder = resources.files("relgraph.architectures")
-    candidate = folder / f"{text}.yaml"
-    if not candidate.is_file():
-        names = shipped_architectures()
-        raise SpecError(
-            f"no architecture named '{text}'{did_you_mean(text, names)} "
-            f"(shipped: {', '.join(names)}; or give a path to a YAML file)"
-        )
-    return Path(str(candidate))
+    return shipped_path("architecture", text)
 
 
 _NODE_ITEM = re.compile(r"""^\s*-\s*\{?\s*name\s*:\s*["']?([^"',}\s]+)""")

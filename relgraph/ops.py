@@ -2,7 +2,8 @@
 
 Each op is a small object built from the fields of its YAML node. It knows
 
-- its fields (names, types, defaults) for validation and for writing YAML back,
+- its fields, declared as typed ``Field`` class attributes (checking, defaults and the YAML
+  round trip live in ``relgraph.fields``),
 - the shapes of its parameter tensors and its output, given its input shapes,
 - its forward computation,
 - the adjoint maps its family offers to rules (rules ask for a capability, never an op type):
@@ -14,118 +15,70 @@ Each op is a small object built from the fields of its YAML node. It knows
   ``max_route``   ``max_route(x, R)``: route R to the forward's argmax (max pools)
   ``split``       ``split(inputs, R, divide)``: hand R back to several inputs (add, concat)
   ``reshape``     relevance passes through unchanged, reshaped (relu, dropout, flatten, ...)
+
+A new op is one class decorated with ``@register_op("name")``: its fields as ``Field``
+attributes, its ``forward``, and the capability methods of its family. Ops over 1, 2 or 3
+spatial dimensions subclass ``Spatial`` and register once for all
+(``@register_op("conv{dims}d", dims=(1, 2, 3))``); their ``dims`` is a constructor value.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
 
-from .errors import did_you_mean
+from .fields import Field, Ints, OpDefinitionError, check_fields, fields_of, to_yaml
 
 Shape = tuple[int, ...]
 
-_REQUIRED = object()
+OPS: dict[str, Callable[..., Op]] = {}
+"""Every op by its YAML name: a class, or for ``conv3d`` and its kin the class with its number
+of spatial dimensions bound (``OPS["conv3d"](**fields)`` builds the op). Filled by
+``register_op``."""
+
+OpClass = TypeVar("OpClass", bound="type[Op]")
 
 
-class OpDefinitionError(ValueError):
-    """Raised by ops for a bad field or shape; the compiler adds file, line and node."""
+def register_op(name: str, *, dims: Sequence[int] = ()) -> Callable[[OpClass], OpClass]:
+    """Class decorator: make an op known to the YAML loader under ``name``.
 
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
+    With ``dims`` the op is a ``Spatial`` one and ``name`` holds ``{dims}``: it is registered
+    once per number of spatial dimensions (``@register_op("conv{dims}d", dims=(1, 2, 3))``
+    gives ``conv1d``, ``conv2d`` and ``conv3d``).
+    """
 
+    def register(cls: OpClass) -> OpClass:
+        if dims:
+            if not issubclass(cls, Spatial):
+                raise TypeError(f"{cls.__name__} takes no dims: it is not a Spatial op")
+            names = {name.format(dims=d): functools.partial(cls, d) for d in dims}
+            cls.type_template = name
+        else:
+            names = {name: cls}
+            cls.type = name
+        for key, factory in names.items():
+            if key in OPS:
+                raise ValueError(f"op '{key}' is registered twice")
+            OPS[key] = factory
+        return cls
 
-@dataclass(frozen=True)
-class Field:
-    """One YAML field of an op: its kind, default and a short description."""
-
-    kind: str  # "int", "ints", "bool", "float", "int?" (int or null)
-    default: Any = _REQUIRED
-    doc: str = ""
-
-    @property
-    def required(self) -> bool:
-        return self.default is _REQUIRED
-
-
-def _show(value: Any) -> str:
-    """``repr(value)``, shortened: a fuzzed file may hold a 400-digit number."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _check_value(op: str, name: str, field: Field, value: Any, dims: int) -> Any:
-    """Validate one field value and return it in canonical form (tuples for ``ints``)."""
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    kind = field.kind
-    if kind == "int?" and value is None:
-        return None
-    if kind in ("int", "int?"):
-        if not is_int(value):
-            raise OpDefinitionError(
-                f"field '{name}' of {op} must be an integer, got {_show(value)}", name
-            )
-        return value
-    if kind == "ints":
-        if is_int(value):
-            return (value,) * dims
-        if isinstance(value, (list, tuple)) and all(is_int(v) for v in value):
-            if len(value) != dims:
-                raise OpDefinitionError(
-                    f"field '{name}' of {op} needs {dims} values (one per spatial dimension), "
-                    f"got {len(value)}: {list(value)}",
-                    name,
-                )
-            return tuple(value)
-        raise OpDefinitionError(
-            f"field '{name}' of {op} must be an integer or a list of {dims} integers, "
-            f"got {_show(value)}",
-            name,
-        )
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise OpDefinitionError(
-                f"field '{name}' of {op} must be true or false, got {_show(value)}", name
-            )
-        return value
-    if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise OpDefinitionError(
-                f"field '{name}' of {op} must be a number, got {_show(value)}", name
-            )
-        try:
-            number = float(value)
-        except OverflowError:  # an integer beyond any float
-            number = math.inf
-        if not math.isfinite(number):
-            raise OpDefinitionError(
-                f"field '{name}' of {op} must be a finite number, got {_show(value)}", name
-            )
-        return number
-    if kind == "shape":
-        if isinstance(value, (list, tuple)) and value and all(is_int(v) for v in value):
-            return tuple(value)
-        raise OpDefinitionError(
-            f"field '{name}' of {op} must be a non-empty list of integers, got {_show(value)}", name
-        )
-    raise AssertionError(kind)  # pragma: no cover
+    return register
 
 
 class Op:
-    """Base class: one node's computation. Subclasses set ``type`` and ``fields``."""
+    """Base class: one node's computation. Subclasses declare their YAML fields as ``Field``
+    class attributes (``relgraph.fields``) and register with ``register_op``."""
 
-    type: ClassVar[str]
+    type: str = ""
+    #: every YAML field, gathered from the class attributes (see ``relgraph.fields``)
     fields: ClassVar[dict[str, Field]] = {}
-    dims: ClassVar[int] = 1
+    #: number of spatial dimensions (``Spatial`` ops take it at construction)
+    dims: int = 1
     #: number of inputs; ``None`` means two or more
     arity: ClassVar[int | None] = 1
     #: adjoint capabilities offered to rules (see module docstring)
@@ -133,42 +86,29 @@ class Op:
     #: parameter tensors that a weight file may carry but the op does not need
     optional_tensors: ClassVar[frozenset[str]] = frozenset()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.fields = fields_of(cls)
+
     def __init__(self, **attrs: Any) -> None:
-        unknown = sorted(set(attrs) - set(self.fields))
-        if unknown:
-            raise OpDefinitionError(
-                f"unknown field '{unknown[0]}' for op {self.type}"
-                f"{did_you_mean(unknown[0], self.fields)} "
-                f"(allowed: {', '.join(self.fields) or 'none'})",
-                unknown[0],
-            )
-        self.attrs: dict[str, Any] = {}
-        for name, field in self.fields.items():
-            if name in attrs:
-                self.attrs[name] = _check_value(self.type, name, field, attrs[name], self.dims)
-            elif field.required:
-                raise OpDefinitionError(f"op {self.type} needs the field '{name}'", name)
-            elif field.default is None:
-                self.attrs[name] = None
-            else:
-                self.attrs[name] = _check_value(self.type, name, field, field.default, self.dims)
+        self.attrs: dict[str, Any] = check_fields(self.type, self.fields, attrs, self.dims)
         self._validate()
 
-    def __getattr__(self, name: str) -> Any:
-        attrs = self.__dict__.get("attrs")
-        if attrs is not None and name in attrs:
-            return attrs[name]
-        raise AttributeError(name)
+    def _args(self) -> list[str]:
+        return [f"{k}={v!r}" for k, v in self.attrs.items()]
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in self.attrs.items())
-        return f"{type(self).__name__}({fields})"
+        return f"{type(self).__name__}({', '.join(self._args())})"
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.attrs == other.attrs  # type: ignore[attr-defined]
+        return (
+            type(self) is type(other)
+            and self.type == other.type  # type: ignore[attr-defined]
+            and self.attrs == other.attrs  # type: ignore[attr-defined]
+        )
 
     def __hash__(self) -> int:
-        return hash((type(self), tuple(sorted(self.attrs.items()))))
+        return hash((type(self), self.type, tuple(sorted(self.attrs.items()))))
 
     def _validate(self) -> None:
         """Check field values against each other."""
@@ -200,7 +140,26 @@ class Op:
 
     def yaml_fields(self) -> dict[str, Any]:
         """Fields to write back to YAML: every field, tuples as lists."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.attrs.items()}
+        return to_yaml(self.attrs)
+
+
+class Spatial(Op):
+    """An op over 1, 2 or 3 spatial dimensions. The number is a constructor value
+    (``ConvNd(3, out_channels=64, kernel_size=3)``) and part of the YAML name (``conv3d``),
+    never a YAML field."""
+
+    #: the YAML name with ``{dims}`` (set by ``register_op``)
+    type_template: ClassVar[str] = ""
+
+    def __init__(self, dims: int, /, **attrs: Any) -> None:
+        if dims not in (1, 2, 3):
+            raise OpDefinitionError(f"{type(self).__name__} takes 1, 2 or 3 dims, got {dims!r}")
+        self.dims = dims
+        self.type = self.type_template.format(dims=dims)
+        super().__init__(**attrs)
+
+    def _args(self) -> list[str]:
+        return [str(self.dims), *super()._args()]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -247,11 +206,11 @@ def _channels_of(op: Op, shape: Shape, want_rank: int, what: str) -> int:
 # --------------------------------------------------------------------------- input
 
 
+@register_op("input")
 class Input(Op):
     """The graph's input; its activation is the tensor given to ``forward``."""
 
-    type = "input"
-    fields = {"shape": Field("shape", doc="shape without batch, e.g. [3, 16, 112, 112]")}
+    shape = Field[Shape]("shape", doc="shape without batch, e.g. [3, 16, 112, 112]")
     arity = 0
     capabilities = frozenset()
 
@@ -306,18 +265,18 @@ class Affine(Op):
         return self.linear_map(inputs[0], weight, bias)
 
 
-class ConvNd(Affine):
-    dims: ClassVar[int]
-    fields = {
-        "in_channels": Field("int?", None, "inferred from the input when left out"),
-        "out_channels": Field("int"),
-        "kernel_size": Field("ints"),
-        "stride": Field("ints", 1),
-        "padding": Field("ints", 0),
-        "dilation": Field("ints", 1),
-        "groups": Field("int", 1),
-        "bias": Field("bool", True),
-    }
+@register_op("conv{dims}d", dims=(1, 2, 3))
+class ConvNd(Spatial, Affine):
+    """Convolution over ``dims`` spatial dimensions (``torch.nn.Conv3d`` and kin)."""
+
+    in_channels = Field[int | None]("int?", None, "inferred from the input when left out")
+    out_channels = Field[int]("int")
+    kernel_size = Field[Ints]("ints")
+    stride = Field[Ints]("ints", 1)
+    padding = Field[Ints]("ints", 0)
+    dilation = Field[Ints]("ints", 1)
+    groups = Field[int]("int", 1)
+    bias = Field[bool]("bool", True)
 
     def _validate(self) -> None:
         for name in ("kernel_size", "stride", "dilation"):
@@ -338,7 +297,7 @@ class ConvNd(Affine):
     def resolve(self, in_shapes):
         channels = _channels_of(self, in_shapes[0], self.dims + 1, f"(C, {self.dims} spatial dims)")
         if self.in_channels is None:
-            self.attrs["in_channels"] = channels
+            self.in_channels = channels
         elif self.in_channels != channels:
             raise OpDefinitionError(
                 f"in_channels is {self.in_channels} but its input has {channels} channels "
@@ -386,28 +345,11 @@ class ConvNd(Affine):
         )
 
 
-class Conv1d(ConvNd):
-    type = "conv1d"
-    dims = 1
-
-
-class Conv2d(ConvNd):
-    type = "conv2d"
-    dims = 2
-
-
-class Conv3d(ConvNd):
-    type = "conv3d"
-    dims = 3
-
-
+@register_op("linear")
 class Linear(Affine):
-    type = "linear"
-    fields = {
-        "in_features": Field("int?", None, "inferred from the input when left out"),
-        "out_features": Field("int"),
-        "bias": Field("bool", True),
-    }
+    in_features = Field[int | None]("int?", None, "inferred from the input when left out")
+    out_features = Field[int]("int")
+    bias = Field[bool]("bool", True)
 
     def _validate(self):
         if self.out_features < 1:
@@ -421,7 +363,7 @@ class Linear(Affine):
                 "add a flatten node before it"
             )
         if self.in_features is None:
-            self.attrs["in_features"] = shape[0]
+            self.in_features = shape[0]
         elif self.in_features != shape[0]:
             raise OpDefinitionError(
                 f"in_features is {self.in_features} but its input has {shape[0]} features",
@@ -448,15 +390,13 @@ class Linear(Affine):
         return s @ weight
 
 
-class BatchNormNd(Affine):
+@register_op("batchnorm{dims}d", dims=(1, 2, 3))
+class BatchNormNd(Spatial, Affine):
     """Batch norm in inference mode, seen by rules as the affine map ``x·scale + shift``."""
 
-    dims: ClassVar[int]
-    fields = {
-        "num_features": Field("int?", None, "inferred from the input when left out"),
-        "eps": Field("float", 1e-5),
-        "affine": Field("bool", True),
-    }
+    num_features = Field[int | None]("int?", None, "inferred from the input when left out")
+    eps = Field[float]("float", 1e-5)
+    affine = Field[bool]("bool", True)
     optional_tensors = frozenset({"num_batches_tracked"})
 
     def _validate(self):
@@ -473,7 +413,7 @@ class BatchNormNd(Affine):
                 f"(batch left out), got shape {list(shape)}"
             )
         if self.num_features is None:
-            self.attrs["num_features"] = shape[0]
+            self.num_features = shape[0]
         elif self.num_features != shape[0]:
             raise OpDefinitionError(
                 f"num_features is {self.num_features} but its input has {shape[0]} channels",
@@ -517,34 +457,21 @@ class BatchNormNd(Affine):
         return s * self._per_channel(weight, s)
 
 
-class BatchNorm1d(BatchNormNd):
-    type = "batchnorm1d"
-    dims = 1
-
-
-class BatchNorm2d(BatchNormNd):
-    type = "batchnorm2d"
-    dims = 2
-
-
-class BatchNorm3d(BatchNormNd):
-    type = "batchnorm3d"
-    dims = 3
-
-
 # --------------------------------------------------------------------------- pooling
 
 
-class PoolNd(Op):
+class PoolNd(Spatial):
     """A pooling op. ``window_sum`` is a depthwise convolution with a kernel of ones over
     the zero-padded input, so its adjoint is the matching transposed convolution."""
 
-    dims: ClassVar[int]
+    kernel_size = Field[Ints]("ints")
+    stride = Field[Ints]("ints", None, "defaults to kernel_size")
+    padding = Field[Ints]("ints", 0)
     capabilities = frozenset({"window"})
 
     def _validate(self):
-        if self.attrs.get("stride") is None:
-            self.attrs["stride"] = self.kernel_size
+        if self.attrs["stride"] is None:
+            self.stride = self.kernel_size
         for name in ("kernel_size", "stride", "dilation"):
             if name in self.attrs and min(self.attrs[name]) < 1:
                 raise OpDefinitionError(
@@ -657,15 +584,11 @@ class PoolNd(Op):
         return full[(..., *index)]
 
 
+@register_op("maxpool{dims}d", dims=(1, 2, 3))
 class MaxPoolNd(PoolNd):
     capabilities = frozenset({"window", "max_route"})
-    fields = {
-        "kernel_size": Field("ints"),
-        "stride": Field("ints", None, "defaults to kernel_size"),
-        "padding": Field("ints", 0),
-        "dilation": Field("ints", 1),
-        "ceil_mode": Field("bool", False),
-    }
+    dilation = Field[Ints]("ints", 1)
+    ceil_mode = Field[bool]("bool", False)
 
     def _pool(self, x: torch.Tensor, return_indices: bool = False):
         fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[self.dims]
@@ -703,29 +626,10 @@ class MaxPoolNd(PoolNd):
         return routed.view(shape)
 
 
-class MaxPool1d(MaxPoolNd):
-    type = "maxpool1d"
-    dims = 1
-
-
-class MaxPool2d(MaxPoolNd):
-    type = "maxpool2d"
-    dims = 2
-
-
-class MaxPool3d(MaxPoolNd):
-    type = "maxpool3d"
-    dims = 3
-
-
+@register_op("avgpool{dims}d", dims=(1, 2, 3))
 class AvgPoolNd(PoolNd):
-    fields = {
-        "kernel_size": Field("ints"),
-        "stride": Field("ints", None, "defaults to kernel_size"),
-        "padding": Field("ints", 0),
-        "ceil_mode": Field("bool", False),
-        "count_include_pad": Field("bool", True),
-    }
+    ceil_mode = Field[bool]("bool", False)
+    count_include_pad = Field[bool]("bool", True)
 
     def forward(self, inputs, tensors):
         fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[self.dims]
@@ -739,28 +643,13 @@ class AvgPoolNd(PoolNd):
         )
 
 
-class AvgPool1d(AvgPoolNd):
-    type = "avgpool1d"
-    dims = 1
-
-
-class AvgPool2d(AvgPoolNd):
-    type = "avgpool2d"
-    dims = 2
-
-
-class AvgPool3d(AvgPoolNd):
-    type = "avgpool3d"
-    dims = 3
-
-
-class AdaptiveAvgPoolNd(Op):
+@register_op("adaptive_avgpool{dims}d", dims=(1, 2, 3))
+class AdaptiveAvgPoolNd(Spatial):
     """Adaptive average pooling. Its windows are separable bins, so ``window_sum`` is a
     product of one 0/1 bin matrix per spatial dimension, and the adjoint their transposes."""
 
-    dims: ClassVar[int]
     capabilities = frozenset({"window"})
-    fields = {"output_size": Field("ints")}
+    output_size = Field[Ints]("ints")
 
     def resolve(self, in_shapes):
         shape = in_shapes[0]
@@ -801,21 +690,6 @@ class AdaptiveAvgPoolNd(Op):
         return self._contract(s, s.shape[2:], x_shape[2:], transpose=True)
 
 
-class AdaptiveAvgPool1d(AdaptiveAvgPoolNd):
-    type = "adaptive_avgpool1d"
-    dims = 1
-
-
-class AdaptiveAvgPool2d(AdaptiveAvgPoolNd):
-    type = "adaptive_avgpool2d"
-    dims = 2
-
-
-class AdaptiveAvgPool3d(AdaptiveAvgPoolNd):
-    type = "adaptive_avgpool3d"
-    dims = 3
-
-
 # --------------------------------------------------------------------------- shape-preserving
 
 
@@ -825,18 +699,17 @@ class Elementwise(Op):
     capabilities = frozenset({"reshape"})
 
 
+@register_op("relu")
 class ReLU(Elementwise):
-    type = "relu"
-
     def forward(self, inputs, tensors):
         return F.relu(inputs[0])
 
 
+@register_op("dropout")
 class Dropout(Elementwise):
     """Dropout at inference: the identity."""
 
-    type = "dropout"
-    fields = {"p": Field("float", 0.5)}
+    p = Field[float]("float", 0.5)
 
     def _validate(self):
         if not 0.0 <= self.p < 1.0:
@@ -846,25 +719,23 @@ class Dropout(Elementwise):
         return inputs[0]
 
 
+@register_op("identity")
 class Identity(Elementwise):
-    type = "identity"
-
     def forward(self, inputs, tensors):
         return inputs[0]
 
 
+@register_op("flatten")
 class Flatten(Elementwise):
     """Flatten every dimension but the batch."""
-
-    type = "flatten"
 
     def forward(self, inputs, tensors):
         return inputs[0].flatten(1)
 
 
+@register_op("reshape")
 class Reshape(Elementwise):
-    type = "reshape"
-    fields = {"shape": Field("shape", doc="new shape without batch; one entry may be -1")}
+    shape = Field[Shape]("shape", doc="new shape without batch; one entry may be -1")
 
     def resolve(self, in_shapes):
         known = [v for v in self.shape if v != -1]
@@ -897,9 +768,8 @@ class Merge(Op):
         raise NotImplementedError
 
 
-class Add(Merge):
-    type = "add"
-    # no "window": add has no window_sum; rules reach its inputs through split
+@register_op("add")
+class Add(Merge):  # no "window": add has no window_sum; rules reach its inputs through split
     capabilities = frozenset({"split"})
 
     def resolve(self, in_shapes):
@@ -916,9 +786,9 @@ class Add(Merge):
         return [x * share for x in inputs]
 
 
+@register_op("concat")
 class Concat(Merge):
-    type = "concat"
-    fields = {"dim": Field("int", 1, "dimension to join along, counting the batch as 0")}
+    dim = Field[int]("int", 1, "dimension to join along, counting the batch as 0")
 
     def _validate(self):
         if self.dim < 1:
@@ -947,38 +817,7 @@ class Concat(Merge):
         return list(torch.split(relevance, [x.shape[self.dim] for x in inputs], dim=self.dim))
 
 
-# --------------------------------------------------------------------------- registry
-
-OPS: dict[str, type[Op]] = {
-    cls.type: cls
-    for cls in (
-        Input,
-        Conv1d,
-        Conv2d,
-        Conv3d,
-        Linear,
-        BatchNorm1d,
-        BatchNorm2d,
-        BatchNorm3d,
-        MaxPool1d,
-        MaxPool2d,
-        MaxPool3d,
-        AvgPool1d,
-        AvgPool2d,
-        AvgPool3d,
-        AdaptiveAvgPool1d,
-        AdaptiveAvgPool2d,
-        AdaptiveAvgPool3d,
-        ReLU,
-        Dropout,
-        Identity,
-        Flatten,
-        Reshape,
-        Add,
-        Concat,
-    )
-}
-"""Every op by its YAML name."""
+# --------------------------------------------------------------------------- shapes
 
 
 def infer_output_shape(

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from .errors import WeightsError
+from .outputs import atomic_path
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for annotations only: graph.py imports this module
     from .graph import Graph
 
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net")
@@ -55,8 +57,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     is_safetensors = path.suffix == ".safetensors" or (len(head) > 9 and head[8:9] == b"{")
     try:
         if is_safetensors:
-            from safetensors.torch import load_file
-
             data = load_file(str(path), device="cpu")
         else:
             with warnings.catch_warnings():
@@ -150,10 +150,12 @@ def _map_indexed(graph: Graph, state: dict[str, torch.Tensor], source: str):
     return renamed, missing
 
 
-def load_weights(
+def checked_state_dict(
     graph: Graph, source: str | os.PathLike | dict, *, strict: bool = True
-) -> LoadReport:
-    """Load weights into ``graph`` from a file or a state dict.
+) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """Read weights for ``graph`` from a file or a state dict, renamed to its nodes and checked.
+
+    Nothing is assigned: ``Graph.assign`` does that (``Graph.load_weights`` does both).
 
     Parameters
     ----------
@@ -162,11 +164,14 @@ def load_weights(
     strict
         If true, any missing, unexpected or mis-shaped tensor is an error that lists them
         all. Nodes that a Sports-1M file cannot hold (``fc8``) are never an error: they keep
-        their initial values, with a warning. If false, loads what fits and reports the rest.
+        their initial values (``LoadReport.not_in_file``). If false, keeps what fits and
+        reports the rest.
 
     Returns
     -------
-    LoadReport
+    state, report
+        ``{"node.tensor": tensor}`` with only the graph's own, well-shaped, floating-point
+        tensors (as read: not yet cast or moved), and what was found.
     """
     if isinstance(source, dict):
         name = "<state dict>"
@@ -224,38 +229,18 @@ def load_weights(
         raise WeightsError(
             "these tensors are not floating point: " + ", ".join(not_float), file=name
         )
-    report = LoadReport(source=name, naming=naming)
-    for key in to_load:
-        node, tname, _ = expected[key]
-        current = graph.tensors(node).get(tname)
-        target_dtype = current.dtype if current is not None else graph.dtype
-        target_device = current.device if current is not None else graph.device
-        graph.tensors(node)[tname] = (
-            state[key].detach().to(dtype=target_dtype, device=target_device).clone()
-        )
-        report.loaded.append(key)
+    report = LoadReport(source=name, naming=naming, loaded=list(to_load))
     report.skipped = sorted(set(unexpected) | set(misshaped)) + [f"{k} (missing)" for k in missing]
-    if allowed_missing:
-        report.not_in_file = [n for n in allowed_missing]
-        warnings.warn(
-            f"{name}: the file has no weights for {', '.join(allowed_missing)}; "
-            "they keep their initial (random) values. Fine-tune or load them before explaining.",
-            stacklevel=3,
-        )
-    graph.cache.clear()
-    return report
+    report.not_in_file = list(allowed_missing)
+    return {key: state[key] for key in to_load}, report
 
 
 def save_weights(graph: Graph, path: str | os.PathLike) -> None:
     """Write ``graph.state_dict()``: safetensors for ``.safetensors``, else ``torch.save``."""
-    from .outputs import atomic_path
-
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in graph.state_dict().items()}
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
-
             save_file(state, str(tmp), metadata={"architecture": graph.name})
         else:
             torch.save(state, tmp)

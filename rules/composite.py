@@ -20,13 +20,13 @@ import fnmatch
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
 from relgraph.errors import RuleError, did_you_mean
+from relgraph.resources import shipped_names, shipped_path
 
 from .base import Rule, make_rule
 
@@ -204,15 +204,9 @@ class Composite:
 # --------------------------------------------------------------------------- presets
 
 
-def _presets_folder():
-    return resources.files("relgraph.rules") / "presets"
-
-
 def preset_names() -> list[str]:
     """Names of the shipped rule presets."""
-    return sorted(
-        p.name[: -len(".yaml")] for p in _presets_folder().iterdir() if p.name.endswith(".yaml")
-    )
+    return shipped_names("preset")
 
 
 def _preset_path(name_or_path: str | os.PathLike) -> Path:
@@ -222,14 +216,7 @@ def _preset_path(name_or_path: str | os.PathLike) -> Path:
         if not path.is_file():
             raise RuleError("rule preset file not found", file=text)
         return path
-    candidate = _presets_folder() / f"{text}.yaml"
-    if not candidate.is_file():
-        names = preset_names()
-        raise RuleError(
-            f"no rule preset named '{text}'{did_you_mean(text, names)} "
-            f"(presets: {', '.join(names)}; or give a path to a YAML file)"
-        )
-    return Path(str(candidate))
+    return shipped_path("preset", text)
 
 
 def preset(name_or_path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> Composite:

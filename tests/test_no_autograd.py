@@ -7,6 +7,8 @@ autograd history even when the weights require gradients; and the source of the 
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,16 @@ import relgraph
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_PACKAGES = ("relgraph", "rules")
-FORBIDDEN = ("torch.autograd", ".backward(", "requires_grad")
+#: text that names autograd's API (``torch.func`` but not ``torch.functional``)
+FORBIDDEN = {
+    "torch.autograd": r"\btorch\.autograd\b",
+    ".backward(": r"\.backward\(",
+    "requires_grad": r"requires_grad",
+    "torch.func": r"\btorch\.func\b",
+    "functorch": r"\bfunctorch\b",
+}
+#: modules whose import is autograd: ``import torch.func``, ``from torch import autograd``, ...
+FORBIDDEN_MODULES = ("torch.autograd", "torch.func", "functorch")
 
 CASES = [
     ("c3d-tiny", "deep-taylor-paper"),
@@ -85,12 +96,61 @@ def test_engine_sources_are_found():
     assert {"ops.py", "graph.py", "library.py", "base.py"} <= names
 
 
-@pytest.mark.parametrize("word", FORBIDDEN)
-def test_engine_source_never_mentions_autograd_api(word):
-    mentions = [
-        f"{path.relative_to(ROOT)}:{number}"
-        for path in engine_sources()
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-        if word in line
+def mentions(path: Path) -> list[str]:
+    """Every ``file:line: what`` at which ``path`` names or imports autograd's API."""
+    text = path.read_text(encoding="utf-8")
+    found = [
+        f"{path.name}:{number}: {word}"
+        for number, line in enumerate(text.splitlines(), 1)
+        for word, pattern in FORBIDDEN.items()
+        if re.search(pattern, line)
     ]
-    assert mentions == [], f"{word!r} appears in the engine at {', '.join(mentions)}"
+
+    def forbidden(module: str) -> bool:
+        return any(module == m or module.startswith(m + ".") for m in FORBIDDEN_MODULES)
+
+    for node in ast.walk(ast.parse(text, filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found += [f"{path.name}:{node.lineno}: import {m}" for m in modules if forbidden(m)]
+    return found
+
+
+def test_engine_source_never_names_or_imports_autograd_api():
+    found = [m for path in engine_sources() for m in mentions(path)]
+    assert found == [], "autograd in the engine: " + "; ".join(found)
+
+
+@pytest.mark.parametrize(
+    "offender",
+    [
+        "import torch.autograd as ag",
+        "from torch import autograd",
+        "from torch import func as f",
+        "from torch.func import vjp",
+        "import torch.func",
+        "import functorch",
+        "from functorch import grad",
+        "y = torch.func.vjp(f, x)",
+        "x.requires_grad_(True)",
+        "loss.backward()",
+        "g = torch.autograd.grad(y, x)",
+    ],
+)
+def test_a_planted_offender_is_caught(tmp_path, offender):
+    planted = tmp_path / "planted.py"
+    planted.write_text(f"import torch\n\n\ndef f(x, y, loss):\n    {offender}\n")
+    assert mentions(planted), offender
+
+
+def test_clean_code_is_not_flagged(tmp_path):
+    clean = tmp_path / "clean.py"
+    clean.write_text(
+        "import torch\nimport torch.nn.functional as F\nfrom torch import nn\n"
+        "y = torch.functional.einsum('i->', torch.ones(2))\nfunc = F.relu\n"
+    )
+    assert mentions(clean) == []

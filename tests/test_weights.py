@@ -406,3 +406,31 @@ def test_saved_safetensors_file_is_readable_by_the_safetensors_library(tmp_path)
     graph.save_weights(path)
 
     assert_holds_weights_of(graph, load_file(str(path)))
+
+
+def test_assign_sets_cast_copies_and_drops_the_caches():
+    graph = fresh_graph()
+    graph.cache["stale"] = torch.zeros(1)
+    new = torch.full(graph.tensors("fc8")["bias"].shape, 2.0, dtype=torch.float64)
+
+    graph.assign({"fc8.bias": new})
+
+    assert graph.tensors("fc8")["bias"].dtype == graph.dtype
+    assert torch.equal(graph.tensors("fc8")["bias"], new.to(graph.dtype))
+    new.zero_()  # a copy, not the caller's tensor
+    assert graph.tensors("fc8")["bias"].eq(2).all()
+    assert graph.cache == {}
+
+
+@pytest.mark.parametrize(
+    "key, shape, match",
+    [("fc9.bias", (1,), "names no tensor"), ("fc8.bias", (3,), r"is \[3\], the graph needs")],
+)
+def test_assign_refuses_a_bad_key_or_shape_and_changes_nothing(key, shape, match):
+    graph = fresh_graph()
+    before = graph.tensors("conv1")["weight"].clone()
+    state = {"conv1.weight": torch.zeros_like(before), key: torch.zeros(shape)}
+
+    with pytest.raises(relgraph.WeightsError, match=match):
+        graph.assign(state)
+    assert torch.equal(graph.tensors("conv1")["weight"], before)
