@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> dict:
 
         graph.load_weights(DEMO_WEIGHTS)
     if args.presets == "all":
-        presets = [p for p in preset_names() if p not in ("base", graph.default_rules)]
+        presets = [p for p in preset_names() if p not in ("base", "gradient", graph.default_rules)]
     elif args.presets == "none":
         presets = []
     else:

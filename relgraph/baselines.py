@@ -10,7 +10,7 @@ import torch
 
 from .errors import ShapeError
 
-__all__ = ["frame_difference", "random_map"]
+__all__ = ["frame_difference", "gradient", "gradient_times_input", "random_map"]
 
 
 def random_map(clips: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -38,3 +38,18 @@ def _check(clips: torch.Tensor) -> None:
     if not isinstance(clips, torch.Tensor) or clips.dim() != 5:
         shape = list(clips.shape) if isinstance(clips, torch.Tensor) else type(clips).__name__
         raise ShapeError(f"clips must be a batch (B, C, T, H, W), got {shape}")
+
+
+def gradient(graph, clips: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """∂ logit_target / ∂ x summed over channels (sensitivity, Simonyan et al. 2014), through
+    the ops' explicit vector-Jacobian products (the ``gradient`` preset; no autograd)."""
+    from .reverse import explain
+
+    return explain(graph, clips, targets, rules="gradient").sum(dim=1)
+
+
+def gradient_times_input(graph, clips: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Gradient × input summed over channels (Shrikumar et al. 2016), no autograd."""
+    from .reverse import explain
+
+    return (explain(graph, clips, targets, rules="gradient") * clips).sum(dim=1)

@@ -111,7 +111,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
         raise RelgraphError(f"--weights is needed for '{args.arch}'")
     presets = [p for p in args.presets.split(",") if p.strip()]
     if presets == ["all"]:
-        presets = [p for p in preset_names() if p not in ("base", graph.default_rules)]
+        presets = [p for p in preset_names() if p not in ("base", "gradient", graph.default_rules)]
     if args.videos:
         data = video_data(graph, Path(args.videos), labels=args.labels)
     else:

@@ -47,6 +47,8 @@ DEFAULT_MAPS: tuple[str, ...] = (
     "temporal",
     "random",
     "frame difference",
+    "gradient",
+    "gradient × input",
 )
 MASK_KINDS: tuple[str, ...] = ("moving", "static", "irrelevant")
 
@@ -208,6 +210,8 @@ def compute_maps(
             maps[f"temporal{options}{suffix}"] = spatiotemporal - spatial
     maps["random"] = baselines.random_map(clips)
     maps["frame difference"] = baselines.frame_difference(clips)
+    maps["gradient"] = baselines.gradient(graph, clips, targets)
+    maps["gradient × input"] = baselines.gradient_times_input(graph, clips, targets)
     return {name: value.cpu() for name, value in maps.items()}
 
 
