@@ -400,7 +400,7 @@ class Linear(Affine):
 class BatchNormNd(Spatial, Affine):
     """Batch norm in inference mode, seen by rules as the affine map ``x·scale + shift``."""
 
-    capabilities = frozenset({"affine", "channelwise"})
+    capabilities = frozenset({"affine", "channelwise", "vjp"})
     num_features = Field[int | None]("int?", None, "inferred from the input when left out")
     eps = Field[float]("float", 1e-5)
     affine = Field[bool]("bool", True)

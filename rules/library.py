@@ -497,8 +497,7 @@ class Gradient(Rule):
 
     name = "gradient"
     requires = ("vjp",)
-    needs_inputs = True
-    needs_record = True
+    needs = frozenset({"inputs", "record"})
 
     def relevance(self, ctx, relevance):
         return ctx.op.vjp(relevance, ctx.inputs, ctx.tensors, ctx.input_shapes, ctx.record)
