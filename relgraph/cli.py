@@ -358,9 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="input preset the zβ bounds follow (default: the architecture's)",
     )
     table.set_defaults(handler=command_rules_show)
-    from .dataset_cli import add_dataset_commands
-
     add_dataset_commands(commands)
+    add_evaluate_command(commands)
     return parser
 
 
