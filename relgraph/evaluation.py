@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import baselines
 from . import evaluate as metrics
+from .canonize import canonical
 from .discriminative import (
     NORMALIZATIONS,
     REDUCTIONS,
@@ -26,8 +28,13 @@ from .discriminative import (
     normalize_maps,
     reduce_frozen,
 )
-from .errors import RelgraphError
+from .errors import LabelError, RelgraphError
 from .graph import Graph
+from .labels import Labels
+from .preprocess import get_preprocess
+from .rules import as_composite
+from .synthetic import APPEARANCE_CUE, make_set
+from .video import read_video, select_clip
 
 __all__ = [
     "DEFAULT_MAPS",
@@ -73,8 +80,6 @@ def synthetic_data(
     preprocess: str | None = None,
 ) -> EvaluationData:
     """``n`` synthetic clips at the graph's input size, preprocessed, with their masks."""
-    from .preprocess import get_preprocess
-    from .synthetic import APPEARANCE_CUE, make_set
 
     if len(graph.input_shape) != 4:
         raise RelgraphError(f"'{graph.name}' does not take video clips (C, T, H, W)")
@@ -111,10 +116,6 @@ def video_data(
     Each line of ``listing`` is ``PATH CLASS`` (UCF-101's trainlist format): the video's path
     relative to the list file and its class, a name of ``labels`` or a 1-based index.
     """
-    from .errors import LabelError
-    from .labels import Labels
-    from .preprocess import get_preprocess
-    from .video import read_video, select_clip
 
     names = Labels.from_file(labels) if labels is not None else None
     try:
@@ -177,9 +178,9 @@ def compute_maps(
     normalize=sum``); each of ``presets`` gives its three maps (``temporal rules=NAME``);
     then the baselines ``random`` and ``frame difference``.
     """
-    from .rules import as_composite
 
     maps: dict[str, torch.Tensor] = {}
+    graph = canonical(graph)  # batch norms folded, as explain and discriminative do
     for preset in (None, *presets):
         composite = as_composite(preset, graph)
         node_rules = composite.resolve(graph)
@@ -351,17 +352,19 @@ def _paired(entries: dict) -> dict:
 
 
 def _sanity(graph: Graph, clips: torch.Tensor, targets: torch.Tensor) -> dict:
-    from .rules import as_composite
 
     composite = as_composite(None, graph)
-    node_rules = composite.resolve(graph)
+    node_rules = composite.resolve(canonical(graph))
     seed = composite.seed or "onehot"
 
     def explain_maps(g: Graph) -> dict[str, torch.Tensor]:
         parts = []
+        view = canonical(g)  # follows the randomised weights
         for begin in range(0, len(clips), 16):
             part = slice(begin, begin + 16)
-            parts.append(discriminative_with_rules(g, clips[part], node_rules, targets[part], seed))
+            parts.append(
+                discriminative_with_rules(view, clips[part], node_rules, targets[part], seed)
+            )
         return {
             name: torch.cat([getattr(p, name) for p in parts])
             for name in ("spatiotemporal", "spatial", "temporal")
@@ -445,6 +448,5 @@ def _cell(stats: dict | None, signed: bool = False) -> str:
 def _tqdm(items, progress: bool, what: str):
     if not progress:
         return items
-    from tqdm import tqdm
 
     return tqdm(items, desc=what, file=sys.stderr, leave=False)
