@@ -74,7 +74,7 @@ def test_every_preset_gives_the_gate_ops_their_rules():
         composite = relgraph.rules.preset(name)
         if name == "base":  # structural rules only: affine nodes need a rule of their own
             composite = composite.override(ops=["conv*", "linear"], rule="epsilon")
-        rules = composite.resolve(graph)
+        rules = composite.resolve(graph, preprocess="c3d-ucf101")
         assert rules["act"].name == rules["gate"].name == "pass", name
         assert rules["squeeze"].name == rules["pool"].name == "proportional", name
         assert rules["scale"].name == "signal-take-all", name
