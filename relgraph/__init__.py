@@ -7,6 +7,7 @@ from .errors import (
     LabelError,
     OutputError,
     RelgraphError,
+    RelgraphWarning,
     RuleError,
     ShapeError,
     SpecError,
@@ -22,6 +23,7 @@ from .graph import (
     load_architecture,
     shipped_architectures,
 )
+from .pipeline import VideoExplanation, explain_video
 from .reverse import Explanation, explain, explain_with_rules
 
 __version__ = "0.1.0"
@@ -35,16 +37,19 @@ __all__ = [
     "LabelError",
     "OutputError",
     "RelgraphError",
+    "RelgraphWarning",
     "RuleError",
     "ShapeError",
     "SpecError",
     "TargetError",
     "VideoError",
+    "VideoExplanation",
     "WeightsError",
     "architecture_from_yaml",
     "compile_spec",
     "discriminative",
     "explain",
+    "explain_video",
     "explain_with_rules",
     "load_architecture",
     "rules",

@@ -18,6 +18,8 @@ Each op is a small object built from the fields of its YAML node. It knows
                   an elementwise product of a signal and a gate that may broadcast (mul)
   ``reshape``     relevance passes through unchanged, reshaped (relu, sigmoid, silu, dropout,
                   flatten, ...)
+  ``channelwise`` a monotone map of each channel on its own, output shaped like the input
+                  (batch norm): relevance may pass through it unchanged
 
 A new op is one class decorated with ``@register_op("name")``: its fields as ``Field``
 attributes, its ``forward``, and the capability methods of its family. Ops over 1, 2 or 3
@@ -401,6 +403,7 @@ class Linear(Affine):
 class BatchNormNd(Spatial, Affine):
     """Batch norm in inference mode, seen by rules as the affine map ``x·scale + shift``."""
 
+    capabilities = frozenset({"affine", "channelwise"})
     num_features = Field[int | None]("int?", None, "inferred from the input when left out")
     eps = Field[float]("float", 1e-5)
     affine = Field[bool]("bool", True)

@@ -458,7 +458,7 @@ def test_keyboard_interrupt_exits_130_without_traceback(files, tmp_path, capsys,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("relgraph.cli.run_pipeline", interrupted)
+    monkeypatch.setattr("relgraph.cli.explain_video", interrupted)
     assert main(tiny_explain(files, tmp_path / "out")) == 130
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
