@@ -116,7 +116,16 @@ def reference(name: str, num_classes: int, frames: int, size: int, logits: bool 
 
 def loaded_pair(name, tmp_path, dtype, frames, size, fmt="pth", num_classes=10, seed=0):
     """The randomised reference and relgraph's graph loaded from its saved state dict."""
-    model = zoo.randomise(reference(name, num_classes, frames, size), seed=seed).eval().to(dtype)
+    model = zoo.randomise(reference(name, num_classes, frames, size), seed=seed).eval()
+    if name.startswith("x3d"):
+        # randomised residual branches double the activations block after block: X3D-L's 55
+        # blocks reach 1e4, where float32 rounding alone is 1e-4 of the output. Trained nets
+        # keep the branches small (zero-init of the last BN's γ): so does this one.
+        with torch.no_grad():
+            for module_name, module in model.named_modules():
+                if module_name.endswith("branch2.norm_c"):
+                    module.weight.mul_(0.25)
+    model = model.to(dtype)
     state = model.state_dict()
     assert any(k.endswith("num_batches_tracked") for k in state)
     if fmt == "safetensors":
@@ -162,7 +171,12 @@ def test_x3d_xs_and_m_are_x3d_s_at_equal_params(name):
     params = {"frames": 2, "size": 32, "num_classes": 5}
     graph = relgraph.load_architecture(name, init="none", **params)
     same = relgraph.load_architecture("x3d-s", init="none", **params)
-    assert graph.to_yaml().replace(name, "x3d-s") == same.to_yaml()
+
+    def body(g):
+        return [x for x in g.to_yaml().splitlines() if not x.startswith(("name:", "descr", "pre"))]
+
+    assert body(graph) == body(same)
+    assert len(body(graph)) > 500
 
 
 @pytest.mark.parametrize("name", ["x3d-s", "x3d-l"])
@@ -245,7 +259,11 @@ def test_the_discriminative_check_covers_every_shipped_architecture():
     assert {"r3d-18", "mc3-18", "r2plus1d-18", "s3d", "x3d-s", "x3d-l"} <= set(DISCRIMINATIVE)
 
 
-@pytest.mark.parametrize("name", DISCRIMINATIVE)
+@pytest.mark.parametrize(
+    "name",
+    # X3D-L: X3D-S's blocks, 55 instead of 26, over a minute on a busy 2-core machine
+    [pytest.param(n, marks=pytest.mark.slow) if n == "x3d-l" else n for n in DISCRIMINATIVE],
+)
 def test_discriminative_runs_on_every_shipped_architecture_without_nan(name):
     params = small(name)
     graph = relgraph.load_architecture(name, seed=1, **params)
