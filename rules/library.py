@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from relgraph.errors import RelgraphWarning, RuleError
+from relgraph.preprocess import get_preprocess
 
 from .base import (
     NodeContext,
@@ -306,7 +307,6 @@ class ZBeta(_Stabilized):
                 "zbeta takes its bounds from the preprocessing, but none is known: pass "
                 "preprocess=... or name one in the architecture file"
             )
-        from relgraph.preprocess import get_preprocess
 
         low, high = get_preprocess(name).zbeta_bounds(self.per_channel)
         chain = _channelwise_chain(graph, node) if graph is not None and node else []
@@ -485,6 +485,22 @@ class WinnerTakeAll(Rule):
 
     def relevance(self, ctx, relevance):
         return [ctx.op.max_route(ctx.x, relevance, indices=ctx.record, x_shape=ctx.input_shapes[0])]
+
+
+@register_rule
+@dataclass
+class Gradient(Rule):
+    """Not a relevance rule: the plain gradient, ``g_in = Jᵀ g`` with the op's own explicit
+    vector-Jacobian product (``op.vjp``), no autograd. With the one-hot seed the input
+    "relevance" is ∂f_target/∂x (sensitivity; Simonyan et al. 2014); times the input, it is
+    gradient × input (Shrikumar et al. 2016). For baselines."""
+
+    name = "gradient"
+    requires = ("vjp",)
+    needs = frozenset({"inputs", "record"})
+
+    def relevance(self, ctx, relevance):
+        return ctx.op.vjp(relevance, ctx.inputs, ctx.tensors, ctx.input_shapes, ctx.record)
 
 
 @dataclass
