@@ -727,7 +727,7 @@ class Mean(Op):
     squeeze, S3D's head). Its one window per output is the whole reduced extent, so
     ``window_sum`` is the sum over ``dims`` and its adjoint broadcasts back."""
 
-    capabilities = frozenset({"window"})
+    capabilities = frozenset({"window", "vjp"})
     dims = Field[Shape]("shape", doc="dimensions to average, counting the batch as 0 (each ≥ 1)")
     keepdim = Field[bool]("bool", False)
 
@@ -762,6 +762,11 @@ class Mean(Op):
                 s = s.unsqueeze(dim)
         return s.expand(x_shape).contiguous()
 
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: ``g`` broadcast back, divided by the count averaged."""
+        count = math.prod(input_shapes[0][d] for d in self.dims)
+        return [self.window_sum_adjoint(grad / count, input_shapes[0])]
+
 
 # --------------------------------------------------------------------------- shape-preserving
 
@@ -793,6 +798,11 @@ class Sigmoid(Elementwise):
     def forward(self, inputs, tensors):
         return torch.sigmoid(inputs[0])
 
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: ``g · σ(x)(1 − σ(x))``."""
+        sigma = torch.sigmoid(inputs[0])
+        return [grad * sigma * (1 - sigma)]
+
 
 @register_op("silu")
 class SiLU(Elementwise):
@@ -800,6 +810,12 @@ class SiLU(Elementwise):
 
     def forward(self, inputs, tensors):
         return F.silu(inputs[0])
+
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: ``g · σ(x)(1 + x(1 − σ(x)))``."""
+        x = inputs[0]
+        sigma = torch.sigmoid(x)
+        return [grad * sigma * (1 + x * (1 - sigma))]
 
 
 @register_op("dropout")
@@ -932,7 +948,7 @@ class Mul(Op):
     times the signal (C, T, H, W)."""
 
     arity = 2
-    capabilities = frozenset({"product"})
+    capabilities = frozenset({"product", "vjp"})
 
     def resolve(self, in_shapes):
         first, second = in_shapes
@@ -946,6 +962,15 @@ class Mul(Op):
 
     def forward(self, inputs, tensors):
         return inputs[0] * inputs[1]
+
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: ``g`` times the other input, summed over the dimensions
+        along which this one was broadcast."""
+        first, second = inputs
+        return [
+            self.to_input_shape(grad * second, input_shapes[0]),
+            self.to_input_shape(grad * first, input_shapes[1]),
+        ]
 
     @staticmethod
     def signal_slots(input_shapes: Sequence[Sequence[int]], output_shape: Sequence[int]):

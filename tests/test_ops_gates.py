@@ -71,6 +71,8 @@ def test_gate_ops_round_trip_through_yaml():
 def test_every_preset_gives_the_gate_ops_their_rules():
     graph = relgraph.architecture_from_yaml(SE)
     for name in relgraph.rules.preset_names():
+        if name == "gradient":  # a baseline, not relevance: the gradient everywhere
+            continue
         composite = relgraph.rules.preset(name)
         if name == "base":  # structural rules only: affine nodes need a rule of their own
             composite = composite.override(ops=["conv*", "linear"], rule="epsilon")
@@ -167,3 +169,16 @@ def test_mul_takes_exactly_two_inputs():
     error = load_error(text)
     assert error.node == "scale"
     assert "mul takes exactly 2 inputs" in str(error)
+
+
+def test_gradient_preset_through_the_gate_ops_equals_autograd():
+    """Each new op's explicit vjp (sigmoid, silu, mean, a broadcasting mul) against autograd."""
+    graph = relgraph.architecture_from_yaml(SE, dtype=torch.float64, seed=1)
+    x = torch.randn(2, 4, 3, 5, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    targets = torch.tensor([1, 2])
+    ours = relgraph.explain(graph, x, targets, rules="gradient")
+    reference = SEReference().to(torch.float64)
+    reference.load_state_dict(graph.state_dict())
+    leaf = x.clone().requires_grad_(True)
+    reference(leaf)[torch.arange(2), targets].sum().backward()
+    torch.testing.assert_close(ours, leaf.grad, rtol=1e-10, atol=1e-12)
