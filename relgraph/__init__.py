@@ -11,6 +11,7 @@ from .errors import (
     ShapeError,
     SpecError,
     TargetError,
+    TorchImportError,
     VideoError,
     WeightsError,
 )
@@ -22,6 +23,7 @@ from .graph import (
     load_architecture,
     shipped_architectures,
 )
+from .importer import from_torch
 from .pipeline import VideoExplanation, explain_video
 from .reverse import Explanation, explain, explain_with_rules
 
@@ -40,6 +42,7 @@ __all__ = [
     "ShapeError",
     "SpecError",
     "TargetError",
+    "TorchImportError",
     "VideoError",
     "VideoExplanation",
     "WeightsError",
@@ -49,6 +52,7 @@ __all__ = [
     "explain",
     "explain_video",
     "explain_with_rules",
+    "from_torch",
     "load_architecture",
     "rules",
     "shipped_architectures",
