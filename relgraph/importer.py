@@ -11,10 +11,13 @@ parameters and buffers become the graph's weights under the same keys as its
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 import operator
+import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -831,3 +834,46 @@ def _check_forward(
             f"(largest output {scale:.3g}); the model does something relgraph does not see",
             file=graph.file,
         )
+
+
+def load_factory(target: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Build a model from ``"package.module:factory"`` (a class or function, dotted
+    attributes allowed) called with ``kwargs``. The current folder is searched first, as
+    ``python -m`` does.
+    """
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise TorchImportError(
+            f"'{target}' is not package.module:factory (e.g. torchvision.models.video:r3d_18)"
+        )
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - the user's module failed to import
+        raise TorchImportError(
+            f"cannot import '{module_name}': {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    factory: Any = module
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            raise TorchImportError(f"'{module_name}' has no attribute '{attr}'")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise TorchImportError(f"'{target}' is not callable")
+    try:
+        model = factory(**(kwargs or {}))
+    except Exception as exc:  # noqa: BLE001 - the user's factory failed
+        raise TorchImportError(
+            f"'{target}' failed with arguments {kwargs or {}}: "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise TorchImportError(
+            f"'{target}' returned a {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model

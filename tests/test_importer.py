@@ -409,3 +409,82 @@ def test_subclasses_of_supported_modules():
     assert g.op("0").type == "conv2d"
     with pytest.raises(TorchImportError, match="used outside a supported module"):
         from_torch(nn.Sequential(DoubledConv(3, 2, 3), nn.Flatten()), (3, 5, 5))
+
+
+# --------------------------------------------------------------------------- command line
+
+NETS = """
+import torch
+from torch import nn
+
+
+def tiny(num_classes=4, width=3):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv3d(3, width, 3, padding=1), nn.BatchNorm3d(width), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(width, num_classes),
+    )
+
+
+class Gated(nn.Module):
+    def forward(self, x):
+        return torch.tanh(x).flatten(1)
+
+
+def not_a_model():
+    return 3
+"""
+
+
+@pytest.fixture
+def nets(tmp_path, monkeypatch):
+    (tmp_path / "fx10_nets.py").write_text(NETS)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_cli_import_writes_yaml_and_weights(nets, capsys):
+    from relgraph.cli import main
+
+    status = main(
+        ["arch", "import", "fx10_nets:tiny", "--input-shape", "3,2,5,5", "--out", "tiny.yaml",
+         "--kwarg", "num_classes=6", "--kwarg", "width=2", "--weights-out", "tiny.safetensors"]
+    )  # fmt: skip
+    assert status == 0, capsys.readouterr().err
+    g = relgraph.load_architecture(nets / "tiny.yaml")
+    assert g.output_shape == (6,) and g.op("0").out_channels == 2
+    g.load_weights(nets / "tiny.safetensors")
+    import fx10_nets
+
+    model = fx10_nets.tiny(num_classes=6, width=2).eval()
+    clip = clip_for((3, 2, 5, 5))
+    with torch.no_grad():
+        expected = model(clip)
+    assert relative_error(g.forward(clip).output, expected) < 1e-6
+    assert "wrote tiny.yaml" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["fx10_nets"], "is not package.module:factory"),
+        (["no_such_module_fx10:tiny"], "cannot import 'no_such_module_fx10'"),
+        (["fx10_nets:nope"], "has no attribute 'nope'"),
+        (["fx10_nets:not_a_model"], "not a torch.nn.Module"),
+        (["fx10_nets:tiny", "--kwarg", "depth=3"], "failed with arguments {'depth': 3}"),
+        (["fx10_nets:tiny", "--kwarg", "depth"], "--kwarg takes key=value"),
+        (["fx10_nets:Gated"], "cannot import fx node 'tanh'"),
+        (["fx10_nets:tiny", "--input-shape", "3,x"], "--input-shape takes integers"),
+    ],
+)
+def test_cli_import_errors_are_one_line(nets, capsys, argv, message):
+    from relgraph.cli import main
+
+    if "--input-shape" not in argv:
+        argv = [*argv, "--input-shape", "3,2,5,5"]
+    status = main(["arch", "import", *argv, "--out", "x.yaml"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("relgraph: error: ") and err.count("\n") == 1
+    assert message in err
+    assert not (nets / "x.yaml").exists()
