@@ -96,6 +96,12 @@ class DiscriminativeResult:
     frozen_predictions, frozen_probabilities
         ``(B, T)``: what the model predicts on each frozen clip, and the softmax probability
         of that prediction. It may differ from the clip's: one frame shows no motion.
+    lost_fraction
+        ``(B,)``: the share of each clip's seed relevance that the reverse pass did not hand
+        on to the input (bias shares, the stabiliser's ε, zeroed denominators; see
+        ``Explanation.lost_fraction``).
+    frozen_lost_fraction
+        ``(B, T)``: the same for each frozen clip.
     options
         The options used: ``target`` (as given), ``rules``, ``seed``, ``reduce``,
         ``normalize``, ``batch_size``, ``preprocess``.
@@ -113,6 +119,8 @@ class DiscriminativeResult:
     frozen_output: torch.Tensor = field(repr=False)
     frozen_predictions: torch.Tensor
     frozen_probabilities: torch.Tensor
+    lost_fraction: torch.Tensor
+    frozen_lost_fraction: torch.Tensor
     options: dict[str, Any]
 
 
@@ -298,18 +306,21 @@ def discriminative_with_rules(
     batch, _, num_frames = clip.shape[:3]
     seed_for = _seed_rows(seed, batch)
 
+    # the output, target and lost relevance, without keeping every node's relevance
     explanation = explain_with_rules(
-        g, clip, node_rules, target, seed_for(None), labels=labels, return_all=True
+        g, clip, node_rules, target, seed_for(None), labels=labels, return_explanation=True
     )
     relevance = explanation.relevance
     output = explanation.output.reshape(batch, -1)
     explained = explanation.target
-    del explanation  # every node's relevance: free it before the frozen clips run
+    lost = explanation.lost_fraction
+    del explanation
 
     pairs = [(b, t) for b in range(batch) for t in range(num_frames)]
     chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
     frozen_relevance = relevance.new_empty((batch, num_frames, *clip.shape[1:]))
     frozen_output = output.new_empty((batch, num_frames, output.shape[1]))
+    frozen_lost = lost.new_empty((batch, num_frames))
     for chunk in _progress(chunks, progress):
         clip_rows = torch.tensor([b for b, _ in chunk], device=clip.device)
         frame_rows = torch.tensor([t for _, t in chunk], device=clip.device)
@@ -319,10 +330,11 @@ def discriminative_with_rules(
             node_rules,
             explained[clip_rows],
             seed_for(clip_rows),
-            return_all=True,
+            return_explanation=True,
         )
         frozen_relevance[clip_rows, frame_rows] = frozen.relevance
         frozen_output[clip_rows, frame_rows] = frozen.output.reshape(len(chunk), -1)
+        frozen_lost[clip_rows, frame_rows] = frozen.lost_fraction
         del frozen
 
     with torch.inference_mode():
@@ -355,6 +367,8 @@ def discriminative_with_rules(
         frozen_output=frozen_output,
         frozen_predictions=frozen_prediction,
         frozen_probabilities=frozen_probability,
+        lost_fraction=lost,
+        frozen_lost_fraction=frozen_lost,
         options=used,
     )
 

@@ -89,6 +89,10 @@ class OutputError(RelgraphError):
     """An output location cannot be written."""
 
 
+class RelgraphWarning(UserWarning):
+    """Something is likely wrong but relgraph can go on (e.g. inputs outside the zβ bounds)."""
+
+
 def did_you_mean(name: str, choices) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
     import difflib

@@ -23,7 +23,7 @@ import yaml
 from .errors import GraphError, RelgraphError, ShapeError, SpecError, WeightsError, did_you_mean
 from .ops import OPS, Input, Op, OpDefinitionError, infer_output_shape
 from .resources import shipped_names, shipped_path
-from .spec import ArchSpec, load_yaml, parse_spec
+from .spec import ArchSpec, load_yaml, parse_spec, with_block_origin
 from .weights import LoadReport, checked_state_dict, save_weights
 
 
@@ -58,7 +58,8 @@ class Graph:
         self.order: list[str] = list(
             nx.lexicographical_topological_sort(graph, key=index.__getitem__)
         )
-        #: per-graph memo for rules (e.g. W⁺, W⁻); cleared whenever weights change
+        #: per-graph memo for rules (e.g. W⁺, W⁻): each node's entry checks that its tensors
+        #: are the same, unedited (``NodeContext.memo``); ``to`` clears it to free memory
         self.cache: dict[Any, torch.Tensor] = {}
         # what weights get when none exist yet (init="none"): set by compile_spec and to()
         self._dtype = torch.float32
@@ -384,6 +385,13 @@ def compile_spec(
         ``"default"`` draws PyTorch's default initialisation (seeded by ``seed``);
         ``"none"`` creates no tensors (for inspecting structure only).
     """
+    try:
+        return _compile_spec(spec, init=init, seed=seed, dtype=dtype, device=device)
+    except RelgraphError as exc:
+        raise with_block_origin(exc, spec) from None
+
+
+def _compile_spec(spec: ArchSpec, *, init, seed, dtype, device) -> Graph:
     if init not in ("default", "none"):
         raise RelgraphError(f"init must be 'default' or 'none', got {init!r}")
     file = spec.file

@@ -15,6 +15,8 @@ Each op is a small object built from the fields of its YAML node. It knows
   ``max_route``   ``max_route(x, R)``: route R to the forward's argmax (max pools)
   ``split``       ``split(inputs, R, divide)``: hand R back to several inputs (add, concat)
   ``reshape``     relevance passes through unchanged, reshaped (relu, dropout, flatten, ...)
+  ``channelwise`` a monotone map of each channel on its own, output shaped like the input
+                  (batch norm): relevance may pass through it unchanged
 
 A new op is one class decorated with ``@register_op("name")``: its fields as ``Field``
 attributes, its ``forward``, and the capability methods of its family. Ops over 1, 2 or 3
@@ -394,6 +396,7 @@ class Linear(Affine):
 class BatchNormNd(Spatial, Affine):
     """Batch norm in inference mode, seen by rules as the affine map ``x·scale + shift``."""
 
+    capabilities = frozenset({"affine", "channelwise"})
     num_features = Field[int | None]("int?", None, "inferred from the input when left out")
     eps = Field[float]("float", 1e-5)
     affine = Field[bool]("bool", True)
