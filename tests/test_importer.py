@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.fx
 import torch.nn.functional as F
+import zoo_reference
 from reference_models import C3D, ResNetTiny, c3d_tiny_reference, relative_error
 from torch import nn
 
@@ -111,6 +112,7 @@ def test_c3d_tiny_imports_as_the_shipped_yaml():
     assert relative_error(mine, theirs) < 1e-10
 
 
+@pytest.mark.slow  # traces a batch of two full-size clips through 78 M parameters
 def test_full_size_c3d_imports_as_the_shipped_yaml():
     torch.manual_seed(0)
     imported = from_torch(C3D().eval(), (3, 16, 112, 112), check=False)
@@ -488,3 +490,46 @@ def test_cli_import_errors_are_one_line(nets, capsys, argv, message):
     assert err.startswith("relgraph: error: ") and err.count("\n") == 1
     assert message in err
     assert not (nets / "x.yaml").exists()
+
+
+# --------------------------------------------------------------------------- the zoo
+
+#: shipped architecture -> (reference factory, small size params); S3D joins once shipped
+ZOO = {
+    "r3d-18": (zoo_reference.r3d_18, {"frames": 2, "size": 16}),
+    "mc3-18": (zoo_reference.mc3_18, {"frames": 2, "size": 16}),
+    "r2plus1d-18": (zoo_reference.r2plus1d_18, {"frames": 2, "size": 16}),
+    "s3d": (zoo_reference.s3d, None),
+}
+
+
+#: each takes 5-10 s on 2 idle cores; r2plus1d-18 (the deepest of the three) runs by default
+SLOW_ZOO = {"r3d-18", "mc3-18"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=[pytest.mark.slow] if n in SLOW_ZOO else [])
+        for n in ZOO
+        if n in relgraph.shipped_architectures()
+    ],
+)
+def test_zoo_reference_imports_as_the_shipped_yaml(name):
+    factory, params = ZOO[name]
+    model = zoo_reference.randomise(factory(num_classes=5), seed=3).eval()
+    shipped = relgraph.load_architecture(name, init="none", num_classes=5, **(params or {}))
+    imported = from_torch(model, shipped.input_shape)
+    # the torchvision names are the module paths, so no node is renamed
+    assert_same_graph(imported, shipped)
+    shipped.to(dtype=torch.float64)
+    shipped.load_weights(model.state_dict())
+    imported.to(dtype=torch.float64)
+    clip = clip_for(shipped.input_shape, batch=1, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model.double()(clip)
+    assert relative_error(imported.forward(clip).output, expected) < 1e-10
+    mine = relgraph.explain(imported, clip, target=2, rules="epsilon-plus")
+    theirs = relgraph.explain(shipped, clip, target=2, rules="epsilon-plus")
+    assert theirs.abs().sum() > 0
+    assert relative_error(mine, theirs) < 1e-10
