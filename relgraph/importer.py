@@ -198,6 +198,8 @@ class _Importer:
         self.fx_of: dict[str, torch.fx.Node] = {}
         self.values: dict[torch.fx.Node, _Value] = {}
         self.used: set[str] = set()
+        #: module paths: a function's node never takes one (its module's weights need it)
+        self.reserved: set[str] = {path for path in self.modules if path}
         self.weights: dict[str, torch.Tensor] = {}
         self.weighted_calls: dict[str, str] = {}
         self.input_name = "input"
@@ -251,9 +253,11 @@ class _Importer:
         return _node_error(node, self.modules, reason)
 
     # ---------------------------------------------------------------- naming
-    def _unique(self, base: str) -> str:
+    def _unique(self, base: str, own: bool = False) -> str:
+        """``base``, or ``base_1``, ``base_2``, ...: the first name no node has yet and no
+        module path reserves (``own``: ``base`` is the module's own path)."""
         name, index = base, 0
-        while name in self.used:
+        while name in self.used or (name in self.reserved and not (own and index == 0)):
             index += 1
             name = f"{base}_{index}"
         self.used.add(name)
@@ -266,7 +270,7 @@ class _Importer:
 
     def _name_for(self, node: torch.fx.Node, op: str) -> str:
         if node.op == "call_module":
-            return self._unique(str(node.target))
+            return self._unique(str(node.target), own=True)
         scope = self._scope(node)
         return self._unique(f"{scope}.{op}" if scope else op)
 

@@ -545,3 +545,21 @@ def test_the_import_checks_its_output_against_the_model(monkeypatch):
     with pytest.raises(TorchImportError, match="output differs from the module's"):
         from_torch(model, (3, 4, 8, 8))
     assert from_torch(model, (3, 4, 8, 8), check=False).op("identity").type == "identity"
+
+
+class NameClash(nn.Module):
+    """A function called before a module of the same name: the module keeps its path."""
+
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn.Linear(12, 2)
+
+    def forward(self, x):
+        return self.flatten(torch.flatten(x, 1)).relu()
+
+
+def test_module_paths_are_kept_for_the_modules():
+    g = from_torch(NameClash(), (3, 2, 2))
+    assert g.op("flatten").type == "linear"
+    assert g.op("flatten_1").type == "flatten"
+    assert sorted(g.state_dict()) == ["flatten.bias", "flatten.weight"]
