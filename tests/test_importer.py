@@ -522,6 +522,8 @@ def test_zoo_reference_imports_as_the_shipped_yaml(name):
     imported = from_torch(model, shipped.input_shape)
     # the torchvision names are the module paths, so no node is renamed
     assert_same_graph(imported, shipped)
+    written = relgraph.architecture_from_yaml(imported.to_yaml(), init="none")
+    assert_same_graph(written, shipped)
     shipped.to(dtype=torch.float64)
     shipped.load_weights(model.state_dict())
     imported.to(dtype=torch.float64)
