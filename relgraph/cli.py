@@ -1,5 +1,5 @@
 """The command line: ``relgraph explain``, ``demo``, ``arch show|check|import``,
-``rules list|show``.
+``rules list|show``, ``dataset explain|report`` (the last from :mod:`relgraph.dataset_cli`).
 
 Each command parses its arguments and calls one public function (``explain`` →
 :func:`relgraph.explain_video`, ``demo`` → :func:`relgraph.demo_model.run_demo`), which
@@ -27,7 +27,7 @@ from .demo_model import run_demo
 from .discriminative import NORMALIZATIONS, REDUCTIONS
 from .errors import RelgraphError
 from .graph import load_architecture
-from .importer import from_torch, load_factory
+from .importer import from_torch, load_factory, parse_kwargs
 from .outputs import atomic_write_bytes
 from .pipeline import explain_video
 from .preprocess import PRESETS
@@ -37,13 +37,13 @@ EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def parse_params(items: Sequence[str] | None, option: str = "--param") -> dict[str, Any]:
+def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
     """``k=v`` pairs; values are read as YAML scalars (``10`` is an int)."""
     params: dict[str, Any] = {}
     for item in items or ():
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise RelgraphError(f"{option} takes key=value, e.g. num_classes=10; got {item!r}")
+            raise RelgraphError(f"--param takes key=value, e.g. num_classes=10; got {item!r}")
         try:
             params[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
@@ -121,7 +121,7 @@ def command_arch_import(args: argparse.Namespace) -> int:
         ) from None
     if args.weights_out and os.path.abspath(args.weights_out) == os.path.abspath(args.out):
         raise RelgraphError("--out and --weights-out name the same file")
-    model = load_factory(args.factory, parse_params(args.kwarg, "--kwarg"))
+    model = load_factory(args.factory, parse_kwargs(args.kwarg))
     graph = from_torch(model, shape, name=args.name)
     atomic_write_bytes(args.out, graph.to_yaml().encode("utf-8"))
     if args.weights_out:
@@ -410,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="input preset the zβ bounds follow (default: the architecture's)",
     )
     table.set_defaults(handler=command_rules_show)
+    add_dataset_commands(commands)
+    add_evaluate_command(commands)
     return parser
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 import torch.fx
+import yaml
 import torch.nn.functional as F
 from torch import nn
 
@@ -881,3 +882,18 @@ def load_factory(target: str, kwargs: dict[str, Any] | None = None) -> nn.Module
             f"'{target}' returned a {type(model).__name__}, not a torch.nn.Module"
         )
     return model
+
+
+def parse_kwargs(items: Sequence[str] | None) -> dict[str, Any]:
+    """The CLI's ``--kwarg key=value`` items; values are read as YAML scalars (``10`` is an
+    int, ``true`` a bool, ``r3d`` a string)."""
+    kwargs: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise TorchImportError(f"--kwarg takes key=value, e.g. num_classes=10; got {item!r}")
+        try:
+            kwargs[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            kwargs[key.strip()] = value
+    return kwargs
