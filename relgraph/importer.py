@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 import torch.fx
-import yaml
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from .errors import RelgraphError, TorchImportError
