@@ -20,6 +20,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
+from .canonize import fold_notes
 from .cli_args import (
     add_discriminative_options,
     add_param_option,
@@ -73,6 +74,7 @@ def command_explain(args: argparse.Namespace) -> int:
         normalize=args.normalize,
         batch_size=args.batch_size,
         columns=args.columns,
+        canonize=False if args.no_canonize else None,
         log=_printer(args.quiet),
         progress=False if args.quiet else None,
     )
@@ -92,7 +94,17 @@ def command_demo(args: argparse.Namespace) -> int:
 def command_arch_show(args: argparse.Namespace) -> int:
     graph = load_architecture(args.architecture, init="none", **parse_params(args.param))
     print(repr(graph))
-    print(graph.summary())
+    canonize = graph.canonize and not args.no_canonize
+    notes = fold_notes(graph) if canonize else {}
+    print(graph.summary(notes))
+    folded = sum(1 for n in notes if graph.op(n).type.startswith("batchnorm"))
+    if canonize:
+        print(
+            f"canonization: {folded} batch norm(s) folded into the layer before them before the "
+            "rules run (--no-canonize, or 'canonize: false' in the YAML, keeps them)"
+        )
+    else:
+        print("canonization: off (batch norms keep rules of their own)")
     return 0
 
 
@@ -153,8 +165,21 @@ def command_rules_show(args: argparse.Namespace) -> int:
         f"{composite.name} on {graph.name}"
         + (f": {composite.description}" if composite.description else "")
     )
-    print(composite.table(graph, preprocess=args.preprocess))
+    print(
+        composite.table(
+            graph, preprocess=args.preprocess, canonize=False if args.no_canonize else None
+        )
+    )
     return 0
+
+
+def _add_canonize_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-canonize",
+        action="store_true",
+        help="keep batch norms as nodes with rules of their own (default: fold each into the "
+        "conv or linear layer before it, unless the architecture says 'canonize: false')",
+    )
 
 
 def _field_text(f: dataclasses.Field) -> str:
@@ -196,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="shipped architecture name or YAML file (default: c3d)",
     )
     add_param_option(explain)
+    _add_canonize_option(explain)
     explain.add_argument(
         "--labels",
         metavar="FILE",
@@ -278,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("architecture", metavar="NAME|FILE")
     add_param_option(show)
+    _add_canonize_option(show)
     show.set_defaults(handler=command_arch_show)
     check = arch_commands.add_parser(
         "check",
@@ -344,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(PRESETS),
         help="input preset the zβ bounds follow (default: the architecture's)",
     )
+    _add_canonize_option(table)
     table.set_defaults(handler=command_rules_show)
     add_dataset_commands(commands)
     add_evaluate_command(commands)

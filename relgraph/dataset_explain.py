@@ -334,7 +334,7 @@ def _cost(plan: VideoPlan, length: int) -> float:
 def _explain_group(model, decoded: list[Decoded], options: RunOptions, stats) -> list[dict]:
     """Explain the clips of a group's videos together, ``clip_batch`` at a time."""
 
-    graph = model.graph
+    graph = model.explained_graph  # batch norms folded unless the model says not to
     good = [d for d in decoded if d.error is None]
     results: dict[int, dict] = {}
     if good:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .canonize import canonical
 from .errors import RelgraphError, ShapeError, TargetError, did_you_mean
 from .frozen import explain_frozen, wanted_slices
 from .graph import Graph
@@ -205,6 +206,7 @@ def discriminative(
     labels: Labels | Sequence[str] | None = None,
     progress: bool | None = None,
     frozen_shortcut: bool = True,
+    canonize: bool | None = None,
 ) -> DiscriminativeResult:
     """Spatio-temporal, spatial and temporal relevance of each clip of a batch.
 
@@ -265,6 +267,9 @@ def discriminative(
         follows only that slice's receptive field. The same results up to rounding; ``False``
         explains the full frozen clips, for comparison. With the reverse shortcut,
         ``frozen_relevance`` holds only the slices the reduction reads (the others are 0).
+    canonize
+        Fold batch norms into the layer before them before the rules run (see
+        :func:`relgraph.explain`); default: the architecture's ``canonize:``.
 
     Returns
     -------
@@ -277,6 +282,7 @@ def discriminative(
         ``normalize``, a bad ``batch_size``, target or seed, or rules that do not fit.
     """
     _check_options(reduce, normalize, batch_size)
+    g = canonical(g, canonize)
     composite, node_rules, seed = resolve_rules(g, rules, preprocess, seed)
     return discriminative_with_rules(
         g,

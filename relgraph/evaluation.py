@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from . import baselines
 from . import evaluate as metrics
+from .canonize import canonical
 from .discriminative import (
     NORMALIZATIONS,
     REDUCTIONS,
@@ -179,6 +180,7 @@ def compute_maps(
     """
 
     maps: dict[str, torch.Tensor] = {}
+    graph = canonical(graph)  # batch norms folded, as explain and discriminative do
     for preset in (None, *presets):
         composite = as_composite(preset, graph)
         node_rules = composite.resolve(graph)
@@ -352,14 +354,17 @@ def _paired(entries: dict) -> dict:
 def _sanity(graph: Graph, clips: torch.Tensor, targets: torch.Tensor) -> dict:
 
     composite = as_composite(None, graph)
-    node_rules = composite.resolve(graph)
+    node_rules = composite.resolve(canonical(graph))
     seed = composite.seed or "onehot"
 
     def explain_maps(g: Graph) -> dict[str, torch.Tensor]:
         parts = []
+        view = canonical(g)  # follows the randomised weights
         for begin in range(0, len(clips), 16):
             part = slice(begin, begin + 16)
-            parts.append(discriminative_with_rules(g, clips[part], node_rules, targets[part], seed))
+            parts.append(
+                discriminative_with_rules(view, clips[part], node_rules, targets[part], seed)
+            )
         return {
             name: torch.cat([getattr(p, name) for p in parts])
             for name in ("spatiotemporal", "spatial", "temporal")

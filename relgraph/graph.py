@@ -54,6 +54,10 @@ class Graph:
         self.default_rules = spec.rules
         self.default_preprocess = spec.preprocess
         self.file = spec.file
+        #: fold batch norms into the layer before them before the rules run
+        #: (``relgraph.canonize``); ``canonize: false`` in the YAML turns it off
+        self.canonize: bool = spec.canonize
+        self._canonical: Graph | None = None  # that canonized view, built on first use
         index = nx.get_node_attributes(graph, "index")
         self.order: list[str] = list(
             nx.lexicographical_topological_sort(graph, key=index.__getitem__)
@@ -105,15 +109,19 @@ class Graph:
             f"output {list(self.output_shape)}, {self.num_parameters():,} parameters)"
         )
 
-    def summary(self) -> str:
-        """A table: node, op, inputs, output shape, parameter count, and the total."""
+    def summary(self, notes: Mapping[str, str] | None = None) -> str:
+        """A table: node, op, inputs, output shape, parameter count, and the total.
+
+        ``notes`` (per node, e.g. ``relgraph.canonize.fold_notes``) are added to the op column.
+        """
+        notes = notes or {}
         rows = [("node", "op", "inputs", "output shape", "parameters")]
         for node in self.order:
             data = self.graph.nodes[node]
             rows.append(
                 (
                     node,
-                    data["op"].type,
+                    data["op"].type + (f" [{notes[node]}]" if node in notes else ""),
                     ", ".join(self.inputs_of(node)) or "-",
                     "×".join(map(str, data["shape"])),
                     f"{self.num_parameters(node):,}",
@@ -159,6 +167,7 @@ class Graph:
         if dtype is not None:
             self._dtype = dtype
         self.cache.clear()
+        self._canonical = None
         return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -194,6 +203,7 @@ class Graph:
             device = current.device if current is not None else self.device
             self.tensors(node)[tname] = value.detach().to(dtype=dtype, device=device).clone()
         self.cache.clear()
+        self._canonical = None
 
     def load_weights(self, source: str | os.PathLike | dict, *, strict: bool = True) -> LoadReport:
         """Load weights from a file or a state dict and return what was loaded.
@@ -328,6 +338,8 @@ class Graph:
             data["rules"] = self.default_rules
         if self.default_preprocess:
             data["preprocess"] = self.default_preprocess
+        if not self.canonize:
+            data["canonize"] = False
         return data
 
     def to_yaml(self) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .canonize import canonical
 from .discriminative import discriminative_with_rules
 from .errors import RelgraphError, TargetError
 from .graph import Graph, load_architecture
@@ -96,6 +97,14 @@ class Model:
     weights: str = ""
     weights_report: str = ""
     architecture: str = ""
+    #: batch norms folded before the rules run (``relgraph.canonize``); ``node_rules`` are
+    #: those of ``explained_graph``
+    canonize: bool = True
+
+    @property
+    def explained_graph(self) -> Graph:
+        """The graph the rules run on: ``graph`` canonized unless ``canonize`` is false."""
+        return canonical(self.graph, self.canonize)
 
     @property
     def frames_per_clip(self) -> int:
@@ -125,6 +134,7 @@ def load_model(
     rules: Any = None,
     device: str | torch.device | None = None,
     params: Mapping[str, Any] | None = None,
+    canonize: bool | None = None,
 ) -> Model:
     """Compile the architecture (or take ``graph``), load weights and labels, check that they
     fit, pick the input preset and resolve the rules once.
@@ -148,6 +158,9 @@ def load_model(
         Where to compute (``"cpu"``, ``"cuda"``); None leaves the graph where it is.
     params
         Architecture parameters (``num_classes=10``), only with a name or path.
+    canonize
+        Fold batch norms into the layer before them before the rules run (see
+        :func:`relgraph.explain`); default: the architecture's ``canonize:``.
 
     Raises
     ------
@@ -188,8 +201,9 @@ def load_model(
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise RelgraphError(f"device {device}: this torch has no CUDA device available")
         graph.to(device=device)
+    canonize = graph.canonize if canonize is None else bool(canonize)
     composite = as_composite(rules, graph)
-    node_rules = composite.resolve(graph, preprocess=preprocess_name)
+    node_rules = composite.resolve(canonical(graph, canonize), preprocess=preprocess_name)
     return Model(
         graph=graph,
         preprocess=preset,
@@ -200,6 +214,7 @@ def load_model(
         weights=_weights_name(weights),
         weights_report=report,
         architecture=architecture,
+        canonize=canonize,
     )
 
 
@@ -335,7 +350,7 @@ def explain_clips(
     reduce, normalize, batch_size, progress
         As in :func:`relgraph.discriminative`.
     """
-    graph = model.graph
+    graph = model.explained_graph
     clips = clips.to(device=graph.device, dtype=graph.dtype)
     clock = time.perf_counter()
     result = discriminative_with_rules(
@@ -583,6 +598,7 @@ def explain_video(
     log: Log | None = None,
     progress: bool | None = None,
     timings: Mapping[str, float] | None = None,
+    canonize: bool | None = None,
 ) -> VideoExplanation:
     """Explain a video file with the discriminative method (Hiley et al., 2019): what
     ``relgraph explain`` does.
@@ -604,7 +620,7 @@ def explain_video(
         ``rules``, ``preprocess`` and ``device`` must be left out).
     out
         Output folder; None writes nothing (the result holds the maps).
-    weights, labels, params, rules, preprocess, device
+    weights, labels, params, rules, preprocess, device, canonize
         As in :func:`load_model`. An architecture without ``preprocess:`` needs
         ``preprocess``: there is no silent fallback.
     target
@@ -651,6 +667,7 @@ def explain_video(
             "rules": rules,
             "preprocess": preprocess,
             "device": device,
+            "canonize": canonize,
         }
         clash = [name for name, value in given.items() if value is not None]
         if clash:
@@ -668,6 +685,7 @@ def explain_video(
             rules=rules,
             preprocess=preprocess,
             device=device,
+            canonize=canonize,
         )
         timings["load_model_s"] = time.perf_counter() - clock
         say(model.describe())
@@ -685,6 +703,7 @@ def explain_video(
         "rules": model.rules_name,
         "seed": model.seed,
         "preprocess": model.preprocess.name,
+        "canonize": model.canonize,
     }
 
     clock = time.perf_counter()

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .canonize import canonical
 from .errors import RuleError, TargetError
 from .graph import Graph
 from .labels import Labels
@@ -179,6 +180,7 @@ def explain(
     preprocess: str | None = None,
     return_all: bool = False,
     return_explanation: bool = False,
+    canonize: bool | None = None,
 ) -> torch.Tensor | Explanation:
     """Explain a batch: the relevance of each input element for the target class.
 
@@ -205,11 +207,17 @@ def explain(
         without keeping every node's relevance.
     return_all
         Return an ``Explanation`` that also holds every node's relevance.
+    canonize
+        Fold each batch norm into the conv or linear layer before it first
+        (``relgraph.canonize``), so that the rules see one affine layer; default: the
+        architecture's ``canonize:`` (true unless the YAML says false). Folded batch norms
+        get no rule and have no entry in ``Explanation.rules`` or ``node_relevance``.
 
     Returns
     -------
     torch.Tensor or Explanation
     """
+    graph = canonical(graph, canonize)
     _, node_rules, seed = resolve_rules(graph, rules, preprocess, seed)
     return explain_with_rules(
         graph,

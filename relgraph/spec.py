@@ -27,6 +27,7 @@ ARCH_KEYS = (
     "output",
     "rules",
     "preprocess",
+    "canonize",
 )
 NODE_KEYS = ("name", "op", "inputs")
 #: keys of a block instantiation that are not block parameters
@@ -272,6 +273,8 @@ class ArchSpec:
     params: dict[str, Any] = field(default_factory=dict)
     rules: str | None = None
     preprocess: str | None = None
+    #: fold batch norms before the rules run (``relgraph.canonize``)
+    canonize: bool = True
     file: str = "<string>"
     input_line: int | None = None
     output_line: int | None = None
@@ -829,6 +832,8 @@ def parse_spec(data: Any, file: str, overrides: dict[str, Any] | None = None) ->
     for key in ("rules", "preprocess"):
         if data.get(key) is not None:
             _expect(data[key], str, f"'{key}'", file=file, line=line_of(data, key))
+    canonize = data.get("canonize", True)
+    _expect(canonize, bool, "'canonize'", file=file, line=line_of(data, "canonize"))
 
     return ArchSpec(
         name=name,
@@ -840,6 +845,7 @@ def parse_spec(data: Any, file: str, overrides: dict[str, Any] | None = None) ->
         output=output,
         rules=data.get("rules"),
         preprocess=data.get("preprocess"),
+        canonize=canonize,
         file=file,
         input_line=line_of(data, "input"),
         output_line=line_of(data, "output"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +173,7 @@ class Composite:
         for entry in self.entries:
             for node in entry.selector.matches(graph):
                 chosen[node] = entry
+        _warn_folded(self, graph)
         rules: dict[str, Rule] = {}
         for node in graph.order[1:]:
             op = graph.op(node)
@@ -210,16 +212,50 @@ class Composite:
                 ) from None
         return rules
 
-    def table(self, graph: Graph, *, preprocess: str | None = None) -> str:
-        """A table of which rule each node gets."""
-        rules = self.resolve(graph, preprocess=preprocess)
-        rows = [("node", "op", "rule")] + [
-            (n, graph.op(n).type, rules[n].describe()) for n in graph.order[1:]
-        ]
+    def table(
+        self, graph: Graph, *, preprocess: str | None = None, canonize: bool | None = None
+    ) -> str:
+        """A table of which rule each node gets, on the graph the rules run on: batch norms
+        folded (``relgraph.canonize``) unless ``canonize`` is false (default: the
+        architecture's). A folded batch norm is listed with the layer it was folded into: it
+        has no rule of its own, and a rule aimed at it has no effect."""
+        from relgraph.canonize import canonical
+
+        view = canonical(graph, canonize)
+        rules = self.resolve(view, preprocess=preprocess)
+        folded = getattr(view, "folded", {})
+        rows = [("node", "op", "rule")]
+        for n in graph.order[1:]:
+            if n in folded:
+                rows.append((n, graph.op(n).type, f"- (folded into {folded[n]})"))
+            else:
+                op = view.op(n).type + (" +bn" if n in folded.values() else "")
+                rows.append((n, op, rules[n].describe()))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
+
+
+def _warn_folded(composite: Composite, graph: Graph) -> None:
+    """Warn about entries that name (not pattern-match) a batch norm the canonized ``graph``
+    folded away: such a rule has no effect."""
+    folded = getattr(graph, "folded", {})
+    named = sorted(
+        {
+            n
+            for entry in composite.entries
+            for n in entry.selector.nodes or ()
+            if n in folded and not any(c in n for c in "*?[")
+        }
+    )
+    if named:
+        warnings.warn(
+            f"composite '{composite.name}' has a rule for {', '.join(named)}, folded into "
+            f"{', '.join(folded[n] for n in named)} by canonization: it has no effect (aim it "
+            "at the layer, or pass canonize=False / set 'canonize: false')",
+            stacklevel=3,
+        )
 
 
 # --------------------------------------------------------------------------- presets

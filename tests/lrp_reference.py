@@ -450,6 +450,98 @@ def c3d_deep_taylor(
     return relevance, logits, predicted
 
 
+# --------------------------------------------------------------------------- video ResNets
+
+
+def fold_batchnorms(modules: Sequence[torch.nn.Module]) -> list[torch.nn.Module]:
+    """The leaf modules of a chain with each conv/linear followed by a batch norm fused into
+    one layer by torch's own ``torch.nn.utils.fusion`` (not relgraph's pass), in eval mode."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    leaves: list[torch.nn.Module] = []
+    for module in modules:
+        leaves += [m for m in module.modules() if not list(m.children())]
+    folded: list[torch.nn.Module] = []
+    for leaf in leaves:
+        previous = folded[-1] if folded else None
+        if isinstance(leaf, torch.nn.modules.batchnorm._BatchNorm) and previous is not None:
+            if isinstance(previous, torch.nn.modules.conv._ConvNd):
+                folded[-1] = fuse_conv_bn_eval(previous.eval(), leaf.eval())
+                continue
+            if isinstance(previous, torch.nn.Linear):
+                folded[-1] = fuse_linear_bn_eval(previous.eval(), leaf.eval())
+                continue
+        folded.append(leaf)
+    return folded
+
+
+def _ruled(z_true: torch.Tensor, z_rule: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """The value ``z_true``, with the gradient of ``z_rule · (z_true / stab_ε(z_rule))`` (the
+    quotient held constant). With the relevance written ``R = a ⊙ g`` (activation times the
+    incoming gradient) at every layer, the gradient then carries LRP:
+    ``R_in = x ⊙ Jᵀ_rule(R_out / stab_ε(z_rule))`` (Montavon et al.'s LRP tutorial trick)."""
+    quotient = safe_divide(z_true.detach(), z_rule.detach(), "epsilon", epsilon)
+    h = z_rule * quotient
+    return z_true.detach() + h - h.detach()
+
+
+def _zennit_layer(layer: torch.nn.Module, x: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """One layer of zennit's EpsilonPlus on a canonized model, as its modified gradient."""
+    if isinstance(layer, torch.nn.Conv3d):
+        w, b = layer.weight, layer.bias
+        conv = lambda inp, weight, bias: F.conv3d(  # noqa: E731
+            inp, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups
+        )
+        z_true = conv(x, w, b)
+        # zennit's ZPlus: z = A(x⁺;W⁺) + A(x⁻;W⁻) + b⁺
+        bias_pos = None if b is None else _pos(b).detach()
+        z_rule = conv(_pos(x), _pos(w).detach(), bias_pos) + conv(_neg(x), _neg(w).detach(), None)
+        return _ruled(z_true, z_rule, epsilon)
+    if isinstance(layer, torch.nn.Linear):  # epsilon, bias kept
+        z = F.linear(x, layer.weight.detach(), layer.bias.detach())
+        return _ruled(z, z, epsilon)
+    if isinstance(layer, torch.nn.ReLU):  # pass: ReLU's own gradient keeps R = a ⊙ g
+        return F.relu(x)
+    raise TypeError(type(layer))
+
+
+def video_resnet_epsilon_plus(
+    model: torch.nn.Module, x: torch.Tensor, target: int, epsilon: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """zennit's EpsilonPlus on a torchvision-style video ResNet (tests/zoo_reference.py),
+    canonized with ``fold_batchnorms``, by autograd through a modified-gradient forward.
+
+    Rules: conv: z⁺ with b⁺ (zennit's ZPlus); linear: epsilon with the bias; ReLU: pass;
+    residual add and the global average pool: zennit's Norm, ``R_i = x_i R / stab_ε(z)``.
+    Seed: one-hot at ``target``. Returns ``(input relevance, logits)``.
+    """
+    x = _leaf(x)
+
+    def chain(layers, a):
+        for layer in layers:
+            a = _zennit_layer(layer, a, epsilon)
+        return a
+
+    a = chain(fold_batchnorms([model.stem]), x)
+    for index in range(1, 5):
+        for block in getattr(model, f"layer{index}"):
+            main = chain(fold_batchnorms([block.conv1, block.conv2]), a)
+            shortcut = a
+            if block.downsample is not None:
+                shortcut = chain(fold_batchnorms([block.downsample]), a)
+            total = main + shortcut
+            a = F.relu(_ruled(total, total, epsilon))
+    pooled = a.mean(dim=(2, 3, 4))
+    features = _ruled(pooled, pooled, epsilon)
+    (fc,) = fold_batchnorms([model.fc])
+    logits = _zennit_layer(fc, features, epsilon)
+    seed = torch.zeros_like(logits)
+    seed[:, target] = 1.0
+    # R = a ⊙ g at the output: start the gradient at seed / logits
+    (grad,) = torch.autograd.grad(logits, [x], grad_outputs=safe_divide(seed, logits.detach()))
+    return (x * grad).detach(), logits.detach()
+
+
 # --------------------------------------------------------------------------- zennit's composites
 
 
