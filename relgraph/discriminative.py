@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import RelgraphError, ShapeError, TargetError, did_you_mean
+from .frozen import explain_frozen, wanted_slices
 from .graph import Graph
 from .reverse import Target, explain_with_rules, resolve_rules
 
@@ -85,6 +86,8 @@ class DiscriminativeResult:
         ``(B, T, C, T, H, W)``: the raw relevance of every frozen clip, all of it (index 1 is
         the frozen frame, index 3 the frozen clip's own time axis), so that any other
         reduction or normalisation can be computed afterwards without explaining again.
+        Except where the frozen-clip shortcut explained one slice only (``reduce``
+        ``first``/``same`` with ``normalize="none"``): then the other slices are 0.
     output
         ``(B, K)``: the model's logits on each clip.
     prediction, probability
@@ -96,9 +99,16 @@ class DiscriminativeResult:
     frozen_predictions, frozen_probabilities
         ``(B, T)``: what the model predicts on each frozen clip, and the softmax probability
         of that prediction. It may differ from the clip's: one frame shows no motion.
+    lost_fraction
+        ``(B,)``: the share of each clip's seed relevance that the reverse pass did not hand
+        on to the input (bias shares, the stabiliser's ε, zeroed denominators; see
+        ``Explanation.lost_fraction``).
+    frozen_lost_fraction
+        ``(B, T)``: the same for each frozen clip (where the frozen-clip shortcut explained
+        one slice only: of the relevance on that slice's receptive field).
     options
         The options used: ``target`` (as given), ``rules``, ``seed``, ``reduce``,
-        ``normalize``, ``batch_size``, ``preprocess``.
+        ``normalize``, ``batch_size``, ``frozen_shortcut``, ``preprocess``.
     """
 
     spatiotemporal: torch.Tensor
@@ -113,6 +123,8 @@ class DiscriminativeResult:
     frozen_output: torch.Tensor = field(repr=False)
     frozen_predictions: torch.Tensor
     frozen_probabilities: torch.Tensor
+    lost_fraction: torch.Tensor
+    frozen_lost_fraction: torch.Tensor
     options: dict[str, Any]
 
 
@@ -192,6 +204,7 @@ def discriminative(
     preprocess: str | None = None,
     labels: Labels | Sequence[str] | None = None,
     progress: bool | None = None,
+    frozen_shortcut: bool = True,
 ) -> DiscriminativeResult:
     """Spatio-temporal, spatial and temporal relevance of each clip of a batch.
 
@@ -245,6 +258,13 @@ def discriminative(
     progress
         Show a tqdm bar on stderr over the batches of frozen clips. Default (``None``): only
         when stderr is a terminal and there is more than one batch.
+    frozen_shortcut
+        Explain frozen clips without redundant work (:mod:`relgraph.frozen`): the forward pass
+        computes each distinct time slice once, and where the maps need one slice of each
+        frozen clip (``reduce`` ``first``/``same`` with ``normalize="none"``) the reverse pass
+        follows only that slice's receptive field. The same results up to rounding; ``False``
+        explains the full frozen clips, for comparison. With the reverse shortcut,
+        ``frozen_relevance`` holds only the slices the reduction reads (the others are 0).
 
     Returns
     -------
@@ -269,6 +289,7 @@ def discriminative(
         batch_size=batch_size,
         labels=labels,
         progress=progress,
+        frozen_shortcut=frozen_shortcut,
         options={
             "rules": composite.name,
             "preprocess": preprocess or g.default_preprocess,
@@ -289,6 +310,7 @@ def discriminative_with_rules(
     labels: Labels | Sequence[str] | None = None,
     progress: bool | None = None,
     options: dict[str, Any] | None = None,
+    frozen_shortcut: bool = True,
 ) -> DiscriminativeResult:
     """:func:`discriminative` with the rules already resolved per node
     (``Composite.resolve``): resolve once, then call this for every clip of a video."""
@@ -298,31 +320,45 @@ def discriminative_with_rules(
     batch, _, num_frames = clip.shape[:3]
     seed_for = _seed_rows(seed, batch)
 
+    # the output, target and lost relevance, without keeping every node's relevance
     explanation = explain_with_rules(
-        g, clip, node_rules, target, seed_for(None), labels=labels, return_all=True
+        g, clip, node_rules, target, seed_for(None), labels=labels, return_explanation=True
     )
     relevance = explanation.relevance
     output = explanation.output.reshape(batch, -1)
     explained = explanation.target
-    del explanation  # every node's relevance: free it before the frozen clips run
+    lost = explanation.lost_fraction
+    del explanation
 
     pairs = [(b, t) for b in range(batch) for t in range(num_frames)]
     chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
     frozen_relevance = relevance.new_empty((batch, num_frames, *clip.shape[1:]))
     frozen_output = output.new_empty((batch, num_frames, output.shape[1]))
+    frozen_lost = lost.new_empty((batch, num_frames))
     for chunk in _progress(chunks, progress):
         clip_rows = torch.tensor([b for b, _ in chunk], device=clip.device)
         frame_rows = torch.tensor([t for _, t in chunk], device=clip.device)
-        frozen = explain_with_rules(
-            g,
-            frozen_clips(clip, chunk),
-            node_rules,
-            explained[clip_rows],
-            seed_for(clip_rows),
-            return_all=True,
-        )
+        if frozen_shortcut:
+            frozen = explain_frozen(
+                g,
+                clip[clip_rows, :, frame_rows],
+                node_rules,
+                explained[clip_rows],
+                seed_for(clip_rows),
+                wanted=wanted_slices(reduce, normalize, [t for _, t in chunk]),
+            )
+        else:
+            frozen = explain_with_rules(
+                g,
+                frozen_clips(clip, chunk),
+                node_rules,
+                explained[clip_rows],
+                seed_for(clip_rows),
+                return_explanation=True,
+            )
         frozen_relevance[clip_rows, frame_rows] = frozen.relevance
         frozen_output[clip_rows, frame_rows] = frozen.output.reshape(len(chunk), -1)
+        frozen_lost[clip_rows, frame_rows] = frozen.lost_fraction
         del frozen
 
     with torch.inference_mode():
@@ -340,6 +376,7 @@ def discriminative_with_rules(
         "reduce": reduce,
         "normalize": normalize,
         "batch_size": batch_size,
+        "frozen_shortcut": frozen_shortcut,
         **(options or {}),
     }
     return DiscriminativeResult(
@@ -355,6 +392,8 @@ def discriminative_with_rules(
         frozen_output=frozen_output,
         frozen_predictions=frozen_prediction,
         frozen_probabilities=frozen_probability,
+        lost_fraction=lost,
+        frozen_lost_fraction=frozen_lost,
         options=used,
     )
 

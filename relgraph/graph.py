@@ -58,7 +58,8 @@ class Graph:
         self.order: list[str] = list(
             nx.lexicographical_topological_sort(graph, key=index.__getitem__)
         )
-        #: per-graph memo for rules (e.g. W⁺, W⁻); cleared whenever weights change
+        #: per-graph memo for rules (e.g. W⁺, W⁻): each node's entry checks that its tensors
+        #: are the same, unedited (``NodeContext.memo``); ``to`` clears it to free memory
         self.cache: dict[Any, torch.Tensor] = {}
         # what weights get when none exist yet (init="none"): set by compile_spec and to()
         self._dtype = torch.float32

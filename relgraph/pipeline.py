@@ -352,9 +352,7 @@ def explain_clips(
         options={"rules": model.rules_name, "preprocess": model.preprocess.name},
     )
     seconds = (time.perf_counter() - clock) / len(clips)
-    # Reported by the reverse pass once the engine has it (issue 9, point 8).
-    lost = getattr(result, "lost_fraction", None)
-    frozen_lost = getattr(result, "frozen_lost_fraction", None)
+    lost, frozen_lost = result.lost_fraction, result.frozen_lost_fraction
     return [
         ClipResult(
             spatiotemporal=_numpy(result.spatiotemporal[b], float32=True),
@@ -367,8 +365,8 @@ def explain_clips(
             target=int(result.target[b]),
             frozen_predictions=_numpy(result.frozen_predictions[b]),
             frozen_probabilities=_numpy(result.frozen_probabilities[b]),
-            lost_fraction=None if lost is None else float(lost[b]),
-            frozen_lost_fraction=None if frozen_lost is None else _numpy(frozen_lost[b]),
+            lost_fraction=float(lost[b]),
+            frozen_lost_fraction=_numpy(frozen_lost[b]),
             options=dict(result.options),
             explain_seconds=seconds,
         )

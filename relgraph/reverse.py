@@ -27,7 +27,7 @@ Target = int | str | Sequence[int | str] | torch.Tensor
 
 @dataclass
 class Explanation:
-    """The result of ``explain(..., return_all=True)``.
+    """The result of ``explain(..., return_explanation=True)`` or ``return_all=True``.
 
     Attributes
     ----------
@@ -39,6 +39,10 @@ class Explanation:
         The explained class of each sample, ``(B,)``.
     seed
         The relevance the reverse pass started from, shaped like ``output``.
+    lost
+        Per node, ``(B,)``: the relevance the node did not hand on to its inputs,
+        ``Σ R_out − Σ R_in`` per sample (negative where a rule created relevance). See
+        ``lost_fraction`` for what counts.
     node_relevance
         Relevance of every node's output (only with ``return_all=True``).
     rules
@@ -50,7 +54,43 @@ class Explanation:
     target: torch.Tensor
     seed: torch.Tensor
     rules: dict[str, Rule]
+    lost: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     node_relevance: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def lost_fraction(self) -> torch.Tensor:
+        """``(B,)``: the relevance lost on the way, over all nodes, as a fraction of the seed:
+        ``Σ_nodes lost / Σ seed`` per sample (0 where the seed sums to 0).
+
+        It counts everything a rule does not hand on: the share a bias keeps (rules that
+        keep a bias: ``epsilon``, and ``zplus``/``alphabeta`` with ``bias: true``), what the
+        stabiliser's ε absorbs, what a zeroed denominator (z = 0, subnormal, or a share
+        beyond the format) drops, and a rule's own non-conservation (``combine`` weights
+        not summing to 1). Negative: relevance was created. With conserving rules it is
+        0 up to rounding.
+        """
+        return lost_fraction(self.lost, self.seed)
+
+
+def lost_fraction(lost: dict[str, torch.Tensor], seed: torch.Tensor) -> torch.Tensor:
+    """``Σ_nodes lost / Σ seed`` per sample (0 where the seed sums to 0); see
+    ``Explanation.lost_fraction``."""
+    total_seed = seed.reshape(seed.shape[0], -1).sum(1, dtype=_accumulator(seed.dtype))
+    if not lost:
+        return torch.zeros_like(total_seed)
+    total_lost = torch.stack(list(lost.values())).sum(0)
+    fraction = total_lost / total_seed
+    return torch.where(total_seed == 0, 0.0, fraction)
+
+
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    """The type the per-sample totals are summed in: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _totals(t: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: each sample's sum."""
+    return t.reshape(t.shape[0], -1).sum(1, dtype=_accumulator(t.dtype))
 
 
 def resolve_target(
@@ -141,6 +181,7 @@ def explain(
     labels: Labels | Sequence[str] | None = None,
     preprocess: str | None = None,
     return_all: bool = False,
+    return_explanation: bool = False,
 ) -> torch.Tensor | Explanation:
     """Explain a batch: the relevance of each input element for the target class.
 
@@ -162,8 +203,11 @@ def explain(
     preprocess
         The preprocessing preset the input went through (zβ bounds follow from it);
         default: the architecture's.
+    return_explanation
+        Return an ``Explanation`` (input relevance, output, target, seed, lost relevance)
+        without keeping every node's relevance.
     return_all
-        Return an ``Explanation`` with every node's relevance instead of the input relevance.
+        Return an ``Explanation`` that also holds every node's relevance.
 
     Returns
     -------
@@ -171,7 +215,14 @@ def explain(
     """
     _, node_rules, seed = resolve_rules(graph, rules, preprocess, seed)
     return explain_with_rules(
-        graph, x, node_rules, target, seed, labels=labels, return_all=return_all
+        graph,
+        x,
+        node_rules,
+        target,
+        seed,
+        labels=labels,
+        return_all=return_all,
+        return_explanation=return_explanation,
     )
 
 
@@ -191,13 +242,28 @@ def resolve_rules(
     return composite, node_rules, seed if seed is not None else composite.seed or "onehot"
 
 
+def rule_needs(rule: Rule) -> frozenset[str]:
+    """What ``rule`` declares it reads from the forward pass (``Rule.needs``), checked."""
+    from .rules import NEEDS
+
+    needs = rule.needs
+    unknown = set(needs) - NEEDS
+    if unknown:
+        raise RuleError(
+            f"rule {rule.describe()} needs {sorted(unknown)}, which the forward pass does not "
+            f"offer (it offers {sorted(NEEDS)})"
+        )
+    return frozenset(needs)
+
+
 def activations_needed(graph: Graph, node_rules: dict[str, Rule]) -> set[str]:
     """The nodes whose activations the rules will read."""
     needed = set()
     for node, rule in node_rules.items():
-        if rule.needs_inputs:
+        needs = rule_needs(rule)
+        if "inputs" in needs:
             needed.update(graph.inputs_of(node))
-        if getattr(rule, "needs_output", False):
+        if "output" in needs:
             needed.add(node)
     return needed
 
@@ -211,22 +277,26 @@ def explain_with_rules(
     *,
     labels: Any = None,
     return_all: bool = False,
+    return_explanation: bool = False,
 ) -> torch.Tensor | Explanation:
     """``explain`` with the rules already resolved per node (see ``Composite.resolve``)."""
     from .rules import NodeContext
 
+    needs = {node: rule_needs(rule) for node, rule in node_rules.items()}
     fwd = graph.forward(
         x,
         keep=activations_needed(graph, node_rules),
-        record=[n for n, rule in node_rules.items() if getattr(rule, "needs_record", False)],
+        record=[n for n in node_rules if "record" in needs[n]],
     )
     activations, records = fwd.activations, fwd.records
-    output = fwd.output.clone() if return_all else fwd.output
+    detailed = return_all or return_explanation
+    output = fwd.output.clone() if detailed else fwd.output
     with torch.inference_mode():
         target_index = resolve_target(output, target, labels)
         start = make_seed(output, target_index, seed)
         relevance: dict[str, torch.Tensor] = {graph.output: start}
         kept: dict[str, torch.Tensor] = {}
+        lost: dict[str, torch.Tensor] = {}
         batch = x.shape[0]
         for node in reversed(graph.order[1:]):
             node_relevance = relevance.pop(node)
@@ -237,9 +307,9 @@ def explain_with_rules(
             ctx = NodeContext(
                 node=node,
                 op=graph.op(node),
-                inputs=[activations.get(p) for p in preds],
+                inputs=[activations.get(p) if "inputs" in needs[node] else None for p in preds],
                 input_shapes=[torch.Size((batch, *graph.graph.nodes[p]["shape"])) for p in preds],
-                output=activations.get(node),
+                output=activations.get(node) if "output" in needs[node] else None,
                 tensors=graph.tensors(node),
                 cache=graph.cache,
                 record=records.pop(node, None),
@@ -251,6 +321,8 @@ def explain_with_rules(
                     raise
                 line = graph.graph.nodes[node].get("line")
                 raise RuleError(exc.message, file=graph.file, line=line, node=node) from None
+            if detailed:  # one reduction per tensor and sample
+                lost[node] = _totals(node_relevance) - sum(_totals(c) for c in contributions)
             for pred, contribution in zip(preds, contributions):
                 relevance[pred] = (
                     relevance[pred] + contribution if pred in relevance else contribution
@@ -258,14 +330,16 @@ def explain_with_rules(
             activations.pop(node, None)
             del ctx, node_relevance, contributions
         input_relevance = relevance.pop(graph.input)
-    if not return_all:
+    if not detailed:
         return input_relevance
-    kept[graph.input] = input_relevance
+    if return_all:
+        kept[graph.input] = input_relevance
     return Explanation(
         relevance=input_relevance,
         output=output,
         target=target_index,
         seed=start,
         rules=node_rules,
+        lost=lost,
         node_relevance=kept,
     )

@@ -1,6 +1,6 @@
 """Relevance rules (``relgraph.rules``): the rule objects, composites and shipped presets."""
 
-from .base import RULES, NodeContext, Rule, Stabilizer, make_rule, register_rule
+from .base import NEEDS, RULES, NodeContext, Rule, Stabilizer, make_rule, register_rule
 from .composite import Composite, Entry, Selector, as_composite, preset, preset_names
 from .library import (
     AlphaBeta,
@@ -19,6 +19,7 @@ from .library import (
 )
 
 __all__ = [
+    "NEEDS",
     "RULES",
     "AlphaBeta",
     "Combine",

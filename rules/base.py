@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -36,11 +37,12 @@ class NodeContext:
     input_shapes
         The full (batched) shapes of its inputs.
     output
-        Its own activation, when the rule asked for it (``needs_output``), else ``None``.
+        Its own activation, when the rule needs ``"output"``, else ``None``.
     tensors
         Its parameter tensors by name.
     cache
-        A per-graph memo for values that depend only on the weights (cleared when they change).
+        A per-graph memo for values that depend only on the weights (see ``memo``: an entry
+        is dropped by itself when the weights it came from change).
     """
 
     node: str
@@ -58,12 +60,27 @@ class NodeContext:
         """The single input's activation."""
         return self.inputs[0]
 
-    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
-        """``compute()``, computed once per node and weights."""
-        full_key = (self.node, key)
-        if full_key not in self.cache:
-            self.cache[full_key] = compute()
-        return self.cache[full_key]
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``, computed once per node and weights.
+
+        The node's entry in ``cache`` remembers which tensors it was computed from (their
+        identity, storage and version counter): editing a weight in place
+        (``graph.tensors(node)["weight"].mul_(2)``) or putting another tensor in its place
+        drops the node's memo, so no caller ever has to clear it. Tensors without a version
+        counter (created in inference mode) cannot vouch for their values: nothing derived
+        from them is memoised.
+        """
+        entry = self.cache.get(self.node)
+        if entry is None or not _same_tensors(entry[0], self.tensors):
+            signature = _signature(self.tensors)
+            if signature is None:
+                return compute()
+            entry = (signature, {})
+            self.cache[self.node] = entry
+        values = entry[1]
+        if key not in values:
+            values[key] = compute()
+        return values[key]
 
     def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The affine map's weight and bias (batch-norm folded to scale and shift)."""
@@ -92,6 +109,31 @@ class NodeContext:
         """``(Aᵀ(s; first), Aᵀ(s; second))``, in a single adjoint where the op allows."""
         stacked = self.stacked(key, first, second)
         return self.op.adjoint_pair(s, first, second, self.input_shapes[0], stacked)
+
+
+def _signature(tensors: dict[str, torch.Tensor]) -> tuple | None:
+    """What identifies the current values of ``tensors``: per name a weak reference to the
+    tensor, its storage address and its version counter (bumped by every in-place edit).
+    ``None`` when a tensor has no version counter (an inference-mode tensor)."""
+    signature = []
+    for name, t in sorted(tensors.items()):
+        if t.is_inference():
+            return None
+        signature.append((name, weakref.ref(t), t.data_ptr(), t._version))
+    return tuple(signature)
+
+
+def _same_tensors(signature: tuple, tensors: dict[str, torch.Tensor]) -> bool:
+    """Whether ``tensors`` still holds the very tensors of ``signature``, unedited."""
+    if len(signature) != len(tensors):
+        return False
+    for name, ref, pointer, version in signature:
+        t = tensors.get(name)
+        # a weak reference: a replaced tensor that was freed cannot be mistaken for a new one
+        # that happens to reuse its id and memory
+        if t is None or ref() is not t or t.data_ptr() != pointer or t._version != version:
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -198,26 +240,46 @@ def rescaled(t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
 # --------------------------------------------------------------------------- rules
 
 
+#: What a rule can ask the forward pass for (``Rule.needs``):
+#: ``inputs``: the activations of the node's inputs (``NodeContext.inputs``);
+#: ``output``: the node's own activation (``NodeContext.output``);
+#: ``record``: what the op recorded in the forward pass, e.g. max-pool indices (``record``).
+#: The weights (``NodeContext.tensors``) and the input shapes are always there.
+NEEDS = frozenset({"inputs", "output", "record"})
+
+#: the protocol's names before ``needs``: a subclass that still sets one would be ignored
+_LEGACY_NEEDS = ("needs_inputs", "needs_output", "needs_record")
+
+
 class Rule:
     """Base class of relevance rules.
 
     Subclasses are dataclasses whose fields are the rule's parameters (settable from YAML),
-    and implement ``relevance``. Class attributes:
+    and implement ``relevance``. Class attributes (or properties, where they follow from the
+    parameters):
 
     ``name``           the name used in YAML and by ``get_rule``
     ``requires``       the op capabilities the rule works with (any one suffices)
-    ``needs_inputs``   whether the rule reads the input activations
-    ``needs_output``   whether the rule reads the node's own activation
-    ``needs_record``   whether the rule reads what the op recorded in the forward pass
+    ``needs``          what the rule reads from the forward pass: a frozenset of ``NEEDS``
+                       (``inputs``, ``output``, ``record``). The reverse pass keeps exactly
+                       that and asks nothing else; a rule built of parts (``Combine``) needs
+                       the union of its parts' needs.
     ``conserving``     whether Σ R_in = Σ R holds (under the conditions in rules.md)
     """
 
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
-    needs_inputs: ClassVar[bool] = True
-    needs_output: ClassVar[bool] = False
-    needs_record: ClassVar[bool] = False
+    needs: ClassVar[frozenset[str]] = frozenset({"inputs"})
     conserving: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        legacy = [n for n in _LEGACY_NEEDS if n in vars(cls)]
+        if legacy:
+            raise TypeError(
+                f"rule class {cls.__name__} sets {', '.join(legacy)}: declare "
+                f"needs = frozenset({{...}}) with some of {sorted(NEEDS)} instead"
+            )
 
     def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
         """Relevance of each input, given the relevance of the node's output."""
@@ -252,22 +314,31 @@ RULES: dict[str, type[Rule]] = {}
 """Every registered rule class by name."""
 
 
-def register_rule(cls: type[Rule] | None = None, *, name: str | None = None):
+def register_rule(cls: type[Rule] | None = None, *, name: str | None = None, replace: bool = False):
     """Register a rule class so YAML presets can name it. Use as a decorator.
+
+    A name already registered (a built-in such as ``epsilon`` included) raises ``RuleError``:
+    every preset naming it would silently change. Pass ``replace=True`` to mean it.
 
     Examples
     --------
-    >>> @register_rule
+    >>> @register_rule(name="halve-example", replace=True)
     ... @dataclass
     ... class Halve(Rule):
-    ...     name = "halve"
     ...     requires = ("reshape",)
+    ...     needs = frozenset()
     ...     def relevance(self, ctx, relevance):
     ...         return [0.5 * relevance.reshape(ctx.input_shapes[0])]
     """
 
     def add(rule_cls: type[Rule]) -> type[Rule]:
         key = name or rule_cls.name
+        existing = RULES.get(key)
+        if existing is not None and existing is not rule_cls and not replace:
+            raise RuleError(
+                f"a rule named '{key}' is already registered ({existing.__module__}."
+                f"{existing.__qualname__}); pass replace=True to replace it"
+            )
         if not dataclasses.is_dataclass(rule_cls):
             rule_cls = dataclass(rule_cls)
         rule_cls.name = key

@@ -9,9 +9,11 @@ A preset is a YAML file::
       - {ops: ["conv*", linear], rule: {name: zplus, stabilizer: zero}}
       - {nodes: first, rule: {name: zbeta, bounds: preprocess}}
 
-Selector keys (all given must match): ``nodes`` (names or glob patterns, or ``first``: the
-affine nodes with no affine node before them, or ``last``: those with none after them) and
-``ops`` (op types or glob patterns).
+Selector keys (all given must match): ``nodes`` (names or glob patterns; ``first``: the
+mixing affine nodes (conv, linear; not batch norm) with no mixing affine node before them;
+``before-first``: the nodes between the input and those, e.g. a batch norm on the raw input;
+``last``: the affine nodes with no affine node after them) and ``ops`` (op types or glob
+patterns).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class Selector:
             for pattern in self.nodes:
                 if pattern == "first":
                     chosen |= _boundary_affine(graph, first=True)
+                elif pattern == "before-first":
+                    chosen |= _before_first(graph)
                 elif pattern == "last":
                     chosen |= _boundary_affine(graph, first=False)
                 else:
@@ -83,10 +87,23 @@ class Selector:
 
 
 def _boundary_affine(graph: Graph, *, first: bool) -> set[str]:
-    """Affine nodes (conv, linear, batch-norm) with no affine node before (or after) them."""
+    """``first``: the mixing affine nodes (conv, linear: affine but not ``channelwise``) with
+    no mixing affine node before them, so that on input → batch norm → conv the conv is first
+    (zennit's ``SpecialFirstLayerMapComposite`` likewise picks the first conv or linear layer).
+    ``last``: the affine nodes (batch norm included) with no affine node after them."""
     affine = {n for n in graph.order if "affine" in graph.op(n).capabilities}
-    related = nx.ancestors if first else nx.descendants
-    return {n for n in affine if not (related(graph.graph, n) & affine)}
+    if first:
+        mixing = {n for n in affine if "channelwise" not in graph.op(n).capabilities}
+        return {n for n in mixing if not (nx.ancestors(graph.graph, n) & mixing)}
+    return {n for n in affine if not (nx.descendants(graph.graph, n) & affine)}
+
+
+def _before_first(graph: Graph) -> set[str]:
+    """The nodes between the input and the ``first`` nodes (their ancestors, input left out)."""
+    ancestors: set[str] = set()
+    for node in _boundary_affine(graph, first=True):
+        ancestors |= nx.ancestors(graph.graph, node)
+    return ancestors - {graph.order[0]}
 
 
 @dataclass(frozen=True)
@@ -130,7 +147,12 @@ class Composite:
             raise RuleError("override needs a rule")
         if nodes is None and ops is None:
             raise RuleError("override needs nodes=... or ops=...")
-        entry = Entry(Selector(_as_tuple(nodes), _as_tuple(ops)), make_rule(rule))
+        try:
+            built = make_rule(rule)
+        except RuleError as exc:
+            names = _as_tuple(nodes)
+            raise RuleError(exc.message, node=", ".join(names) if names else None) from None
+        entry = Entry(Selector(_as_tuple(nodes), _as_tuple(ops)), built)
         return Composite(
             [*self.entries, entry], self.name + "+override", self.description, self.seed
         )
@@ -182,7 +204,7 @@ class Composite:
                     node=node,
                 )
             try:
-                rules[node] = rule.bind(preprocess=preprocess)
+                rules[node] = rule.bind(preprocess=preprocess, graph=graph, node=node)
             except RuleError as exc:
                 raise RuleError(
                     exc.message, file=entry.file or graph.file, line=entry.line, node=node

@@ -5,13 +5,14 @@ in ``rules.md``. ``A``/``Aᵀ`` are the op's ``linear_map``/``adjoint``; ``stab`
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
-from relgraph.errors import RuleError
+from relgraph.errors import RelgraphWarning, RuleError
 
 from .base import (
     NodeContext,
@@ -107,11 +108,12 @@ def _bias_part(ctx: NodeContext, use_bias: bool, sign: str) -> torch.Tensor | No
 @register_rule
 @dataclass
 class Pass(Rule):
-    """``R_in = R``, reshaped to the input's shape (ReLU, dropout, flatten, identity)."""
+    """``R_in = R``, reshaped to the input's shape (ReLU, dropout, flatten, identity; and a
+    batch norm left unfolded, a monotone per-channel map, as zennit's ``Pass`` treats it)."""
 
     name = "pass"
-    requires = ("reshape",)
-    needs_inputs = False
+    requires = ("reshape", "channelwise")
+    needs = frozenset()
 
     def relevance(self, ctx, relevance):
         return [relevance.reshape(ctx.input_shapes[0])]
@@ -136,8 +138,9 @@ class Epsilon(Rule):
             raise RuleError(f"epsilon must be ≥ 0, got {self.epsilon}")
 
     @property
-    def needs_output(self) -> bool:  # the forward output is z itself when the bias is kept
-        return self.bias
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        # the forward output is z itself when the bias is kept
+        return frozenset({"inputs", "output"}) if self.bias else frozenset({"inputs"})
 
     def relevance(self, ctx, relevance):
         weight, bias = ctx.weight_and_bias()
@@ -221,13 +224,14 @@ class AlphaBeta(_Stabilized):
 @register_rule
 @dataclass
 class Gamma(_Stabilized):
-    """γ: ``W↑ = W + γW⁺``, ``W↓ = W + γW⁻``; outputs with z > 0 share by
-    ``z↑ = A(x⁺;W↑)+A(x⁻;W↓)``, outputs with z < 0 by ``z↓ = A(x⁺;W↓)+A(x⁻;W↑)``."""
+    """γ (Montavon et al. 2019; the generalised form of zennit's ``Gamma``): ``W↑ = W + γW⁺``,
+    ``W↓ = W + γW⁻``; outputs with z > 0 share by ``z↑ = A(x⁺;W↑)+A(x⁻;W↓) (+b+γb⁺)``,
+    outputs with z < 0 by ``z↓ = A(x⁺;W↓)+A(x⁻;W↑) (+b+γb⁻)``, z the layer's output.
+    ``bias: false`` leaves the bias out of z↑ and z↓ (the output's sign still picks the side)."""
 
     name = "gamma"
     requires = ("affine",)
-    drops_bias = True
-    needs_output = True
+    needs = frozenset({"inputs", "output"})
     gamma: float = 0.25
 
     def __post_init__(self):
@@ -244,13 +248,19 @@ class Gamma(_Stabilized):
             return weight + gamma * w_pos, weight + gamma * w_neg
 
         w_up, w_down = ctx.memo(f"gamma={gamma}", weights)
+        b_up = b_down = None
+        if self.bias and bias is not None:
+            b_up, b_down = ctx.memo(
+                f"gamma={gamma} b",
+                lambda: (bias + gamma * positive(bias), bias + gamma * negative(bias)),
+            )
         z = ctx.output if ctx.output is not None else _A(ctx, ctx.x, weight, bias)
         up_key, down_key = f"γ={gamma} W↑|W↓", f"γ={gamma} W↓|W↑"
         up = signed_share(
-            ctx, torch.where(z > 0, relevance, 0.0), w_up, w_down, None, self.stab, up_key
+            ctx, torch.where(z > 0, relevance, 0.0), w_up, w_down, b_up, self.stab, up_key
         )
         down = signed_share(
-            ctx, torch.where(z < 0, relevance, 0.0), w_down, w_up, None, self.stab, down_key
+            ctx, torch.where(z < 0, relevance, 0.0), w_down, w_up, b_down, self.stab, down_key
         )
         return [up + down]
 
@@ -263,12 +273,15 @@ class ZBeta(_Stabilized):
 
     ``low``/``high`` are numbers or one value per input channel; or ``bounds`` names a
     preprocessing preset (``c3d-ucf101``, ``hara``) or ``preprocess`` (the one in use), with
-    ``per_channel`` choosing ``(−mean_c, 255 − mean_c)`` over the paper's scalar bounds.
+    ``per_channel`` choosing per-channel bounds over the paper's one bound for all channels.
+    The bias cancels out of z (zennit's ``ZBox`` likewise: ``(Wx+b) − (W⁺l+b⁺) − (W⁻h+b⁻)``),
+    so ``bias: true`` is refused.
     """
 
     name = "zbeta"
     requires = ("affine",)
-    needs_output = True
+    drops_bias = True
+    needs = frozenset({"inputs", "output"})
     low: float | tuple[float, ...] | None = None
     high: float | tuple[float, ...] | None = None
     bounds: str | None = None
@@ -279,8 +292,12 @@ class ZBeta(_Stabilized):
         if self.bounds is None and (self.low is None or self.high is None):
             raise RuleError("zbeta needs 'low' and 'high', or 'bounds' (a preprocessing preset)")
 
-    def bind(self, *, preprocess: str | None = None, **_: Any) -> Rule:
-        """Resolve ``bounds`` into ``low``/``high`` from the preprocessing preset."""
+    def bind(
+        self, *, preprocess: str | None = None, graph: Any = None, node: str | None = None, **_: Any
+    ) -> Rule:
+        """Resolve ``bounds`` into ``low``/``high``: the pixel extremes 0 and 255 mapped
+        through the preprocessing preset, then through the per-channel maps (batch norms,
+        ReLUs, max pools) between the graph's input and ``node``, channel by channel."""
         if self.bounds is None:
             return self
         name = preprocess if self.bounds == "preprocess" else self.bounds
@@ -292,7 +309,15 @@ class ZBeta(_Stabilized):
         from relgraph.preprocess import get_preprocess
 
         low, high = get_preprocess(name).zbeta_bounds(self.per_channel)
-        if not self.per_channel:
+        chain = _channelwise_chain(graph, node) if graph is not None and node else []
+        if chain:
+            if not self.per_channel:  # one box for every channel the graph's input has
+                channels = graph.input_shape[0]
+                low, high = low[:1].expand(channels), high[:1].expand(channels)
+            for between in chain:
+                low, high = _map_box(graph, node, between, low, high)
+        uniform = bool((low == low[0]).all() and (high == high[0]).all())
+        if not self.per_channel and uniform:
             # the paper's bounds are one number for every channel (zbeta_bounds repeats it per
             # channel): kept scalar, they also fit a first layer that does not read 3 channels
             return dataclasses.replace(self, low=float(low[0]), high=float(high[0]), bounds=None)
@@ -316,6 +341,7 @@ class ZBeta(_Stabilized):
         weight, bias = ctx.weight_and_bias()
         w_pos, w_neg = ctx.weight_parts()
         low, high = self._bound(self.low, x), self._bound(self.high, x)
+        _warn_outside(ctx.node, x, low, high)
         # A(x;W) = output − b: no extra pass; the bounds' part is the same for every sample,
         # so it is computed once, for one sample, with the bias folded in
         from_output = ctx.output is not None and bias is not None
@@ -338,6 +364,82 @@ def _values(bound: float | tuple[float, ...]) -> list[float]:
     return list(bound) if isinstance(bound, (tuple, list)) else [bound]
 
 
+#: inputs may pass the bounds by this much of the box's width (rounding of the preprocessing)
+BOUNDS_TOLERANCE = 1e-4
+
+
+def _warn_outside(node: str, x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> None:
+    """A ``RelgraphWarning`` when some input lies outside ``[low, high]`` beyond rounding."""
+    slack = BOUNDS_TOLERANCE * (high - low).abs()
+    below, above = (low - x - slack).amax(), (x - high - slack).amax()
+    if bool(torch.maximum(below, above) > 0):
+        lo, hi = float(x.amin()), float(x.amax())
+        warnings.warn(
+            f"node '{node}': zβ input values span [{lo:.6g}, {hi:.6g}], outside the bounds "
+            f"[{float(low.amin()):.6g}, {float(high.amax()):.6g}] the rule assumes (with "
+            "bounds: preprocess, the input did not go through the preprocessing named)",
+            RelgraphWarning,
+            stacklevel=2,
+        )
+
+
+def _channelwise_chain(graph: Any, node: str) -> list[str]:
+    """The nodes between the graph's input and ``node`` (input first), when that path is one
+    chain of per-channel monotone maps; a ``RuleError`` otherwise."""
+    chain: list[str] = []
+    current = node
+    while True:
+        inputs = graph.inputs_of(current)
+        if len(inputs) != 1:
+            raise RuleError(
+                f"zbeta at '{node}' maps its bounds back to the input, but '{current}' has "
+                f"{len(inputs)} inputs; give zbeta low/high explicitly",
+                node=node,
+            )
+        (previous,) = inputs
+        if previous == graph.input:
+            return chain[::-1]
+        capabilities = graph.op(previous).capabilities
+        if not capabilities & {"channelwise", "max_route", "reshape"}:
+            raise RuleError(
+                f"zbeta at '{node}' cannot map the input's bounds through '{previous}' "
+                f"({graph.op(previous).type}); give zbeta low/high explicitly",
+                node=node,
+            )
+        chain.append(previous)
+        current = previous
+
+
+def _map_box(graph: Any, rule_node: str, node: str, low: torch.Tensor, high: torch.Tensor):
+    """Per-channel interval arithmetic through a monotone per-channel op (batch norm, ReLU,
+    dropout, identity, max pool): the op applied to inputs that hold ``low_c`` (``high_c``)
+    everywhere in channel c; each channel's box is the smaller and the larger of the two
+    results (a decreasing map swaps them). An op that only reshapes (flatten) keeps a box that
+    is the same for every channel, and mixes one that is not (a ``RuleError``)."""
+    shape = graph.graph.nodes[graph.inputs_of(node)[0]]["shape"]
+    out_shape = graph.graph.nodes[node]["shape"]
+    if "reshape" in graph.op(node).capabilities and tuple(out_shape) != tuple(shape):
+        if not bool((low == low[0]).all() and (high == high[0]).all()):
+            raise RuleError(
+                f"zbeta at '{rule_node}' cannot carry per-channel bounds through '{node}' "
+                f"({graph.op(node).type}), which mixes channels; give zbeta low/high explicitly",
+                node=rule_node,
+            )
+        return low[:1].expand(out_shape[0]), high[:1].expand(out_shape[0])
+    tensors = {k: v.to(torch.float64) for k, v in graph.tensors(node).items()}
+    view = (1, -1, *([1] * (len(shape) - 1)))
+    filled = [
+        bound.to(torch.float64).reshape(view).expand(1, *shape).contiguous()
+        for bound in (low, high)
+    ]
+    with torch.inference_mode():
+        outs = [graph.op(node).forward([t], tensors) for t in filled]
+    per_channel = [o.reshape(o.shape[0], o.shape[1], -1)[0] for o in outs]
+    lowest = torch.minimum(*per_channel).amin(dim=1)
+    highest = torch.maximum(*per_channel).amax(dim=1)
+    return lowest, highest
+
+
 @register_rule
 @dataclass
 class Flat(_Stabilized):
@@ -346,7 +448,7 @@ class Flat(_Stabilized):
     name = "flat"
     requires = ("affine",)
     drops_bias = True
-    needs_inputs = False
+    needs = frozenset()
 
     def relevance(self, ctx, relevance):
         ones = ctx.memo("1", lambda: torch.ones_like(ctx.weight_and_bias()[0]))
@@ -361,7 +463,7 @@ class WSquare(_Stabilized):
     name = "wsquare"
     requires = ("affine",)
     drops_bias = True
-    needs_inputs = False
+    needs = frozenset()
 
     def relevance(self, ctx, relevance):
         squared = ctx.memo("W²", lambda: ctx.weight_and_bias()[0] ** 2)
@@ -379,11 +481,26 @@ class WinnerTakeAll(Rule):
     name = "winner-take-all"
     requires = ("max_route",)
     # the argmax indices come from the forward pass, so the input itself need not be kept
-    needs_inputs = False
-    needs_record = True
+    needs = frozenset({"record"})
 
     def relevance(self, ctx, relevance):
         return [ctx.op.max_route(ctx.x, relevance, indices=ctx.record, x_shape=ctx.input_shapes[0])]
+
+
+@register_rule
+@dataclass
+class Gradient(Rule):
+    """Not a relevance rule: the plain gradient, ``g_in = Jᵀ g`` with the op's own explicit
+    vector-Jacobian product (``op.vjp``), no autograd. With the one-hot seed the input
+    "relevance" is ∂f_target/∂x (sensitivity; Simonyan et al. 2014); times the input, it is
+    gradient × input (Shrikumar et al. 2016). For baselines."""
+
+    name = "gradient"
+    requires = ("vjp",)
+    needs = frozenset({"inputs", "record"})
+
+    def relevance(self, ctx, relevance):
+        return ctx.op.vjp(relevance, ctx.inputs, ctx.tensors, ctx.input_shapes, ctx.record)
 
 
 @dataclass
@@ -402,18 +519,46 @@ class _Shares(Rule):
 @register_rule
 @dataclass
 class Proportional(_Shares):
-    """``R_in = x ⊙ Aᵀ(R / stab(f(x)))``: each input its share of the window (or sum) it fed."""
+    """``R_in = x ⊙ Aᵀ(R / stab(f(x)))``: each input its share of the window (or sum) it fed.
+
+    ``divide_by: sum`` (default): f sums each window, A = f. ``divide_by: output``: f is the
+    average pool's own output (the window's mean) and A the pool itself, as zennit's ``Norm``
+    rule computes it: ``R_in = x ⊙ Σ_j R_j / (stab(mean_j) · D_j)`` with ``D_j`` the pool's
+    divisor. The two differ only in how ε enters (``sum + ε`` against ``sum + D·ε``). On add
+    the output is the sum, so both read the same.
+    """
 
     name = "proportional"
     requires = ("window", "split")
+    divide_by: str = "sum"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.divide_by not in ("sum", "output"):
+            raise RuleError(f"divide_by must be 'sum' or 'output', got {self.divide_by!r}")
 
     def relevance(self, ctx, relevance):
-        if "window" in ctx.op.capabilities:
-            scale = sample_scale(ctx.x)  # see signed_share
-            x = rescaled(ctx.x, scale)
+        if "window" not in ctx.op.capabilities:
+            return _scaled_split(ctx, relevance, self.stab)
+        scale = sample_scale(ctx.x)  # see signed_share
+        x = rescaled(ctx.x, scale)
+        if self.divide_by == "sum":
             s = self.stab(relevance, ctx.op.window_sum(x), scale)
             return [x * ctx.op.window_sum_adjoint(s, x.shape)]
-        return _scaled_split(ctx, relevance, self.stab)
+        if "max_route" in ctx.op.capabilities:
+            raise RuleError(
+                "divide_by: output needs an average pool (a max pool's output is no linear map)",
+                node=ctx.node,
+            )
+        shape = x.shape
+
+        def divisors():  # each window's divisor D_j, the same for every sample
+            ones = torch.ones((1, *shape[1:]), dtype=x.dtype, device=x.device)
+            return (ctx.op.window_sum(ones) / ctx.op.forward([ones], ctx.tensors)).round()
+
+        divisor = ctx.memo(("D_j", tuple(shape[1:])), divisors)
+        s = self.stab(relevance, ctx.op.forward([x], ctx.tensors), scale) / divisor
+        return [x * ctx.op.window_sum_adjoint(s, shape)]
 
 
 @register_rule
@@ -424,7 +569,7 @@ class Uniform(Rule):
 
     name = "uniform"
     requires = ("window",)
-    needs_inputs = False
+    needs = frozenset()
 
     def relevance(self, ctx, relevance):
         shape = ctx.input_shapes[0]
@@ -487,12 +632,9 @@ class Combine(Rule):
         return all(rule.fits(op) for _, rule in self.parts)
 
     @property
-    def needs_inputs(self) -> bool:  # type: ignore[override]
-        return any(r.needs_inputs for _, r in self.parts)
-
-    @property
-    def needs_output(self) -> bool:  # type: ignore[override]
-        return any(getattr(r, "needs_output", False) for _, r in self.parts)
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        """Everything any part needs: each part sees the same node context."""
+        return frozenset().union(*(r.needs for _, r in self.parts))
 
     def bind(self, **context: Any) -> Rule:
         parts = [(w, r.bind(**context)) for w, r in self.parts]

@@ -168,13 +168,17 @@ def zbeta_reference(f, x, weight, low, high, relevance, stab=("zero", 0.0)):
     return (x * grad_x - low * grad_low - high * grad_high).detach()
 
 
-def gamma_reference(f, x, weight, bias, relevance, gamma, stab=("zero", 0.0)):
+def gamma_reference(f, x, weight, bias, relevance, gamma, stab=("zero", 0.0), use_bias=False):
     """γ: outputs with z > 0 share by ``W↑ = W + γW⁺`` on x⁺ (``W↓`` on x⁻), outputs with
-    z < 0 by ``W↓`` on x⁺ (``W↑`` on x⁻); z is the layer's output."""
+    z < 0 by ``W↓`` on x⁺ (``W↑`` on x⁻); z is the layer's output. With ``use_bias`` the
+    x⁺ terms carry ``b + γb⁺`` (``b + γb⁻``), as zennit's ``Gamma``."""
     z = f(x, weight, bias)
     w_up, w_down = weight + gamma * _pos(weight), weight + gamma * _neg(weight)
-    up = _two_sided(f, x, w_up, w_down, None, torch.where(z > 0, relevance, 0.0), stab)
-    down = _two_sided(f, x, w_down, w_up, None, torch.where(z < 0, relevance, 0.0), stab)
+    b_up = b_down = None
+    if use_bias and bias is not None:
+        b_up, b_down = bias + gamma * _pos(bias), bias + gamma * _neg(bias)
+    up = _two_sided(f, x, w_up, w_down, b_up, torch.where(z > 0, relevance, 0.0), stab)
+    down = _two_sided(f, x, w_down, w_up, b_down, torch.where(z < 0, relevance, 0.0), stab)
     return up + down
 
 
@@ -416,3 +420,121 @@ def c3d_deep_taylor(
             (grad,) = _vjp(z, [a], safe_divide(relevance, z.detach()))
             relevance = (a * grad).detach()
     return relevance, logits, predicted
+
+
+# --------------------------------------------------------------------------- zennit's composites
+
+
+def zennit_stabilize(z: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
+    """zennit's ``stabilize``: ``z + ε·sign(z)`` with sign(0) = +1 (zennit 0.5.1, core.py)."""
+    return z + epsilon * ((z == 0).to(z.dtype) + z.sign())
+
+
+def modified_terms(terms, relevance: torch.Tensor, mask=None) -> torch.Tensor:
+    """zennit's ``BasicHook`` for one z: ``z = Σ_k f_k(x_k)`` over modified forwards
+    ``f_k`` of modified inputs ``x_k``, ``s = R / stab(z)`` (times ``mask``), ``R_in =
+    Σ_k x_k ⊙ ∂(z·s)/∂x_k``. ``terms`` lists ``(x_k, f_k)``; ``f_k`` holds its own weights."""
+    terms = [(x, f) for x, f in terms if bool(x.any())]  # an all-zero x⁻ adds nothing
+    leaves = [_leaf(x) for x, _ in terms]
+    outputs = [f(leaf) for leaf, (_, f) in zip(leaves, terms)]
+    z = sum(outputs)
+    s = relevance / zennit_stabilize(z.detach())
+    if mask is not None:
+        s = s * mask
+    grads = torch.autograd.grad(outputs, leaves, grad_outputs=[s] * len(outputs))
+    return sum(leaf * grad for leaf, grad in zip(leaves, grads)).detach()
+
+
+def zennit_affine_rule(
+    name: str, layer, weight, bias, a, relevance, low=None, high=None, gamma=0.25
+):
+    """One conv or linear layer under zennit 0.5.1's rules, written from zennit's rules.py:
+    ``layer(x, W, b)`` is the layer's functional form with the weights passed in."""
+
+    def f(w, b=None):
+        return lambda t: layer(t, w, b)
+
+    pos, neg = _pos(a), _neg(a)
+    if name == "epsilon":  # Epsilon: z = Wx + b
+        return modified_terms([(a, f(weight, bias))], relevance)
+    if name == "zplus":  # ZPlus: z = W⁺x⁺ + b⁺ + W⁻x⁻
+        return modified_terms(
+            [(pos, f(_pos(weight), _pos(bias))), (neg, f(_neg(weight)))], relevance
+        )
+    if name == "alphabeta":  # AlphaBeta(2, 1): zα with b⁺, zβ with b⁻
+        alpha = modified_terms(
+            [(pos, f(_pos(weight), _pos(bias))), (neg, f(_neg(weight)))], relevance
+        )
+        beta = modified_terms(
+            [(pos, f(_neg(weight), _neg(bias))), (neg, f(_pos(weight)))], relevance
+        )
+        return 2.0 * alpha - 1.0 * beta
+    if name == "gamma":  # Gamma: W + γW±, b + γb± on the biased terms; sides by sign(Wx + b)
+        up_w, down_w = weight + gamma * _pos(weight), weight + gamma * _neg(weight)
+        up_b, down_b = bias + gamma * _pos(bias), bias + gamma * _neg(bias)
+        with torch.no_grad():
+            z = layer(a, weight, bias)
+        up = modified_terms(
+            [(pos, f(up_w, up_b)), (neg, f(down_w))], relevance, (z > 0).to(z.dtype)
+        )
+        down = modified_terms(
+            [(pos, f(down_w, down_b)), (neg, f(up_w))], relevance, (z < 0).to(z.dtype)
+        )
+        return up + down
+    if name == "zbox":  # ZBox: z = (Wx + b) − (W⁺l + b⁺) − (W⁻h + b⁻)
+        low_t, high_t = low.expand_as(a).clone(), high.expand_as(a).clone()
+        return modified_terms(
+            [
+                (a, f(weight, bias)),
+                (low_t, lambda t: -layer(t, _pos(weight), _pos(bias))),
+                (high_t, lambda t: -layer(t, _neg(weight), _neg(bias))),
+            ],
+            relevance,
+        )
+    raise ValueError(name)
+
+
+def c3d_zennit(
+    weights: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    composite: str,
+    low: torch.Tensor | None = None,
+    high: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The functional C3D explained as zennit 0.5.1's ``EpsilonPlus``, ``EpsilonAlpha2Beta1``
+    or ``EpsilonGammaBox`` would (``composite``: ``epsilon-plus``, ``epsilon-alpha2-beta1``,
+    ``epsilon-gamma-box``): ReLU ``Pass``, max pools by their gradient, linear layers
+    ``Epsilon(1e-6)``, convolutions ``ZPlus``/``AlphaBeta(2, 1)``/``Gamma(0.25)``, the first
+    convolution ``ZBox(low, high)`` in the last. Seed: one-hot at the predicted class.
+    Returns ``(input relevance, logits)``."""
+    conv_rule = {"epsilon-plus": "zplus", "epsilon-alpha2-beta1": "alphabeta"}.get(
+        composite, "gamma"
+    )
+    layers = [(kind, name, args) for kind, name, args in C3D_LAYERS]
+    activations = [x]
+    with torch.no_grad():
+        for kind, name, args in layers:
+            activations.append(_c3d_layer(kind, name, args, weights)(activations[-1]))
+    logits = activations[-1]
+    relevance = torch.zeros_like(logits)
+    relevance[0, int(logits[0].argmax())] = 1.0
+    for (kind, name, args), a in reversed(list(zip(layers, activations[:-1]))):
+        if kind in ("relu", "flatten"):
+            relevance = relevance.reshape(a.shape)
+            continue
+        if kind == "maxpool":
+            leaf = _leaf(a)
+            pooled = F.max_pool3d(leaf, args["kernel"], args["stride"], args["padding"])
+            (relevance,) = _vjp(pooled, [leaf], relevance)
+            continue
+        weight, bias = weights[f"{name}.weight"], weights[f"{name}.bias"]
+        if kind == "linear":
+            relevance = zennit_affine_rule("epsilon", F.linear, weight, bias, a, relevance)
+            continue
+
+        def conv(t, w, b=None):
+            return F.conv3d(t, w, b, padding=1)
+
+        rule = "zbox" if name == "conv1" and composite == "epsilon-gamma-box" else conv_rule
+        relevance = zennit_affine_rule(rule, conv, weight, bias, a, relevance, low, high)
+    return relevance, logits

@@ -72,7 +72,6 @@ class GraphCase:
                 if "weight" in tensors:
                     tensors["weight"] = torch.randn(channels, generator=generator).to(dtype)
                     tensors["bias"] = torch.randn(channels, generator=generator).to(dtype) * 0.1
-        graph.cache.clear()
         return graph
 
     def inputs(self, batch: int = 2, dtype: torch.dtype = torch.float64) -> torch.Tensor:

@@ -115,9 +115,13 @@ def test_first_selects_conv1_in_c3d(c3d):
     assert Selector(nodes=("first",)).matches(c3d) == {"conv1"}
 
 
-def test_first_selects_every_affine_node_with_no_affine_node_before_it(branches):
-    # right_bn (batch norm is affine) comes before right; a pool before it does not count
-    assert Selector(nodes=("first",)).matches(branches) == {"left", "right_bn"}
+def test_first_selects_every_conv_or_linear_node_with_none_before_it(branches):
+    # right_bn (a batch norm, per channel) comes before right and does not count, nor does a pool
+    assert Selector(nodes=("first",)).matches(branches) == {"left", "right"}
+
+
+def test_before_first_selects_the_nodes_between_the_input_and_the_first_layers(branches):
+    assert Selector(nodes=("before-first",)).matches(branches) == {"pool", "right_bn"}
 
 
 def test_last_selects_fc8_in_c3d(c3d):
@@ -275,7 +279,7 @@ def halve_rule():
 
         name = "halve-for-tests"
         requires = ("reshape",)
-        needs_inputs = False
+        needs = frozenset()
         factor: float = 0.5
 
         def relevance(self, ctx, relevance):

@@ -80,16 +80,8 @@ class Recorded(Rule):
         self.log = log
 
     @property
-    def needs_inputs(self) -> bool:  # type: ignore[override]
-        return self.inner.needs_inputs
-
-    @property
-    def needs_output(self) -> bool:  # type: ignore[override]
-        return getattr(self.inner, "needs_output", False)
-
-    @property
-    def needs_record(self) -> bool:  # type: ignore[override]
-        return getattr(self.inner, "needs_record", False)
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        return self.inner.needs
 
     def relevance(self, ctx, relevance):
         handed_on = self.inner(ctx, relevance)

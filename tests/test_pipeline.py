@@ -316,3 +316,31 @@ def test_cli_explain_prints_the_lost_relevance_note_and_the_summary_records_it(
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["lost_relevance"]["clip"] == pytest.approx(0.004)
     assert summary["lost_relevance"]["frozen"][-1] == pytest.approx(0.03)
+
+
+def test_the_engine_reports_what_the_rules_lost_and_a_large_loss_gets_a_note(inputs):
+    """A large ε on every linear layer keeps relevance back at each of them: the clip's lost
+    share is what the explanation did not hand on to the input (1 − Σ R_in for a onehot seed),
+    and the log gets the note. The paper's rules on this ReLU net lose (almost) nothing."""
+    graph = tiny_graph(inputs)
+    lines: list[str] = []
+    lossy = relgraph.explain_video(
+        inputs["video"],
+        graph,
+        rules={"fc*": {"name": "epsilon", "epsilon": 10.0}},
+        log=lines.append,
+    )
+    clip = lossy.clips[0]
+    clip_tensor = get_preprocess(graph.default_preprocess, size=graph.input_shape[-1])(
+        select_clip(read_video(inputs["video"]), start=0, stride=1, length=16).frames
+    )[None]
+    reference = relgraph.explain(
+        graph, clip_tensor, rules={"fc*": {"name": "epsilon", "epsilon": 10.0}}
+    )
+    assert clip.lost_fraction == pytest.approx(1 - float(reference.sum()), abs=1e-5)
+    assert clip.lost_fraction > 0.01
+    assert any("lost relevance" in line for line in lines)
+
+    plain = relgraph.explain_video(inputs["video"], graph, rules="deep-taylor-paper")
+    assert abs(plain.clips[0].lost_fraction) < 1e-4
+    assert plain.clips[0].frozen_lost_fraction.shape == (16,)

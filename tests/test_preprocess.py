@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from relgraph.errors import RelgraphError, VideoError
 from relgraph.preprocess import PRESETS, Preprocess, get_preprocess
@@ -124,48 +125,129 @@ def test_hara_takes_other_sizes():
 # --- shared behaviour -------------------------------------------------------------------------
 
 
+MEAN_ONLY = ["c3d-ucf101", "hara"]
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_model_input_is_display_frames_in_model_order_minus_mean(name):
+def test_model_input_is_display_frames_in_model_order_scaled_minus_mean_over_std(name):
     preset = get_preprocess(name)
     frames = random_frames(3, 100, 130, seed=5)
     display = preset.display_frames(frames).astype(np.float64)
     if preset.channel_order == "BGR":
         display = display[..., ::-1]
-    expected = display - np.array(preset.mean)
-    np.testing.assert_array_equal(preset(frames).permute(1, 2, 3, 0).numpy(), expected)
+    expected = (display * preset.scale - np.array(preset.mean)) / np.array(preset.std)
+    actual = preset(frames).permute(1, 2, 3, 0).numpy()
+    if name in MEAN_ONLY:  # integers minus integers: exact in float32
+        np.testing.assert_array_equal(actual, expected)
+    else:
+        np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_display_frames_are_uint8_rgb_at_crop_size(name):
-    display = get_preprocess(name).display_frames(random_frames(2, 90, 120))
-    assert display.shape == (2, 112, 112, 3) and display.dtype == np.uint8
+    preset = get_preprocess(name)
+    display = preset.display_frames(random_frames(2, 90, 120))
+    assert display.shape == (2, preset.size, preset.size, 3) and display.dtype == np.uint8
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", MEAN_ONLY)
 def test_scalar_zbeta_bounds_are_minus_max_mean_and_255_minus_min_mean(name):
     low, high = get_preprocess(name).zbeta_bounds(per_channel=False)
-    assert torch.equal(low, torch.full((3,), -102.0))
-    assert torch.equal(high, torch.full((3,), 165.0))
+    assert torch.equal(low, torch.full((3,), -102.0, dtype=torch.float64))
+    assert torch.equal(high, torch.full((3,), 165.0, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", MEAN_ONLY)
 def test_per_channel_zbeta_bounds_are_minus_mean_and_255_minus_mean(name):
     low, high = get_preprocess(name).zbeta_bounds(per_channel=True)
-    assert torch.equal(low, torch.tensor([-90.0, -98.0, -102.0]))
-    assert torch.equal(high, torch.tensor([165.0, 157.0, 153.0]))
+    assert torch.equal(low, torch.tensor([-90.0, -98.0, -102.0], dtype=torch.float64))
+    assert torch.equal(high, torch.tensor([165.0, 157.0, 153.0], dtype=torch.float64))
+
+
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+
+@pytest.mark.parametrize(
+    ("name", "mean", "std"),
+    [
+        ("kinetics", KINETICS_MEAN, KINETICS_STD),
+        ("kinetics-s3d", KINETICS_MEAN, KINETICS_STD),
+        *[(f"x3d-{v}", (0.45,) * 3, (0.225,) * 3) for v in ("xs", "s", "m", "l")],
+    ],
+)
+def test_zbeta_bounds_are_0_and_255_mapped_through_scale_mean_and_std(name, mean, std):
+    """Pixels 0 and 255 scaled to [0, 1], minus the mean, over the std, per RGB channel."""
+    low, high = get_preprocess(name).zbeta_bounds(per_channel=True)
+    expected_low = [(0.0 - m) / s for m, s in zip(mean, std)]
+    expected_high = [(1.0 - m) / s for m, s in zip(mean, std)]
+    np.testing.assert_allclose(low.numpy(), expected_low, rtol=1e-12)
+    np.testing.assert_allclose(high.numpy(), expected_high, rtol=1e-12)
+    scalar_low, scalar_high = get_preprocess(name).zbeta_bounds(per_channel=False)
+    np.testing.assert_allclose(scalar_low.numpy(), [min(expected_low)] * 3, rtol=1e-12)
+    np.testing.assert_allclose(scalar_high.numpy(), [max(expected_high)] * 3, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_zbeta_bounds_contain_every_possible_input(name):
     preset = get_preprocess(name)
-    extremes = np.zeros((2, 112, 112, 3), np.uint8)
+    extremes = np.zeros((2, 400, 400, 3), np.uint8)
     extremes[1] = 255
-    clip = preset(extremes)
+    clip = preset(extremes).to(torch.float64)
+    slack = 1e-6
     for per_channel in (False, True):
         low, high = preset.zbeta_bounds(per_channel=per_channel)
-        assert (clip >= low[:, None, None, None]).all() and (
-            clip <= high[:, None, None, None]
-        ).all()
+        assert (clip >= low[:, None, None, None] - slack).all()
+        assert (clip <= high[:, None, None, None] + slack).all()
+        # and the box is tight: the extremes reach it
+        if per_channel:
+            torch.testing.assert_close(clip[:, 0].amin((1, 2)), low, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(clip[:, 1].amax((1, 2)), high, rtol=1e-6, atol=1e-6)
+
+
+def test_kinetics_frame_round_trip_against_a_hand_computation():
+    """torchvision's transform by hand: resize 240x320 to 128x171 (bilinear, half-pixel
+    centres), round to uint8, centre crop 112 at top round(8) = 8 and left round(29.5) = 30,
+    scale to [0, 1], subtract the mean, divide by the std; RGB."""
+    frames = random_frames(2, 240, 320, seed=11)
+    # the resize itself is checked against explicit loops above; float32 as cv2 rounds it
+    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).to(torch.float32)
+    resized = F.interpolate(pixels, size=(128, 171), mode="bilinear", align_corners=False)
+    cropped = resized.round().clamp(0, 255)[:, :, 8:120, 30:142].to(torch.float64)
+    mean = torch.tensor(KINETICS_MEAN, dtype=torch.float64).reshape(1, 3, 1, 1)
+    std = torch.tensor(KINETICS_STD, dtype=torch.float64).reshape(1, 3, 1, 1)
+    expected = ((cropped / 255 - mean) / std).permute(1, 0, 2, 3)
+    actual = get_preprocess("kinetics")(frames)
+    assert actual.shape == (3, 2, 112, 112) and actual.dtype == torch.float32
+    torch.testing.assert_close(actual.to(torch.float64), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "height", "width", "plan"),
+    [
+        # pytorchvideo's ShortSideScale rounds the longer side down; torchvision's centre crop
+        # starts at round((resized - crop) / 2), half to even
+        ("x3d-s", 240, 320, (182, 242, 11, 41)),
+        ("x3d-xs", 320, 240, (242, 182, 41, 11)),
+        ("x3d-m", 240, 320, (256, 341, 16, 58)),
+        ("x3d-l", 240, 320, (356, 474, 22, 81)),
+        ("kinetics-s3d", 240, 320, (256, 256, 16, 16)),
+        ("kinetics", 240, 320, (128, 171, 8, 30)),
+    ],
+)
+def test_library_presets_resize_and_crop_like_their_libraries(name, height, width, plan):
+    assert get_preprocess(name).spatial_plan(height, width) == plan
+
+
+def test_x3d_frame_round_trip_against_a_hand_computation():
+    frames = random_frames(1, 240, 320, seed=12)
+    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).to(torch.float32)
+    resized = F.interpolate(pixels, size=(182, 242), mode="bilinear", align_corners=False)
+    cropped = resized.round().clamp(0, 255)[:, :, 11:171, 41:201].to(torch.float64)
+    expected = ((cropped / 255 - 0.45) / 0.225).permute(1, 0, 2, 3)
+    actual = get_preprocess("x3d-s")(frames)
+    assert actual.shape == (3, 1, 160, 160)
+    torch.testing.assert_close(actual.to(torch.float64), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_mean_is_listed_in_model_channel_order():

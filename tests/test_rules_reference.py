@@ -8,6 +8,7 @@ and compares it with a functional C3D explained layer by layer with autograd.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import lrp_reference as ref
@@ -42,7 +43,6 @@ def single_node_graph(fields: dict, input_shape: list[int], seed: int) -> relgra
     for name, tensor in tensors.items():
         values = torch.randn(tensor.shape, generator=generator, dtype=DTYPE)
         tensors[name] = values.abs() + 0.1 if name == "running_var" else values
-    graph.cache.clear()
     return graph
 
 
@@ -278,6 +278,7 @@ def test_zbeta_rule_with_scalar_bounds_subtracts_bound_shares(node, seed, low, h
     assert_matches(engine_relevance(graph, rule, x, relevance), expected)
 
 
+@pytest.mark.filterwarnings("ignore::relgraph.RelgraphWarning")  # x outside [l, h] on purpose
 @REFERENCE_SETTINGS
 @given(node=affine_nodes, seed=seeds)
 def test_zbeta_rule_with_per_channel_bounds_uses_each_channels_bounds(node, seed):
@@ -299,6 +300,7 @@ def test_zbeta_rule_with_per_channel_bounds_uses_each_channels_bounds(node, seed
     assert_matches(engine_relevance(graph, rule, x, relevance), expected)
 
 
+@pytest.mark.filterwarnings("ignore::relgraph.RelgraphWarning")  # x outside [l, h] on purpose
 @REFERENCE_SETTINGS
 @given(node=conv_nodes(min_padding=1), seed=seeds)
 def test_zbeta_bounds_are_zero_on_zero_padded_positions(node, seed):
@@ -325,14 +327,21 @@ def test_zbeta_bounds_are_zero_on_zero_padded_positions(node, seed):
     seed=seeds,
     gamma=st.sampled_from([0.0, 0.25, 1.0]),
     stab=st.sampled_from([("zero", 0.0), ("epsilon", 1e-3)]),
+    use_bias=st.booleans(),
 )
 def test_gamma_rule_shares_positive_outputs_by_w_up_and_negative_outputs_by_w_down(
-    node, seed, gamma, stab
+    node, seed, gamma, stab, use_bias
 ):
     fields, shape = node
     graph, x, relevance, weight, bias, f = node_data(fields, shape, seed)
-    rule = {"name": "gamma", "gamma": gamma, "stabilizer": stab[0], "epsilon": stab[1]}
-    expected = ref.gamma_reference(f, x, weight, bias, relevance, gamma, stab)
+    rule = {
+        "name": "gamma",
+        "gamma": gamma,
+        "stabilizer": stab[0],
+        "epsilon": stab[1],
+        "bias": use_bias,
+    }
+    expected = ref.gamma_reference(f, x, weight, bias, relevance, gamma, stab, use_bias)
     assert_matches(engine_relevance(graph, rule, x, relevance), expected)
 
 
@@ -354,6 +363,7 @@ def test_wsquare_rule_is_gradient_of_squared_weight_map_on_ones(node, seed):
     assert_matches(engine_relevance(graph, "wsquare", x, relevance), expected)
 
 
+@pytest.mark.filterwarnings("ignore::relgraph.RelgraphWarning")  # x outside [l, h] on purpose
 @pytest.mark.parametrize(
     "rule",
     [
@@ -393,7 +403,6 @@ def test_zero_stabilizer_gives_zero_relevance_where_z_is_zero():
     """A unit whose weights are all zero has z = 0: it passes on nothing, and no NaN."""
     graph, x, relevance, *_ = node_data({"op": "linear", "out_features": 3, "bias": False}, [4], 5)
     graph.tensors("node")["weight"][1] = 0.0
-    graph.cache.clear()
     only_dead_unit = torch.zeros_like(relevance)
     only_dead_unit[:, 1] = relevance[:, 1]
     for rule in (
@@ -619,8 +628,47 @@ def test_deep_taylor_paper_on_full_size_c3d_equals_layerwise_autograd_reference(
     assert abs(float(actual.sum()) - float(expected.sum())) <= 1e-5 * float(expected.abs().sum())
 
 
-@pytest.mark.parametrize("name", ["gamma", "flat", "wsquare"])
-def test_rules_without_a_bias_term_refuse_bias_true(name):
-    """Their formulas have no bias, so ``bias: true`` would be silently ignored."""
+@pytest.mark.parametrize(
+    "spec",
+    [{"name": "zbeta", "low": -1.0, "high": 1.0}, {"name": "flat"}, {"name": "wsquare"}],
+    ids=lambda spec: spec["name"],
+)
+def test_rules_without_a_bias_term_refuse_bias_true(spec):
+    """Their formulas have no bias (zβ's cancels), so ``bias: true`` would be ignored."""
     with pytest.raises(relgraph.RuleError, match="no bias term"):
-        make_rule({"name": name, "bias": True})
+        make_rule({**spec, "bias": True})
+
+
+def test_bias_true_is_refused_naming_the_preset_file_and_line_or_the_node(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "name: mine\nextends: base\nrules:\n"
+        "  - {ops: [linear], rule: {name: zbeta, low: -1, high: 1, bias: true}}\n"
+    )
+    with pytest.raises(relgraph.RuleError, match=r"mine\.yaml:4: .*no bias term"):
+        relgraph.rules.preset(path)
+    with pytest.raises(relgraph.RuleError, match=r"node 'conv1'.*no bias term"):
+        relgraph.rules.preset("epsilon-plus").override("conv1", {"name": "flat", "bias": True})
+
+
+#: every rule with a ``bias`` parameter, and what bias: true means (tested above)
+BIAS_OPTIONS = {
+    "epsilon": "b in z",
+    "zplus": "b⁺ in z",
+    "alphabeta": "b⁺ in zα, b⁻ in zβ",
+    "gamma": "b + γb⁺ in z↑, b + γb⁻ in z↓",
+    "zbeta": "refused",
+    "flat": "refused",
+    "wsquare": "refused",
+}
+
+
+def test_every_rule_with_a_bias_parameter_is_covered():
+    from relgraph.rules.base import RULES
+
+    with_bias = {
+        name
+        for name, cls in RULES.items()
+        if any(f.name == "bias" for f in dataclasses.fields(cls))
+    }
+    assert with_bias == set(BIAS_OPTIONS)

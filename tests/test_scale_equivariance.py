@@ -1,0 +1,155 @@
+"""Scale equivariance: on a bias-free graph every scale-invariant rule gives ``x·2^k`` the
+relevance of ``x`` (onehot seed), for |k| ≤ 30 in float32 and |k| ≤ 200 in float64.
+
+A network without biases is positively homogeneous (ReLU, max and average pools, batch norms
+with zero mean and shift), so every z scales by 2^k and each ratio ``x·Aᵀ(R/z)`` is unchanged.
+Which rules keep that, read off their formulas (rules.md):
+
+- scale-invariant: LRP-0 (``epsilon`` with ε = 0), z⁺, αβ, γ with the ``zero`` stabiliser,
+  flat and w² (they never read x), winner-take-all, uniform, proportional, split, pass;
+- not: LRP-ε with ε > 0 and any ``stabilizer: epsilon`` with ε > 0 (ε does not scale with x),
+  zβ with fixed bounds (l and h do not scale with x).
+
+The samples' magnitudes reach 2^±34 (float32) and 2^±204 (float64), beyond the range
+``sample_scale`` leaves alone (2^±32), so the per-sample rescaling is checked for its values.
+One batch mixes samples that need rescaling with samples that do not.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from relgraph.rules import (
+    AlphaBeta,
+    Combine,
+    Epsilon,
+    Flat,
+    Gamma,
+    Pass,
+    Proportional,
+    Rule,
+    Split,
+    Uniform,
+    WinnerTakeAll,
+    WSquare,
+    ZBeta,
+    ZPlus,
+)
+from relgraph.rules.base import sample_scale
+from strategies import graph_cases, one_torch_thread  # noqa: F401
+
+import relgraph
+
+#: rules for affine nodes that are scale-invariant (see the module docstring)
+AFFINE = [
+    Epsilon(epsilon=0.0),
+    Epsilon(epsilon=0.0, bias=False),
+    ZPlus(),
+    ZPlus(stabilizer="epsilon", epsilon=0.0),
+    AlphaBeta(alpha=2.0, beta=1.0),
+    AlphaBeta(alpha=1.0, beta=0.0),
+    Gamma(gamma=0.25),
+    Flat(),
+    WSquare(),
+    Combine([(0.5, ZPlus()), (0.5, Gamma(gamma=1.0))]),
+]
+#: the same for pools: (max pools, average pools)
+POOLS = [
+    (WinnerTakeAll(), Uniform()),
+    (Proportional(), Proportional()),
+    (Combine([(1.0, WinnerTakeAll())]), Combine([(0.5, Uniform()), (0.5, Proportional())])),
+]
+
+#: the largest |k| per type, and the baseline magnitude 2^4 that pushes the samples past 2^±32
+LIMITS = {torch.float32: 30, torch.float64: 200}
+BASE_EXPONENT = 4
+
+
+def bias_free(case, dtype: torch.dtype) -> relgraph.Graph:
+    graph = case.build(dtype)
+    for node in graph.order:
+        tensors = graph.tensors(node)
+        for name in ("bias", "running_mean"):
+            if name in tensors:
+                tensors[name] = torch.zeros_like(tensors[name])
+    return graph
+
+
+def rules_for(graph: relgraph.Graph, affine: Rule, pools: tuple[Rule, Rule]) -> dict[str, Rule]:
+    rules = {}
+    for node in graph.order[1:]:
+        capabilities = graph.op(node).capabilities
+        if "affine" in capabilities:
+            rules[node] = affine
+        elif "max_route" in capabilities:
+            rules[node] = pools[0]
+        elif "window" in capabilities:
+            rules[node] = pools[1]
+        elif "split" in capabilities:
+            rules[node] = Split()
+        else:
+            rules[node] = Pass()
+    return rules
+
+
+def scaled_batch(x: torch.Tensor, limit: int) -> tuple[torch.Tensor, list[int]]:
+    """``x`` (one sample, peak 1.5) times 2^e for exponents that reach ±(4 + limit)."""
+    x = x / x.abs().max() * 1.5
+    exponents = [
+        BASE_EXPONENT,
+        BASE_EXPONENT + limit,
+        BASE_EXPONENT + limit // 2,
+        0,
+        -BASE_EXPONENT,
+        -BASE_EXPONENT - limit,
+        -BASE_EXPONENT - limit // 3,
+    ]
+    batch = torch.cat([x * 2.0**e for e in exponents])
+    return batch, exponents
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@settings(max_examples=25, deadline=None)
+@given(
+    case=graph_cases(max_blocks=3),
+    affine=st.sampled_from(AFFINE),
+    pools=st.sampled_from(POOLS),
+)
+def test_relevance_of_a_power_of_two_multiple_equals_the_original(dtype, case, affine, pools):
+    graph = bias_free(case, dtype)
+    batch, exponents = scaled_batch(case.inputs(1, dtype), LIMITS[dtype])
+    # the samples at 2^±(4 + limit) lie where the rules rescale them
+    for e, sample in zip(exponents, batch):
+        if abs(e) > 32:
+            assert sample_scale(sample[None]) is not None
+    relevance = relgraph.explain_with_rules(
+        graph, batch, rules_for(graph, affine, pools), 0, "onehot"
+    )
+    assert torch.isfinite(relevance).all()
+    reference = relevance[0]
+    tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {}
+    peak = float(reference.abs().max())
+    for e, sample_relevance in zip(exponents[1:], relevance[1:]):
+        torch.testing.assert_close(
+            sample_relevance,
+            reference,
+            rtol=tolerance.get("rtol", 1e-10),
+            atol=tolerance.get("atol", 1e-12) * max(peak, 1.0),
+            msg=lambda m, e=e: f"x·2^{e - BASE_EXPONENT} against x: {m}",
+        )
+
+
+def test_epsilon_and_fixed_zbeta_are_not_scale_invariant():
+    """The split above is not vacuous: the rules left out do change with the scale."""
+    graph = relgraph.architecture_from_yaml(
+        "input: {shape: [3]}\nnodes:\n  - {name: fc, op: linear, out_features: 2, bias: false}\n",
+        dtype=torch.float64,
+    )
+    graph.tensors("fc")["weight"].copy_(torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.2, -1.0]]))
+    x = torch.tensor([[0.5, -0.25, 1.0]], dtype=torch.float64)
+    batch = torch.cat([x, x * 2.0**-10])
+    for rule in (Epsilon(epsilon=0.1), ZBeta(low=-1.0, high=1.0)):
+        relevance = relgraph.explain_with_rules(graph, batch, {"fc": rule}, 0, "onehot")
+        assert not torch.allclose(relevance[0], relevance[1]), rule
