@@ -40,6 +40,7 @@ from .errors import RelgraphError, RuleError
 from .graph import Graph
 from .ops import infer_output_shape
 from .reverse import Target, _totals, lost_fraction, make_seed, resolve_target, rule_needs
+from .rules import NodeContext
 
 __all__ = ["FrozenExplanation", "Layout", "explain_frozen", "frozen_plan", "wanted_slices"]
 
@@ -407,7 +408,6 @@ def _cone(plan: NodePlan, cones: list[tuple[int, int] | None]) -> tuple[int, int
 def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
     """The reverse pass for the clips ``rows`` (``None``: all), all wanting slice ``wanted``
     (``None``: every slice)."""
-    from .rules import NodeContext
 
     def rows_of(t: torch.Tensor) -> torch.Tensor:
         return t if rows is None else t.index_select(0, rows)
