@@ -28,7 +28,9 @@ from relgraph.outputs import atomic_path, write_json
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="c3d-tiny", help="architecture (default c3d-tiny)")
-    parser.add_argument("--weights", type=Path, help="weights (default: the shipped demo model's)")
+    parser.add_argument(
+        "--weights", type=Path, help="weights (default: the arch's shipped demo model, if any)"
+    )
     parser.add_argument("--clips", type=int, default=100, help="synthetic clips (100)")
     parser.add_argument("--seed", type=int, default=2019, help="data set seed (2019)")
     parser.add_argument(
@@ -62,9 +64,13 @@ def run(args: argparse.Namespace) -> dict:
     if args.weights:
         graph.load_weights(args.weights)
     else:
-        from relgraph.demo_model import DEMO_WEIGHTS
+        from relgraph.demo_model import DEMO_MODELS
 
-        graph.load_weights(DEMO_WEIGHTS)
+        if args.arch not in DEMO_MODELS:
+            raise SystemExit(
+                f"evaluate.py: error: no shipped weights for {args.arch}; give --weights"
+            )
+        graph.load_weights(DEMO_MODELS[args.arch])
     if args.presets == "all":
         presets = [p for p in preset_names() if p not in ("base", "gradient", graph.default_rules)]
     elif args.presets == "none":

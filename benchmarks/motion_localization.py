@@ -62,6 +62,7 @@ import numpy as np
 import torch
 from relgraph.rules import as_composite
 
+from relgraph.demo_model import DEMO_MODELS
 from relgraph.discriminative import DEFAULT_BATCH_SIZE, discriminative_with_rules
 from relgraph.outputs import atomic_path, write_json
 from relgraph.plots import figure_paper, paper_columns
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> dict:
     from relgraph.demo_model import DEMO_PREPROCESS, load_demo_model
 
     torch.manual_seed(0)
-    graph = load_demo_model()
+    graph = load_demo_model(args.arch)
     if args.weights:
         graph.load_weights(args.weights)
     _, frames, size, _ = graph.input_shape
@@ -197,6 +198,7 @@ def run(args: argparse.Namespace) -> dict:
 
     report = {
         "config": {
+            "arch": args.arch,
             "clips": args.clips,
             "seed": args.seed,
             "cue": args.cue,
@@ -292,7 +294,7 @@ def markdown(report: dict) -> str:
         f"prediction: {report['frozen_agreement']:.1%}; "
         f"{report['seconds']:.1f} s for {report['config']['clips']} clips "
         f"({report['config']['clips'] * 17} explanations)",
-        f"options: reduce {report['config']['reduce']}, normalize "
+        f"options: arch {report['config']['arch']}, reduce {report['config']['reduce']}, normalize "
         f"{report['config']['normalize']}, rules {report['config']['rules']}, target "
         f"{report['config']['target']}",
     ]
@@ -310,7 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="explain the predicted class (the paper's way, default) or the true one",
     )
     parser.add_argument(
-        "--weights", type=Path, help="c3d-tiny weights to test (default: the shipped demo model)"
+        "--arch",
+        choices=tuple(DEMO_MODELS),
+        default="c3d-tiny",
+        help="shipped demo model to test (default c3d-tiny)",
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        help="weights of that architecture to test (default: its shipped demo model)",
     )
     parser.add_argument(
         "--cue", type=float, default=APPEARANCE_CUE, help="colour cue of the clips (0 to 1)"

@@ -1,8 +1,10 @@
-"""The shipped demo model: c3d-tiny trained on the synthetic clips (motion decides, colour hints),
-and ``run_demo``, what ``relgraph demo`` does with it.
+"""The shipped demo models, trained on the synthetic clips (motion decides, colour hints), and
+``run_demo``, what ``relgraph demo`` does with the first.
 
-Made by ``scripts/train_demo_model.py``; it classifies ``relgraph.synthetic`` clips, given
-through the ``hara`` preset at size 32, into ``relgraph.synthetic.CLASS_NAMES``.
+Two architectures, both made by ``scripts/train_demo_model.py`` (``--arch``): ``c3d-tiny``
+(the demo model, ``DEMO_WEIGHTS``) and ``r2plus1d-tiny`` (R(2+1)D blocks with batch norm and
+residual adds, ``R2PLUS1D_DEMO_WEIGHTS``). Each classifies ``relgraph.synthetic`` clips,
+given through the ``hara`` preset at size 32, into ``relgraph.synthetic.CLASS_NAMES``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import RelgraphError
 from .graph import Graph, load_architecture
 from .outputs import ensure_out_dir
 from .pipeline import VideoExplanation, explain_video, load_model
@@ -25,7 +28,9 @@ __all__ = [
     "DEMO_ARCHITECTURE",
     "DEMO_LABELS",
     "DEMO_PREPROCESS",
+    "DEMO_MODELS",
     "DEMO_WEIGHTS",
+    "R2PLUS1D_DEMO_WEIGHTS",
     "load_demo_model",
     "run_demo",
 ]
@@ -36,13 +41,24 @@ DEMO_PREPROCESS = "hara"
 DEMO_WEIGHTS = Path(
     str(resources.files("relgraph").joinpath("data", "c3d-tiny-synthetic.safetensors"))
 )
+R2PLUS1D_DEMO_WEIGHTS = Path(
+    str(resources.files("relgraph").joinpath("data", "r2plus1d-tiny-synthetic.safetensors"))
+)
+#: architecture name -> its shipped weights
+DEMO_MODELS = {DEMO_ARCHITECTURE: DEMO_WEIGHTS, "r2plus1d-tiny": R2PLUS1D_DEMO_WEIGHTS}
 DEMO_LABELS = Path(str(resources.files("relgraph").joinpath("data", "synthetic-labels.txt")))
 
 
-def load_demo_model() -> Graph:
-    """c3d-tiny (its default parameters) with the shipped weights loaded."""
-    graph = load_architecture(DEMO_ARCHITECTURE)
-    graph.load_weights(DEMO_WEIGHTS)
+def load_demo_model(architecture: str = DEMO_ARCHITECTURE) -> Graph:
+    """A shipped demo model (``DEMO_MODELS``; c3d-tiny by default) at its architecture's
+    default parameters, with its weights loaded."""
+    if architecture not in DEMO_MODELS:
+        raise RelgraphError(
+            f"no shipped demo model for architecture {architecture!r} "
+            f"(there are: {', '.join(DEMO_MODELS)})"
+        )
+    graph = load_architecture(architecture)
+    graph.load_weights(DEMO_MODELS[architecture])
     return graph
 
 

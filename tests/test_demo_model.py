@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from relgraph.demo_model import DEMO_LABELS, DEMO_PREPROCESS, DEMO_WEIGHTS, load_demo_model
+from relgraph.demo_model import (
+    DEMO_LABELS,
+    DEMO_MODELS,
+    DEMO_PREPROCESS,
+    DEMO_WEIGHTS,
+    load_demo_model,
+)
+from relgraph.errors import RelgraphError
 from relgraph.labels import Labels
 from relgraph.preprocess import get_preprocess
 from relgraph.synthetic import CLASS_NAMES, make_dataset
@@ -15,9 +22,9 @@ from relgraph.synthetic import CLASS_NAMES, make_dataset
 TEST_SEED = 424_242
 
 
-@pytest.fixture(scope="module")
-def demo_model():
-    return load_demo_model()
+@pytest.fixture(scope="module", params=sorted(DEMO_MODELS))
+def demo_model(request):
+    return load_demo_model(request.param)
 
 
 def test_demo_model_classifies_at_least_95_percent_of_fresh_clips(demo_model):
@@ -34,13 +41,22 @@ def test_demo_model_has_one_output_per_synthetic_class(demo_model):
     assert demo_model.num_classes == len(CLASS_NAMES)
 
 
-def test_demo_weights_are_safetensors_under_5_mb():
+@pytest.mark.parametrize("architecture", sorted(DEMO_MODELS))
+def test_demo_weights_are_safetensors_under_5_mb(architecture):
     from safetensors import safe_open
 
-    assert DEMO_WEIGHTS.stat().st_size < 5 * 2**20
-    with safe_open(str(DEMO_WEIGHTS), framework="pt") as weights:
+    path = DEMO_MODELS[architecture]
+    assert path.stat().st_size < 5 * 2**20
+    with safe_open(str(path), framework="pt") as weights:
         keys = set(weights.keys())
-    assert keys == set(load_demo_model().state_dict())
+    assert keys == set(load_demo_model(architecture).state_dict())
+
+
+def test_the_default_demo_model_is_c3d_tiny_and_an_unknown_one_is_a_clear_error():
+    assert DEMO_MODELS["c3d-tiny"] == DEMO_WEIGHTS
+    assert load_demo_model().name == "c3d-tiny"
+    with pytest.raises(RelgraphError, match="no shipped demo model for architecture 'c3d'"):
+        load_demo_model("c3d")
 
 
 def test_demo_label_file_lists_the_synthetic_classes_in_order():

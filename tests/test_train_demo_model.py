@@ -1,4 +1,5 @@
-"""scripts/train_demo_model.py: a tiny run writes weights that load, and the same seed repeats."""
+"""scripts/train_demo_model.py: a tiny run writes weights that load, and the same seed repeats
+(c3d-tiny and, with batch norm, r2plus1d-tiny)."""
 
 from __future__ import annotations
 
@@ -21,14 +22,23 @@ def script():
     return load_script("scripts/train_demo_model.py")
 
 
-def train(script, folder: Path, *extra: str) -> Path:
+def train_tiny(script, folder: Path, *extra: str) -> Path:
+    """A tiny run (``TINY`` plus ``extra``); the path of the weights it wrote."""
     threads = torch.get_num_threads()
     try:
-        script.main([*TINY, *SMALL_MODEL, "--out", str(folder), *extra])
+        script.main([*TINY, "--out", str(folder), *extra])
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(False)
-    return folder / script.WEIGHTS_NAME
+    (weights,) = folder.glob("*.safetensors")
+    return weights
+
+
+def train(script, folder: Path, *extra: str) -> Path:
+    """A tiny run of c3d-tiny at ``SMALL_MODEL``."""
+    weights = train_tiny(script, folder, *SMALL_MODEL, *extra)
+    assert weights.name == script.WEIGHTS_NAME
+    return weights
 
 
 def test_a_tiny_run_writes_weights_the_graph_loads_and_the_label_file(script, tmp_path):
@@ -56,3 +66,41 @@ def test_frozen_clips_repeat_one_of_their_frames(script):
         assert len(matches) == 1
     untouched = script.freeze_some(clips, 0.0, torch.Generator().manual_seed(0))
     assert torch.equal(untouched, clips)
+
+
+def test_r2plus1d_tiny_trains_reproducibly_with_batch_norm_statistics(script, tmp_path):
+    """--arch r2plus1d-tiny: same seed, same bytes; the batch norms learned running statistics
+    (the graph's init is mean 0, variance 1) and the weights load into the graph."""
+    arch = ["--arch", "r2plus1d-tiny", "--width", "2"]
+    first = train_tiny(script, tmp_path / "a", *arch)
+    again = train_tiny(script, tmp_path / "b", *arch)
+    assert first.name == "r2plus1d-tiny-synthetic.safetensors"
+    assert first.read_bytes() == again.read_bytes()
+    graph = load_architecture("r2plus1d-tiny", width=2)
+    initial = graph.state_dict()
+    graph.load_weights(first)
+    for key in ("stem.1.running_mean", "layer2.1.conv2.1.running_var"):
+        assert not torch.allclose(graph.state_dict()[key], initial[key]), key
+    clips = torch.zeros(2, *graph.input_shape, dtype=graph.dtype)
+    assert torch.isfinite(graph.forward(clips, keep=()).output).all()
+
+
+def test_training_mode_batch_norm_normalises_with_the_batch_and_updates_its_statistics(script):
+    """GraphModule in training mode: batch statistics (biased variance) in the output, running
+    statistics moved by momentum 0.1 with the unbiased variance (torch.nn.BatchNorm's rule)."""
+    graph = load_architecture("r2plus1d-tiny", width=1, size=8)
+    module = script.GraphModule(graph)
+    stem = module.get_submodule("stem.1")
+    clips = torch.randn(3, *graph.input_shape, generator=torch.Generator().manual_seed(0))
+    stem_conv = module.get_submodule("stem.0").weight
+    conv = torch.nn.functional.conv3d(clips, stem_conv, stride=(1, 2, 2), padding=(0, 1, 1))
+    mean = conv.mean(dim=(0, 2, 3, 4))
+    var = conv.var(dim=(0, 2, 3, 4), unbiased=True)
+    module.train()
+    module(clips)
+    torch.testing.assert_close(stem.running_mean, 0.1 * mean)
+    torch.testing.assert_close(stem.running_var, 0.9 + 0.1 * var)
+    # in eval mode the module is the graph's forward pass on its tensors
+    module.eval()
+    graph.load_weights(module.weights())
+    torch.testing.assert_close(module(clips), graph.forward(clips, keep=()).output)
