@@ -26,7 +26,7 @@ from .demo_model import run_demo
 from .discriminative import NORMALIZATIONS, REDUCTIONS
 from .errors import RelgraphError
 from .graph import load_architecture
-from .pipeline import explain_video
+from .pipeline import PRECISIONS, explain_video
 from .preprocess import PRESETS
 from .rules import RULES, preset, preset_names
 
@@ -71,6 +71,7 @@ def command_explain(args: argparse.Namespace) -> int:
         rules=args.rules,
         preprocess=args.preprocess,
         device=args.device,
+        precision=args.precision,
         target=args.target,
         start=args.start,
         stride=args.stride,
@@ -282,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="where to compute (default: cpu)"
+    )
+    explain.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default="fp32",
+        help="number format: fp32 (default), bf16 (about 2x faster on CPUs with bfloat16 "
+        "units; maps within about 2%% of fp32, see the README's Precision), fp64",
     )
     explain.add_argument(
         "--columns",

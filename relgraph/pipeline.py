@@ -125,6 +125,7 @@ def load_model(
     rules: Any = None,
     device: str | torch.device | None = None,
     params: Mapping[str, Any] | None = None,
+    precision: str | None = None,
 ) -> Model:
     """Compile the architecture (or take ``graph``), load weights and labels, check that they
     fit, pick the input preset and resolve the rules once.
@@ -148,6 +149,9 @@ def load_model(
         Where to compute (``"cpu"``, ``"cuda"``); None leaves the graph where it is.
     params
         Architecture parameters (``num_classes=10``), only with a name or path.
+    precision
+        ``"fp32"``, ``"bf16"`` (heavy ops in bfloat16, shares and sums in float32; see the
+        README's "Precision") or ``"fp64"``; None leaves the graph's format.
 
     Raises
     ------
@@ -188,6 +192,8 @@ def load_model(
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise RelgraphError(f"device {device}: this torch has no CUDA device available")
         graph.to(device=device)
+    if precision is not None:
+        graph.to(dtype=precision_dtype(precision))
     composite = as_composite(rules, graph)
     node_rules = composite.resolve(graph, preprocess=preprocess_name)
     return Model(
@@ -201,6 +207,17 @@ def load_model(
         weights_report=report,
         architecture=architecture,
     )
+
+
+#: ``precision`` names (``--precision``) and the format each runs the graph in
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype of a ``precision`` name (``fp32``, ``bf16``, ``fp64``)."""
+    if precision not in PRECISIONS:
+        raise RelgraphError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
 
 
 def parse_target(target: str | int, model: Model) -> str | int:
@@ -569,6 +586,7 @@ def explain_video(
     rules: Any = None,
     preprocess: str | None = None,
     device: str | torch.device | None = None,
+    precision: str | None = None,
     target: str | int = "auto",
     start: int = 0,
     stride: int = 1,
@@ -604,7 +622,7 @@ def explain_video(
         ``rules``, ``preprocess`` and ``device`` must be left out).
     out
         Output folder; None writes nothing (the result holds the maps).
-    weights, labels, params, rules, preprocess, device
+    weights, labels, params, rules, preprocess, device, precision
         As in :func:`load_model`. An architecture without ``preprocess:`` needs
         ``preprocess``: there is no silent fallback.
     target
@@ -651,6 +669,7 @@ def explain_video(
             "rules": rules,
             "preprocess": preprocess,
             "device": device,
+            "precision": precision,
         }
         clash = [name for name, value in given.items() if value is not None]
         if clash:
@@ -668,6 +687,7 @@ def explain_video(
             rules=rules,
             preprocess=preprocess,
             device=device,
+            precision=precision,
         )
         timings["load_model_s"] = time.perf_counter() - clock
         say(model.describe())
