@@ -66,12 +66,13 @@ from relgraph.discriminative import DEFAULT_BATCH_SIZE, discriminative_with_rule
 from relgraph.outputs import atomic_path, write_json
 from relgraph.plots import figure_paper, paper_columns
 from relgraph.preprocess import get_preprocess
-from relgraph.synthetic import APPEARANCE_CUE, CLASS_NAMES, make_dataset
+from relgraph.synthetic import APPEARANCE_CUE, CLASS_NAMES, make_set
 
-REGIONS = ("moving", "static", "background", "trail", "motion")
+REGIONS = ("moving", "static", "irrelevant", "background", "trail", "motion")
 REGION_LABELS = {
     "moving": "moving",
     "static": "static",
+    "irrelevant": "irrelevant motion",
     "background": "background",
     "trail": "(trail, in background)",
     "motion": "(moving + trail)",
@@ -85,16 +86,22 @@ MAP_LABELS = {
 }
 
 
-def region_masks(moving: np.ndarray, static: np.ndarray) -> dict[str, np.ndarray]:
-    """Masks ``(T, H, W)`` of frame t's regions; moving, static and background partition
-    the pixels, trail is part of the background, motion is moving and trail together."""
+def region_masks(
+    moving: np.ndarray, static: np.ndarray, irrelevant: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Masks ``(T, H, W)`` of frame t's regions; moving, static, irrelevant (objects that
+    oscillate or flicker in place, all False without them) and background partition the
+    pixels, trail is part of the background, motion is moving and trail together."""
+    if irrelevant is None:
+        irrelevant = np.zeros_like(moving)
     neighbours = np.zeros_like(moving)
     neighbours[1:] |= moving[:-1]  # covered in frame t-1
     neighbours[:-1] |= moving[1:]  # covered in frame t+1
-    background = ~(moving | static)
+    background = ~(moving | static | irrelevant)
     return {
         "moving": moving,
         "static": static & ~moving,
+        "irrelevant": irrelevant & ~moving,
         "background": background,
         "trail": background & neighbours,
         "motion": moving | (background & neighbours),
@@ -138,9 +145,15 @@ def run(args: argparse.Namespace) -> dict:
     node_rules = composite.resolve(graph, preprocess=DEMO_PREPROCESS)  # once, for every clip
     seed_kind = composite.seed or "onehot"
 
-    videos, labels, moving, static = make_dataset(
-        args.clips, args.seed, frames=frames, size=size, cue=args.cue
+    data = make_set(
+        args.clips,
+        args.seed,
+        frames=frames,
+        size=size,
+        cue=args.cue,
+        irrelevant_motion=args.irrelevant_motion,
     )
+    videos, labels, moving, static = data.frames, data.labels, data.moving, data.static
     inputs = torch.stack([preprocess(video) for video in videos]).to(graph.dtype)
 
     started = time.perf_counter()
@@ -168,7 +181,7 @@ def run(args: argparse.Namespace) -> dict:
 
     shares = {name: {region: [] for region in REGIONS} for name in ("area", *MAPS)}
     for clip in range(args.clips):
-        masks = region_masks(moving[clip], static[clip])
+        masks = region_masks(moving[clip], static[clip], data.irrelevant[clip])
         for region, mask in masks.items():
             shares["area"][region].append(mask.mean())
         for name in MAPS:
@@ -187,6 +200,7 @@ def run(args: argparse.Namespace) -> dict:
             "clips": args.clips,
             "seed": args.seed,
             "cue": args.cue,
+            "irrelevant_motion": args.irrelevant_motion,
             "weights": str(args.weights) if args.weights else "shipped",
             "target": args.target,
             "rules": composite.name,
@@ -300,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--cue", type=float, default=APPEARANCE_CUE, help="colour cue of the clips (0 to 1)"
+    )
+    parser.add_argument(
+        "--irrelevant-motion",
+        action="store_true",
+        help="add objects that oscillate or flicker in place (relgraph.synthetic)",
     )
     parser.add_argument("--rules", default=None, help="rule preset (default: the model's)")
     parser.add_argument("--reduce", default="first")

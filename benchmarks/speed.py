@@ -11,6 +11,8 @@ warm-up, each configuration in a fresh subprocess so that its peak memory is its
 - captum's LRP with the rules it shares with relgraph (z⁺ as ``Alpha1_Beta0_Rule`` with
   the bias off, ε for the first layer and max pools), against relgraph with the same rules;
 - ``relgraph.discriminative`` (T = 16) against 17 single explanations one after another;
+- ``relgraph.discriminative`` ÷ one explanation for each ``reduce``, with the frozen-clip
+  shortcut (``relgraph.frozen``) on and off (``--only-frozen``: this table alone);
 - peak memory: resident set size on CPU, ``torch.cuda.max_memory_allocated`` on CUDA.
 
 Then a second table: time and peak memory against clip length T (8, 16, 32) and batch
@@ -163,6 +165,20 @@ def worker(
         def run():
             return relgraph.discriminative(
                 graph, clip, rules="deep-taylor-paper", progress=False, batch_size=disc_batch
+            )
+
+    elif kind.startswith("discriminative:"):
+        _, reduce, normalize, shortcut = kind.split(":")
+
+        def run():
+            return relgraph.discriminative(
+                graph,
+                clip,
+                rules="deep-taylor-paper",
+                reduce=reduce,
+                normalize=normalize,
+                frozen_shortcut=shortcut == "on",
+                progress=False,
             )
 
     elif kind == "explain17":
@@ -431,6 +447,47 @@ def _memory_table(args) -> list[dict]:
     return rows
 
 
+#: discriminative ÷ one explanation that issue 13 asks for, per ``reduce``
+FROZEN_TARGETS = {"first": 12.0, "same": 13.0, "mean": 15.0, "sum": 15.0}
+
+
+def _frozen_table(args, explain: dict | None = None) -> list[dict]:
+    """discriminative ÷ one explanation per ``reduce`` (default ``normalize="maxabs"``), the
+    frozen-clip shortcut on and off, plus ``first``/``same`` with ``normalize="none"``, where
+    the reverse pass follows only the wanted slice's receptive field."""
+    if explain is None:
+        explain = measure("explain:deep-taylor-paper", args)
+    base = explain["median_s"]
+    repeats = max(1, args.repeats // 5)
+    rows = []
+    configs = [(r, "maxabs", s) for r in FROZEN_TARGETS for s in ("on", "off")]
+    configs += [("first", "none", "on"), ("same", "none", "on")]
+    print("\n## discriminative ÷ one explanation, by reduce and frozen-clip shortcut\n")
+    print(f"one explanation (deep-taylor-paper, B = 1): {base:.3f} s\n")
+    print("| `reduce` | `normalize` | shortcut | time (s) | ÷ one explanation | target |")
+    print("|---|---|---|---:|---:|---:|")
+    for reduce, normalize, shortcut in configs:
+        kind = f"discriminative:{reduce}:{normalize}:{shortcut}"
+        report = measure(kind, args, repeats=repeats)
+        ratio = report["median_s"] / base
+        rows.append(
+            {
+                "reduce": reduce,
+                "normalize": normalize,
+                "shortcut": shortcut,
+                "median_s": report["median_s"],
+                "over_explain": ratio,
+            }
+        )
+        target = f"≤ {FROZEN_TARGETS[reduce]:g}" if shortcut == "on" else ""
+        print(
+            f"| {reduce} | {normalize} | {shortcut} | {report['median_s']:.2f} | "
+            f"{ratio:.2f} × | {target} |",
+            flush=True,
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -441,6 +498,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--only-scaling", action="store_true", help="the second table alone")
     parser.add_argument("--skip-captum", action="store_true")
+    parser.add_argument(
+        "--only-frozen", action="store_true", help="the discriminative-by-reduce table alone"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--frames", type=int, default=16, help=argparse.SUPPRESS)
@@ -478,8 +538,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# relgraph speed benchmark — C3D 3×16×112×112 float32 on {args.device} ({machine})\n")
     print("measuring (each in a fresh process):", file=sys.stderr)
 
+    if args.only_frozen:
+        frozen = _frozen_table(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": machine, "frozen": frozen}, indent=2))
+        return
     only = args.only_scaling or args.only_memory
     reports, ratios = ({}, {}) if only else _main_table(args)
+    frozen = [] if only else _frozen_table(args, reports["explain:deep-taylor-paper"])
     memory = [] if args.skip_memory or args.only_scaling else _memory_table(args)
     scaling = []
     if not args.skip_scaling and not args.only_memory:
@@ -513,6 +579,7 @@ def main(argv: list[str] | None = None) -> None:
                     "device": args.device,
                     "reports": reports,
                     "ratios": ratios,
+                    "frozen": frozen,
                     "scaling": scaling,
                     "memory": memory,
                 },

@@ -1,4 +1,5 @@
-"""The command line: ``relgraph explain``, ``demo``, ``arch show|check``, ``rules list|show``.
+"""The command line: ``relgraph explain``, ``demo``, ``arch show|check``, ``rules list|show``,
+``dataset explain|report`` (the last from :mod:`relgraph.dataset_cli`).
 
 Each command parses its arguments and calls one public function (``explain`` →
 :func:`relgraph.explain_video`, ``demo`` → :func:`relgraph.demo_model.run_demo`), which
@@ -365,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="input preset the zβ bounds follow (default: the architecture's)",
     )
     table.set_defaults(handler=command_rules_show)
+    add_dataset_commands(commands)
+    add_evaluate_command(commands)
     return parser
 
 

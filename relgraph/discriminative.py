@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import RelgraphError, ShapeError, TargetError, did_you_mean
+from .frozen import explain_frozen, wanted_slices
 from .graph import Graph
 from .reverse import Target, explain_with_rules, resolve_rules
 
@@ -85,6 +86,8 @@ class DiscriminativeResult:
         ``(B, T, C, T, H, W)``: the raw relevance of every frozen clip, all of it (index 1 is
         the frozen frame, index 3 the frozen clip's own time axis), so that any other
         reduction or normalisation can be computed afterwards without explaining again.
+        Except where the frozen-clip shortcut explained one slice only (``reduce``
+        ``first``/``same`` with ``normalize="none"``): then the other slices are 0.
     output
         ``(B, K)``: the model's logits on each clip.
     prediction, probability
@@ -101,10 +104,11 @@ class DiscriminativeResult:
         on to the input (bias shares, the stabiliser's ε, zeroed denominators; see
         ``Explanation.lost_fraction``).
     frozen_lost_fraction
-        ``(B, T)``: the same for each frozen clip.
+        ``(B, T)``: the same for each frozen clip (where the frozen-clip shortcut explained
+        one slice only: of the relevance on that slice's receptive field).
     options
         The options used: ``target`` (as given), ``rules``, ``seed``, ``reduce``,
-        ``normalize``, ``batch_size``, ``preprocess``.
+        ``normalize``, ``batch_size``, ``frozen_shortcut``, ``preprocess``.
     """
 
     spatiotemporal: torch.Tensor
@@ -200,6 +204,7 @@ def discriminative(
     preprocess: str | None = None,
     labels: Labels | Sequence[str] | None = None,
     progress: bool | None = None,
+    frozen_shortcut: bool = True,
 ) -> DiscriminativeResult:
     """Spatio-temporal, spatial and temporal relevance of each clip of a batch.
 
@@ -253,6 +258,13 @@ def discriminative(
     progress
         Show a tqdm bar on stderr over the batches of frozen clips. Default (``None``): only
         when stderr is a terminal and there is more than one batch.
+    frozen_shortcut
+        Explain frozen clips without redundant work (:mod:`relgraph.frozen`): the forward pass
+        computes each distinct time slice once, and where the maps need one slice of each
+        frozen clip (``reduce`` ``first``/``same`` with ``normalize="none"``) the reverse pass
+        follows only that slice's receptive field. The same results up to rounding; ``False``
+        explains the full frozen clips, for comparison. With the reverse shortcut,
+        ``frozen_relevance`` holds only the slices the reduction reads (the others are 0).
 
     Returns
     -------
@@ -277,6 +289,7 @@ def discriminative(
         batch_size=batch_size,
         labels=labels,
         progress=progress,
+        frozen_shortcut=frozen_shortcut,
         options={
             "rules": composite.name,
             "preprocess": preprocess or g.default_preprocess,
@@ -297,6 +310,7 @@ def discriminative_with_rules(
     labels: Labels | Sequence[str] | None = None,
     progress: bool | None = None,
     options: dict[str, Any] | None = None,
+    frozen_shortcut: bool = True,
 ) -> DiscriminativeResult:
     """:func:`discriminative` with the rules already resolved per node
     (``Composite.resolve``): resolve once, then call this for every clip of a video."""
@@ -324,14 +338,24 @@ def discriminative_with_rules(
     for chunk in _progress(chunks, progress):
         clip_rows = torch.tensor([b for b, _ in chunk], device=clip.device)
         frame_rows = torch.tensor([t for _, t in chunk], device=clip.device)
-        frozen = explain_with_rules(
-            g,
-            frozen_clips(clip, chunk),
-            node_rules,
-            explained[clip_rows],
-            seed_for(clip_rows),
-            return_explanation=True,
-        )
+        if frozen_shortcut:
+            frozen = explain_frozen(
+                g,
+                clip[clip_rows, :, frame_rows],
+                node_rules,
+                explained[clip_rows],
+                seed_for(clip_rows),
+                wanted=wanted_slices(reduce, normalize, [t for _, t in chunk]),
+            )
+        else:
+            frozen = explain_with_rules(
+                g,
+                frozen_clips(clip, chunk),
+                node_rules,
+                explained[clip_rows],
+                seed_for(clip_rows),
+                return_explanation=True,
+            )
         frozen_relevance[clip_rows, frame_rows] = frozen.relevance
         frozen_output[clip_rows, frame_rows] = frozen.output.reshape(len(chunk), -1)
         frozen_lost[clip_rows, frame_rows] = frozen.lost_fraction
@@ -352,6 +376,7 @@ def discriminative_with_rules(
         "reduce": reduce,
         "normalize": normalize,
         "batch_size": batch_size,
+        "frozen_shortcut": frozen_shortcut,
         **(options or {}),
     }
     return DiscriminativeResult(

@@ -95,3 +95,12 @@ def did_you_mean(name: str, choices) -> str:
 
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class DatasetError(RelgraphError):
+    """A data set source (class folders, split list, CSV) is empty, malformed or does not fit
+    the model's classes."""
+
+
+class StoreError(RelgraphError):
+    """A result store was made with other options or by another version, or is damaged."""

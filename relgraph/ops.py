@@ -223,13 +223,17 @@ class Input(Op):
 class Affine(Op):
     """An affine map ``A(x; W) + b``; rules use ``linear_map`` and ``adjoint``."""
 
-    capabilities = frozenset({"affine"})
+    capabilities = frozenset({"affine", "vjp"})
 
     def weight_and_bias(
         self, tensors: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The map's weight and bias, as ``linear_map`` takes them."""
         return tensors["weight"], tensors.get("bias")
+
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: ``Aᵀ(g; W)``."""
+        return [self.adjoint(grad, self.weight_and_bias(tensors)[0], input_shapes[0])]
 
     def linear_map(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
@@ -396,7 +400,7 @@ class Linear(Affine):
 class BatchNormNd(Spatial, Affine):
     """Batch norm in inference mode, seen by rules as the affine map ``x·scale + shift``."""
 
-    capabilities = frozenset({"affine", "channelwise"})
+    capabilities = frozenset({"affine", "channelwise", "vjp"})
     num_features = Field[int | None]("int?", None, "inferred from the input when left out")
     eps = Field[float]("float", 1e-5)
     affine = Field[bool]("bool", True)
@@ -589,7 +593,7 @@ class PoolNd(Spatial):
 
 @register_op("maxpool{dims}d", dims=(1, 2, 3))
 class MaxPoolNd(PoolNd):
-    capabilities = frozenset({"window", "max_route"})
+    capabilities = frozenset({"window", "max_route", "vjp"})
     dilation = Field[Ints]("ints", 1)
     ceil_mode = Field[bool]("bool", False)
 
@@ -628,9 +632,14 @@ class MaxPoolNd(PoolNd):
         routed.scatter_add_(2, indices.flatten(2), relevance.flatten(2))
         return routed.view(shape)
 
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: each window's gradient to its argmax."""
+        return [self.max_route(inputs[0], grad, indices=record, x_shape=input_shapes[0])]
+
 
 @register_op("avgpool{dims}d", dims=(1, 2, 3))
 class AvgPoolNd(PoolNd):
+    capabilities = frozenset({"window", "vjp"})
     ceil_mode = Field[bool]("bool", False)
     count_include_pad = Field[bool]("bool", True)
 
@@ -645,13 +654,20 @@ class AvgPoolNd(PoolNd):
             count_include_pad=self.count_include_pad,
         )
 
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: the window adjoint of ``g`` divided by each window's
+        count (valid elements over the mean of ones: the divisor the forward used)."""
+        ones = grad.new_ones(input_shapes[0])
+        divisor = self.window_sum(ones) / self.forward([ones], {})
+        return [self.window_sum_adjoint(grad / divisor, input_shapes[0])]
+
 
 @register_op("adaptive_avgpool{dims}d", dims=(1, 2, 3))
 class AdaptiveAvgPoolNd(Spatial):
     """Adaptive average pooling. Its windows are separable bins, so ``window_sum`` is a
     product of one 0/1 bin matrix per spatial dimension, and the adjoint their transposes."""
 
-    capabilities = frozenset({"window"})
+    capabilities = frozenset({"window", "vjp"})
     output_size = Field[Ints]("ints")
 
     def resolve(self, in_shapes):
@@ -692,6 +708,11 @@ class AdaptiveAvgPoolNd(Spatial):
     def window_sum_adjoint(self, s, x_shape):
         return self._contract(s, s.shape[2:], x_shape[2:], transpose=True)
 
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: the bin adjoint of ``g`` divided by each bin's size."""
+        count = self.window_sum(grad.new_ones(input_shapes[0]))
+        return [self.window_sum_adjoint(grad / count, input_shapes[0])]
+
 
 # --------------------------------------------------------------------------- shape-preserving
 
@@ -699,13 +720,21 @@ class AdaptiveAvgPoolNd(Spatial):
 class Elementwise(Op):
     """Ops whose relevance passes straight through (reshaped to the input's shape)."""
 
-    capabilities = frozenset({"reshape"})
+    capabilities = frozenset({"reshape", "vjp"})
+
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product of a reshape, dropout at inference or identity: pass."""
+        return [grad.reshape(input_shapes[0])]
 
 
 @register_op("relu")
 class ReLU(Elementwise):
     def forward(self, inputs, tensors):
         return F.relu(inputs[0])
+
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: ``g · [x > 0]``."""
+        return [grad * (inputs[0] > 0)]
 
 
 @register_op("dropout")
@@ -759,7 +788,7 @@ class Reshape(Elementwise):
 
 class Merge(Op):
     arity = None
-    capabilities = frozenset({"split"})
+    capabilities = frozenset({"split", "vjp"})
 
     def split(
         self,
@@ -773,7 +802,7 @@ class Merge(Op):
 
 @register_op("add")
 class Add(Merge):  # no "window": add has no window_sum; rules reach its inputs through split
-    capabilities = frozenset({"split"})
+    capabilities = frozenset({"split", "vjp"})
 
     def resolve(self, in_shapes):
         if len(set(in_shapes)) != 1:
@@ -787,6 +816,10 @@ class Add(Merge):  # no "window": add has no window_sum; rules reach its inputs 
     def split(self, inputs, relevance, divide):
         share = divide(relevance, self.forward(inputs, {}))
         return [x * share for x in inputs]
+
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: a copy of ``g`` for each input."""
+        return [grad for _ in input_shapes]
 
 
 @register_op("concat")
@@ -818,6 +851,10 @@ class Concat(Merge):
 
     def split(self, inputs, relevance, divide):
         return list(torch.split(relevance, [x.shape[self.dim] for x in inputs], dim=self.dim))
+
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: ``g`` sliced back into the inputs."""
+        return list(torch.split(grad, [s[self.dim] for s in input_shapes], dim=self.dim))
 
 
 # --------------------------------------------------------------------------- shapes

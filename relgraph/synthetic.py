@@ -14,6 +14,14 @@ cue sees class evidence on static objects too; the discriminative method should 
 spatial evidence apart from the motion. With ``cue=0`` a single frame carries no information
 about the class, and the clips are otherwise identical (same seed, same positions, textures
 and backgrounds; only the objects' colours differ).
+
+Irrelevant motion (``irrelevant_motion=True``): one or two more objects of random colour that
+move without going anywhere, so that a plain motion detector is not enough to find the
+class's evidence. Each either *oscillates* in place (±1 or ±2 px along a random axis, period
+4 frames, so it moves in both directions of that axis) or *flickers* (its texture swaps its
+colour and the complement every 2 frames). Their pixels are the ``irrelevant`` mask. They are
+drawn after every other random choice: the clips are otherwise those of the same seed
+without them (the moving objects pass in front of them, they in front of the distractors).
 """
 
 from __future__ import annotations
@@ -26,7 +34,16 @@ import numpy as np
 
 from .errors import OutputError, RelgraphError
 
-__all__ = ["CLASS_NAMES", "SyntheticClip", "make_clip", "make_dataset", "write_label_file"]
+__all__ = [
+    "CLASS_NAMES",
+    "SyntheticClip",
+    "SyntheticSet",
+    "make_clip",
+    "make_dataset",
+    "make_set",
+    "write_label_file",
+    "write_video_folders",
+]
 
 CLASS_NAMES: tuple[str, ...] = ("MoveRight", "MoveLeft", "MoveDown", "MoveUp")
 # (dy, dx) per frame at speed 1, in class order; y grows downwards.
@@ -41,6 +58,9 @@ COLOUR_JITTER = 30
 
 MAX_MOVING = 2
 MAX_DISTRACTORS = 3
+MAX_IRRELEVANT = 2
+# Offsets of an oscillating object along its axis, per frame (period 4), times its amplitude.
+_OSCILLATION = np.array([0, 1, 0, -1], dtype=np.int64)
 _CHUNK = 256  # clips rendered at once: bounds the memory of the gathers
 _ALPHA = np.uint32(1 << 24)  # pixels are packed as R | G << 8 | B << 16 | covered << 24
 
@@ -60,12 +80,31 @@ class SyntheticClip:
         on top, so ``moving`` and ``static`` never overlap).
     label
         Class index into ``CLASS_NAMES``.
+    irrelevant
+        bool ``(T, H, W)``: visible pixels of the objects that oscillate or flicker in place
+        (all False without ``irrelevant_motion``); disjoint from ``moving`` and ``static``.
     """
 
     frames: np.ndarray
     moving: np.ndarray
     static: np.ndarray
     label: int
+    irrelevant: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class SyntheticSet:
+    """A synthetic data set with every ground-truth mask (see :func:`make_set`).
+
+    ``frames`` uint8 ``(n, T, H, W, 3)``, ``labels`` int64 ``(n,)``; ``moving``, ``static``
+    and ``irrelevant`` bool ``(n, T, H, W)``, pairwise disjoint.
+    """
+
+    frames: np.ndarray
+    labels: np.ndarray
+    moving: np.ndarray
+    static: np.ndarray
+    irrelevant: np.ndarray
 
 
 def make_clip(
@@ -75,6 +114,7 @@ def make_clip(
     frames: int = 16,
     size: int = 32,
     cue: float = APPEARANCE_CUE,
+    irrelevant_motion: bool = False,
 ) -> SyntheticClip:
     """Draw one clip of class ``label`` (index into ``CLASS_NAMES``)."""
     _check_geometry(frames, size)
@@ -85,13 +125,19 @@ def make_clip(
             f"label {label} is out of range: the classes are 0..{len(CLASS_NAMES) - 1} "
             f"({', '.join(CLASS_NAMES)})."
         )
-    scene = _draw_scenes(np.array([label]), rng, size, _check_cue(cue))
-    clip, moving, static = _render(scene, frames, size)
-    return SyntheticClip(clip[0], moving[0], static[0], int(label))
+    scene = _draw_scenes(np.array([label]), rng, size, _check_cue(cue), bool(irrelevant_motion))
+    clip, moving, static, irrelevant = _render(scene, frames, size)
+    return SyntheticClip(clip[0], moving[0], static[0], int(label), irrelevant[0])
 
 
 def make_dataset(
-    n: int, seed: int, *, frames: int = 16, size: int = 32, cue: float = APPEARANCE_CUE
+    n: int,
+    seed: int,
+    *,
+    frames: int = 16,
+    size: int = 32,
+    cue: float = APPEARANCE_CUE,
+    irrelevant_motion: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Draw ``n`` clips with balanced classes in random order, deterministic given ``seed``.
 
@@ -99,22 +145,38 @@ def make_dataset(
     -------
     tuple
         ``frames`` uint8 ``(n, T, H, W, 3)``, ``labels`` int64 ``(n,)``, ``moving`` and
-        ``static`` bool ``(n, T, H, W)``. Class counts differ by at most one.
+        ``static`` bool ``(n, T, H, W)``. Class counts differ by at most one. The
+        ``irrelevant`` mask of ``irrelevant_motion`` comes with :func:`make_set`.
     """
+    data = make_set(n, seed, frames=frames, size=size, cue=cue, irrelevant_motion=irrelevant_motion)
+    return data.frames, data.labels, data.moving, data.static
+
+
+def make_set(
+    n: int,
+    seed: int,
+    *,
+    frames: int = 16,
+    size: int = 32,
+    cue: float = APPEARANCE_CUE,
+    irrelevant_motion: bool = False,
+) -> SyntheticSet:
+    """:func:`make_dataset` with every mask, the ``irrelevant`` one included."""
     _check_geometry(frames, size)
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise RelgraphError(f"n must be a positive number of clips, not {n!r}.")
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n, dtype=np.int64) % len(CLASS_NAMES))
-    scene = _draw_scenes(labels, rng, size, _check_cue(cue))
+    scene = _draw_scenes(labels, rng, size, _check_cue(cue), bool(irrelevant_motion))
     clips = np.empty((n, frames, size, size, 3), dtype=np.uint8)
-    moving = np.empty((n, frames, size, size), dtype=bool)
-    static = np.empty((n, frames, size, size), dtype=bool)
+    masks = [np.empty((n, frames, size, size), dtype=bool) for _ in range(3)]
     for begin in range(0, n, _CHUNK):
         part = slice(begin, min(begin + _CHUNK, n))
         chunk = {key: value[part] for key, value in scene.items()}
-        clips[part], moving[part], static[part] = _render(chunk, frames, size)
-    return clips, labels, moving, static
+        clips[part], *parts = _render(chunk, frames, size)
+        for mask, rendered in zip(masks, parts):
+            mask[part] = rendered
+    return SyntheticSet(clips, labels, *masks)
 
 
 def write_label_file(path: str | os.PathLike) -> Path:
@@ -128,6 +190,37 @@ def write_label_file(path: str | os.PathLike) -> Path:
             f"cannot write the label file: {exc.strerror or exc}.", file=path
         ) from exc
     return path
+
+
+def write_video_folders(
+    folder: str | os.PathLike,
+    n: int,
+    seed: int,
+    *,
+    frames: int | tuple[int, int] = 16,
+    size: int = 32,
+    extension: str = ".avi",
+) -> list[Path]:
+    """Write ``n`` synthetic clips as videos in one sub-folder per class (UCF-101's layout).
+
+    ``frames`` may be a range ``(low, high)``: each video gets a random length in it (longer
+    videos are the clip followed by the motion continued). Files are named
+    ``v_<Class>_g<k>.avi``; returns their paths in order.
+    """
+    from .video import write_video
+
+    folder = Path(folder)
+    low, high = (frames, frames) if isinstance(frames, int) else frames
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(low, high + 1, size=n)
+    clips, labels, _, _ = make_dataset(n, seed, frames=int(lengths.max()), size=size)
+    paths = []
+    for k in range(n):
+        name = CLASS_NAMES[int(labels[k])]
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        path = folder / name / f"v_{name}_g{k:03d}{extension}"
+        paths.append(write_video(path, clips[k, : int(lengths[k])], fps=8))
+    return paths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +241,11 @@ def _check_cue(cue: float) -> float:
 
 
 def _draw_scenes(
-    labels: np.ndarray, rng: np.random.Generator, size: int, cue: float
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    size: int,
+    cue: float,
+    irrelevant_motion: bool = False,
 ) -> dict[str, np.ndarray]:
     """Every random choice of ``len(labels)`` clips; nothing but the motion depends on labels."""
     n = len(labels)
@@ -189,6 +286,22 @@ def _draw_scenes(
     jitter = rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, (*objects, 3))
     typical = np.clip(CLASS_COLOURS[scene["labels"]][:, None, :] + jitter, 0, 255)
     scene["object_colour"] = np.where(cued[..., None], typical, scene["object_colour"])
+    # Irrelevant motion is drawn after everything else: without it the clips are the same.
+    slots = (n, MAX_IRRELEVANT)
+    scene["irrelevant_active"] = np.zeros(slots, dtype=bool)
+    if irrelevant_motion:
+        scene.update(
+            irrelevant_side=rng.integers(smallest, largest + 1, slots),
+            irrelevant_disc=rng.random(slots) < 0.5,
+            irrelevant_pattern=rng.integers(0, 4, slots),
+            irrelevant_period=rng.integers(1, 3, slots),
+            irrelevant_colour=rng.integers(0, 256, (*slots, 3)),
+            irrelevant_active=np.arange(MAX_IRRELEVANT) < rng.integers(1, 3, n)[:, None],
+            irrelevant_position=rng.integers(0, size, (*slots, 2)),
+            irrelevant_flickers=rng.random(slots) < 0.5,
+            irrelevant_axis=rng.integers(0, 2, slots),
+            irrelevant_amplitude=rng.integers(1, 3, slots),
+        )
     return scene
 
 
@@ -199,6 +312,7 @@ def _render(scene: dict[str, np.ndarray], frames: int, size: int):
     pixels = np.broadcast_to(_background(scene, size)[:, None], (n, frames, size, size)).copy()
     moving = np.zeros((n, frames, size, size), dtype=bool)
     static = np.zeros_like(moving)
+    irrelevant = np.zeros_like(moving)
     time = np.arange(frames)
 
     def place(sprite: np.ndarray, top: np.ndarray, left: np.ndarray) -> np.ndarray:
@@ -218,6 +332,25 @@ def _render(scene: dict[str, np.ndarray], frames: int, size: int):
         covered = placed >= _ALPHA
         np.copyto(pixels, placed, where=covered)
         static |= covered
+    if scene["irrelevant_active"].any():
+        odd = {k[len("irrelevant_") :]: v for k, v in scene.items() if k.startswith("irrelevant_")}
+        odd_sprites = _sprites({f"object_{k}": v for k, v in odd.items()}, size)
+        # Flickering: the texture's colour and its complement swap every 2 frames.
+        swapped = (time // 2) % 2 == 1  # (T,)
+        for slot in range(MAX_IRRELEVANT):
+            sprite = odd_sprites[:, slot] * odd["active"][:, slot, None, None]
+            shift = odd["amplitude"][:, slot, None] * _OSCILLATION[time % 4][None, :]  # (n, T)
+            shift = np.where(odd["flickers"][:, slot, None], 0, shift)
+            along_rows = odd["axis"][:, slot, None] == 0
+            top = odd["position"][:, slot, 0, None] + np.where(along_rows, shift, 0)
+            left = odd["position"][:, slot, 1, None] + np.where(along_rows, 0, shift)
+            placed = place(sprite, top, left)
+            flip = odd["flickers"][:, slot, None] & swapped[None, :]  # (n, T)
+            placed = np.where(flip[..., None, None], placed ^ np.uint32(0xFFFFFF), placed)
+            covered = placed >= _ALPHA
+            np.copyto(pixels, placed, where=covered)
+            irrelevant |= covered
+        static &= ~irrelevant
     steps = DIRECTIONS[scene["labels"]]  # (n, 2)
     for slot in range(MAX_MOVING):
         sprite = sprites[:, slot] * scene["moving_active"][:, slot, None, None]
@@ -230,8 +363,9 @@ def _render(scene: dict[str, np.ndarray], frames: int, size: int):
         np.copyto(pixels, placed, where=covered)
         moving |= covered
     static &= ~moving
+    irrelevant &= ~moving
     rgb = pixels.astype("<u4").view(np.uint8).reshape(n, frames, size, size, 4)[..., :3]
-    return np.ascontiguousarray(rgb), moving, static
+    return np.ascontiguousarray(rgb), moving, static, irrelevant
 
 
 def _sprites(scene: dict[str, np.ndarray], size: int) -> np.ndarray:

@@ -506,6 +506,22 @@ class WinnerTakeAll(Rule):
         return [ctx.op.max_route(ctx.x, relevance, indices=ctx.record, x_shape=ctx.input_shapes[0])]
 
 
+@register_rule
+@dataclass
+class Gradient(Rule):
+    """Not a relevance rule: the plain gradient, ``g_in = Jᵀ g`` with the op's own explicit
+    vector-Jacobian product (``op.vjp``), no autograd. With the one-hot seed the input
+    "relevance" is ∂f_target/∂x (sensitivity; Simonyan et al. 2014); times the input, it is
+    gradient × input (Shrikumar et al. 2016). For baselines."""
+
+    name = "gradient"
+    requires = ("vjp",)
+    needs = frozenset({"inputs", "record"})
+
+    def relevance(self, ctx, relevance):
+        return ctx.op.vjp(relevance, ctx.inputs, ctx.tensors, ctx.input_shapes, ctx.record)
+
+
 @dataclass
 class _Shares(Rule):
     """Pool and merge rules that divide by a window's or a sum's total, with a choice of

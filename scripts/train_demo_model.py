@@ -67,6 +67,7 @@ FRAMES = 16
 THREADS = 2
 FROZEN_SHARE = 0.35
 MOTION_KERNELS = 0.5
+IRRELEVANT_SHARE = 0.0
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "relgraph" / "data"
 WEIGHTS_NAME = "c3d-tiny-synthetic.safetensors"
 LABELS_NAME = "synthetic-labels.txt"
@@ -150,10 +151,18 @@ def preprocess_clips(frames: np.ndarray) -> torch.Tensor:
 
 
 def training_set(
-    count: int, seed: int, epoch: int, cue: float
+    count: int, seed: int, epoch: int, cue: float, irrelevant_share: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fresh clips for each epoch: seed ``seed + epoch``."""
+    """Fresh clips for each epoch: seed ``seed + epoch``; a random ``irrelevant_share`` of
+    them (drawn from the same seed) with irrelevant motion (objects that oscillate or
+    flicker in place), the same clips otherwise."""
     frames, labels, _, _ = make_dataset(count, seed=seed + epoch, frames=FRAMES, size=SIZE, cue=cue)
+    if irrelevant_share > 0:
+        odd, _, _, _ = make_dataset(
+            count, seed=seed + epoch, frames=FRAMES, size=SIZE, cue=cue, irrelevant_motion=True
+        )
+        chosen = np.random.default_rng(seed + epoch).random(count) < irrelevant_share
+        frames[chosen] = odd[chosen]
     return preprocess_clips(frames), torch.from_numpy(labels)
 
 
@@ -213,6 +222,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--frozen-from", type=int, default=0, help="first epoch with frozen clips")
     parser.add_argument(
+        "--irrelevant-share",
+        type=float,
+        default=IRRELEVANT_SHARE,
+        help="training clips with irrelevant motion (oscillating/flickering objects)",
+    )
+    parser.add_argument(
         "--motion-kernels",
         type=float,
         default=MOTION_KERNELS,
@@ -233,7 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     graph = load_architecture(ARCHITECTURE, seed=args.seed, **params)
     print(f"{graph}; params {graph.params}")
 
-    train_clips, train_labels = training_set(args.clips, args.seed, 0, args.cue)
+    train_clips, train_labels = training_set(
+        args.clips, args.seed, 0, args.cue, args.irrelevant_share
+    )
     input_scale = float(train_clips.std())
     print(
         f"{len(train_clips)} training clips, input std {input_scale:.1f} "
@@ -266,7 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     for epoch in range(args.epochs):
         model.train()
         if epoch > 0:
-            train_clips, train_labels = training_set(args.clips, args.seed, epoch, args.cue)
+            train_clips, train_labels = training_set(
+                args.clips, args.seed, epoch, args.cue, args.irrelevant_share
+            )
         order = torch.randperm(len(train_clips), generator=generator)
         loss_sum = correct = seen = 0
         for batch in range(steps_per_epoch):
@@ -316,6 +335,15 @@ def main(argv: list[str] | None = None) -> None:
         args.test_clips, seed=test_seed, frames=FRAMES, size=SIZE, cue=args.cue
     )
     accuracy = graph_accuracy(shipped, preprocess_clips(frames), torch.from_numpy(labels))
+    odd, odd_labels, _, _ = make_dataset(
+        args.test_clips,
+        seed=test_seed,
+        frames=FRAMES,
+        size=SIZE,
+        cue=args.cue,
+        irrelevant_motion=True,
+    )
+    odd_accuracy = graph_accuracy(shipped, preprocess_clips(odd), torch.from_numpy(odd_labels))
     with tempfile.TemporaryDirectory() as folder:
         video_frames = video_round_trip(frames[: args.video_clips], Path(folder))
     video_accuracy = graph_accuracy(
@@ -328,7 +356,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"data and training took {train_seconds:.0f} s; accuracy on {args.test_clips} fresh clips "
         f"(seed {test_seed}), relgraph forward: {accuracy:.3f}; on the first "
-        f"{args.video_clips} of them after an mp4 round trip: {video_accuracy:.3f}"
+        f"{args.video_clips} of them after an mp4 round trip: {video_accuracy:.3f}; on the "
+        f"same clips with irrelevant motion: {odd_accuracy:.3f}"
     )
 
 

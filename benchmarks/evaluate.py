@@ -1,0 +1,165 @@
+"""Measure the maps of a trained tiny model: the README's evaluation table and plots.
+
+Runs :func:`relgraph.evaluation.run_evaluation` (the same suite as ``relgraph evaluate``) on
+synthetic clips with irrelevant motion, prints the Markdown tables and draws
+``perturbation-curves.png`` (freeze MoRF/LeRF curves per map) and ``randomisation.png``
+(Spearman ρ per randomised layer) into ``--figures``. Another trained model's rows come from
+rerunning it with ``--arch NAME --weights FILE``.
+
+Run (the README's numbers)::
+
+    python benchmarks/evaluate.py --clips 100 --presets all --sanity-clips 100 \\
+        --out evaluation.json --figures docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from relgraph.evaluation import DEFAULT_MAPS, markdown, run_evaluation, synthetic_data
+from relgraph.graph import load_architecture
+from relgraph.outputs import atomic_path, write_json
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="c3d-tiny", help="architecture (default c3d-tiny)")
+    parser.add_argument("--weights", type=Path, help="weights (default: the shipped demo model's)")
+    parser.add_argument("--clips", type=int, default=100, help="synthetic clips (100)")
+    parser.add_argument("--seed", type=int, default=2019, help="data set seed (2019)")
+    parser.add_argument(
+        "--no-irrelevant-motion", action="store_true", help="clips without irrelevant motion"
+    )
+    parser.add_argument(
+        "--presets", default="all", help="other rule presets, comma-separated, all or none"
+    )
+    parser.add_argument("--no-variants", action="store_true", help="default options only")
+    parser.add_argument("--cube", type=int, nargs=3, default=(4, 8, 8))
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--sanity-clips", type=int, default=100)
+    parser.add_argument(
+        "--replacements", nargs="+", default=["freeze", "blur", "mean"], help="fill strategies"
+    )
+    parser.add_argument("--no-frames", action="store_true", help="skip frame deletion/insertion")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--out", type=Path, help="write the report as JSON here")
+    parser.add_argument("--figures", type=Path, help="folder for the two PNG plots")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    from relgraph.rules import preset_names
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    graph = load_architecture(args.arch)
+    if args.weights:
+        graph.load_weights(args.weights)
+    else:
+        from relgraph.demo_model import DEMO_WEIGHTS
+
+        graph.load_weights(DEMO_WEIGHTS)
+    if args.presets == "all":
+        presets = [p for p in preset_names() if p not in ("base", "gradient", graph.default_rules)]
+    elif args.presets == "none":
+        presets = []
+    else:
+        presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    started = time.perf_counter()
+    data = synthetic_data(
+        graph, args.clips, args.seed, irrelevant_motion=not args.no_irrelevant_motion
+    )
+    report = run_evaluation(
+        graph,
+        data,
+        presets=presets,
+        variants=not args.no_variants,
+        cube=tuple(args.cube),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        sanity_clips=args.sanity_clips,
+        replacements=tuple(args.replacements),
+        frames=not args.no_frames,
+        progress=True,
+    )
+    report["config"]["weights"] = str(args.weights) if args.weights else "shipped demo"
+    report["config"]["threads"] = torch.get_num_threads()
+    report["total_seconds"] = time.perf_counter() - started
+    return report
+
+
+def plot_curves(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for name in DEFAULT_MAPS:
+        curves = report["curves"].get(name, {}).get("freeze")
+        if curves is None:
+            continue
+        for ax, order in zip(axes, ("morf", "lerf")):
+            ax.plot(curves["fraction"], curves[order], marker=".", label=name)
+    for ax, title in zip(axes, ("MoRF (most relevant first)", "LeRF (least relevant first)")):
+        ax.set_title(f"freeze, {title}")
+        ax.set_xlabel("share of the clip replaced")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("probability of the predicted class")
+    axes[1].legend(fontsize=8)
+    figure.suptitle(f"{report['config']['arch']}: region perturbation, {report['clips']} clips")
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+
+
+def plot_sanity(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sanity = report["sanity"]
+    layers = list(sanity)
+    figure, ax = plt.subplots(figsize=(8, 4))
+    for kind in sanity[layers[0]]:
+        means = [sanity[layer][kind]["mean"] for layer in layers]
+        errors = [sanity[layer][kind]["ci95"] for layer in layers]
+        ax.errorbar(range(len(layers)), means, yerr=errors, marker="o", capsize=3, label=kind)
+    ax.set_xticks(range(len(layers)), layers, rotation=45)
+    ax.set_xlabel("randomised from the top down to")
+    ax.set_ylabel("Spearman ρ with the original map")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{report['config']['arch']}: cascading randomisation (Adebayo et al. 2018)")
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    report = run(args)
+    if args.out:  # first, so that the numbers survive a failure below
+        write_json(args.out, report)
+        print(f"wrote {args.out}")
+    print(markdown(report))
+    print(f"\ntotal {report['total_seconds']:.0f} s on {report['config']['threads']} threads")
+    if args.figures:
+        args.figures.mkdir(parents=True, exist_ok=True)
+        plot_curves(report, args.figures / "evaluation-perturbation.png")
+        if report.get("sanity"):
+            plot_sanity(report, args.figures / "evaluation-randomisation.png")
+        print(f"wrote the plots to {args.figures}")
+
+
+if __name__ == "__main__":
+    main()
