@@ -519,7 +519,13 @@ class Gradient(Rule):
     needs = frozenset({"inputs", "record"})
 
     def relevance(self, ctx, relevance):
-        return ctx.op.vjp(relevance, ctx.inputs, ctx.tensors, ctx.input_shapes, ctx.record)
+        # in a bfloat16 graph the vector-Jacobian product runs in the activations' format
+        # and its result is carried on in float32, as every rule's
+        dtype = next((x.dtype for x in ctx.inputs if x is not None), relevance.dtype)
+        grads = ctx.op.vjp(
+            relevance.to(dtype), ctx.inputs, ctx.tensors, ctx.input_shapes, ctx.record
+        )
+        return [widened(g) for g in grads]
 
 
 @dataclass
