@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ShapeError
+from .reverse import explain
 
 __all__ = ["frame_difference", "gradient", "gradient_times_input", "random_map"]
 
@@ -43,13 +44,11 @@ def _check(clips: torch.Tensor) -> None:
 def gradient(graph, clips: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """∂ logit_target / ∂ x summed over channels (sensitivity, Simonyan et al. 2014), through
     the ops' explicit vector-Jacobian products (the ``gradient`` preset; no autograd)."""
-    from .reverse import explain
 
     return explain(graph, clips, targets, rules="gradient").sum(dim=1)
 
 
 def gradient_times_input(graph, clips: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Gradient × input summed over channels (Shrikumar et al. 2016), no autograd."""
-    from .reverse import explain
 
     return (explain(graph, clips, targets, rules="gradient") * clips).sum(dim=1)

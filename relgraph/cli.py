@@ -19,13 +19,18 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
 
-import yaml
-
+from .cli_args import (
+    add_discriminative_options,
+    add_param_option,
+    non_negative_int,
+    parse_params,
+    positive_int,
+)
+from .dataset_cli import add_dataset_commands
 from .demo_model import run_demo
-from .discriminative import NORMALIZATIONS, REDUCTIONS
 from .errors import RelgraphError
+from .evaluate_cli import add_evaluate_command
 from .graph import load_architecture
 from .pipeline import PRECISIONS, explain_video
 from .preprocess import PRESETS
@@ -33,20 +38,6 @@ from .rules import RULES, preset, preset_names
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
-
-
-def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
-    """``k=v`` pairs; values are read as YAML scalars (``10`` is an int)."""
-    params: dict[str, Any] = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise RelgraphError(f"--param takes key=value, e.g. num_classes=10; got {item!r}")
-        try:
-            params[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            params[key.strip()] = value
-    return params
 
 
 def _printer(quiet: bool) -> Callable[[str], None] | None:
@@ -155,62 +146,6 @@ def _field_text(f: dataclasses.Field) -> str:
 # --------------------------------------------------------------------------- argparse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _add_discriminative_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("discriminative method")
-    group.add_argument(
-        "--reduce",
-        choices=REDUCTIONS,
-        default="first",
-        help="spatial map of frame t from its frozen clip's relevance: slice 0 (first, the "
-        "authors' choice), slice t (same), mean or sum over time (default: first)",
-    )
-    group.add_argument(
-        "--normalize",
-        choices=NORMALIZATIONS,
-        default="maxabs",
-        help="scale each explanation by its max |value| (maxabs, the paper's), its total "
-        "(sum), or not at all (none) (default: maxabs)",
-    )
-    group.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="frozen clips explained at once (default: relgraph's measured default)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
-
-
-def _add_param_option(parser: argparse.ArgumentParser) -> None:
-    """``--param KEY=VALUE``, for every command that loads an architecture."""
-    parser.add_argument(
-        "--param",
-        action="append",
-        metavar="KEY=VALUE",
-        help="architecture parameter, e.g. num_classes=10 (repeatable)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relgraph",
@@ -238,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME|FILE",
         help="shipped architecture name or YAML file (default: c3d)",
     )
-    _add_param_option(explain)
+    add_param_option(explain)
     explain.add_argument(
         "--labels",
         metavar="FILE",
@@ -265,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     clips = explain.add_mutually_exclusive_group()
     clips.add_argument(
         "--start",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="first frame of the clip, 0-based (default: 0)",
@@ -277,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument(
         "--stride",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="take every N-th frame (default: 1)",
@@ -299,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "frames 1, 6, 10, 16, scaled to the clip length)",
     )
     explain.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    _add_discriminative_options(explain)
+    add_discriminative_options(explain)
     explain.set_defaults(handler=command_explain)
 
     demo = commands.add_parser(
@@ -327,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print node, op, inputs, shape and parameters.",
     )
     show.add_argument("architecture", metavar="NAME|FILE")
-    _add_param_option(show)
+    add_param_option(show)
     show.set_defaults(handler=command_arch_show)
     check = arch_commands.add_parser(
         "check",
@@ -335,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compile FILE (shapes included); print OK or the error (exit status 2).",
     )
     check.add_argument("file", metavar="FILE")
-    _add_param_option(check)
+    add_param_option(check)
     check.set_defaults(handler=command_arch_check)
 
     rules = commands.add_parser(
@@ -359,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument(
         "--arch", default="c3d", metavar="NAME|FILE", help="architecture (default: c3d)"
     )
-    _add_param_option(table)
+    add_param_option(table)
     table.add_argument(
         "--preprocess",
         choices=sorted(PRESETS),

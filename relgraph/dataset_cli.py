@@ -12,13 +12,23 @@ import math
 import time
 from typing import Any
 
+from . import __version__
+from .cli_args import add_discriminative_options, add_param_option, parse_params, positive_int
+from .dataset_explain import RunOptions, run_dataset
+from .datasets import check_labels, load_source
+from .distributed import setup
+from .errors import RelgraphError
+from .outputs import write_json
+from .pipeline import load_model
+from .preprocess import PRESETS
+from .report import build_report
+from .store import STORE_FORMAT, Store, file_digest
+
 __all__ = ["add_dataset_commands", "store_options"]
 
 
 def add_dataset_commands(subparsers) -> None:
     """Add ``dataset explain`` and ``dataset report`` to ``subparsers``."""
-    from .cli import _add_discriminative_options, _add_param_option, _positive_int
-    from .preprocess import PRESETS
 
     dataset = subparsers.add_parser(
         "dataset",
@@ -42,7 +52,7 @@ def add_dataset_commands(subparsers) -> None:
         "with classInd.txt beside it) or a CSV of path,label",
     )
     explain.add_argument("--arch", default="c3d", metavar="NAME|FILE", help="default: c3d")
-    _add_param_option(explain)
+    add_param_option(explain)
     explain.add_argument("--weights", required=True, metavar="FILE")
     explain.add_argument(
         "--labels", required=True, metavar="FILE", help="class names, one per model output"
@@ -57,7 +67,7 @@ def add_dataset_commands(subparsers) -> None:
         help="the first clip of each video, all consecutive clips, or N clips spread evenly "
         "over it (default: first)",
     )
-    explain.add_argument("--stride", type=_positive_int, default=1, metavar="N")
+    explain.add_argument("--stride", type=positive_int, default=1, metavar="N")
     explain.add_argument(
         "--target",
         choices=("auto", "true"),
@@ -81,7 +91,7 @@ def add_dataset_commands(subparsers) -> None:
     )
     explain.add_argument(
         "--min-frames",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="videos with fewer frames fail as too short; from N up to the clip length they "
         "are loop-padded (default: half the clip length)",
@@ -90,7 +100,7 @@ def add_dataset_commands(subparsers) -> None:
     explain.add_argument("--root", metavar="DIR", help="folder relative paths start from")
     explain.add_argument(
         "--clip-batch",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         metavar="N",
         help="clips, from any videos, explained at once (default: 4)",
@@ -107,7 +117,7 @@ def add_dataset_commands(subparsers) -> None:
         "--dry-run", action="store_true", help="list what would be done and what is done"
     )
     explain.add_argument("--stats", metavar="FILE", help="write the run's timings as JSON")
-    _add_discriminative_options(explain)
+    add_discriminative_options(explain)
     explain.set_defaults(handler=command_dataset_explain)
 
     report = commands.add_parser(
@@ -122,7 +132,6 @@ def add_dataset_commands(subparsers) -> None:
 
 
 def _clips(text: str):
-    from .errors import RelgraphError
 
     text = text.strip().lower()
     if text in ("first", "all"):
@@ -139,8 +148,6 @@ def store_options(model, args: argparse.Namespace, options) -> dict[str, Any]:
     YAML, the rules by every node's resolved rule; batch sizes, workers, device and figures
     are left out (they do not change the maps).
     """
-    from . import __version__
-    from .store import STORE_FORMAT, file_digest
 
     graph = model.graph
     rules_text = "\n".join(f"{node}: {rule!r}" for node, rule in sorted(model.node_rules.items()))
@@ -169,12 +176,6 @@ def store_options(model, args: argparse.Namespace, options) -> dict[str, Any]:
 
 
 def command_dataset_explain(args: argparse.Namespace) -> int:
-    from .cli import load_model, parse_params
-    from .dataset_explain import RunOptions, run_dataset
-    from .datasets import check_labels, load_source
-    from .distributed import setup
-    from .outputs import write_json
-    from .store import Store
 
     clock = time.perf_counter()
     options = RunOptions(
@@ -196,7 +197,7 @@ def command_dataset_explain(args: argparse.Namespace) -> int:
     store = Store(args.out)
     store.read_manifest()  # a non-store folder is refused before the model loads
     model = load_model(
-        architecture=args.arch,
+        args.arch,
         params=parse_params(args.param),
         weights=args.weights,
         labels=args.labels,
@@ -225,7 +226,6 @@ def command_dataset_explain(args: argparse.Namespace) -> int:
 
 
 def command_dataset_report(args: argparse.Namespace) -> int:
-    from .report import build_report
 
     out = build_report(args.store, args.out)
     print(f"report: {out / 'index.html'}")

@@ -22,10 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import quickfig
 from .datasets import VideoItem
+from .discriminative import discriminative_with_rules
 from .distributed import Context, shard
 from .errors import RelgraphError, VideoError
+from .outputs import atomic_path, ensure_out_dir, write_npz
+from .plots import figure_frames, figure_paper, paper_columns
 from .store import Store, kill_point
+from .video import iter_clips, read_video, select_clip, video_info
 
 __all__ = ["RunOptions", "VideoPlan", "plan_groups", "run_dataset", "temporal_share"]
 
@@ -96,7 +101,6 @@ def _min_frames(options: RunOptions, length: int) -> int:
 
 
 def _probe(items: Sequence[VideoItem], options: RunOptions, length: int) -> list[VideoPlan]:
-    from .video import video_info
 
     plans = []
     for item in items:
@@ -126,7 +130,6 @@ class Decoded:
 
 
 def _decode(plan: VideoPlan, model, options: RunOptions) -> Decoded:
-    from .video import iter_clips, read_video, select_clip
 
     clock = time.perf_counter()
     length = model.frames_per_clip
@@ -330,7 +333,6 @@ def _cost(plan: VideoPlan, length: int) -> float:
 
 def _explain_group(model, decoded: list[Decoded], options: RunOptions, stats) -> list[dict]:
     """Explain the clips of a group's videos together, ``clip_batch`` at a time."""
-    from .discriminative import discriminative_with_rules
 
     graph = model.graph
     good = [d for d in decoded if d.error is None]
@@ -393,7 +395,6 @@ def _explain_group(model, decoded: list[Decoded], options: RunOptions, stats) ->
 
 
 def _write_video(model, store: Store, video: Decoded, result: dict, options, stats) -> dict:
-    from .outputs import atomic_path, ensure_out_dir, write_npz
 
     item = video.plan.item
     folder = store.video_dir(item.folder)
@@ -464,7 +465,6 @@ def _write_video(model, store: Store, video: Decoded, result: dict, options, sta
 
 
 def _figures(model, folder, video: Decoded, result: dict, options: RunOptions) -> None:
-    from . import quickfig
 
     count = len(video.indices) if options.figures == "all" else 1
     for k in range(count):
@@ -473,8 +473,6 @@ def _figures(model, folder, video: Decoded, result: dict, options: RunOptions) -
         quickfig.save_grid(target / "grid.png", video.display[k], *maps)
         quickfig.save_animation(target / "animation.gif", video.display[k], *maps)
         if options.figures == "all":
-            from .plots import figure_frames, figure_paper, paper_columns
-
             frozen = result["frozen_predictions"][k]
             columns = paper_columns(len(frozen))
             figure_paper(

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .errors import RelgraphError, ShapeError
-from .graph import Graph
+from .graph import Graph, compile_spec
 
 __all__ = [
     "REPLACEMENTS",
@@ -394,7 +395,6 @@ def cascading_randomisation(
     (for the original targets). The layer's weights are redrawn as the architecture
     initialises them (``seed``); ``graph`` is restored afterwards, also on an error.
     """
-    from .graph import compile_spec
 
     layers = list(layers) if layers is not None else randomisable_layers(graph)
     fresh = compile_spec(graph.spec, seed=seed, dtype=graph.dtype, device=graph.device)
@@ -445,6 +445,5 @@ def _check_maps(clips: torch.Tensor, maps: torch.Tensor) -> None:
 def _bar(items: list, progress: bool, what: str):
     if not progress:
         return items
-    from tqdm import tqdm
 
     return tqdm(items, desc=what, unit="batch", file=sys.stderr, leave=False)

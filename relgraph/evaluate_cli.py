@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from .cli_args import parse_params
+from .demo_model import DEMO_WEIGHTS
 from .errors import RelgraphError
+from .evaluation import markdown, run_evaluation, synthetic_data, video_data
+from .graph import load_architecture
+from .outputs import atomic_write_bytes, ensure_out_dir, write_json
+from .rules import preset_names
 
 __all__ = ["add_evaluate_command"]
 
@@ -91,11 +97,6 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    from .cli import parse_params
-    from .evaluation import markdown, run_evaluation, synthetic_data, video_data
-    from .graph import load_architecture
-    from .outputs import atomic_write_bytes, ensure_out_dir, write_json
-    from .rules import preset_names
 
     if args.clips < 1:
         raise RelgraphError(f"--clips must be at least 1, got {args.clips}")
@@ -104,8 +105,6 @@ def command_evaluate(args: argparse.Namespace) -> int:
     if args.weights:
         graph.load_weights(args.weights)
     elif args.arch == "c3d-tiny" and not args.param:
-        from .demo_model import DEMO_WEIGHTS
-
         graph.load_weights(DEMO_WEIGHTS)
     else:
         raise RelgraphError(f"--weights is needed for '{args.arch}'")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import baselines
 from . import evaluate as metrics
@@ -26,8 +27,13 @@ from .discriminative import (
     normalize_maps,
     reduce_frozen,
 )
-from .errors import RelgraphError
+from .errors import LabelError, RelgraphError
 from .graph import Graph
+from .labels import Labels
+from .preprocess import get_preprocess
+from .rules import as_composite
+from .synthetic import APPEARANCE_CUE, make_set
+from .video import read_video, select_clip
 
 __all__ = [
     "DEFAULT_MAPS",
@@ -73,8 +79,6 @@ def synthetic_data(
     preprocess: str | None = None,
 ) -> EvaluationData:
     """``n`` synthetic clips at the graph's input size, preprocessed, with their masks."""
-    from .preprocess import get_preprocess
-    from .synthetic import APPEARANCE_CUE, make_set
 
     if len(graph.input_shape) != 4:
         raise RelgraphError(f"'{graph.name}' does not take video clips (C, T, H, W)")
@@ -111,10 +115,6 @@ def video_data(
     Each line of ``listing`` is ``PATH CLASS`` (UCF-101's trainlist format): the video's path
     relative to the list file and its class, a name of ``labels`` or a 1-based index.
     """
-    from .errors import LabelError
-    from .labels import Labels
-    from .preprocess import get_preprocess
-    from .video import read_video, select_clip
 
     names = Labels.from_file(labels) if labels is not None else None
     try:
@@ -177,7 +177,6 @@ def compute_maps(
     normalize=sum``); each of ``presets`` gives its three maps (``temporal rules=NAME``);
     then the baselines ``random`` and ``frame difference``.
     """
-    from .rules import as_composite
 
     maps: dict[str, torch.Tensor] = {}
     for preset in (None, *presets):
@@ -351,7 +350,6 @@ def _paired(entries: dict) -> dict:
 
 
 def _sanity(graph: Graph, clips: torch.Tensor, targets: torch.Tensor) -> dict:
-    from .rules import as_composite
 
     composite = as_composite(None, graph)
     node_rules = composite.resolve(graph)
@@ -445,6 +443,5 @@ def _cell(stats: dict | None, signed: bool = False) -> str:
 def _tqdm(items, progress: bool, what: str):
     if not progress:
         return items
-    from tqdm import tqdm
 
     return tqdm(items, desc=what, file=sys.stderr, leave=False)

@@ -48,6 +48,7 @@ from .reverse import (
     resolve_target,
     rule_needs,
 )
+from .rules import NodeContext
 
 __all__ = ["FrozenExplanation", "Layout", "explain_frozen", "frozen_plan", "wanted_slices"]
 
@@ -416,7 +417,6 @@ def _cone(plan: NodePlan, cones: list[tuple[int, int] | None]) -> tuple[int, int
 def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
     """The reverse pass for the clips ``rows`` (``None``: all), all wanting slice ``wanted``
     (``None``: every slice)."""
-    from .rules import NodeContext
 
     def rows_of(t: torch.Tensor) -> torch.Tensor:
         return t if rows is None else t.index_select(0, rows)

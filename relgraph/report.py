@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import quickfig
 from .errors import StoreError
 from .outputs import atomic_write_bytes, ensure_out_dir, write_json
 from .store import INDEX, ROW, VIDEOS, Store, read_index
@@ -122,7 +123,6 @@ def build_report(store: str | os.PathLike, out: str | os.PathLike | None = None)
 
 def _media(root: Path, row: dict, out: Path) -> dict[str, str]:
     """Thumbnail, grid and animation of the video's first clip, rendered from its npz."""
-    from . import quickfig
 
     if row["status"] != "ok":
         return {}
