@@ -42,10 +42,12 @@ def clips(graph: relgraph.Graph, count: int, noise: bool, seed: int = 0) -> list
     """``count`` synthetic clips through the graph's preprocessing (and, with ``noise``,
     ``count`` uniform-noise clips over the preprocessed range)."""
     rng = np.random.default_rng(seed)
-    preprocess = get_preprocess(graph.default_preprocess or "c3d-ucf101")
+    size = graph.input_shape[-1]
+    preprocess = get_preprocess(graph.default_preprocess or "c3d-ucf101", size=size)
     frames = graph.input_shape[1]
+    drawn = max(size + 16, 32)  # a little larger than the input: the preset crops
     made = [
-        preprocess(make_clip(i % len(CLASS_NAMES), rng, frames=frames, size=128).frames)
+        preprocess(make_clip(i % len(CLASS_NAMES), rng, frames=frames, size=drawn).frames)
         for i in range(count)
     ]
     if noise:
