@@ -12,6 +12,8 @@ import math
 import time
 from typing import Any
 
+import torch
+
 from . import __version__
 from .cli_args import add_discriminative_options, add_param_option, parse_params, positive_int
 from .dataset_explain import RunOptions, run_dataset
@@ -213,8 +215,6 @@ def command_dataset_explain(args: argparse.Namespace) -> int:
     context = setup(args.device)
     try:
         if args.device == "cuda":
-            import torch
-
             model.graph.to(device=torch.device("cuda", context.local_rank))
         stats = run_dataset(model, items, store, fingerprinted, options, context)
         if stats and args.stats and context.is_main:

@@ -6,6 +6,7 @@ and the node it concerns, e.g. ``c3d.yaml:12: node 'conv2': in_channels is 32 bu
 
 from __future__ import annotations
 
+import difflib
 import os
 
 
@@ -91,7 +92,6 @@ class RelgraphWarning(UserWarning):
 
 def did_you_mean(name: str, choices) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
-    import difflib
 
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""

@@ -10,17 +10,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from .errors import RuleError, TargetError
 from .graph import Graph
-
-if TYPE_CHECKING:
-    from .labels import Labels
-    from .rules import Composite, Rule
+from .labels import Labels
+from .rules import NEEDS, Composite, NodeContext, Rule, as_composite
 
 Target = int | str | Sequence[int | str] | torch.Tensor
 
@@ -126,7 +124,6 @@ def resolve_target(
                 raise TargetError(
                     f"target '{item}' is a class name, but no labels were given (labels=...)"
                 )
-            from .labels import Labels
 
             names = labels if isinstance(labels, Labels) else Labels.from_names(list(labels))
             try:
@@ -235,7 +232,6 @@ def resolve_rules(
 ) -> tuple[Composite, dict[str, Rule], str | torch.Tensor]:
     """The composite, each node's rule and the seed that ``explain`` and ``discriminative``
     use for their ``rules``, ``preprocess`` and ``seed`` arguments."""
-    from .rules import as_composite
 
     composite = as_composite(rules, graph)
     node_rules = composite.resolve(graph, preprocess=preprocess)
@@ -245,7 +241,6 @@ def resolve_rules(
 
 def rule_needs(rule: Rule) -> frozenset[str]:
     """What ``rule`` declares it reads from the forward pass (``Rule.needs``), checked."""
-    from .rules import NEEDS
 
     needs = rule.needs
     unknown = set(needs) - NEEDS
@@ -281,7 +276,6 @@ def explain_with_rules(
     return_explanation: bool = False,
 ) -> torch.Tensor | Explanation:
     """``explain`` with the rules already resolved per node (see ``Composite.resolve``)."""
-    from .rules import NodeContext
 
     needs = {node: rule_needs(rule) for node, rule in node_rules.items()}
     fwd = graph.forward(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,6 @@ def kill_point(point: str) -> None:
         return
     _reached[point] = _reached.get(point, 0) + 1
     if _reached[point] == int(count or 1):
-        import signal
-
         os.kill(os.getpid(), signal.SIGKILL)
 
 

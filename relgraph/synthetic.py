@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OutputError, RelgraphError
+from .video import write_video
 
 __all__ = [
     "CLASS_NAMES",
@@ -207,7 +208,6 @@ def write_video_folders(
     videos are the clip followed by the motion continued). Files are named
     ``v_<Class>_g<k>.avi``; returns their paths in order.
     """
-    from .video import write_video
 
     folder = Path(folder)
     low, high = (frames, frames) if isinstance(frames, int) else frames

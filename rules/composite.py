@@ -29,8 +29,9 @@ import networkx as nx
 
 from relgraph.errors import RuleError, did_you_mean
 from relgraph.resources import shipped_names, shipped_path
+from relgraph.spec import line_of, load_yaml
 
-from .base import Rule, make_rule
+from .base import RULES, Rule, make_rule
 
 if TYPE_CHECKING:
     from relgraph.graph import Graph
@@ -186,8 +187,6 @@ class Composite:
             entry = chosen[node]
             rule = make_rule(entry.rule, file=entry.file, line=entry.line)
             if not rule.fits(op):
-                from .base import RULES
-
                 # a rule whose requirements depend on its parameters (combine) has a
                 # property, not a tuple, as its class attribute: it is left out of the hint
                 fitting = sorted(
@@ -243,7 +242,6 @@ def _preset_path(name_or_path: str | os.PathLike) -> Path:
 
 def preset(name_or_path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> Composite:
     """Load a rule preset by name (``"deep-taylor-paper"``) or from a YAML file."""
-    from relgraph.spec import line_of, load_yaml
 
     path = _preset_path(name_or_path)
     file = str(path)

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from relgraph.errors import RelgraphWarning, RuleError
+from relgraph.preprocess import get_preprocess
 
 from .base import (
     NodeContext,
@@ -315,7 +316,6 @@ class ZBeta(_Stabilized):
                 "zbeta takes its bounds from the preprocessing, but none is known: pass "
                 "preprocess=... or name one in the architecture file"
             )
-        from relgraph.preprocess import get_preprocess
 
         low, high = get_preprocess(name).zbeta_bounds(self.per_channel)
         chain = _channelwise_chain(graph, node) if graph is not None and node else []
