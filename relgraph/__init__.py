@@ -12,6 +12,7 @@ from .errors import (
     ShapeError,
     SpecError,
     TargetError,
+    TorchImportError,
     VideoError,
     WeightsError,
 )
@@ -23,6 +24,7 @@ from .graph import (
     load_architecture,
     shipped_architectures,
 )
+from .importer import from_torch
 from .pipeline import VideoExplanation, explain_video
 from .reverse import Explanation, explain, explain_with_rules
 
@@ -42,6 +44,7 @@ __all__ = [
     "ShapeError",
     "SpecError",
     "TargetError",
+    "TorchImportError",
     "VideoError",
     "VideoExplanation",
     "WeightsError",
@@ -51,6 +54,7 @@ __all__ = [
     "explain",
     "explain_video",
     "explain_with_rules",
+    "from_torch",
     "load_architecture",
     "rules",
     "shipped_architectures",

@@ -1,5 +1,5 @@
-"""The command line: ``relgraph explain``, ``demo``, ``arch show|check``, ``rules list|show``,
-``dataset explain|report`` (the last from :mod:`relgraph.dataset_cli`).
+"""The command line: ``relgraph explain``, ``demo``, ``arch show|check|import``,
+``rules list|show``, ``dataset explain|report`` (the last from :mod:`relgraph.dataset_cli`).
 
 Each command parses its arguments and calls one public function (``explain`` →
 :func:`relgraph.explain_video`, ``demo`` → :func:`relgraph.demo_model.run_demo`), which
@@ -32,6 +32,8 @@ from .demo_model import run_demo
 from .errors import RelgraphError
 from .evaluate_cli import add_evaluate_command
 from .graph import load_architecture
+from .importer import from_torch, load_factory, parse_kwargs
+from .outputs import atomic_write_bytes
 from .pipeline import PRECISIONS, explain_video
 from .preprocess import PRESETS
 from .rules import RULES, preset, preset_names
@@ -98,6 +100,27 @@ def command_arch_show(args: argparse.Namespace) -> int:
 def command_arch_check(args: argparse.Namespace) -> int:
     graph = load_architecture(args.file, init="none", **parse_params(args.param))
     print(f"OK: {args.file}: {graph!r}")
+    return 0
+
+
+def command_arch_import(args: argparse.Namespace) -> int:
+    try:
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+    except ValueError:
+        raise RelgraphError(
+            f"--input-shape takes integers separated by commas (batch left out), e.g. "
+            f"3,16,112,112; got {args.input_shape!r}"
+        ) from None
+    if args.weights_out and os.path.abspath(args.weights_out) == os.path.abspath(args.out):
+        raise RelgraphError("--out and --weights-out name the same file")
+    model = load_factory(args.factory, parse_kwargs(args.kwarg))
+    graph = from_torch(model, shape, name=args.name)
+    atomic_write_bytes(args.out, graph.to_yaml().encode("utf-8"))
+    if args.weights_out:
+        graph.save_weights(args.weights_out)
+    print(f"wrote {args.out}: {graph!r}")
+    if args.weights_out:
+        print(f"wrote {args.weights_out}")
     return 0
 
 
@@ -252,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     arch = commands.add_parser(
         "arch",
-        help="show or check an architecture",
-        description="Show or check an architecture YAML.",
+        help="show, check or import an architecture",
+        description="Show or check an architecture YAML, or import one from torch.nn.",
     )
     arch_commands = arch.add_subparsers(dest="arch_command", metavar="COMMAND", required=True)
     show = arch_commands.add_parser(
@@ -272,6 +295,35 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     add_param_option(check)
     check.set_defaults(handler=command_arch_check)
+    importer = arch_commands.add_parser(
+        "import",
+        help="write the YAML of a torch.nn model (traced with torch.fx)",
+        description="Build a model with package.module:factory (the current folder is "
+        "searched first), trace it with torch.fx and write its architecture YAML. Node names "
+        "are the module paths, so the model's state_dict() loads into the YAML unchanged.",
+    )
+    importer.add_argument("factory", metavar="MODULE:FACTORY")
+    importer.add_argument(
+        "--input-shape",
+        required=True,
+        metavar="C,T,H,W",
+        help="input shape without the batch, e.g. 3,16,112,112",
+    )
+    importer.add_argument("--out", required=True, metavar="FILE", help="the YAML to write")
+    importer.add_argument(
+        "--kwarg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="keyword argument of the factory, read as a YAML scalar, e.g. num_classes=10 "
+        "(repeatable)",
+    )
+    importer.add_argument(
+        "--weights-out",
+        metavar="FILE",
+        help="also write the model's weights (safetensors for .safetensors, else a state dict)",
+    )
+    importer.add_argument("--name", help="architecture name (default: the model's class name)")
+    importer.set_defaults(handler=command_arch_import)
 
     rules = commands.add_parser(
         "rules",

@@ -82,6 +82,10 @@ class LabelError(RelgraphError):
     """A label file is unreadable, malformed, or does not fit the model."""
 
 
+class TorchImportError(RelgraphError):
+    """A torch.nn model cannot be imported: fx cannot trace it, or a node has no relgraph op."""
+
+
 class OutputError(RelgraphError):
     """An output location cannot be written."""
 

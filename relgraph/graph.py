@@ -463,7 +463,9 @@ def _compile_spec(spec: ArchSpec, *, init, seed, dtype, device) -> Graph:
             raise SpecError(f"{op.type} needs two or more inputs, got {node_spec.inputs}", **where)
         if op.arity is not None and n_inputs != op.arity:
             raise SpecError(
-                f"{op.type} takes exactly {op.arity} input, got {node_spec.inputs}", **where
+                f"{op.type} takes exactly {op.arity} input{'' if op.arity == 1 else 's'}, "
+                f"got {node_spec.inputs}",
+                **where,
             )
         if len(set(node_spec.inputs)) != n_inputs:
             raise SpecError(f"an input is named twice in {node_spec.inputs}", **where)

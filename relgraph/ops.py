@@ -11,10 +11,13 @@ Each op is a small object built from the fields of its YAML node. It knows
   ``affine``      ``linear_map(x, W, b)`` = A(x; W, b) and ``adjoint(s, W, x_shape)`` = Aᵀ(s; W)
                   (conv1d/2d/3d, linear, batch-norm as a per-channel affine map)
   ``window``      ``window_sum(x)`` and ``window_sum_adjoint(s, x_shape)``: the sum over each
-                  pooling window and its adjoint (every pool)
+                  pooling window and its adjoint (every pool, mean)
   ``max_route``   ``max_route(x, R)``: route R to the forward's argmax (max pools)
   ``split``       ``split(inputs, R, divide)``: hand R back to several inputs (add, concat)
-  ``reshape``     relevance passes through unchanged, reshaped (relu, dropout, flatten, ...)
+  ``product``     ``signal_slots(input_shapes, output_shape)`` and ``to_input_shape(R, shape)``:
+                  an elementwise product of a signal and a gate that may broadcast (mul)
+  ``reshape``     relevance passes through unchanged, reshaped (relu, sigmoid, silu, dropout,
+                  flatten, ...)
   ``channelwise`` a monotone map of each channel on its own, output shaped like the input
                   (batch norm): relevance may pass through it unchanged
 
@@ -79,7 +82,8 @@ class Op:
     type: str = ""
     #: every YAML field, gathered from the class attributes (see ``relgraph.fields``)
     fields: ClassVar[dict[str, Field]] = {}
-    #: number of spatial dimensions (``Spatial`` ops take it at construction)
+    #: number of spatial dimensions (``Spatial`` ops take it at construction; ``mean`` has a
+    #: field of this name instead, the dimensions it averages)
     dims: int = 1
     #: number of inputs; ``None`` means two or more
     arity: ClassVar[int | None] = 1
@@ -93,7 +97,10 @@ class Op:
         cls.fields = fields_of(cls)
 
     def __init__(self, **attrs: Any) -> None:
-        self.attrs: dict[str, Any] = check_fields(self.type, self.fields, attrs, self.dims)
+        # ``ints`` fields take one value per spatial dimension; an op that is not Spatial has
+        # none to speak of (and may name a field ``dims`` itself, as ``mean`` does)
+        spatial = self.dims if isinstance(self, Spatial) else 1
+        self.attrs: dict[str, Any] = check_fields(self.type, self.fields, attrs, spatial)
         self._validate()
 
     def _args(self) -> list[str]:
@@ -718,6 +725,53 @@ class AdaptiveAvgPoolNd(Spatial):
         return [self.window_sum_adjoint(grad / count, input_shapes[0])]
 
 
+@register_op("mean")
+class Mean(Op):
+    """The mean over some dimensions (``x.mean(dims, keepdim)``; the squeeze-excitation
+    squeeze, S3D's head). Its one window per output is the whole reduced extent, so
+    ``window_sum`` is the sum over ``dims`` and its adjoint broadcasts back."""
+
+    capabilities = frozenset({"window", "vjp"})
+    dims = Field[Shape]("shape", doc="dimensions to average, counting the batch as 0 (each ≥ 1)")
+    keepdim = Field[bool]("bool", False)
+
+    def _validate(self):
+        if min(self.dims) < 1:
+            raise OpDefinitionError(
+                f"dims must be ≥ 1 (dimension 0 is the batch), got {list(self.dims)}", "dims"
+            )
+        if len(set(self.dims)) != len(self.dims):
+            raise OpDefinitionError(f"dims names a dimension twice: {list(self.dims)}", "dims")
+
+    def resolve(self, in_shapes):
+        rank = len(in_shapes[0])
+        if max(self.dims) > rank:
+            raise OpDefinitionError(
+                f"dims {list(self.dims)} out of range for an input of shape "
+                f"{list(in_shapes[0])} (batch left out, so dims run from 1 to {rank})",
+                "dims",
+            )
+
+    def forward(self, inputs, tensors):
+        return inputs[0].mean(dim=self.dims, keepdim=self.keepdim)
+
+    def window_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum over ``dims``."""
+        return x.sum(dim=self.dims, keepdim=self.keepdim)
+
+    def window_sum_adjoint(self, s: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        """``s`` broadcast back over ``dims`` (a new tensor, not an expanded view)."""
+        if not self.keepdim:
+            for dim in sorted(self.dims):
+                s = s.unsqueeze(dim)
+        return s.expand(x_shape).contiguous()
+
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: ``g`` broadcast back, divided by the count averaged."""
+        count = math.prod(input_shapes[0][d] for d in self.dims)
+        return [self.window_sum_adjoint(grad / count, input_shapes[0])]
+
+
 # --------------------------------------------------------------------------- shape-preserving
 
 
@@ -739,6 +793,33 @@ class ReLU(Elementwise):
     def vjp(self, grad, inputs, tensors, input_shapes, record=None):
         """Vector-Jacobian product: ``g · [x > 0]``."""
         return [grad * (inputs[0] > 0)]
+
+
+@register_op("sigmoid")
+class Sigmoid(Elementwise):
+    """The logistic function ``1 / (1 + e⁻ˣ)`` (the squeeze-excitation gate)."""
+
+    def forward(self, inputs, tensors):
+        return torch.sigmoid(inputs[0])
+
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: ``g · σ(x)(1 − σ(x))``."""
+        sigma = torch.sigmoid(inputs[0])
+        return [grad * sigma * (1 - sigma)]
+
+
+@register_op("silu")
+class SiLU(Elementwise):
+    """SiLU, also called swish: ``x · sigmoid(x)`` (X3D's bottleneck activation)."""
+
+    def forward(self, inputs, tensors):
+        return F.silu(inputs[0])
+
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: ``g · σ(x)(1 + x(1 − σ(x)))``."""
+        x = inputs[0]
+        sigma = torch.sigmoid(x)
+        return [grad * sigma * (1 + x * (1 - sigma))]
 
 
 @register_op("dropout")
@@ -859,6 +940,53 @@ class Concat(Merge):
     def vjp(self, grad, inputs, tensors, input_shapes, record=None):
         """Vector-Jacobian product: ``g`` sliced back into the inputs."""
         return list(torch.split(grad, [s[self.dim] for s in input_shapes], dim=self.dim))
+
+
+# --------------------------------------------------------------------------- products
+
+
+@register_op("mul")
+class Mul(Op):
+    """The elementwise product of two inputs of one rank; one may broadcast to the other
+    (a size-1 dimension against any size), e.g. the squeeze-excitation gate (C, 1, 1, 1)
+    times the signal (C, T, H, W)."""
+
+    arity = 2
+    capabilities = frozenset({"product", "vjp"})
+
+    def resolve(self, in_shapes):
+        first, second = in_shapes
+        if len(first) != len(second) or any(
+            a != b and 1 not in (a, b) for a, b in zip(first, second)
+        ):
+            raise OpDefinitionError(
+                f"mul needs inputs of one rank whose sizes agree or are 1 (broadcast), got "
+                f"{list(first)} and {list(second)} (batch left out)"
+            )
+
+    def forward(self, inputs, tensors):
+        return inputs[0] * inputs[1]
+
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: ``g`` times the other input, summed over the dimensions
+        along which this one was broadcast."""
+        first, second = inputs
+        return [
+            self.to_input_shape(grad * second, input_shapes[0]),
+            self.to_input_shape(grad * first, input_shapes[1]),
+        ]
+
+    @staticmethod
+    def signal_slots(input_shapes: Sequence[Sequence[int]], output_shape: Sequence[int]):
+        """The slots of the inputs that are not broadcast: shaped like the output."""
+        return [i for i, shape in enumerate(input_shapes) if tuple(shape) == tuple(output_shape)]
+
+    @staticmethod
+    def to_input_shape(relevance: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """``relevance`` summed over the dimensions along which an input of ``shape`` was
+        broadcast (the adjoint of the broadcast), so that its total is kept."""
+        dims = [d for d, (r, n) in enumerate(zip(relevance.shape, shape)) if n == 1 and r != 1]
+        return relevance.sum(dim=dims, keepdim=True) if dims else relevance
 
 
 # --------------------------------------------------------------------------- shapes

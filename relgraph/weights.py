@@ -182,8 +182,10 @@ def checked_state_dict(
     state = _strip_module_prefix(state)
     naming = "node"
     allowed_missing: list[str] = []
+    # a key's node is everything before its last dot (torchvision's S3D has nodes
+    # ``features.0.0.0``: its own keys look like Sports-1M's but name the graph's nodes)
     if any(_INDEXED.match(k) for k in state) and not any(
-        k.split(".")[0] in graph.graph for k in state
+        k.rsplit(".", 1)[0] in graph.graph for k in state
     ):
         naming = "features/classifier (Sports-1M)"
         state, allowed_missing = _map_indexed(graph, state, name)

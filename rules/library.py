@@ -619,6 +619,43 @@ class Split(_Shares):
         return _scaled_split(ctx, relevance, self.stab)
 
 
+@register_rule
+@dataclass
+class SignalTakeAll(Rule):
+    """A product of a signal and a gate: ``R_signal = R``, ``R_gate = 0`` (Arras et al. 2017,
+    "Explaining recurrent neural network predictions in sentiment analysis", the rule of LRP
+    for LSTMs). The signal is the input shaped like the output (the squeeze-excitation gate
+    is broadcast); ``signal`` (slot 0 or 1) names it where both or neither are. A signal
+    that was broadcast gets R summed over the broadcast dimensions."""
+
+    name = "signal-take-all"
+    requires = ("product",)
+    needs = frozenset()  # the input shapes (always there) decide
+    signal: int | None = None
+
+    def __post_init__(self):
+        if self.signal is not None and self.signal not in (0, 1):
+            raise RuleError(f"signal must be the slot 0 or 1, got {self.signal}")
+
+    def relevance(self, ctx, relevance):
+        shapes = ctx.input_shapes
+        signal = self.signal
+        if signal is None:
+            slots = ctx.op.signal_slots(shapes, relevance.shape)
+            if len(slots) != 1:
+                listed = " and ".join(str(list(s[1:])) for s in shapes)
+                raise RuleError(
+                    f"signal-take-all cannot tell the signal from the gate: "
+                    f"{'both' if slots else 'neither'} of the inputs ({listed}) "
+                    f"{'are' if slots else 'is'} shaped like the output; give the rule "
+                    "signal: 0 or signal: 1 for this node"
+                )
+            signal = slots[0]
+        handed = [relevance.new_zeros(shape) for shape in shapes]
+        handed[signal] = ctx.op.to_input_shape(relevance, shapes[signal])
+        return handed
+
+
 def _scaled_split(ctx: NodeContext, relevance: torch.Tensor, stab: Stabilizer) -> list:
     """The op's ``split`` with the inputs at the scale ``sample_scale`` picks (see
     ``signed_share``); concat only slices, and its inputs are not even read."""

@@ -312,6 +312,34 @@ def concat_split_reference(inputs: Sequence[torch.Tensor], relevance: torch.Tens
     return [r[(slice(None),) * dim + (slice(lo, hi),)] for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
+def signal_take_all_reference(
+    input_shapes: Sequence[Sequence[int]], relevance: torch.Tensor, signal: int
+) -> list[torch.Tensor]:
+    """Arras et al. 2017: the signal gets ``R`` through the adjoint of its broadcast to the
+    output's shape (autograd of ``expand``), the gate gets 0."""
+    handed = [torch.zeros(tuple(shape), dtype=relevance.dtype) for shape in input_shapes]
+    leaf = _leaf(torch.zeros(tuple(input_shapes[signal]), dtype=relevance.dtype))
+    (handed[signal],) = _vjp(leaf.expand(relevance.shape), [leaf], relevance)
+    return handed
+
+
+def mean_proportional_reference(x: torch.Tensor, relevance: torch.Tensor, dims, keepdim):
+    """``z = Σ_dims x``, ``R_in = x ⊙ ∇ₓ(z · R/z)`` (0 where z == 0): gradient × input on the
+    sum the mean is a multiple of."""
+    x = _leaf(x)
+    z = x.sum(dim=tuple(dims), keepdim=keepdim)
+    (grad,) = _vjp(z, [x], safe_divide(relevance, z.detach()))
+    return (x * grad).detach()
+
+
+def mean_uniform_reference(x_shape, relevance: np.ndarray, dims, keepdim) -> np.ndarray:
+    """``R_in[k] = R[j(k)] / N`` with N the number of averaged elements, by numpy broadcasting."""
+    count = math.prod(x_shape[d] for d in dims)
+    if not keepdim:
+        relevance = np.expand_dims(relevance, tuple(sorted(dims)))
+    return np.broadcast_to(relevance / count, x_shape).copy()
+
+
 # --------------------------------------------------------------------------- full C3D
 
 #: C3D as in the public code of Tran et al. / Hiley et al.: (kind, name, arguments)

@@ -1,8 +1,9 @@
 """Hypothesis strategies that generate whole random graphs for the property tests.
 
 ``graph_cases()`` draws a random DAG (1-D to 3-D, or a plain MLP) of convolutions (random
-kernel, stride, padding, dilation, groups), pools, ReLU, batch norm, dropout, linear layers,
-residual ``add`` branches and ``concat`` branches. Every shape is computed while drawing, so
+kernel, stride, padding, dilation, groups), pools, means, ReLU, sigmoid, SiLU, batch norm,
+dropout, linear layers, residual ``add`` branches, ``concat`` branches and squeeze-excitation
+gates (``mul``). Every shape is computed while drawing, so
 each drawn graph compiles; sizes stay tiny so that one example runs in milliseconds.
 
 A ``GraphCase`` carries the architecture as plain data (``spec``) and as YAML text (``yaml``),
@@ -217,6 +218,42 @@ class _Builder:
     def relu(self) -> str:
         return self.add("relu", self.shape)
 
+    def sigmoid(self) -> str:
+        return self.add("sigmoid", self.shape)
+
+    def silu(self) -> str:
+        return self.add("silu", self.shape)
+
+    def mean(self) -> str:
+        """The mean over some spatial dimensions, kept as size 1 (the rank stays)."""
+        spatial = list(range(2, len(self.shape) + 1))
+        dims = self.draw(st.lists(st.sampled_from(spatial), min_size=1, unique=True))
+        shape = tuple(1 if d in dims else n for d, n in enumerate(self.shape, start=1))
+        return self.add("mean", shape, dims=sorted(dims), keepdim=True)
+
+    def gate(self) -> str:
+        """Squeeze-excitation: ``mul(x, sigmoid(f(mean(x))))``, the gate broadcast along the
+        spatial dimensions (or, where those are all 1, along the channels too; for features,
+        a single gate value), the product's inputs in either order. Where every size is 1
+        the gate could not be told from the signal: a plain sigmoid instead."""
+        source = self.current
+        shape = self.shape
+        if math.prod(shape) == 1:
+            return self.sigmoid()
+        channels = shape[0] if math.prod(shape[1:]) > 1 else 1
+        if len(shape) == 1:
+            self.linear(out_features=1)
+        else:
+            spatial = list(range(2, len(shape) + 1))
+            self.add("mean", (shape[0], *[1] * len(spatial)), dims=spatial, keepdim=True)
+            self.conv(same=True, out_channels=channels)
+            if self.draw(st.booleans()):
+                self.relu()
+                self.conv(same=True, out_channels=channels)
+        gate = self.sigmoid()
+        inputs = [source, gate] if self.draw(st.booleans()) else [gate, source]
+        return self.add("mul", shape, inputs=inputs)
+
     def dropout(self) -> str:
         return self.add("dropout", self.shape, p=0.5)
 
@@ -266,8 +303,19 @@ class _Builder:
         return self.add("concat", tuple(shape), inputs=branches, dim=1)
 
 
-SPATIAL_BLOCKS = ("conv", "conv", "relu", "maxpool", "avgpool", "batchnorm", "dropout")
-MERGE_BLOCKS = ("residual", "concat")
+SPATIAL_BLOCKS = (
+    "conv",
+    "conv",
+    "relu",
+    "maxpool",
+    "avgpool",
+    "batchnorm",
+    "dropout",
+    "sigmoid",
+    "silu",
+    "mean",
+)
+MERGE_BLOCKS = ("residual", "concat", "gate")
 
 
 @st.composite
@@ -305,13 +353,16 @@ def graph_cases(
         largest = {1: 7, 2: 5, 3: 4}[dims]
         input_shape = (channels, *(draw(st.integers(2, largest)) for _ in range(dims)))
     builder = _Builder(draw, input_shape)
-    blocks = ("relu", "batchnorm", "dropout", "linear") if dims == 0 else SPATIAL_BLOCKS
+    blocks = ("relu", "batchnorm", "dropout", "linear", "silu") if dims == 0 else SPATIAL_BLOCKS
     if merges:
         blocks = blocks + MERGE_BLOCKS
     if first_conv:
         builder.conv()
     for _ in range(draw(st.integers(1, max_blocks))):
         getattr(builder, draw(st.sampled_from(blocks)))()
+    if len(builder.shape) > 1 and draw(st.booleans()):  # X3D, S3D: a mean over space and time
+        spatial = list(range(2, len(builder.shape) + 1))
+        builder.add("mean", builder.shape[:1], dims=spatial)
     if len(builder.shape) > 1:
         builder.add("flatten", (math.prod(builder.shape),))
     if draw(st.booleans()):

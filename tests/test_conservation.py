@@ -48,25 +48,32 @@ CONSERVING_AFFINE = {
     "gamma": Gamma(gamma=0.25),
 }
 
-#: rules for pools and merges: (max pools, average pools, add and concat)
+#: rules for pools, merges and means: (max pools, average pools, add and concat, mean)
 STRUCTURAL = {
-    "winner-take-all, uniform, split": (WinnerTakeAll(), Uniform(), Split()),
-    "proportional everywhere": (Proportional(), Proportional(), Proportional()),
-    "uniform on every pool": (Uniform(), Uniform(), Split()),
+    "winner-take-all, uniform, split, proportional": (
+        WinnerTakeAll(),
+        Uniform(),
+        Split(),
+        Proportional(),
+    ),
+    "proportional everywhere": (Proportional(), Proportional(), Proportional(), Proportional()),
+    "uniform on every pool and mean": (Uniform(), Uniform(), Split(), Uniform()),
 }
 
 
 BASE = preset("base")
 
 
-def composite_with(affine: Rule, pools=STRUCTURAL["winner-take-all, uniform, split"]):
-    """``base`` with the given rules for affine nodes, pools and merges."""
-    max_pool, avg_pool, merge = pools
+def composite_with(affine: Rule, pools=STRUCTURAL["winner-take-all, uniform, split, proportional"]):
+    """``base`` with the given rules for affine nodes, pools, merges and means (sigmoid and
+    SiLU keep ``pass``, the gates' ``mul`` keeps ``signal-take-all``)."""
+    max_pool, avg_pool, merge, mean = pools
     return (
         BASE.override(ops=["conv*", "linear", "batchnorm*"], rule=affine)
         .override(ops="maxpool*", rule=max_pool)
         .override(ops=["avgpool*", "adaptive_avgpool*"], rule=avg_pool)
         .override(ops=["add", "concat"], rule=merge)
+        .override(ops="mean", rule=mean)
     )
 
 
@@ -120,11 +127,11 @@ def relevance_handed_on(graph, node, rule, activations, relevance) -> torch.Tens
     inputs = [activations[p] for p in graph.inputs_of(node)]
     output = activations[node]
     name = rule.name
-    if name in ("pass", "winner-take-all", "uniform") or op.type == "concat":
+    if name in ("pass", "winner-take-all", "uniform", "signal-take-all") or op.type == "concat":
         return per_sample(relevance)
     if op.type == "add":  # split and proportional: R_i = x_i/Σx · R
         return kept(relevance, output != 0)
-    if name == "proportional":  # a window's sum is zero only if every input in it is zero
+    if name == "proportional":  # a window's (or mean's) sum of |x| is zero only if all x are
         return kept(relevance, op.forward([inputs[0].abs()], {}) != 0)
 
     x = inputs[0]

@@ -59,8 +59,14 @@ OP_EXAMPLES: dict[str, tuple[list[int], dict]] = {
     "reshape": ([3, 4], {"shape": [4, 3]}),
     "add": ([3, 4], {}),
     "concat": ([3, 4], {"dim": 1}),
+    "sigmoid": ([3, 4], {}),
+    "silu": ([3, 4], {}),
+    "mean": ([2, 3, 4], {"dims": [2, 3], "keepdim": False}),
+    "mul": ([3, 4], {}),
 }
 MERGES = ("add", "concat")
+#: products read the input and a gate broadcast along its last dimension (mean over it)
+PRODUCTS = ("mul",)
 
 #: the parameters each rule is tried with (a rule missing here is tried with its defaults)
 RULE_VARIANTS: dict[str, list[dict]] = {
@@ -79,6 +85,11 @@ def example_graph(op_type: str) -> relgraph.Graph:
     inputs = ["input"]
     if op_type in MERGES:
         nodes.append({"name": "pre", "op": "relu", "inputs": ["input"]})
+        inputs = ["input", "pre"]
+    if op_type in PRODUCTS:
+        dim = len(input_shape)
+        nodes.append({"name": "pre", "op": "mean", "inputs": ["input"], "dims": [dim]})
+        nodes[-1]["keepdim"] = True
         inputs = ["input", "pre"]
     nodes.append({"name": "node", "op": op_type, "inputs": inputs, **fields})
     spec = {
@@ -130,7 +141,10 @@ def explain_node(graph: relgraph.Graph, rule: Rule, seed: int = 0) -> relgraph.E
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn((3, *graph.input_shape), generator=generator, dtype=DTYPE)
     start = torch.randn((3, *graph.output_shape), generator=generator, dtype=DTYPE)
-    node_rules = {n: Pass() for n in graph.order[1:]}
+    # pass (uniform on the products' gate, a mean, which pass does not fit)
+    node_rules = {
+        n: Pass() if Pass().fits(graph.op(n)) else make_rule("uniform") for n in graph.order[1:]
+    }
     node_rules["node"] = rule
     return relgraph.explain_with_rules(graph, x, node_rules, 0, start, return_explanation=True)
 

@@ -420,6 +420,8 @@ def test_zero_stabilizer_gives_zero_relevance_where_z_is_zero():
     ("fields", "shape"),
     [
         ({"op": "relu"}, [3, 4]),
+        ({"op": "sigmoid"}, [3, 4]),
+        ({"op": "silu"}, [2, 3, 4]),
         ({"op": "dropout", "p": 0.5}, [3, 4]),
         ({"op": "identity"}, [2, 3, 4]),
         ({"op": "flatten"}, [2, 3, 4]),
@@ -604,6 +606,119 @@ def test_split_rule_on_concat_slices_relevance_back_to_each_input(data, seed):
     shares = make_rule("split")(merge_context("concat", inputs, dim=dim), relevance)
     for actual, wanted in zip(shares, expected):
         assert_matches(actual, wanted)
+
+
+# --------------------------------------------------------------------------- means
+
+
+@st.composite
+def mean_nodes(draw):
+    """A mean over a non-empty set of dimensions (batch = 0) of a rank 1-4 input."""
+    rank = draw(st.integers(1, 4))
+    shape = draw(st.lists(st.integers(1, 4), min_size=rank, max_size=rank))
+    dims = draw(st.lists(st.integers(1, rank), min_size=1, max_size=rank, unique=True))
+    return {"op": "mean", "dims": dims, "keepdim": draw(st.booleans())}, shape
+
+
+@REFERENCE_SETTINGS
+@given(node=mean_nodes(), seed=seeds)
+def test_mean_forward_is_numpys_mean(node, seed):
+    fields, shape = node
+    graph = single_node_graph(fields, shape, seed)
+    x = random_like((2, *shape), seed + 1)
+    expected = np.mean(x.numpy(), axis=tuple(fields["dims"]), keepdims=fields["keepdim"])
+    assert_matches(graph.forward(x).output, expected)
+
+
+@REFERENCE_SETTINGS
+@given(node=mean_nodes(), seed=seeds, x_positive=st.booleans())
+def test_proportional_rule_on_mean_gives_each_input_its_share_of_the_sum(node, seed, x_positive):
+    fields, shape = node
+    graph = single_node_graph(fields, shape, seed)
+    x = random_like((2, *shape), seed + 1)
+    x = x.abs() if x_positive else x
+    relevance = random_like((2, *graph.output_shape), seed + 2)
+    expected = ref.mean_proportional_reference(x, relevance, fields["dims"], fields["keepdim"])
+    assert_matches(engine_relevance(graph, "proportional", x, relevance), expected)
+
+
+@REFERENCE_SETTINGS
+@given(node=mean_nodes(), seed=seeds)
+def test_uniform_rule_on_mean_divides_relevance_by_the_count_averaged(node, seed):
+    fields, shape = node
+    graph = single_node_graph(fields, shape, seed)
+    x = random_like((2, *shape), seed + 1)
+    relevance = random_like((2, *graph.output_shape), seed + 2)
+    expected = ref.mean_uniform_reference(
+        tuple(x.shape), relevance.numpy(), fields["dims"], fields["keepdim"]
+    )
+    assert_matches(engine_relevance(graph, "uniform", x, relevance), expected)
+
+
+# --------------------------------------------------------------------------- products
+
+
+@st.composite
+def product_inputs(draw, seed):
+    """A signal of rank 1-4 and a gate of its rank, broadcast along some dimensions (size 1
+    there; may be none, then the two have one shape), in either slot order."""
+    rank = draw(st.integers(1, 4))
+    shape = draw(st.lists(st.integers(1, 4), min_size=rank, max_size=rank))
+    broadcast = draw(st.lists(st.booleans(), min_size=rank, max_size=rank))
+    gate_shape = [1 if b else n for n, b in zip(shape, broadcast)]
+    signal = draw(st.integers(0, 1))
+    shapes = [shape, gate_shape] if signal == 0 else [gate_shape, shape]
+    inputs = [random_like((2, *s), seed + i) for i, s in enumerate(shapes)]
+    return inputs, signal
+
+
+@REFERENCE_SETTINGS
+@given(data=st.data(), seed=seeds)
+def test_signal_take_all_gives_the_signal_all_relevance_and_the_gate_none(data, seed):
+    inputs, signal = data.draw(product_inputs(seed))
+    ctx = merge_context("mul", inputs)
+    relevance = random_like((inputs[0] * inputs[1]).shape, seed + 2)
+    expected = ref.signal_take_all_reference([x.shape for x in inputs], relevance, signal)
+    if inputs[0].shape == inputs[1].shape:  # nothing broadcast: the rule cannot tell
+        with pytest.raises(relgraph.RuleError, match="signal: 0 or signal: 1"):
+            make_rule("signal-take-all")(ctx, relevance)
+        handed = make_rule({"name": "signal-take-all", "signal": signal})(ctx, relevance)
+    else:
+        handed = make_rule("signal-take-all")(ctx, relevance)
+    assert len(handed) == 2
+    for actual, wanted in zip(handed, expected):
+        assert_matches(actual, wanted)
+    assert not handed[1 - signal].any()
+
+
+@REFERENCE_SETTINGS
+@given(data=st.data(), seed=seeds)
+def test_signal_take_all_forced_onto_the_broadcast_input_sums_relevance_over_the_broadcast(
+    data, seed
+):
+    inputs, signal = data.draw(product_inputs(seed))
+    gate = 1 - signal
+    relevance = random_like((inputs[0] * inputs[1]).shape, seed + 2)
+    handed = make_rule({"name": "signal-take-all", "signal": gate})(
+        merge_context("mul", inputs), relevance
+    )
+    expected = ref.signal_take_all_reference([x.shape for x in inputs], relevance, gate)
+    for actual, wanted in zip(handed, expected):
+        assert_matches(actual, wanted)
+    # the total is kept: the adjoint of a broadcast is a sum
+    torch.testing.assert_close(handed[gate].flatten(1).sum(1), relevance.flatten(1).sum(1))
+
+
+def test_signal_take_all_refuses_a_slot_other_than_0_or_1():
+    with pytest.raises(relgraph.RuleError, match="signal must be the slot 0 or 1, got 2"):
+        make_rule({"name": "signal-take-all", "signal": 2})
+
+
+def test_signal_take_all_where_neither_input_has_the_output_shape_says_so():
+    inputs = [random_like((2, 3, 1), 1), random_like((2, 1, 4), 2)]
+    ctx = merge_context("mul", inputs)
+    with pytest.raises(relgraph.RuleError, match="neither of the inputs .* is shaped like"):
+        make_rule("signal-take-all")(ctx, random_like((2, 3, 4), 3))
 
 
 # --------------------------------------------------------------------------- full-size C3D
