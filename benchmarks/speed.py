@@ -84,19 +84,34 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def worker(kind: str, device: str, batch: int, frames: int, repeats: int) -> dict:
+def worker(
+    kind: str,
+    device: str,
+    batch: int,
+    frames: int,
+    repeats: int,
+    cache: str = "weights",
+    precision: str = "fp32",
+    disc_batch: int | None = None,
+) -> dict:
     """Time one configuration in this process and report its peak memory."""
     import torch
     from relgraph.rules import Composite, Entry, Epsilon, Selector, ZPlus, preset
 
     import relgraph
 
+    rss_runtime = _rss_bytes()  # the Python/torch runtime alone, before any weights
+
     sys.path.insert(0, str(HERE))
     from lrp_autograd import relevance_autograd
 
     torch.set_grad_enabled(kind.startswith("autograd") or kind.startswith("captum"))
     graph = _build(frames, device)
+    graph.cache_policy = cache
     clip = _clip(batch, frames, device)
+    if precision == "bf16":
+        graph.to(dtype=torch.bfloat16)
+        clip = clip.to(torch.bfloat16)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -148,7 +163,9 @@ def worker(kind: str, device: str, batch: int, frames: int, repeats: int) -> dic
     elif kind == "discriminative":
 
         def run():
-            return relgraph.discriminative(graph, clip, rules="deep-taylor-paper", progress=False)
+            return relgraph.discriminative(
+                graph, clip, rules="deep-taylor-paper", progress=False, batch_size=disc_batch
+            )
 
     elif kind.startswith("discriminative:"):
         _, reduce, normalize, shortcut = kind.split(":")
@@ -192,6 +209,10 @@ def worker(kind: str, device: str, batch: int, frames: int, repeats: int) -> dic
         "median_s": statistics.median(times),
         "times_s": times,
         "rss_before_bytes": rss_before,
+        "rss_runtime_bytes": rss_runtime,
+        "cache": cache,
+        "precision": precision,
+        "disc_batch": disc_batch,
         "peak_rss_bytes": _peak_rss_bytes(),
         "weights_bytes": sum(t.numel() * t.element_size() for t in graph.state_dict().values()),
     }
@@ -207,13 +228,15 @@ def worker(kind: str, device: str, batch: int, frames: int, repeats: int) -> dic
         ours = relgraph.explain(graph, clip, rules=captum_like, seed="logit")
         result = result.detach()
         report["max_rel_diff_vs_relgraph"] = float((ours - result).abs().max() / result.abs().max())
-    if kind.startswith("explain:") and batch == 1:
+    if kind.startswith("explain:"):
         from relgraph.reverse import activations_needed
 
         name = kind.split(":", 1)[1]
         composite = captum_like if name == "captum-like" else preset(name)
         needed = activations_needed(graph, composite.resolve(graph))
-        per_clip = sum(4 * int(torch.tensor(graph.graph.nodes[n]["shape"]).prod()) for n in needed)
+        size = clip.element_size()
+        shapes = [graph.graph.nodes[n]["shape"] for n in needed]
+        per_clip = sum(size * int(torch.tensor(shape).prod()) for shape in shapes)
         report["needed_activation_bytes"] = per_clip * batch
     return report
 
@@ -260,7 +283,16 @@ def _torch_c3d(graph):
 # --------------------------------------------------------------------------- driver
 
 
-def measure(kind: str, args, batch: int = 1, frames: int = 16, repeats: int | None = None) -> dict:
+def measure(
+    kind: str,
+    args,
+    batch: int = 1,
+    frames: int = 16,
+    repeats: int | None = None,
+    cache: str = "weights",
+    precision: str = "fp32",
+    disc_batch: int | None = None,
+) -> dict:
     command = [
         sys.executable,
         __file__,
@@ -274,14 +306,22 @@ def measure(kind: str, args, batch: int = 1, frames: int = 16, repeats: int | No
         str(frames),
         "--repeats",
         str(repeats or args.repeats),
+        "--cache",
+        cache,
+        "--precision",
+        precision,
     ]
+    if disc_batch is not None:
+        command += ["--disc-batch", str(disc_batch)]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         print(done.stderr, file=sys.stderr)
         raise SystemExit(f"worker {kind} failed")
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"  {kind:32s} B={batch:<2d} T={frames:<2d} {report['median_s']:8.3f} s", file=sys.stderr)
+    label = f"{kind} {cache} {precision}" + (f" bs={disc_batch}" if disc_batch else "")
+    seconds = report["median_s"]
+    print(f"  {label:44s} B={batch:<2d} T={frames:<2d} {seconds:8.3f} s", file=sys.stderr)
     return report
 
 
@@ -361,6 +401,52 @@ def _main_table(args) -> tuple[dict, dict]:
     return reports, ratios
 
 
+def _memory_table(args) -> list[dict]:
+    """Peak memory and time of one explanation per cache policy and precision, and of the
+    discriminative pass per batch size; each row a fresh process."""
+    print("\n## Memory modes (deep-taylor-paper, one clip; each row a fresh process)\n")
+    print(
+        "RSS: peak resident set size of the process; runtime: the process after importing "
+        "torch and relgraph, before building the graph; *own peak* = peak − runtime, to set "
+        "against 1.5 × (weights + activations the rules need).\n"
+    )
+    print(
+        "| what | cache | precision | median time (s) | peak RSS (MiB) | own peak (MiB) | "
+        "weights + needed activations (MiB) | own peak ÷ that |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    rows = []
+    configs = [
+        ("explain:deep-taylor-paper", "weights", "fp32", None),
+        ("explain:deep-taylor-paper", "none", "fp32", None),
+        ("explain:deep-taylor-paper", "weights", "bf16", None),
+        ("explain:deep-taylor-paper", "none", "bf16", None),
+    ]
+    configs += [("discriminative", "weights", "fp32", int(b)) for b in args.disc_batches.split(",")]
+    for kind, cache, precision, disc_batch in configs:
+        repeats = args.repeats if kind.startswith("explain") else max(1, args.repeats // 3)
+        report = measure(
+            kind,
+            args,
+            repeats=repeats,
+            cache=cache,
+            precision=precision,
+            disc_batch=disc_batch,
+        )
+        own = _memory(report, args.device) - (
+            0 if args.device == "cuda" else report["rss_runtime_bytes"]
+        )
+        base = report["weights_bytes"] + report.get("needed_activation_bytes", 0)
+        what = "explain" if kind.startswith("explain") else f"discriminative, batch {disc_batch}"
+        ratio = f"{own / base:.2f}" if "needed_activation_bytes" in report else ""
+        print(
+            f"| {what} | {cache} | {precision} | {report['median_s']:.2f} | "
+            f"{_mib(_memory(report, args.device))} | {_mib(own)} | {_mib(base)} | {ratio} |"
+        )
+        rows.append(report)
+    return rows
+
+
 #: discriminative ÷ one explanation that issue 13 asks for, per ``reduce``
 FROZEN_TARGETS = {"first": 12.0, "same": 13.0, "mean": 15.0, "sum": 15.0}
 
@@ -418,10 +504,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--frames", type=int, default=16, help=argparse.SUPPRESS)
+    parser.add_argument("--cache", default="weights", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--disc-batch", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--only-memory", action="store_true", help="the memory-mode table alone")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument(
+        "--disc-batches", default="1,4,8", help="discriminative batch sizes of the memory table"
+    )
     args = parser.parse_args(argv)
 
     if args.worker:
-        print(json.dumps(worker(args.worker, args.device, args.batch, args.frames, args.repeats)))
+        report = worker(
+            args.worker,
+            args.device,
+            args.batch,
+            args.frames,
+            args.repeats,
+            cache=args.cache,
+            precision=args.precision,
+            disc_batch=args.disc_batch,
+        )
+        print(json.dumps(report))
         return
 
     import torch
@@ -439,10 +543,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.json:
             Path(args.json).write_text(json.dumps({"machine": machine, "frozen": frozen}, indent=2))
         return
-    reports, ratios = ({}, {}) if args.only_scaling else _main_table(args)
-    frozen = [] if args.only_scaling else _frozen_table(args, reports["explain:deep-taylor-paper"])
+    only = args.only_scaling or args.only_memory
+    reports, ratios = ({}, {}) if only else _main_table(args)
+    frozen = [] if only else _frozen_table(args, reports["explain:deep-taylor-paper"])
+    memory = [] if args.skip_memory or args.only_scaling else _memory_table(args)
     scaling = []
-    if not args.skip_scaling:
+    if not args.skip_scaling and not args.only_memory:
         print("\n## How cost grows (relgraph explain, deep-taylor-paper)\n")
         print("| T | batch | forward (s) | explain (s) | explain / clip (s) | peak memory (MiB) |")
         print("|---:|---:|---:|---:|---:|---:|")
@@ -475,6 +581,7 @@ def main(argv: list[str] | None = None) -> None:
                     "ratios": ratios,
                     "frozen": frozen,
                     "scaling": scaling,
+                    "memory": memory,
                 },
                 indent=2,
             )

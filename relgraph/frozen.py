@@ -39,7 +39,15 @@ import torch
 from .errors import RelgraphError, RuleError
 from .graph import Graph
 from .ops import infer_output_shape
-from .reverse import Target, _totals, lost_fraction, make_seed, resolve_target, rule_needs
+from .reverse import (
+    Target,
+    _accumulator,
+    _totals,
+    lost_fraction,
+    make_seed,
+    resolve_target,
+    rule_needs,
+)
 from .rules import NodeContext
 
 __all__ = ["FrozenExplanation", "Layout", "explain_frozen", "frozen_plan", "wanted_slices"]
@@ -370,8 +378,9 @@ def explain_frozen(
         raise RelgraphError(f"wanted needs one slice per frame ({batch}), got {len(wanted)}")
     with torch.inference_mode():
         target_index = resolve_target(output, target)
-        start = make_seed(output, target_index, seed)
-        relevance = output.new_zeros((batch, frames.shape[1], length, *frames.shape[2:]))
+        # relevance in float32 through a bfloat16 graph, as in explain_with_rules
+        start = make_seed(output, target_index, seed).to(_accumulator(output.dtype))
+        relevance = start.new_zeros((batch, frames.shape[1], length, *frames.shape[2:]))
         groups: dict[int | None, list[int]] = {}
         for row in range(batch):
             groups.setdefault(None if wanted is None else int(wanted[row]), []).append(row)
@@ -503,7 +512,7 @@ def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
             input_shapes=shapes,
             output=activation(node, out_range) if "output" in needs else None,
             tensors=graph.tensors(node),
-            cache=graph.cache,
+            cache=graph.cache if graph.cache_policy != "none" else {},
             record=record,
         )
         try:

@@ -37,6 +37,10 @@ class ForwardResult:
     records: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
+#: the values of ``Graph.cache_policy``
+CACHE_POLICIES = ("weights", "none")
+
+
 class Graph:
     """A compiled architecture: a ``networkx.DiGraph`` of ops with shapes and weights.
 
@@ -65,9 +69,32 @@ class Graph:
         #: per-graph memo for rules (e.g. W⁺, W⁻): each node's entry checks that its tensors
         #: are the same, unedited (``NodeContext.memo``); ``to`` clears it to free memory
         self.cache: dict[Any, torch.Tensor] = {}
+        self._cache_policy = "weights"
         # what weights get when none exist yet (init="none"): set by compile_spec and to()
         self._dtype = torch.float32
         self._device = torch.device("cpu")
+
+    # ------------------------------------------------------------------ memory
+    @property
+    def cache_policy(self) -> str:
+        """What the reverse pass keeps between explanations: ``"weights"`` (default) keeps
+        what the rules derive from the weights alone (W⁺, W⁻, γ-weights, stacked pairs,
+        zβ offsets) in ``cache``, so the next explanation reuses them; ``"none"`` derives
+        them at each node and drops them when the pass leaves the node, for memory-bound
+        users (C3D: about one more copy of the weights kept otherwise; the time it costs is
+        in the README's performance section). Setting it clears ``cache``."""
+        return self._cache_policy
+
+    @cache_policy.setter
+    def cache_policy(self, value: str) -> None:
+        if value not in CACHE_POLICIES:
+            raise GraphError(
+                f"cache_policy must be one of {', '.join(map(repr, CACHE_POLICIES))}, "
+                f"got {value!r}",
+                file=self.file,
+            )
+        self._cache_policy = value
+        self.cache.clear()
 
     # ------------------------------------------------------------------ structure
     @property

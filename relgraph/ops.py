@@ -652,14 +652,18 @@ class AvgPoolNd(PoolNd):
 
     def forward(self, inputs, tensors):
         fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[self.dims]
-        return fn(
-            inputs[0],
+        x = inputs[0]
+        # torch's CPU avg_pool3d has no bfloat16 kernel: pool in float32, round once
+        narrow = x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16)
+        out = fn(
+            x.float() if narrow else x,
             self.kernel_size,
             self.stride,
             self.padding,
             ceil_mode=self.ceil_mode,
             count_include_pad=self.count_include_pad,
         )
+        return out.to(x.dtype) if narrow else out
 
     def vjp(self, grad, inputs, tensors, input_shapes, record=None):
         """Vector-Jacobian product: the window adjoint of ``g`` divided by each window's

@@ -135,6 +135,7 @@ def load_model(
     device: str | torch.device | None = None,
     params: Mapping[str, Any] | None = None,
     canonize: bool | None = None,
+    precision: str | None = None,
 ) -> Model:
     """Compile the architecture (or take ``graph``), load weights and labels, check that they
     fit, pick the input preset and resolve the rules once.
@@ -161,6 +162,9 @@ def load_model(
     canonize
         Fold batch norms into the layer before them before the rules run (see
         :func:`relgraph.explain`); default: the architecture's ``canonize:``.
+    precision
+        ``"fp32"``, ``"bf16"`` (heavy ops in bfloat16, shares and sums in float32; see the
+        README's "Precision") or ``"fp64"``; None leaves the graph's format.
 
     Raises
     ------
@@ -202,6 +206,8 @@ def load_model(
             raise RelgraphError(f"device {device}: this torch has no CUDA device available")
         graph.to(device=device)
     canonize = graph.canonize if canonize is None else bool(canonize)
+    if precision is not None:
+        graph.to(dtype=precision_dtype(precision))
     composite = as_composite(rules, graph)
     node_rules = composite.resolve(canonical(graph, canonize), preprocess=preprocess_name)
     return Model(
@@ -216,6 +222,17 @@ def load_model(
         architecture=architecture,
         canonize=canonize,
     )
+
+
+#: ``precision`` names (``--precision``) and the format each runs the graph in
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype of a ``precision`` name (``fp32``, ``bf16``, ``fp64``)."""
+    if precision not in PRECISIONS:
+        raise RelgraphError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
 
 
 def parse_target(target: str | int, model: Model) -> str | int:
@@ -584,6 +601,7 @@ def explain_video(
     rules: Any = None,
     preprocess: str | None = None,
     device: str | torch.device | None = None,
+    precision: str | None = None,
     target: str | int = "auto",
     start: int = 0,
     stride: int = 1,
@@ -620,7 +638,7 @@ def explain_video(
         ``rules``, ``preprocess`` and ``device`` must be left out).
     out
         Output folder; None writes nothing (the result holds the maps).
-    weights, labels, params, rules, preprocess, device, canonize
+    weights, labels, params, rules, preprocess, device, canonize, precision
         As in :func:`load_model`. An architecture without ``preprocess:`` needs
         ``preprocess``: there is no silent fallback.
     target
@@ -668,6 +686,7 @@ def explain_video(
             "preprocess": preprocess,
             "device": device,
             "canonize": canonize,
+            "precision": precision,
         }
         clash = [name for name, value in given.items() if value is not None]
         if clash:
@@ -686,6 +705,7 @@ def explain_video(
             preprocess=preprocess,
             device=device,
             canonize=canonize,
+            precision=precision,
         )
         timings["load_model_s"] = time.perf_counter() - clock
         say(model.describe())

@@ -83,7 +83,8 @@ def lost_fraction(lost: dict[str, torch.Tensor], seed: torch.Tensor) -> torch.Te
 
 
 def _accumulator(dtype: torch.dtype) -> torch.dtype:
-    """The type the per-sample totals are summed in: float64 for float64, else float32."""
+    """The type relevance is carried and per-sample totals summed in: float64 for float64,
+    else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -295,11 +296,14 @@ def explain_with_rules(
     output = fwd.output.clone() if detailed else fwd.output
     with torch.inference_mode():
         target_index = resolve_target(output, target, labels)
-        start = make_seed(output, target_index, seed)
+        # relevance is carried in float32 through a bfloat16 graph (see README, "Precision")
+        start = make_seed(output, target_index, seed).to(_accumulator(output.dtype))
         relevance: dict[str, torch.Tensor] = {graph.output: start}
         kept: dict[str, torch.Tensor] = {}
         lost: dict[str, torch.Tensor] = {}
         batch = x.shape[0]
+        # cache_policy "none": a memo that lives for one node only (see Graph.cache_policy)
+        keep_cache = graph.cache_policy != "none"
         for node in reversed(graph.order[1:]):
             node_relevance = relevance.pop(node)
             if return_all:
@@ -313,7 +317,7 @@ def explain_with_rules(
                 input_shapes=[torch.Size((batch, *graph.graph.nodes[p]["shape"])) for p in preds],
                 output=activations.get(node) if "output" in needs[node] else None,
                 tensors=graph.tensors(node),
-                cache=graph.cache,
+                cache=graph.cache if keep_cache else {},
                 record=records.pop(node, None),
             )
             try:

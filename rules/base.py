@@ -82,6 +82,16 @@ class NodeContext:
             values[key] = compute()
         return values[key]
 
+    def working(self, weight: torch.Tensor) -> torch.Tensor:
+        """The weight in the format the node's maps ``A``/``Aᵀ`` run in: its own, except that
+        a bfloat16 node with a small input (at most ``SMALL_INPUT`` values per sample: the
+        fully connected layers) runs in float32. There the relevance sits on few outputs (a
+        one-hot seed: on one), so bfloat16's rounding of ``z`` and ``R / z`` does not average
+        out over many, and the maps cost little next to the convolutions'."""
+        if weight.dtype in LOW_PRECISION and math.prod(self.input_shapes[0][1:]) <= SMALL_INPUT:
+            return weight.float()
+        return weight
+
     def weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The affine map's weight and bias (batch-norm folded to scale and shift)."""
         return self.memo("W,b", lambda: self.op.weight_and_bias(self.tensors))
@@ -108,7 +118,11 @@ class NodeContext:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Aᵀ(s; first), Aᵀ(s; second))``, in a single adjoint where the op allows."""
         stacked = self.stacked(key, first, second)
-        return self.op.adjoint_pair(s, first, second, self.input_shapes[0], stacked)
+        work = self.working(first)
+        if work is not first:  # float32 maps at a small bfloat16 node (see ``working``)
+            first, second, stacked = work, self.working(second), None
+        pair = self.op.adjoint_pair(s.to(first.dtype), first, second, self.input_shapes[0], stacked)
+        return widened(pair[0]), widened(pair[1])
 
 
 def _signature(tensors: dict[str, torch.Tensor]) -> tuple | None:
@@ -137,6 +151,25 @@ def _same_tensors(signature: tuple, tensors: dict[str, torch.Tensor]) -> bool:
 
 
 # --------------------------------------------------------------------------- arithmetic
+
+#: formats too narrow to divide or sum in: their shares and sums are formed in float32
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+#: per-sample input size up to which a bfloat16 node runs its maps in float32
+#: (``NodeContext.working``)
+SMALL_INPUT = 16384
+
+
+def accumulator(dtype: torch.dtype) -> torch.dtype:
+    """The format relevance is carried and divided in for activations of ``dtype``: float32
+    for bfloat16 and float16 (8 and 11 significant bits would round every share), else
+    ``dtype`` itself."""
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+def widened(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``accumulator(t.dtype)``: a heavy op's bfloat16 result, ready to divide."""
+    return t.float() if t.dtype in LOW_PRECISION else t
 
 
 def positive(t: torch.Tensor) -> torch.Tensor:
@@ -172,7 +205,9 @@ class Stabilizer:
         self, numerator: torch.Tensor, z: torch.Tensor, scale: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``numerator / stab(z)``; ``scale`` is the per-sample factor (``sample_scale``) that
-        ``z`` was computed with, so that ε scales along with it."""
+        ``z`` was computed with, so that ε scales along with it. A bfloat16 ``z`` or numerator
+        is widened to float32 first: the quotient is formed in float32."""
+        numerator, z = widened(numerator), widened(z)
         if self.kind == "epsilon" and self.epsilon > 0:
             epsilon = self.epsilon if scale is None else self.epsilon * _to_rank(scale, z)
             epsilon = torch.as_tensor(epsilon, dtype=z.dtype, device=z.device)
@@ -217,7 +252,7 @@ def scale_and_sign(*tensors: torch.Tensor, also: float = 0.0) -> tuple[torch.Ten
     nonnegative = True
     for t in tensors:
         lowest_value, highest_value = torch.aminmax(t.reshape(batch, -1), dim=1)
-        peaks.append(torch.maximum(highest_value, -lowest_value))
+        peaks.append(torch.maximum(highest_value, -lowest_value).to(accumulator(t.dtype)))
         nonnegative = nonnegative and not bool((lowest_value < 0).any())
     peak = torch.stack(peaks).amax(0).clamp(min=also)  # ``also``: a magnitude every sample has
     _, exponent = torch.frexp(peak)  # peak = m·2^e, m in [0.5, 1); frexp(0) gives e = 0
@@ -233,8 +268,9 @@ def scale_and_sign(*tensors: torch.Tensor, also: float = 0.0) -> tuple[torch.Ten
 
 
 def rescaled(t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """``t`` times the per-sample ``scale`` of ``sample_scale`` (``t`` itself for ``None``)."""
-    return t if scale is None else t * _to_rank(scale, t)
+    """``t`` times the per-sample ``scale`` of ``sample_scale`` (``t`` itself for ``None``),
+    in ``t``'s own format: a power of two is exact in bfloat16 as in float32."""
+    return t if scale is None else t * _to_rank(scale, t).to(t.dtype)
 
 
 # --------------------------------------------------------------------------- rules

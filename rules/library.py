@@ -19,6 +19,7 @@ from .base import (
     NodeContext,
     Rule,
     Stabilizer,
+    accumulator,
     make_rule,
     negative,
     positive,
@@ -26,15 +27,23 @@ from .base import (
     rescaled,
     sample_scale,
     scale_and_sign,
+    widened,
 )
+
+# bfloat16 (see README, "Precision"): the heavy maps A and Aᵀ run in the weights' format;
+# their results are widened to float32 (``widened``), where shares are divided and summed.
 
 
 def _A(ctx: NodeContext, x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
-    return ctx.op.linear_map(x, weight, bias)
+    work = ctx.working(weight)
+    if work is not weight:
+        x, bias = widened(x), None if bias is None else widened(bias)
+    return widened(ctx.op.linear_map(x, work, bias))
 
 
 def _At(ctx: NodeContext, s: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return ctx.op.adjoint(s, weight, ctx.input_shapes[0])
+    work = ctx.working(weight)
+    return widened(ctx.op.adjoint(s.to(work.dtype), work, ctx.input_shapes[0]))
 
 
 def _A_scaled(
@@ -89,7 +98,7 @@ def input_free_share(
     shape = ctx.input_shapes[0]
 
     def denominator():
-        ones = torch.ones((1, *shape[1:]), dtype=relevance.dtype, device=relevance.device)
+        ones = torch.ones((1, *shape[1:]), dtype=weight.dtype, device=weight.device)
         return _A(ctx, ones, weight)
 
     z = ctx.memo((f"A(1;{name})", tuple(shape[1:])), denominator)
@@ -326,7 +335,7 @@ class ZBeta(_Stabilized):
         )
 
     def _bound(self, value, x: torch.Tensor) -> torch.Tensor:
-        t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+        t = torch.as_tensor(value, dtype=accumulator(x.dtype), device=x.device)
         if t.dim() == 1:
             if t.numel() != x.shape[1]:
                 raise RuleError(
@@ -344,14 +353,24 @@ class ZBeta(_Stabilized):
         _warn_outside(ctx.node, x, low, high)
         # A(x;W) = output − b: no extra pass; the bounds' part is the same for every sample,
         # so it is computed once, for one sample, with the bias folded in
-        from_output = ctx.output is not None and bias is not None
+        # In bfloat16, z = A(x;W) − offset cancels much of a rounded output: it is formed from
+        # the input in float32 instead (the first layer is cheap: few input channels).
+        low_precision = accumulator(x.dtype) != x.dtype
+        from_output = ctx.output is not None and bias is not None and not low_precision
 
         def offset():
-            part = _A(ctx, low[:1], w_pos) + _A(ctx, high[:1], w_neg)
+            wide_pos, wide_neg = w_pos.to(low.dtype), w_neg.to(low.dtype)
+            part = _A(ctx, low[:1], wide_pos) + _A(ctx, high[:1], wide_neg)
             return part + bias.reshape(1, -1, *([1] * (part.dim() - 2))) if from_output else part
 
-        key = ("zbeta", tuple(x.shape[1:]), self.low, self.high, from_output)
-        z = (ctx.output if from_output else _A(ctx, x, weight)) - ctx.memo(key, offset)
+        key = ("zbeta", tuple(x.shape[1:]), self.low, self.high, from_output, str(low.dtype))
+        if from_output:
+            forward = ctx.output
+        elif low_precision:
+            forward = _A(ctx, widened(x), weight.to(low.dtype))
+        else:
+            forward = _A(ctx, x, weight)
+        z = forward - ctx.memo(key, offset)
         bound_peak = max(abs(v) for v in _values(self.low) + _values(self.high))
         scale = sample_scale(x, also=bound_peak)  # see signed_share
         s = self.stab(relevance, rescaled(z, scale), scale)
@@ -500,7 +519,13 @@ class Gradient(Rule):
     needs = frozenset({"inputs", "record"})
 
     def relevance(self, ctx, relevance):
-        return ctx.op.vjp(relevance, ctx.inputs, ctx.tensors, ctx.input_shapes, ctx.record)
+        # in a bfloat16 graph the vector-Jacobian product runs in the activations' format
+        # and its result is carried on in float32, as every rule's
+        dtype = next((x.dtype for x in ctx.inputs if x is not None), relevance.dtype)
+        grads = ctx.op.vjp(
+            relevance.to(dtype), ctx.inputs, ctx.tensors, ctx.input_shapes, ctx.record
+        )
+        return [widened(g) for g in grads]
 
 
 @dataclass
@@ -637,7 +662,7 @@ def _scaled_split(ctx: NodeContext, relevance: torch.Tensor, stab: Stabilizer) -
     if any(x is None for x in ctx.inputs):
         return ctx.op.split(ctx.inputs, relevance, stab)
     scale = sample_scale(*ctx.inputs)
-    inputs = [rescaled(x, scale) for x in ctx.inputs]
+    inputs = [widened(rescaled(x, scale)) for x in ctx.inputs]
     return ctx.op.split(inputs, relevance, lambda r, z: stab(r, z, scale))
 
 

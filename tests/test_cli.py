@@ -463,3 +463,23 @@ def test_keyboard_interrupt_exits_130_without_traceback(files, tmp_path, capsys,
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     assert captured.err.strip() == "relgraph: interrupted"
+
+
+def test_explain_in_bfloat16_writes_maps_close_to_float32(files, tmp_path):
+    plain, half = tmp_path / "fp32", tmp_path / "bf16"
+    assert main(tiny_explain(files, plain, "--target", "0")) == 0
+    assert main(tiny_explain(files, half, "--target", "0", "--precision", "bf16")) == 0
+    assert read_summary(half)["model"]["dtype"] == "bfloat16"
+    assert read_summary(plain)["model"]["dtype"] == "float32"
+    with np.load(plain / "relevance.npz") as a, np.load(half / "relevance.npz") as b:
+        expected, actual = a["spatiotemporal"].ravel(), b["spatiotemporal"].ravel()
+    assert np.isfinite(actual).all()
+    assert np.corrcoef(expected, actual)[0, 1] > 0.99
+
+
+def test_unknown_precision_is_exit_2_one_line(files, tmp_path, capsys):
+    assert main(tiny_explain(files, tmp_path / "out", "--precision", "fp16")) == 2
+    error = capsys.readouterr().err
+    assert "--precision" in error and "fp16" in error
+    assert "Traceback" not in error
+    assert not (tmp_path / "out").exists()

@@ -66,3 +66,60 @@ def test_discriminative_on_cuda_equals_discriminative_on_cpu():
             getattr(actual, field).cpu(), getattr(expected, field), rtol=1e-7, atol=1e-9
         )
     assert torch.equal(actual.frozen_predictions.cpu(), expected.frozen_predictions)
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1])
+
+
+def test_bfloat16_explain_on_cuda_is_within_the_bounds_of_float32():
+    gpu = relgraph.load_architecture("c3d-tiny", device="cuda")
+    half = relgraph.load_architecture("c3d-tiny", init="none", device="cuda")
+    half.assign(gpu.state_dict())
+    half.to(dtype=torch.bfloat16)
+    x = clip_for(gpu, batch=4).float().cuda()
+
+    expected = relgraph.explain(gpu, x, rules="deep-taylor-paper", return_explanation=True)
+    actual = relgraph.explain(
+        half,
+        x.bfloat16(),
+        rules="deep-taylor-paper",
+        target=expected.target,
+        return_explanation=True,
+    )
+
+    assert actual.relevance.device.type == "cuda"
+    assert actual.relevance.dtype == torch.float32
+    for a, b in zip(expected.relevance, actual.relevance):
+        assert _pearson(a, b) >= 0.999
+        assert float((a - b).norm() / a.norm()) <= 0.02
+        assert abs(float(b.sum()) - 1) <= 0.01  # one-hot seed
+
+
+@pytest.mark.parametrize("reduce", ["first", "same", "mean"])
+def test_frozen_shortcut_on_cuda_equals_the_plain_path(reduce):
+    gpu = relgraph.load_architecture("c3d-tiny", dtype=torch.float64, device="cuda")
+    x = clip_for(gpu, batch=1).cuda()
+
+    plain = relgraph.discriminative(gpu, x, reduce=reduce, frozen_shortcut=False, progress=False)
+    short = relgraph.discriminative(gpu, x, reduce=reduce, frozen_shortcut=True, progress=False)
+
+    assert short.temporal.device.type == "cuda"
+    for field in ("spatiotemporal", "spatial", "temporal"):
+        torch.testing.assert_close(
+            getattr(short, field), getattr(plain, field), rtol=1e-12, atol=1e-12
+        )
+
+
+def test_frozen_shortcut_in_bfloat16_on_cuda_is_close_to_float32():
+    gpu = relgraph.load_architecture("c3d-tiny", device="cuda")
+    half = relgraph.load_architecture("c3d-tiny", init="none", device="cuda")
+    half.assign(gpu.state_dict())
+    half.to(dtype=torch.bfloat16)
+    x = clip_for(gpu, batch=1).float().cuda()
+
+    expected = relgraph.discriminative(gpu, x, frozen_shortcut=True, progress=False)
+    actual = relgraph.discriminative(half, x.bfloat16(), frozen_shortcut=True, progress=False)
+
+    assert torch.equal(actual.frozen_predictions, expected.frozen_predictions)
+    assert _pearson(expected.spatial, actual.spatial.float()) > 0.99
