@@ -45,6 +45,11 @@ class CanonicalGraph(Graph):
 
     to = assign = load_weights = _refuse  # type: ignore[assignment]
 
+    @property
+    def cache_policy(self) -> str:  # type: ignore[override]
+        """The original graph's policy: a memory mode set there holds for its view too."""
+        return self.canonical_of.cache_policy
+
 
 def fold_pairs(graph: Graph) -> dict[str, str]:
     """``{batch norm: affine node it folds into}`` for ``graph``, in graph order.
@@ -189,6 +194,9 @@ def fold_batchnorm(graph: Graph) -> Graph:
     view.canonize = True
     view.folded = pairs
     view.canonical_of = graph
+    # one memo for the graph and its view (entries are checked against the tensors they were
+    # derived from, so folded and unfolded layers never mix), cleared with the graph's
+    view.cache = graph.cache
     return view
 
 
