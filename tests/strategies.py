@@ -327,6 +327,7 @@ def graph_cases(
     merges: bool = True,
     max_blocks: int = 4,
     first_conv: bool = False,
+    homogeneous: bool = False,
 ) -> GraphCase:
     """A random architecture that compiles.
 
@@ -344,6 +345,9 @@ def graph_cases(
     first_conv
         Start with a convolution on the input (then it is the only ``first`` affine node,
         as in C3D); needs ``dims`` ≥ 1.
+    homogeneous
+        Leave out the ops that are not positively homogeneous (sigmoid, SiLU, gates), so the
+        graph's output scales with its input (bias-free) as scale-equivariance needs.
     """
     dims = draw(st.sampled_from(dims)) if isinstance(dims, tuple) else dims
     channels = channels or draw(st.integers(1, 3))
@@ -356,6 +360,8 @@ def graph_cases(
     blocks = ("relu", "batchnorm", "dropout", "linear", "silu") if dims == 0 else SPATIAL_BLOCKS
     if merges:
         blocks = blocks + MERGE_BLOCKS
+    if homogeneous:
+        blocks = tuple(b for b in blocks if b not in ("sigmoid", "silu", "gate"))
     if first_conv:
         builder.conv()
     for _ in range(draw(st.integers(1, max_blocks))):

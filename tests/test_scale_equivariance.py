@@ -113,7 +113,7 @@ def scaled_batch(x: torch.Tensor, limit: int) -> tuple[torch.Tensor, list[int]]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @settings(max_examples=25, deadline=None)
 @given(
-    case=graph_cases(max_blocks=3),
+    case=graph_cases(max_blocks=3, homogeneous=True),
     affine=st.sampled_from(AFFINE),
     pools=st.sampled_from(POOLS),
 )
