@@ -218,7 +218,10 @@ class Stabilizer:
         # input). A subnormal z hands on nothing either. Done in place: this runs on every
         # output of every layer.
         quotient.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        return quotient.masked_fill_(z.abs() < torch.finfo(z.dtype).tiny, 0.0)
+        tiny = torch.finfo(z.dtype).tiny
+        if self.kind == "epsilon" and scale is None and self.epsilon >= tiny:
+            return quotient  # |z + ε·sign(z)| ≥ ε ≥ tiny: no subnormal denominator to mask
+        return quotient.masked_fill_(z.abs() < tiny, 0.0)
 
 
 def _to_rank(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
