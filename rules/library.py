@@ -62,6 +62,8 @@ def _A_scaled(
     if bias is None or (scale is None and weight.dtype not in LOW_PRECISION):
         return _A(ctx, x, weight, bias)  # the bias added by the map itself: one pass fewer
     z = _A(ctx, x, weight)
+    if scale is None:  # bfloat16: the bias added to the widened z, in float32
+        return z + bias.reshape(1, -1, *([1] * (z.dim() - 2)))
     return z + bias.reshape(1, -1, *([1] * (z.dim() - 2))) * scale.reshape(
         -1, *([1] * (z.dim() - 1))
     )
