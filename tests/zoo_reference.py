@@ -250,6 +250,16 @@ def s3d(num_classes: int = 400) -> S3D:
     return S3D(num_classes)
 
 
+def s3d_small(num_classes: int, frames: int, size: int) -> S3D:
+    """S3D with the head pool shrunk to the feature map below torchvision's input size (13
+    frames, 209 pixels), as ``architectures/s3d.yaml`` does; at larger inputs ``s3d``."""
+    model = s3d(num_classes=num_classes)
+    t, s = (frames + 3) // 4 // 2, (size + 15) // 16 // 2
+    if t < 2 or s < 7:
+        model.avgpool = nn.AvgPool3d((min(2, t), min(7, s), min(7, s)), stride=1)
+    return model
+
+
 # --------------------------------------------------------------------------- X3D
 
 
@@ -434,6 +444,58 @@ X3D_SETTINGS = {
 }
 
 
+def calm_branches(model: X3D, factor: float = 0.25) -> X3D:
+    """Scale each residual branch's last batch-norm γ by ``factor``.
+
+    Randomised residual branches double the activations block after block: X3D-L's 55
+    blocks reach 1e4, where float32 rounding alone is 1e-4 of the output. Trained nets keep
+    the branches small (zero-init of the last BN's γ): so does this."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith("branch2.norm_c"):
+                module.weight.mul_(factor)
+    return model
+
+
 def x3d(size: str, num_classes: int = 400, return_logits: bool = False) -> X3D:
     frames, crop, depth = X3D_SETTINGS[size]
     return X3D(frames, crop, depth, num_classes, return_logits)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def saved_and_loaded(
+    model: nn.Module,
+    name: str,
+    tmp_path: Path,
+    dtype: torch.dtype,
+    frames: int,
+    size: int,
+    fmt: str = "pth",
+    num_classes: int = 400,
+):
+    """``model`` in ``dtype``, its state dict saved as ``fmt`` (``pth``: ``torch.save``;
+    ``safetensors``) with ``num_batches_tracked``, and relgraph's shipped ``name`` at that
+    input and class count loaded from the file. Returns ``(model, graph)``.
+
+    The one function here that uses relgraph: the tests' common way from a reference to the
+    graph it is compared with."""
+    import relgraph
+
+    model = model.to(dtype)
+    state = model.state_dict()
+    assert any(k.endswith("num_batches_tracked") for k in state)
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        path = tmp_path / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        path = tmp_path / f"{name}.pth"
+        torch.save(state, path)
+    graph = relgraph.load_architecture(
+        name, init="none", dtype=dtype, frames=frames, size=size, num_classes=num_classes
+    )
+    graph.load_weights(path)
+    return model, graph
