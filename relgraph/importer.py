@@ -421,11 +421,12 @@ class _Importer:
                     f"{type(result).__name__}; relgraph imports models returning one tensor"
                 )
             self.output = self.tensor_input(node, result, "output")
-            if self.is_channels_last(result):
-                raise _Unsupported(
-                    f"the model returns a channels-last value of shape "
+            if self.is_channels_last(result):  # named by the node that makes the output
+                raise self.error(
+                    result,
+                    f"the model returns this channels-last value of shape "
                     f"{list(self.in_shape(result))}; relgraph's graph would give (batch, "
-                    "features): end the model with a flatten (x.flatten(1))"
+                    "features): end the model with a flatten (x.flatten(1))",
                 )
         elif node.op == "call_module":
             self.map_module(node)
