@@ -556,6 +556,7 @@ ZOO = {
     "r3d-18": (lambda: zoo_reference.r3d_18(num_classes=5), {"frames": 2, "size": 16}),
     "mc3-18": (lambda: zoo_reference.mc3_18(num_classes=5), {"frames": 2, "size": 16}),
     "r2plus1d-18": (lambda: zoo_reference.r2plus1d_18(num_classes=5), {"frames": 2, "size": 16}),
+    "r2plus1d-tiny": (lambda: zoo_reference.R2Plus1DTiny(2, 5), {"width": 2, "size": 16}),
     # below torchvision's input size S3D's head pool shrinks to the feature map (s3d.yaml)
     "s3d": (lambda: zoo_reference.s3d_small(5, 5, 32), {"frames": 5, "size": 32}),
 }

@@ -180,6 +180,34 @@ def r2plus1d_18(num_classes: int = 400) -> VideoResNet18:
     return VideoResNet18([ConvFactorised] * 4, stem, num_classes)
 
 
+class R2Plus1DTiny(nn.Module):
+    """relgraph's own demo model ``architectures/r2plus1d-tiny.yaml`` (not a library model):
+    R(2+1)D blocks of ``width``·(2, 4) channels in two stages after a 1×3×3 / 3×1×1 stem."""
+
+    def __init__(self, width: int = 8, num_classes: int = 4) -> None:
+        super().__init__()
+        mid = 3 * width * 27 // (27 + 3 * width)
+        self.stem = nn.Sequential(
+            nn.Conv3d(3, mid, (1, 3, 3), (1, 2, 2), (0, 1, 1), bias=False),
+            nn.BatchNorm3d(mid),
+            nn.ReLU(),
+            nn.Conv3d(mid, width, (3, 1, 1), 1, (1, 0, 0), bias=False),
+            nn.BatchNorm3d(width),
+            nn.ReLU(),
+        )
+        self.layer1 = nn.Sequential(ResBlock(ConvFactorised, width, 2 * width, 2))
+        self.layer2 = nn.Sequential(
+            ResBlock(ConvFactorised, 2 * width, 4 * width, 2),
+            ResBlock(ConvFactorised, 4 * width, 4 * width, 1),
+        )
+        self.avgpool = nn.AdaptiveAvgPool3d(1)
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
 # --------------------------------------------------------------------------- S3D
 
 
