@@ -687,6 +687,26 @@ class Swish(nn.Module):
         return torch.sigmoid(x) * x
 
 
+class SwishFunction(torch.autograd.Function):
+    """pytorchvideo's way: x · sigmoid(x) in a custom autograd function."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * torch.sigmoid(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # pragma: no cover - never run (the import runs no autograd)
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(x)
+        return grad * s * (1 + x * (1 - s))
+
+
+class LibrarySwish(nn.Module):
+    def forward(self, x):
+        return SwishFunction.apply(x)
+
+
 class SigmoidTwice(nn.Module):
     """Not a swish: the sigmoid is used twice."""
 
@@ -699,6 +719,8 @@ def test_swish_is_one_silu_node_and_other_products_stay_products():
     g = from_torch(nn.Sequential(nn.Conv2d(3, 2, 1), Swish(), nn.Flatten()), (3, 4, 4))
     assert [g.op(n).type for n in g.order] == ["input", "conv2d", "silu", "flatten"]
     assert g.order[2] == "1.silu"
+    g = from_torch(nn.Sequential(nn.Conv2d(3, 2, 1), LibrarySwish(), nn.Flatten()), (3, 4, 4))
+    assert [g.op(n).type for n in g.order] == ["input", "conv2d", "silu", "flatten"]
     g = from_torch(SigmoidTwice(), (3, 4, 4))
     assert [g.op(n).type for n in g.order] == ["input", "sigmoid", "mul", "add", "flatten"]
 
