@@ -343,7 +343,9 @@ class _Importer:
         name = self._name_for(node, op)
         self.nodes.append(NodeSpec(name=name, op=op, inputs=inputs, fields=fields))
         self.fx_of[name] = node
-        self.values[node] = _Value(name, self.values[node].example, axis)
+        finals = [self.values[a].final for a in node.all_input_nodes if a in self.values]
+        final = next((f for f in finals if f is not None), None)  # a reshape of the logits
+        self.values[node] = _Value(name, self.values[node].example, axis, final)
 
     def output_axis(self, node: torch.fx.Node, op: str) -> int | None:
         """Refuse an op on a left-out softmax's output, or one a channels-last input does not
@@ -351,7 +353,7 @@ class _Importer:
         args = [a for a in node.all_input_nodes if a in self.values]
         for arg in args:
             final = self.values[arg].final
-            if final is not None:
+            if final is not None and op not in ("flatten", "reshape"):
                 raise _Unsupported(
                     f"it computes from the softmax at fx node '{final.name}', which relgraph "
                     "leaves out (it explains the logits before a final softmax): only "
@@ -390,6 +392,12 @@ class _Importer:
     def is_channels_last(self, arg: Any) -> bool:
         value = self.values.get(arg) if isinstance(arg, torch.fx.Node) else None
         return value is not None and value.axis is not None
+
+    def is_squeezed(self, arg: Any) -> bool:
+        """Channels-last, or the logits of a left-out softmax: every dimension but the batch
+        and one is 1, so a pool or mean over them keeps the values (no node)."""
+        value = self.values.get(arg) if isinstance(arg, torch.fx.Node) else None
+        return value is not None and (value.axis is not None or value.final is not None)
 
     def out_shape(self, node: torch.fx.Node) -> tuple[int, ...]:
         value = self.values[node].example
@@ -463,9 +471,12 @@ class _Importer:
         in_shape = self.in_shape(arg)
         if base is nn.Sigmoid and self.swish_gate(node, arg):
             return
+        if base in _ADAPTIVE and self.is_squeezed(arg) and self.out_shape(node) == in_shape:
+            self.alias(node, arg)  # a pool over size-1 dimensions
+            return
         if self.is_channels_last(arg):
-            if base is nn.Flatten or (base in _ADAPTIVE and self.out_shape(node) == in_shape):
-                self.alias(node, arg)  # a reshape, or a pool over size-1 dimensions
+            if base is nn.Flatten:
+                self.alias(node, arg)  # (batch, features) either way: no values move
                 return
             if base is nn.Linear:
                 axis = self.values[arg].axis
@@ -811,7 +822,7 @@ def _mean(self: _Importer, node, args, kwargs) -> None:
     dims = sorted(d + rank if d < 0 else d for d in dims)
     if 0 in dims:
         raise _Unsupported("a mean over the batch dimension")
-    if self.is_channels_last(source) and all(self.in_shape(source)[d] == 1 for d in dims):
+    if self.is_squeezed(source) and all(self.in_shape(source)[d] == 1 for d in dims):
         self.alias(node, source)  # over size-1 dimensions: the values stay
         return
     self.add(
@@ -833,7 +844,7 @@ def _adaptive(dims: int) -> Callable:
     def handle(self: _Importer, node, args, kwargs) -> None:
         bound = _bind(_s_adaptive, args, kwargs)
         source = bound["input"]
-        if self.is_channels_last(source) and self.in_shape(source) == self.out_shape(node):
+        if self.is_squeezed(source) and self.in_shape(source) == self.out_shape(node):
             self.alias(node, source)  # a pool over size-1 dimensions
             return
         self.add(
@@ -1020,7 +1031,8 @@ def from_torch(
         file, line, code = _source_of(importer.softmax)
         where = f" at {file}:{line} ({code})" if file else ""
         warnings.warn(
-            f"from_torch: the final softmax (fx node '{importer.softmax.name}'){where} is left "
+            f"from_torch: the final softmax (fx node '{importer.softmax.name}', "
+            f"{_describe_target(importer.softmax, importer.modules)}){where} is left "
             f"out: the graph ends at the logits before it ('{graph.output}'), which relgraph "
             "explains; softmax(output, dim=1) is the module's output",
             RelgraphWarning,

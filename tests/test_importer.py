@@ -682,6 +682,24 @@ def test_a_channels_last_head_and_a_softmax_module():
     assert relative_error(torch.softmax(g.forward(clip).output, dim=1), expected) < 1e-12
 
 
+def test_a_softmax_over_conv_logits_then_a_pool_to_one_and_a_flatten():
+    """A 1×1×1 conv classifier, softmax over its channels, pool to one, flatten: the softmax
+    is left out, the pool (over size-1 dimensions) is no node, the flatten is one."""
+    model = nn.Sequential(
+        nn.Conv3d(3, 4, 1), nn.AdaptiveAvgPool3d(1), nn.Conv3d(4, 3, 1), nn.Softmax(dim=1),
+        nn.AdaptiveAvgPool3d(1), nn.Flatten(),
+    ).double().eval()  # fmt: skip
+    with pytest.warns(RelgraphWarning, match=r"fx node '_3', module '3' \(Softmax\)"):
+        g = from_torch(model, (3, 2, 4, 4))
+    assert [g.op(n).type for n in g.order] == [
+        "input", "conv3d", "adaptive_avgpool3d", "conv3d", "flatten"
+    ]  # fmt: skip
+    clip = clip_for((3, 2, 4, 4), dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(clip)
+    assert relative_error(torch.softmax(g.forward(clip).output, dim=1), expected) < 1e-12
+
+
 class Swish(nn.Module):
     def forward(self, x):
         return torch.sigmoid(x) * x
