@@ -421,7 +421,8 @@ class X3DHead(nn.Module):
         x = self.proj(x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
         if not self.training and not self.return_logits:
             x = self.activation(x)
-        return self.output_pool(x).flatten(1)
+        x = self.output_pool(x)
+        return x.view(x.shape[0], -1)
 
 
 class X3D(nn.Module):
