@@ -822,7 +822,9 @@ def _mean(self: _Importer, node, args, kwargs) -> None:
     dims = sorted(d + rank if d < 0 else d for d in dims)
     if 0 in dims:
         raise _Unsupported("a mean over the batch dimension")
-    if self.is_squeezed(source) and all(self.in_shape(source)[d] == 1 for d in dims):
+    ones = all(self.in_shape(source)[d] == 1 for d in dims)
+    kept = self.in_shape(source) == self.out_shape(node)  # the graph node's shape still fits
+    if ones and (self.is_channels_last(source) or (self.is_squeezed(source) and kept)):
         self.alias(node, source)  # over size-1 dimensions: the values stay
         return
     self.add(
