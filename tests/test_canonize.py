@@ -292,12 +292,16 @@ def test_every_shipped_zoo_model_with_batch_norms_has_a_relevance_reference():
 def test_epsilon_plus_equals_the_autograd_reference_on_the_canonized_model(name):
     factory, params, reference = EPSILON_PLUS[name]
     model = zoo.randomise(factory(), seed=5)
+    assert_epsilon_plus_is_the_reference(name, model, reference, batch=2, **params)
+
+
+def assert_epsilon_plus_is_the_reference(name, model, reference, batch, **params):
     if name.startswith("x3d"):
         zoo.calm_branches(model)  # activations of a moderate size through the blocks
     model = model.to(torch.float64).eval()
     graph = relgraph.load_architecture(name, init="none", dtype=torch.float64, **params)
     graph.load_weights(model.state_dict())
-    x = clip(shape=graph.input_shape)
+    x = clip(batch=batch, shape=graph.input_shape)
     got = relgraph.explain(graph, x, target=2, rules="epsilon-plus", return_explanation=True)
     expected, logits = reference(model, x, target=2)
     torch.testing.assert_close(got.output, logits, rtol=1e-10, atol=1e-12)
@@ -307,3 +311,16 @@ def test_epsilon_plus_equals_the_autograd_reference_on_the_canonized_model(name)
     # folding matters: the unfolded graph (batch norms pass relevance) gives another answer
     unfolded = relgraph.explain(graph, x, target=2, rules="epsilon-plus", canonize=False)
     assert (unfolded - expected).abs().max() > 1e-3 * scale
+
+
+@pytest.mark.slow  # float64 at the published input: S3D 16×224², X3D-XS 4×160², X3D-S 13×160²
+@pytest.mark.parametrize(
+    ("name", "factory"),
+    [("s3d", zoo.s3d), ("x3d-xs", lambda: zoo.x3d("xs")), ("x3d-s", lambda: zoo.x3d("s"))],
+)
+def test_epsilon_plus_equals_the_autograd_reference_at_full_size(name, factory):
+    model = factory()
+    if name.startswith("x3d"):
+        model.blocks[-1].return_logits = True
+    reference = EPSILON_PLUS[name][2]
+    assert_epsilon_plus_is_the_reference(name, zoo.randomise(model, seed=5), reference, batch=1)
