@@ -317,6 +317,7 @@ def assert_epsilon_plus_is_the_reference(name, model, reference, batch, **params
 @pytest.mark.parametrize(
     ("name", "factory"),
     [("s3d", zoo.s3d), ("x3d-xs", lambda: zoo.x3d("xs")), ("x3d-s", lambda: zoo.x3d("s"))],
+    ids=["s3d", "x3d-xs", "x3d-s"],
 )
 def test_epsilon_plus_equals_the_autograd_reference_at_full_size(name, factory):
     model = factory()
