@@ -514,6 +514,7 @@ def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
             tensors=graph.tensors(node),
             cache=graph.cache if graph.cache_policy != "none" else {},
             record=record,
+            low_memory=graph.cache_policy == "none",
         )
         try:
             contributions = rule(ctx, r)

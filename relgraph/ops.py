@@ -252,6 +252,14 @@ class Affine(Op):
         """``Aᵀ(s; W)``, shaped like the input ``x``."""
         raise NotImplementedError
 
+    @property
+    def sliceable(self) -> bool:
+        """Whether the map runs slice by slice of its weight: output channels ``k`` of
+        ``A(x; W[k])`` are those of ``A(x; W)``, and input channels ``j`` of ``Aᵀ(s; W[:, j])``
+        those of ``Aᵀ(s; W)`` (the memory mode computes big maps so, see
+        ``relgraph.rules.base.sliced_map``)."""
+        return False
+
     def stack_inputs(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor | None:
         """One weight whose adjoint gives ``Aᵀ(s; first)`` and ``Aᵀ(s; second)`` side by side
         along the input channels, or ``None`` where the op cannot (see ``adjoint_pair``)."""
@@ -346,6 +354,10 @@ class ConvNd(Spatial, Affine):
             x, weight, bias, self.stride, self.padding, self.dilation, self.groups
         )
 
+    @property
+    def sliceable(self) -> bool:
+        return self.groups == 1
+
     def stack_inputs(self, first, second):
         return torch.cat([first, second], dim=1) if self.groups == 1 else None
 
@@ -395,6 +407,8 @@ class Linear(Affine):
 
     def linear_map(self, x, weight, bias=None):
         return F.linear(x, weight, bias)
+
+    sliceable = True
 
     def stack_inputs(self, first, second):
         return torch.cat([first, second], dim=1)

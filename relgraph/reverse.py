@@ -319,6 +319,7 @@ def explain_with_rules(
                 tensors=graph.tensors(node),
                 cache=graph.cache if keep_cache else {},
                 record=records.pop(node, None),
+                low_memory=not keep_cache,
             )
             try:
                 contributions = rule(ctx, node_relevance)

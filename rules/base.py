@@ -54,6 +54,9 @@ class NodeContext:
     cache: dict
     #: what the op recorded in the forward pass (max pools: argmax indices), if asked for
     record: Any = None
+    #: the memory mode (``Graph.cache_policy == "none"``): big affine maps run a slice of
+    #: their weight at a time (``sliced_map``), derived weights are made slice by slice
+    low_memory: bool = False
 
     @property
     def x(self) -> torch.Tensor:
@@ -96,8 +99,11 @@ class NodeContext:
         """The affine map's weight and bias (batch-norm folded to scale and shift)."""
         return self.memo("W,b", lambda: self.op.weight_and_bias(self.tensors))
 
-    def positive_weight(self) -> torch.Tensor:
-        """``W⁺``, memoised."""
+    def positive_weight(self, lazy: bool = False) -> torch.Tensor | Lazy:
+        """``W⁺``, memoised; with ``lazy`` in the memory mode a ``Lazy`` W⁺ that the maps
+        make slice by slice, so that the whole of it never exists."""
+        if lazy and self.low_memory:
+            return Lazy(self.weight_and_bias()[0], positive)
         return self.memo("W+", lambda: self.weight_and_bias()[0].clamp(min=0))
 
     def negative_weight(self) -> torch.Tensor:
@@ -123,6 +129,104 @@ class NodeContext:
             first, second, stacked = work, self.working(second), None
         pair = self.op.adjoint_pair(s.to(first.dtype), first, second, self.input_shapes[0], stacked)
         return widened(pair[0]), widened(pair[1])
+
+
+@dataclass(frozen=True)
+class Lazy:
+    """A weight derived element-wise from another (``derive(weight)``, e.g. W⁺ = max(W, 0)),
+    made a slice at a time where the maps run slice by slice (``sliced_map``); ``full()``
+    makes all of it. Element-wise, so a slice of the derived weight is the derived slice."""
+
+    weight: torch.Tensor
+    derive: Callable[[torch.Tensor], torch.Tensor]
+
+    def full(self) -> torch.Tensor:
+        return self.derive(self.weight)
+
+
+def materialized(weight: torch.Tensor | Lazy) -> torch.Tensor:
+    """The weight itself, a ``Lazy`` one made whole."""
+    return weight.full() if isinstance(weight, Lazy) else weight
+
+
+#: the memory mode's slices of a map: at most about this many bytes of weight or of result
+#: per slice (and at least ``SLICE_ALIGN`` channels)
+SLICE_BYTES = 16 * 2**20
+SLICE_ALIGN = 16
+
+
+def _slices(total: int, per_channel: int, first: int = 0) -> list[tuple[int, int]]:
+    """``(start, length)`` along ``total`` channels from ``first`` on, each about
+    ``SLICE_BYTES`` for ``per_channel`` bytes a channel, a multiple of ``SLICE_ALIGN``."""
+    step = max(1, SLICE_BYTES // max(per_channel, 1))
+    step = max(SLICE_ALIGN, step - step % SLICE_ALIGN)
+    return [(a, min(step, total - a)) for a in range(first, total, step)]
+
+
+def sliced_map(
+    one_slice: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    weight: torch.Tensor | Lazy,
+    bias: torch.Tensor | None = None,
+    *,
+    add_to: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``A(x; W) + b`` (``one_slice(W_k, b_k)`` gives output channels k) a slice of output
+    channels at a time: only a slice of a ``Lazy`` weight and of the map's workspace exists at
+    once. ``add_to``: the result is added into that tensor instead (``add_to + A(x; W)``).
+    The op must be ``sliceable``; each output channel is computed as in one go."""
+    base = weight.weight if isinstance(weight, Lazy) else weight
+    derive = weight.derive if isinstance(weight, Lazy) else None
+    total = base.shape[0]
+
+    def piece(start: int, length: int) -> torch.Tensor:
+        w = base.narrow(0, start, length)
+        b = None if bias is None else bias.narrow(0, start, length)
+        return one_slice(derive(w) if derive is not None else w, b)
+
+    head = min(total, SLICE_ALIGN)
+    first = piece(0, head)
+    out = add_to
+    if out is None:
+        out = first.new_empty((first.shape[0], total, *first.shape[2:]))
+        out.narrow(1, 0, head).copy_(first)
+    else:
+        out.narrow(1, 0, head).add_(first)
+    per_channel = max(
+        first.numel() // head * first.element_size(), base[0].numel() * base.element_size()
+    )
+    del first
+    for start, length in _slices(total, per_channel, head):
+        target = out.narrow(1, start, length)
+        result = piece(start, length)
+        target.add_(result) if add_to is not None else target.copy_(result)
+        del result
+    return out
+
+
+def sliced_adjoint(
+    one_slice: Callable[[torch.Tensor, torch.Size], torch.Tensor],
+    weight: torch.Tensor | Lazy,
+    x_shape: torch.Size,
+) -> torch.Tensor:
+    """``Aᵀ(s; W)`` (``one_slice(W[:, j], shape_j)`` gives input channels j, shaped
+    ``shape_j``) a slice of input channels at a time, into one tensor shaped ``x_shape``;
+    see ``sliced_map``."""
+    base = weight.weight if isinstance(weight, Lazy) else weight
+    derive = weight.derive if isinstance(weight, Lazy) else None
+    total = base.shape[1]
+    per_channel = max(
+        math.prod(x_shape) // max(total, 1) * 4, base[:, :1].numel() * base.element_size()
+    )
+    out = None
+    for start, length in _slices(total, per_channel):
+        w = base.narrow(1, start, length)
+        shape = torch.Size((x_shape[0], length, *x_shape[2:]))
+        result = one_slice(derive(w) if derive is not None else w, shape)
+        if out is None:
+            out = result.new_empty(x_shape)
+        out.narrow(1, start, length).copy_(result)
+        del result
+    return out
 
 
 def _signature(tensors: dict[str, torch.Tensor]) -> tuple | None:
@@ -202,23 +306,72 @@ class Stabilizer:
             raise RuleError(f"the stabilizer's epsilon must be ≥ 0, got {self.epsilon}")
 
     def __call__(
-        self, numerator: torch.Tensor, z: torch.Tensor, scale: torch.Tensor | None = None
+        self,
+        numerator: torch.Tensor,
+        z: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        *,
+        overwrite: bool = False,
     ) -> torch.Tensor:
         """``numerator / stab(z)``; ``scale`` is the per-sample factor (``sample_scale``) that
         ``z`` was computed with, so that ε scales along with it. A bfloat16 ``z`` or numerator
-        is widened to float32 first: the quotient is formed in float32."""
-        numerator, z = widened(numerator), widened(z)
+        is widened to float32 first: the quotient is formed in float32.
+
+        ``overwrite=True`` says that the caller will not read ``z`` again: the quotient is
+        then formed in ``z``'s memory where the shapes and formats allow, so that ``z`` and
+        the quotient are never alive at once (the same values, bit for bit)."""
+        wide_z = widened(z)
+        numerator, owned = widened(numerator), overwrite or wide_z is not z
+        z = wide_z
         if self.kind == "epsilon" and self.epsilon > 0:
             epsilon = self.epsilon if scale is None else self.epsilon * _to_rank(scale, z)
             epsilon = torch.as_tensor(epsilon, dtype=z.dtype, device=z.device)
-            z = z + torch.where(z >= 0, epsilon, -epsilon)
-        quotient = numerator / z
-        # z = 0 gives Inf or NaN here, and a normal but tiny z can overflow R/z; such a share
-        # lies beyond the format and hands on nothing (NaN would follow where Inf meets a zero
-        # input). A subnormal z hands on nothing either. Done in place: this runs on every
-        # output of every layer.
-        quotient.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        return quotient.masked_fill_(z.abs() < torch.finfo(z.dtype).tiny, 0.0)
+            z, owned = z + torch.where(z >= 0, epsilon, -epsilon), True
+        tiny = torch.finfo(z.dtype).tiny
+        in_place = (
+            owned
+            and z.shape == numerator.shape
+            and torch.result_type(numerator, z) == z.dtype
+            and z.is_contiguous()
+            and numerator.is_contiguous()
+            and not z._is_view()
+        )
+        if not in_place:
+            return _safe_quotient(numerator, z, tiny, numerator / z)
+        # the quotient formed in z's memory, a piece at a time: the mask of vanishing z is
+        # never larger than a piece (element-wise, so the same values as in one go)
+        for num, den in zip(numerator.view(-1).split(CHUNK), z.view(-1).split(CHUNK)):
+            vanishing = _vanishing(den, tiny)
+            _safe_quotient(num, den, tiny, torch.div(num, den, out=den), vanishing)
+        return z
+
+
+#: elements per piece of the in-place quotient (``Stabilizer(..., overwrite=True)``)
+CHUNK = 2**20
+
+
+def _vanishing(z: torch.Tensor, tiny: float) -> torch.Tensor:
+    """Where ``|z| < tiny`` (NaN: no), by two comparisons: no z-sized float temporary."""
+    return torch.lt(z, tiny).logical_and_(torch.gt(z, -tiny))
+
+
+def _safe_quotient(
+    numerator: torch.Tensor,
+    z: torch.Tensor,
+    tiny: float,
+    quotient: torch.Tensor,
+    vanishing: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``quotient = numerator / z`` with every share beyond the format set to 0, in place.
+
+    z = 0 gives Inf or NaN, and a normal but tiny z can overflow R/z; such a share lies beyond
+    the format and hands on nothing (NaN would follow where Inf meets a zero input). A
+    subnormal z hands on nothing either. ``vanishing`` (where ``|z| < tiny``) must be taken
+    before ``quotient`` overwrites ``z``."""
+    if vanishing is None:
+        vanishing = _vanishing(z, tiny)
+    quotient.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    return quotient.masked_fill_(vanishing, 0.0)
 
 
 def _to_rank(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
