@@ -57,6 +57,10 @@ class NodeContext:
     #: the memory mode (``Graph.cache_policy == "none"``): big affine maps run a slice of
     #: their weight at a time (``sliced_map``), derived weights are made slice by slice
     low_memory: bool = False
+    #: the reverse pass will not read the relevance handed to the rule again, and no other
+    #: tensor shares its memory: a rule that reads it once may form a result in it
+    #: (``Stabilizer(..., overwrite_numerator=True)``); a rule that reads it twice must not
+    relevance_owned: bool = False
 
     @property
     def x(self) -> torch.Tensor:
@@ -312,38 +316,42 @@ class Stabilizer:
         scale: torch.Tensor | None = None,
         *,
         overwrite: bool = False,
+        overwrite_numerator: bool = False,
     ) -> torch.Tensor:
         """``numerator / stab(z)``; ``scale`` is the per-sample factor (``sample_scale``) that
         ``z`` was computed with, so that ε scales along with it. A bfloat16 ``z`` or numerator
         is widened to float32 first: the quotient is formed in float32.
 
-        ``overwrite=True`` says that the caller will not read ``z`` again: the quotient is
-        then formed in ``z``'s memory where the shapes and formats allow, so that ``z`` and
-        the quotient are never alive at once (the same values, bit for bit)."""
-        wide_z = widened(z)
-        numerator, owned = widened(numerator), overwrite or wide_z is not z
-        z = wide_z
+        ``overwrite=True`` says that the caller will not read ``z`` again,
+        ``overwrite_numerator=True`` the same of ``numerator``: the quotient is then formed in
+        that one's memory (the numerator's first) where the shapes and formats allow, so that
+        they and the quotient are never alive at once (the same values, bit for bit)."""
+        wide_z, wide_numerator = widened(z), widened(numerator)
+        owned = overwrite or wide_z is not z
+        numerator_owned = overwrite_numerator or wide_numerator is not numerator
+        numerator, z = wide_numerator, wide_z
         if self.kind == "epsilon" and self.epsilon > 0:
             epsilon = self.epsilon if scale is None else self.epsilon * _to_rank(scale, z)
             epsilon = torch.as_tensor(epsilon, dtype=z.dtype, device=z.device)
             z, owned = z + torch.where(z >= 0, epsilon, -epsilon), True
         tiny = torch.finfo(z.dtype).tiny
-        in_place = (
-            owned
-            and z.shape == numerator.shape
-            and torch.result_type(numerator, z) == z.dtype
+        fits = (
+            z.shape == numerator.shape
+            and torch.result_type(numerator, z) == z.dtype == numerator.dtype
             and z.is_contiguous()
             and numerator.is_contiguous()
-            and not z._is_view()
         )
-        if not in_place:
+        into_numerator = fits and numerator_owned
+        into_z = fits and owned and not z._is_view()
+        if not (into_numerator or into_z):
             return _safe_quotient(numerator, z, tiny, numerator / z)
-        # the quotient formed in z's memory, a piece at a time: the mask of vanishing z is
-        # never larger than a piece (element-wise, so the same values as in one go)
+        # the quotient formed in place, a piece at a time: the mask of vanishing z is never
+        # larger than a piece (element-wise, so the same values as in one go)
         for num, den in zip(numerator.view(-1).split(CHUNK), z.view(-1).split(CHUNK)):
             vanishing = _vanishing(den, tiny)
-            _safe_quotient(num, den, tiny, torch.div(num, den, out=den), vanishing)
-        return z
+            quotient = torch.div(num, den, out=num if into_numerator else den)
+            _safe_quotient(num, den, tiny, quotient, vanishing)
+        return numerator if into_numerator else z
 
 
 #: elements per piece of the in-place quotient (``Stabilizer(..., overwrite=True)``)

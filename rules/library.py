@@ -100,19 +100,23 @@ def signed_share(
     bias: torch.Tensor | None,
     stab: Stabilizer,
     key: str,
+    own_relevance: bool = False,
 ) -> torch.Tensor:
     """``z = A(x⁺; W_p) + A(x⁻; W_n) (+ bias)``, ``s = R / stab(z)``,
     ``R_in = x⁺ ⊙ Aᵀ(s; W_p) + x⁻ ⊙ Aᵀ(s; W_n)``: the building block of zplus, αβ and γ.
     Where ``x ≥ 0`` everywhere (ReLU outputs) the ``x⁻`` terms vanish and are skipped;
     elsewhere both adjoints run as one (``key`` names the weight pair for the memo).
-    Each sample runs at the scale ``sample_scale`` picks: the same result, no overflow."""
+    Each sample runs at the scale ``sample_scale`` picks: the same result, no overflow.
+    ``own_relevance``: ``relevance`` is not read again, ``s`` may be formed in it."""
     scale, nonnegative = scale_and_sign(ctx.x)
     x = rescaled(ctx.x, scale)
     # z, s and the adjoint are temporaries of this rule alone: s is formed in z's memory and
     # the products in the adjoints' (``_in_place``), so that few of them are alive at once
     # (the same values, bit for bit; what the memory mode, ``cache_policy="none"``, is for)
     if nonnegative:
-        s = stab(relevance, _A_scaled(ctx, x, w_for_positive, bias, scale), scale, overwrite=True)
+        z = _A_scaled(ctx, x, w_for_positive, bias, scale)
+        s = stab(relevance, z, scale, overwrite=True, overwrite_numerator=own_relevance)
+        del z, relevance
         return _in_place(torch.mul, _At(ctx, s, w_for_positive), x)
     if callable(w_for_negative):  # computed only now that the x⁻ terms are needed
         w_for_negative = w_for_negative()
@@ -121,8 +125,8 @@ def signed_share(
     z = _A_scaled(ctx, x_pos, w_for_positive, bias, scale)
     x_neg = negative(x)
     z = _in_place(torch.add, z, _A(ctx, x_neg, w_for_negative))
-    s = stab(relevance, z, scale, overwrite=True)
-    del z
+    s = stab(relevance, z, scale, overwrite=True, overwrite_numerator=own_relevance)
+    del z, relevance
     from_positive, from_negative = ctx.adjoint_pair(s, key, w_for_positive, w_for_negative)
     del s
     # the pair may be two halves of one tensor: the sum is a tensor of its own
@@ -219,8 +223,10 @@ class Epsilon(Rule):
         else:
             z = _A_scaled(ctx, x, weight, bias if self.bias else None, scale)
         own = z is not ctx.output  # a temporary of this rule's: s may be formed in it
-        s = Stabilizer("epsilon", self.epsilon)(relevance, z, scale, overwrite=own)
-        del z
+        s = Stabilizer("epsilon", self.epsilon)(
+            relevance, z, scale, overwrite=own, overwrite_numerator=ctx.relevance_owned
+        )
+        del z, relevance
         return [_in_place(torch.mul, _At(ctx, s, weight), x)]
 
 
@@ -255,11 +261,9 @@ class ZPlus(_Stabilized):
     def relevance(self, ctx, relevance):
         # lazy: in the memory mode W⁺ is made a slice at a time where the input is ≥ 0
         w_pos, w_neg = ctx.positive_weight(lazy=True), ctx.negative_weight
-        return [
-            signed_share(
-                ctx, relevance, w_pos, w_neg, _bias_part(ctx, self.bias, "+"), self.stab, "W+|W-"
-            )
-        ]
+        bias = _bias_part(ctx, self.bias, "+")
+        own = ctx.relevance_owned
+        return [signed_share(ctx, relevance, w_pos, w_neg, bias, self.stab, "W+|W-", own)]
 
 
 @register_rule
@@ -327,11 +331,12 @@ class Gamma(_Stabilized):
             )
         z = ctx.output if ctx.output is not None else _A(ctx, ctx.x, weight, bias)
         up_key, down_key = f"γ={gamma} W↑|W↓", f"γ={gamma} W↓|W↑"
+        # each side's relevance is a tensor of its own: s may be formed in it
         up = signed_share(
-            ctx, torch.where(z > 0, relevance, 0.0), w_up, w_down, b_up, self.stab, up_key
+            ctx, torch.where(z > 0, relevance, 0.0), w_up, w_down, b_up, self.stab, up_key, True
         )
         down = signed_share(
-            ctx, torch.where(z < 0, relevance, 0.0), w_down, w_up, b_down, self.stab, down_key
+            ctx, torch.where(z < 0, relevance, 0.0), w_down, w_up, b_down, self.stab, down_key, True
         )
         return [up + down]
 
@@ -448,8 +453,14 @@ class ZBeta(_Stabilized):
         bound_peak = max(abs(v) for v in _values(self.low) + _values(self.high))
         scale = sample_scale(x, also=bound_peak)  # see signed_share
         # z is this rule's own temporary: s is formed in its memory (see signed_share)
-        s = self.stab(relevance, rescaled(z, scale), scale, overwrite=True)
-        del z
+        s = self.stab(
+            relevance,
+            rescaled(z, scale),
+            scale,
+            overwrite=True,
+            overwrite_numerator=ctx.relevance_owned,
+        )
+        del z, relevance
         # x⊙Aᵀ(s;W) − l⊙Aᵀ(s;W⁺) − h⊙Aᵀ(s;W⁻) with Aᵀ(s;W) = Aᵀ(s;W⁺) + Aᵀ(s;W⁻)
         from_positive, from_negative = ctx.adjoint_pair(s, "W+|W-", w_pos, w_neg)
         del s
@@ -784,6 +795,7 @@ class Combine(Rule):
 
     def relevance(self, ctx, relevance):
         total = None
+        ctx = dataclasses.replace(ctx, relevance_owned=False)  # every part reads it
         for weight, rule in self.parts:
             part = [weight * r for r in rule(ctx, relevance)]
             total = part if total is None else [t + p for t, p in zip(total, part)]
