@@ -358,6 +358,31 @@ class ConvNd(Spatial, Affine):
     def sliceable(self) -> bool:
         return self.groups == 1
 
+    def output_size(self, in_size: Sequence[int]) -> list[int]:
+        """The output's spatial size for an input of spatial size ``in_size``."""
+        return [
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, k, s, p, d in zip(
+                in_size, self.kernel_size, self.stride, self.padding, self.dilation
+            )
+        ]
+
+    def linear_map_rows(self, x, weight, bias, start: int, stop: int) -> torch.Tensor:
+        """``A(x; W) + b`` at output positions ``[start, stop)`` of the first spatial axis
+        alone: the convolution of the input rows they read, zero-padded explicitly where the
+        op's padding lies (the memory mode's slices; each output as in one go)."""
+        k, s, p, d = self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]
+        n = x.shape[2]
+        low, high = start * s - p, (stop - 1) * s - p + d * (k - 1) + 1
+        rows = x[:, :, max(low, 0) : min(high, n)]
+        before, after = max(0, -low), max(0, high - n)
+        if before or after:
+            rows = F.pad(rows, [0, 0] * (self.dims - 1) + [before, after])
+        padding = (0, *self.padding[1:])
+        return _conv_fn(self.dims)(
+            rows, weight, bias, self.stride, padding, self.dilation, self.groups
+        )
+
     def stack_inputs(self, first, second):
         return torch.cat([first, second], dim=1) if self.groups == 1 else None
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from relgraph.errors import RuleError, did_you_mean
+from relgraph.hostmemory import release_freed
 from relgraph.ops import Op
 
 
@@ -157,6 +158,9 @@ def materialized(weight: torch.Tensor | Lazy) -> torch.Tensor:
 #: per slice (and at least ``SLICE_ALIGN`` channels)
 SLICE_BYTES = 16 * 2**20
 SLICE_ALIGN = 16
+#: and at least this many positions along the first spatial axis: fewer can make the CPU's
+#: convolution pick another algorithm, whose sums round differently (C3D: from 3 down)
+SLICE_ROWS = 4
 
 
 def _slices(total: int, per_channel: int, first: int = 0) -> list[tuple[int, int]]:
@@ -168,43 +172,64 @@ def _slices(total: int, per_channel: int, first: int = 0) -> list[tuple[int, int
 
 
 def sliced_map(
-    one_slice: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    one_slice: Callable[..., torch.Tensor],
     weight: torch.Tensor | Lazy,
     bias: torch.Tensor | None = None,
     *,
     add_to: torch.Tensor | None = None,
+    rows: int | None = None,
+    row_bytes: int = 0,
 ) -> torch.Tensor:
-    """``A(x; W) + b`` (``one_slice(W_k, b_k)`` gives output channels k) a slice of output
-    channels at a time: only a slice of a ``Lazy`` weight and of the map's workspace exists at
-    once. ``add_to``: the result is added into that tensor instead (``add_to + A(x; W)``).
-    The op must be ``sliceable``; each output channel is computed as in one go."""
+    """``A(x; W) + b`` a slice of output channels at a time (``one_slice(W_k, b_k)`` gives
+    output channels k), so that only a slice of a ``Lazy`` weight and of the map's workspace
+    exists at once. ``rows``: the output's length along its first spatial axis, where
+    ``one_slice(W_k, b_k, (start, stop))`` gives just those positions, and ``row_bytes`` what
+    one position costs (result and workspace, per output channel): slices are then cut along
+    it too. ``add_to``: the result is added into that tensor instead (``add_to + A(x; W)``).
+    The op must be ``sliceable``; each output is computed as in one go."""
     base = weight.weight if isinstance(weight, Lazy) else weight
     derive = weight.derive if isinstance(weight, Lazy) else None
     total = base.shape[0]
-
-    def piece(start: int, length: int) -> torch.Tensor:
-        w = base.narrow(0, start, length)
-        b = None if bias is None else bias.narrow(0, start, length)
-        return one_slice(derive(w) if derive is not None else w, b)
-
-    head = min(total, SLICE_ALIGN)
-    first = piece(0, head)
+    weight_per_channel = base[0].numel() * base.element_size()
     out = add_to
-    if out is None:
-        out = first.new_empty((first.shape[0], total, *first.shape[2:]))
-        out.narrow(1, 0, head).copy_(first)
-    else:
-        out.narrow(1, 0, head).add_(first)
-    per_channel = max(
-        first.numel() // head * first.element_size(), base[0].numel() * base.element_size()
-    )
-    del first
-    for start, length in _slices(total, per_channel, head):
-        target = out.narrow(1, start, length)
-        result = piece(start, length)
+
+    def put(result: torch.Tensor, channels: tuple[int, int], span: tuple[int, int] | None):
+        nonlocal out
+        if out is None:
+            spatial = result.shape[2:] if span is None else (rows, *result.shape[3:])
+            out = result.new_empty((result.shape[0], total, *spatial))
+        target = out.narrow(1, *channels)
+        if span is not None:
+            target = target.narrow(2, span[0], span[1] - span[0])
         target.add_(result) if add_to is not None else target.copy_(result)
-        del result
+        del result, target
+        release_freed()  # the slice's result and workspace, before the next one allocates
+
+    if rows is None:
+        head = min(total, SLICE_ALIGN)
+        first = _piece(one_slice, base, derive, bias, 0, head)
+        per_channel = max(first.numel() // head * first.element_size(), weight_per_channel)
+        put(first, (0, head), None)
+        del first
+        for start, length in _slices(total, per_channel, head):
+            put(_piece(one_slice, base, derive, bias, start, length), (start, length), None)
+        return out
+    for start, length in _slices(total, weight_per_channel):
+        step = max(SLICE_ROWS, SLICE_BYTES // max(row_bytes * length, 1))
+        if step >= rows:  # one piece: the plain map
+            put(_piece(one_slice, base, derive, bias, start, length), (start, length), None)
+            continue
+        for row in range(0, rows, step):
+            span = (row, min(rows, row + step))
+            put(_piece(one_slice, base, derive, bias, start, length, span), (start, length), span)
     return out
+
+
+def _piece(one_slice, base, derive, bias, start, length, span=None) -> torch.Tensor:
+    w = base.narrow(0, start, length)
+    b = None if bias is None else bias.narrow(0, start, length)
+    w = derive(w) if derive is not None else w
+    return one_slice(w, b) if span is None else one_slice(w, b, span)
 
 
 def sliced_adjoint(
@@ -230,6 +255,7 @@ def sliced_adjoint(
             out = result.new_empty(x_shape)
         out.narrow(1, start, length).copy_(result)
         del result
+        release_freed()
     return out
 
 

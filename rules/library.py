@@ -5,6 +5,7 @@ in ``rules.md``. ``A``/``Aᵀ`` are the op's ``linear_map``/``adjoint``; ``stab`
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,13 +50,22 @@ def _A(
     """``A(x; W) + b`` in the weight's working format, widened (``add_to``: added into that
     tensor). In the memory mode a slice of output channels at a time (``sliced_map``)."""
 
-    def one(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def one(weight: torch.Tensor, bias: torch.Tensor | None, rows=None) -> torch.Tensor:
         work, inputs = ctx.working(weight), x
         if work is not weight:
             inputs, bias = widened(x), None if bias is None else widened(bias)
+        if rows is not None:
+            return widened(ctx.op.linear_map_rows(inputs, work, bias, *rows))
         return widened(ctx.op.linear_map(inputs, work, bias))
 
     if _sliced(ctx, weight):
+        if hasattr(ctx.op, "linear_map_rows") and x.dim() > 2:
+            # cut along the first spatial axis too: a convolution's workspace (its unfolded
+            # input: channels × kernel per output position) can exceed its result
+            size = ctx.op.output_size(x.shape[2:])
+            per_position = math.prod(size[1:]) * x.shape[0] * 4
+            row_bytes = per_position * (1 + x.shape[1] * math.prod(ctx.op.kernel_size))
+            return sliced_map(one, weight, bias, add_to=add_to, rows=size[0], row_bytes=row_bytes)
         return sliced_map(one, weight, bias, add_to=add_to)
     result = one(materialized(weight), bias)
     return result if add_to is None else _in_place(torch.add, add_to, result)

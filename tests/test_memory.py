@@ -56,10 +56,12 @@ AFFINE = [
 
 @pytest.fixture
 def tiny_slices(monkeypatch):
-    """Slices of one or two channels and quotient pieces of 7 elements: every sliced and
+    """Slices of one or two channels and of one position along the first spatial axis, and
+    quotient pieces of 7 elements: every sliced and
     in-place path runs, with uneven last pieces, on graphs of a few channels."""
     monkeypatch.setattr(rule_base, "SLICE_BYTES", 1)
     monkeypatch.setattr(rule_base, "SLICE_ALIGN", 2)
+    monkeypatch.setattr(rule_base, "SLICE_ROWS", 1)
     monkeypatch.setattr(rule_base, "CHUNK", 7)
 
 
