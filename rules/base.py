@@ -193,8 +193,10 @@ def sliced_map(
     weight_per_channel = base[0].numel() * base.element_size()
     out = add_to
 
-    def put(result: torch.Tensor, channels: tuple[int, int], span: tuple[int, int] | None):
+    def put(channels: tuple[int, int], span: tuple[int, int] | None = None) -> int:
+        """Compute one slice into ``out``; its bytes per output channel."""
         nonlocal out
+        result = _piece(one_slice, base, derive, bias, *channels, span)
         if out is None:
             spatial = result.shape[2:] if span is None else (rows, *result.shape[3:])
             out = result.new_empty((result.shape[0], total, *spatial))
@@ -202,26 +204,24 @@ def sliced_map(
         if span is not None:
             target = target.narrow(2, span[0], span[1] - span[0])
         target.add_(result) if add_to is not None else target.copy_(result)
+        size = result.numel() // channels[1] * result.element_size()
         del result, target
         release_freed()  # the slice's result and workspace, before the next one allocates
+        return size
 
     if rows is None:
         head = min(total, SLICE_ALIGN)
-        first = _piece(one_slice, base, derive, bias, 0, head)
-        per_channel = max(first.numel() // head * first.element_size(), weight_per_channel)
-        put(first, (0, head), None)
-        del first
-        for start, length in _slices(total, per_channel, head):
-            put(_piece(one_slice, base, derive, bias, start, length), (start, length), None)
+        per_channel = max(put((0, head)), weight_per_channel)
+        for channels in _slices(total, per_channel, head):
+            put(channels)
         return out
-    for start, length in _slices(total, weight_per_channel):
-        step = max(SLICE_ROWS, SLICE_BYTES // max(row_bytes * length, 1))
+    for channels in _slices(total, weight_per_channel):
+        step = max(SLICE_ROWS, SLICE_BYTES // max(row_bytes * channels[1], 1))
         if step >= rows:  # one piece: the plain map
-            put(_piece(one_slice, base, derive, bias, start, length), (start, length), None)
+            put(channels)
             continue
         for row in range(0, rows, step):
-            span = (row, min(rows, row + step))
-            put(_piece(one_slice, base, derive, bias, start, length, span), (start, length), span)
+            put(channels, (row, min(rows, row + step)))
     return out
 
 
