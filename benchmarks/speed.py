@@ -13,7 +13,12 @@ warm-up, each configuration in a fresh subprocess so that its peak memory is its
 - ``relgraph.discriminative`` (T = 16) against 17 single explanations one after another;
 - ``relgraph.discriminative`` ÷ one explanation for each ``reduce``, with the frozen-clip
   shortcut (``relgraph.frozen``) on and off (``--only-frozen``: this table alone);
-- peak memory: resident set size on CPU, ``torch.cuda.max_memory_allocated`` on CUDA.
+- peak memory: resident set size on CPU, ``torch.cuda.max_memory_allocated`` on CUDA;
+- the memory modes (``--only-memory``: this table alone): time and peak memory of one
+  explanation per ``cache_policy`` (default allocator and glibc's 1 MiB mmap threshold;
+  ``--memory-bf16`` adds bfloat16) and of the discriminative pass per batch size
+  (``--disc-batches``) and policy, the own peak set against 1.5 × (weights + activations the
+  rules need); the definitions are printed with the table and in the README.
 
 Then a second table: time and peak memory against clip length T (8, 16, 32) and batch
 size (1, 4, 17). Prints markdown tables and writes them as JSON (``--json``).
@@ -509,11 +514,12 @@ def _memory_table(args) -> list[dict]:
         base = report["weights_bytes"] + report.get("needed_activation_bytes", 0)
         what = "explain" if kind.startswith("explain") else f"discriminative, batch {disc_batch}"
         allocator = "" if cuda else ("glibc, mmap threshold 1 MiB" if env else "glibc default")
-        ratio = f"{own / base:.2f}" if "needed_activation_bytes" in report else ""
+        known = "needed_activation_bytes" in report  # explain rows only
+        ratio = f"{own / base:.2f}" if known else ""
         print(
             f"| {what} | {cache} | {precision} | {allocator} | {report['median_s']:.2f} | "
             f"{_mib(_memory(report, args.device))} | {_mib(baseline)} | {_mib(own)} | "
-            f"{_mib(base)} | {ratio} |",
+            f"{_mib(base) if known else ''} | {ratio} |",
             flush=True,
         )
         report["allocator"] = allocator
