@@ -20,34 +20,14 @@ from pathlib import Path
 
 import torch
 
+from relgraph.evaluate_cli import add_evaluation_options, evaluation_graph, evaluation_kwargs
 from relgraph.evaluation import DEFAULT_MAPS, markdown, run_evaluation, synthetic_data
-from relgraph.graph import load_architecture
 from relgraph.outputs import atomic_path, write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="c3d-tiny", help="architecture (default c3d-tiny)")
-    parser.add_argument(
-        "--weights", type=Path, help="weights (default: the arch's shipped demo model, if any)"
-    )
-    parser.add_argument("--clips", type=int, default=100, help="synthetic clips (100)")
-    parser.add_argument("--seed", type=int, default=2019, help="data set seed (2019)")
-    parser.add_argument(
-        "--no-irrelevant-motion", action="store_true", help="clips without irrelevant motion"
-    )
-    parser.add_argument(
-        "--presets", default="all", help="other rule presets, comma-separated, all or none"
-    )
-    parser.add_argument("--no-variants", action="store_true", help="default options only")
-    parser.add_argument("--cube", type=int, nargs=3, default=(4, 8, 8))
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--sanity-clips", type=int, default=100)
-    parser.add_argument(
-        "--replacements", nargs="+", default=["freeze", "blur", "mean"], help="fill strategies"
-    )
-    parser.add_argument("--no-frames", action="store_true", help="skip frame deletion/insertion")
+    add_evaluation_options(parser, presets="all", sanity_clips=100)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     parser.add_argument("--figures", type=Path, help="folder for the two PNG plots")
@@ -55,44 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from relgraph.rules import preset_names
-
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    graph = load_architecture(args.arch)
-    if args.weights:
-        graph.load_weights(args.weights)
-    else:
-        from relgraph.demo_model import DEMO_MODELS
-
-        if args.arch not in DEMO_MODELS:
-            raise SystemExit(
-                f"evaluate.py: error: no shipped weights for {args.arch}; give --weights"
-            )
-        graph.load_weights(DEMO_MODELS[args.arch])
-    if args.presets == "all":
-        presets = [p for p in preset_names() if p not in ("base", "gradient", graph.default_rules)]
-    elif args.presets == "none":
-        presets = []
-    else:
-        presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    graph = evaluation_graph(args)
     started = time.perf_counter()
     data = synthetic_data(
         graph, args.clips, args.seed, irrelevant_motion=not args.no_irrelevant_motion
     )
     report = run_evaluation(
-        graph,
-        data,
-        presets=presets,
-        variants=not args.no_variants,
-        cube=tuple(args.cube),
-        steps=args.steps,
-        batch_size=args.batch_size,
-        sanity_clips=args.sanity_clips,
-        replacements=tuple(args.replacements),
-        frames=not args.no_frames,
-        progress=True,
+        graph, data, **evaluation_kwargs(args, graph, len(data.clips)), progress=True
     )
     report["config"]["weights"] = str(args.weights) if args.weights else "shipped demo"
     report["config"]["threads"] = torch.get_num_threads()

@@ -7,14 +7,19 @@ import sys
 from pathlib import Path
 
 from .cli_args import parse_params
-from .demo_model import DEMO_WEIGHTS
+from .demo_model import DEMO_MODELS
 from .errors import RelgraphError
 from .evaluation import markdown, run_evaluation, synthetic_data, video_data
-from .graph import load_architecture
+from .graph import Graph, load_architecture
 from .outputs import atomic_write_bytes, ensure_out_dir, write_json
 from .rules import preset_names
 
-__all__ = ["add_evaluate_command"]
+__all__ = [
+    "add_evaluate_command",
+    "add_evaluation_options",
+    "evaluation_graph",
+    "evaluation_kwargs",
+]
 
 METRICS_HELP = """\
 metrics (each map, mean ± 95 % interval over the clips; explained class: the prediction):
@@ -47,21 +52,7 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
         epilog=METRICS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--arch", default="c3d-tiny", metavar="NAME|FILE", help="architecture (default c3d-tiny)"
-    )
-    parser.add_argument(
-        "--weights",
-        metavar="FILE",
-        help="weights (default: the shipped demo model's, for c3d-tiny)",
-    )
-    parser.add_argument("--clips", type=int, default=100, help="synthetic clips (default 100)")
-    parser.add_argument("--seed", type=int, default=2019, help="synthetic data seed")
-    parser.add_argument(
-        "--no-irrelevant-motion",
-        action="store_true",
-        help="synthetic clips without the oscillating/flickering objects",
-    )
+    add_evaluation_options(parser, presets="", sanity_clips=0)
     parser.add_argument(
         "--videos",
         metavar="LIST",
@@ -69,10 +60,38 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
         "it; class: a name of --labels or a 1-based index), first 16-frame clip of each",
     )
     parser.add_argument("--labels", metavar="FILE", help="class names (UCF-101 classInd style)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.set_defaults(handler=command_evaluate)
+    return parser
+
+
+def add_evaluation_options(
+    parser: argparse.ArgumentParser, *, presets: str, sanity_clips: int
+) -> None:
+    """The options shared by ``relgraph evaluate`` and ``benchmarks/evaluate.py``: the model,
+    the synthetic clips, the maps and the metrics' settings (defaults ``presets`` and
+    ``sanity_clips`` differ: the CLI is quick by default, the benchmark complete)."""
+    parser.add_argument(
+        "--arch", default="c3d-tiny", metavar="NAME|FILE", help="architecture (default c3d-tiny)"
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="weights (default: the shipped demo model's, for c3d-tiny and r2plus1d-tiny)",
+    )
+    parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="arch parameter")
+    parser.add_argument("--clips", type=int, default=100, help="synthetic clips (default 100)")
+    parser.add_argument("--seed", type=int, default=2019, help="synthetic data seed (2019)")
+    parser.add_argument(
+        "--no-irrelevant-motion",
+        action="store_true",
+        help="synthetic clips without the oscillating/flickering objects",
+    )
     parser.add_argument(
         "--presets",
-        default="",
-        help="comma-separated other rule presets to compare, or 'all' (default none)",
+        default=presets,
+        help="comma-separated other rule presets to compare, 'all' or 'none' "
+        f"(default {presets or 'none'})",
     )
     parser.add_argument(
         "--no-variants", action="store_true", help="only the default reduce/normalize pair"
@@ -86,14 +105,56 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
         help="region size in frames and pixels (default 4 8 8)",
     )
     parser.add_argument("--steps", type=int, default=16, help="perturbation steps (16)")
+    parser.add_argument(
+        "--replacements",
+        nargs="+",
+        default=["freeze", "blur", "mean"],
+        choices=["freeze", "blur", "mean"],
+        help="fill strategies for the default maps (default: all three)",
+    )
+    parser.add_argument(
+        "--no-frames", action="store_true", help="skip frame deletion and insertion"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="clips per forward (64)")
     parser.add_argument(
-        "--sanity-clips", type=int, default=0, help="clips for the randomisation check (0: off)"
+        "--sanity-clips",
+        type=int,
+        default=sanity_clips,
+        help=f"clips for the randomisation check (0: off; default {sanity_clips})",
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="arch parameter")
-    parser.set_defaults(handler=command_evaluate)
-    return parser
+
+
+def evaluation_graph(args: argparse.Namespace) -> Graph:
+    """The model to measure: ``--arch`` with ``--weights``, or a shipped demo model's."""
+    graph = load_architecture(args.arch, **parse_params(args.param))
+    if args.weights:
+        graph.load_weights(args.weights)
+    elif args.arch in DEMO_MODELS and not args.param:
+        graph.load_weights(DEMO_MODELS[args.arch])
+    else:
+        raise RelgraphError(
+            f"--weights is needed for '{args.arch}' (shipped weights: {', '.join(DEMO_MODELS)})"
+        )
+    return graph
+
+
+def evaluation_kwargs(args: argparse.Namespace, graph: Graph, clips: int) -> dict:
+    """Keyword arguments of :func:`relgraph.evaluation.run_evaluation` from the options."""
+    spec = [p.strip() for p in args.presets.split(",") if p.strip()]
+    if spec == ["all"]:
+        spec = [p for p in preset_names() if p not in ("base", "gradient", graph.default_rules)]
+    elif spec == ["none"]:
+        spec = []
+    return {
+        "presets": spec,
+        "variants": not args.no_variants,
+        "cube": tuple(args.cube),
+        "steps": args.steps,
+        "replacements": tuple(args.replacements),
+        "frames": not args.no_frames,
+        "batch_size": args.batch_size,
+        "sanity_clips": min(args.sanity_clips, clips),
+    }
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
@@ -101,16 +162,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     if args.clips < 1:
         raise RelgraphError(f"--clips must be at least 1, got {args.clips}")
     out = ensure_out_dir(args.out)
-    graph = load_architecture(args.arch, **parse_params(args.param))
-    if args.weights:
-        graph.load_weights(args.weights)
-    elif args.arch == "c3d-tiny" and not args.param:
-        graph.load_weights(DEMO_WEIGHTS)
-    else:
-        raise RelgraphError(f"--weights is needed for '{args.arch}'")
-    presets = [p for p in args.presets.split(",") if p.strip()]
-    if presets == ["all"]:
-        presets = [p for p in preset_names() if p not in ("base", "gradient", graph.default_rules)]
+    graph = evaluation_graph(args)
     if args.videos:
         data = video_data(graph, Path(args.videos), labels=args.labels)
     else:
@@ -118,15 +170,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
             graph, args.clips, args.seed, irrelevant_motion=not args.no_irrelevant_motion
         )
     report = run_evaluation(
-        graph,
-        data,
-        presets=presets,
-        variants=not args.no_variants,
-        cube=tuple(args.cube),
-        steps=args.steps,
-        batch_size=args.batch_size,
-        sanity_clips=min(args.sanity_clips, len(data.clips)),
-        progress=sys.stderr.isatty(),
+        graph, data, **evaluation_kwargs(args, graph, len(data.clips)), progress=sys.stderr.isatty()
     )
     write_json(out / "report.json", report)
     text = markdown(report)

@@ -175,7 +175,8 @@ def _evaluate(expr: str, params: dict[str, Any]) -> Any:
     """Evaluate a small arithmetic expression over the parameters (no names beyond them).
 
     Numbers, parameter names, ``+ - * / // % **``, comparisons (1 if true, else 0),
-    ``a if condition else b`` and ``min``, ``max``, ``int``, ``round``.
+    ``and``, ``or``, ``not`` (1 or 0), ``a if condition else b`` and ``min``, ``max``,
+    ``int``, ``round``.
     """
 
     def ev(node: ast.AST) -> Any:
@@ -191,6 +192,12 @@ def _evaluate(expr: str, params: dict[str, Any]) -> Any:
             return _BINARY[type(node.op)](ev(node.left), ev(node.right))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             return -ev(node.operand)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            return 0 if ev(node.operand) else 1
+        if isinstance(node, ast.BoolOp):  # short-circuit, as Python; the result is 1 or 0
+            if isinstance(node.op, ast.And):
+                return int(all(ev(v) for v in node.values))
+            return int(any(ev(v) for v in node.values))
         if isinstance(node, ast.Compare) and all(type(o) in _COMPARE for o in node.ops):
             left = ev(node.left)
             for op, right_node in zip(node.ops, node.comparators):
@@ -208,7 +215,14 @@ def _evaluate(expr: str, params: dict[str, Any]) -> Any:
             and not node.keywords
         ):
             return _FUNCS[node.func.id](*(ev(a) for a in node.args))
-        raise ValueError(f"unsupported expression element {ast.dump(node)[:40]}")
+        try:
+            text = ast.unparse(node)
+        except Exception:  # noqa: BLE001 - only for the message
+            text = type(node).__name__
+        raise ValueError(
+            f"'{text}' is not allowed (numbers, parameters, + - * / // % **, comparisons, "
+            "and/or/not, a if c else b, min/max/int/round)"
+        )
 
     return ev(ast.parse(expr, mode="eval"))
 

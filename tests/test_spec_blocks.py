@@ -187,6 +187,45 @@ def test_expressions_may_compare_and_choose(tmp_path):
     assert graph.graph.nodes["c"]["shape"] == (7, 2, 4, 4)
 
 
+@pytest.mark.parametrize(
+    ("a", "b", "kept"),
+    [(1, 1, {"both", "either"}), (1, 0, {"either", "not_b"}), (0, 0, {"neither", "not_b"})],
+)
+def test_when_takes_and_or_not(tmp_path, a, b, kept):
+    text = textwrap.dedent(
+        """\
+        params: {a: 1, b: 1}
+        input:
+          shape: [2, 2, 4, 4]
+        nodes:
+          - {name: both, op: relu, when: "${a == 1 and b == 1}"}
+          - {name: either, op: relu, when: "${a > 0 or b > 0}"}
+          - {name: neither, op: relu, when: "${not (a or b)}"}
+          - {name: not_b, op: relu, when: "${not b}"}
+          - {name: last, op: relu}
+        """
+    )
+    graph = relgraph.load_architecture(write(tmp_path, text), a=a, b=b)
+    assert set(graph.order) - {graph.order[0], "last"} == kept
+
+
+def test_a_disallowed_expression_says_what_is_allowed_in_plain_words(tmp_path):
+    text = textwrap.dedent(
+        """\
+        params: {k: 3}
+        input:
+          shape: [2, 2, 4, 4]
+        nodes:
+          - {name: c, op: conv3d, kernel_size: 1,
+             out_channels: "${[k][0]}"}
+        """
+    )
+    error = load_error(write(tmp_path, text))
+    assert "'[k][0]' is not allowed" in str(error)
+    assert "and/or/not" in str(error) and "Subscript" not in str(error)
+    assert error.line == line_containing(text, "out_channels")
+
+
 def test_a_left_out_node_stands_for_its_input(tmp_path):
     graph = relgraph.load_architecture(write(tmp_path, BLOCKS))
     # layer1 has stride 1: no 'down' node, the add takes the block input
