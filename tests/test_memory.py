@@ -348,3 +348,23 @@ def test_full_c3d_explanation_is_bit_identical_in_the_memory_mode():
     rules = relgraph.rules.preset("deep-taylor-paper").resolve(graph)
     default, low_memory = explain_both(graph, x * 255 - 102, rules)
     assert torch.equal(low_memory, default)
+
+
+@pytest.mark.parametrize("reduce", ["first", "mean"])
+def test_discriminative_with_the_frozen_shortcut_is_unchanged_in_the_memory_mode(reduce):
+    """The frozen-clip shortcut's reverse pass (``relgraph.frozen``) runs the memory mode's
+    rules too."""
+    graph = relgraph.load_architecture("c3d-tiny", seed=2)
+    x = torch.rand((1, *graph.input_shape), generator=torch.Generator().manual_seed(3))
+    results = []
+    for policy in ("weights", "none"):
+        graph.cache_policy = policy
+        results.append(
+            relgraph.discriminative(
+                graph, x * 255 - 102, rules="deep-taylor-paper", reduce=reduce, progress=False
+            )
+        )
+    default, low_memory = results
+    assert torch.equal(low_memory.relevance, default.relevance)
+    assert torch.equal(low_memory.frozen_relevance, default.frozen_relevance)
+    assert torch.equal(low_memory.temporal, default.temporal)
