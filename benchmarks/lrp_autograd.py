@@ -7,15 +7,32 @@ Like those libraries it always evaluates every branch of a rule (both sign halve
 the three terms of zβ), with autograd doing the adjoints. Used by ``speed.py`` as the
 baseline and checked there to give the same relevance as ``relgraph.explain``.
 
+The model zoo's ops are covered too: the average pools and means (``proportional``: the
+pool's own forward, or its window sums, as the modified forward, zennit's ``Norm``), the adds
+(``split`` with its stabiliser), ReLU/SiLU/sigmoid (``pass``) and the squeeze-excitation
+product (``signal-take-all``: the signal input keeps R, the gate gets none, as libraries
+detach the gate). Batch norms are folded first where ``relgraph.explain`` folds them
+(``relgraph.canonize.canonical``), so both run the rules on the same layers.
+
 Autograd lives here on purpose: this is the peers' method, not relgraph's engine.
 """
 
 from __future__ import annotations
 
 import torch
-from relgraph.rules import Epsilon, Pass, Split, WinnerTakeAll, ZBeta, ZPlus
+from relgraph.rules import (
+    Epsilon,
+    Pass,
+    Proportional,
+    SignalTakeAll,
+    Split,
+    WinnerTakeAll,
+    ZBeta,
+    ZPlus,
+)
 
 import relgraph
+from relgraph.canonize import canonical
 
 
 def _safe_divide(numerator: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -30,10 +47,19 @@ def _stabilizer_epsilon(rule) -> float:
     return rule.epsilon if getattr(rule, "stabilizer", "zero") == "epsilon" else 0.0
 
 
+def node_rules_for(graph: relgraph.Graph, rules, canonize: bool | None = None):
+    """``(graph the rules run on, each node's rule)`` as ``relgraph.explain`` resolves them."""
+    from relgraph.rules import as_composite
+
+    view = canonical(graph, canonize)
+    return view, as_composite(rules, view).resolve(view)
+
+
 def relevance_autograd(graph: relgraph.Graph, x: torch.Tensor, node_rules: dict, target=None):
     """Input relevance of ``x`` for ``node_rules`` (as from ``Composite.resolve``), computed
     with a modified forward per node and ``torch.autograd.grad``. Onehot seed at ``target``
-    (default: the prediction)."""
+    (default: the prediction). ``graph`` is the graph the rules run on (for a model with
+    batch norms: ``node_rules_for(graph, rules)``, the canonized view)."""
     with torch.no_grad():
         activations = {graph.input: x}
         for node in graph.order[1:]:
@@ -56,9 +82,23 @@ def relevance_autograd(graph: relgraph.Graph, x: torch.Tensor, node_rules: dict,
         elif isinstance(rule, Split):
             leaves = [activations[p].detach().requires_grad_(True) for p in preds]
             z = op.forward(leaves, {})
-            s = _safe_divide(R, z, 0.0)
+            s = _safe_divide(R, z, _stabilizer_epsilon(rule))
             grads = torch.autograd.grad(z, leaves, s)
             contributions = [leaf * g for leaf, g in zip(leaves, grads)]
+        elif isinstance(rule, SignalTakeAll):  # the gate detached: R to the signal
+            shapes = [activations[p].shape for p in preds]
+            contributions = [torch.zeros(shape, dtype=R.dtype) for shape in shapes]
+            signal = rule.signal
+            if signal is None:
+                signal = next(i for i, shape in enumerate(shapes) if shape == R.shape)
+            contributions[signal] = R
+        elif isinstance(rule, Proportional):
+            # the modified forward: the window sums, or the pool itself (zennit's Norm)
+            by_sum = rule.divide_by == "sum"
+            z = op.window_sum(a) if by_sum else op.forward([a], graph.tensors(node))
+            s = _safe_divide(R, z, _stabilizer_epsilon(rule))
+            (grad,) = torch.autograd.grad(z, a, s)
+            contributions = [a * grad]
         elif isinstance(rule, WinnerTakeAll):
             z = op.forward([a], {})
             (grad,) = torch.autograd.grad(z, a, _safe_divide(R, z, 0.0))

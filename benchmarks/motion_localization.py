@@ -209,6 +209,7 @@ def run(args: argparse.Namespace) -> dict:
             "reduce": args.reduce,
             "normalize": args.normalize,
             "batch_size": args.batch_size or DEFAULT_BATCH_SIZE,
+            "threads": torch.get_num_threads(),
             "preprocess": DEMO_PREPROCESS,
             "input": list(graph.input_shape),
         },
@@ -335,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--normalize", default="maxabs")
     parser.add_argument("--batch-size", type=int, default=None, help="frozen clips per batch")
     parser.add_argument("--clips-per-call", type=int, default=16, help="clips per call")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (1 on a shared machine: see README, 'Per-model speed')",
+    )
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     parser.add_argument("--figure", type=Path, help="save the example figure of clip 0 here")
     return parser
@@ -342,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     report = run(args)
     print(markdown(report))
     if args.out:

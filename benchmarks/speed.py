@@ -22,6 +22,16 @@ warm-up, each configuration in a fresh subprocess so that its peak memory is its
 
 Then a second table: time and peak memory against clip length T (8, 16, 32) and batch
 size (1, 4, 17). Prints markdown tables and writes them as JSON (``--json``).
+
+``--models c3d,r2plus1d-18,x3d-s`` (or ``all``: every shipped architecture; ``--only-models``:
+this table alone) adds a table per model at its full input size, batch 1, float32,
+``epsilon-plus``, batch norms canonized as ``explain`` does by default: the forward pass
+(``Graph.forward``, the model as compiled, unfolded batch norms included), one explanation,
+explain ÷ forward, the autograd baseline (``lrp_autograd.py`` on the same canonized graph,
+checked against ``explain``), the discriminative method ÷ one explanation (``--disc-models``)
+and peak RSS. Weights are the architectures' random initialisation (no checkpoints are
+needed for timing), except the shipped demo models, which load their weights.
+``--threads N`` sets torch's intra-op threads in every worker.
 """
 
 from __future__ import annotations
@@ -118,10 +128,14 @@ def worker(
     cache: str = "weights",
     precision: str = "fp32",
     disc_batch: int | None = None,
+    model: str | None = None,
     fresh_peak: bool = False,
 ) -> dict:
-    """Time one configuration in this process and report its peak memory (``fresh_peak``:
-    the peak of the explanations alone, restarted after the graph is built)."""
+    """Time one configuration in this process and report its peak memory (``model``: a
+    configuration of the per-model table, see ``model_worker``; ``fresh_peak``: the peak of
+    the explanations alone, restarted after the graph is built)."""
+    if model is not None:
+        return model_worker(kind, model, device, repeats)
     import torch
     from relgraph.rules import Composite, Entry, Epsilon, Selector, ZPlus, preset
 
@@ -326,6 +340,145 @@ def _torch_c3d(graph):
     return model.eval().to(graph.device)
 
 
+# --------------------------------------------------------------------------- model zoo
+
+#: the models of the per-model table by default (``--models``)
+DEFAULT_MODELS = ("c3d", "r3d-18", "mc3-18", "r2plus1d-18", "s3d", "x3d-xs", "x3d-s")
+#: the models whose discriminative ÷ explain the per-model table measures by default
+DEFAULT_DISC_MODELS = ("r2plus1d-18", "x3d-s")
+#: the rules of the per-model table (zennit's EpsilonPlus: every zoo model's default preset)
+MODEL_RULES = "epsilon-plus"
+
+
+def _build_model(model: str, device: str):
+    """A model at its full input size: a shipped demo model with its weights, any other
+    architecture with its random initialisation (seed 0)."""
+    import relgraph
+    from relgraph.demo_model import DEMO_MODELS, load_demo_model
+
+    if model in DEMO_MODELS:
+        return load_demo_model(model).to(device=device)
+    return relgraph.load_architecture(model, device=device)
+
+
+def model_worker(kind: str, model: str, device: str, repeats: int) -> dict:
+    """Time one configuration of the per-model table in this process: ``forward``,
+    ``explain``, ``autograd`` (checked against ``explain``) or ``discriminative``."""
+    import torch
+
+    import relgraph
+
+    sys.path.insert(0, str(HERE))
+    from lrp_autograd import node_rules_for, relevance_autograd
+
+    torch.set_grad_enabled(kind == "autograd")
+    graph = _build_model(model, device)
+    generator = torch.Generator().manual_seed(1)
+    clip = torch.randn((1, *graph.input_shape), generator=generator).to(device)
+    view, node_rules = node_rules_for(graph, MODEL_RULES)
+    runs = {
+        "forward": lambda: graph.forward(clip).output,
+        "explain": lambda: relgraph.explain(graph, clip, rules=MODEL_RULES),
+        "autograd": lambda: relevance_autograd(view, clip, node_rules),
+        "discriminative": lambda: relgraph.discriminative(
+            graph, clip, rules=MODEL_RULES, progress=False
+        ),
+    }
+    if kind not in runs:
+        raise SystemExit(f"unknown kind {kind} for a model")
+    run = runs[kind]
+    result = run()  # warm-up (also fills per-graph caches such as W⁺ and the folded view)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        result = run()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    report = {
+        "kind": kind,
+        "model": model,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "times_s": times,
+        "peak_rss_bytes": _peak_rss_bytes(),
+        "threads": torch.get_num_threads(),
+    }
+    if device == "cuda":
+        report["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
+    if kind == "autograd":
+        with torch.no_grad():
+            ours = relgraph.explain(graph, clip, rules=MODEL_RULES)
+        result = result.detach()
+        report["max_rel_diff_vs_relgraph"] = float((ours - result).abs().max() / result.abs().max())
+    return report
+
+
+def _model_names(text: str) -> list[str]:
+    from relgraph.graph import shipped_architectures
+
+    if text == "all":
+        return shipped_architectures()
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(shipped_architectures()))
+    if unknown:
+        raise SystemExit(f"unknown models {unknown} (shipped: {shipped_architectures()})")
+    return names
+
+
+def _model_table(args) -> list[dict]:
+    """One row per model: forward, explain, explain ÷ forward, the autograd baseline,
+    discriminative ÷ explain (``--disc-models``) and peak RSS; each cell a fresh process."""
+    models = _model_names(args.models)
+    disc_models = set(_model_names(args.disc_models)) if args.disc_models else set()
+    print(f"\n## Per model ({MODEL_RULES}, batch 1, float32, canonized; fresh process each)\n")
+    print(
+        "| model | input | forward (s) | explain (s) | explain ÷ forward | autograd baseline (s) "
+        "| baseline ÷ explain | discriminative ÷ explain | peak RSS explain (MiB) | check |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    rows = []
+    for model in models:
+        import relgraph
+
+        shape = "×".join(str(n) for n in relgraph.load_architecture(model).input_shape)
+        reports = {
+            kind: measure(kind, args, model=model) for kind in ("forward", "explain", "autograd")
+        }
+        if model in disc_models:
+            reports["discriminative"] = measure(
+                "discriminative", args, model=model, repeats=max(1, args.repeats // 3)
+            )
+        forward, explain = reports["forward"]["median_s"], reports["explain"]["median_s"]
+        autograd = reports["autograd"]["median_s"]
+        disc = reports.get("discriminative")
+        row = {
+            "model": model,
+            "input": shape,
+            "forward_s": forward,
+            "explain_s": explain,
+            "explain_over_forward": explain / forward,
+            "autograd_s": autograd,
+            "autograd_over_explain": autograd / explain,
+            "discriminative_s": disc["median_s"] if disc else None,
+            "discriminative_over_explain": disc["median_s"] / explain if disc else None,
+            "peak_rss_explain_bytes": _memory(reports["explain"], args.device),
+            "max_rel_diff_vs_relgraph": reports["autograd"]["max_rel_diff_vs_relgraph"],
+            "threads": reports["explain"]["threads"],
+        }
+        rows.append(row)
+        disc_text = f"{row['discriminative_over_explain']:.2f}" if disc else ""
+        print(
+            f"| {model} | {shape} | {forward:.3f} | {explain:.3f} | "
+            f"{row['explain_over_forward']:.2f} | {autograd:.3f} | "
+            f"{row['autograd_over_explain']:.2f} | {disc_text} | "
+            f"{_mib(row['peak_rss_explain_bytes'])} | "
+            f"baseline vs explain: max rel. diff {row['max_rel_diff_vs_relgraph']:.1e} |",
+            flush=True,
+        )
+    return rows
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -338,6 +491,7 @@ def measure(
     cache: str = "weights",
     precision: str = "fp32",
     disc_batch: int | None = None,
+    model: str | None = None,
     env: dict | None = None,
     fresh_peak: bool = False,
 ) -> dict:
@@ -361,17 +515,26 @@ def measure(
     ]
     if disc_batch is not None:
         command += ["--disc-batch", str(disc_batch)]
+    if model is not None:
+        command += ["--model", model]
     if fresh_peak:
         command += ["--fresh-peak"]
-    env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
+    extra = env
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    env.update(extra or {})
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         print(done.stderr, file=sys.stderr)
         raise SystemExit(f"worker {kind} failed")
     report = json.loads(done.stdout.strip().splitlines()[-1])
     label = f"{kind} {cache} {precision}" + (f" bs={disc_batch}" if disc_batch else "")
+    if model is not None:
+        label = f"{model} {kind}"
     seconds = report["median_s"]
-    print(f"  {label:44s} B={batch:<2d} T={frames:<2d} {seconds:8.3f} s", file=sys.stderr)
+    shape = "" if model is not None else f"B={batch:<2d} T={frames:<2d}"
+    print(f"  {label:44s} {shape:10s} {seconds:8.3f} s", file=sys.stderr, flush=True)
     return report
 
 
@@ -606,6 +769,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--disc-batches", default="1,4,8", help="discriminative batch sizes of the memory table"
     )
+    parser.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help="per-model table: comma-separated architectures, or 'all' (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--disc-models",
+        default=",".join(DEFAULT_DISC_MODELS),
+        help="models whose discriminative ÷ explain is measured ('' for none)",
+    )
+    parser.add_argument("--skip-models", action="store_true", help="no per-model table")
+    parser.add_argument("--only-models", action="store_true", help="the per-model table alone")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
@@ -618,6 +795,7 @@ def main(argv: list[str] | None = None) -> None:
             cache=args.cache,
             precision=args.precision,
             disc_batch=args.disc_batch,
+            model=args.model,
             fresh_peak=args.fresh_peak,
         )
         print(json.dumps(report))
@@ -626,13 +804,19 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     cpu = platform.processor() or platform.machine()
-    threads = torch.get_num_threads()
+    threads = args.threads or torch.get_num_threads()
     machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
     if args.device == "cuda":
         machine = torch.cuda.get_device_name() + f", torch {torch.__version__}"
-    print(f"# relgraph speed benchmark — C3D 3×16×112×112 float32 on {args.device} ({machine})\n")
+    what = "the model zoo" if args.only_models else "C3D 3×16×112×112 float32"
+    print(f"# relgraph speed benchmark — {what} on {args.device} ({machine})\n")
     print("measuring (each in a fresh process):", file=sys.stderr)
 
+    if args.only_models:
+        models = _model_table(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": machine, "models": models}, indent=2))
+        return
     if args.only_frozen:
         frozen = _frozen_table(args)
         if args.json:
@@ -642,6 +826,7 @@ def main(argv: list[str] | None = None) -> None:
     reports, ratios = ({}, {}) if only else _main_table(args)
     frozen = [] if only else _frozen_table(args, reports["explain:deep-taylor-paper"])
     memory = [] if args.skip_memory or args.only_scaling else _memory_table(args)
+    models = [] if only or args.skip_models else _model_table(args)
     scaling = []
     if not args.skip_scaling and not args.only_memory:
         print("\n## How cost grows (relgraph explain, deep-taylor-paper)\n")
@@ -677,6 +862,7 @@ def main(argv: list[str] | None = None) -> None:
                     "frozen": frozen,
                     "scaling": scaling,
                     "memory": memory,
+                    "models": models,
                 },
                 indent=2,
             )

@@ -7,6 +7,25 @@ architecture applies. Node names are module paths (``layer1.0.conv1.0``); the mo
 parameters and buffers become the graph's weights under the same keys as its
 ``state_dict()``. Nothing is dropped silently: every fx node that has no relgraph op is a
 ``TorchImportError`` naming the fx node, its target and the user's source line.
+
+Three patterns of library video models are recognised and mapped to what a hand-written
+architecture says (the shipped ``x3d-*.yaml``):
+
+- **A permute of a tensor with at most one dimension larger than 1 besides the batch**
+  (pytorchvideo's head: ``x.permute(0, 2, 3, 4, 1)`` after its pool leaves 1×1×1) moves no
+  values: it becomes a ``flatten`` node, and the channels-last value is held as
+  (batch, features). On such a value the importer maps ``nn.Linear`` over its last dimension
+  (a ``linear`` node), elementwise activations, a final softmax (below), permutes, flatten /
+  view / reshape, and means or adaptive average pools over its size-1 dimensions (no node).
+  Anything else on it is refused; a permute that moves values (two or more dimensions
+  larger than 1) is refused.
+- **A final softmax** over the classes (``nn.Softmax``, ``F.softmax``, ``torch.softmax``,
+  ``Tensor.softmax``), followed by nothing but reshapes and pools to one, is left out with a
+  ``RelgraphWarning``: relgraph explains the logits before it (as the shipped X3D YAML does);
+  ``softmax(graph output, dim=1)`` is the module's output, and the import's own check
+  compares exactly that. A softmax anything else computes from is refused.
+- **Swish** ``x * sigmoid(x)`` (pytorchvideo's ``Swish``) becomes one ``silu`` node, so the
+  product gets the activation's ``pass`` rule, not the gate rule of a ``mul``.
 """
 
 from __future__ import annotations
@@ -18,6 +37,7 @@ import operator
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +48,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from .errors import RelgraphError, TorchImportError
+from .errors import RelgraphError, RelgraphWarning, TorchImportError
 from .graph import Graph, compile_spec
 from .ops import OPS
 from .spec import ArchSpec, NodeSpec
@@ -164,6 +184,12 @@ def _s_dropout(input, p=0.5, training=True, inplace=False): ...  # noqa: ANN001,
 def _s_adaptive(input, output_size): ...  # noqa: ANN001, ANN202
 
 
+def _s_permute(input, dims): ...  # noqa: ANN001, ANN202
+
+
+def _s_softmax(input, dim=None, _stacklevel=3, dtype=None): ...  # noqa: ANN001, ANN202
+
+
 def _bind(signature_of: Callable, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     bound = inspect.signature(signature_of).bind(*args, **kwargs)
     bound.apply_defaults()
@@ -175,10 +201,18 @@ def _bind(signature_of: Callable, args: Sequence[Any], kwargs: dict[str, Any]) -
 
 @dataclass
 class _Value:
-    """What an fx node stands for: a graph node's name (tensors), or a Python value."""
+    """What an fx node stands for: a graph node's name (tensors), or a Python value.
+
+    ``axis``: the value is channels-last (made by a permute that moves no values): the graph
+    node holds it as (batch, features), the features being the traced value's dimension
+    ``axis`` (every other one but the batch is 1). ``final``: the value is the output of a
+    final softmax left out (that fx node), or a reshape of it; the graph node holds the logits.
+    """
 
     node: str | None
     example: Any
+    axis: int | None = None
+    final: torch.fx.Node | None = None
 
 
 class _Unsupported(Exception):
@@ -187,6 +221,20 @@ class _Unsupported(Exception):
 
 def _ints(value: Any) -> list[int]:
     return [int(v) for v in value] if isinstance(value, (tuple, list)) else [int(value)]
+
+
+def _feature_axis(shape: Sequence[int]) -> int | None:
+    """Where a channels-last value of traced ``shape`` holds its features (its one dimension
+    larger than 1 besides the batch; the last when there is none); None for (batch, features),
+    which the graph holds as it is."""
+    if len(shape) <= 2:
+        return None
+    large = [d for d in range(1, len(shape)) if shape[d] != 1]
+    return large[0] if large else len(shape) - 1
+
+
+#: relgraph ops that act elementwise and keep the shape: they may take channels-last values
+_ELEMENTWISE_OPS = frozenset({"relu", "sigmoid", "silu", "identity", "dropout", "add", "mul"})
 
 
 class _Importer:
@@ -205,6 +253,10 @@ class _Importer:
         self.weighted_calls: dict[str, str] = {}
         self.input_name = "input"
         self.output: str | None = None
+        #: the final softmax left out (relgraph explains the logits before it)
+        self.softmax: torch.fx.Node | None = None
+        #: sigmoid(x) nodes of a swish x * sigmoid(x) -> x (mapped at the product, as silu)
+        self.swish_gates: dict[torch.fx.Node, torch.fx.Node] = {}
 
     # ---------------------------------------------------------------- tracing
     def trace(self) -> torch.fx.GraphModule:
@@ -287,13 +339,65 @@ class _Importer:
         return value.node
 
     def add(self, node: torch.fx.Node, op: str, inputs: list[str], **fields: Any) -> None:
+        axis = self.output_axis(node, op)
         name = self._name_for(node, op)
         self.nodes.append(NodeSpec(name=name, op=op, inputs=inputs, fields=fields))
         self.fx_of[name] = node
-        self.values[node] = _Value(name, self.values[node].example)
+        finals = [self.values[a].final for a in node.all_input_nodes if a in self.values]
+        final = next((f for f in finals if f is not None), None)  # a reshape of the logits
+        self.values[node] = _Value(name, self.values[node].example, axis, final)
 
-    def alias(self, node: torch.fx.Node, source: str) -> None:
-        self.values[node] = _Value(source, self.values[node].example)
+    def output_axis(self, node: torch.fx.Node, op: str) -> int | None:
+        """Refuse an op on a left-out softmax's output, or one a channels-last input does not
+        allow; the output's ``axis`` (a linear or elementwise op on channels-last values)."""
+        args = [a for a in node.all_input_nodes if a in self.values]
+        for arg in args:
+            final = self.values[arg].final
+            if final is not None and op not in ("flatten", "reshape"):
+                raise _Unsupported(
+                    f"it computes from the softmax at fx node '{final.name}', which relgraph "
+                    "leaves out (it explains the logits before a final softmax): only "
+                    "reshapes and pools to one may follow that softmax"
+                )
+        squeezed = [a for a in args if self.values[a].axis is not None]
+        if not squeezed:
+            return None
+        out_shape = self.out_shape(node)
+        if op == "linear":
+            return _feature_axis(out_shape)
+        tensors = [a for a in args if isinstance(self.values[a].example, torch.Tensor)]
+        if (
+            op in _ELEMENTWISE_OPS
+            and len(squeezed) == len(tensors)
+            and all(self.in_shape(a) == out_shape for a in tensors)
+        ):
+            return _feature_axis(out_shape)
+        first = squeezed[0]
+        raise _Unsupported(
+            f"its input '{first.name}' is a channels-last value of shape "
+            f"{list(self.in_shape(first))}, which relgraph holds as (batch, features); on "
+            "such a value it maps nn.Linear over the last dimension, elementwise "
+            "activations, a final softmax, permute, flatten/view/reshape, and means or "
+            "adaptive average pools over its size-1 dimensions"
+        )
+
+    def alias(self, node: torch.fx.Node, arg: torch.fx.Node) -> None:
+        """``node`` computes no new values: it stands for its input ``arg``'s graph node (a
+        channels-last input gives a channels-last value, its features where they now lie)."""
+        source = self.values[arg]
+        example = self.values[node].example
+        axis = None if source.axis is None else _feature_axis(tuple(example.shape))
+        self.values[node] = _Value(source.node, example, axis, source.final)
+
+    def is_channels_last(self, arg: Any) -> bool:
+        value = self.values.get(arg) if isinstance(arg, torch.fx.Node) else None
+        return value is not None and value.axis is not None
+
+    def is_squeezed(self, arg: Any) -> bool:
+        """Channels-last, or the logits of a left-out softmax: every dimension but the batch
+        and one is 1, so a pool or mean over them keeps the values (no node)."""
+        value = self.values.get(arg) if isinstance(arg, torch.fx.Node) else None
+        return value is not None and (value.axis is not None or value.final is not None)
 
     def out_shape(self, node: torch.fx.Node) -> tuple[int, ...]:
         value = self.values[node].example
@@ -325,6 +429,13 @@ class _Importer:
                     f"{type(result).__name__}; relgraph imports models returning one tensor"
                 )
             self.output = self.tensor_input(node, result, "output")
+            if self.is_channels_last(result):  # named by the node that makes the output
+                raise self.error(
+                    result,
+                    f"the model returns this channels-last value of shape "
+                    f"{list(self.in_shape(result))}; relgraph's graph would give (batch, "
+                    "features): end the model with a flatten (x.flatten(1))",
+                )
         elif node.op == "call_module":
             self.map_module(node)
         elif node.op in ("call_function", "call_method"):
@@ -342,6 +453,11 @@ class _Importer:
     def map_module(self, node: torch.fx.Node) -> None:
         module = self.modules[node.target]
         base = _supported_base(module)
+        if isinstance(module, nn.Softmax) and type(module).forward is nn.Softmax.forward:
+            if len(node.args) != 1 or node.kwargs:
+                raise _Unsupported("a module called with more than one argument")
+            self.drop_softmax(node, node.args[0], module.dim)
+            return
         if base is None:
             raise _Unsupported(
                 f"{type(module).__qualname__} has no relgraph op (supported: "
@@ -350,8 +466,26 @@ class _Importer:
             )
         if len(node.args) != 1 or node.kwargs:
             raise _Unsupported("a module called with more than one argument")
-        source = self.tensor_input(node, node.args[0])
-        in_shape = self.in_shape(node.args[0])
+        arg = node.args[0]
+        source = self.tensor_input(node, arg)
+        in_shape = self.in_shape(arg)
+        if base is nn.Sigmoid and self.swish_gate(node, arg):
+            return
+        if base in _ADAPTIVE and self.is_squeezed(arg) and self.out_shape(node) == in_shape:
+            self.alias(node, arg)  # a pool over size-1 dimensions
+            return
+        if self.is_channels_last(arg):
+            if base is nn.Flatten:
+                self.alias(node, arg)  # (batch, features) either way: no values move
+                return
+            if base is nn.Linear:
+                axis = self.values[arg].axis
+                if axis != len(in_shape) - 1:
+                    raise _Unsupported(
+                        f"nn.Linear over the last dimension of {list(in_shape)}, whose "
+                        f"features are at dimension {axis}"
+                    )
+                in_shape = (in_shape[0], in_shape[axis])
         op, fields, tensors = _module_op(module, base, in_shape, self.out_shape(node))
         if tensors:
             path = str(node.target)
@@ -382,6 +516,43 @@ class _Importer:
         if handler is None:
             raise _Unsupported("no relgraph op for it")
         handler(self, node, args, kwargs)
+
+    def swish_gate(self, node: torch.fx.Node, arg: Any) -> bool:
+        """``node`` is the sigmoid of a swish ``x * sigmoid(x)`` (its one user the product
+        with its own input): it gets no node; the product becomes ``silu``."""
+        users = list(node.users)
+        if len(users) != 1 or not isinstance(arg, torch.fx.Node):
+            return False
+        (product,) = users
+        is_mul = (product.op == "call_function" and product.target in _MULS) or (
+            product.op == "call_method" and product.target in ("mul", "mul_")
+        )
+        if not is_mul or product.kwargs or len(product.args) != 2:
+            return False
+        if set(product.args) != {node, arg} or self.is_channels_last(arg):
+            return False
+        self.swish_gates[node] = arg
+        return True
+
+    def drop_softmax(self, node: torch.fx.Node, arg: Any, dim: Any) -> None:
+        """Leave out a final softmax over the classes: ``node`` stands for the logits."""
+        if not isinstance(arg, torch.fx.Node) or self.values[arg].node is None:
+            raise _Unsupported("a softmax of something that is not a tensor the graph computes")
+        if dim is None:
+            raise _Unsupported("a softmax without dim (PyTorch guesses one)")
+        shape = self.in_shape(arg)
+        dim = int(dim) + len(shape) if int(dim) < 0 else int(dim)
+        if dim == 0 or shape[dim] != math.prod(shape[1:]):
+            raise _Unsupported(
+                f"a softmax over dimension {dim} of shape {list(shape)}; relgraph leaves out "
+                "only a final softmax over the classes (every other dimension but the batch "
+                "of size 1) and explains the logits before it"
+            )
+        if self.softmax is not None:
+            raise _Unsupported(f"a second softmax (the first: fx node '{self.softmax.name}')")
+        self.softmax = node
+        self.alias(node, arg)
+        self.values[node].final = node
 
     def check_shape_only_values(self, gm: torch.fx.GraphModule) -> None:
         """Shape arithmetic (``x.size(0)``) may only feed more shape arithmetic and reshapes,
@@ -561,6 +732,8 @@ def _flatten_op(
 def _elementwise(op: str) -> Callable:
     def handle(self: _Importer, node, args, kwargs) -> None:
         bound = _bind(_s_one, args, kwargs)
+        if op == "sigmoid" and self.swish_gate(node, bound["input"]):
+            return
         self.add(node, op, [self.tensor_input(node, bound["input"])])
 
     return handle
@@ -571,6 +744,10 @@ def _binary(op: str) -> Callable:
         bound = _bind(_s_binary, args, kwargs)
         if bound["alpha"] != 1:
             raise _Unsupported(f"alpha={bound['alpha']} is not supported")
+        for gate, signal in ((bound["other"], bound["input"]), (bound["input"], bound["other"])):
+            if op == "mul" and self.swish_gates.get(gate) is signal:  # x * sigmoid(x)
+                self.add(node, "silu", [self.tensor_input(node, signal)])
+                return
         inputs = [
             self.tensor_input(node, bound["input"], "first operand"),
             self.tensor_input(node, bound["other"], "second operand"),
@@ -591,6 +768,9 @@ def _binary(op: str) -> Callable:
 def _reshape(self: _Importer, node, args, kwargs) -> None:
     source = args[0] if args else kwargs.get("input")
     op, fields, _ = _flatten_op(self.in_shape(source), self.out_shape(node))
+    if self.is_channels_last(source):  # (batch, features) either way: no values move
+        self.alias(node, source)
+        return
     self.add(node, op, [self.tensor_input(node, source)], **fields)
 
 
@@ -603,6 +783,9 @@ def _flatten(signature: Callable) -> Callable:
         bound = _bind(signature, args, kwargs)
         source = bound.get("input", source)
         op, fields, _ = _flatten_op(self.in_shape(source), self.out_shape(node))
+        if self.is_channels_last(source):  # (batch, features) either way: no values move
+            self.alias(node, source)
+            return
         self.add(node, op, [self.tensor_input(node, source)], **fields)
 
     return handle
@@ -639,6 +822,11 @@ def _mean(self: _Importer, node, args, kwargs) -> None:
     dims = sorted(d + rank if d < 0 else d for d in dims)
     if 0 in dims:
         raise _Unsupported("a mean over the batch dimension")
+    ones = all(self.in_shape(source)[d] == 1 for d in dims)
+    kept = self.in_shape(source) == self.out_shape(node)  # the graph node's shape still fits
+    if ones and (self.is_channels_last(source) or (self.is_squeezed(source) and kept)):
+        self.alias(node, source)  # over size-1 dimensions: the values stay
+        return
     self.add(
         node, "mean", [self.tensor_input(node, source)], dims=dims, keepdim=bool(bound["keepdim"])
     )
@@ -657,6 +845,10 @@ def _dropout(self: _Importer, node, args, kwargs) -> None:
 def _adaptive(dims: int) -> Callable:
     def handle(self: _Importer, node, args, kwargs) -> None:
         bound = _bind(_s_adaptive, args, kwargs)
+        source = bound["input"]
+        if self.is_squeezed(source) and self.in_shape(source) == self.out_shape(node):
+            self.alias(node, source)  # a pool over size-1 dimensions
+            return
         self.add(
             node,
             f"adaptive_avgpool{dims}d",
@@ -671,7 +863,48 @@ def _noop(self: _Importer, node, args, kwargs) -> None:
     """``x.contiguous()``: the same values; the node stands for its input."""
     if len(args) != 1 or kwargs:
         raise _Unsupported("arguments to a no-op method")
-    self.alias(node, self.tensor_input(node, args[0]))
+    self.tensor_input(node, args[0])
+    self.alias(node, args[0])
+
+
+def _permute(self: _Importer, node, args, kwargs) -> None:
+    """A permute that moves no values (at most one dimension besides the batch larger than
+    1): a ``flatten`` to (batch, features), or nothing on a value already held so."""
+    if node.op == "call_method":
+        source, rest = args[0], args[1:]
+        dims = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+        dims = kwargs.get("dims", dims)
+    else:
+        bound = _bind(_s_permute, args, kwargs)
+        source, dims = bound["input"], bound["dims"]
+    self.tensor_input(node, source)
+    in_shape = self.in_shape(source)
+    rank = len(in_shape)
+    dims = [int(d) + rank if int(d) < 0 else int(d) for d in dims]
+    if dims[:1] != [0]:
+        raise _Unsupported(f"permute {dims} moves the batch dimension")
+    if dims == list(range(rank)) or self.is_channels_last(source):
+        self.alias(node, source)
+        return
+    if sum(size != 1 for size in in_shape[1:]) > 1:
+        raise _Unsupported(
+            f"permute {dims} of shape {list(in_shape)} moves values; relgraph keeps the "
+            "(batch, channels, ...) layout and maps a permute only where at most one dimension "
+            "besides the batch is larger than 1 (as in pytorchvideo's head, whose pool leaves "
+            "1×1×1)"
+        )
+    self.add(node, "flatten", [self.tensor_input(node, source)])
+    self.values[node].axis = _feature_axis(self.out_shape(node))
+
+
+def _softmax(self: _Importer, node, args, kwargs) -> None:
+    if node.op == "call_method":
+        source = args[0]
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    else:
+        bound = _bind(_s_softmax, args, kwargs)
+        source, dim = bound["input"], bound["dim"]
+    self.drop_softmax(node, source, dim)
 
 
 _RELU = _elementwise("relu")
@@ -679,6 +912,7 @@ _SIGMOID = _elementwise("sigmoid")
 _SILU = _elementwise("silu")
 _ADD = _binary("add")
 _MUL = _binary("mul")
+_MULS = (operator.mul, operator.imul, torch.mul)
 
 _FUNCTIONS: dict[Any, Callable] = {
     torch.relu: _RELU,
@@ -694,6 +928,9 @@ _FUNCTIONS: dict[Any, Callable] = {
     operator.imul: _MUL,
     torch.mul: _MUL,
     torch.cat: _cat,
+    torch.permute: _permute,
+    torch.softmax: _softmax,
+    F.softmax: _softmax,
     torch.concat: _cat,
     torch.flatten: _flatten(_s_flatten),
     torch.reshape: _reshape,
@@ -717,6 +954,8 @@ _METHODS: dict[str, Callable] = {
     "reshape": _reshape,
     "mean": _mean,
     "contiguous": _noop,
+    "permute": _permute,
+    "softmax": _softmax,
 }
 
 #: fx targets whose shape argument may come from shape arithmetic
@@ -755,7 +994,11 @@ def from_torch(
         methods inside module ``m`` are named ``m.<op>`` (``layer1.0.add``), a second call of
         one module or op gets ``_1``, ``_2`` appended. The weights are the module's (the
         graph's dtype and device are the module's), so ``g.state_dict()`` has the module's
-        keys. ``g.to_yaml()`` writes the architecture out.
+        keys. ``g.to_yaml()`` writes the architecture out. A final softmax over the classes
+        (pytorchvideo's heads in eval mode) is left out with a ``RelgraphWarning``: the graph
+        ends at the logits, which relgraph explains; ``softmax(output, dim=1)`` is the
+        module's output. The patterns recognised (permute to channels-last before a linear,
+        the final softmax, swish) are listed in the module's docstring.
 
     Raises
     ------
@@ -786,6 +1029,17 @@ def from_torch(
     graph = _compile(importer)
     if check:
         _check_forward(graph, importer, example, expected)
+    if importer.softmax is not None:
+        file, line, code = _source_of(importer.softmax)
+        where = f" at {file}:{line} ({code})" if file else ""
+        warnings.warn(
+            f"from_torch: the final softmax (fx node '{importer.softmax.name}', "
+            f"{_describe_target(importer.softmax, importer.modules)}){where} is left "
+            f"out: the graph ends at the logits before it ('{graph.output}'), which relgraph "
+            "explains; softmax(output, dim=1) is the module's output",
+            RelgraphWarning,
+            stacklevel=2,
+        )
     return graph
 
 
@@ -816,7 +1070,9 @@ def _compile(importer: _Importer) -> Graph:
             raise TorchImportError(exc.message) from None
         raise importer.error(fx_node, exc.message) from None
     for node in graph.order[1:]:
-        traced = tuple(importer.values[importer.fx_of[node]].example.shape[1:])
+        value = importer.values[importer.fx_of[node]]
+        traced = tuple(value.example.shape)
+        traced = traced[1:] if value.axis is None else (traced[value.axis],)
         if graph.graph.nodes[node]["shape"] != traced:
             raise importer.error(
                 importer.fx_of[node],
@@ -831,6 +1087,8 @@ def _check_forward(
     graph: Graph, importer: _Importer, example: torch.Tensor, expected: torch.Tensor
 ) -> None:
     actual = graph.forward(example.to(graph.dtype), keep=()).output
+    if importer.softmax is not None:  # left out: the module's output is its softmax
+        actual = torch.softmax(actual, dim=1)
     scale = expected.abs().max().item()
     difference = (actual - expected).abs().max().item()
     if not difference <= CHECK_RTOL * max(scale, 1e-12):

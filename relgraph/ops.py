@@ -197,6 +197,15 @@ def _output_padding(
     )
 
 
+def _adjoint_kernel(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The kernel whose stride-1 convolution is the adjoint of the convolution with
+    ``weight``: in and out channels swapped within each group, spatially flipped."""
+    out_channels, per_group, *kernel = weight.shape
+    swapped = weight.reshape(groups, out_channels // groups, per_group, *kernel).transpose(1, 2)
+    flipped = swapped.reshape(groups * per_group, out_channels // groups, *kernel)
+    return flipped.flip(list(range(2, weight.dim())))
+
+
 def _uniform(
     shape: Shape, bound: float, generator: torch.Generator, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -387,6 +396,14 @@ class ConvNd(Spatial, Affine):
         return torch.cat([first, second], dim=1) if self.groups == 1 else None
 
     def adjoint(self, s, weight, x_shape):
+        full = [d * (k - 1) - p for k, p, d in zip(self.kernel_size, self.padding, self.dilation)]
+        if self.groups > 1 and max(self.stride) == 1 and min(full) >= 0:
+            # Grouped (depthwise) transposed convolutions run far slower than the forward
+            # kernels on CPU; with stride 1 the adjoint is the convolution of s with each
+            # group's kernel transposed and flipped, padded by d·(k−1) − p.
+            return _conv_fn(self.dims)(
+                s, _adjoint_kernel(weight, self.groups), None, 1, full, self.dilation, self.groups
+            )
         out_pad = _output_padding(
             x_shape[2:], s.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation
         )

@@ -361,6 +361,8 @@ class Stabilizer:
             epsilon = torch.as_tensor(epsilon, dtype=z.dtype, device=z.device)
             z, owned = z + torch.where(z >= 0, epsilon, -epsilon), True
         tiny = torch.finfo(z.dtype).tiny
+        # |z + ε·sign(z)| ≥ ε ≥ tiny: no subnormal denominator to mask
+        mask = not (self.kind == "epsilon" and scale is None and self.epsilon >= tiny)
         fits = (
             z.shape == numerator.shape
             and torch.result_type(numerator, z) == z.dtype == numerator.dtype
@@ -370,13 +372,13 @@ class Stabilizer:
         into_numerator = fits and numerator_owned
         into_z = fits and owned and not z._is_view()
         if not (into_numerator or into_z):
-            return _safe_quotient(numerator, z, tiny, numerator / z)
+            return _safe_quotient(numerator, z, tiny, numerator / z, mask=mask)
         # the quotient formed in place, a piece at a time: the mask of vanishing z is never
         # larger than a piece (element-wise, so the same values as in one go)
         for num, den in zip(numerator.view(-1).split(CHUNK), z.view(-1).split(CHUNK)):
-            vanishing = _vanishing(den, tiny)
+            vanishing = _vanishing(den, tiny) if mask else None
             quotient = torch.div(num, den, out=num if into_numerator else den)
-            _safe_quotient(num, den, tiny, quotient, vanishing)
+            _safe_quotient(num, den, tiny, quotient, vanishing, mask=mask)
         return numerator if into_numerator else z
 
 
@@ -395,16 +397,20 @@ def _safe_quotient(
     tiny: float,
     quotient: torch.Tensor,
     vanishing: torch.Tensor | None = None,
+    *,
+    mask: bool = True,
 ) -> torch.Tensor:
     """``quotient = numerator / z`` with every share beyond the format set to 0, in place.
 
     z = 0 gives Inf or NaN, and a normal but tiny z can overflow R/z; such a share lies beyond
     the format and hands on nothing (NaN would follow where Inf meets a zero input). A
     subnormal z hands on nothing either. ``vanishing`` (where ``|z| < tiny``) must be taken
-    before ``quotient`` overwrites ``z``."""
+    before ``quotient`` overwrites ``z``; ``mask=False``: no z can be subnormal (ε ≥ tiny)."""
+    quotient.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    if not mask:
+        return quotient
     if vanishing is None:
         vanishing = _vanishing(z, tiny)
-    quotient.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     return quotient.masked_fill_(vanishing, 0.0)
 
 

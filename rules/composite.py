@@ -276,15 +276,44 @@ def _preset_path(name_or_path: str | os.PathLike) -> Path:
     return shipped_path("preset", text)
 
 
-def preset(name_or_path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> Composite:
-    """Load a rule preset by name (``"deep-taylor-paper"``) or from a YAML file."""
+#: parsed presets by file: (the files it was read from with their stat, the composite)
+_PRESET_CACHE: dict[str, tuple[tuple[tuple[str, int, int], ...], Composite]] = {}
 
-    path = _preset_path(name_or_path)
-    file = str(path)
+
+def _stat(file: str) -> tuple[str, int, int]:
+    try:
+        info = os.stat(file)
+    except OSError:
+        return (file, -1, -1)
+    return (file, info.st_mtime_ns, info.st_size)
+
+
+def preset(name_or_path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> Composite:
+    """Load a rule preset by name (``"deep-taylor-paper"``) or from a YAML file.
+
+    A preset is parsed once and kept while its file (and every file it extends) is unchanged
+    (same modification time and size): ``explain(graph, x, rules="epsilon-plus")`` called clip
+    after clip does not read and check the YAML again each time. Each call returns a new
+    ``Composite`` (its list of entries is its own)."""
+
+    file = str(_preset_path(name_or_path))
     if file in _seen:
         raise RuleError(
             "presets extend each other in a circle: " + " → ".join([*_seen, file]), file=file
         )
+    cached = _PRESET_CACHE.get(file)
+    if cached is None or any(_stat(entry[0]) != entry for entry in cached[0]):
+        cached = _PRESET_CACHE[file] = _read_preset(file, _seen)
+    composite = cached[1]
+    return Composite(list(composite.entries), composite.name, composite.description, composite.seed)
+
+
+def _read_preset(
+    file: str, _seen: tuple[str, ...]
+) -> tuple[tuple[tuple[str, int, int], ...], Composite]:
+    """Parse and check a preset file: (the files read with their stat, the composite)."""
+    path = Path(file)
+    files = [_stat(file)]
     try:
         data = load_yaml(path.read_text(encoding="utf-8"), file)
     except OSError as exc:
@@ -324,7 +353,9 @@ def preset(name_or_path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> Comp
         # a path is read relative to the preset that names it, not to the working directory
         sibling = path.parent / extends
         is_path = extends.endswith((".yaml", ".yml")) or os.sep in extends
-        parent = preset(sibling if is_path and sibling.is_file() else extends, (*_seen, file))
+        parent_file = str(_preset_path(sibling if is_path and sibling.is_file() else extends))
+        parent = preset(parent_file, (*_seen, file))
+        files += _PRESET_CACHE[parent_file][0]
         entries += parent.entries
         seed = seed or parent.seed
     if not isinstance(data["rules"], list):
@@ -362,7 +393,8 @@ def preset(name_or_path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> Comp
             values[key] = _as_tuple(value)
         rule = make_rule(item["rule"], file=file, line=line_of(item, "rule"))  # checked now
         entries.append(Entry(Selector(**values), rule, file, line))
-    return Composite(entries, data.get("name", path.stem), data.get("description", ""), seed)
+    composite = Composite(entries, data.get("name", path.stem), data.get("description", ""), seed)
+    return tuple(files), composite
 
 
 def as_composite(rules: Composite | str | os.PathLike | dict | None, graph: Graph) -> Composite:

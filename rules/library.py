@@ -17,6 +17,7 @@ from relgraph.errors import RelgraphWarning, RuleError
 from relgraph.preprocess import get_preprocess
 
 from .base import (
+    LOW_PRECISION,
     Lazy,
     NodeContext,
     Rule,
@@ -92,10 +93,11 @@ def _A_scaled(
     ctx: NodeContext, x: torch.Tensor, weight: torch.Tensor | Lazy, bias, scale: torch.Tensor
 ) -> torch.Tensor:
     """``A(x; W) + scale·b`` for an input ``x`` already multiplied by the per-sample ``scale``."""
+    dtype = (weight.weight if isinstance(weight, Lazy) else weight).dtype
+    if bias is None or (scale is None and dtype not in LOW_PRECISION):
+        return _A(ctx, x, weight, bias)  # the bias added by the map itself: one pass fewer
     z = _A(ctx, x, weight)
-    if bias is None:
-        return z
-    if scale is None:
+    if scale is None:  # bfloat16: the bias added to the widened z, in float32
         return z + bias.reshape(1, -1, *([1] * (z.dim() - 2)))
     return z + bias.reshape(1, -1, *([1] * (z.dim() - 2))) * scale.reshape(
         -1, *([1] * (z.dim() - 1))

@@ -240,7 +240,7 @@ def graph_accuracy(graph: Graph, clips: torch.Tensor, labels: torch.Tensor) -> f
     for begin in range(0, len(clips), 100):
         logits = graph.forward(clips[begin : begin + 100], keep=()).output
         correct += int((logits.argmax(1) == labels[begin : begin + 100]).sum())
-    return correct / len(clips)
+    return correct / len(clips) if len(clips) else float("nan")
 
 
 def video_round_trip(frames: np.ndarray, folder: Path) -> np.ndarray:
@@ -277,6 +277,12 @@ def main(argv: list[str] | None = None) -> None:
         "--frozen-share", type=float, default=FROZEN_SHARE, help="training clips shown frozen"
     )
     parser.add_argument("--frozen-from", type=int, default=0, help="first epoch with frozen clips")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from these weights (fine-tuning) instead of the seeded initialisation",
+    )
     parser.add_argument(
         "--irrelevant-share",
         type=float,
@@ -315,8 +321,11 @@ def main(argv: list[str] | None = None) -> None:
         f"({time.perf_counter() - started:.0f} s)"
     )
 
+    if args.init is not None:
+        graph.load_weights(args.init)
     model = GraphModule(graph)
-    initialise(model, input_scale, generator, args.motion_kernels)
+    if args.init is None:
+        initialise(model, input_scale, generator, args.motion_kernels)
     model = model.to(memory_format=torch.channels_last_3d)
     # Adam's steps have the same size for every weight: the first layer, whose weights are
     # input_scale times smaller, gets a learning rate that much smaller.

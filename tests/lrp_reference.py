@@ -502,6 +502,12 @@ def _zennit_layer(layer: torch.nn.Module, x: torch.Tensor, epsilon: float) -> to
         return _ruled(z, z, epsilon)
     if isinstance(layer, torch.nn.ReLU):  # pass: ReLU's own gradient keeps R = a ⊙ g
         return F.relu(x)
+    if isinstance(layer, torch.nn.MaxPool3d):  # no rule in zennit: the gradient (to the argmax)
+        return F.max_pool3d(
+            x, layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.ceil_mode
+        )
+    if isinstance(layer, torch.nn.Dropout):  # the identity in eval mode
+        return x
     raise TypeError(type(layer))
 
 
@@ -523,7 +529,8 @@ def video_resnet_epsilon_plus(
         return a
 
     a = chain(fold_batchnorms([model.stem]), x)
-    for index in range(1, 5):
+    index = 1
+    while hasattr(model, f"layer{index}"):  # four stages (two in relgraph's r2plus1d-tiny)
         for block in getattr(model, f"layer{index}"):
             main = chain(fold_batchnorms([block.conv1, block.conv2]), a)
             shortcut = a
@@ -531,6 +538,7 @@ def video_resnet_epsilon_plus(
                 shortcut = chain(fold_batchnorms([block.downsample]), a)
             total = main + shortcut
             a = F.relu(_ruled(total, total, epsilon))
+        index += 1
     pooled = a.mean(dim=(2, 3, 4))
     features = _ruled(pooled, pooled, epsilon)
     (fc,) = fold_batchnorms([model.fc])
@@ -540,6 +548,128 @@ def video_resnet_epsilon_plus(
     # R = a ⊙ g at the output: start the gradient at seed / logits
     (grad,) = torch.autograd.grad(logits, [x], grad_outputs=safe_divide(seed, logits.detach()))
     return (x * grad).detach(), logits.detach()
+
+
+def _seeded_relevance(logits: torch.Tensor, x: torch.Tensor, target: int):
+    """``R = a ⊙ g`` at the output with a one-hot seed at ``target``: start the gradient at
+    seed / logits; the input relevance is ``x ⊙ ∂/∂x``. Returns ``(relevance, logits)``."""
+    seed = torch.zeros_like(logits)
+    seed[:, target] = 1.0
+    (grad,) = torch.autograd.grad(logits, [x], grad_outputs=safe_divide(seed, logits.detach()))
+    return (x * grad).detach(), logits.detach()
+
+
+def _chain(modules: Sequence[torch.nn.Module], a: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """A chain of leaf modules, batch norms folded, each layer as its modified gradient."""
+    for layer in fold_batchnorms(modules):
+        a = _zennit_layer(layer, a, epsilon)
+    return a
+
+
+def _fused(conv: torch.nn.Conv3d, norm: torch.nn.Module | None) -> torch.nn.Conv3d:
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    return conv if norm is None else fuse_conv_bn_eval(conv.eval(), norm.eval())
+
+
+def _split_add(a: torch.Tensor, b: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Residual add, zennit's Norm: ``R_i = x_i · R / stab_ε(a + b)``."""
+    total = a + b
+    return _ruled(total, total, epsilon)
+
+
+def _avg_pool_norm(x: torch.Tensor, pool: torch.nn.AvgPool3d, epsilon: float) -> torch.Tensor:
+    """Average pool, zennit's Norm: ``R_in = x ⊙ Aᵀ(R / stab_ε(avg(x)))``, A the pool."""
+    pooled = F.avg_pool3d(
+        x, pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, pool.count_include_pad
+    )
+    return _ruled(pooled, pooled, epsilon)
+
+
+def _mean_proportional(x: torch.Tensor, dims: tuple[int, ...], keepdim: bool) -> torch.Tensor:
+    """A mean, relevance in proportion to the contributions: ``R_in = x ⊙ R / Σ x`` (0 where
+    the sum is 0, the zero stabiliser)."""
+    return _ruled(x.mean(dim=dims, keepdim=keepdim), x.sum(dim=dims, keepdim=keepdim), 0.0)
+
+
+def _swish_pass(x: torch.Tensor) -> torch.Tensor:
+    """silu with relevance passed through (``R_in = R``): ``x · sigmoid(x)`` with the sigmoid
+    held constant, so ``x ⊙ ∂/∂x = x · sigmoid(x) · g = R``."""
+    return x * torch.sigmoid(x).detach()
+
+
+def _gated_signal_take_all(x: torch.Tensor, se: torch.nn.Module) -> torch.Tensor:
+    """The squeeze-excitation product ``x · gate(x)``, signal-take-all (Arras et al. 2017):
+    the gate held constant, so the signal x gets ``R`` and the gate branch nothing."""
+    with torch.no_grad():
+        conv_1, relu, conv_2, sigmoid = se.block
+        gate = sigmoid(conv_2(relu(conv_1(x.mean(dim=(2, 3, 4), keepdim=True)))))
+    return x * gate
+
+
+def s3d_epsilon_plus(
+    model: torch.nn.Module, x: torch.Tensor, target: int, epsilon: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """zennit's EpsilonPlus on torchvision's S3D (``zoo_reference.S3D``), batch norms folded,
+    by autograd through a modified-gradient forward.
+
+    Rules: conv z⁺ with b⁺, ReLU pass, max pools by their gradient (winner-take-all), each
+    inception branch its slice of the concat (the gradient of ``torch.cat``), the head's
+    average pool zennit's Norm, dropout the identity, the classifier conv z⁺ with b⁺, the
+    final mean over T, H, W proportional (zero stabiliser). Returns ``(relevance, logits)``.
+    """
+    x = _leaf(x)
+    a = x
+    for module in model.features:
+        if hasattr(module, "branch0"):  # an inception block: four chains, concatenated
+            branches = (module.branch0, module.branch1, module.branch2, module.branch3)
+            a = torch.cat([_chain([branch], a, epsilon) for branch in branches], dim=1)
+        else:
+            a = _chain([module], a, epsilon)
+    a = _avg_pool_norm(a, model.avgpool, epsilon)
+    a = _chain([model.classifier], a, epsilon)
+    return _seeded_relevance(_mean_proportional(a, (2, 3, 4), False), x, target)
+
+
+def x3d_epsilon_plus(
+    model: torch.nn.Module, x: torch.Tensor, target: int, epsilon: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """zennit's EpsilonPlus, with the rules relgraph's presets add for X3D's ops, on
+    pytorchvideo's X3D (``zoo_reference.X3D``), batch norms folded, by autograd through a
+    modified-gradient forward; explains the logits before the head's softmax.
+
+    Rules: conv (depthwise included) z⁺ with b⁺, ReLU pass, swish pass, the SE product
+    signal-take-all (the gate gets nothing), residual add and the head's average pool
+    zennit's Norm, dropout and flatten the identity, the projection epsilon with its bias.
+    Returns ``(relevance, logits)``.
+    """
+    x = _leaf(x)
+
+    def conv(layer, a, norm=None):
+        return _zennit_layer(_fused(layer, norm), a, epsilon)
+
+    stem = model.blocks[0]
+    a = conv(stem.conv.conv_t, x)
+    a = F.relu(conv(stem.conv.conv_xy, a, stem.norm))
+    for stage in model.blocks[1:5]:
+        for block in stage.res_blocks:
+            shortcut = a
+            if block.branch1_conv is not None:
+                shortcut = conv(block.branch1_conv, a, block.branch1_norm)
+            b = block.branch2
+            h = F.relu(conv(b.conv_a, a, b.norm_a))
+            h = conv(b.conv_b, h, b.norm_b[0])
+            if not isinstance(b.norm_b[1], torch.nn.Identity):
+                h = _gated_signal_take_all(h, b.norm_b[1])
+            h = conv(b.conv_c, _swish_pass(h), b.norm_c)
+            a = F.relu(_split_add(shortcut, h, epsilon))
+    head = model.blocks[5]
+    a = F.relu(conv(head.pool.pre_conv, a, head.pool.pre_norm))
+    a = _avg_pool_norm(a, head.pool.pool, epsilon)
+    a = F.relu(conv(head.pool.post_conv, a))
+    # dropout (eval) and the 1×1×1 → features flatten: identities; then the projection
+    logits = _zennit_layer(head.proj, a.flatten(1), epsilon)
+    return _seeded_relevance(logits, x, target)
 
 
 # --------------------------------------------------------------------------- zennit's composites

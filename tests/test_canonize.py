@@ -1,5 +1,6 @@
 """Batch-norm canonization (relgraph.canonize): folding, weights that follow, switches, names,
-and zennit's EpsilonPlus on the canonized zoo against an autograd reference."""
+and EpsilonPlus on the canonized zoo (every shipped video model) against an autograd
+reference."""
 
 from __future__ import annotations
 
@@ -34,8 +35,42 @@ def zoo_graph(name, dtype=torch.float64, seed=5):
     return model, graph
 
 
-def clip(dtype=torch.float64, batch=2, seed=1):
-    return torch.randn(batch, 3, 4, 32, 32, generator=torch.Generator().manual_seed(seed)).to(dtype)
+def clip(dtype=torch.float64, batch=2, seed=1, shape=(3, 4, 32, 32)):
+    return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def _resnet(factory):
+    return lambda: factory(num_classes=5)
+
+
+def _x3d(depth):
+    return lambda: zoo.X3D(2, 32, depth, num_classes=5, return_logits=True)
+
+
+X3D_SMALL = {"frames": 2, "size": 32, "num_classes": 5}
+#: every shipped zoo model: (its torch.nn reference at 5 classes, small size params, its
+#: EpsilonPlus reference in lrp_reference); S3D at 5 frames (its strides' smallest)
+EPSILON_PLUS = {
+    **{name: (_resnet(f), SMALL, ref.video_resnet_epsilon_plus) for name, f in RESNETS.items()},
+    "r2plus1d-tiny": (
+        lambda: zoo.R2Plus1DTiny(width=2, num_classes=5),
+        {"width": 2, "size": 16, "num_classes": 5},
+        ref.video_resnet_epsilon_plus,
+    ),
+    "s3d": (
+        lambda: zoo.s3d_small(5, 5, 32),
+        {"frames": 5, "size": 32, "num_classes": 5},
+        ref.s3d_epsilon_plus,
+    ),
+    **{
+        name: (_x3d(depth), X3D_SMALL, ref.x3d_epsilon_plus)
+        for name, depth in (("x3d-xs", 2.2), ("x3d-s", 2.2), ("x3d-m", 2.2), ("x3d-l", 5.0))
+    },
+}
+#: the default run: R(2+1)D (the deepest ResNet: 37 folds), the demo model r2plus1d-tiny,
+#: S3D and X3D-S; at small params
+#: X3D-XS and -M are X3D-S's very graph, X3D-L its blocks 55 times instead of 26
+EPSILON_PLUS_DEFAULT = ("r2plus1d-18", "r2plus1d-tiny", "s3d", "x3d-s")
 
 
 MIXED = """
@@ -241,21 +276,34 @@ def test_rules_show_says_a_folded_batch_norm_has_no_rule(capsys):
 
 
 def test_every_shipped_zoo_model_with_batch_norms_has_a_relevance_reference():
-    # a shipped video model that folds batch norms must be in RESNETS (or grow a reference
-    # here); the C3Ds and resnet-tiny are checked by the rules' own tests
+    # a shipped model that folds batch norms must have a reference in EPSILON_PLUS; the C3Ds
+    # (no batch norm) and resnet-tiny are checked by the rules' own tests
     zoo_models = [n for n in shipped_architectures() if n not in ("c3d", "c3d-tiny", "resnet-tiny")]
-    missing = [n for n in zoo_models if n not in RESNETS]
-    assert set(RESNETS) <= set(zoo_models)
-    if missing:  # S3D / X3D arrive with their ops; their reference is not written yet
-        pytest.xfail(f"no EpsilonPlus reference yet for {missing}")
+    assert sorted(zoo_models) == sorted(EPSILON_PLUS)
 
 
-@pytest.mark.parametrize("name", ZOO_CASES)
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=() if n in EPSILON_PLUS_DEFAULT else pytest.mark.slow)
+        for n in EPSILON_PLUS
+    ],
+)
 def test_epsilon_plus_equals_the_autograd_reference_on_the_canonized_model(name):
-    model, graph = zoo_graph(name)
-    x = clip()
+    factory, params, reference = EPSILON_PLUS[name]
+    model = zoo.randomise(factory(), seed=5)
+    assert_epsilon_plus_is_the_reference(name, model, reference, batch=2, **params)
+
+
+def assert_epsilon_plus_is_the_reference(name, model, reference, batch, **params):
+    if name.startswith("x3d"):
+        zoo.calm_branches(model)  # activations of a moderate size through the blocks
+    model = model.to(torch.float64).eval()
+    graph = relgraph.load_architecture(name, init="none", dtype=torch.float64, **params)
+    graph.load_weights(model.state_dict())
+    x = clip(batch=batch, shape=graph.input_shape)
     got = relgraph.explain(graph, x, target=2, rules="epsilon-plus", return_explanation=True)
-    expected, logits = ref.video_resnet_epsilon_plus(model, x, target=2)
+    expected, logits = reference(model, x, target=2)
     torch.testing.assert_close(got.output, logits, rtol=1e-10, atol=1e-12)
     scale = expected.abs().max()
     assert scale > 0
@@ -263,3 +311,17 @@ def test_epsilon_plus_equals_the_autograd_reference_on_the_canonized_model(name)
     # folding matters: the unfolded graph (batch norms pass relevance) gives another answer
     unfolded = relgraph.explain(graph, x, target=2, rules="epsilon-plus", canonize=False)
     assert (unfolded - expected).abs().max() > 1e-3 * scale
+
+
+@pytest.mark.slow  # float64 at the published input: S3D 16×224², X3D-XS 4×160², X3D-S 13×160²
+@pytest.mark.parametrize(
+    ("name", "factory"),
+    [("s3d", zoo.s3d), ("x3d-xs", lambda: zoo.x3d("xs")), ("x3d-s", lambda: zoo.x3d("s"))],
+    ids=["s3d", "x3d-xs", "x3d-s"],
+)
+def test_epsilon_plus_equals_the_autograd_reference_at_full_size(name, factory):
+    model = factory()
+    if name.startswith("x3d"):
+        model.blocks[-1].return_logits = True
+    reference = EPSILON_PLUS[name][2]
+    assert_epsilon_plus_is_the_reference(name, zoo.randomise(model, seed=5), reference, batch=1)

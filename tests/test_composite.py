@@ -419,3 +419,22 @@ def test_the_papers_scalar_bounds_fit_a_first_layer_of_any_width():
     x = torch.rand((1, 5, 4), dtype=torch.float64) * 255 - 100
     relevance = relgraph.explain(graph, x, rules="deep-taylor-paper", preprocess="c3d-ucf101")
     assert torch.isfinite(relevance).all()
+
+
+def test_a_preset_is_read_again_when_it_or_the_preset_it_extends_changes(tmp_path):
+    child, parent = tmp_path / "child.yaml", tmp_path / "parent.yaml"
+    child.write_text("name: child\nextends: parent.yaml\nrules:\n  - {ops: [relu], rule: pass}\n")
+    parent.write_text("name: parent\nrules:\n  - {ops: [linear], rule: epsilon}\n")
+    first = preset(child)
+    assert [e.selector.ops for e in first.entries] == [("linear",), ("relu",)]
+    first.entries.append(first.entries[0])  # each call's composite is its own
+    assert len(preset(child).entries) == 2
+    parent.write_text(
+        "name: parent\nseed: logit\nrules:\n  - {ops: [linear], rule: {name: epsilon, "
+        "epsilon: 0.5}}\n  - {ops: [flatten], rule: pass}\n"
+    )
+    edited = preset(child)
+    assert [e.selector.ops for e in edited.entries] == [("linear",), ("flatten",), ("relu",)]
+    assert edited.entries[0].rule.epsilon == 0.5 and edited.seed == "logit"
+    child.write_text("name: child\nrules:\n  - {ops: [relu], rule: pass}\n")
+    assert [e.selector.ops for e in preset(child).entries] == [("relu",)]

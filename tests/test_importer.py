@@ -9,6 +9,7 @@ must be refused with an error naming the fx node, its target and the source line
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 
 import relgraph
 from relgraph import TorchImportError, from_torch
+from relgraph.errors import RelgraphWarning
 
 #: the reference C3D calls one shared ReLU and one shared dropout module (as the public code
 #: does), so the import names their calls by the module path with fx's call count; the YAML
@@ -50,12 +52,21 @@ RESNET_TINY_RENAMES = {
 }
 
 
-def assert_same_graph(imported, shipped, renames=None):
-    """Same nodes (after ``renames``), same op and fields, inputs and shapes."""
+def assert_same_graph(imported, shipped, renames=None, bypass=()):
+    """Same nodes (after ``renames``), same op and fields, inputs and shapes; the identity
+    nodes in ``bypass`` (an ``nn.Identity`` the YAML leaves out) stand for their input."""
     renames = renames or {}
-    name = {n: renames.get(n, n) for n in imported.order}
-    assert sorted(name.values()) == sorted(shipped.order)
-    for node in imported.order:
+    name = {}
+    for n in imported.order:
+        if n in bypass:
+            assert imported.op(n).type == "identity", n
+            (source,) = imported.inputs_of(n)
+            name[n] = name[source]
+        else:
+            name[n] = renames.get(n, n)
+    kept = [n for n in imported.order if n not in bypass]
+    assert sorted(name[n] for n in kept) == sorted(shipped.order)
+    for node in kept:
         other = name[node]
         assert imported.op(node) == shipped.op(other), node
         assert [name[p] for p in imported.inputs_of(node)] == shipped.inputs_of(other), node
@@ -340,6 +351,47 @@ class UsesShape(nn.Module):
         return (x * x.shape[1]).flatten(1)  # marker: shape
 
 
+class PermuteMovesValues(nn.Module):
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1).flatten(1)  # marker: permute
+
+
+class SoftmaxInside(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(108, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        probabilities = torch.softmax(self.fc(x.flatten(1)), dim=1)
+        return self.out(probabilities)  # marker: softmax inside
+
+
+class SoftmaxOverSpace(nn.Module):
+    def forward(self, x):
+        return F.softmax(x, dim=2).flatten(1)  # marker: softmax dim
+
+
+class ChannelsLastConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.conv = nn.Conv2d(1, 2, 1)
+
+    def forward(self, x):
+        return self.conv(self.pool(x).permute(0, 2, 3, 1)).flatten(1)  # marker: last conv
+
+
+class ChannelsLastOutput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(self.pool(x).permute(0, 2, 3, 1))  # marker: last output
+
+
 @pytest.mark.parametrize(
     ("model", "marker", "node", "target", "reason"),
     [
@@ -352,6 +404,11 @@ class UsesShape(nn.Module):
         (LinearOverLastDim, "linear", "fc", "module 'fc' (Linear)", "last dimension"),
         (MixesBatch, "batch", "reshape", "Tensor.reshape", "mixing the batch"),
         (UsesShape, "shape", "mul", "mul", "'getitem' is not a tensor the graph computes"),
+        (PermuteMovesValues, "permute", "permute", "Tensor.permute", "moves values"),
+        (SoftmaxInside, "softmax inside", "out", "module 'out'", "from the softmax at fx node"),
+        (SoftmaxOverSpace, "softmax dim", "softmax", "functional.softmax", "over dimension 2"),
+        (ChannelsLastConv, "last conv", "conv", "module 'conv'", "is a channels-last value"),
+        (ChannelsLastOutput, "last output", "fc", "module 'fc'", "end the model with a flatten"),
     ],
 )
 def test_what_cannot_be_imported_is_named_with_its_source_line(model, marker, node, target, reason):
@@ -494,17 +551,19 @@ def test_cli_import_errors_are_one_line(nets, capsys, argv, message):
 
 # --------------------------------------------------------------------------- the zoo
 
-#: shipped architecture -> (reference factory, small size params); S3D joins once shipped
+#: shipped architecture -> (reference at 5 classes, small size params)
 ZOO = {
-    "r3d-18": (zoo_reference.r3d_18, {"frames": 2, "size": 16}),
-    "mc3-18": (zoo_reference.mc3_18, {"frames": 2, "size": 16}),
-    "r2plus1d-18": (zoo_reference.r2plus1d_18, {"frames": 2, "size": 16}),
-    "s3d": (zoo_reference.s3d, None),
+    "r3d-18": (lambda: zoo_reference.r3d_18(num_classes=5), {"frames": 2, "size": 16}),
+    "mc3-18": (lambda: zoo_reference.mc3_18(num_classes=5), {"frames": 2, "size": 16}),
+    "r2plus1d-18": (lambda: zoo_reference.r2plus1d_18(num_classes=5), {"frames": 2, "size": 16}),
+    "r2plus1d-tiny": (lambda: zoo_reference.R2Plus1DTiny(2, 5), {"width": 2, "size": 16}),
+    # below torchvision's input size S3D's head pool shrinks to the feature map (s3d.yaml)
+    "s3d": (lambda: zoo_reference.s3d_small(5, 5, 32), {"frames": 5, "size": 32}),
 }
 
 
 #: each takes 5-10 s on 2 idle cores; r2plus1d-18 (the deepest of the three) runs by default
-SLOW_ZOO = {"r3d-18", "mc3-18", "s3d"}  # S3D only has a full-size input (2×7×7 pool)
+SLOW_ZOO = {"r3d-18", "mc3-18"}
 
 
 @pytest.mark.parametrize(
@@ -517,13 +576,19 @@ SLOW_ZOO = {"r3d-18", "mc3-18", "s3d"}  # S3D only has a full-size input (2×7×
 )
 def test_zoo_reference_imports_as_the_shipped_yaml(name):
     factory, params = ZOO[name]
-    model = zoo_reference.randomise(factory(num_classes=5), seed=3).eval()
-    shipped = relgraph.load_architecture(name, init="none", num_classes=5, **(params or {}))
+    model = zoo_reference.randomise(factory(), seed=3).eval()
+    shipped = relgraph.load_architecture(name, init="none", num_classes=5, **params)
     imported = from_torch(model, shipped.input_shape)
     # the torchvision names are the module paths, so no node is renamed
     assert_same_graph(imported, shipped)
     written = relgraph.architecture_from_yaml(imported.to_yaml(), init="none")
     assert_same_graph(written, shipped)
+    assert_same_forward_and_relevance(model, imported, shipped)
+
+
+def assert_same_forward_and_relevance(model, imported, shipped):
+    """The import and the shipped YAML with the model's state dict: the model's forward in
+    float64 (1e-10) and equal epsilon-plus relevance (1e-10)."""
     shipped.to(dtype=torch.float64)
     shipped.load_weights(model.state_dict())
     imported.to(dtype=torch.float64)
@@ -535,6 +600,147 @@ def test_zoo_reference_imports_as_the_shipped_yaml(name):
     theirs = relgraph.explain(shipped, clip, target=2, rules="epsilon-plus")
     assert theirs.abs().sum() > 0
     assert relative_error(mine, theirs) < 1e-10
+
+
+def x3d_names(imported):
+    """The import names X3D's swish, SE mean and SE product after the op, the YAML after their
+    place; a block without SE has pytorchvideo's nn.Identity where the YAML has no node."""
+    ends = {".act_b.silu": ".act_b", ".norm_b.1.mean": ".norm_b.1.squeeze"}
+    ends[".norm_b.1.mul"] = ".norm_b.1.excite"
+    renames = {}
+    for node in imported.order:
+        for end, shipped_end in ends.items():
+            if node.endswith(end):
+                renames[node] = node[: -len(end)] + shipped_end
+    bypass = [n for n in imported.order if imported.op(n).type == "identity"]
+    assert bypass and all(n.endswith(".branch2.norm_b.1") for n in bypass)
+    return renames, bypass
+
+
+@pytest.mark.parametrize(
+    ("name", "depth"), [("x3d-s", 2.2), pytest.param("x3d-l", 5.0, marks=pytest.mark.slow)]
+)
+def test_x3d_reference_imports_as_the_shipped_yaml(name, depth):
+    """pytorchvideo's head: permute to channels-last, nn.Linear, permute back, softmax (eval
+    mode), pool to one, flatten: the import is the YAML's flatten and linear, with a warning
+    that the softmax is left out."""
+    model = zoo_reference.randomise(zoo_reference.X3D(2, 32, depth, 5), seed=3).eval()
+    shipped = relgraph.load_architecture(name, init="none", num_classes=5, frames=2, size=32)
+    with pytest.warns(RelgraphWarning, match="final softmax .* is left out") as caught:
+        imported = from_torch(model, shipped.input_shape)
+    assert f"{zoo_reference.__file__}:" in str(caught[0].message)  # the softmax's source line
+    renames, bypass = x3d_names(imported)
+    assert_same_graph(imported, shipped, renames, bypass)
+    assert imported.op("blocks.5.flatten").type == "flatten"
+    assert imported.inputs_of("blocks.5.proj") == ["blocks.5.flatten"]
+    assert imported.output == "blocks.5.proj"
+    assert sorted(imported.state_dict()) == sorted(
+        k for k in model.state_dict() if "num_batches_tracked" not in k
+    )
+    clip = clip_for(shipped.input_shape, dtype=torch.float32)
+    with torch.no_grad():  # the module's eval output is the softmax of the graph's logits
+        probabilities = model(clip)
+    logits = imported.forward(clip).output
+    assert relative_error(torch.softmax(logits, dim=1), probabilities) < 1e-5
+    assert not torch.allclose(logits, probabilities)
+    model.blocks[-1].return_logits = True  # no softmax: the same graph and no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert from_torch(model, shipped.input_shape).order == imported.order
+    assert_same_forward_and_relevance(model, imported, shipped)
+
+
+class ChannelsLastHead(nn.Module):
+    """A channels-last MLP head: permute, Linear, ReLU, Linear, mean over the size-1 dims,
+    then an nn.Softmax module over the classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(3, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.hidden = nn.Linear(4, 6)
+        self.out = nn.Linear(6, 3)
+        self.softmax = nn.Softmax(dim=-1)
+
+    def forward(self, x):
+        x = torch.permute(self.pool(self.conv(x)), (0, 2, 3, 4, 1))
+        x = self.out(F.relu(self.hidden(x))).contiguous()
+        return self.softmax(x.mean(dim=(1, 2, 3)))
+
+
+def test_a_channels_last_head_and_a_softmax_module():
+    model = ChannelsLastHead().double().eval()
+    with pytest.warns(RelgraphWarning, match="'softmax'"):
+        g = from_torch(model, (3, 2, 4, 4))
+    assert [g.op(n).type for n in g.order] == [
+        "input", "conv3d", "adaptive_avgpool3d", "flatten", "linear", "relu", "linear"
+    ]  # fmt: skip
+    assert g.output == "out" and g.graph.nodes["hidden"]["shape"] == (6,)
+    clip = clip_for((3, 2, 4, 4), batch=3, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(clip)
+    assert relative_error(torch.softmax(g.forward(clip).output, dim=1), expected) < 1e-12
+
+
+def test_a_softmax_over_conv_logits_then_a_pool_to_one_and_a_flatten():
+    """A 1×1×1 conv classifier, softmax over its channels, pool to one, flatten: the softmax
+    is left out, the pool (over size-1 dimensions) is no node, the flatten is one."""
+    model = nn.Sequential(
+        nn.Conv3d(3, 4, 1), nn.AdaptiveAvgPool3d(1), nn.Conv3d(4, 3, 1), nn.Softmax(dim=1),
+        nn.AdaptiveAvgPool3d(1), nn.Flatten(),
+    ).double().eval()  # fmt: skip
+    with pytest.warns(RelgraphWarning, match=r"fx node '_3', module '3' \(Softmax\)"):
+        g = from_torch(model, (3, 2, 4, 4))
+    assert [g.op(n).type for n in g.order] == [
+        "input", "conv3d", "adaptive_avgpool3d", "conv3d", "flatten"
+    ]  # fmt: skip
+    clip = clip_for((3, 2, 4, 4), dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(clip)
+    assert relative_error(torch.softmax(g.forward(clip).output, dim=1), expected) < 1e-12
+
+
+class Swish(nn.Module):
+    def forward(self, x):
+        return torch.sigmoid(x) * x
+
+
+class SwishFunction(torch.autograd.Function):
+    """pytorchvideo's way: x · sigmoid(x) in a custom autograd function."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * torch.sigmoid(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # pragma: no cover - never run (the import runs no autograd)
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(x)
+        return grad * s * (1 + x * (1 - s))
+
+
+class LibrarySwish(nn.Module):
+    def forward(self, x):
+        return SwishFunction.apply(x)
+
+
+class SigmoidTwice(nn.Module):
+    """Not a swish: the sigmoid is used twice."""
+
+    def forward(self, x):
+        gate = x.sigmoid()
+        return (x * gate + gate).flatten(1)
+
+
+def test_swish_is_one_silu_node_and_other_products_stay_products():
+    g = from_torch(nn.Sequential(nn.Conv2d(3, 2, 1), Swish(), nn.Flatten()), (3, 4, 4))
+    assert [g.op(n).type for n in g.order] == ["input", "conv2d", "silu", "flatten"]
+    assert g.order[2] == "1.silu"
+    g = from_torch(nn.Sequential(nn.Conv2d(3, 2, 1), LibrarySwish(), nn.Flatten()), (3, 4, 4))
+    assert [g.op(n).type for n in g.order] == ["input", "conv2d", "silu", "flatten"]
+    g = from_torch(SigmoidTwice(), (3, 4, 4))
+    assert [g.op(n).type for n in g.order] == ["input", "sigmoid", "mul", "add", "flatten"]
 
 
 def test_the_import_checks_its_output_against_the_model(monkeypatch):

@@ -139,22 +139,8 @@ def test_shipped_yaml_is_short_and_uses_blocks(name):
 
 def reference_and_graph(name, tmp_path, dtype, frames, size, fmt, num_classes=400, seed=0):
     factory, _, _ = TORCHVISION[name]
-    model = zoo.randomise(factory(num_classes=num_classes), seed=seed).eval().to(dtype)
-    state = model.state_dict()
-    assert any(k.endswith("num_batches_tracked") for k in state)
-    if fmt == "safetensors":
-        from safetensors.torch import save_file
-
-        path = tmp_path / f"{name}.safetensors"
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    else:
-        path = tmp_path / f"{name}.pth"
-        torch.save(state, path)
-    graph = relgraph.load_architecture(
-        name, init="none", dtype=dtype, frames=frames, size=size, num_classes=num_classes
-    )
-    graph.load_weights(path)
-    return model, graph
+    model = zoo.randomise(factory(num_classes=num_classes), seed=seed).eval()
+    return zoo.saved_and_loaded(model, name, tmp_path, dtype, frames, size, fmt, num_classes)
 
 
 @pytest.mark.parametrize(

@@ -99,17 +99,9 @@ def test_the_four_x3d_files_differ_only_in_their_settings():
 # --------------------------------------------------------------------------- references
 
 
-def s3d_reference(num_classes: int, frames: int, size: int) -> torch.nn.Module:
-    model = zoo.s3d(num_classes=num_classes)
-    t, s = (frames + 3) // 4 // 2, (size + 15) // 16 // 2
-    if t < 2 or s < 7:  # below torchvision's input size the pool shrinks (see s3d.yaml)
-        model.avgpool = torch.nn.AvgPool3d((min(2, t), min(7, s), min(7, s)), stride=1)
-    return model
-
-
 def reference(name: str, num_classes: int, frames: int, size: int, logits: bool = True):
     if name == "s3d":
-        return s3d_reference(num_classes, frames, size)
+        return zoo.s3d_small(num_classes, frames, size)
     depth = zoo.X3D_SETTINGS[X3D[name]][2]
     return zoo.X3D(frames, size, depth, num_classes, return_logits=logits)
 
@@ -118,29 +110,8 @@ def loaded_pair(name, tmp_path, dtype, frames, size, fmt="pth", num_classes=10, 
     """The randomised reference and relgraph's graph loaded from its saved state dict."""
     model = zoo.randomise(reference(name, num_classes, frames, size), seed=seed).eval()
     if name.startswith("x3d"):
-        # randomised residual branches double the activations block after block: X3D-L's 55
-        # blocks reach 1e4, where float32 rounding alone is 1e-4 of the output. Trained nets
-        # keep the branches small (zero-init of the last BN's γ): so does this one.
-        with torch.no_grad():
-            for module_name, module in model.named_modules():
-                if module_name.endswith("branch2.norm_c"):
-                    module.weight.mul_(0.25)
-    model = model.to(dtype)
-    state = model.state_dict()
-    assert any(k.endswith("num_batches_tracked") for k in state)
-    if fmt == "safetensors":
-        from safetensors.torch import save_file
-
-        path = tmp_path / f"{name}.safetensors"
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    else:
-        path = tmp_path / f"{name}.pth"
-        torch.save(state, path)
-    graph = relgraph.load_architecture(
-        name, init="none", dtype=dtype, frames=frames, size=size, num_classes=num_classes
-    )
-    graph.load_weights(path)
-    return model, graph
+        zoo.calm_branches(model)  # float32 keeps 1e-4 through X3D-L's 55 blocks
+    return zoo.saved_and_loaded(model, name, tmp_path, dtype, frames, size, fmt, num_classes)
 
 
 def assert_close_to(got, expected, rtol):

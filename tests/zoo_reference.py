@@ -180,6 +180,34 @@ def r2plus1d_18(num_classes: int = 400) -> VideoResNet18:
     return VideoResNet18([ConvFactorised] * 4, stem, num_classes)
 
 
+class R2Plus1DTiny(nn.Module):
+    """relgraph's own demo model ``architectures/r2plus1d-tiny.yaml`` (not a library model):
+    R(2+1)D blocks of ``width``·(2, 4) channels in two stages after a 1×3×3 / 3×1×1 stem."""
+
+    def __init__(self, width: int = 8, num_classes: int = 4) -> None:
+        super().__init__()
+        mid = 3 * width * 27 // (27 + 3 * width)
+        self.stem = nn.Sequential(
+            nn.Conv3d(3, mid, (1, 3, 3), (1, 2, 2), (0, 1, 1), bias=False),
+            nn.BatchNorm3d(mid),
+            nn.ReLU(),
+            nn.Conv3d(mid, width, (3, 1, 1), 1, (1, 0, 0), bias=False),
+            nn.BatchNorm3d(width),
+            nn.ReLU(),
+        )
+        self.layer1 = nn.Sequential(ResBlock(ConvFactorised, width, 2 * width, 2))
+        self.layer2 = nn.Sequential(
+            ResBlock(ConvFactorised, 2 * width, 4 * width, 2),
+            ResBlock(ConvFactorised, 4 * width, 4 * width, 1),
+        )
+        self.avgpool = nn.AdaptiveAvgPool3d(1)
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer2(self.layer1(self.stem(x)))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
 # --------------------------------------------------------------------------- S3D
 
 
@@ -248,6 +276,16 @@ class S3D(nn.Module):
 
 def s3d(num_classes: int = 400) -> S3D:
     return S3D(num_classes)
+
+
+def s3d_small(num_classes: int, frames: int, size: int) -> S3D:
+    """S3D with the head pool shrunk to the feature map below torchvision's input size (13
+    frames, 209 pixels), as ``architectures/s3d.yaml`` does; at larger inputs ``s3d``."""
+    model = s3d(num_classes=num_classes)
+    t, s = (frames + 3) // 4 // 2, (size + 15) // 16 // 2
+    if t < 2 or s < 7:
+        model.avgpool = nn.AvgPool3d((min(2, t), min(7, s), min(7, s)), stride=1)
+    return model
 
 
 # --------------------------------------------------------------------------- X3D
@@ -383,7 +421,8 @@ class X3DHead(nn.Module):
         x = self.proj(x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
         if not self.training and not self.return_logits:
             x = self.activation(x)
-        return self.output_pool(x).flatten(1)
+        x = self.output_pool(x)
+        return x.view(x.shape[0], -1)
 
 
 class X3D(nn.Module):
@@ -434,6 +473,58 @@ X3D_SETTINGS = {
 }
 
 
+def calm_branches(model: X3D, factor: float = 0.25) -> X3D:
+    """Scale each residual branch's last batch-norm γ by ``factor``.
+
+    Randomised residual branches double the activations block after block: X3D-L's 55
+    blocks reach 1e4, where float32 rounding alone is 1e-4 of the output. Trained nets keep
+    the branches small (zero-init of the last BN's γ): so does this."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith("branch2.norm_c"):
+                module.weight.mul_(factor)
+    return model
+
+
 def x3d(size: str, num_classes: int = 400, return_logits: bool = False) -> X3D:
     frames, crop, depth = X3D_SETTINGS[size]
     return X3D(frames, crop, depth, num_classes, return_logits)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def saved_and_loaded(
+    model: nn.Module,
+    name: str,
+    tmp_path: Path,
+    dtype: torch.dtype,
+    frames: int,
+    size: int,
+    fmt: str = "pth",
+    num_classes: int = 400,
+):
+    """``model`` in ``dtype``, its state dict saved as ``fmt`` (``pth``: ``torch.save``;
+    ``safetensors``) with ``num_batches_tracked``, and relgraph's shipped ``name`` at that
+    input and class count loaded from the file. Returns ``(model, graph)``.
+
+    The one function here that uses relgraph: the tests' common way from a reference to the
+    graph it is compared with."""
+    import relgraph
+
+    model = model.to(dtype)
+    state = model.state_dict()
+    assert any(k.endswith("num_batches_tracked") for k in state)
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        path = tmp_path / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        path = tmp_path / f"{name}.pth"
+        torch.save(state, path)
+    graph = relgraph.load_architecture(
+        name, init="none", dtype=dtype, frames=frames, size=size, num_classes=num_classes
+    )
+    graph.load_weights(path)
+    return model, graph
