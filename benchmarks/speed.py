@@ -13,7 +13,12 @@ warm-up, each configuration in a fresh subprocess so that its peak memory is its
 - ``relgraph.discriminative`` (T = 16) against 17 single explanations one after another;
 - ``relgraph.discriminative`` ÷ one explanation for each ``reduce``, with the frozen-clip
   shortcut (``relgraph.frozen``) on and off (``--only-frozen``: this table alone);
-- peak memory: resident set size on CPU, ``torch.cuda.max_memory_allocated`` on CUDA.
+- peak memory: resident set size on CPU, ``torch.cuda.max_memory_allocated`` on CUDA;
+- the memory modes (``--only-memory``: this table alone): time and peak memory of one
+  explanation per ``cache_policy`` (default allocator and glibc's 1 MiB mmap threshold;
+  ``--memory-bf16`` adds bfloat16) and of the discriminative pass per batch size
+  (``--disc-batches``) and policy, the own peak set against 1.5 × (weights + activations the
+  rules need); the definitions are printed with the table and in the README.
 
 Then a second table: time and peak memory against clip length T (8, 16, 32) and batch
 size (1, 4, 17). Prints markdown tables and writes them as JSON (``--json``).
@@ -54,7 +59,27 @@ def _rss_bytes() -> int:
 
 
 def _peak_rss_bytes() -> int:
+    """The process's peak RSS: since ``_reset_peak_rss`` where Linux allows it (VmHWM), else
+    since the process started (``ru_maxrss``)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Start the peak RSS afresh from the current RSS (Linux ≥ 4.0: ``clear_refs`` 5), so that
+    building the graph does not count; ``False`` where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _build(frames: int, device: str):
@@ -104,9 +129,11 @@ def worker(
     precision: str = "fp32",
     disc_batch: int | None = None,
     model: str | None = None,
+    fresh_peak: bool = False,
 ) -> dict:
     """Time one configuration in this process and report its peak memory (``model``: a
-    configuration of the per-model table, see ``model_worker``)."""
+    configuration of the per-model table, see ``model_worker``; ``fresh_peak``: the peak of
+    the explanations alone, restarted after the graph is built)."""
     if model is not None:
         return model_worker(kind, model, device, repeats)
     import torch
@@ -122,9 +149,11 @@ def worker(
     torch.set_grad_enabled(kind.startswith("autograd") or kind.startswith("captum"))
     graph = _build(frames, device)
     graph.cache_policy = cache
-    clip = _clip(batch, frames, device)
     if precision == "bf16":
         graph.to(dtype=torch.bfloat16)
+    baseline = _memory_baseline(graph, fresh_peak)
+    clip = _clip(batch, frames, device)
+    if precision == "bf16":
         clip = clip.to(torch.bfloat16)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -229,6 +258,7 @@ def worker(
         "disc_batch": disc_batch,
         "peak_rss_bytes": _peak_rss_bytes(),
         "weights_bytes": sum(t.numel() * t.element_size() for t in graph.state_dict().values()),
+        **baseline,
     }
     if device == "cuda":
         report["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
@@ -253,6 +283,22 @@ def worker(
         per_clip = sum(size * int(torch.tensor(shape).prod()) for shape in shapes)
         report["needed_activation_bytes"] = per_clip * batch
     return report
+
+
+def _memory_baseline(graph, fresh_peak: bool) -> dict:
+    """What the process holds before its first explanation, apart from the weights: the
+    interpreter, torch, relgraph and the graph's structure (the memory the graph's build freed
+    handed back first, ``relgraph.hostmemory``); and the peak RSS restarted from here."""
+    from relgraph.hostmemory import release_freed
+
+    release_freed()
+    weights = sum(t.numel() * t.element_size() for t in graph.state_dict().values())
+    rss = _rss_bytes()
+    return {
+        "rss_graph_bytes": rss,
+        "rss_baseline_bytes": rss - weights,
+        "peak_reset": fresh_peak and _reset_peak_rss(),
+    }
 
 
 def _torch_c3d(graph):
@@ -446,6 +492,8 @@ def measure(
     precision: str = "fp32",
     disc_batch: int | None = None,
     model: str | None = None,
+    env: dict | None = None,
+    fresh_peak: bool = False,
 ) -> dict:
     command = [
         sys.executable,
@@ -469,9 +517,13 @@ def measure(
         command += ["--disc-batch", str(disc_batch)]
     if model is not None:
         command += ["--model", model]
+    if fresh_peak:
+        command += ["--fresh-peak"]
+    extra = env
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
+    env.update(extra or {})
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         print(done.stderr, file=sys.stderr)
@@ -562,29 +614,52 @@ def _main_table(args) -> tuple[dict, dict]:
     return reports, ratios
 
 
+#: glibc's setting that hands every freed block of 1 MiB or more straight back to the system
+#: (it turns off the self-raising mmap threshold); the memory table's last explain rows
+MMAP_THRESHOLD_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
+
+
 def _memory_table(args) -> list[dict]:
-    """Peak memory and time of one explanation per cache policy and precision, and of the
-    discriminative pass per batch size; each row a fresh process."""
+    """Peak memory and time of one explanation per cache policy (and precision with
+    ``--memory-bf16``), and of the discriminative pass per batch size and cache policy; each
+    row a fresh process."""
     print("\n## Memory modes (deep-taylor-paper, one clip; each row a fresh process)\n")
     print(
-        "RSS: peak resident set size of the process; runtime: the process after importing "
-        "torch and relgraph, before building the graph; *own peak* = peak − runtime, to set "
-        "against 1.5 × (weights + activations the rules need).\n"
+        "peak: the process's peak RSS during the explanations (warm-up included), restarted "
+        "after the graph is built (Linux `clear_refs`); baseline: the RSS before the first "
+        "explanation less the weights (interpreter, torch, relgraph, graph structure; the "
+        "build's freed memory handed back first); *own peak* = peak − baseline, i.e. the "
+        "weights plus all the explanations add, set against 1.5 × (weights + activations the "
+        "rules need: the inputs of every node whose rule reads its inputs and the outputs of "
+        "those that read their output, `relgraph.reverse.activations_needed`). "
+        "CUDA: `max_memory_allocated`, no baseline.\n"
     )
     print(
-        "| what | cache | precision | median time (s) | peak RSS (MiB) | own peak (MiB) | "
-        "weights + needed activations (MiB) | own peak ÷ that |"
+        "| what | cache | precision | allocator | median time (s) | peak (MiB) | "
+        "baseline (MiB) | own peak (MiB) | weights + needed activations (MiB) | "
+        "own peak ÷ that |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|")
-    rows = []
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+    explain = "explain:deep-taylor-paper"
     configs = [
-        ("explain:deep-taylor-paper", "weights", "fp32", None),
-        ("explain:deep-taylor-paper", "none", "fp32", None),
-        ("explain:deep-taylor-paper", "weights", "bf16", None),
-        ("explain:deep-taylor-paper", "none", "bf16", None),
+        (explain, "weights", "fp32", None, None),
+        (explain, "none", "fp32", None, None),
     ]
-    configs += [("discriminative", "weights", "fp32", int(b)) for b in args.disc_batches.split(",")]
-    for kind, cache, precision, disc_batch in configs:
+    if args.device == "cpu":
+        configs += [
+            (explain, "weights", "fp32", None, MMAP_THRESHOLD_ENV),
+            (explain, "none", "fp32", None, MMAP_THRESHOLD_ENV),
+        ]
+    if args.memory_bf16:
+        configs += [(explain, "weights", "bf16", None, None), (explain, "none", "bf16", None, None)]
+    configs += [
+        ("discriminative", cache, "fp32", int(b), None)
+        for b in args.disc_batches.split(",")
+        for cache in ("weights", "none")
+    ]
+    rows = []
+    times: dict[tuple, float] = {}
+    for kind, cache, precision, disc_batch, env in configs:
         repeats = args.repeats if kind.startswith("explain") else max(1, args.repeats // 3)
         report = measure(
             kind,
@@ -593,18 +668,35 @@ def _memory_table(args) -> list[dict]:
             cache=cache,
             precision=precision,
             disc_batch=disc_batch,
+            env=env,
+            fresh_peak=True,
         )
-        own = _memory(report, args.device) - (
-            0 if args.device == "cuda" else report["rss_runtime_bytes"]
-        )
+        cuda = args.device == "cuda"
+        baseline = 0 if cuda else report["rss_baseline_bytes"]
+        own = _memory(report, args.device) - baseline
         base = report["weights_bytes"] + report.get("needed_activation_bytes", 0)
         what = "explain" if kind.startswith("explain") else f"discriminative, batch {disc_batch}"
-        ratio = f"{own / base:.2f}" if "needed_activation_bytes" in report else ""
+        allocator = "" if cuda else ("glibc, mmap threshold 1 MiB" if env else "glibc default")
+        known = "needed_activation_bytes" in report  # explain rows only
+        ratio = f"{own / base:.2f}" if known else ""
         print(
-            f"| {what} | {cache} | {precision} | {report['median_s']:.2f} | "
-            f"{_mib(_memory(report, args.device))} | {_mib(own)} | {_mib(base)} | {ratio} |"
+            f"| {what} | {cache} | {precision} | {allocator} | {report['median_s']:.2f} | "
+            f"{_mib(_memory(report, args.device))} | {_mib(baseline)} | {_mib(own)} | "
+            f"{_mib(base) if known else ''} | {ratio} |",
+            flush=True,
         )
+        report["allocator"] = allocator
+        report["own_peak_bytes"] = own
         rows.append(report)
+        times[(what, precision, allocator, cache)] = report["median_s"]
+    print()
+    for (what, precision, allocator, cache), seconds in times.items():
+        default = times.get((what, precision, allocator, "weights"))
+        if cache == "none" and default:
+            print(
+                f"- time of the memory mode (`none`) ÷ default (`weights`), {what}, {precision}"
+                f"{', ' + allocator if allocator else ''}: **{seconds / default:.2f} ×**"
+            )
     return rows
 
 
@@ -668,6 +760,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", default="weights", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--disc-batch", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--fresh-peak", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-bf16", action="store_true", help="add bfloat16 rows to the memory table"
+    )
     parser.add_argument("--only-memory", action="store_true", help="the memory-mode table alone")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument(
@@ -700,6 +796,7 @@ def main(argv: list[str] | None = None) -> None:
             precision=args.precision,
             disc_batch=args.disc_batch,
             model=args.model,
+            fresh_peak=args.fresh_peak,
         )
         print(json.dumps(report))
         return

@@ -38,6 +38,7 @@ import torch
 
 from .errors import RelgraphError, RuleError
 from .graph import Graph
+from .hostmemory import release_freed
 from .ops import infer_output_shape
 from .reverse import (
     Target,
@@ -514,6 +515,7 @@ def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
             tensors=graph.tensors(node),
             cache=graph.cache if graph.cache_policy != "none" else {},
             record=record,
+            low_memory=graph.cache_policy == "none",
         )
         try:
             contributions = rule(ctx, r)
@@ -530,6 +532,8 @@ def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
         for pred, begin, contribution in zip(preds, starts, contributions):
             _accumulate(relevance, pred, plans[pred].out, begin, contribution)
         del ctx, contributions, inputs, r, node_relevance
+        if graph.cache_policy == "none":  # the memory mode, as in explain_with_rules
+            release_freed()
 
     final = relevance.pop(graph.input, None)
     shape = (*rows_of(acts[graph.input]).shape[:2], length, *acts[graph.input].shape[3:])

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from .errors import GraphError, RelgraphError, ShapeError, SpecError, WeightsError, did_you_mean
+from .hostmemory import release_freed
 from .ops import OPS, Input, Op, OpDefinitionError, infer_output_shape
 from .resources import shipped_names, shipped_path
 from .spec import ArchSpec, load_yaml, parse_spec, with_block_origin
@@ -82,7 +83,10 @@ class Graph:
         zβ offsets) in ``cache``, so the next explanation reuses them; ``"none"`` derives
         them at each node and drops them when the pass leaves the node, for memory-bound
         users (C3D: about one more copy of the weights kept otherwise; the time it costs is
-        in the README's performance section). Setting it clears ``cache``."""
+        in the README's performance section). ``"none"`` is the memory mode: the rules also
+        run big affine maps a slice of channels at a time and make W⁺ slice by slice (the
+        same values), and the passes hand freed memory back to the system after each node
+        (``relgraph.hostmemory``). Setting it clears ``cache``."""
         return self._cache_policy
 
     @cache_policy.setter
@@ -321,6 +325,7 @@ class Graph:
             )
         remaining = {n: self.graph.out_degree(n) for n in self.order}
         record_set = set(record)
+        low_memory = self._cache_policy == "none"
         activations: dict[str, torch.Tensor] = {}
         records: dict[str, Any] = {}
         with torch.inference_mode():
@@ -338,6 +343,9 @@ class Graph:
                         remaining[p] -= 1
                         if remaining[p] == 0 and p not in keep_set:
                             del activations[p]
+                if low_memory:
+                    del inputs
+                    release_freed()
         return ForwardResult(
             output=activations[self.output], activations=activations, records=records
         )

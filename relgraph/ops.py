@@ -261,6 +261,14 @@ class Affine(Op):
         """``Aᵀ(s; W)``, shaped like the input ``x``."""
         raise NotImplementedError
 
+    @property
+    def sliceable(self) -> bool:
+        """Whether the map runs slice by slice of its weight: output channels ``k`` of
+        ``A(x; W[k])`` are those of ``A(x; W)``, and input channels ``j`` of ``Aᵀ(s; W[:, j])``
+        those of ``Aᵀ(s; W)`` (the memory mode computes big maps so, see
+        ``relgraph.rules.base.sliced_map``)."""
+        return False
+
     def stack_inputs(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor | None:
         """One weight whose adjoint gives ``Aᵀ(s; first)`` and ``Aᵀ(s; second)`` side by side
         along the input channels, or ``None`` where the op cannot (see ``adjoint_pair``)."""
@@ -355,6 +363,35 @@ class ConvNd(Spatial, Affine):
             x, weight, bias, self.stride, self.padding, self.dilation, self.groups
         )
 
+    @property
+    def sliceable(self) -> bool:
+        return self.groups == 1
+
+    def output_size(self, in_size: Sequence[int]) -> list[int]:
+        """The output's spatial size for an input of spatial size ``in_size``."""
+        return [
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, k, s, p, d in zip(
+                in_size, self.kernel_size, self.stride, self.padding, self.dilation
+            )
+        ]
+
+    def linear_map_rows(self, x, weight, bias, start: int, stop: int) -> torch.Tensor:
+        """``A(x; W) + b`` at output positions ``[start, stop)`` of the first spatial axis
+        alone: the convolution of the input rows they read, zero-padded explicitly where the
+        op's padding lies (the memory mode's slices; each output as in one go)."""
+        k, s, p, d = self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]
+        n = x.shape[2]
+        low, high = start * s - p, (stop - 1) * s - p + d * (k - 1) + 1
+        rows = x[:, :, max(low, 0) : min(high, n)]
+        before, after = max(0, -low), max(0, high - n)
+        if before or after:
+            rows = F.pad(rows, [0, 0] * (self.dims - 1) + [before, after])
+        padding = (0, *self.padding[1:])
+        return _conv_fn(self.dims)(
+            rows, weight, bias, self.stride, padding, self.dilation, self.groups
+        )
+
     def stack_inputs(self, first, second):
         return torch.cat([first, second], dim=1) if self.groups == 1 else None
 
@@ -412,6 +449,8 @@ class Linear(Affine):
 
     def linear_map(self, x, weight, bias=None):
         return F.linear(x, weight, bias)
+
+    sliceable = True
 
     def stack_inputs(self, first, second):
         return torch.cat([first, second], dim=1)

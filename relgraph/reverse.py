@@ -18,6 +18,7 @@ import torch
 from .canonize import canonical
 from .errors import RuleError, TargetError
 from .graph import Graph
+from .hostmemory import release_freed
 from .labels import Labels
 from .rules import NEEDS, Composite, NodeContext, Rule, as_composite
 
@@ -91,6 +92,13 @@ def _accumulator(dtype: torch.dtype) -> torch.dtype:
 def _totals(t: torch.Tensor) -> torch.Tensor:
     """``(B,)``: each sample's sum."""
     return t.reshape(t.shape[0], -1).sum(1, dtype=_accumulator(t.dtype))
+
+
+def _exclusive(t: torch.Tensor, others) -> bool:
+    """Whether no tensor of ``others`` shares memory with ``t`` (a rule may return one tensor
+    for two inputs: neither may then be overwritten)."""
+    storage = t.untyped_storage().data_ptr()
+    return all(o.untyped_storage().data_ptr() != storage for o in others)
 
 
 def resolve_target(
@@ -308,6 +316,8 @@ def explain_with_rules(
             node_relevance = relevance.pop(node)
             if return_all:
                 kept[node] = node_relevance
+            if detailed:  # before the rule, which may form its result in the relevance
+                handed_in = _totals(node_relevance)
             rule = node_rules[node]
             preds = graph.inputs_of(node)
             ctx = NodeContext(
@@ -319,6 +329,10 @@ def explain_with_rules(
                 tensors=graph.tensors(node),
                 cache=graph.cache if keep_cache else {},
                 record=records.pop(node, None),
+                low_memory=not keep_cache,
+                relevance_owned=not return_all
+                and node != graph.output  # the seed, which an Explanation returns
+                and _exclusive(node_relevance, relevance.values()),
             )
             try:
                 contributions = rule(ctx, node_relevance)
@@ -328,13 +342,15 @@ def explain_with_rules(
                 line = graph.graph.nodes[node].get("line")
                 raise RuleError(exc.message, file=graph.file, line=line, node=node) from None
             if detailed:  # one reduction per tensor and sample
-                lost[node] = _totals(node_relevance) - sum(_totals(c) for c in contributions)
+                lost[node] = handed_in - sum(_totals(c) for c in contributions)
             for pred, contribution in zip(preds, contributions):
                 relevance[pred] = (
                     relevance[pred] + contribution if pred in relevance else contribution
                 )
             activations.pop(node, None)
             del ctx, node_relevance, contributions
+            if not keep_cache:  # the memory mode: hand what the node freed back to the system
+                release_freed()
         input_relevance = relevance.pop(graph.input)
     if not detailed:
         return input_relevance

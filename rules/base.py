@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from relgraph.errors import RuleError, did_you_mean
+from relgraph.hostmemory import release_freed
 from relgraph.ops import Op
 
 
@@ -54,6 +55,13 @@ class NodeContext:
     cache: dict
     #: what the op recorded in the forward pass (max pools: argmax indices), if asked for
     record: Any = None
+    #: the memory mode (``Graph.cache_policy == "none"``): big affine maps run a slice of
+    #: their weight at a time (``sliced_map``), derived weights are made slice by slice
+    low_memory: bool = False
+    #: the reverse pass will not read the relevance handed to the rule again, and no other
+    #: tensor shares its memory: a rule that reads it once may form a result in it
+    #: (``Stabilizer(..., overwrite_numerator=True)``); a rule that reads it twice must not
+    relevance_owned: bool = False
 
     @property
     def x(self) -> torch.Tensor:
@@ -96,8 +104,11 @@ class NodeContext:
         """The affine map's weight and bias (batch-norm folded to scale and shift)."""
         return self.memo("W,b", lambda: self.op.weight_and_bias(self.tensors))
 
-    def positive_weight(self) -> torch.Tensor:
-        """``W⁺``, memoised."""
+    def positive_weight(self, lazy: bool = False) -> torch.Tensor | Lazy:
+        """``W⁺``, memoised; with ``lazy`` in the memory mode a ``Lazy`` W⁺ that the maps
+        make slice by slice, so that the whole of it never exists."""
+        if lazy and self.low_memory:
+            return Lazy(self.weight_and_bias()[0], positive)
         return self.memo("W+", lambda: self.weight_and_bias()[0].clamp(min=0))
 
     def negative_weight(self) -> torch.Tensor:
@@ -123,6 +134,129 @@ class NodeContext:
             first, second, stacked = work, self.working(second), None
         pair = self.op.adjoint_pair(s.to(first.dtype), first, second, self.input_shapes[0], stacked)
         return widened(pair[0]), widened(pair[1])
+
+
+@dataclass(frozen=True)
+class Lazy:
+    """A weight derived element-wise from another (``derive(weight)``, e.g. W⁺ = max(W, 0)),
+    made a slice at a time where the maps run slice by slice (``sliced_map``); ``full()``
+    makes all of it. Element-wise, so a slice of the derived weight is the derived slice."""
+
+    weight: torch.Tensor
+    derive: Callable[[torch.Tensor], torch.Tensor]
+
+    def full(self) -> torch.Tensor:
+        return self.derive(self.weight)
+
+
+def materialized(weight: torch.Tensor | Lazy) -> torch.Tensor:
+    """The weight itself, a ``Lazy`` one made whole."""
+    return weight.full() if isinstance(weight, Lazy) else weight
+
+
+#: the memory mode's slices of a map: at most about this many bytes of weight or of result
+#: per slice (and at least ``SLICE_ALIGN`` channels)
+SLICE_BYTES = 16 * 2**20
+SLICE_ALIGN = 16
+#: and at least this many positions along the first spatial axis: fewer can make the CPU's
+#: convolution pick another algorithm, whose sums round differently (C3D: from 3 down)
+SLICE_ROWS = 4
+
+
+def _slices(total: int, per_channel: int, first: int = 0) -> list[tuple[int, int]]:
+    """``(start, length)`` along ``total`` channels from ``first`` on, each about
+    ``SLICE_BYTES`` for ``per_channel`` bytes a channel, a multiple of ``SLICE_ALIGN``."""
+    step = max(1, SLICE_BYTES // max(per_channel, 1))
+    step = max(SLICE_ALIGN, step - step % SLICE_ALIGN)
+    return [(a, min(step, total - a)) for a in range(first, total, step)]
+
+
+def sliced_map(
+    one_slice: Callable[..., torch.Tensor],
+    weight: torch.Tensor | Lazy,
+    bias: torch.Tensor | None = None,
+    *,
+    add_to: torch.Tensor | None = None,
+    rows: int | None = None,
+    row_bytes: int = 0,
+) -> torch.Tensor:
+    """``A(x; W) + b`` a slice of output channels at a time (``one_slice(W_k, b_k)`` gives
+    output channels k), so that only a slice of a ``Lazy`` weight and of the map's workspace
+    exists at once. ``rows``: the output's length along its first spatial axis, where
+    ``one_slice(W_k, b_k, (start, stop))`` gives just those positions, and ``row_bytes`` what
+    one position costs (result and workspace, per output channel): slices are then cut along
+    it too. ``add_to``: the result is added into that tensor instead (``add_to + A(x; W)``).
+    The op must be ``sliceable``; each output is computed as in one go."""
+    base = weight.weight if isinstance(weight, Lazy) else weight
+    derive = weight.derive if isinstance(weight, Lazy) else None
+    total = base.shape[0]
+    weight_per_channel = base[0].numel() * base.element_size()
+    out = add_to
+
+    def put(channels: tuple[int, int], span: tuple[int, int] | None = None) -> int:
+        """Compute one slice into ``out``; its bytes per output channel."""
+        nonlocal out
+        result = _piece(one_slice, base, derive, bias, *channels, span)
+        if out is None:
+            spatial = result.shape[2:] if span is None else (rows, *result.shape[3:])
+            out = result.new_empty((result.shape[0], total, *spatial))
+        target = out.narrow(1, *channels)
+        if span is not None:
+            target = target.narrow(2, span[0], span[1] - span[0])
+        target.add_(result) if add_to is not None else target.copy_(result)
+        size = result.numel() // channels[1] * result.element_size()
+        del result, target
+        release_freed()  # the slice's result and workspace, before the next one allocates
+        return size
+
+    if rows is None:
+        head = min(total, SLICE_ALIGN)
+        per_channel = max(put((0, head)), weight_per_channel)
+        for channels in _slices(total, per_channel, head):
+            put(channels)
+        return out
+    for channels in _slices(total, weight_per_channel):
+        step = max(SLICE_ROWS, SLICE_BYTES // max(row_bytes * channels[1], 1))
+        if step >= rows:  # one piece: the plain map
+            put(channels)
+            continue
+        for row in range(0, rows, step):
+            put(channels, (row, min(rows, row + step)))
+    return out
+
+
+def _piece(one_slice, base, derive, bias, start, length, span=None) -> torch.Tensor:
+    w = base.narrow(0, start, length)
+    b = None if bias is None else bias.narrow(0, start, length)
+    w = derive(w) if derive is not None else w
+    return one_slice(w, b) if span is None else one_slice(w, b, span)
+
+
+def sliced_adjoint(
+    one_slice: Callable[[torch.Tensor, torch.Size], torch.Tensor],
+    weight: torch.Tensor | Lazy,
+    x_shape: torch.Size,
+) -> torch.Tensor:
+    """``Aᵀ(s; W)`` (``one_slice(W[:, j], shape_j)`` gives input channels j, shaped
+    ``shape_j``) a slice of input channels at a time, into one tensor shaped ``x_shape``;
+    see ``sliced_map``."""
+    base = weight.weight if isinstance(weight, Lazy) else weight
+    derive = weight.derive if isinstance(weight, Lazy) else None
+    total = base.shape[1]
+    per_channel = max(
+        math.prod(x_shape) // max(total, 1) * 4, base[:, :1].numel() * base.element_size()
+    )
+    out = None
+    for start, length in _slices(total, per_channel):
+        w = base.narrow(1, start, length)
+        shape = torch.Size((x_shape[0], length, *x_shape[2:]))
+        result = one_slice(derive(w) if derive is not None else w, shape)
+        if out is None:
+            out = result.new_empty(x_shape)
+        out.narrow(1, start, length).copy_(result)
+        del result
+        release_freed()
+    return out
 
 
 def _signature(tensors: dict[str, torch.Tensor]) -> tuple | None:
@@ -202,26 +336,82 @@ class Stabilizer:
             raise RuleError(f"the stabilizer's epsilon must be ≥ 0, got {self.epsilon}")
 
     def __call__(
-        self, numerator: torch.Tensor, z: torch.Tensor, scale: torch.Tensor | None = None
+        self,
+        numerator: torch.Tensor,
+        z: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        *,
+        overwrite: bool = False,
+        overwrite_numerator: bool = False,
     ) -> torch.Tensor:
         """``numerator / stab(z)``; ``scale`` is the per-sample factor (``sample_scale``) that
         ``z`` was computed with, so that ε scales along with it. A bfloat16 ``z`` or numerator
-        is widened to float32 first: the quotient is formed in float32."""
-        numerator, z = widened(numerator), widened(z)
+        is widened to float32 first: the quotient is formed in float32.
+
+        ``overwrite=True`` says that the caller will not read ``z`` again,
+        ``overwrite_numerator=True`` the same of ``numerator``: the quotient is then formed in
+        that one's memory (the numerator's first) where the shapes and formats allow, so that
+        they and the quotient are never alive at once (the same values, bit for bit)."""
+        wide_z, wide_numerator = widened(z), widened(numerator)
+        owned = overwrite or wide_z is not z
+        numerator_owned = overwrite_numerator or wide_numerator is not numerator
+        numerator, z = wide_numerator, wide_z
         if self.kind == "epsilon" and self.epsilon > 0:
             epsilon = self.epsilon if scale is None else self.epsilon * _to_rank(scale, z)
             epsilon = torch.as_tensor(epsilon, dtype=z.dtype, device=z.device)
-            z = z + torch.where(z >= 0, epsilon, -epsilon)
-        quotient = numerator / z
-        # z = 0 gives Inf or NaN here, and a normal but tiny z can overflow R/z; such a share
-        # lies beyond the format and hands on nothing (NaN would follow where Inf meets a zero
-        # input). A subnormal z hands on nothing either. Done in place: this runs on every
-        # output of every layer.
-        quotient.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            z, owned = z + torch.where(z >= 0, epsilon, -epsilon), True
         tiny = torch.finfo(z.dtype).tiny
-        if self.kind == "epsilon" and scale is None and self.epsilon >= tiny:
-            return quotient  # |z + ε·sign(z)| ≥ ε ≥ tiny: no subnormal denominator to mask
-        return quotient.masked_fill_(z.abs() < tiny, 0.0)
+        # |z + ε·sign(z)| ≥ ε ≥ tiny: no subnormal denominator to mask
+        mask = not (self.kind == "epsilon" and scale is None and self.epsilon >= tiny)
+        fits = (
+            z.shape == numerator.shape
+            and torch.result_type(numerator, z) == z.dtype == numerator.dtype
+            and z.is_contiguous()
+            and numerator.is_contiguous()
+        )
+        into_numerator = fits and numerator_owned
+        into_z = fits and owned and not z._is_view()
+        if not (into_numerator or into_z):
+            return _safe_quotient(numerator, z, tiny, numerator / z, mask=mask)
+        # the quotient formed in place, a piece at a time: the mask of vanishing z is never
+        # larger than a piece (element-wise, so the same values as in one go)
+        for num, den in zip(numerator.view(-1).split(CHUNK), z.view(-1).split(CHUNK)):
+            vanishing = _vanishing(den, tiny) if mask else None
+            quotient = torch.div(num, den, out=num if into_numerator else den)
+            _safe_quotient(num, den, tiny, quotient, vanishing, mask=mask)
+        return numerator if into_numerator else z
+
+
+#: elements per piece of the in-place quotient (``Stabilizer(..., overwrite=True)``)
+CHUNK = 2**20
+
+
+def _vanishing(z: torch.Tensor, tiny: float) -> torch.Tensor:
+    """Where ``|z| < tiny`` (NaN: no), by two comparisons: no z-sized float temporary."""
+    return torch.lt(z, tiny).logical_and_(torch.gt(z, -tiny))
+
+
+def _safe_quotient(
+    numerator: torch.Tensor,
+    z: torch.Tensor,
+    tiny: float,
+    quotient: torch.Tensor,
+    vanishing: torch.Tensor | None = None,
+    *,
+    mask: bool = True,
+) -> torch.Tensor:
+    """``quotient = numerator / z`` with every share beyond the format set to 0, in place.
+
+    z = 0 gives Inf or NaN, and a normal but tiny z can overflow R/z; such a share lies beyond
+    the format and hands on nothing (NaN would follow where Inf meets a zero input). A
+    subnormal z hands on nothing either. ``vanishing`` (where ``|z| < tiny``) must be taken
+    before ``quotient`` overwrites ``z``; ``mask=False``: no z can be subnormal (ε ≥ tiny)."""
+    quotient.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    if not mask:
+        return quotient
+    if vanishing is None:
+        vanishing = _vanishing(z, tiny)
+    return quotient.masked_fill_(vanishing, 0.0)
 
 
 def _to_rank(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ in ``rules.md``. ``A``/``Aᵀ`` are the op's ``linear_map``/``adjoint``; ``stab`
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,17 +18,21 @@ from relgraph.preprocess import get_preprocess
 
 from .base import (
     LOW_PRECISION,
+    Lazy,
     NodeContext,
     Rule,
     Stabilizer,
     accumulator,
     make_rule,
+    materialized,
     negative,
     positive,
     register_rule,
     rescaled,
     sample_scale,
     scale_and_sign,
+    sliced_adjoint,
+    sliced_map,
     widened,
 )
 
@@ -35,31 +40,61 @@ from .base import (
 # their results are widened to float32 (``widened``), where shares are divided and summed.
 
 
-def _A(ctx: NodeContext, x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
-    work = ctx.working(weight)
-    if work is not weight:
-        x, bias = widened(x), None if bias is None else widened(bias)
-    return widened(ctx.op.linear_map(x, work, bias))
+def _A(
+    ctx: NodeContext,
+    x: torch.Tensor,
+    weight: torch.Tensor | Lazy,
+    bias=None,
+    *,
+    add_to: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``A(x; W) + b`` in the weight's working format, widened (``add_to``: added into that
+    tensor). In the memory mode a slice of output channels at a time (``sliced_map``)."""
+
+    def one(weight: torch.Tensor, bias: torch.Tensor | None, rows=None) -> torch.Tensor:
+        work, inputs = ctx.working(weight), x
+        if work is not weight:
+            inputs, bias = widened(x), None if bias is None else widened(bias)
+        if rows is not None:
+            return widened(ctx.op.linear_map_rows(inputs, work, bias, *rows))
+        return widened(ctx.op.linear_map(inputs, work, bias))
+
+    if _sliced(ctx, weight):
+        if hasattr(ctx.op, "linear_map_rows") and x.dim() > 2:
+            # cut along the first spatial axis too: a convolution's workspace (its unfolded
+            # input: channels × kernel per output position) can exceed its result
+            size = ctx.op.output_size(x.shape[2:])
+            per_position = math.prod(size[1:]) * x.shape[0] * 4
+            row_bytes = per_position * (1 + x.shape[1] * math.prod(ctx.op.kernel_size))
+            return sliced_map(one, weight, bias, add_to=add_to, rows=size[0], row_bytes=row_bytes)
+        return sliced_map(one, weight, bias, add_to=add_to)
+    result = one(materialized(weight), bias)
+    return result if add_to is None else _in_place(torch.add, add_to, result)
 
 
-def _At(ctx: NodeContext, s: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    work = ctx.working(weight)
-    return widened(ctx.op.adjoint(s.to(work.dtype), work, ctx.input_shapes[0]))
+def _At(ctx: NodeContext, s: torch.Tensor, weight: torch.Tensor | Lazy) -> torch.Tensor:
+    """``Aᵀ(s; W)``, widened; in the memory mode a slice of input channels at a time."""
+
+    def one(weight: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        work = ctx.working(weight)
+        return widened(ctx.op.adjoint(s.to(work.dtype), work, x_shape))
+
+    if _sliced(ctx, weight):
+        return sliced_adjoint(one, weight, ctx.input_shapes[0])
+    return one(materialized(weight), ctx.input_shapes[0])
 
 
-def _times(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``t ⊙ x``, in place in ``t`` where ``t`` is a map's result of ``x``'s shape (a fresh
-    tensor that nothing else holds): one large allocation fewer per node."""
-    if t.shape == x.shape and 0 not in t.stride() and t.dtype == torch.result_type(t, x):
-        return t.mul_(x)
-    return t * x
+def _sliced(ctx: NodeContext, weight: torch.Tensor | Lazy) -> bool:
+    """Whether the maps run slice by slice: the memory mode, on an op that allows it."""
+    return ctx.low_memory and getattr(ctx.op, "sliceable", False)
 
 
 def _A_scaled(
-    ctx: NodeContext, x: torch.Tensor, weight: torch.Tensor, bias, scale: torch.Tensor
+    ctx: NodeContext, x: torch.Tensor, weight: torch.Tensor | Lazy, bias, scale: torch.Tensor
 ) -> torch.Tensor:
     """``A(x; W) + scale·b`` for an input ``x`` already multiplied by the per-sample ``scale``."""
-    if bias is None or (scale is None and weight.dtype not in LOW_PRECISION):
+    dtype = (weight.weight if isinstance(weight, Lazy) else weight).dtype
+    if bias is None or (scale is None and dtype not in LOW_PRECISION):
         return _A(ctx, x, weight, bias)  # the bias added by the map itself: one pass fewer
     z = _A(ctx, x, weight)
     if scale is None:  # bfloat16: the bias added to the widened z, in float32
@@ -72,30 +107,60 @@ def _A_scaled(
 def signed_share(
     ctx: NodeContext,
     relevance: torch.Tensor,
-    w_for_positive: torch.Tensor,
+    w_for_positive: torch.Tensor | Lazy,
     w_for_negative: torch.Tensor | Callable[[], torch.Tensor],
     bias: torch.Tensor | None,
     stab: Stabilizer,
     key: str,
+    own_relevance: bool = False,
 ) -> torch.Tensor:
     """``z = A(x⁺; W_p) + A(x⁻; W_n) (+ bias)``, ``s = R / stab(z)``,
     ``R_in = x⁺ ⊙ Aᵀ(s; W_p) + x⁻ ⊙ Aᵀ(s; W_n)``: the building block of zplus, αβ and γ.
     Where ``x ≥ 0`` everywhere (ReLU outputs) the ``x⁻`` terms vanish and are skipped;
     elsewhere both adjoints run as one (``key`` names the weight pair for the memo).
-    Each sample runs at the scale ``sample_scale`` picks: the same result, no overflow."""
+    Each sample runs at the scale ``sample_scale`` picks: the same result, no overflow.
+    ``own_relevance``: ``relevance`` is not read again, ``s`` may be formed in it."""
     scale, nonnegative = scale_and_sign(ctx.x)
     x = rescaled(ctx.x, scale)
+    # z, s and the adjoint are temporaries of this rule alone: s is formed in z's memory and
+    # the products in the adjoints' (``_in_place``), so that few of them are alive at once
+    # (the same values, bit for bit; what the memory mode, ``cache_policy="none"``, is for)
     if nonnegative:
         z = _A_scaled(ctx, x, w_for_positive, bias, scale)
-        return _times(_At(ctx, stab(relevance, z, scale), w_for_positive), x)
+        s = stab(relevance, z, scale, overwrite=True, overwrite_numerator=own_relevance)
+        del z, relevance
+        return _in_place(torch.mul, _At(ctx, s, w_for_positive), x)
     if callable(w_for_negative):  # computed only now that the x⁻ terms are needed
         w_for_negative = w_for_negative()
-    x_pos, x_neg = positive(x), negative(x)
-    z = _A_scaled(ctx, x_pos, w_for_positive, bias, scale).add_(_A(ctx, x_neg, w_for_negative))
-    from_positive, from_negative = ctx.adjoint_pair(
-        stab(relevance, z, scale), key, w_for_positive, w_for_negative
-    )
-    return _times(from_positive, x_pos).add_(_times(from_negative, x_neg))
+    w_for_positive = materialized(w_for_positive)  # the pair's adjoint runs on both at once
+    x_pos = positive(x)
+    z = _A_scaled(ctx, x_pos, w_for_positive, bias, scale)
+    x_neg = negative(x)
+    z = _in_place(torch.add, z, _A(ctx, x_neg, w_for_negative))
+    s = stab(relevance, z, scale, overwrite=True, overwrite_numerator=own_relevance)
+    del z, relevance
+    from_positive, from_negative = ctx.adjoint_pair(s, key, w_for_positive, w_for_negative)
+    del s
+    # the pair may be two halves of one tensor: the sum is a tensor of its own
+    total = from_positive * x_pos
+    del from_positive
+    return total.add_(_in_place(torch.mul, from_negative, x_neg, views=True))
+
+
+def _in_place(
+    op: Callable[..., torch.Tensor], t: torch.Tensor, other: torch.Tensor, *, views: bool = False
+) -> torch.Tensor:
+    """``op(t, other)`` written into ``t`` (a temporary of the caller's, not read again) where
+    the result's shape and format are ``t``'s and ``t`` owns its memory (``views=True``: or is
+    a view of a temporary nobody else holds), else a new tensor; the same values either way."""
+    if (
+        t.shape == torch.broadcast_shapes(t.shape, other.shape)
+        and torch.result_type(t, other) == t.dtype
+        and (views or (t.is_contiguous() and not t._is_view()))
+        and t.data_ptr() != other.data_ptr()
+    ):
+        return op(t, other, out=t)
+    return op(t, other)
 
 
 def input_free_share(
@@ -169,8 +234,12 @@ class Epsilon(Rule):
             z = rescaled(ctx.output, scale)
         else:
             z = _A_scaled(ctx, x, weight, bias if self.bias else None, scale)
-        s = Stabilizer("epsilon", self.epsilon)(relevance, z, scale)
-        return [x * _At(ctx, s, weight)]
+        own = z is not ctx.output  # a temporary of this rule's: s may be formed in it
+        s = Stabilizer("epsilon", self.epsilon)(
+            relevance, z, scale, overwrite=own, overwrite_numerator=ctx.relevance_owned
+        )
+        del z, relevance
+        return [_in_place(torch.mul, _At(ctx, s, weight), x)]
 
 
 @dataclass
@@ -202,12 +271,11 @@ class ZPlus(_Stabilized):
     requires = ("affine",)
 
     def relevance(self, ctx, relevance):
-        w_pos, w_neg = ctx.positive_weight(), ctx.negative_weight
-        return [
-            signed_share(
-                ctx, relevance, w_pos, w_neg, _bias_part(ctx, self.bias, "+"), self.stab, "W+|W-"
-            )
-        ]
+        # lazy: in the memory mode W⁺ is made a slice at a time where the input is ≥ 0
+        w_pos, w_neg = ctx.positive_weight(lazy=True), ctx.negative_weight
+        bias = _bias_part(ctx, self.bias, "+")
+        own = ctx.relevance_owned
+        return [signed_share(ctx, relevance, w_pos, w_neg, bias, self.stab, "W+|W-", own)]
 
 
 @register_rule
@@ -275,11 +343,12 @@ class Gamma(_Stabilized):
             )
         z = ctx.output if ctx.output is not None else _A(ctx, ctx.x, weight, bias)
         up_key, down_key = f"γ={gamma} W↑|W↓", f"γ={gamma} W↓|W↑"
+        # each side's relevance is a tensor of its own: s may be formed in it
         up = signed_share(
-            ctx, torch.where(z > 0, relevance, 0.0), w_up, w_down, b_up, self.stab, up_key
+            ctx, torch.where(z > 0, relevance, 0.0), w_up, w_down, b_up, self.stab, up_key, True
         )
         down = signed_share(
-            ctx, torch.where(z < 0, relevance, 0.0), w_down, w_up, b_down, self.stab, down_key
+            ctx, torch.where(z < 0, relevance, 0.0), w_down, w_up, b_down, self.stab, down_key, True
         )
         return [up + down]
 
@@ -369,8 +438,10 @@ class ZBeta(_Stabilized):
 
         def offset():
             wide_pos, wide_neg = w_pos.to(low.dtype), w_neg.to(low.dtype)
-            part = _A(ctx, low[:1], wide_pos) + _A(ctx, high[:1], wide_neg)
-            return part + bias.reshape(1, -1, *([1] * (part.dim() - 2))) if from_output else part
+            part = _A(ctx, high[:1], wide_neg, add_to=_A(ctx, low[:1], wide_pos))
+            if from_output:
+                return _in_place(torch.add, part, bias.reshape(1, -1, *([1] * (part.dim() - 2))))
+            return part
 
         key = ("zbeta", tuple(x.shape[1:]), self.low, self.high, from_output, str(low.dtype))
         if from_output:
@@ -379,13 +450,36 @@ class ZBeta(_Stabilized):
             forward = _A(ctx, widened(x), weight.to(low.dtype))
         else:
             forward = _A(ctx, x, weight)
-        z = forward - ctx.memo(key, offset)
+        if ctx.low_memory:  # not kept: z is formed in the offset's memory where it fits
+            bounds_part = offset()
+            if forward is not ctx.output:
+                z = _in_place(torch.sub, forward, bounds_part)
+            elif bounds_part.shape == forward.shape and bounds_part.dtype == forward.dtype:
+                z = torch.sub(forward, bounds_part, out=bounds_part)
+            else:
+                z = forward - bounds_part
+            del bounds_part
+        else:
+            z = forward - ctx.memo(key, offset)
+        del forward
         bound_peak = max(abs(v) for v in _values(self.low) + _values(self.high))
         scale = sample_scale(x, also=bound_peak)  # see signed_share
-        s = self.stab(relevance, rescaled(z, scale), scale)
+        # z is this rule's own temporary: s is formed in its memory (see signed_share)
+        s = self.stab(
+            relevance,
+            rescaled(z, scale),
+            scale,
+            overwrite=True,
+            overwrite_numerator=ctx.relevance_owned,
+        )
+        del z, relevance
         # x⊙Aᵀ(s;W) − l⊙Aᵀ(s;W⁺) − h⊙Aᵀ(s;W⁻) with Aᵀ(s;W) = Aᵀ(s;W⁺) + Aᵀ(s;W⁻)
         from_positive, from_negative = ctx.adjoint_pair(s, "W+|W-", w_pos, w_neg)
-        return [rescaled((x - low) * from_positive + (x - high) * from_negative, scale)]
+        del s
+        total = (x - low) * from_positive
+        del from_positive
+        total.add_(_in_place(torch.mul, from_negative, x - high, views=True))
+        return [rescaled(total, scale)]
 
 
 def _values(bound: float | tuple[float, ...]) -> list[float]:
@@ -713,6 +807,7 @@ class Combine(Rule):
 
     def relevance(self, ctx, relevance):
         total = None
+        ctx = dataclasses.replace(ctx, relevance_owned=False)  # every part reads it
         for weight, rule in self.parts:
             part = [weight * r for r in rule(ctx, relevance)]
             total = part if total is None else [t + p for t, p in zip(total, part)]
