@@ -58,6 +58,20 @@ def test_the_same_seed_gives_the_same_weights_and_another_does_not(script, tmp_p
     assert first != other
 
 
+def test_fine_tuning_from_given_weights_repeats_and_starts_from_them(script, tmp_path):
+    """--init (the shipped model's second step): two fine-tunes of the same file give the same
+    bytes; they start from the file (a fine-tune of other weights differs) and train it."""
+    base = train(script, tmp_path / "base")
+    other = train(script, tmp_path / "other", "--seed", "1")
+    tune = ["--epochs", "1", "--irrelevant-share", "0.5", "--lr", "5e-4"]
+    first = train(script, tmp_path / "a", "--init", str(base), *tune).read_bytes()
+    again = train(script, tmp_path / "b", "--init", str(base), *tune).read_bytes()
+    from_other = train(script, tmp_path / "c", "--init", str(other), *tune).read_bytes()
+    assert first == again
+    assert first != base.read_bytes()
+    assert first != from_other
+
+
 def test_frozen_clips_repeat_one_of_their_frames(script):
     clips = torch.arange(4 * 3 * 5 * 2 * 2, dtype=torch.float32).reshape(4, 3, 5, 2, 2)
     frozen = script.freeze_some(clips, 1.0, torch.Generator().manual_seed(0))
