@@ -117,12 +117,32 @@ def test_memory_mode_gives_the_default_modes_relevance(tiny_slices, dtype, case,
     rules.update({n: max_pool for n, r in rules.items() if isinstance(r, WinnerTakeAll)})
     x = case.inputs(3, dtype)
     default, low_memory = explain_both(graph, x, rules, return_explanation=True)
+    if dtype == torch.float32:
+        # Drawn graphs can be ill-conditioned for ε (z a small difference of large terms: CI
+        # drew one whose relevance peaks at 210 for a seed of 1), and there a different but
+        # equally exact float32 summation order moves R by far more than 1e-6 of its peak. So
+        # float32 is held to the default mode's own rounding error, measured against the same
+        # graph in float64; float64 checks the logic at 1e-12.
+        exact_graph = case.build(torch.float32).to(dtype=torch.float64)
+        exact_explanation = relgraph.explain_with_rules(
+            exact_graph, x.double(), rules, 0, "onehot", return_explanation=True
+        )
+        exact = exact_explanation.relevance
+        rounding = float((default.relevance.double() - exact).abs().max())
+        difference = float((low_memory.relevance.double() - default.relevance.double()).abs().max())
+        peak = max(float(exact.abs().max()), 1e-30)
+        assert difference <= 4 * rounding + 1e-6 * peak
+        assert default.lost.keys() == low_memory.lost.keys()
+        for node, lost in default.lost.items():  # read before s overwrites R; same yardstick
+            rounding = float((lost.double() - exact_explanation.lost[node]).abs().max())
+            difference = float((low_memory.lost[node].double() - lost.double()).abs().max())
+            assert difference <= 4 * rounding + 1e-6 * max(1.0, peak)
+        return
     assert_same(low_memory.relevance, default.relevance, dtype)
     assert default.lost.keys() == low_memory.lost.keys()
-    tol = 1e-6 if dtype == torch.float32 else 1e-12
     for node, lost in default.lost.items():  # the lost relevance is read before s overwrites R
         # a difference of totals near 0: compared on the scale of the seed (one-hot: 1)
-        torch.testing.assert_close(low_memory.lost[node], lost, rtol=tol, atol=tol)
+        torch.testing.assert_close(low_memory.lost[node], lost, rtol=1e-12, atol=1e-12)
 
 
 @dataclasses.dataclass
