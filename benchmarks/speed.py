@@ -112,6 +112,19 @@ def _clip(batch: int, frames: int, device: str):
     return clip.to(device)
 
 
+def _timed(run, repeats: int, device: str) -> tuple[object, list[float]]:
+    """``run()`` ``repeats`` times after the caller's warm-up: its last result and the
+    seconds of each call (the device synchronised around it)."""
+    result, times = None, []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        result = run()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return result, times
+
+
 def _sync(device: str) -> None:
     import torch
 
@@ -238,13 +251,7 @@ def worker(
 
     result = run()  # warm-up (also fills per-graph caches such as W⁺)
     rss_before = _rss_bytes()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        result = run()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+    result, times = _timed(run, repeats, device)
     report = {
         "kind": kind,
         "batch": batch,
@@ -388,13 +395,7 @@ def model_worker(kind: str, model: str, device: str, repeats: int) -> dict:
         raise SystemExit(f"unknown kind {kind} for a model")
     run = runs[kind]
     result = run()  # warm-up (also fills per-graph caches such as W⁺ and the folded view)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        result = run()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+    result, times = _timed(run, repeats, device)
     report = {
         "kind": kind,
         "model": model,
