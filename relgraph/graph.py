@@ -117,6 +117,24 @@ class Graph:
         """The op of ``node``."""
         return self.graph.nodes[node]["op"]
 
+    def working_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the memory layout the passes run in: channels-last for a graph with
+        grouped 3-D convolutions (X3D's, S3D's depthwise ones) on CPU in float32 or
+        bfloat16, where oneDNN's grouped kernels run 3–25× faster in that layout and every
+        other op keeps it; ``x`` itself otherwise. The values are the same either way."""
+        if self.runs_channels_last(x):
+            return x.contiguous(memory_format=torch.channels_last_3d)
+        return x
+
+    def runs_channels_last(self, x: torch.Tensor) -> bool:
+        """Whether the passes over ``x`` run channels-last (see ``working_layout``)."""
+        return (
+            x.dim() == 5
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.bfloat16)
+            and any(getattr(self.op(n), "prefers_channels_last", False) for n in self.order[1:])
+        )
+
     def inputs_of(self, node: str) -> list[str]:
         """Predecessors of ``node`` in input-slot order."""
         preds = self.graph.in_edges(node, data="slot")
@@ -329,7 +347,7 @@ class Graph:
         activations: dict[str, torch.Tensor] = {}
         records: dict[str, Any] = {}
         with torch.inference_mode():
-            activations[self.input] = x
+            activations[self.input] = self.working_layout(x)
             for node in self.order[1:]:
                 preds = self.inputs_of(node)
                 inputs = [activations[p] for p in preds]

@@ -197,6 +197,119 @@ def _output_padding(
     )
 
 
+def _pointwise_map(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Sequence[int]
+) -> torch.Tensor:
+    """A convolution with a 1×…×1 kernel (no padding, no groups) as one matrix product over
+    the positions it reads: on CPU the transposed kernels of such convolutions are slow."""
+    channels_last = _channels_last(x)
+    if max(stride) > 1:
+        x = x[(slice(None), slice(None), *(slice(None, None, k) for k in stride))]
+    batch, channels, *size = x.shape
+    matrix = weight.reshape(weight.shape[0], channels)
+    if channels_last:  # positions × channels: one product, the result channels-last too
+        return _channels_first(torch.nn.functional.linear(_positions(x), matrix, bias))
+    flat = x.reshape(batch, channels, -1)
+    if bias is None:
+        out = torch.matmul(matrix, flat)
+    else:
+        out = torch.baddbmm(bias.reshape(1, -1, 1), matrix.expand(batch, *matrix.shape), flat)
+    return out.reshape(batch, matrix.shape[0], *size)
+
+
+def _pointwise_adjoint(
+    s: torch.Tensor, weight: torch.Tensor, x_shape: Sequence[int], stride: Sequence[int]
+) -> torch.Tensor:
+    """The adjoint of ``_pointwise_map``: ``Wᵀ s`` at the positions the map read, zero
+    elsewhere."""
+    batch, out_channels, *size = s.shape
+    matrix = weight.reshape(out_channels, -1)
+    if _channels_last(s):
+        back = _channels_first(torch.matmul(_positions(s), matrix))
+    else:
+        back = torch.matmul(matrix.t(), s.reshape(batch, out_channels, -1))
+        back = back.reshape(batch, matrix.shape[1], *size)
+    if max(stride) == 1:
+        return back
+    full = _zeros_like_layout(back, x_shape)
+    full[(slice(None), slice(None), *(slice(None, None, k) for k in stride))] = back
+    return full
+
+
+def _spread(s: torch.Tensor, stride: Sequence[int], out_pad: Sequence[int]) -> torch.Tensor:
+    """``s`` with ``stride − 1`` zeros between neighbouring entries along each spatial axis
+    and ``out_pad`` zeros after the last: what a transposed convolution with that stride
+    convolves."""
+    size = [(n - 1) * k + 1 + q for n, k, q in zip(s.shape[2:], stride, out_pad)]
+    spread = _zeros_like_layout(s, (*s.shape[:2], *size))
+    index = tuple(slice(0, (n - 1) * k + 1, k) for n, k in zip(s.shape[2:], stride))
+    spread[(slice(None), slice(None), *index)] = s
+    return spread
+
+
+def _conv(
+    op: Any,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: int,
+) -> torch.Tensor:
+    """``conv{dims}d`` with the result in ``x``'s layout; a grouped 3-D one on CPU runs in
+    channels-last layout, where oneDNN's depthwise kernels run 3–25× faster than in the
+    default one (``Graph.working_layout`` runs such graphs channels-last throughout)."""
+    conv = _conv_fn(op.dims)
+    if (
+        groups > 1
+        and op.dims == 3
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and not _channels_last(x)
+    ):
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        return conv(x, weight, bias, stride, padding, dilation, groups).contiguous()
+    return _same_layout(conv(x, weight, bias, stride, padding, dilation, groups), x)
+
+
+def _same_layout(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` channels-last where ``x`` is (some CPU kernels return the default layout)."""
+    if (
+        _channels_last(x)
+        and y.dim() == 5
+        and not y.is_contiguous(memory_format=torch.channels_last_3d)
+    ):
+        return y.contiguous(memory_format=torch.channels_last_3d)
+    return y
+
+
+def _zeros_like_layout(like: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Zeros of ``shape`` in ``like``'s format, device and layout (channels-last or not)."""
+    layout = torch.channels_last_3d if _channels_last(like) else torch.contiguous_format
+    zeros = torch.empty(tuple(shape), dtype=like.dtype, device=like.device, memory_format=layout)
+    return zeros.zero_()
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether a 5-D ``x`` is laid out channels-last (and not also plain contiguous)."""
+    return (
+        x.dim() == 5
+        and x.is_contiguous(memory_format=torch.channels_last_3d)
+        and not x.is_contiguous()
+    )
+
+
+def _positions(x: torch.Tensor) -> torch.Tensor:
+    """A channels-last ``(B, C, *size)`` as the ``(B, *size, C)`` tensor it is in memory."""
+    return x.permute(0, *range(2, x.dim()), 1)
+
+
+def _channels_first(y: torch.Tensor) -> torch.Tensor:
+    """``(B, *size, C)`` seen as ``(B, C, *size)``: channels-last, no copy."""
+    return y.permute(0, y.dim() - 1, *range(1, y.dim() - 1))
+
+
 def _adjoint_kernel(weight: torch.Tensor, groups: int) -> torch.Tensor:
     """The kernel whose stride-1 convolution is the adjoint of the convolution with
     ``weight``: in and out channels swapped within each group, spatially flipped."""
@@ -359,9 +472,20 @@ class ConvNd(Spatial, Affine):
         return {name: _uniform(shape, bound, generator, dtype) for name, shape in shapes.items()}
 
     def linear_map(self, x, weight, bias=None):
-        return _conv_fn(self.dims)(
-            x, weight, bias, self.stride, self.padding, self.dilation, self.groups
-        )
+        if self._pointwise:
+            return _pointwise_map(x, weight, bias, self.stride)
+        return _conv(self, x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    @property
+    def prefers_channels_last(self) -> bool:
+        """A grouped 3-D convolution: fastest in channels-last layout on CPU
+        (``Graph.working_layout``)."""
+        return self.dims == 3 and self.groups > 1
+
+    @property
+    def _pointwise(self) -> bool:
+        """A 1×…×1 kernel without padding or groups: a matrix product at each position."""
+        return self.groups == 1 and max(self.kernel_size) == 1 and max(self.padding) == 0
 
     @property
     def sliceable(self) -> bool:
@@ -387,6 +511,8 @@ class ConvNd(Spatial, Affine):
         before, after = max(0, -low), max(0, high - n)
         if before or after:
             rows = F.pad(rows, [0, 0] * (self.dims - 1) + [before, after])
+        if self._pointwise:
+            return _pointwise_map(rows, weight, bias, self.stride)
         padding = (0, *self.padding[1:])
         return _conv_fn(self.dims)(
             rows, weight, bias, self.stride, padding, self.dilation, self.groups
@@ -396,19 +522,34 @@ class ConvNd(Spatial, Affine):
         return torch.cat([first, second], dim=1) if self.groups == 1 else None
 
     def adjoint(self, s, weight, x_shape):
+        if self._pointwise:
+            return _pointwise_adjoint(s, weight, x_shape, self.stride)
         full = [d * (k - 1) - p for k, p, d in zip(self.kernel_size, self.padding, self.dilation)]
-        if self.groups > 1 and max(self.stride) == 1 and min(full) >= 0:
-            # Grouped (depthwise) transposed convolutions run far slower than the forward
-            # kernels on CPU; with stride 1 the adjoint is the convolution of s with each
-            # group's kernel transposed and flipped, padded by d·(k−1) − p.
-            return _conv_fn(self.dims)(
-                s, _adjoint_kernel(weight, self.groups), None, 1, full, self.dilation, self.groups
-            )
         out_pad = _output_padding(
             x_shape[2:], s.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation
         )
-        return _conv_transpose_fn(self.dims)(
-            s, weight, None, self.stride, self.padding, out_pad, self.groups, self.dilation
+        if self.groups > 1 and min(full) >= 0:
+            # Grouped (depthwise) transposed convolutions run far slower than the forward
+            # kernels on CPU: the adjoint is the stride-1 convolution of s, spread out by the
+            # stride (zeros between its entries, and output_padding zeros at the end), with
+            # each group's kernel transposed and flipped, padded by d·(k−1) − p.
+            if max(self.stride) > 1:
+                s = _spread(s, self.stride, out_pad)
+            return _conv(
+                self,
+                s,
+                _adjoint_kernel(weight, self.groups),
+                None,
+                1,
+                full,
+                self.dilation,
+                self.groups,
+            )
+        return _same_layout(
+            _conv_transpose_fn(self.dims)(
+                s, weight, None, self.stride, self.padding, out_pad, self.groups, self.dilation
+            ),
+            s,
         )
 
 

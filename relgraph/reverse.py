@@ -83,6 +83,13 @@ def lost_fraction(lost: dict[str, torch.Tensor], seed: torch.Tensor) -> torch.Te
     return torch.where(total_seed == 0, 0.0, fraction)
 
 
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """A 5-D ``t`` in channels-last layout (``Graph.working_layout``)."""
+    if t.dim() == 5 and not t.is_contiguous(memory_format=torch.channels_last_3d):
+        return t.contiguous(memory_format=torch.channels_last_3d)
+    return t
+
+
 def _accumulator(dtype: torch.dtype) -> torch.dtype:
     """The type relevance is carried and per-sample totals summed in: float64 for float64,
     else float32."""
@@ -312,6 +319,7 @@ def explain_with_rules(
         batch = x.shape[0]
         # cache_policy "none": a memo that lives for one node only (see Graph.cache_policy)
         keep_cache = graph.cache_policy != "none"
+        channels_last = graph.runs_channels_last(x)
         for node in reversed(graph.order[1:]):
             node_relevance = relevance.pop(node)
             if return_all:
@@ -343,6 +351,8 @@ def explain_with_rules(
                 raise RuleError(exc.message, file=graph.file, line=line, node=node) from None
             if detailed:  # one reduction per tensor and sample
                 lost[node] = handed_in - sum(_totals(c) for c in contributions)
+            if channels_last:  # keep the relevance in the activations' layout
+                contributions = [_channels_last(c) for c in contributions]
             for pred, contribution in zip(preds, contributions):
                 relevance[pred] = (
                     relevance[pred] + contribution if pred in relevance else contribution
@@ -351,7 +361,10 @@ def explain_with_rules(
             del ctx, node_relevance, contributions
             if not keep_cache:  # the memory mode: hand what the node freed back to the system
                 release_freed()
-        input_relevance = relevance.pop(graph.input)
+        # in the input's own layout (the passes may run channels-last: Graph.working_layout)
+        input_relevance = relevance.pop(graph.input).contiguous(
+            memory_format=torch.contiguous_format if x.is_contiguous() else torch.preserve_format
+        )
     if not detailed:
         return input_relevance
     if return_all:

@@ -113,13 +113,15 @@ def signed_share(
     stab: Stabilizer,
     key: str,
     own_relevance: bool = False,
+    nonnegative_z: bool = False,
 ) -> torch.Tensor:
     """``z = A(x⁺; W_p) + A(x⁻; W_n) (+ bias)``, ``s = R / stab(z)``,
     ``R_in = x⁺ ⊙ Aᵀ(s; W_p) + x⁻ ⊙ Aᵀ(s; W_n)``: the building block of zplus, αβ and γ.
     Where ``x ≥ 0`` everywhere (ReLU outputs) the ``x⁻`` terms vanish and are skipped;
     elsewhere both adjoints run as one (``key`` names the weight pair for the memo).
     Each sample runs at the scale ``sample_scale`` picks: the same result, no overflow.
-    ``own_relevance``: ``relevance`` is not read again, ``s`` may be formed in it."""
+    ``own_relevance``: ``relevance`` is not read again, ``s`` may be formed in it.
+    ``nonnegative_z``: ``W_p ≥ 0 ≥ W_n`` and ``bias ≥ 0`` (z⁺), so that no ``z`` is negative."""
     scale, nonnegative = scale_and_sign(ctx.x)
     x = rescaled(ctx.x, scale)
     # z, s and the adjoint are temporaries of this rule alone: s is formed in z's memory and
@@ -127,7 +129,14 @@ def signed_share(
     # (the same values, bit for bit; what the memory mode, ``cache_policy="none"``, is for)
     if nonnegative:
         z = _A_scaled(ctx, x, w_for_positive, bias, scale)
-        s = stab(relevance, z, scale, overwrite=True, overwrite_numerator=own_relevance)
+        s = stab(
+            relevance,
+            z,
+            scale,
+            overwrite=True,
+            overwrite_numerator=own_relevance,
+            nonnegative=nonnegative_z,
+        )
         del z, relevance
         return _in_place(torch.mul, _At(ctx, s, w_for_positive), x)
     if callable(w_for_negative):  # computed only now that the x⁻ terms are needed
@@ -137,7 +146,14 @@ def signed_share(
     z = _A_scaled(ctx, x_pos, w_for_positive, bias, scale)
     x_neg = negative(x)
     z = _in_place(torch.add, z, _A(ctx, x_neg, w_for_negative))
-    s = stab(relevance, z, scale, overwrite=True, overwrite_numerator=own_relevance)
+    s = stab(
+        relevance,
+        z,
+        scale,
+        overwrite=True,
+        overwrite_numerator=own_relevance,
+        nonnegative=nonnegative_z,
+    )
     del z, relevance
     from_positive, from_negative = ctx.adjoint_pair(s, key, w_for_positive, w_for_negative)
     del s
@@ -275,7 +291,11 @@ class ZPlus(_Stabilized):
         w_pos, w_neg = ctx.positive_weight(lazy=True), ctx.negative_weight
         bias = _bias_part(ctx, self.bias, "+")
         own = ctx.relevance_owned
-        return [signed_share(ctx, relevance, w_pos, w_neg, bias, self.stab, "W+|W-", own)]
+        return [
+            signed_share(
+                ctx, relevance, w_pos, w_neg, bias, self.stab, "W+|W-", own, nonnegative_z=True
+            )
+        ]
 
 
 @register_rule

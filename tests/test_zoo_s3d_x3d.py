@@ -137,6 +137,24 @@ def test_forward_equals_the_reference_at_small_size(name, dtype, rtol, fmt, tmp_
     assert_close_to(graph(x).output, expected, rtol)
 
 
+def test_channels_last_passes_give_the_default_layouts_relevance(monkeypatch):
+    """X3D's depthwise convolutions make its passes run channels-last on CPU in float32
+    (oneDNN's fast grouped kernels). The relevance equals that of the same passes in the default
+    layout, and is handed back in the input's own layout; float64 runs in the default one."""
+    frames, size = SMALL["x3d-s"]
+    graph = relgraph.load_architecture("x3d-s", seed=4, frames=frames, size=size)
+    x = torch.randn(2, 3, frames, size, size, generator=torch.Generator().manual_seed(5))
+    assert graph.runs_channels_last(x)
+    fast = relgraph.explain(graph, x, target=7, rules="epsilon-plus")
+    assert fast.is_contiguous()
+    assert not relgraph.load_architecture(
+        "x3d-s", init="none", frames=frames, size=size, dtype=torch.float64
+    ).runs_channels_last(x.double())
+    monkeypatch.setattr(relgraph.Graph, "runs_channels_last", lambda self, x: False)
+    plain = relgraph.explain(graph, x, target=7, rules="epsilon-plus")
+    assert_close_to(fast, plain, 1e-5)
+
+
 @pytest.mark.parametrize("name", SAME_AS_X3D_S)
 def test_x3d_xs_and_m_are_x3d_s_at_equal_params(name):
     params = {"frames": 2, "size": 32, "num_classes": 5}
