@@ -35,6 +35,7 @@ from .graph import Graph, compile_spec
 
 __all__ = [
     "REPLACEMENTS",
+    "ForwardMemo",
     "PerturbationCurves",
     "abpc",
     "aopc",
@@ -72,6 +73,21 @@ class PerturbationCurves:
     logit: torch.Tensor
     probability: torch.Tensor
     fraction: torch.Tensor
+
+
+class ForwardMemo:
+    """The target's logit and probability of every perturbed clip already run, keyed by the
+    clip and what was replaced in it, so that no perturbed clip is run twice: every curve
+    starts at the unperturbed clip, each replacement's curves all end at the fully replaced
+    clip, and maps that rank the regions (or frames) alike up to a step share the steps.
+    The results are the same as without it. One memo serves one model, one set of clips and
+    targets, and one ``mean``; ``runs`` and ``hits`` count the clips run and the ones reused.
+    """
+
+    def __init__(self) -> None:
+        self._results: dict[tuple, tuple[float, float]] = {}
+        self.runs = 0
+        self.hits = 0
 
 
 def model_function(graph: Graph) -> Model:
@@ -175,6 +191,7 @@ def region_perturbation(
     batch_size: int = 64,
     mean: torch.Tensor | None = None,
     progress: bool = False,
+    memo: ForwardMemo | None = None,
 ) -> PerturbationCurves:
     """Replace cubes of each clip in the order of their summed relevance; the target's
     logit and probability after each step (Samek et al., 2017, region perturbation).
@@ -195,6 +212,9 @@ def region_perturbation(
     steps
         Evaluation points after step 0: after step ``k``, ``round(k R / steps)`` of the
         ``R`` regions are replaced (all of them at the last step).
+    memo
+        A :class:`ForwardMemo` shared by the calls on the same model, clips and targets:
+        perturbed clips run before are not run again (with a named ``replace`` only).
     """
     _check_clips(clips)
     _check_maps(clips, maps)
@@ -221,8 +241,16 @@ def region_perturbation(
         keep = (voxel_rank[b] >= counts[k]).unsqueeze(0)
         return torch.where(keep, clips[b], values[b])
 
+    def key(b: int, k: int) -> tuple:
+        replaced = np.sort(ordering[b, : counts[k]].cpu().numpy()).tobytes()
+        return ("regions", replace, tuple(cube), b, replaced) if counts[k] else ("clip", b)
+
     jobs = [(b, k) for b in range(clips.shape[0]) for k in range(steps + 1)]
-    logit, probability = _run(model, jobs, perturbed, targets, batch_size, progress, order)
+    if not isinstance(replace, str):
+        memo = None  # replacement values the memo cannot name
+    logit, probability = _run(
+        model, jobs, perturbed, targets, batch_size, progress, order, memo, key
+    )
     sizes = torch.bincount(ids.reshape(-1), minlength=regions).to(torch.float64)
     # the fraction is the same for every clip only on average; report the mean over clips
     fraction = torch.stack(
@@ -247,11 +275,12 @@ def frame_perturbation(
     batch_size: int = 64,
     mean: torch.Tensor | None = None,
     progress: bool = False,
+    memo: ForwardMemo | None = None,
 ) -> PerturbationCurves:
     """Delete frames from the clip, or insert them into a fully replaced clip, in the order
     of their relevance (each frame's summed map, most relevant first); one step per frame
     (Petsiuk et al., 2018, deletion and insertion, per frame). ``freeze`` replaces a frame
-    with the clip's mean frame."""
+    with the clip's mean frame. ``memo``: see :func:`region_perturbation`."""
     _check_clips(clips)
     _check_maps(clips, maps)
     if mode not in ("deletion", "insertion"):
@@ -273,15 +302,47 @@ def frame_perturbation(
             return torch.where(done, values[b], clips[b])
         return torch.where(done, clips[b], values[b])
 
+    def key(b: int, k: int) -> tuple:
+        done = (rank[b] < k).cpu().numpy()
+        replaced = done if mode == "deletion" else ~done
+        return ("frames", replace, b, replaced.tobytes()) if replaced.any() else ("clip", b)
+
     jobs = [(b, k) for b in range(clips.shape[0]) for k in range(frames + 1)]
-    logit, probability = _run(model, jobs, perturbed, targets, batch_size, progress, mode)
+    if not isinstance(replace, str):
+        memo = None
+    logit, probability = _run(
+        model, jobs, perturbed, targets, batch_size, progress, mode, memo, key
+    )
     fraction = torch.arange(frames + 1, dtype=torch.float64) / frames
     return PerturbationCurves(
         logit.reshape(-1, frames + 1), probability.reshape(-1, frames + 1), fraction
     )
 
 
-def _run(model, jobs, make, targets, batch_size, progress, what):
+def _run(model, jobs, make, targets, batch_size, progress, what, memo=None, key=None):
+    """The target's logit and probability for each job's perturbed clip ``make(b, k)``,
+    ``(len(jobs),)`` each in float64, run in batches; with a ``memo``, each distinct
+    ``key(b, k)`` once over all calls that share it."""
+    if memo is None:
+        return _run_batches(model, jobs, make, targets, batch_size, progress, what)
+    keys = [key(b, k) for b, k in jobs]
+    todo: dict[tuple, tuple[int, int]] = {}
+    for job, name in zip(jobs, keys):
+        if name not in memo._results and name not in todo:
+            todo[name] = job
+    memo.hits += len(jobs) - len(todo)
+    memo.runs += len(todo)
+    if todo:
+        logit, probability = _run_batches(
+            model, list(todo.values()), make, targets, batch_size, progress, what
+        )
+        for name, lg, pr in zip(todo, logit.tolist(), probability.tolist()):
+            memo._results[name] = (lg, pr)
+    results = torch.tensor([memo._results[name] for name in keys], dtype=torch.float64)
+    return results[:, 0], results[:, 1]
+
+
+def _run_batches(model, jobs, make, targets, batch_size, progress, what):
     logits, probabilities = [], []
     chunks = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
     for chunk in _bar(chunks, progress, what):
@@ -293,6 +354,9 @@ def _run(model, jobs, make, targets, batch_size, progress, what):
             wanted = wanted.to(out.device)
             logits.append(out[rows, wanted])
             probabilities.append(out.softmax(dim=1)[rows, wanted])
+    if not logits:
+        empty = torch.zeros(0, dtype=torch.float64)
+        return empty, empty
     return torch.cat(logits).cpu(), torch.cat(probabilities).cpu()
 
 

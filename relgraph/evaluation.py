@@ -253,6 +253,7 @@ def run_evaluation(
     )
     map_seconds = time.perf_counter() - started
     mean = data.clips.mean(dim=(0, 2, 3, 4))
+    memo = metrics.ForwardMemo()  # each distinct perturbed clip is run once
     report: dict = {"maps": {}, "curves": {}}
     for name, values in _tqdm(list(maps.items()), progress, "metrics"):
         values = values.to(data.clips.device)
@@ -271,6 +272,7 @@ def run_evaluation(
                     steps=steps,
                     batch_size=batch_size,
                     mean=mean,
+                    memo=memo,
                 )
                 for order in ("morf", "lerf")
             }
@@ -288,7 +290,13 @@ def run_evaluation(
         if frames and name in DEFAULT_MAPS:
             for mode in ("deletion", "insertion"):
                 curve = metrics.frame_perturbation(
-                    model, data.clips, values, targets, mode=mode, batch_size=batch_size
+                    model,
+                    data.clips,
+                    values,
+                    targets,
+                    mode=mode,
+                    batch_size=batch_size,
+                    memo=memo,
                 )
                 entry[f"frame {mode}"] = metrics.summarise(curve.probability.mean(dim=1))
         for kind, mask in data.masks.items():
@@ -308,6 +316,7 @@ def run_evaluation(
         clips=len(data.clips),
         seconds=time.perf_counter() - started,
         map_seconds=map_seconds,
+        perturbed_clips={"run": memo.runs, "reused": memo.hits},
         config={
             "arch": graph.name,
             "cube": list(cube),

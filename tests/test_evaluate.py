@@ -263,3 +263,41 @@ def test_bad_shapes_are_clear_errors(setting):
         ev.replacement(clips[0], "freeze")
     with pytest.raises(RelgraphError, match="order must be morf or lerf"):
         ev.region_perturbation(linear_model(weight), clips, maps, targets, order="best")
+
+
+def test_a_shared_memo_runs_each_distinct_perturbed_clip_once(setting):
+    """With one ForwardMemo across MoRF, LeRF, a second map that ranks the regions alike, and
+    frame deletion and insertion, every curve equals its memo-free one, and the model sees each
+    distinct perturbed clip once: counted by a model that records what it is given."""
+    clips, maps, weight, targets = setting
+    seen: list[torch.Tensor] = []
+
+    def counting(x):
+        seen.extend(x.unbind(0))
+        return linear_model(weight)(x)
+
+    memo = ev.ForwardMemo()
+    cube = (2, 2, 3)
+    got, expected = [], []
+    for m in (maps, 3.0 * maps):  # a positive multiple ranks the regions alike
+        for order in ("morf", "lerf"):
+            kwargs = dict(cube=cube, order=order, steps=5, batch_size=4)
+            got.append(ev.region_perturbation(counting, clips, m, targets, memo=memo, **kwargs))
+            expected.append(
+                ev.region_perturbation(linear_model(weight), clips, m, targets, **kwargs)
+            )
+    for mode in ("deletion", "insertion"):
+        got.append(ev.frame_perturbation(counting, clips, maps, targets, mode=mode, memo=memo))
+        expected.append(
+            ev.frame_perturbation(linear_model(weight), clips, maps, targets, mode=mode)
+        )
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a.logit, b.logit)
+        torch.testing.assert_close(a.probability, b.probability)
+    distinct = {tuple(x.flatten().tolist()) for x in seen}
+    assert len(seen) == len(distinct) == memo.runs
+    jobs = 4 * 3 * 6 + 2 * 3 * 5  # (maps × orders) × clips × steps, frames: modes × clips × 5
+    assert memo.runs + memo.hits == jobs
+    # the second map adds nothing; step 0 is one clip each; deletion's last step is the
+    # clip fully frozen, insertion's first; LeRF and MoRF end on the fully replaced clip
+    assert memo.runs <= jobs // 2
