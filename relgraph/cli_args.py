@@ -16,23 +16,39 @@ __all__ = [
     "add_discriminative_options",
     "add_param_option",
     "non_negative_int",
+    "parse_key_values",
     "parse_params",
     "positive_int",
 ]
 
 
 def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
-    """``k=v`` pairs; values are read as YAML scalars (``10`` is an int)."""
-    params: dict[str, Any] = {}
+    """``--param k=v`` pairs; values are read as YAML scalars (``10`` is an int)."""
+    return parse_key_values(items, "--param")
+
+
+def parse_key_values(
+    items: Sequence[str] | None,
+    option: str,
+    error: type[RelgraphError] = RelgraphError,
+    *,
+    identifiers: bool = False,
+) -> dict[str, Any]:
+    """``key=value`` items of the command-line ``option``, values read as YAML scalars
+    (``10`` is an int, ``true`` a bool, ``r3d`` a string; text YAML cannot read stays text).
+    A malformed item (no ``=``, an empty key, or with ``identifiers`` a key that is no
+    Python identifier) raises ``error`` naming the option."""
+    values: dict[str, Any] = {}
     for item in items or ():
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise RelgraphError(f"--param takes key=value, e.g. num_classes=10; got {item!r}")
+        key = key.strip()
+        if not sep or not key or (identifiers and not key.isidentifier()):
+            raise error(f"{option} takes key=value, e.g. num_classes=10; got {item!r}")
         try:
-            params[key.strip()] = yaml.safe_load(value)
+            values[key] = yaml.safe_load(value)
         except yaml.YAMLError:
-            params[key.strip()] = value
-    return params
+            values[key] = value
+    return values
 
 
 def positive_int(text: str) -> int:

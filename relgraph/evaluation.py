@@ -306,7 +306,9 @@ def run_evaluation(
                     entry["_rank_moving_per_clip"] = per_clip.tolist()
         report["maps"][name] = entry
     if sanity_clips:
-        report["sanity"] = _sanity(graph, data.clips[:sanity_clips], targets[:sanity_clips])
+        report["sanity"] = _sanity(
+            graph, data.clips[:sanity_clips], targets[:sanity_clips], progress
+        )
     report["paired"] = _paired(report["maps"])
     for entry in report["maps"].values():
         for key in [k for k in entry if k.startswith("_")]:
@@ -360,7 +362,9 @@ def _paired(entries: dict) -> dict:
     return out
 
 
-def _sanity(graph: Graph, clips: torch.Tensor, targets: torch.Tensor) -> dict:
+def _sanity(
+    graph: Graph, clips: torch.Tensor, targets: torch.Tensor, progress: bool = False
+) -> dict:
 
     composite = as_composite(None, graph)
     node_rules = composite.resolve(canonical(graph))
@@ -380,8 +384,19 @@ def _sanity(graph: Graph, clips: torch.Tensor, targets: torch.Tensor) -> dict:
         } | {"frame difference": baselines.frame_difference(clips)}
 
     rows = {}
-    for layer, rho in metrics.cascading_randomisation(graph, explain_maps):
-        rows[layer] = {name: metrics.summarise(values) for name, values in rho.items()}
+    layers = metrics.randomisable_layers(graph)
+    # the maps on the original model, then after each layer is redrawn
+    bar = tqdm(
+        total=len(layers) + 1,
+        desc="randomisation",
+        file=sys.stderr,
+        leave=False,
+        disable=not progress,
+    )
+    with bar:
+        for layer, rho in metrics.cascading_randomisation(graph, explain_maps, layers=layers):
+            rows[layer] = {name: metrics.summarise(values) for name, values in rho.items()}
+            bar.update(2 if len(rows) == 1 else 1)
     return rows
 
 

@@ -45,9 +45,9 @@ from typing import Any
 import torch
 import torch.fx
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
+from .cli_args import parse_key_values
 from .errors import RelgraphError, RelgraphWarning, TorchImportError
 from .graph import Graph, compile_spec
 from .ops import OPS
@@ -1143,15 +1143,7 @@ def load_factory(target: str, kwargs: dict[str, Any] | None = None) -> nn.Module
 
 
 def parse_kwargs(items: Sequence[str] | None) -> dict[str, Any]:
-    """The CLI's ``--kwarg key=value`` items; values are read as YAML scalars (``10`` is an
-    int, ``true`` a bool, ``r3d`` a string)."""
-    kwargs: dict[str, Any] = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise TorchImportError(f"--kwarg takes key=value, e.g. num_classes=10; got {item!r}")
-        try:
-            kwargs[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            kwargs[key.strip()] = value
-    return kwargs
+    """The CLI's ``--kwarg key=value`` items (keyword arguments of the factory: each key a
+    Python identifier); values are read as YAML scalars (``10`` is an int, ``true`` a bool,
+    ``r3d`` a string)."""
+    return parse_key_values(items, "--kwarg", TorchImportError, identifiers=True)

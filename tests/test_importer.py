@@ -641,7 +641,10 @@ def test_x3d_reference_imports_as_the_shipped_yaml(name, depth):
     with torch.no_grad():  # the module's eval output is the softmax of the graph's logits
         probabilities = model(clip)
     logits = imported.forward(clip).output
-    assert relative_error(torch.softmax(logits, dim=1), probabilities) < 1e-5
+    # float32 forward to 1e-4, as every zoo forward reference: the graph runs X3D's grouped
+    # convolutions channels-last (other kernels, other rounding), and the softmax of logits
+    # near 50 turns their rounding (~1e-6 relative) into ~2e-5 relative on probabilities
+    assert relative_error(torch.softmax(logits, dim=1), probabilities) < 1e-4
     assert not torch.allclose(logits, probabilities)
     model.blocks[-1].return_logits = True  # no softmax: the same graph and no warning
     with warnings.catch_warnings():
