@@ -86,12 +86,15 @@ def plot_sanity(report: dict, path: Path) -> None:
 
     sanity = report["sanity"]
     layers = list(sanity)
-    figure, ax = plt.subplots(figsize=(8, 4))
+    many = len(layers) > 12  # a deep model: a wider figure, names upright
+    figure, ax = plt.subplots(figsize=(max(8.0, 0.32 * len(layers)), 5 if many else 4))
     for kind in sanity[layers[0]]:
         means = [sanity[layer][kind]["mean"] for layer in layers]
         errors = [sanity[layer][kind]["ci95"] for layer in layers]
         ax.errorbar(range(len(layers)), means, yerr=errors, marker="o", capsize=3, label=kind)
-    ax.set_xticks(range(len(layers)), layers, rotation=45)
+    ax.set_xticks(
+        range(len(layers)), layers, rotation=90 if many else 45, ha="center" if many else "right"
+    )
     ax.set_xlabel("randomised from the top down to")
     ax.set_ylabel("Spearman ρ with the original map")
     ax.axhline(0, color="grey", linewidth=0.8)

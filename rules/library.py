@@ -124,20 +124,23 @@ def signed_share(
     ``nonnegative_z``: ``W_p ≥ 0 ≥ W_n`` and ``bias ≥ 0`` (z⁺), so that no ``z`` is negative."""
     scale, nonnegative = scale_and_sign(ctx.x)
     x = rescaled(ctx.x, scale)
-    # z, s and the adjoint are temporaries of this rule alone: s is formed in z's memory and
-    # the products in the adjoints' (``_in_place``), so that few of them are alive at once
-    # (the same values, bit for bit; what the memory mode, ``cache_policy="none"``, is for)
-    if nonnegative:
-        z = _A_scaled(ctx, x, w_for_positive, bias, scale)
-        s = stab(
-            relevance,
+
+    def share(r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # s = R / stab(z), in place
+        return stab(
+            r,
             z,
             scale,
             overwrite=True,
             overwrite_numerator=own_relevance,
             nonnegative=nonnegative_z,
         )
-        del z, relevance
+
+    # z, s and the adjoint are temporaries of this rule alone: s is formed in z's memory and
+    # the products in the adjoints' (``_in_place``), so that few of them are alive at once
+    # (the same values, bit for bit; what the memory mode, ``cache_policy="none"``, is for)
+    if nonnegative:
+        s = share(relevance, _A_scaled(ctx, x, w_for_positive, bias, scale))
+        del relevance
         return _in_place(torch.mul, _At(ctx, s, w_for_positive), x)
     if callable(w_for_negative):  # computed only now that the x⁻ terms are needed
         w_for_negative = w_for_negative()
@@ -145,15 +148,7 @@ def signed_share(
     x_pos = positive(x)
     z = _A_scaled(ctx, x_pos, w_for_positive, bias, scale)
     x_neg = negative(x)
-    z = _in_place(torch.add, z, _A(ctx, x_neg, w_for_negative))
-    s = stab(
-        relevance,
-        z,
-        scale,
-        overwrite=True,
-        overwrite_numerator=own_relevance,
-        nonnegative=nonnegative_z,
-    )
+    s = share(relevance, _in_place(torch.add, z, _A(ctx, x_neg, w_for_negative)))
     del z, relevance
     from_positive, from_negative = ctx.adjoint_pair(s, key, w_for_positive, w_for_negative)
     del s
