@@ -37,7 +37,8 @@ metrics (each map, mean ± 95 % interval over the clips; explained class: the pr
   sanity      Spearman ρ of each map with the original model's, layers randomised from the
               top down (Adebayo et al. 2018, "Sanity checks for saliency maps")
 maps: spatiotemporal, spatial, temporal (Hiley et al. 2019) for every reduce/normalize pair,
-the other rule presets (--presets), and the baselines random and frame difference.
+the other rule presets (--presets), and the baselines random, frame difference, gradient
+and gradient × input (explicit adjoints, no autograd).
 masks (synthetic clips): moving objects, static look-alikes, irrelevant (oscillating or
 flickering) objects."""
 
