@@ -63,6 +63,7 @@ class Graph:
         #: (``relgraph.canonize``); ``canonize: false`` in the YAML turns it off
         self.canonize: bool = spec.canonize
         self._canonical: Graph | None = None  # that canonized view, built on first use
+        self._channels_last_ops: bool | None = None  # see runs_channels_last
         index = nx.get_node_attributes(graph, "index")
         self.order: list[str] = list(
             nx.lexicographical_topological_sort(graph, key=index.__getitem__)
@@ -132,8 +133,17 @@ class Graph:
             x.dim() == 5
             and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.bfloat16)
-            and any(getattr(self.op(n), "prefers_channels_last", False) for n in self.order[1:])
+            and self._prefers_channels_last()
         )
+
+    def _prefers_channels_last(self) -> bool:
+        """Whether an op prefers channels-last (grouped 3-D convolutions); the node set is
+        fixed once compiled, so it is looked up once, not on every pass."""
+        if self._channels_last_ops is None:
+            self._channels_last_ops = any(
+                getattr(self.op(n), "prefers_channels_last", False) for n in self.order[1:]
+            )
+        return self._channels_last_ops
 
     def inputs_of(self, node: str) -> list[str]:
         """Predecessors of ``node`` in input-slot order."""
