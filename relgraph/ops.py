@@ -140,6 +140,17 @@ class Op:
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    #: whether ``forward_in_place`` may write the result into the first input's memory
+    in_place: ClassVar[bool] = False
+
+    def forward_in_place(
+        self, inputs: Sequence[torch.Tensor], tensors: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """``forward``, written into ``inputs[0]`` where the result's shape and type are its
+        own (ops with ``in_place``; the graph calls it only when nobody reads that input
+        again); the same values as ``forward``."""
+        return self.forward(inputs, tensors)
+
     def forward_record(
         self, inputs: Sequence[torch.Tensor], tensors: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, Any]:
@@ -1001,8 +1012,13 @@ class Elementwise(Op):
 
 @register_op("relu")
 class ReLU(Elementwise):
+    in_place = True
+
     def forward(self, inputs, tensors):
         return F.relu(inputs[0])
+
+    def forward_in_place(self, inputs, tensors):
+        return inputs[0].relu_()
 
     def vjp(self, grad, inputs, tensors, input_shapes, record=None):
         """Vector-Jacobian product: ``g · [x > 0]``."""
@@ -1013,8 +1029,13 @@ class ReLU(Elementwise):
 class Sigmoid(Elementwise):
     """The logistic function ``1 / (1 + e⁻ˣ)`` (the squeeze-excitation gate)."""
 
+    in_place = True
+
     def forward(self, inputs, tensors):
         return torch.sigmoid(inputs[0])
+
+    def forward_in_place(self, inputs, tensors):
+        return inputs[0].sigmoid_()
 
     def vjp(self, grad, inputs, tensors, input_shapes, record=None):
         """Vector-Jacobian product: ``g · σ(x)(1 − σ(x))``."""
@@ -1026,8 +1047,13 @@ class Sigmoid(Elementwise):
 class SiLU(Elementwise):
     """SiLU, also called swish: ``x · sigmoid(x)`` (X3D's bottleneck activation)."""
 
+    in_place = True
+
     def forward(self, inputs, tensors):
         return F.silu(inputs[0])
+
+    def forward_in_place(self, inputs, tensors):
+        return F.silu(inputs[0], inplace=True)
 
     def vjp(self, grad, inputs, tensors, input_shapes, record=None):
         """Vector-Jacobian product: ``g · σ(x)(1 + x(1 − σ(x)))``."""
@@ -1085,6 +1111,16 @@ class Reshape(Elementwise):
 # --------------------------------------------------------------------------- merges
 
 
+def _fits_in_first(inputs: Sequence[torch.Tensor]) -> bool:
+    """Whether a binary op's result has the first input's shape and type (no broadcast of it,
+    no promotion), so that it can be written there."""
+    first, second = inputs
+    return (
+        first.shape == torch.broadcast_shapes(first.shape, second.shape)
+        and torch.result_type(first, second) == first.dtype
+    )
+
+
 class Merge(Op):
     arity = None
     capabilities = frozenset({"split", "vjp"})
@@ -1109,8 +1145,15 @@ class Add(Merge):  # no "window": add has no window_sum; rules reach its inputs 
                 "add needs inputs of one shape, got " + ", ".join(str(list(s)) for s in in_shapes)
             )
 
+    in_place = True
+
     def forward(self, inputs, tensors):
         return torch.stack(list(inputs)).sum(0) if len(inputs) > 2 else inputs[0] + inputs[1]
+
+    def forward_in_place(self, inputs, tensors):
+        if len(inputs) == 2 and _fits_in_first(inputs):
+            return inputs[0].add_(inputs[1])
+        return self.forward(inputs, tensors)
 
     def split(self, inputs, relevance, divide):
         share = divide(relevance, self.forward(inputs, {}))
@@ -1178,8 +1221,15 @@ class Mul(Op):
                 f"{list(first)} and {list(second)} (batch left out)"
             )
 
+    in_place = True
+
     def forward(self, inputs, tensors):
         return inputs[0] * inputs[1]
+
+    def forward_in_place(self, inputs, tensors):
+        if _fits_in_first(inputs):
+            return inputs[0].mul_(inputs[1])
+        return self.forward(inputs, tensors)
 
     def vjp(self, grad, inputs, tensors, input_shapes, record=None):
         """Vector-Jacobian product: ``g`` times the other input, summed over the dimensions

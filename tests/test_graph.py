@@ -289,12 +289,15 @@ def test_forward_refuses_something_that_is_not_a_tensor(tiny):
         tiny.forward([[0.0]])
 
 
-def test_forward_refuses_an_input_with_nan(tiny):
-    x = torch.zeros(1, 3, 16, 32, 32)
-    x[0, 1, 2, 3, 4] = float("nan")
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forward_refuses_an_input_with_nan_or_inf(bad, dtype):
+    graph = relgraph.load_architecture("c3d-tiny", dtype=dtype)
+    x = torch.zeros(2, 3, 16, 32, 32, dtype=dtype)
+    x[1, 1, 2, 3, 4] = bad
 
-    with pytest.raises(relgraph.ShapeError, match="NaN"):
-        tiny.forward(x)
+    with pytest.raises(relgraph.ShapeError, match="NaN or Inf"):
+        graph.forward(x)
 
 
 def test_forward_refuses_a_graph_compiled_without_weights():
@@ -312,3 +315,54 @@ def test_forward_refuses_a_graph_whose_non_strict_load_left_a_tensor_out():
 
     with pytest.raises(relgraph.WeightsError, match=r"no weights for fc7\.bias \("):
         graph.forward(torch.zeros(1, 3, 16, 32, 32))
+
+
+# ----------------------------------------------------------------------- in-place forward ops
+
+
+@pytest.mark.parametrize("name", ["c3d-tiny", "resnet-tiny", "r2plus1d-tiny", "x3d-xs"])
+def test_forward_dropping_activations_gives_the_bits_of_the_forward_keeping_them(name):
+    # keep=() lets relu, silu, sigmoid, add and mul write into an input nobody reads again;
+    # keep=None runs every op out of place: the two must agree bit for bit, and x is untouched
+    graph = relgraph.load_architecture(name, seed=3)
+    x = torch.randn((2, *graph.input_shape), generator=torch.Generator().manual_seed(4))
+    before = x.clone()
+    kept = graph.forward(x).output
+    dropped = graph.forward(x, keep=()).output
+    assert torch.equal(kept, dropped)
+    assert torch.equal(x, before)
+
+
+SHARING = """
+name: sharing
+input: {name: input, shape: [4, 3]}
+nodes:
+  - {name: flat, op: flatten}
+  - {name: act, op: relu}
+  - {name: same, op: identity}
+  - {name: view, op: reshape, shape: [12]}
+  - {name: fc, op: linear, out_features: 5}
+  - {name: relu_fc, op: relu}
+  - {name: alias, op: identity}
+  - {name: skip, op: add, inputs: [relu_fc, alias]}
+  - {name: gate, op: sigmoid}
+  - {name: gated, op: mul, inputs: [gate, skip]}
+  - {name: out, op: add, inputs: [gated, alias]}
+output: out
+"""
+
+
+def test_forward_in_place_never_writes_into_the_input_or_a_tensor_still_read():
+    # act's input is a view of the caller's x; same and view share act's memory while act is
+    # kept; relu_fc shares its memory with alias, read again by out; skip is read by gate
+    # and by gated. Written in place, any of them would change the output
+    graph = relgraph.architecture_from_yaml(SHARING, seed=0)
+    x = torch.randn(3, 4, 3, generator=torch.Generator().manual_seed(0))
+    before = x.clone()
+    reference = graph.forward(x)
+    result = graph.forward(x, keep=("act",))
+    assert torch.equal(x, before)
+    assert torch.equal(result.activations["act"], torch.relu(before.flatten(1)))
+    assert torch.equal(result.output, reference.output)
+    r = torch.relu(reference.activations["fc"])
+    torch.testing.assert_close(result.output, torch.sigmoid(2 * r) * 2 * r + r)
