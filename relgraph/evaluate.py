@@ -91,10 +91,12 @@ class ForwardMemo:
 
 
 def model_function(graph: Graph) -> Model:
-    """The graph as a function from a batch to its logits ``(B, K)`` (no activations kept)."""
+    """The graph as a function from a batch to its logits ``(B, K)``: no activations kept,
+    so that element-wise ops run in place, and channels-last on CPU, where a forward pass
+    alone runs 1.1–1.4× faster (``Graph.forward``)."""
 
     def logits(x: torch.Tensor) -> torch.Tensor:
-        return graph.forward(x, keep=()).output.reshape(x.shape[0], -1)
+        return graph.forward(x, keep=(), channels_last=True).output.reshape(x.shape[0], -1)
 
     return logits
 

@@ -39,6 +39,7 @@ from relgraph.rules.base import Lazy, Stabilizer, positive, sliced_adjoint, slic
 from strategies import graph_cases, one_torch_thread  # noqa: F401
 
 import relgraph
+from relgraph import hostmemory
 from relgraph.hostmemory import release_freed
 
 AFFINE = [
@@ -388,3 +389,28 @@ def test_discriminative_with_the_frozen_shortcut_is_unchanged_in_the_memory_mode
     assert torch.equal(low_memory.relevance, default.relevance)
     assert torch.equal(low_memory.frozen_relevance, default.frozen_relevance)
     assert torch.equal(low_memory.temporal, default.temporal)
+
+
+def _faults_allocating(mib: int) -> int:
+    """Minor page faults of allocating, filling and freeing ``mib`` MiB twice."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(2):
+        block = torch.ones(mib * 2**18)  # float32: 4 bytes
+        del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.mark.skipif(
+    hostmemory._libc_function("mallopt", []) is None, reason="needs glibc's mallopt"
+)
+def test_reuse_freed_serves_a_freed_block_again_without_faulting_its_pages_in():
+    # 64 MiB is 16,384 pages of 4 KiB: above glibc's 32 MiB mmap ceiling, each allocation is
+    # fresh pages, faulted in again; within reuse_freed the second one reuses the first's
+    pages = 64 * 2**20 // 4096
+    assert _faults_allocating(64) > pages  # glibc's default: both allocations fault
+    with hostmemory.reuse_freed():
+        _faults_allocating(64)  # the heap grows once
+        assert _faults_allocating(64) < pages // 4
+    assert _faults_allocating(64) > pages  # the defaults are back
