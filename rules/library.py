@@ -23,6 +23,7 @@ from .base import (
     Rule,
     Stabilizer,
     accumulator,
+    dense,
     make_rule,
     materialized,
     negative,
@@ -122,7 +123,7 @@ def signed_share(
     Each sample runs at the scale ``sample_scale`` picks: the same result, no overflow.
     ``own_relevance``: ``relevance`` is not read again, ``s`` may be formed in it.
     ``nonnegative_z``: ``W_p ≥ 0 ≥ W_n`` and ``bias ≥ 0`` (z⁺), so that no ``z`` is negative."""
-    scale, nonnegative = scale_and_sign(ctx.x)
+    scale, nonnegative = scale_and_sign(ctx.x, nonnegative=ctx.known_nonnegative(0))
     x = rescaled(ctx.x, scale)
 
     def share(r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # s = R / stab(z), in place
@@ -167,7 +168,7 @@ def _in_place(
     if (
         t.shape == torch.broadcast_shapes(t.shape, other.shape)
         and torch.result_type(t, other) == t.dtype
-        and (views or (t.is_contiguous() and not t._is_view()))
+        and (views or (dense(t) and not t._is_view()))
         and t.data_ptr() != other.data_ptr()
     ):
         return op(t, other, out=t)
@@ -239,7 +240,7 @@ class Epsilon(Rule):
 
     def relevance(self, ctx, relevance):
         weight, bias = ctx.weight_and_bias()
-        scale = sample_scale(ctx.x)  # see signed_share
+        scale = sample_scale(ctx.x, nonnegative=ctx.known_nonnegative(0))  # see signed_share
         x = rescaled(ctx.x, scale)
         if self.bias and ctx.output is not None:
             z = rescaled(ctx.output, scale)
@@ -683,7 +684,7 @@ class Proportional(_Shares):
     def relevance(self, ctx, relevance):
         if "window" not in ctx.op.capabilities:
             return _scaled_split(ctx, relevance, self.stab)
-        scale = sample_scale(ctx.x)  # see signed_share
+        scale = sample_scale(ctx.x, nonnegative=ctx.known_nonnegative(0))  # see signed_share
         x = rescaled(ctx.x, scale)
         if self.divide_by == "sum":
             s = self.stab(relevance, ctx.op.window_sum(x), scale)
@@ -779,7 +780,7 @@ def _scaled_split(ctx: NodeContext, relevance: torch.Tensor, stab: Stabilizer) -
     ``signed_share``); concat only slices, and its inputs are not even read."""
     if any(x is None for x in ctx.inputs):
         return ctx.op.split(ctx.inputs, relevance, stab)
-    scale = sample_scale(*ctx.inputs)
+    scale = sample_scale(*ctx.inputs, nonnegative=ctx.known_nonnegative())
     inputs = [widened(rescaled(x, scale)) for x in ctx.inputs]
     return ctx.op.split(inputs, relevance, lambda r, z: stab(r, z, scale))
 
