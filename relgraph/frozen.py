@@ -435,6 +435,7 @@ def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
         relevance[graph.output] = (0, rows_of(start))
 
     lost = torch.zeros_like(_totals(rows_of(start)))
+    nonnegative = graph.nonnegative_nodes()
     for node in reversed(graph.order[1:]):
         if node not in relevance:
             continue  # nothing reaches it from the slice's cone
@@ -516,6 +517,7 @@ def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
             cache=graph.cache if graph.cache_policy != "none" else {},
             record=record,
             low_memory=graph.cache_policy == "none",
+            nonnegative_inputs=tuple(q in nonnegative for q in preds),
         )
         try:
             contributions = rule(ctx, r)

@@ -64,6 +64,7 @@ class Graph:
         self.canonize: bool = spec.canonize
         self._canonical: Graph | None = None  # that canonized view, built on first use
         self._channels_last_ops: bool | None = None  # see runs_channels_last
+        self._nonnegative: frozenset[str] | None = None  # see nonnegative_nodes
         index = nx.get_node_attributes(graph, "index")
         self.order: list[str] = list(
             nx.lexicographical_topological_sort(graph, key=index.__getitem__)
@@ -136,6 +137,21 @@ class Graph:
             and x.dtype in (torch.float32, torch.bfloat16)
             and (self._prefers_channels_last() if channels_last is None else channels_last)
         )
+
+    def nonnegative_nodes(self) -> frozenset[str]:
+        """The nodes whose activation is ≥ 0 for any input, by construction: a ReLU's or a
+        sigmoid's, or one pooled, reshaped, summed, multiplied or joined from such only
+        (``Op.sign``). Rules need not look for negative entries there (``NodeContext``)."""
+        if self._nonnegative is None:
+            found: set[str] = set()
+            for node in self.order[1:]:
+                sign = self.op(node).sign
+                if sign == "nonnegative" or (
+                    sign == "keeps" and all(p in found for p in self.inputs_of(node))
+                ):
+                    found.add(node)
+            self._nonnegative = frozenset(found)
+        return self._nonnegative
 
     def _prefers_channels_last(self) -> bool:
         """Whether an op prefers channels-last (grouped 3-D convolutions); the node set is

@@ -142,6 +142,10 @@ class Op:
 
     #: whether ``forward_in_place`` may write the result into the first input's memory
     in_place: ClassVar[bool] = False
+    #: what the op does to signs: ``"nonnegative"``, its output is ≥ 0 whatever its input
+    #: (relu, sigmoid); ``"keeps"``, its output is ≥ 0 where every input is (pools, means,
+    #: reshapes, sums, products, joins); ``"any"`` otherwise (``Graph.nonnegative_nodes``)
+    sign: ClassVar[str] = "any"
 
     def forward_in_place(
         self, inputs: Sequence[torch.Tensor], tensors: dict[str, torch.Tensor]
@@ -825,6 +829,7 @@ class PoolNd(Spatial):
 
 @register_op("maxpool{dims}d", dims=(1, 2, 3))
 class MaxPoolNd(PoolNd):
+    sign = "keeps"
     capabilities = frozenset({"window", "max_route", "vjp"})
     dilation = Field[Ints]("ints", 1)
     ceil_mode = Field[bool]("bool", False)
@@ -871,6 +876,7 @@ class MaxPoolNd(PoolNd):
 
 @register_op("avgpool{dims}d", dims=(1, 2, 3))
 class AvgPoolNd(PoolNd):
+    sign = "keeps"
     capabilities = frozenset({"window", "vjp"})
     ceil_mode = Field[bool]("bool", False)
     count_include_pad = Field[bool]("bool", True)
@@ -902,6 +908,8 @@ class AvgPoolNd(PoolNd):
 class AdaptiveAvgPoolNd(Spatial):
     """Adaptive average pooling. Its windows are separable bins, so ``window_sum`` is a
     product of one 0/1 bin matrix per spatial dimension, and the adjoint their transposes."""
+
+    sign = "keeps"
 
     capabilities = frozenset({"window", "vjp"})
     output_size = Field[Ints]("ints")
@@ -955,6 +963,8 @@ class Mean(Op):
     """The mean over some dimensions (``x.mean(dims, keepdim)``; the squeeze-excitation
     squeeze, S3D's head). Its one window per output is the whole reduced extent, so
     ``window_sum`` is the sum over ``dims`` and its adjoint broadcasts back."""
+
+    sign = "keeps"
 
     capabilities = frozenset({"window", "vjp"})
     dims = Field[Shape]("shape", doc="dimensions to average, counting the batch as 0 (each ≥ 1)")
@@ -1012,6 +1022,7 @@ class Elementwise(Op):
 
 @register_op("relu")
 class ReLU(Elementwise):
+    sign = "nonnegative"
     in_place = True
 
     def forward(self, inputs, tensors):
@@ -1028,6 +1039,8 @@ class ReLU(Elementwise):
 @register_op("sigmoid")
 class Sigmoid(Elementwise):
     """The logistic function ``1 / (1 + e⁻ˣ)`` (the squeeze-excitation gate)."""
+
+    sign = "nonnegative"
 
     in_place = True
 
@@ -1066,6 +1079,8 @@ class SiLU(Elementwise):
 class Dropout(Elementwise):
     """Dropout at inference: the identity."""
 
+    sign = "keeps"
+
     p = Field[float]("float", 0.5)
 
     def _validate(self):
@@ -1078,6 +1093,8 @@ class Dropout(Elementwise):
 
 @register_op("identity")
 class Identity(Elementwise):
+    sign = "keeps"
+
     def forward(self, inputs, tensors):
         return inputs[0]
 
@@ -1086,12 +1103,15 @@ class Identity(Elementwise):
 class Flatten(Elementwise):
     """Flatten every dimension but the batch."""
 
+    sign = "keeps"
+
     def forward(self, inputs, tensors):
         return inputs[0].flatten(1)
 
 
 @register_op("reshape")
 class Reshape(Elementwise):
+    sign = "keeps"
     shape = Field[Shape]("shape", doc="new shape without batch; one entry may be -1")
 
     def resolve(self, in_shapes):
@@ -1137,6 +1157,7 @@ class Merge(Op):
 
 @register_op("add")
 class Add(Merge):  # no "window": add has no window_sum; rules reach its inputs through split
+    sign = "keeps"
     capabilities = frozenset({"split", "vjp"})
 
     def resolve(self, in_shapes):
@@ -1166,6 +1187,7 @@ class Add(Merge):  # no "window": add has no window_sum; rules reach its inputs 
 
 @register_op("concat")
 class Concat(Merge):
+    sign = "keeps"
     dim = Field[int]("int", 1, "dimension to join along, counting the batch as 0")
 
     def _validate(self):
@@ -1207,6 +1229,8 @@ class Mul(Op):
     """The elementwise product of two inputs of one rank; one may broadcast to the other
     (a size-1 dimension against any size), e.g. the squeeze-excitation gate (C, 1, 1, 1)
     times the signal (C, T, H, W)."""
+
+    sign = "keeps"
 
     arity = 2
     capabilities = frozenset({"product", "vjp"})

@@ -320,6 +320,7 @@ def explain_with_rules(
         # cache_policy "none": a memo that lives for one node only (see Graph.cache_policy)
         keep_cache = graph.cache_policy != "none"
         channels_last = graph.runs_channels_last(x)
+        nonnegative = graph.nonnegative_nodes()
         for node in reversed(graph.order[1:]):
             node_relevance = relevance.pop(node)
             if return_all:
@@ -338,6 +339,7 @@ def explain_with_rules(
                 cache=graph.cache if keep_cache else {},
                 record=records.pop(node, None),
                 low_memory=not keep_cache,
+                nonnegative_inputs=tuple(p in nonnegative for p in preds),
                 relevance_owned=not return_all
                 and node != graph.output  # the seed, which an Explanation returns
                 and _exclusive(node_relevance, relevance.values()),

@@ -366,3 +366,43 @@ def test_forward_in_place_never_writes_into_the_input_or_a_tensor_still_read():
     assert torch.equal(result.output, reference.output)
     r = torch.relu(reference.activations["fc"])
     torch.testing.assert_close(result.output, torch.sigmoid(2 * r) * 2 * r + r)
+
+
+# ----------------------------------------------------------------------- signs by construction
+
+
+@pytest.mark.parametrize("name", ["c3d-tiny", "resnet-tiny", "r2plus1d-tiny", "x3d-xs", "s3d"])
+def test_nodes_nonnegative_by_construction_are_nonnegative_on_any_input(name):
+    graph = relgraph.load_architecture(name, seed=5)
+    x = 3 * torch.randn((1, *graph.input_shape), generator=torch.Generator().manual_seed(6))
+    activations = graph.forward(x).activations
+    found = graph.nonnegative_nodes()
+    assert found, "every shipped model has ReLUs"
+    for node in found:
+        assert activations[node].min() >= 0, node
+    # and the nodes left out can go negative here (convs, batch norms, swish, the logits)
+    signed = [n for n in graph.order[1:] if graph.op(n).type.startswith(("conv", "linear"))]
+    assert signed and not set(signed) & found
+
+
+SIGNS = """
+name: signs
+input: {name: input, shape: [2, 8]}
+nodes:
+  - {name: flat, op: flatten}
+  - {name: lin, op: linear, out_features: 8}
+  - {name: act, op: relu, inputs: [lin]}
+  - {name: gate, op: sigmoid, inputs: [lin]}
+  - {name: both, op: mul, inputs: [act, gate]}
+  - {name: mixed, op: add, inputs: [both, lin]}
+  - {name: kept, op: add, inputs: [both, act]}
+  - {name: pooled, op: identity, inputs: [kept]}
+  - {name: swish, op: silu, inputs: [pooled]}
+  - {name: out, op: add, inputs: [mixed, swish]}
+output: out
+"""
+
+
+def test_nonnegative_nodes_follow_relu_and_sigmoid_through_ops_that_keep_signs():
+    graph = relgraph.architecture_from_yaml(SIGNS)
+    assert graph.nonnegative_nodes() == {"act", "gate", "both", "kept", "pooled"}

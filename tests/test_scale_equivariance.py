@@ -37,7 +37,7 @@ from relgraph.rules import (
     ZBeta,
     ZPlus,
 )
-from relgraph.rules.base import sample_scale
+from relgraph.rules.base import sample_scale, scale_and_sign
 from strategies import graph_cases, one_torch_thread  # noqa: F401
 
 import relgraph
@@ -153,3 +153,17 @@ def test_epsilon_and_fixed_zbeta_are_not_scale_invariant():
     for rule in (Epsilon(epsilon=0.1), ZBeta(low=-1.0, high=1.0)):
         relevance = relgraph.explain_with_rules(graph, batch, {"fc": rule}, 0, "onehot")
         assert not torch.allclose(relevance[0], relevance[1]), rule
+
+
+@pytest.mark.parametrize("exponent", [-70, 0, 70])
+def test_a_sign_known_by_construction_gives_the_scale_looked_for(exponent):
+    # a ReLU's output (NodeContext.known_nonnegative): the peak is the maximum alone
+    x = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(0)).abs() * 2.0**exponent
+    x[1] *= 2.0**-9
+    looked_for, known = scale_and_sign(x), scale_and_sign(x, nonnegative=True)
+    assert looked_for[1] is True and known[1] is True
+    if exponent == 0:
+        assert looked_for[0] is None and known[0] is None
+    else:
+        assert torch.equal(looked_for[0], known[0])
+    assert scale_and_sign(x - x.mean())[1] is False

@@ -150,7 +150,7 @@ def test_channels_last_passes_give_the_default_layouts_relevance(monkeypatch):
     assert not relgraph.load_architecture(
         "x3d-s", init="none", frames=frames, size=size, dtype=torch.float64
     ).runs_channels_last(x.double())
-    monkeypatch.setattr(relgraph.Graph, "runs_channels_last", lambda self, x: False)
+    monkeypatch.setattr(relgraph.Graph, "runs_channels_last", lambda self, x, layout=None: False)
     plain = relgraph.explain(graph, x, target=7, rules="epsilon-plus")
     assert_close_to(fast, plain, 1e-5)
 
