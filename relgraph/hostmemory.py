@@ -8,9 +8,10 @@ to the system. Elsewhere (another C library, another system) it does nothing. It
 value, only where freed memory goes; it costs a walk over the allocator's free lists.
 
 The other way round, ``reuse_freed`` keeps freed memory for the next tensor: glibc serves
-blocks above 32 MiB with fresh ``mmap`` pages, so a loop of forward passes whose activations
-exceed that size (the perturbation metrics' batches) faults every page in again on every
-pass. Within ``reuse_freed`` every block comes from the heap and freed blocks stay there.
+a block above 32 MiB that its heap has no room for with fresh ``mmap`` pages, so a loop of
+forward passes whose activations exceed that size (the perturbation metrics' batches) faults
+every page in again on every pass. Within ``reuse_freed`` every block comes from the heap
+and freed blocks stay there (the kernel may still reclaim idle pages).
 """
 
 from __future__ import annotations
