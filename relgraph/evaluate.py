@@ -452,6 +452,7 @@ def cascading_randomisation(
     *,
     seed: int = 0,
     layers: Sequence[str] | None = None,
+    original: dict[str, torch.Tensor] | None = None,
 ) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
     """Re-initialise the model's layers one more at a time, top first, and yield
     ``(layer, {map: Spearman ρ with the original maps, (B,)})`` after each (Adebayo et al.,
@@ -460,13 +461,16 @@ def cascading_randomisation(
     ``explain_maps(graph)`` computes every map ``(B, T, H, W)`` of the clips on ``graph``
     (for the original targets). The layer's weights are redrawn as the architecture
     initialises them (``seed``); ``graph`` is restored afterwards, also on an error.
+    ``original``: the maps on the unchanged model, where already computed (else
+    ``explain_maps(graph)`` first).
     """
 
     layers = list(layers) if layers is not None else randomisable_layers(graph)
     fresh = compile_spec(graph.spec, seed=seed, dtype=graph.dtype, device=graph.device)
     saved = {node: dict(graph.tensors(node)) for node in layers}
     try:
-        original = explain_maps(graph)
+        if original is None:
+            original = explain_maps(graph)
         for node in layers:
             graph.tensors(node).update(fresh.tensors(node))
             graph.cache.clear()

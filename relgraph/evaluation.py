@@ -365,8 +365,11 @@ def _run_evaluation(
                     entry["_rank_moving_per_clip"] = per_clip.tolist()
         report["maps"][name] = entry
     if sanity_clips:
+        # the default preset's maps on the unchanged model are the first row's reference
+        device = data.clips.device
+        original = {name: maps[name][:sanity_clips].to(device) for name in SANITY_MAPS}
         report["sanity"] = _sanity(
-            graph, data.clips[:sanity_clips], targets[:sanity_clips], progress
+            graph, data.clips[:sanity_clips], targets[:sanity_clips], progress, original
         )
     report["paired"] = _paired(report["maps"])
     for entry in report["maps"].values():
@@ -421,8 +424,16 @@ def _paired(entries: dict) -> dict:
     return out
 
 
+#: the maps whose rank correlation cascading randomisation reports
+SANITY_MAPS: tuple[str, ...] = ("spatiotemporal", "spatial", "temporal", "frame difference")
+
+
 def _sanity(
-    graph: Graph, clips: torch.Tensor, targets: torch.Tensor, progress: bool = False
+    graph: Graph,
+    clips: torch.Tensor,
+    targets: torch.Tensor,
+    progress: bool = False,
+    original: dict[str, torch.Tensor] | None = None,
 ) -> dict:
 
     composite = as_composite(None, graph)
@@ -440,25 +451,29 @@ def _sanity(
                     view, clips[part], node_rules, targets[part], seed, batch_size=batch_size
                 )
             )
-        return {
-            name: torch.cat([getattr(p, name) for p in parts])
-            for name in ("spatiotemporal", "spatial", "temporal")
-        } | {"frame difference": baselines.frame_difference(clips)}
+        found = {"frame difference": baselines.frame_difference(clips)}
+        for name in SANITY_MAPS:
+            if name not in found:
+                found[name] = torch.cat([getattr(p, name) for p in parts])
+        return found
 
     rows = {}
     layers = metrics.randomisable_layers(graph)
-    # the maps on the original model, then after each layer is redrawn
+    # the maps on the original model (unless given), then after each layer is redrawn
+    first = 1 if original is None else 0
     bar = tqdm(
-        total=len(layers) + 1,
+        total=len(layers) + first,
         desc="randomisation",
         file=sys.stderr,
         leave=False,
         disable=not progress,
     )
     with bar:
-        for layer, rho in metrics.cascading_randomisation(graph, explain_maps, layers=layers):
+        for layer, rho in metrics.cascading_randomisation(
+            graph, explain_maps, layers=layers, original=original
+        ):
             rows[layer] = {name: metrics.summarise(values) for name, values in rho.items()}
-            bar.update(2 if len(rows) == 1 else 1)
+            bar.update(1 + first if len(rows) == 1 else 1)
     return rows
 
 

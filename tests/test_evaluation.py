@@ -13,6 +13,7 @@ from relgraph import architecture_from_yaml
 from relgraph.cli import main
 from relgraph.evaluation import (
     DEFAULT_MAPS,
+    _sanity,
     compute_maps,
     markdown,
     run_evaluation,
@@ -71,6 +72,11 @@ def test_run_evaluation_reports_every_metric_in_range(tiny):
     text = markdown(report)
     assert "| temporal |" in text and "Cascading randomisation" in text
     json.dumps(report)  # JSON-ready
+    # the first row's reference is the maps already computed: the same rows as explaining
+    # the clips on the unchanged model again
+    targets = torch.cat([tiny(data.clips[:2]).output.argmax(1)])
+    again = _sanity(tiny, data.clips[:2], targets)
+    assert again == report["sanity"]
 
 
 def test_video_list_reads_the_first_clip_of_each_video(tiny, tmp_path):
