@@ -114,3 +114,19 @@ def test_evaluate_errors_are_one_line(capsys, tmp_path):
     assert capsys.readouterr().err.startswith("relgraph: error: --clips must be at least 1")
     assert main(["evaluate", "--arch", "c3d", "--out", str(tmp_path / "o")]) == 2
     assert "--weights is needed" in capsys.readouterr().err
+
+
+def test_frozen_batch_size_grows_for_small_models_and_keeps_the_default_for_full_size_ones():
+    from relgraph import load_architecture
+    from relgraph.discriminative import DEFAULT_BATCH_SIZE
+    from relgraph.evaluation import FROZEN_BUDGET, frozen_batch_size
+
+    assert frozen_batch_size(load_architecture("c3d-tiny", init="none")) == 64
+    assert frozen_batch_size(load_architecture("c3d", init="none")) == DEFAULT_BATCH_SIZE
+    # in between, as many as the budget holds: each node's activation and its relevance,
+    # counted here from the activations of one clip's forward pass
+    middle = load_architecture("c3d-tiny", size=128)
+    x = torch.zeros((1, *middle.input_shape))
+    per_clip = 2 * sum(a.nbytes for a in middle.forward(x).activations.values())
+    assert DEFAULT_BATCH_SIZE < FROZEN_BUDGET // per_clip < 64
+    assert frozen_batch_size(middle) == FROZEN_BUDGET // per_clip
