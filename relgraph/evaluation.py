@@ -246,6 +246,7 @@ def compute_maps(
 # --------------------------------------------------------------------------- the suite
 
 
+@reuse_freed()  # a context manager, applied anew to each call
 def run_evaluation(
     graph: Graph,
     data: EvaluationData,
@@ -269,36 +270,6 @@ def run_evaluation(
     Freed memory is kept for reuse meanwhile (``relgraph.hostmemory.reuse_freed``): the
     perturbed batches' forward passes then run up to 1.7× faster.
     """
-    with reuse_freed():
-        return _run_evaluation(
-            graph,
-            data,
-            presets=presets,
-            variants=variants,
-            cube=cube,
-            steps=steps,
-            replacements=replacements,
-            batch_size=batch_size,
-            sanity_clips=sanity_clips,
-            frames=frames,
-            progress=progress,
-        )
-
-
-def _run_evaluation(
-    graph: Graph,
-    data: EvaluationData,
-    *,
-    presets: Sequence[str],
-    variants: bool,
-    cube: Sequence[int],
-    steps: int,
-    replacements: Sequence[str],
-    batch_size: int,
-    sanity_clips: int,
-    frames: bool,
-    progress: bool,
-) -> dict:
     started = time.perf_counter()
     model = metrics.model_function(graph)
     with torch.inference_mode():
@@ -451,11 +422,12 @@ def _sanity(
                     view, clips[part], node_rules, targets[part], seed, batch_size=batch_size
                 )
             )
-        found = {"frame difference": baselines.frame_difference(clips)}
-        for name in SANITY_MAPS:
-            if name not in found:
-                found[name] = torch.cat([getattr(p, name) for p in parts])
-        return found
+        found = {
+            name: torch.cat([getattr(p, name) for p in parts])
+            for name in SANITY_MAPS
+            if name != "frame difference"
+        }
+        return found | {"frame difference": baselines.frame_difference(clips)}
 
     rows = {}
     layers = metrics.randomisable_layers(graph)

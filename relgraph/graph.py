@@ -401,7 +401,6 @@ class Graph:
                     and op.in_place
                     and remaining[preds[0]] == 1
                     and preds[0] not in keep_set
-                    and preds.count(preds[0]) == 1
                     and sharing.alone(inputs[0])
                 ):
                     activations[node] = op.forward_in_place(inputs, self.tensors(node))

@@ -1041,7 +1041,6 @@ class Sigmoid(Elementwise):
     """The logistic function ``1 / (1 + e⁻ˣ)`` (the squeeze-excitation gate)."""
 
     sign = "nonnegative"
-
     in_place = True
 
     def forward(self, inputs, tensors):
