@@ -272,19 +272,24 @@ def _conv(
     dilation: Any,
     groups: int,
 ) -> torch.Tensor:
-    """``conv{dims}d`` with the result in ``x``'s layout; a grouped 3-D one on CPU runs
-    oneDNN's kernel in channels-last layout, 3–25× faster than the default layout's
-    (``Graph.working_layout`` runs such graphs channels-last throughout)."""
+    """``conv{dims}d`` with the result in ``x``'s layout. A 3-D one on CPU, grouped or on a
+    channels-last input, runs oneDNN's kernel in channels-last layout: grouped ones run
+    3–25× faster than in the default layout (``Graph.working_layout`` runs such graphs
+    channels-last throughout), and torch's dispatch sends a channels-last input with few
+    channels to a kernel 4× slower (X3D's stem: 7 ms against 1.7)."""
     conv = _conv_fn(op.dims)
+    if _padded_past_kernel(op, x, weight.shape[2:], padding, dilation):
+        return _same_layout(
+            conv(x.contiguous(), weight, bias, stride, padding, dilation, groups), x
+        )
     if (
-        groups > 1
+        (groups > 1 or _channels_last(x))
         and op.dims == 3
         and x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.bfloat16)
-        and torch.backends.mkldnn.is_available()
+        and _onednn_runs(x.dtype)
     ):
         plain = not _channels_last(x)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = _canonical_channels_last(x)
         # called directly: with one thread torch's dispatch picks a kernel 25× slower
         # for kernels of one spatial extent (X3D's 5×1×1 temporal stem: 74 ms against 3)
         y = torch.ops.aten.mkldnn_convolution(
@@ -298,6 +303,47 @@ def _conv(
         )
         return y.contiguous() if plain else _same_layout(y, x)
     return _same_layout(conv(x, weight, bias, stride, padding, dilation, groups), x)
+
+
+def _padded_past_kernel(
+    op: Any, x: torch.Tensor, kernel: Sequence[int], padding: Any, dilation: Any
+) -> bool:
+    """A 3-D convolution on CPU whose padding reaches past the kernel's extent on some axis:
+    oneDNN crashes (SIGSEGV) there in channels-last layout, through torch's own ``conv3d``
+    and ``conv_transpose3d`` too (torch 2.13, with a bias or grouped), so such a convolution
+    runs in the default layout, by torch's dispatch."""
+    return (
+        op.dims == 3
+        and x.device.type == "cpu"
+        and any(p > d * (k - 1) for p, d, k in zip(_triple(padding), _triple(dilation), kernel))
+    )
+
+
+@functools.cache
+def _onednn_runs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's CPU convolution takes ``dtype``: float32 always, bfloat16 only on a
+    CPU with the instructions for it (it raises elsewhere)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return dtype == torch.float32
+
+
+def _canonical_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` channels-last with the strides oneDNN recognises: a dimension of size one may
+    carry any stride, and elementwise results often give the batch of one a stride that
+    makes oneDNN fall back to the default layout and a kernel 10× slower."""
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    batch, channels, *size = x.shape
+    strides = [channels * math.prod(size), 1]
+    step = channels
+    for n in reversed(size):
+        strides.insert(2, step)
+        step *= n
+    if list(x.stride()) != strides:
+        x = x.as_strided(x.shape, strides)
+    return x
 
 
 def _triple(value: Any) -> list[int]:
@@ -538,17 +584,19 @@ class ConvNd(Spatial, Affine):
         op's padding lies (the memory mode's slices; each output as in one go)."""
         k, s, p, d = self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0]
         n = x.shape[2]
+        # rows [low, high) of the input padded by p on both ends; those outside [0, n) are
+        # padding (all of them, where the padding reaches past the kernel's extent)
         low, high = start * s - p, (stop - 1) * s - p + d * (k - 1) + 1
-        rows = x[:, :, max(low, 0) : min(high, n)]
-        before, after = max(0, -low), max(0, high - n)
+        first, last = min(max(low, 0), n), max(min(high, n), 0)
+        rows = x[:, :, first:last] if first < last else x[:, :, :0]
+        before = max(0, min(high, 0) - low)
+        after = (high - low) - before - rows.shape[2]
         if before or after:
             rows = F.pad(rows, [0, 0] * (self.dims - 1) + [before, after])
         if self._pointwise:
             return _pointwise_map(rows, weight, bias, self.stride)
         padding = (0, *self.padding[1:])
-        return _conv_fn(self.dims)(
-            rows, weight, bias, self.stride, padding, self.dilation, self.groups
-        )
+        return _conv(self, rows, weight, bias, self.stride, padding, self.dilation, self.groups)
 
     def stack_inputs(self, first, second):
         return torch.cat([first, second], dim=1) if self.groups == 1 else None
@@ -560,7 +608,7 @@ class ConvNd(Spatial, Affine):
         out_pad = _output_padding(
             x_shape[2:], s.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation
         )
-        if self.groups > 1 and min(full) >= 0:
+        if (self.groups > 1 or (_channels_last(s) and max(self.stride) == 1)) and min(full) >= 0:
             # Grouped (depthwise) transposed convolutions run far slower than the forward
             # kernels on CPU: the adjoint is the stride-1 convolution of s, spread out by the
             # stride (zeros between its entries, and output_padding zeros at the end), with
@@ -577,9 +625,14 @@ class ConvNd(Spatial, Affine):
                 self.dilation,
                 self.groups,
             )
+        plain = (
+            s.contiguous()
+            if _padded_past_kernel(self, s, self.kernel_size, self.padding, self.dilation)
+            else s
+        )
         return _same_layout(
             _conv_transpose_fn(self.dims)(
-                s, weight, None, self.stride, self.padding, out_pad, self.groups, self.dilation
+                plain, weight, None, self.stride, self.padding, out_pad, self.groups, self.dilation
             ),
             s,
         )

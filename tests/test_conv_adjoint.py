@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from relgraph.ops import OPS
+from relgraph.ops import OPS, _canonical_channels_last
 
 CASES = [
     # dims, in, out, groups, kernel, stride, padding, dilation, size
@@ -26,13 +26,28 @@ CASES = [
     (3, 6, 4, 1, (1, 1, 1), (1, 2, 2), 0, 1, (4, 5, 7)),  # strided 1×1×1 (X3D's shortcut)
     (2, 3, 5, 1, (1, 1), (2, 1), 0, 1, (5, 4)),  # 1×1 in 2-D
     (3, 4, 4, 1, (1, 1, 1), 1, 1, 1, (3, 3, 3)),  # 1×1×1 with padding: a convolution
+    # padding past the kernel's extent on an axis, where oneDNN crashes in channels-last
+    (3, 2, 3, 1, (2, 2, 1), (1, 2, 2), (0, 0, 1), (1, 2, 2), (5, 4, 1)),
+    (3, 4, 6, 2, (3, 2, 1), (2, 2, 2), (1, 2, 1), (2, 2, 2), (3, 1, 1)),
+    (3, 3, 2, 1, (1, 3, 1), (2, 1, 2), (2, 2, 1), (1, 2, 2), (2, 3, 3)),
 ]
 
 
-#: channels-last is a layout of 5-D tensors: the 3-D cases run in both
+#: channels-last is a layout of 5-D tensors: the 3-D cases run in both, and in channels-last
+#: with a batch of one whose batch axis has a stride no kernel expects (element-wise results
+#: often come so: a size-one axis may carry any stride)
 LAYOUTS = [(case, "default") for case in CASES] + [
-    (case, "channels-last") for case in CASES if case[0] == 3
+    (case, layout)
+    for case in CASES
+    if case[0] == 3
+    for layout in ("channels-last", "channels-last, odd batch stride")
 ]
+
+
+def _odd_batch_stride(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (a batch of one) channels-last, its batch axis given the stride of a channel."""
+    t = t.contiguous(memory_format=torch.channels_last_3d)
+    return t.as_strided(t.shape, (1, *t.stride()[1:]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -50,7 +65,8 @@ def test_conv_adjoint_is_the_vector_jacobian_product(case, layout, dtype):
     op.resolve([(cin, *size)])
     generator = torch.Generator().manual_seed(dims * 100 + cin)
     weight = torch.randn(cout, cin // groups, *kernel, generator=generator, dtype=dtype)
-    x = torch.randn(2, cin, *size, generator=generator, dtype=dtype, requires_grad=True)
+    batch = 1 if "odd" in layout else 2
+    x = torch.randn(batch, cin, *size, generator=generator, dtype=dtype, requires_grad=True)
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
     z = conv(x, weight, None, op.stride, op.padding, op.dilation, groups)
     s = torch.randn(z.shape, generator=generator, dtype=dtype)
@@ -62,6 +78,8 @@ def test_conv_adjoint_is_the_vector_jacobian_product(case, layout, dtype):
         if layout == "channels-last":
             x_in = x_in.contiguous(memory_format=torch.channels_last_3d)
             s_in = s.contiguous(memory_format=torch.channels_last_3d)
+        elif "odd" in layout:
+            x_in, s_in = _odd_batch_stride(x_in), _odd_batch_stride(s)
         got = op.adjoint(s_in, weight, x.shape)
         got_map = op.linear_map(x_in, weight, bias)
     assert got.shape == x.shape
@@ -69,6 +87,54 @@ def test_conv_adjoint_is_the_vector_jacobian_product(case, layout, dtype):
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
     torch.testing.assert_close(got_map, expected_map, rtol=tolerance, atol=tolerance)
-    if layout == "channels-last":  # the passes keep running channels-last
+    if layout != "default":  # the passes keep running channels-last
         for t in (got, got_map):
             assert t.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_channels_last_strides_are_made_canonical_without_a_copy():
+    # oneDNN reads the strides to pick its layout: an odd stride on the batch of one (which
+    # addresses nothing) made it fall back to the default layout and a kernel 10× slower
+    x = _odd_batch_stride(torch.randn(1, 5, 3, 4, 6, generator=torch.Generator().manual_seed(2)))
+    assert x.is_contiguous(memory_format=torch.channels_last_3d) and x.stride(0) == 1
+    canonical = _canonical_channels_last(x)
+    assert canonical.stride() == (5 * 3 * 4 * 6, 1, 4 * 6 * 5, 6 * 5, 5)
+    assert canonical.data_ptr() == x.data_ptr() and torch.equal(canonical, x)
+    plain = torch.randn(2, 5, 3, 4, 6, generator=torch.Generator().manual_seed(3))
+    made = _canonical_channels_last(plain)
+    assert made.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(made, plain)
+
+
+@pytest.mark.parametrize(
+    "case,layout",
+    [(case, layout) for case, layout in LAYOUTS if case[3] == 1 and "odd" not in layout],
+)
+def test_rows_of_the_map_are_those_of_the_whole_map(case, layout):
+    # the memory mode computes a convolution a range of output rows (first spatial axis) at a
+    # time; padding past the kernel's extent makes whole ranges read padding alone
+    dims, cin, cout, groups, kernel, stride, padding, dilation, size = case
+    op = OPS[f"conv{dims}d"](
+        out_channels=cout,
+        kernel_size=list(kernel),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+    )
+    op.resolve([(cin, *size)])
+    generator = torch.Generator().manual_seed(cin * 10 + cout)
+    weight = torch.randn(cout, cin, *kernel, generator=generator, dtype=torch.float64)
+    bias = torch.randn(cout, generator=generator, dtype=torch.float64)
+    x = torch.randn(2, cin, *size, generator=generator, dtype=torch.float64)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+    expected = conv(x, weight, bias, op.stride, op.padding, op.dilation, groups)
+    if layout == "channels-last":  # oneDNN's layout, in float32
+        x, weight, bias = (x.float(), weight.float(), bias.float())
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    rows = expected.shape[2]
+    for start in range(rows):
+        for stop in range(start + 1, rows + 1):
+            got = op.linear_map_rows(x, weight, bias, start, stop)
+            torch.testing.assert_close(
+                got.double(), expected[:, :, start:stop], rtol=1e-5, atol=1e-5
+            )
