@@ -126,7 +126,8 @@ def signed_share(
     scale, nonnegative = scale_and_sign(ctx.x, nonnegative=ctx.known_nonnegative(0))
     x = rescaled(ctx.x, scale)
 
-    def share(r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # s = R / stab(z), in place
+    def share(r: torch.Tensor, z: torch.Tensor, shifted: bool = False) -> torch.Tensor:
+        # s = R / stab(z), in place
         return stab(
             r,
             z,
@@ -134,13 +135,19 @@ def signed_share(
             overwrite=True,
             overwrite_numerator=own_relevance,
             nonnegative=nonnegative_z,
+            shifted=shifted,
         )
 
     # z, s and the adjoint are temporaries of this rule alone: s is formed in z's memory and
     # the products in the adjoints' (``_in_place``), so that few of them are alive at once
     # (the same values, bit for bit; what the memory mode, ``cache_policy="none"``, is for)
     if nonnegative:
-        s = share(relevance, _A_scaled(ctx, x, w_for_positive, bias, scale))
+        weight = w_for_positive.weight if isinstance(w_for_positive, Lazy) else w_for_positive
+        shifted = stab.epsilon_in_bias(bias, scale, weight.dtype) if nonnegative_z else None
+        if shifted is not None:  # z + ε formed by the map itself: one pass over z fewer
+            s = share(relevance, _A_scaled(ctx, x, w_for_positive, shifted, scale), True)
+        else:
+            s = share(relevance, _A_scaled(ctx, x, w_for_positive, bias, scale))
         del relevance
         return _in_place(torch.mul, _At(ctx, s, w_for_positive), x)
     if callable(w_for_negative):  # computed only now that the x⁻ terms are needed

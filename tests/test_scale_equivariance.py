@@ -37,7 +37,7 @@ from relgraph.rules import (
     ZBeta,
     ZPlus,
 )
-from relgraph.rules.base import sample_scale, scale_and_sign
+from relgraph.rules.base import SAFE_EXPONENTS, sample_scale, scale_and_sign
 from strategies import graph_cases, one_torch_thread  # noqa: F401
 
 import relgraph
@@ -167,3 +167,44 @@ def test_a_sign_known_by_construction_gives_the_scale_looked_for(exponent):
     else:
         assert torch.equal(looked_for[0], known[0])
     assert scale_and_sign(x - x.mean())[1] is False
+
+
+def _scale_by_reference(tensors, also=0.0):
+    """The scale as the formula says it, with torch's frexp on the whole batch: the peak
+    magnitude per sample, its exponent, and 2^(1 − e) where e lies outside SAFE_EXPONENTS."""
+    peak = torch.stack([t.abs().flatten(1).amax(1) for t in tensors]).amax(0).clamp(min=also)
+    exponent = torch.frexp(peak)[1]
+    low, high = SAFE_EXPONENTS
+    if bool(((exponent >= low) & (exponent <= high)).all()):
+        return None
+    return torch.pow(2.0, (1 - exponent).to(peak.dtype))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_scale_read_on_the_host_matches_the_formula(seed):
+    # scale_and_sign tests the exponents in Python after one transfer: the same decision and
+    # factors as torch.frexp over the batch, at the edges of SAFE_EXPONENTS too
+    generator = torch.Generator().manual_seed(seed)
+    low, high = SAFE_EXPONENTS
+    edges = [low - 1, low, high, high + 1, 0, -100, 100]
+    tensors = []
+    for _ in range(1 + seed % 2):
+        t = torch.randn(4, 3, 5, generator=generator, dtype=torch.float64)
+        t = t / t.abs().flatten(1).amax(1).reshape(-1, 1, 1)  # each sample's peak is 1
+        picks = torch.randint(len(edges), (4,), generator=generator)
+        # peak 2^(e−1)·1.5: frexp gives exactly the exponent e
+        t = t * 0.75 * torch.tensor([2.0 ** edges[int(i)] for i in picks]).reshape(-1, 1, 1)
+        tensors.append(t)
+    expected = _scale_by_reference(tensors)
+    got, no_negative = scale_and_sign(*tensors)
+    assert no_negative is all(bool((t >= 0).all()) for t in tensors)
+    if expected is None:
+        assert got is None
+    else:
+        assert got is not None and torch.equal(got.flatten(), expected)
+
+
+def test_the_sign_read_on_the_host_counts_negative_zero_and_nan_as_no_negative():
+    x = torch.tensor([[0.0, 1.0, -0.0], [2.0, float("nan"), 3.0]])
+    assert scale_and_sign(x)[1] is True
+    assert scale_and_sign(torch.cat([x, -x.abs()[:1] - 1.0]))[1] is False
