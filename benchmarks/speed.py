@@ -27,10 +27,12 @@ size (1, 4, 17). Prints markdown tables and writes them as JSON (``--json``).
 this table alone) adds a table per model at its full input size, batch 1, float32,
 ``epsilon-plus``, batch norms canonized as ``explain`` does by default: the forward pass
 (``Graph.forward``, the model as compiled, unfolded batch norms included), one explanation,
-explain ÷ forward, the autograd baseline (``lrp_autograd.py`` on the same canonized graph,
-checked against ``explain``), the discriminative method ÷ one explanation (``--disc-models``)
-and peak RSS. Weights are the architectures' random initialisation (no checkpoints are
-needed for timing), except the shipped demo models, which load their weights.
+explain ÷ forward, the same ratio paired (forward and explanation in turns in one process,
+the median of the rounds' ratios: steadier on a machine whose speed drifts), the autograd
+baseline (``lrp_autograd.py`` on the same canonized graph, checked against ``explain``), the
+discriminative method ÷ one explanation (``--disc-models``) and peak RSS. Weights are the
+architectures' random initialisation (no checkpoints are needed for timing), except the
+shipped demo models, which load their weights.
 ``--threads N`` sets torch's intra-op threads in every worker.
 """
 
@@ -391,6 +393,8 @@ def model_worker(kind: str, model: str, device: str, repeats: int) -> dict:
             graph, clip, rules=MODEL_RULES, progress=False
         ),
     }
+    if kind == "paired":
+        return _paired(runs["forward"], runs["explain"], repeats, device, model)
     if kind not in runs:
         raise SystemExit(f"unknown kind {kind} for a model")
     run = runs[kind]
@@ -415,6 +419,38 @@ def model_worker(kind: str, model: str, device: str, repeats: int) -> dict:
     return report
 
 
+#: calls per block of the paired measurement (``_paired``)
+PAIRED_BLOCK = 3
+
+
+def _paired(forward, explain, rounds: int, device: str, model: str) -> dict:
+    """Forward and explanation timed in turns in one process: ``rounds`` rounds, each a
+    block of ``PAIRED_BLOCK`` forward passes then as many explanations, each block's median
+    taken. A round's ratio compares the two at nearly the same moment, so a machine whose
+    speed drifts over minutes (this project's build machine: up to 2× within an hour) moves
+    both alike; the median of the rounds' ratios is reported beside the ratio of the
+    separate processes' medians. The first round is a warm-up and is dropped."""
+    forward_s, explain_s, ratios = [], [], []
+    for index in range(rounds + 1):
+        block_forward = statistics.median(_timed(forward, PAIRED_BLOCK, device)[1])
+        block_explain = statistics.median(_timed(explain, PAIRED_BLOCK, device)[1])
+        if index == 0:
+            continue
+        forward_s.append(block_forward)
+        explain_s.append(block_explain)
+        ratios.append(block_explain / block_forward)
+    return {
+        "kind": "paired",
+        "model": model,
+        "median_s": statistics.median(explain_s),
+        "forward_s": forward_s,
+        "explain_s": explain_s,
+        "ratios": ratios,
+        "median_ratio": statistics.median(ratios),
+        "threads": __import__("torch").get_num_threads(),
+    }
+
+
 def _model_names(text: str) -> list[str]:
     from relgraph.graph import shipped_architectures
 
@@ -432,19 +468,25 @@ def _model_table(args) -> list[dict]:
     discriminative ÷ explain (``--disc-models``) and peak RSS; each cell a fresh process."""
     models = _model_names(args.models)
     disc_models = set(_model_names(args.disc_models)) if args.disc_models else set()
-    print(f"\n## Per model ({MODEL_RULES}, batch 1, float32, canonized; fresh process each)\n")
     print(
-        "| model | input | forward (s) | explain (s) | explain ÷ forward | autograd baseline (s) "
-        "| baseline ÷ explain | discriminative ÷ explain | peak RSS explain (MiB) | check |"
+        f"\n## Per model ({MODEL_RULES}, batch 1, float32, canonized; fresh process each; "
+        f"paired ratio: forward and explain in turns in one process, median of "
+        f"{args.repeats} rounds of {PAIRED_BLOCK} each)\n"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print(
+        "| model | input | forward (s) | explain (s) | explain ÷ forward | paired ratio "
+        "| autograd baseline (s) | baseline ÷ explain | discriminative ÷ explain "
+        "| peak RSS explain (MiB) | check |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     rows = []
     for model in models:
         import relgraph
 
         shape = "×".join(str(n) for n in relgraph.load_architecture(model).input_shape)
         reports = {
-            kind: measure(kind, args, model=model) for kind in ("forward", "explain", "autograd")
+            kind: measure(kind, args, model=model)
+            for kind in ("forward", "explain", "paired", "autograd")
         }
         if model in disc_models:
             reports["discriminative"] = measure(
@@ -459,6 +501,8 @@ def _model_table(args) -> list[dict]:
             "forward_s": forward,
             "explain_s": explain,
             "explain_over_forward": explain / forward,
+            "paired_ratios": reports["paired"]["ratios"],
+            "paired_explain_over_forward": reports["paired"]["median_ratio"],
             "autograd_s": autograd,
             "autograd_over_explain": autograd / explain,
             "discriminative_s": disc["median_s"] if disc else None,
@@ -471,7 +515,8 @@ def _model_table(args) -> list[dict]:
         disc_text = f"{row['discriminative_over_explain']:.2f}" if disc else ""
         print(
             f"| {model} | {shape} | {forward:.3f} | {explain:.3f} | "
-            f"{row['explain_over_forward']:.2f} | {autograd:.3f} | "
+            f"{row['explain_over_forward']:.2f} | {row['paired_explain_over_forward']:.2f} | "
+            f"{autograd:.3f} | "
             f"{row['autograd_over_explain']:.2f} | {disc_text} | "
             f"{_mib(row['peak_rss_explain_bytes'])} | "
             f"baseline vs explain: max rel. diff {row['max_rel_diff_vs_relgraph']:.1e} |",
