@@ -50,9 +50,8 @@ def _odd_batch_stride(t: torch.Tensor) -> torch.Tensor:
     return t.as_strided(t.shape, (1, *t.stride()[1:]))
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("case,layout", LAYOUTS)
-def test_conv_adjoint_is_the_vector_jacobian_product(case, layout, dtype):
+def _op(case):
+    """The convolution op of a case, resolved for its input."""
     dims, cin, cout, groups, kernel, stride, padding, dilation, size = case
     op = OPS[f"conv{dims}d"](
         out_channels=cout,
@@ -63,6 +62,14 @@ def test_conv_adjoint_is_the_vector_jacobian_product(case, layout, dtype):
         groups=groups,
     )
     op.resolve([(cin, *size)])
+    return op
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case,layout", LAYOUTS)
+def test_conv_adjoint_is_the_vector_jacobian_product(case, layout, dtype):
+    dims, cin, cout, groups, kernel, stride, padding, dilation, size = case
+    op = _op(case)
     generator = torch.Generator().manual_seed(dims * 100 + cin)
     weight = torch.randn(cout, cin // groups, *kernel, generator=generator, dtype=dtype)
     batch = 1 if "odd" in layout else 2
@@ -113,15 +120,7 @@ def test_rows_of_the_map_are_those_of_the_whole_map(case, layout):
     # the memory mode computes a convolution a range of output rows (first spatial axis) at a
     # time; padding past the kernel's extent makes whole ranges read padding alone
     dims, cin, cout, groups, kernel, stride, padding, dilation, size = case
-    op = OPS[f"conv{dims}d"](
-        out_channels=cout,
-        kernel_size=list(kernel),
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-    )
-    op.resolve([(cin, *size)])
+    op = _op(case)
     generator = torch.Generator().manual_seed(cin * 10 + cout)
     weight = torch.randn(cout, cin, *kernel, generator=generator, dtype=torch.float64)
     bias = torch.randn(cout, generator=generator, dtype=torch.float64)
