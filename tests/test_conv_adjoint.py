@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relgraph.ops import OPS, _canonical_channels_last
 
@@ -137,3 +139,66 @@ def test_rows_of_the_map_are_those_of_the_whole_map(case, layout):
             torch.testing.assert_close(
                 got.double(), expected[:, :, start:stop], rtol=1e-5, atol=1e-5
             )
+
+
+@st.composite
+def _random_conv3d(draw):
+    """A 3-D convolution case with every parameter drawn, its output at least one wide."""
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    cin, cout = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    kernel, stride, padding, dilation, size = (
+        tuple(draw(st.integers(low, high)) for _ in range(3))
+        for low, high in ((1, 3), (1, 2), (0, 2), (1, 2), (1, 5))
+    )
+    out = [
+        (n + 2 * p - d * (k - 1) - 1) // s + 1
+        for n, k, s, p, d in zip(size, kernel, stride, padding, dilation)
+    ]
+    if min(out) < 1:
+        return draw(_random_conv3d())
+    return (3, cin, cout, groups, kernel, stride, padding, dilation, size)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    case=_random_conv3d(),
+    layout=st.sampled_from(["default", "channels-last"]),
+    batch=st.integers(1, 3),
+    bias=st.booleans(),
+)
+def test_any_3d_convolution_runs_in_either_layout(case, layout, batch, bias):
+    # every path ConvNd may take on CPU (oneDNN directly, torch's dispatch, the default
+    # layout where oneDNN would crash), against torch's own convolution in the default
+    # layout. oneDNN's crash on padding past the kernel is an out-of-bounds read that kills
+    # the process only now and then (a scratch fuzzer needed 100–1,500 convolutions), so
+    # this checks the values on all paths; CASES hold three such convolutions for every run
+    dims, cin, cout, groups, kernel, stride, padding, dilation, size = case
+    op = _op(case)
+    generator = torch.Generator().manual_seed(batch * 7 + cin)
+    weight = torch.randn(cout, cin // groups, *kernel, generator=generator)
+    b = torch.randn(cout, generator=generator) if bias else None
+    x = torch.randn(batch, cin, *size, generator=generator)
+    expected = F.conv3d(x, weight, b, op.stride, op.padding, op.dilation, groups)
+    s = torch.randn(expected.shape, generator=generator)
+    out_pad = [
+        n - ((o - 1) * st_ - 2 * p + d * (k - 1) + 1)
+        for n, o, k, st_, p, d in zip(
+            size, expected.shape[2:], kernel, op.stride, op.padding, op.dilation
+        )
+    ]
+    expected_adjoint = F.conv_transpose3d(
+        s, weight, None, op.stride, op.padding, out_pad, groups, op.dilation
+    )
+    if layout == "channels-last":
+        x, s = (t.contiguous(memory_format=torch.channels_last_3d) for t in (x, s))
+    torch.testing.assert_close(op.linear_map(x, weight, b), expected, rtol=1e-4, atol=1e-4)
+    got = op.adjoint(s, weight, torch.Size((batch, cin, *size)))
+    torch.testing.assert_close(got, expected_adjoint, rtol=1e-4, atol=1e-4)
+    if groups == 1:
+        rows = expected.shape[2]
+        torch.testing.assert_close(
+            op.linear_map_rows(x, weight, b, rows // 2, rows),
+            expected[:, :, rows // 2 :],
+            rtol=1e-4,
+            atol=1e-4,
+        )
