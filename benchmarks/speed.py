@@ -430,6 +430,8 @@ def _paired(forward, explain, rounds: int, device: str, model: str) -> dict:
     speed drifts over minutes (this project's build machine: up to 2× within an hour) moves
     both alike; the median of the rounds' ratios is reported beside the ratio of the
     separate processes' medians. The first round is a warm-up and is dropped."""
+    import torch
+
     forward_s, explain_s, ratios = [], [], []
     for index in range(rounds + 1):
         block_forward = statistics.median(_timed(forward, PAIRED_BLOCK, device)[1])
@@ -447,7 +449,7 @@ def _paired(forward, explain, rounds: int, device: str, model: str) -> dict:
         "explain_s": explain_s,
         "ratios": ratios,
         "median_ratio": statistics.median(ratios),
-        "threads": __import__("torch").get_num_threads(),
+        "threads": torch.get_num_threads(),
     }
 
 

@@ -163,6 +163,12 @@ def materialized(weight: torch.Tensor | Lazy) -> torch.Tensor:
     return weight.full() if isinstance(weight, Lazy) else weight
 
 
+def underlying(weight: torch.Tensor | Lazy) -> torch.Tensor:
+    """The weight itself, or the one a ``Lazy`` weight is derived from (same shape and
+    format), without making anything."""
+    return weight.weight if isinstance(weight, Lazy) else weight
+
+
 #: the memory mode's slices of a map: at most about this many bytes of weight or of result
 #: per slice (and at least ``SLICE_ALIGN`` channels)
 SLICE_BYTES = 16 * 2**20
@@ -196,7 +202,7 @@ def sliced_map(
     one position costs (result and workspace, per output channel): slices are then cut along
     it too. ``add_to``: the result is added into that tensor instead (``add_to + A(x; W)``).
     The op must be ``sliceable``; each output is computed as in one go."""
-    base = weight.weight if isinstance(weight, Lazy) else weight
+    base = underlying(weight)
     derive = weight.derive if isinstance(weight, Lazy) else None
     total = base.shape[0]
     weight_per_channel = base[0].numel() * base.element_size()
@@ -249,7 +255,7 @@ def sliced_adjoint(
     """``Aᵀ(s; W)`` (``one_slice(W[:, j], shape_j)`` gives input channels j, shaped
     ``shape_j``) a slice of input channels at a time, into one tensor shaped ``x_shape``;
     see ``sliced_map``."""
-    base = weight.weight if isinstance(weight, Lazy) else weight
+    base = underlying(weight)
     derive = weight.derive if isinstance(weight, Lazy) else None
     total = base.shape[1]
     per_channel = max(

@@ -34,6 +34,7 @@ from .base import (
     scale_and_sign,
     sliced_adjoint,
     sliced_map,
+    underlying,
     widened,
 )
 
@@ -94,7 +95,7 @@ def _A_scaled(
     ctx: NodeContext, x: torch.Tensor, weight: torch.Tensor | Lazy, bias, scale: torch.Tensor
 ) -> torch.Tensor:
     """``A(x; W) + scale·b`` for an input ``x`` already multiplied by the per-sample ``scale``."""
-    dtype = (weight.weight if isinstance(weight, Lazy) else weight).dtype
+    dtype = underlying(weight).dtype
     if bias is None or (scale is None and dtype not in LOW_PRECISION):
         return _A(ctx, x, weight, bias)  # the bias added by the map itself: one pass fewer
     z = _A(ctx, x, weight)
@@ -142,8 +143,8 @@ def signed_share(
     # the products in the adjoints' (``_in_place``), so that few of them are alive at once
     # (the same values, bit for bit; what the memory mode, ``cache_policy="none"``, is for)
     if nonnegative:
-        weight = w_for_positive.weight if isinstance(w_for_positive, Lazy) else w_for_positive
-        shifted = stab.epsilon_in_bias(bias, scale, weight.dtype) if nonnegative_z else None
+        dtype = underlying(w_for_positive).dtype
+        shifted = stab.epsilon_in_bias(bias, scale, dtype) if nonnegative_z else None
         if shifted is not None:  # z + ε formed by the map itself: one pass over z fewer
             s = share(relevance, _A_scaled(ctx, x, w_for_positive, shifted, scale), True)
         else:
