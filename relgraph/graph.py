@@ -22,7 +22,7 @@ import yaml
 
 from .errors import GraphError, RelgraphError, ShapeError, SpecError, WeightsError, did_you_mean
 from .hostmemory import release_freed
-from .ops import OPS, Input, Op, OpDefinitionError, infer_output_shape
+from .ops import OPS, Input, Op, OpDefinitionError, _onednn_runs, infer_output_shape
 from .resources import shipped_names, shipped_path
 from .spec import ArchSpec, load_yaml, parse_spec, with_block_origin
 from .weights import LoadReport, checked_state_dict, save_weights
@@ -63,7 +63,7 @@ class Graph:
         #: (``relgraph.canonize``); ``canonize: false`` in the YAML turns it off
         self.canonize: bool = spec.canonize
         self._canonical: Graph | None = None  # that canonized view, built on first use
-        self._channels_last_ops: bool | None = None  # see runs_channels_last
+        self._channels_last_ops: str | None = None  # see runs_channels_last
         self._nonnegative: frozenset[str] | None = None  # see nonnegative_nodes
         index = nx.get_node_attributes(graph, "index")
         self.order: list[str] = list(
@@ -120,11 +120,14 @@ class Graph:
         return self.graph.nodes[node]["op"]
 
     def working_layout(self, x: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
-        """``x`` in the memory layout the passes run in: channels-last for a graph with
-        grouped 3-D convolutions (X3D's, S3D's depthwise ones) on CPU in float32 or
-        bfloat16, where oneDNN's grouped kernels run 3–25× faster in that layout and every
-        other op keeps it; ``x`` itself otherwise. ``channels_last=True`` asks for that
-        layout on CPU whatever the ops (see ``forward``). The values are the same either way."""
+        """``x`` in the memory layout the passes run in: channels-last for a graph with 3-D
+        convolutions on CPU (``ConvNd.prefers_channels_last``): with grouped ones (X3D's
+        depthwise convolutions) in float32 or bfloat16, where oneDNN's grouped kernels run
+        3–25× faster in that layout; with ungrouped ones only where oneDNN takes the dtype
+        (float32; bfloat16 on CPUs with the instructions), where the zoo's models run both
+        passes faster that way (README, "Per-model speed"). Every other op keeps the layout.
+        ``x`` itself otherwise. ``channels_last=True`` asks for that layout on CPU whatever
+        the ops (see ``forward``). The values are the same either way."""
         if self.runs_channels_last(x, channels_last):
             return x.contiguous(memory_format=torch.channels_last_3d)
         return x
@@ -135,7 +138,7 @@ class Graph:
             x.dim() == 5
             and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.bfloat16)
-            and (self._prefers_channels_last() if channels_last is None else channels_last)
+            and (self._prefers_channels_last(x.dtype) if channels_last is None else channels_last)
         )
 
     def nonnegative_nodes(self) -> frozenset[str]:
@@ -153,14 +156,15 @@ class Graph:
             self._nonnegative = frozenset(found)
         return self._nonnegative
 
-    def _prefers_channels_last(self) -> bool:
-        """Whether an op prefers channels-last (grouped 3-D convolutions); the node set is
-        fixed once compiled, so it is looked up once, not on every pass."""
+    def _prefers_channels_last(self, dtype: torch.dtype) -> bool:
+        """Whether the ops prefer channels-last for ``dtype`` (``ConvNd.prefers_channels_last``);
+        the node set is fixed once compiled, so it is looked up once, not on every pass."""
         if self._channels_last_ops is None:
-            self._channels_last_ops = any(
-                getattr(self.op(n), "prefers_channels_last", False) for n in self.order[1:]
-            )
-        return self._channels_last_ops
+            wanted = {getattr(self.op(n), "prefers_channels_last", None) for n in self.order[1:]}
+            self._channels_last_ops = next((w for w in ("always", "onednn") if w in wanted), "")
+        return self._channels_last_ops == "always" or (
+            self._channels_last_ops == "onednn" and _onednn_runs(dtype)
+        )
 
     def inputs_of(self, node: str) -> list[str]:
         """Predecessors of ``node`` in input-slot order."""

@@ -274,9 +274,9 @@ def _conv(
 ) -> torch.Tensor:
     """``conv{dims}d`` with the result in ``x``'s layout. A 3-D one on CPU, grouped or on a
     channels-last input, runs oneDNN's kernel in channels-last layout: grouped ones run
-    3–25× faster than in the default layout (``Graph.working_layout`` runs such graphs
-    channels-last throughout), and torch's dispatch sends a channels-last input with few
-    channels to a kernel 4× slower (X3D's stem: 7 ms against 1.7)."""
+    3–25× faster than in the default layout (``Graph.working_layout`` runs graphs with 3-D
+    convolutions channels-last throughout), and torch's dispatch sends a channels-last input
+    with few channels to a kernel 4× slower (X3D's stem: 7 ms against 1.7)."""
     conv = _conv_fn(op.dims)
     if _padded_past_kernel(op, x, weight.shape[2:], padding, dilation):
         return _same_layout(
@@ -555,10 +555,14 @@ class ConvNd(Spatial, Affine):
         return _conv(self, x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     @property
-    def prefers_channels_last(self) -> bool:
-        """A grouped 3-D convolution: fastest in channels-last layout on CPU
-        (``Graph.working_layout``)."""
-        return self.dims == 3 and self.groups > 1
+    def prefers_channels_last(self) -> str | None:
+        """Where a 3-D convolution runs faster channels-last on CPU (``Graph.working_layout``):
+        ``"always"`` grouped (oneDNN's grouped kernels, 3–25×; torch's own kernels too),
+        ``"onednn"`` ungrouped, where oneDNN takes the dtype (the zoo's: forward 1.0–1.7×,
+        explanation 1.0–1.2×; README, "Per-model speed"); ``None`` for other convolutions."""
+        if self.dims != 3:
+            return None
+        return "always" if self.groups > 1 else "onednn"
 
     @property
     def _pointwise(self) -> bool:

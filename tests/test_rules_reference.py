@@ -725,22 +725,35 @@ def test_signal_take_all_where_neither_input_has_the_output_shape_says_so():
 
 
 def test_deep_taylor_paper_on_full_size_c3d_equals_layerwise_autograd_reference():
-    """The paper's rule set on the full C3D (float32, one 3×16×112×112 clip of preprocessed
-    values) equals the functional C3D explained layer by layer with autograd."""
+    """The paper's rule set on the full C3D (one 3×16×112×112 clip of preprocessed values)
+    equals the functional C3D explained layer by layer with autograd: in float64 to rounding;
+    in float32 (the default) to 1e-4 of the float64 reference's total, by L1.
+
+    The float32 comparison is by L1, not entry by entry: a max pool's winner is decided by
+    rounding where a window's two largest entries differ by less than float32 resolves (a
+    few of C3D's 5 million windows on this clip), and two float32 computations in different
+    layouts then route that window's relevance to different inputs, a large difference at a
+    few entries (measured: max 0.6 % of the peak, L1 1.0e-5 of the total, between the
+    default and the channels-last layout; 8.8e-7 and 3.0e-7 from float64 for the latter)."""
     torch.manual_seed(0)
     graph = relgraph.load_architecture("c3d")
     x = torch.empty(1, 3, 16, 112, 112).uniform_(-102.0, 153.0)
     explanation = relgraph.explain(graph, x, rules="deep-taylor-paper", return_all=True)
-    weights = graph.state_dict()
-    expected, logits, predicted = ref.c3d_deep_taylor(weights, x, low=-102.0, high=165.0)
+    weights = {name: w.double() for name, w in graph.state_dict().items()}
+    expected, logits, predicted = ref.c3d_deep_taylor(weights, x.double(), low=-102.0, high=165.0)
     assert int(explanation.target[0]) == predicted
     torch.testing.assert_close(
-        explanation.output, logits, rtol=1e-4, atol=1e-4 * float(logits.abs().max())
+        explanation.output.double(), logits, rtol=1e-4, atol=1e-4 * float(logits.abs().max())
     )
-    actual = explanation.relevance
-    scale = float(expected.abs().max())
-    assert float((actual - expected).abs().max()) <= 1e-5 * scale
-    assert abs(float(actual.sum()) - float(expected.sum())) <= 1e-5 * float(expected.abs().sum())
+    total = float(expected.abs().sum())
+    float32_error = float((explanation.relevance.double() - expected).abs().sum())
+    assert float32_error <= 1e-4 * total
+    assert abs(float(explanation.relevance.sum()) - float(expected.sum())) <= 1e-5 * total
+
+    exact = relgraph.load_architecture("c3d", dtype=torch.float64, init="none")
+    exact.load_weights(weights)
+    actual = relgraph.explain(exact, x.double(), rules="deep-taylor-paper", target=predicted)
+    assert float((actual - expected).abs().max()) <= 1e-10 * float(expected.abs().max())
 
 
 @pytest.mark.parametrize(

@@ -206,3 +206,25 @@ def test_default_rules_explain_r2plus1d():
     assert relevance.shape == clip.shape
     assert torch.isfinite(relevance).all()
     assert relevance.abs().sum() > 0
+
+
+def test_ungrouped_3d_convolutions_run_channels_last_where_onednn_takes_the_dtype(monkeypatch):
+    """r2plus1d-18's passes run channels-last on CPU in float32 (oneDNN's kernels are faster
+    there), in bfloat16 only where torch says oneDNN takes it, never in float64. The relevance
+    equals that of the default layout's passes and comes back in the input's own layout."""
+    graph = relgraph.load_architecture("r2plus1d-18", seed=2, frames=4, size=32, num_classes=5)
+    x = torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(6))
+    assert graph.runs_channels_last(x) == torch.backends.mkldnn.is_available()
+    assert graph.runs_channels_last(x.bfloat16()) == (
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+    assert not relgraph.load_architecture(
+        "r2plus1d-18", init="none", frames=4, size=32, dtype=torch.float64
+    ).runs_channels_last(x.double())
+    fast = relgraph.explain(graph, x, target=3, rules="epsilon-plus")
+    assert fast.is_contiguous()
+    monkeypatch.setattr(relgraph.Graph, "runs_channels_last", lambda self, x, layout=None: False)
+    plain = relgraph.explain(graph, x, target=3, rules="epsilon-plus")
+    scale = plain.abs().max()
+    assert scale > 0
+    assert (fast - plain).abs().max() <= 1e-5 * scale
