@@ -50,6 +50,11 @@ class CanonicalGraph(Graph):
         """The original graph's policy: a memory mode set there holds for its view too."""
         return self.canonical_of.cache_policy
 
+    @property
+    def channels_last(self) -> bool | None:  # type: ignore[override]
+        """The original graph's layout setting: set there, it holds for its view too."""
+        return self.canonical_of.channels_last
+
 
 def fold_pairs(graph: Graph) -> dict[str, str]:
     """``{batch norm: affine node it folds into}`` for ``graph``, in graph order.

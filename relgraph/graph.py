@@ -64,6 +64,7 @@ class Graph:
         self.canonize: bool = spec.canonize
         self._canonical: Graph | None = None  # that canonized view, built on first use
         self._channels_last_ops: str | None = None  # see runs_channels_last
+        self._channels_last: bool | None = None  # see channels_last
         self._nonnegative: frozenset[str] | None = None  # see nonnegative_nodes
         index = nx.get_node_attributes(graph, "index")
         self.order: list[str] = list(
@@ -102,6 +103,22 @@ class Graph:
         self._cache_policy = value
         self.cache.clear()
 
+    @property
+    def channels_last(self) -> bool | None:
+        """The memory layout of the passes on CPU: ``None`` (default) relgraph's choice
+        (``working_layout``), ``True`` channels-last, ``False`` the default layout, for every
+        5-D float32 or bfloat16 input. The values are the same either way, to rounding; for
+        measuring (``benchmarks/layout.py``) and for CPUs where the choice is the slower one."""
+        return self._channels_last
+
+    @channels_last.setter
+    def channels_last(self, value: bool | None) -> None:
+        if value is not None and not isinstance(value, bool):
+            raise GraphError(
+                f"channels_last must be None, True or False, got {value!r}", file=self.file
+            )
+        self._channels_last = value
+
     # ------------------------------------------------------------------ structure
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -133,7 +150,11 @@ class Graph:
         return x
 
     def runs_channels_last(self, x: torch.Tensor, channels_last: bool | None = None) -> bool:
-        """Whether the passes over ``x`` run channels-last (see ``working_layout``)."""
+        """Whether the passes over ``x`` run channels-last (see ``working_layout``): as
+        ``channels_last`` says where given, else as the graph's ``channels_last`` says where
+        set, else relgraph's choice."""
+        if channels_last is None:
+            channels_last = self.channels_last
         return (
             x.dim() == 5
             and x.device.type == "cpu"

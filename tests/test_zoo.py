@@ -17,6 +17,7 @@ import zoo_reference as zoo
 from relgraph.rules.composite import preset, preset_names
 
 import relgraph
+from relgraph.canonize import canonical
 from relgraph.graph import architecture_path
 
 TORCHVISION = {
@@ -208,10 +209,11 @@ def test_default_rules_explain_r2plus1d():
     assert relevance.abs().sum() > 0
 
 
-def test_ungrouped_3d_convolutions_run_channels_last_where_onednn_takes_the_dtype(monkeypatch):
+def test_ungrouped_3d_convolutions_run_channels_last_where_onednn_takes_the_dtype():
     """r2plus1d-18's passes run channels-last on CPU in float32 (oneDNN's kernels are faster
     there), in bfloat16 only where torch says oneDNN takes it, never in float64. The relevance
-    equals that of the default layout's passes and comes back in the input's own layout."""
+    equals that of the default layout's passes (``Graph.channels_last = False``, which the
+    canonized view follows) and comes back in the input's own layout."""
     graph = relgraph.load_architecture("r2plus1d-18", seed=2, frames=4, size=32, num_classes=5)
     x = torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(6))
     assert graph.runs_channels_last(x) == torch.backends.mkldnn.is_available()
@@ -223,8 +225,14 @@ def test_ungrouped_3d_convolutions_run_channels_last_where_onednn_takes_the_dtyp
     ).runs_channels_last(x.double())
     fast = relgraph.explain(graph, x, target=3, rules="epsilon-plus")
     assert fast.is_contiguous()
-    monkeypatch.setattr(relgraph.Graph, "runs_channels_last", lambda self, x, layout=None: False)
+    graph.channels_last = False
+    assert not graph.runs_channels_last(x)
+    assert not canonical(graph).runs_channels_last(x)
     plain = relgraph.explain(graph, x, target=3, rules="epsilon-plus")
     scale = plain.abs().max()
     assert scale > 0
     assert (fast - plain).abs().max() <= 1e-5 * scale
+    graph.channels_last = True
+    assert graph.runs_channels_last(x) and not graph.runs_channels_last(x.double())
+    with pytest.raises(relgraph.GraphError, match="channels_last must be None, True or False"):
+        graph.channels_last = 1
