@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import RelgraphError, RuleError
+from .errors import RelgraphError
 from .graph import Graph
 from .hostmemory import release_freed
 from .ops import infer_output_shape
@@ -48,6 +48,7 @@ from .reverse import (
     make_seed,
     resolve_target,
     rule_needs,
+    run_rule,
 )
 from .rules import NodeContext
 
@@ -519,13 +520,7 @@ def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
             low_memory=graph.cache_policy == "none",
             nonnegative_inputs=tuple(q in nonnegative for q in preds),
         )
-        try:
-            contributions = rule(ctx, r)
-        except RuleError as exc:
-            if exc.node is not None:
-                raise
-            line = graph.graph.nodes[node].get("line")
-            raise RuleError(exc.message, file=graph.file, line=line, node=node) from None
+        contributions = run_rule(graph, node, rule, ctx, r)
         handed = sum(_totals(c) for c in contributions)
         if wanted is None and plan.out is not None:
             lost = lost + untrimmed - handed

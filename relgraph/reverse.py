@@ -287,6 +287,21 @@ def activations_needed(graph: Graph, node_rules: dict[str, Rule]) -> set[str]:
     return needed
 
 
+def run_rule(
+    graph: Graph, node: str, rule: Rule, ctx: NodeContext, relevance: torch.Tensor
+) -> list[torch.Tensor]:
+    """``rule(ctx, relevance)``, the relevance ``node`` hands to its inputs. A ``RuleError``
+    that names no node (say zβ bounds that do not fit) is raised again naming ``node`` and
+    its line in the graph's file."""
+    try:
+        return rule(ctx, relevance)
+    except RuleError as exc:
+        if exc.node is not None:
+            raise
+        line = graph.graph.nodes[node].get("line")
+        raise RuleError(exc.message, file=graph.file, line=line, node=node) from None
+
+
 def explain_with_rules(
     graph: Graph,
     x: torch.Tensor,
@@ -344,13 +359,7 @@ def explain_with_rules(
                 and node != graph.output  # the seed, which an Explanation returns
                 and _exclusive(node_relevance, relevance.values()),
             )
-            try:
-                contributions = rule(ctx, node_relevance)
-            except RuleError as exc:  # e.g. zβ bounds that do not fit: say which node
-                if exc.node is not None:
-                    raise
-                line = graph.graph.nodes[node].get("line")
-                raise RuleError(exc.message, file=graph.file, line=line, node=node) from None
+            contributions = run_rule(graph, node, rule, ctx, node_relevance)
             if detailed:  # one reduction per tensor and sample
                 lost[node] = handed_in - sum(_totals(c) for c in contributions)
             if channels_last:  # keep the relevance in the activations' layout

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ from relgraph.rules import (
     make_rule,
     register_rule,
 )
+from relgraph.rules.composite import preset
 
 import relgraph
 from relgraph.errors import RuleError
@@ -363,3 +365,36 @@ def test_the_memo_is_computed_once_while_the_weights_stay():
     for _ in range(2):
         context(tensors).memo("key", lambda: calls.append(1) or len(calls))
     assert len(calls) == 4
+
+
+@pytest.mark.parametrize("raise_at_call", [1, 2])
+def test_a_rule_error_names_the_node_and_its_line_in_every_pass(raise_at_call):
+    """A ``RuleError`` a rule raises without naming a node is raised again naming it and its
+    line in the architecture's file: in the clip's explanation (call 1) and in the frozen
+    clips' (call 2, the frozen-clip shortcut of ``discriminative``)."""
+    calls = []
+
+    @dataclass
+    class Boom(Rule):
+        name = "boom-for-tests"
+        requires = ("affine",)
+        needs = frozenset()
+
+        def relevance(self, ctx, relevance):
+            calls.append(ctx.node)
+            if len(calls) == raise_at_call:
+                raise relgraph.RuleError("boom")
+            return [torch.zeros(ctx.input_shapes[0], dtype=relevance.dtype)]
+
+    graph = relgraph.load_architecture("c3d-tiny")
+    line = next(
+        number
+        for number, text in enumerate(Path(graph.file).read_text().splitlines(), 1)
+        if "name: conv2," in text
+    )
+    rules = preset(graph.default_rules).override("conv2", Boom())
+    x = torch.randn(1, *graph.input_shape, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(relgraph.RuleError) as raised:
+        relgraph.discriminative(graph, x, rules=rules, progress=False)
+    assert str(raised.value) == f"{graph.file}:{line}: node 'conv2': boom"
+    assert len(calls) == raise_at_call
