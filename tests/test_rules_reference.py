@@ -730,11 +730,12 @@ def test_deep_taylor_paper_on_full_size_c3d_equals_layerwise_autograd_reference(
     in float32 (the default) to 1e-4 of the float64 reference's total, by L1.
 
     The float32 comparison is by L1, not entry by entry: a max pool's winner is decided by
-    rounding where a window's two largest entries differ by less than float32 resolves (a
-    few of C3D's 5 million windows on this clip), and two float32 computations in different
-    layouts then route that window's relevance to different inputs, a large difference at a
-    few entries (measured: max 0.6 % of the peak, L1 1.0e-5 of the total, between the
-    default and the channels-last layout; 8.8e-7 and 3.0e-7 from float64 for the latter)."""
+    rounding where a window's two largest entries differ by less than float32 resolves, and
+    two float32 computations that round differently (in different memory layouts) may route
+    that window's relevance to different inputs, a large difference at a few entries.
+    Measured on this clip against float64: the default layout's float32 relevance is off by
+    0.6 % of the peak at its worst entry and 1.0e-5 of the total by L1; channels-last's
+    (relgraph's choice on CPU) by 8.8e-7 and 3.0e-7."""
     torch.manual_seed(0)
     graph = relgraph.load_architecture("c3d")
     x = torch.empty(1, 3, 16, 112, 112).uniform_(-102.0, 153.0)
