@@ -3,10 +3,10 @@ channels-last, per model, in one process.
 
 Run ``python benchmarks/layout.py`` (CPU). For each model (``--models``, default the
 torchvision-style zoo and the demo models) at its full input size, float32, ``epsilon-plus``
-(the demo models: their default rules), batch ``--batch``: a warm-up of each of the four
-configurations, then ``--rounds`` rounds, each timing one forward pass and one explanation in
-either layout, the order of the layouts alternating from round to round, so that a machine
-whose speed drifts moves both alike. Freed memory is kept for reuse meanwhile
+(the demo models: their default rules; ``--rules``: one preset for all), batch ``--batch``:
+a warm-up of each of the four configurations, then ``--rounds`` rounds, each timing one
+forward pass and one explanation in either layout, the order of the layouts alternating from
+round to round, so that a machine whose speed drifts moves both alike. Freed memory is kept for reuse meanwhile
 (``relgraph.hostmemory.reuse_freed``), so that no call faults in pages an earlier one handed
 back. Prints a markdown table of medians and, with ``--json``, writes it.
 
@@ -30,11 +30,13 @@ from relgraph.outputs import write_json
 DEFAULT_MODELS = "c3d,r3d-18,mc3-18,r2plus1d-18,s3d,c3d-tiny,r2plus1d-tiny"
 
 
-def measure(model: str, batch: int, rounds: int) -> dict:
-    """Median seconds of forward and explain in each layout for one model (see the module)."""
+def measure(model: str, batch: int, rounds: int, rules: str | None = None) -> dict:
+    """Median seconds of forward and explain in each layout for one model (see the module);
+    ``rules``: a preset name, else ``epsilon-plus`` (the demo models: their default)."""
     graph = relgraph.load_architecture(model)
     clip = torch.randn((batch, *graph.input_shape), generator=torch.Generator().manual_seed(1))
-    rules = None if model.endswith("-tiny") else "epsilon-plus"
+    if rules is None:
+        rules = None if model.endswith("-tiny") else "epsilon-plus"
     calls = {
         "forward": lambda: graph.forward(clip).output,
         "explain": lambda: relgraph.explain(graph, clip, rules=rules),
@@ -52,7 +54,7 @@ def measure(model: str, batch: int, rounds: int) -> dict:
                     if index > 0:  # round 0 is the warm-up
                         times.setdefault((kind, channels_last), []).append(elapsed)
     graph.channels_last = None
-    row = {"model": model, "batch": batch, "rounds": rounds}
+    row = {"model": model, "batch": batch, "rounds": rounds, "rules": rules}
     for kind in calls:
         default = statistics.median(times[(kind, False)])
         last = statistics.median(times[(kind, True)])
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", default=DEFAULT_MODELS)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rules", default=None, help="a preset (default: epsilon-plus)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="write the table here as JSON")
     args = parser.parse_args(argv)
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     rows = []
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        row = measure(model, args.batch, args.rounds)
+        row = measure(model, args.batch, args.rounds, args.rules)
         rows.append(row)
         f, e = row["forward"], row["explain"]
         choice = "channels-last" if row["relgraph_runs_channels_last"] else "default"
