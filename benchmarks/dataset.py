@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from relgraph.demo_model import DEMO_LABELS, DEMO_WEIGHTS
+from relgraph.outputs import write_json
 from relgraph.synthetic import write_video_folders
 
 
@@ -135,7 +136,7 @@ def main() -> None:
         "time the model waited for decoded videos."
     )
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":

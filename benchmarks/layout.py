@@ -6,9 +6,9 @@ torchvision-style zoo and the demo models) at its full input size, float32, ``ep
 (the demo models: their default rules; ``--rules``: one preset for all), batch ``--batch``:
 a warm-up of each of the four configurations, then ``--rounds`` rounds, each timing one
 forward pass and one explanation in either layout, the order of the layouts alternating from
-round to round, so that a machine whose speed drifts moves both alike. Freed memory is kept for reuse meanwhile
-(``relgraph.hostmemory.reuse_freed``), so that no call faults in pages an earlier one handed
-back. Prints a markdown table of medians and, with ``--json``, writes it.
+round to round, so that a machine whose speed drifts moves both alike. Freed memory is kept
+for reuse meanwhile (``relgraph.hostmemory.reuse_freed``), so that no call faults in pages an
+earlier one handed back. Prints a markdown table of medians and, with ``--json``, writes it.
 
 The layout is set with ``Graph.channels_last`` (``None``: relgraph's choice,
 ``Graph.working_layout``; ``True``/``False``: channels-last or the default layout for

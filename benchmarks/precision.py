@@ -21,17 +21,16 @@ Prints markdown tables; ``--json`` writes them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 import relgraph
+from relgraph.outputs import write_json
 from relgraph.preprocess import get_preprocess
 from relgraph.synthetic import CLASS_NAMES, make_clip
 
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {what} | {f32:.2f} | {b16:.2f} | {f32 / b16:.2f} × |")
         report["speed"] = timed
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

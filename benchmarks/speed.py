@@ -868,6 +868,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from relgraph.outputs import write_json
+
     cpu = platform.processor() or platform.machine()
     threads = args.threads or torch.get_num_threads()
     machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads"
@@ -880,12 +882,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.only_models:
         models = _model_table(args)
         if args.json:
-            Path(args.json).write_text(json.dumps({"machine": machine, "models": models}, indent=2))
+            write_json(args.json, {"machine": machine, "models": models})
         return
     if args.only_frozen:
         frozen = _frozen_table(args)
         if args.json:
-            Path(args.json).write_text(json.dumps({"machine": machine, "frozen": frozen}, indent=2))
+            write_json(args.json, {"machine": machine, "frozen": frozen})
         return
     only = args.only_scaling or args.only_memory
     reports, ratios = ({}, {}) if only else _main_table(args)
@@ -917,20 +919,18 @@ def main(argv: list[str] | None = None) -> None:
                     f"{exp['median_s'] / batch:.2f} | {_mib(row['peak_memory_bytes'])} |"
                 )
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "machine": machine,
-                    "device": args.device,
-                    "reports": reports,
-                    "ratios": ratios,
-                    "frozen": frozen,
-                    "scaling": scaling,
-                    "memory": memory,
-                    "models": models,
-                },
-                indent=2,
-            )
+        write_json(
+            args.json,
+            {
+                "machine": machine,
+                "device": args.device,
+                "reports": reports,
+                "ratios": ratios,
+                "frozen": frozen,
+                "scaling": scaling,
+                "memory": memory,
+                "models": models,
+            },
         )
 
 
