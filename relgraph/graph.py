@@ -66,6 +66,8 @@ class Graph:
         self._channels_last_ops: str | None = None  # see runs_channels_last
         self._channels_last: bool | None = None  # see channels_last
         self._nonnegative: frozenset[str] | None = None  # see nonnegative_nodes
+        self._inputs: dict[str, list[str]] | None = None  # see inputs_of
+        self._ops: dict[str, Op] | None = None  # see op
         index = nx.get_node_attributes(graph, "index")
         self.order: list[str] = list(
             nx.lexicographical_topological_sort(graph, key=index.__getitem__)
@@ -133,8 +135,11 @@ class Graph:
         return math.prod(self.output_shape)
 
     def op(self, node: str) -> Op:
-        """The op of ``node``."""
-        return self.graph.nodes[node]["op"]
+        """The op of ``node`` (looked up in a dict made once: the nodes are fixed once
+        compiled, and networkx's node views cost microseconds a read)."""
+        if self._ops is None:
+            self._ops = dict(self.graph.nodes(data="op"))
+        return self._ops[node]
 
     def working_layout(self, x: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
         """``x`` in the memory layout the passes run in: channels-last for a graph with 3-D
@@ -189,9 +194,14 @@ class Graph:
         )
 
     def inputs_of(self, node: str) -> list[str]:
-        """Predecessors of ``node`` in input-slot order."""
-        preds = self.graph.in_edges(node, data="slot")
-        return [p for p, _, _ in sorted(preds, key=lambda e: e[2])]
+        """Predecessors of ``node`` in input-slot order (a new list: the caller may keep it).
+        The edges are fixed once compiled, so they are sorted once, not on every pass."""
+        if self._inputs is None:
+            self._inputs = {
+                n: [p for p, _, _ in sorted(self.graph.in_edges(n, data="slot"), key=_slot)]
+                for n in self.graph.nodes
+            }
+        return list(self._inputs[node])
 
     def tensors(self, node: str) -> dict[str, torch.Tensor]:
         return self.graph.nodes[node]["tensors"]
@@ -419,8 +429,12 @@ class Graph:
                 preds = self.inputs_of(node)
                 inputs = [activations[p] for p in preds]
                 op = self.op(node)
+                tensors = self.tensors(node)
+                snapshot = getattr(tensors, "snapshot", None)  # a folded layer's, read once
+                if snapshot is not None:
+                    tensors = snapshot()
                 if node in record_set:
-                    output, records[node] = op.forward_record(inputs, self.tensors(node))
+                    output, records[node] = op.forward_record(inputs, tensors)
                     activations[node] = output
                 elif (
                     sharing is not None
@@ -429,9 +443,9 @@ class Graph:
                     and preds[0] not in keep_set
                     and sharing.alone(inputs[0])
                 ):
-                    activations[node] = op.forward_in_place(inputs, self.tensors(node))
+                    activations[node] = op.forward_in_place(inputs, tensors)
                 else:
-                    activations[node] = op.forward(inputs, self.tensors(node))
+                    activations[node] = op.forward(inputs, tensors)
                 if sharing is not None:
                     sharing.add(activations[node])
                 if keep_set is not None:
@@ -720,6 +734,10 @@ def parse_architecture(text: str, file: str = "<string>", **params: Any) -> Arch
                 raise SpecError(exc.message, file=exc.file, line=exc.line, node=node) from None
         raise
     return parse_spec(data, file, params)
+
+
+def _slot(edge: tuple[str, str, int]) -> int:
+    return edge[2]
 
 
 def load_architecture(

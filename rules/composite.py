@@ -72,11 +72,12 @@ class Selector:
                     chosen |= {n for n in candidates if fnmatch.fnmatchcase(n, pattern)}
             candidates &= chosen
         if self.ops is not None:
-            candidates = {
-                n
-                for n in candidates
-                if any(fnmatch.fnmatchcase(graph.op(n).type, p) for p in self.ops)
+            # the patterns tried on each op type once, not on each node
+            ops = {n: graph.op(n).type for n in candidates}
+            wanted = {
+                t for t in set(ops.values()) if any(fnmatch.fnmatchcase(t, p) for p in self.ops)
             }
+            candidates = {n for n, t in ops.items() if t in wanted}
         return candidates
 
     def describe(self) -> str:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from relgraph.errors import RelgraphWarning, RuleError
+from relgraph.ops import keeps_shape
 from relgraph.preprocess import get_preprocess
 
 from .base import (
@@ -116,6 +117,7 @@ def signed_share(
     key: str,
     own_relevance: bool = False,
     nonnegative_z: bool = False,
+    bias_key: str | None = None,
 ) -> torch.Tensor:
     """``z = A(x⁺; W_p) + A(x⁻; W_n) (+ bias)``, ``s = R / stab(z)``,
     ``R_in = x⁺ ⊙ Aᵀ(s; W_p) + x⁻ ⊙ Aᵀ(s; W_n)``: the building block of zplus, αβ and γ.
@@ -123,7 +125,9 @@ def signed_share(
     elsewhere both adjoints run as one (``key`` names the weight pair for the memo).
     Each sample runs at the scale ``sample_scale`` picks: the same result, no overflow.
     ``own_relevance``: ``relevance`` is not read again, ``s`` may be formed in it.
-    ``nonnegative_z``: ``W_p ≥ 0 ≥ W_n`` and ``bias ≥ 0`` (z⁺), so that no ``z`` is negative."""
+    ``nonnegative_z``: ``W_p ≥ 0 ≥ W_n`` and ``bias ≥ 0`` (z⁺), so that no ``z`` is negative.
+    ``bias_key``: names ``bias`` in the node's memo (``_bias_part``'s sign), so that
+    ``bias + ε`` is made once, not on every pass; ``None``: made each time."""
     scale, nonnegative = scale_and_sign(ctx.x, nonnegative=ctx.known_nonnegative(0))
     x = rescaled(ctx.x, scale)
 
@@ -144,7 +148,13 @@ def signed_share(
     # (the same values, bit for bit; what the memory mode, ``cache_policy="none"``, is for)
     if nonnegative:
         dtype = underlying(w_for_positive).dtype
-        shifted = stab.epsilon_in_bias(bias, scale, dtype) if nonnegative_z else None
+        shifted = None
+        if nonnegative_z and bias_key is not None and scale is None:  # made once per node
+            shifted = ctx.memo(
+                ("bias+ε", bias_key, stab, dtype), lambda: stab.epsilon_in_bias(bias, None, dtype)
+            )
+        elif nonnegative_z:
+            shifted = stab.epsilon_in_bias(bias, scale, dtype)
         if shifted is not None:  # z + ε formed by the map itself: one pass over z fewer
             s = share(relevance, _A_scaled(ctx, x, w_for_positive, shifted, scale), True)
         else:
@@ -174,7 +184,7 @@ def _in_place(
     the result's shape and format are ``t``'s and ``t`` owns its memory (``views=True``: or is
     a view of a temporary nobody else holds), else a new tensor; the same values either way."""
     if (
-        t.shape == torch.broadcast_shapes(t.shape, other.shape)
+        keeps_shape(t.shape, other.shape)
         and torch.result_type(t, other) == t.dtype
         and (views or (dense(t) and not t._is_view()))
         and t.data_ptr() != other.data_ptr()
@@ -200,10 +210,11 @@ def input_free_share(
 
 
 def _bias_part(ctx: NodeContext, use_bias: bool, sign: str) -> torch.Tensor | None:
+    """``b⁺`` or ``b⁻`` (``sign``), memoised; ``None`` without a bias or ``use_bias``."""
     bias = ctx.weight_and_bias()[1]
     if not use_bias or bias is None:
         return None
-    return positive(bias) if sign == "+" else negative(bias)
+    return ctx.memo(("b", sign), lambda: positive(bias) if sign == "+" else negative(bias))
 
 
 # --------------------------------------------------------------------------- structural
@@ -297,7 +308,16 @@ class ZPlus(_Stabilized):
         own = ctx.relevance_owned
         return [
             signed_share(
-                ctx, relevance, w_pos, w_neg, bias, self.stab, "W+|W-", own, nonnegative_z=True
+                ctx,
+                relevance,
+                w_pos,
+                w_neg,
+                bias,
+                self.stab,
+                "W+|W-",
+                own,
+                nonnegative_z=True,
+                bias_key="+" if bias is not None else None,
             )
         ]
 
