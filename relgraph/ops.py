@@ -604,7 +604,12 @@ class ConvNd(Spatial, Affine):
         return _conv(self, rows, weight, bias, self.stride, padding, self.dilation, self.groups)
 
     def stack_inputs(self, first, second):
-        return torch.cat([first, second], dim=1) if self.groups == 1 else None
+        # a 1×…×1 kernel's adjoints are matrix products: two of the input's width ran
+        # 1.0–1.7× faster than one of twice its width (X3D-S's shapes; MKL on two cores),
+        # and each gives a tensor of its own, where the rule forms its products in place
+        if self.groups > 1 or self._pointwise:
+            return None
+        return torch.cat([first, second], dim=1)
 
     def adjoint(self, s, weight, x_shape):
         if self._pointwise:

@@ -171,10 +171,19 @@ def signed_share(
     del z, relevance
     from_positive, from_negative = ctx.adjoint_pair(s, key, w_for_positive, w_for_negative)
     del s
-    # the pair may be two halves of one tensor: the sum is a tensor of its own
-    total = from_positive * x_pos
+    # the pair may be two halves of one tensor: the sum is then a tensor of its own; two
+    # adjoints give two temporaries of this rule's, where the products are formed
+    if dense(from_positive) and _whole(from_positive):
+        total = from_positive.mul_(x_pos)
+    else:
+        total = from_positive * x_pos
     del from_positive
     return total.add_(_in_place(torch.mul, from_negative, x_neg, views=True))
+
+
+def _whole(t: torch.Tensor) -> bool:
+    """Whether ``t`` spans all of its memory (not a part of a larger tensor's)."""
+    return t.untyped_storage().nbytes() == t.numel() * t.element_size()
 
 
 def _in_place(
