@@ -367,6 +367,71 @@ def test_the_memo_is_computed_once_while_the_weights_stay():
     assert len(calls) == 4
 
 
+def _relu_conv_graph() -> relgraph.Graph:
+    """``input → relu → conv2d`` with a bias: z⁺ at the conv sees inputs ≥ 0 by construction
+    and forms z + ε with the map's own bias (b⁺ + ε, memoised per node)."""
+    spec = {
+        "name": "relu-conv",
+        "input": {"name": "input", "shape": [2, 5, 5]},
+        "nodes": [
+            {"name": "pre", "op": "relu", "inputs": ["input"]},
+            {
+                "name": "node",
+                "op": "conv2d",
+                "inputs": ["pre"],
+                "out_channels": 3,
+                "kernel_size": 3,
+                "bias": True,
+            },
+        ],
+        "output": "node",
+    }
+    graph = relgraph.architecture_from_yaml(json.dumps(spec), dtype=DTYPE)
+    generator = torch.Generator().manual_seed(5)
+    for tensor in graph.tensors("node").values():
+        tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=DTYPE))
+    with torch.no_grad():  # b⁺ ≠ 0 in two channels: the bias shows in z⁺
+        graph.tensors("node")["bias"].copy_(torch.tensor([0.8, -0.4, 0.3], dtype=DTYPE))
+    return graph
+
+
+def _z_plus_by_hand(graph: relgraph.Graph, x: torch.Tensor, bias: bool, epsilon: float):
+    """z⁺ with b⁺ (or no bias) and z + ε at the conv, from its formula and autograd."""
+    weight, b = graph.tensors("node")["weight"], graph.tensors("node")["bias"]
+    a = x.clamp(min=0).requires_grad_(True)
+    z = torch.nn.functional.conv2d(a, weight.clamp(min=0), b.clamp(min=0) if bias else None)
+    seed = torch.zeros_like(z).flatten(1)
+    seed[:, 0] = 1.0  # the one-hot seed of output 0: channel 0, first position
+    (grad,) = torch.autograd.grad(z, a, (seed.view_as(z) / (z.detach() + epsilon)))
+    return a.detach() * grad
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_memoised_bias_plus_epsilon_follows_the_rule_and_the_weights(bias):
+    graph = _relu_conv_graph()
+    x = torch.randn((2, *graph.input_shape), generator=torch.Generator().manual_seed(2))
+    x = x.to(DTYPE)
+
+    def explained(use_bias: bool, epsilon: float) -> torch.Tensor:
+        rule = make_rule(
+            {"name": "zplus", "bias": use_bias, "stabilizer": "epsilon", "epsilon": epsilon}
+        )
+        return relgraph.explain_with_rules(graph, x, {"node": rule, "pre": make_rule("pass")}, 0)
+
+    # the other rule first: its memo entries must not leak into this one's
+    explained(not bias, 0.5)
+    explained(bias, 0.25)
+    for epsilon in (0.5, 1e-3):
+        torch.testing.assert_close(
+            explained(bias, epsilon), _z_plus_by_hand(graph, x, bias, epsilon), rtol=1e-10, atol=0
+        )
+    with torch.no_grad():
+        graph.tensors("node")["bias"].add_(0.75)  # an in-place edit is followed
+    torch.testing.assert_close(
+        explained(bias, 0.5), _z_plus_by_hand(graph, x, bias, 0.5), rtol=1e-10, atol=0
+    )
+
+
 @pytest.mark.parametrize("raise_at_call", [1, 2])
 def test_a_rule_error_names_the_node_and_its_line_in_every_pass(raise_at_call):
     """A ``RuleError`` a rule raises without naming a node is raised again naming it and its

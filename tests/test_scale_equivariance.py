@@ -208,3 +208,26 @@ def test_the_sign_read_on_the_host_counts_negative_zero_and_nan_as_no_negative()
     x = torch.tensor([[0.0, 1.0, -0.0], [2.0, float("nan"), 3.0]])
     assert scale_and_sign(x)[1] is True
     assert scale_and_sign(torch.cat([x, -x.abs()[:1] - 1.0]))[1] is False
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels-last", "not dense"])
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_the_scale_and_sign_do_not_depend_on_the_memory_layout(layout, nonnegative):
+    # on CPU each sample of a dense tensor is reduced as one block of memory (one aminmax),
+    # any other tensor over all but the batch axis: the same decision and factors either way
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 4, 2, 3, 5, generator=generator)
+    x = x / x.abs().flatten(1).amax(1).reshape(-1, 1, 1, 1, 1)  # each sample's peak is 1
+    x = x * torch.tensor([2.0**-60, 1.0, 2.0**50]).reshape(-1, 1, 1, 1, 1)
+    x[1, 2, 1, 1, 3] = -3.0  # one sample's peak is a negative entry
+    if nonnegative:
+        x = x.abs()
+    if layout == "channels-last":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+        assert not x.is_contiguous()
+    elif layout == "not dense":
+        x = torch.stack([x, x], dim=-1)[..., 0]  # the same values, every other float
+        assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last_3d)
+    scale, no_negative = scale_and_sign(x, nonnegative=nonnegative)
+    assert no_negative is nonnegative
+    assert torch.equal(scale.flatten(), _scale_by_reference([x]))
