@@ -21,6 +21,7 @@ from .graph import Graph
 from .hostmemory import release_freed
 from .labels import Labels
 from .rules import NEEDS, Composite, NodeContext, Rule, as_composite
+from .rules.base import is_no_relevance, no_relevance
 
 Target = int | str | Sequence[int | str] | torch.Tensor
 
@@ -88,6 +89,12 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
     if t.dim() == 5 and not t.is_contiguous(memory_format=torch.channels_last_3d):
         return t.contiguous(memory_format=torch.channels_last_3d)
     return t
+
+
+def _materialized(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with memory of its own where it is a broadcast zero (``no_relevance``), so that
+    what a caller gets back is a tensor like any other."""
+    return t.contiguous() if is_no_relevance(t) else t
 
 
 def _accumulator(dtype: torch.dtype) -> torch.dtype:
@@ -339,11 +346,20 @@ def explain_with_rules(
         for node in reversed(graph.order[1:]):
             node_relevance = relevance.pop(node)
             if return_all:
-                kept[node] = node_relevance
+                kept[node] = _materialized(node_relevance)
+            preds = graph.inputs_of(node)
+            if is_no_relevance(node_relevance):  # zero by construction: so is all it hands on
+                if detailed:
+                    lost[node] = node_relevance.new_zeros(batch, dtype=start.dtype)
+                for pred in preds:
+                    if pred not in relevance:
+                        shape = (batch, *graph.graph.nodes[pred]["shape"])
+                        relevance[pred] = no_relevance(node_relevance, shape)
+                activations.pop(node, None)
+                continue
             if detailed:  # before the rule, which may form its result in the relevance
                 handed_in = _totals(node_relevance)
             rule = node_rules[node]
-            preds = graph.inputs_of(node)
             ctx = NodeContext(
                 node=node,
                 op=graph.op(node),
@@ -362,18 +378,23 @@ def explain_with_rules(
             contributions = run_rule(graph, node, rule, ctx, node_relevance)
             if detailed:  # one reduction per tensor and sample
                 lost[node] = handed_in - sum(_totals(c) for c in contributions)
-            if channels_last:  # keep the relevance in the activations' layout
-                contributions = [_channels_last(c) for c in contributions]
             for pred, contribution in zip(preds, contributions):
-                relevance[pred] = (
-                    relevance[pred] + contribution if pred in relevance else contribution
-                )
+                if is_no_relevance(contribution):  # nothing to add (see no_relevance)
+                    if pred not in relevance:
+                        relevance[pred] = contribution
+                    continue
+                if channels_last:  # keep the relevance in the activations' layout
+                    contribution = _channels_last(contribution)
+                if pred not in relevance or is_no_relevance(relevance[pred]):
+                    relevance[pred] = contribution
+                else:
+                    relevance[pred] = relevance[pred] + contribution
             activations.pop(node, None)
             del ctx, node_relevance, contributions
             if not keep_cache:  # the memory mode: hand what the node freed back to the system
                 release_freed()
         # in the input's own layout (the passes may run channels-last: Graph.working_layout)
-        input_relevance = relevance.pop(graph.input).contiguous(
+        input_relevance = _materialized(relevance.pop(graph.input)).contiguous(
             memory_format=torch.contiguous_format if x.is_contiguous() else torch.preserve_format
         )
     if not detailed:

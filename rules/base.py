@@ -170,6 +170,20 @@ class Lazy:
         return self.derive(self.weight)
 
 
+def no_relevance(like: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Relevance that is zero by construction (the gate's under ``signal-take-all``), shaped
+    ``shape``: one zero broadcast (no memory of its own), which the reverse pass recognises
+    (``is_no_relevance``) and hands on without running the rules of the nodes it alone
+    reaches: every rule hands on zeros for zero relevance, so the result is the same."""
+    return like.new_zeros(()).expand(tuple(shape))
+
+
+def is_no_relevance(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a broadcast zero (``no_relevance``): every stride 0 and its one
+    value 0 (a rule may broadcast another value; that one is handed on as it is)."""
+    return t.dim() > 0 and t.numel() > 0 and not any(t.stride()) and t[(0,) * t.dim()].item() == 0
+
+
 def materialized(weight: torch.Tensor | Lazy) -> torch.Tensor:
     """The weight itself, a ``Lazy`` one made whole."""
     return weight.full() if isinstance(weight, Lazy) else weight

@@ -92,6 +92,50 @@ def test_the_gate_branch_gets_no_relevance_and_the_signal_all():
     torch.testing.assert_close(relevance["act"], relevance["scale"])
 
 
+def test_the_gate_branch_is_not_run_and_the_relevance_is_the_same():
+    """Signal-take-all hands the gate a broadcast zero (``no_relevance``): the reverse pass
+    runs no rule on the nodes only it reaches, with the same input relevance as a gate given
+    zeros of its own memory, on which every rule of the branch runs."""
+    from relgraph.rules import SignalTakeAll
+    from relgraph.rules.composite import preset
+
+    graph = relgraph.architecture_from_yaml(SE, dtype=torch.float64, seed=1)
+    x = torch.randn(2, 4, 3, 5, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    rules = preset("epsilon-plus").resolve(graph)
+    ran = []
+
+    class Spy:
+        def __init__(self, node, rule):
+            self.node, self.rule, self.needs = node, rule, rule.needs
+
+        def __call__(self, ctx, relevance):
+            ran.append(self.node)
+            return self.rule(ctx, relevance)
+
+    class ZerosOfItsOwn(SignalTakeAll):
+        def relevance(self, ctx, relevance):
+            handed = super().relevance(ctx, relevance)
+            return [h.contiguous() for h in handed]  # memory of its own: not recognised
+
+    spied = {node: Spy(node, rule) for node, rule in rules.items()}
+    skipped = relgraph.explain_with_rules(graph, x, spied, 0, "onehot", return_all=True)
+    gate_branch = {"gate", "fc2", "relu", "fc1", "squeeze"}
+    assert not gate_branch & set(ran)
+    assert set(ran) == set(rules) - gate_branch
+    ran.clear()
+    spied["scale"] = Spy("scale", ZerosOfItsOwn())
+    full = relgraph.explain_with_rules(graph, x, spied, 0, "onehot", return_all=True)
+    assert gate_branch <= set(ran)
+    torch.testing.assert_close(skipped.relevance, full.relevance, rtol=0, atol=0)
+    for node in gate_branch:
+        kept = skipped.node_relevance[node]
+        assert kept.shape == full.node_relevance[node].shape and not kept.any(), node
+        # what is handed back has memory of its own, not a broadcast zero
+        assert kept.untyped_storage().nbytes() == kept.numel() * kept.element_size(), node
+        assert float(skipped.lost[node].abs().max()) == 0.0, node
+    torch.testing.assert_close(skipped.lost["scale"], full.lost["scale"], rtol=0, atol=0)
+
+
 def load_error(text: str) -> relgraph.RelgraphError:
     with pytest.raises(relgraph.RelgraphError) as caught:
         relgraph.architecture_from_yaml(text, file="se.yaml")
