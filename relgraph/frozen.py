@@ -470,6 +470,12 @@ def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
                 in_length = plans[preds[0]].out.length
                 first = max(0, ((lo * s - p) // s) * s)
                 last = min(in_length, (hi - 1) * s - p + plan.span)
+                if last - first < plan.span:
+                    # torch's pools refuse an input shorter than the window, padding or not
+                    # (a crop of one slice for a two-slice window padded by one): widen the
+                    # crop, the later slices first; outputs keep their places in it
+                    last = min(in_length, first + plan.span)
+                    first = max(0, (last - plan.span) // s * s)
                 out_first = first // s
                 count = _out_length(graph, node, plan, axis, last - first)
                 if out_first > lo or out_first + count < hi:  # pragma: no cover

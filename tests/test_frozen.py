@@ -8,6 +8,8 @@ or the one wanted slice), logits and targets, to 1e-5 of the relevance's peak in
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -208,6 +210,46 @@ def test_generated_graphs_with_any_first_layer_give_the_plain_relevance(case, da
     channels, length, *spatial = case.input_shape
     frames = torch.randn((2, channels, *spatial), dtype=torch.float64)
     wanted = data.draw(st.lists(st.integers(0, length - 1), min_size=2, max_size=2))
+    assert_matches_plain(graph, frames, node_rules, seed, torch.float64, wanted)
+
+
+@pytest.mark.parametrize("wanted", [None, [0], [1]])
+def test_a_padded_pool_over_a_crop_shorter_than_its_window(wanted):
+    # found by the property above: a temporal avg pool (window 2, stride 2, padding 1) whose
+    # needed output reads one slice of its input; torch's pools refuse an input shorter than
+    # the window even with padding, so the crop is widened (before: a RelgraphError)
+    spec = {
+        "name": "padded-pool",
+        "input": {"name": "input", "shape": [3, 2, 2, 2]},
+        "nodes": [
+            {
+                "name": "conv1",
+                "op": "conv3d",
+                "out_channels": 1,
+                "kernel_size": [2, 1, 1],
+                "stride": [2, 1, 1],
+                "padding": [1, 0, 0],
+            },
+            {"name": "conv2", "op": "conv3d", "out_channels": 1, "kernel_size": 1},
+            {"name": "concat", "op": "concat", "inputs": ["conv2", "conv1"]},
+            {
+                "name": "pool",
+                "op": "avgpool3d",
+                "kernel_size": [2, 1, 1],
+                "stride": [2, 1, 1],
+                "padding": [1, 0, 0],
+                "count_include_pad": False,
+            },
+            {"name": "flatten", "op": "flatten"},
+            {"name": "fc", "op": "linear", "out_features": 2},
+        ],
+        "output": "fc",
+    }
+    graph = relgraph.architecture_from_yaml(json.dumps(spec), dtype=torch.float64, seed=0)
+    _, node_rules, seed = resolve_rules(graph, preset("epsilon-alpha2-beta1"), None, None)
+    frames = torch.randn(
+        (1, 3, 2, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     assert_matches_plain(graph, frames, node_rules, seed, torch.float64, wanted)
 
 
