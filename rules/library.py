@@ -123,7 +123,8 @@ def signed_share(
     """``z = A(x⁺; W_p) + A(x⁻; W_n) (+ bias)``, ``s = R / stab(z)``,
     ``R_in = x⁺ ⊙ Aᵀ(s; W_p) + x⁻ ⊙ Aᵀ(s; W_n)``: the building block of zplus, αβ and γ.
     Where ``x ≥ 0`` everywhere (ReLU outputs) the ``x⁻`` terms vanish and are skipped;
-    elsewhere both adjoints run as one (``key`` names the weight pair for the memo).
+    elsewhere both adjoints run as one where the op stacks the pair (``stack_inputs``;
+    ``key`` names the pair for the memo).
     Each sample runs at the scale ``sample_scale`` picks: the same result, no overflow.
     ``own_relevance``: ``relevance`` is not read again, ``s`` may be formed in it.
     ``nonnegative_z``: ``W_p ≥ 0 ≥ W_n`` and ``bias ≥ 0`` (z⁺), so that no ``z`` is negative.
