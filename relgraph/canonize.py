@@ -27,7 +27,7 @@ import torch
 from .errors import RelgraphError
 from .graph import Graph
 from .ops import BatchNormNd, ConvNd, Linear, Op
-from .rules.base import _signature
+from .rules.base import _same_tensors, _signature
 
 
 class CanonicalGraph(Graph):
@@ -112,31 +112,17 @@ class FoldedTensors(Mapping):
         return "weight" in self._affine and all(k in self._norm for k in self._needed)
 
     def _current(self) -> dict[str, torch.Tensor]:
-        if self._signature is not None and self._unchanged():
-            return self._folded
         if not self._ready():
             return {}
         sources = self._sources()
+        if self._signature is not None and _same_tensors(self._signature, sources):
+            return self._folded
         folded = self._fold()
         signature = _signature(sources)
         # inference-mode tensors cannot vouch for their values (no version counter): the
         # fold is recomputed on every read then, as the rules' memo does
         self._signature, self._folded = signature, (folded if signature is not None else {})
         return folded
-
-    def _unchanged(self) -> bool:
-        """``_same_tensors(self._signature, self._sources())`` without building the dict
-        (this runs on every read of a folded weight)."""
-        signature = self._signature
-        count = len(self._affine) + len(self._norm) - ("num_batches_tracked" in self._norm)
-        if len(signature) != count:
-            return False
-        for name, ref, pointer, version in signature:
-            source = self._affine if name[0] == "a" else self._norm
-            t = source.get(name[2:])
-            if t is None or ref() is not t or t.data_ptr() != pointer or t._version != version:
-                return False
-        return True
 
     def _fold(self) -> dict[str, torch.Tensor]:
         weight = self._affine["weight"].detach()
@@ -156,7 +142,7 @@ class FoldedTensors(Mapping):
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """The folded ``weight`` and ``bias`` as they are now, checked once: a plain dict for
-        one node's rule (``NodeContext``), which reads them many times."""
+        one node of one pass (``Graph.current_tensors``), which reads them many times."""
         return dict(self._current())
 
     def __iter__(self) -> Iterator[str]:

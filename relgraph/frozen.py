@@ -333,7 +333,7 @@ def frozen_forward(
                 acts[p] if target is None else relayout(acts[p], plans[p].out, target)
                 for p, target in zip(graph.inputs_of(node), plan.inputs)
             ]
-            out = graph.op(node).forward(inputs, graph.tensors(node))
+            out = graph.op(node).forward(inputs, graph.current_tensors(node))
             if plan.out is not None and out.shape[plan.out.axis] != plan.out.compact_length:
                 raise RelgraphError(  # a plan that does not fit the op: a bug, say where
                     f"frozen-clip plan: node '{node}' gave {out.shape[plan.out.axis]} slices, "
@@ -513,14 +513,14 @@ def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
             shapes.append(torch.Size(shape))
         record = None
         if wants_record:
-            _, record = op.forward_record(inputs, graph.tensors(node))
+            _, record = op.forward_record(inputs, graph.current_tensors(node))
         ctx = NodeContext(
             node=node,
             op=op,
             inputs=inputs if "inputs" in needs else [None] * len(preds),
             input_shapes=shapes,
             output=activation(node, out_range) if "output" in needs else None,
-            tensors=graph.tensors(node),
+            tensors=graph.current_tensors(node),
             cache=graph.cache if graph.cache_policy != "none" else {},
             record=record,
             low_memory=graph.cache_policy == "none",

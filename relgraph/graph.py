@@ -206,6 +206,14 @@ class Graph:
     def tensors(self, node: str) -> dict[str, torch.Tensor]:
         return self.graph.nodes[node]["tensors"]
 
+    def current_tensors(self, node: str) -> dict[str, torch.Tensor]:
+        """``tensors(node)`` as they are now, for one node of one pass: a folded layer's
+        (``canonize.FoldedTensors``) checks its sources on every read, so a pass takes a
+        plain dict of them once (``snapshot``) and reads that."""
+        tensors = self.tensors(node)
+        snapshot = getattr(tensors, "snapshot", None)
+        return tensors if snapshot is None else snapshot()
+
     def num_parameters(self, node: str | None = None) -> int:
         """Parameter count of one node, or of the whole graph."""
         nodes = [node] if node is not None else self.order
@@ -429,10 +437,7 @@ class Graph:
                 preds = self.inputs_of(node)
                 inputs = [activations[p] for p in preds]
                 op = self.op(node)
-                tensors = self.tensors(node)
-                snapshot = getattr(tensors, "snapshot", None)  # a folded layer's, read once
-                if snapshot is not None:
-                    tensors = snapshot()
+                tensors = self.current_tensors(node)
                 if node in record_set:
                     output, records[node] = op.forward_record(inputs, tensors)
                     activations[node] = output

@@ -366,7 +366,7 @@ def explain_with_rules(
                 inputs=[activations.get(p) if "inputs" in needs[node] else None for p in preds],
                 input_shapes=[torch.Size((batch, *graph.graph.nodes[p]["shape"])) for p in preds],
                 output=activations.get(node) if "output" in needs[node] else None,
-                tensors=graph.tensors(node),
+                tensors=graph.current_tensors(node),
                 cache=graph.cache if keep_cache else {},
                 record=records.pop(node, None),
                 low_memory=not keep_cache,

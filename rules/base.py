@@ -68,13 +68,6 @@ class NodeContext:
     #: the memo entry of this node, checked against ``tensors`` once (``memo``)
     _entry: tuple | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        # the tensors as they are now, a plain dict: a folded layer's (canonize.FoldedTensors)
-        # checks its sources on every read, which is once per node here, not once per read
-        snapshot = getattr(self.tensors, "snapshot", None)
-        if snapshot is not None:
-            self.tensors = snapshot()
-
     @property
     def x(self) -> torch.Tensor:
         """The single input's activation."""
