@@ -429,7 +429,7 @@ class Stabilizer:
             z.shape == numerator.shape
             and torch.result_type(numerator, z) == z.dtype == numerator.dtype
             and dense(z)
-            and z.stride() == numerator.stride()  # one layout: element i at the same place
+            and _same_places(z, numerator)  # one layout: element i at the same place
             and dense(numerator)
         )
         into_numerator = fits and numerator_owned
@@ -464,6 +464,13 @@ def dense(t: torch.Tensor) -> bool:
     if t.dim() == 4:
         return t.is_contiguous(memory_format=torch.channels_last)
     return False
+
+
+def _same_places(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors of one shape keep each element at the same offset: their strides
+    agree on every dimension longer than one (a dimension of size one, such as a batch of one,
+    may carry any stride, and channels-last results differ there)."""
+    return all(m == n or size == 1 for m, n, size in zip(a.stride(), b.stride(), a.shape))
 
 
 def flat(t: torch.Tensor) -> torch.Tensor:

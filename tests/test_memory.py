@@ -305,6 +305,31 @@ def test_stabilizer_in_place_equals_the_plain_quotient(tiny_slices, overwrite, k
         assert torch.equal(z_copy, z) and torch.equal(numerator_copy, numerator)
 
 
+def test_stabilizer_forms_the_quotient_in_place_across_a_batch_of_ones_strides():
+    # channels-last tensors of a batch of one differ in the batch's stride alone (one conv's
+    # output against another's): the same places, so the quotient is still formed in place
+    generator = torch.Generator().manual_seed(8)
+    layout = torch.channels_last_3d
+    z = torch.rand((1, 6, 2, 3, 4), generator=generator).contiguous(memory_format=layout)
+    numerator = torch.randn((1, 6, 2, 3, 4), generator=generator).contiguous(memory_format=layout)
+    numerator = numerator.as_strided(numerator.shape, (999, *numerator.stride()[1:]))
+    assert numerator.stride() != z.stride()
+    expected = numerator / (z + 1e-3)
+    for into in ("z", "numerator"):
+        z_copy, numerator_copy = z.clone(), numerator.clone()
+        numerator_copy = numerator_copy.as_strided(numerator.shape, numerator.stride())
+        got = Stabilizer("epsilon", 1e-3)(
+            numerator_copy,
+            z_copy,
+            overwrite=into == "z",
+            overwrite_numerator=into == "numerator",
+            nonnegative=True,
+        )
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+        owner = z_copy if into == "z" else numerator_copy
+        assert got.data_ptr() == owner.data_ptr()
+
+
 def test_stabilizer_never_writes_into_a_broadcast_denominator():
     z = torch.tensor([[2.0, 4.0]])
     numerator = torch.ones((3, 2))
