@@ -515,14 +515,18 @@ SAFE_EXPONENTS = (-32, 32)
 
 
 def sample_scale(
-    *tensors: torch.Tensor, also: float = 0.0, nonnegative: bool = False
+    *tensors: torch.Tensor,
+    also: float = 0.0,
+    nonnegative: bool | Sequence[bool] = False,
 ) -> torch.Tensor | None:
     """See ``scale_and_sign``; the scale alone."""
     return scale_and_sign(*tensors, also=also, nonnegative=nonnegative)[0]
 
 
 def scale_and_sign(
-    *tensors: torch.Tensor, also: float = 0.0, nonnegative: bool = False
+    *tensors: torch.Tensor,
+    also: float = 0.0,
+    nonnegative: bool | Sequence[bool] = False,
 ) -> tuple[torch.Tensor | None, bool]:
     """A power of two per sample that brings the sample's largest magnitude (over ``tensors``,
     all batched alike) into [1, 2), shaped ``(B, 1, ...)`` like the first tensor; ``None``
@@ -535,18 +539,19 @@ def scale_and_sign(
     Also returns whether no entry is negative (then every ``t⁻`` term of a rule vanishes), read
     off the same single pass over the data. ``nonnegative=True`` says that the tensors are
     ≥ 0 by construction (``NodeContext.known_nonnegative``): their peak is their maximum,
-    and the minimum is not looked for.
+    and the minimum is not looked for; a sequence says it per tensor (a residual add of a
+    ReLU output and a convolution's: the first tensor's minimum is not looked for).
     """
     first = tensors[0]
-    highest: list[float] = []
-    lowest: list[float] = []
-    for t in tensors:
-        highs, lows = _sample_extremes(t, nonnegative)
-        highest = highs if not highest else [max(a, b) for a, b in zip(highest, highs)]
-        if not nonnegative:
-            lowest = lows if not lowest else [min(a, b) for a, b in zip(lowest, lows)]
-    no_negative = not any(v < 0 for v in lowest)
-    peaks = highest if nonnegative else [max(h, -lo) for h, lo in zip(highest, lowest)]
+    flags = [nonnegative] * len(tensors) if isinstance(nonnegative, bool) else list(nonnegative)
+    peaks: list[float] = []
+    no_negative = True
+    for t, known in zip(tensors, flags):
+        highs, lows = _sample_extremes(t, known)
+        if not known:
+            no_negative = no_negative and not any(v < 0 for v in lows)
+            highs = [max(h, -lo) for h, lo in zip(highs, lows)]
+        peaks = highs if not peaks else [max(a, b) for a, b in zip(peaks, highs)]
     low, high = SAFE_EXPONENTS
     # math.frexp(0) gives the exponent 0, as torch.frexp does; NaN and ±Inf, which torch
     # also gives 0, are no reason to rescale either

@@ -821,7 +821,8 @@ def _scaled_split(ctx: NodeContext, relevance: torch.Tensor, stab: Stabilizer) -
     ``signed_share``); concat only slices, and its inputs are not even read."""
     if any(x is None for x in ctx.inputs):
         return ctx.op.split(ctx.inputs, relevance, stab)
-    scale = sample_scale(*ctx.inputs, nonnegative=ctx.known_nonnegative())
+    known = [ctx.known_nonnegative(slot) for slot in range(len(ctx.inputs))]
+    scale = sample_scale(*ctx.inputs, nonnegative=known)
     inputs = [widened(rescaled(x, scale)) for x in ctx.inputs]
     return ctx.op.split(inputs, relevance, lambda r, z: stab(r, z, scale))
 

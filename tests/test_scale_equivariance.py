@@ -204,6 +204,24 @@ def test_the_scale_read_on_the_host_matches_the_formula(seed):
         assert got is not None and torch.equal(got.flatten(), expected)
 
 
+@pytest.mark.parametrize("exponent", [-70, 0, 70])
+def test_a_sign_known_for_one_tensor_of_two_gives_the_scale_and_sign_of_the_pair(exponent):
+    # a residual add of a ReLU output and a convolution's: the first one's minimum is not
+    # looked for, the second one's is; the scale is the formula's on the pair
+    generator = torch.Generator().manual_seed(exponent + 100)
+    relu = torch.randn(3, 4, 5, generator=generator).abs() * 2.0**exponent
+    signed = torch.randn(3, 4, 5, generator=generator) * 2.0**exponent
+    signed[2] *= 2.0**12  # one sample's peak on the signed tensor's negative side
+    signed[2].view(-1)[0] = -signed[2].abs().max() * 2
+    scale, no_negative = scale_and_sign(relu, signed, nonnegative=[True, False])
+    expected = _scale_by_reference([relu, signed])
+    assert (scale is None) == (expected is None)
+    if expected is not None:
+        assert torch.equal(scale.flatten(), expected)
+    assert no_negative is False
+    assert scale_and_sign(relu, signed.abs(), nonnegative=(True, False))[1] is True
+
+
 def test_the_sign_read_on_the_host_counts_negative_zero_and_nan_as_no_negative():
     x = torch.tensor([[0.0, 1.0, -0.0], [2.0, float("nan"), 3.0]])
     assert scale_and_sign(x)[1] is True
