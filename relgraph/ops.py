@@ -386,8 +386,21 @@ def _channels_last(x: torch.Tensor) -> bool:
 
 
 def _positions(x: torch.Tensor) -> torch.Tensor:
-    """A channels-last ``(B, C, *size)`` as the ``(B, *size, C)`` tensor it is in memory."""
-    return x.permute(0, *range(2, x.dim()), 1)
+    """A channels-last ``(B, C, *size)`` as the ``(B, *size, C)`` tensor it is in memory,
+    with the strides of a contiguous tensor: a dimension of size one (a batch of one) may
+    carry another stride in ``x`` (results of oneDNN and of in-place quotients), and
+    ``torch.matmul`` then runs one small product per row of positions instead of one
+    (X3D-S's 1×1×1 adjoints: 10-row products)."""
+    positions = x.permute(0, *range(2, x.dim()), 1)
+    return positions.as_strided(positions.shape, _contiguous_strides(positions.shape))
+
+
+def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
 
 
 def _channels_first(y: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relgraph.ops import OPS, _canonical_channels_last
+from relgraph.ops import OPS, _canonical_channels_last, _positions
 
 CASES = [
     # dims, in, out, groups, kernel, stride, padding, dilation, size
@@ -112,6 +112,16 @@ def test_channels_last_strides_are_made_canonical_without_a_copy():
     plain = torch.randn(2, 5, 3, 4, 6, generator=torch.Generator().manual_seed(3))
     made = _canonical_channels_last(plain)
     assert made.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(made, plain)
+
+
+def test_the_positions_of_a_channels_last_tensor_are_rows_without_a_copy():
+    # torch.matmul runs one small product per row of positions on a (B, T, H, W, C) view
+    # whose batch of one carries an odd stride: the view is given contiguous strides
+    x = _odd_batch_stride(torch.randn(1, 5, 3, 4, 6, generator=torch.Generator().manual_seed(4)))
+    rows = _positions(x)
+    assert rows.shape == (1, 3, 4, 6, 5) and rows.is_contiguous()
+    assert rows.data_ptr() == x.data_ptr()
+    assert torch.equal(rows, x.permute(0, 2, 3, 4, 1))
 
 
 @pytest.mark.parametrize(
