@@ -469,8 +469,15 @@ class Affine(Op):
         raise NotImplementedError
 
     def adjoint(self, s: torch.Tensor, weight: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
-        """``Aᵀ(s; W)``, shaped like the input ``x``."""
+        """``Aᵀ(s; W)``, shaped like the input ``x``. An op whose ``adjoint_kernel`` gives a
+        tensor also takes it as ``kernel=``, in place of deriving it from ``weight``."""
         raise NotImplementedError
+
+    def adjoint_kernel(self, weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor | None:
+        """What ``adjoint(s, weight, x_shape)`` derives from ``weight`` on every call (a
+        convolution's flipped kernel), for the caller to keep and hand back as ``kernel=``;
+        ``None`` where it derives nothing (the default)."""
+        return None
 
     @property
     def sliceable(self) -> bool:
@@ -492,14 +499,25 @@ class Affine(Op):
         second: torch.Tensor,
         x_shape: torch.Size,
         stacked: torch.Tensor | None = None,
+        kernel_of: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Aᵀ(s; first), Aᵀ(s; second))`` in one pass where the op allows it (the weights
-        stacked along the input channels, ``stacked`` from ``stack_inputs``)."""
+        stacked along the input channels, ``stacked`` from ``stack_inputs``); ``kernel_of``
+        gives the kept ``adjoint_kernel`` of a weight (or ``None``)."""
         if stacked is None:
-            return self.adjoint(s, first, x_shape), self.adjoint(s, second, x_shape)
+            return (
+                self._adjoint_with(s, first, x_shape, kernel_of),
+                self._adjoint_with(s, second, x_shape, kernel_of),
+            )
         doubled = torch.Size((x_shape[0], 2 * x_shape[1], *x_shape[2:]))
-        both = self.adjoint(s, stacked, doubled)
+        both = self._adjoint_with(s, stacked, doubled, kernel_of)
         return both[:, : x_shape[1]], both[:, x_shape[1] :]
+
+    def _adjoint_with(self, s, weight, x_shape, kernel_of) -> torch.Tensor:
+        kernel = None if kernel_of is None else kernel_of(weight)
+        if kernel is None:
+            return self.adjoint(s, weight, x_shape)
+        return self.adjoint(s, weight, x_shape, kernel=kernel)
 
     def forward(self, inputs, tensors):
         weight, bias = self.weight_and_bias(tensors)
@@ -631,14 +649,26 @@ class ConvNd(Spatial, Affine):
             return None
         return torch.cat([first, second], dim=1)
 
-    def adjoint(self, s, weight, x_shape):
+    def _flipped(self, s: torch.Tensor) -> bool:
+        """Whether the adjoint runs as a convolution with the flipped kernel (see ``adjoint``)."""
+        if self._pointwise:
+            return False
+        full = [d * (k - 1) - p for k, p, d in zip(self.kernel_size, self.padding, self.dilation)]
+        return (self.groups > 1 or (_channels_last(s) and max(self.stride) == 1)) and min(full) >= 0
+
+    def adjoint_kernel(self, weight, s):
+        # the flipped kernel is a transposed copy of the weight: made on every call it cost
+        # R(2+1)-D 18's explanation 6 % (its last layers' weights: 21 MB, copied at 1 GB/s)
+        return _adjoint_kernel(weight, self.groups) if self._flipped(s) else None
+
+    def adjoint(self, s, weight, x_shape, kernel=None):
         if self._pointwise:
             return _pointwise_adjoint(s, weight, x_shape, self.stride)
         full = [d * (k - 1) - p for k, p, d in zip(self.kernel_size, self.padding, self.dilation)]
         out_pad = _output_padding(
             x_shape[2:], s.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation
         )
-        if (self.groups > 1 or (_channels_last(s) and max(self.stride) == 1)) and min(full) >= 0:
+        if self._flipped(s):
             # Grouped (depthwise) transposed convolutions run far slower than the forward
             # kernels on CPU: the adjoint is the stride-1 convolution of s, spread out by the
             # stride (zeros between its entries, and output_padding zeros at the end), with
@@ -648,7 +678,7 @@ class ConvNd(Spatial, Affine):
             return _conv(
                 self,
                 s,
-                _adjoint_kernel(weight, self.groups),
+                _adjoint_kernel(weight, self.groups) if kernel is None else kernel,
                 None,
                 1,
                 full,

@@ -371,6 +371,7 @@ def explain_with_rules(
                 record=records.pop(node, None),
                 low_memory=not keep_cache,
                 nonnegative_inputs=tuple(p in nonnegative for p in preds),
+                channels_last=channels_last,
                 relevance_owned=not return_all
                 and node != graph.output  # the seed, which an Explanation returns
                 and _exclusive(node_relevance, relevance.values()),

@@ -65,6 +65,10 @@ class NodeContext:
     #: per input slot, whether the activation is ≥ 0 by construction
     #: (``Graph.nonnegative_nodes``): then no rule need look for negative entries
     nonnegative_inputs: tuple[bool, ...] = ()
+    #: the pass runs channels-last (``Graph.working_layout``): the 5-D weights derived here
+    #: (W⁺, W⁻, flipped kernels) are laid out so too, which oneDNN's convolutions would
+    #: otherwise copy into that layout on every call (R(2+1)-D 18's last layers: 21 MB each)
+    channels_last: bool = False
     #: the memo entry of this node, checked against ``tensors`` once (``memo``)
     _entry: tuple | None = field(default=None, init=False, repr=False)
 
@@ -123,12 +127,24 @@ class NodeContext:
         make slice by slice, so that the whole of it never exists."""
         if lazy and self.low_memory:
             return Lazy(self.weight_and_bias()[0], positive)
-        return self.memo("W+", lambda: self.weight_and_bias()[0].clamp(min=0))
+        return self.memo(
+            ("W+", self.channels_last),
+            lambda: self.laid_out(self.weight_and_bias()[0].clamp(min=0)),
+        )
 
     def negative_weight(self) -> torch.Tensor:
         """``W⁻``, memoised. Kept apart from ``W⁺``: z⁺ on ReLU outputs never needs it, and
         caching it anyway would cost another copy of the weights."""
-        return self.memo("W-", lambda: self.weight_and_bias()[0].clamp(max=0))
+        return self.memo(
+            ("W-", self.channels_last),
+            lambda: self.laid_out(self.weight_and_bias()[0].clamp(max=0)),
+        )
+
+    def laid_out(self, weight: torch.Tensor) -> torch.Tensor:
+        """A weight derived for this node's maps in the pass's layout (``channels_last``)."""
+        if self.channels_last and weight.dim() == 5:
+            return weight.contiguous(memory_format=torch.channels_last_3d)
+        return weight
 
     def weight_parts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W⁺, W⁻)``, memoised."""
@@ -136,7 +152,10 @@ class NodeContext:
 
     def stacked(self, key: str, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor | None:
         """``first`` and ``second`` stacked for ``op.adjoint_pair`` (memoised under ``key``)."""
-        return self.memo(("stacked", key), lambda: self.op.stack_inputs(first, second))
+        return self.memo(
+            ("stacked", key, self.channels_last),
+            lambda: self._laid_out_or_none(self.op.stack_inputs(first, second)),
+        )
 
     def adjoint_pair(
         self, s: torch.Tensor, key: str, first: torch.Tensor, second: torch.Tensor
@@ -146,8 +165,36 @@ class NodeContext:
         work = self.working(first)
         if work is not first:  # float32 maps at a small bfloat16 node (see ``working``)
             first, second, stacked = work, self.working(second), None
-        pair = self.op.adjoint_pair(s.to(first.dtype), first, second, self.input_shapes[0], stacked)
+        s = s.to(first.dtype)
+        pair = self.op.adjoint_pair(
+            s,
+            first,
+            second,
+            self.input_shapes[0],
+            stacked,
+            kernel_of=lambda weight: self.adjoint_kernel(weight, s),
+        )
         return widened(pair[0]), widened(pair[1])
+
+    def adjoint_kernel(self, weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor | None:
+        """The op's ``adjoint_kernel`` of ``weight`` (a convolution's flipped kernel),
+        memoised with the node's weights where ``weight`` is one of the memo's own (W⁺, W⁻,
+        a stacked pair: the same tensor on every pass), made afresh for any other tensor;
+        ``None`` where the op derives nothing, and in the memory mode, which keeps no
+        derived weight."""
+        if self.low_memory:
+            return None
+        op = self.op
+        made = self.memo(
+            ("Aᵀ kernel", id(weight), _channels_last_5d(s)),
+            lambda: (weakref.ref(weight), self._laid_out_or_none(op.adjoint_kernel(weight, s))),
+        )
+        if made[0]() is weight:
+            return made[1]
+        return self.op.adjoint_kernel(weight, s)
+
+    def _laid_out_or_none(self, weight: torch.Tensor | None) -> torch.Tensor | None:
+        return None if weight is None else self.laid_out(weight)
 
 
 @dataclass(frozen=True)
@@ -326,6 +373,10 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 #: per-sample input size up to which a bfloat16 node runs its maps in float32
 #: (``NodeContext.working``)
 SMALL_INPUT = 16384
+
+
+def _channels_last_5d(t: torch.Tensor) -> bool:
+    return t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 def accumulator(dtype: torch.dtype) -> torch.dtype:

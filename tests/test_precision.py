@@ -89,9 +89,9 @@ def test_bfloat16_heavy_ops_run_in_bfloat16_and_shares_in_float32():
     conv = graph.op("conv2")
     original = type(conv).adjoint
 
-    def spy(self, s, weight, x_shape):
+    def spy(self, s, weight, x_shape, **kernel):  # kernel=: the kept flipped kernel
         seen[s.dtype, weight.dtype] = True
-        return original(self, s, weight, x_shape)
+        return original(self, s, weight, x_shape, **kernel)
 
     clips = preprocessed_clips(graph, 1).to(torch.bfloat16)
     with pytest.MonkeyPatch.context() as patch:

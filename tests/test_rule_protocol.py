@@ -367,6 +367,76 @@ def test_the_memo_is_computed_once_while_the_weights_stay():
     assert len(calls) == 4
 
 
+def _conv3d_graph(relu: bool, groups: int) -> relgraph.Graph:
+    """``input (→ relu) → conv3d`` in float32, which runs channels-last on CPU: the adjoint is
+    a convolution with the flipped kernel, which the node's memo keeps."""
+    nodes = [{"name": "pre", "op": "relu" if relu else "identity", "inputs": ["input"]}]
+    nodes.append(
+        {
+            "name": "node",
+            "op": "conv3d",
+            "inputs": ["pre"],
+            "out_channels": 4,
+            "kernel_size": 3,
+            "padding": 1,
+            "groups": groups,
+        }
+    )
+    # not the output: the relevance reaching the conv is then in the pass's layout
+    nodes.append({"name": "post", "op": "identity", "inputs": ["node"]})
+    spec = {
+        "name": "conv3d-memo",
+        "input": {"name": "input", "shape": [4, 3, 5, 6]},
+        "nodes": nodes,
+        "output": "post",
+    }
+    graph = relgraph.architecture_from_yaml(json.dumps(spec))
+    generator = torch.Generator().manual_seed(9 + groups)
+    for name, tensor in graph.tensors("node").items():
+        graph.tensors("node")[name] = torch.randn(tensor.shape, generator=generator)
+    return graph
+
+
+def _explain_conv3d(graph: relgraph.Graph) -> torch.Tensor:
+    x = torch.randn((2, *graph.input_shape), generator=torch.Generator().manual_seed(3))
+    assert graph.runs_channels_last(x)
+    rules = {"pre": make_rule("pass"), "node": ZPlus(), "post": make_rule("pass")}
+    return relgraph.explain_with_rules(graph, x, rules, 0, "onehot")
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["x >= 0", "signed x"])
+@pytest.mark.parametrize("groups", [1, 4], ids=["dense", "depthwise"])
+def test_the_flipped_kernel_is_made_once_while_the_weights_stay(monkeypatch, relu, groups):
+    import relgraph.ops
+
+    made = []
+    flip = relgraph.ops._adjoint_kernel
+    monkeypatch.setattr(relgraph.ops, "_adjoint_kernel", lambda w, g: made.append(1) or flip(w, g))
+    graph = _conv3d_graph(relu, groups)
+    first = _explain_conv3d(graph)
+    assert made, "the adjoint ran no flipped-kernel convolution"
+    count = len(made)
+    for _ in range(2):
+        assert torch.equal(_explain_conv3d(graph), first)
+    assert len(made) == count
+    # the kept kernels and W± are laid out as the pass runs (channels-last), which oneDNN
+    # would otherwise copy into on every call
+    kept = [v for v in graph.cache["node"][1].values() if isinstance(v, torch.Tensor)]
+    kept += [v[1] for v in graph.cache["node"][1].values() if isinstance(v, tuple)]
+    five_d = [t for t in kept if isinstance(t, torch.Tensor) and t.dim() == 5]
+    assert five_d and all(t.is_contiguous(memory_format=torch.channels_last_3d) for t in five_d)
+    # an edit of the weight drops them: the result is a fresh graph's
+    with torch.no_grad():
+        graph.tensors("node")["weight"][0].neg_()
+    after = _explain_conv3d(graph)
+    assert len(made) > count
+    fresh = _conv3d_graph(relu, groups)
+    for name, tensor in graph.tensors("node").items():
+        fresh.tensors("node")[name] = tensor.clone()
+    torch.testing.assert_close(after, _explain_conv3d(fresh), rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(after, first)
+
+
 def _relu_conv_graph() -> relgraph.Graph:
     """``input → relu → conv2d`` with a bias: z⁺ at the conv sees inputs ≥ 0 by construction
     and forms z + ε with the map's own bias (b⁺ + ε, memoised per node)."""
