@@ -657,8 +657,8 @@ class ConvNd(Spatial, Affine):
         return (self.groups > 1 or (_channels_last(s) and max(self.stride) == 1)) and min(full) >= 0
 
     def adjoint_kernel(self, weight, s):
-        # the flipped kernel is a transposed copy of the weight: made on every call it cost
-        # R(2+1)-D 18's explanation 6 % (its last layers' weights: 21 MB, copied at 1 GB/s)
+        # the flipped kernel is a transposed copy of the weight (R(2+1)-D 18's last layers:
+        # 21 MB, copied at about 1 GB/s): the rules keep it (NodeContext.adjoint_kernel)
         return _adjoint_kernel(weight, self.groups) if self._flipped(s) else None
 
     def adjoint(self, s, weight, x_shape, kernel=None):
