@@ -506,14 +506,22 @@ class Affine(Op):
         gives the kept ``adjoint_kernel`` of a weight (or ``None``)."""
         if stacked is None:
             return (
-                self._adjoint_with(s, first, x_shape, kernel_of),
-                self._adjoint_with(s, second, x_shape, kernel_of),
+                self.adjoint_kept(s, first, x_shape, kernel_of),
+                self.adjoint_kept(s, second, x_shape, kernel_of),
             )
         doubled = torch.Size((x_shape[0], 2 * x_shape[1], *x_shape[2:]))
-        both = self._adjoint_with(s, stacked, doubled, kernel_of)
+        both = self.adjoint_kept(s, stacked, doubled, kernel_of)
         return both[:, : x_shape[1]], both[:, x_shape[1] :]
 
-    def _adjoint_with(self, s, weight, x_shape, kernel_of) -> torch.Tensor:
+    def adjoint_kept(
+        self,
+        s: torch.Tensor,
+        weight: torch.Tensor,
+        x_shape: torch.Size,
+        kernel_of: Callable[[torch.Tensor], torch.Tensor | None] | None,
+    ) -> torch.Tensor:
+        """``adjoint(s, weight, x_shape)`` with the kept ``adjoint_kernel`` that ``kernel_of``
+        gives for ``weight`` (``kernel=`` only where there is one)."""
         kernel = None if kernel_of is None else kernel_of(weight)
         if kernel is None:
             return self.adjoint(s, weight, x_shape)

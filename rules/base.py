@@ -186,12 +186,12 @@ class NodeContext:
             return None
         op = self.op
         made = self.memo(
-            ("Aᵀ kernel", id(weight), _channels_last_5d(s)),
+            ("Aᵀ kernel", id(weight), self.channels_last),
             lambda: (weakref.ref(weight), self._laid_out_or_none(op.adjoint_kernel(weight, s))),
         )
         if made[0]() is weight:
             return made[1]
-        return self.op.adjoint_kernel(weight, s)
+        return op.adjoint_kernel(weight, s)
 
     def _laid_out_or_none(self, weight: torch.Tensor | None) -> torch.Tensor | None:
         return None if weight is None else self.laid_out(weight)
@@ -373,10 +373,6 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 #: per-sample input size up to which a bfloat16 node runs its maps in float32
 #: (``NodeContext.working``)
 SMALL_INPUT = 16384
-
-
-def _channels_last_5d(t: torch.Tensor) -> bool:
-    return t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 def accumulator(dtype: torch.dtype) -> torch.dtype:

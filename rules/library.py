@@ -81,10 +81,8 @@ def _At(ctx: NodeContext, s: torch.Tensor, weight: torch.Tensor | Lazy) -> torch
 
     def one(weight: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
         work = ctx.working(weight)
-        kernel = ctx.adjoint_kernel(work, s)
-        if kernel is None:
-            return widened(ctx.op.adjoint(s.to(work.dtype), work, x_shape))
-        return widened(ctx.op.adjoint(s.to(work.dtype), work, x_shape, kernel=kernel))
+        kept = ctx.adjoint_kernel
+        return widened(ctx.op.adjoint_kept(s.to(work.dtype), work, x_shape, lambda w: kept(w, s)))
 
     if _sliced(ctx, weight):
         return sliced_adjoint(one, weight, ctx.input_shapes[0])
