@@ -402,7 +402,8 @@ class Stabilizer:
     """Safe division ``R / stab(z)``.
 
     ``zero`` (the paper authors' code): ``stab(z) = z`` and the result is 0 where ``z == 0``.
-    ``epsilon`` (zennit, innvestigate): ``stab(z) = z + ε·sign(z)`` with ``sign(0) = +1``.
+    ``epsilon`` (zennit, innvestigate): ``stab(z) = z + ε·sign(z)`` with ``sign(0) = +1``
+    (a z of −0 takes −ε, which hands on the same shares: see ``__call__``).
     In both, a denominator that is zero or subnormal gives 0, and so does a quotient too large
     for the format: never Inf or NaN.
     """
@@ -467,7 +468,10 @@ class Stabilizer:
             if nonnegative:
                 z = z.add_(epsilon) if owned and not z._is_view() else z + epsilon
             else:
-                z = z + torch.where(z >= 0, epsilon, -epsilon)
+                # ε·sign(z) as copysign(ε, z): 8× faster than a where on X3D-S's adds. A z
+                # of −0 takes −ε, which changes no share: a sum is −0 only where every one
+                # of its terms is, so each contribution divided by it is 0 either way
+                z = torch.copysign(epsilon, z).add_(z)
             owned = True
         tiny = torch.finfo(z.dtype).tiny
         # |z + ε·sign(z)| ≥ ε ≥ tiny: no subnormal denominator to mask

@@ -576,6 +576,26 @@ def test_split_rule_on_add_shares_relevance_by_each_addends_contribution(count, 
         assert_matches(actual, wanted)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_epsilon_split_gives_signed_zero_sums_the_shares_of_sign_0_equal_plus_1(dtype):
+    # the stabiliser forms ε·sign(z) as copysign(ε, z): z = −0 takes −ε, not +ε; the shares
+    # must still be those of stab(z) = z + ε·sign(z) with sign(0) = +1, value for value
+    zeros = [(-0.0, -0.0), (0.0, -0.0), (-0.0, 0.0), (0.0, 0.0), (1.0, -1.0), (-1.0, 1.0)]
+    values = [(1.5, -0.25), (-3.0, 2.0), (1e-7, -2e-7), (0.0, 5e-7), (-0.0, -4e-7)]
+    a = torch.tensor([[p for p, _ in zeros + values]], dtype=dtype)
+    b = torch.tensor([[q for _, q in zeros + values]], dtype=dtype)
+    relevance = torch.linspace(-2.0, 3.0, a.shape[1], dtype=dtype)[None]
+    eps = 1e-6
+    total = a.numpy() + b.numpy()
+    stabilised = total + np.where(total >= 0, eps, -eps).astype(total.dtype)  # ±0 ≥ 0
+    share = relevance.numpy() / stabilised
+    rule = make_rule({"name": "split", "stabilizer": "epsilon", "epsilon": eps})
+    shares = rule(merge_context("add", [a, b]), relevance)
+    for actual, x in zip(shares, (a, b)):
+        assert np.isfinite(actual.numpy()).all()
+        np.testing.assert_array_equal(actual.numpy(), x.numpy() * share)
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     count=st.integers(2, 4), shape=st.lists(st.integers(1, 4), min_size=1, max_size=4), seed=seeds
