@@ -51,6 +51,7 @@ from .reverse import (
     run_rule,
 )
 from .rules import NodeContext
+from .rules.base import all_finite, quotients_checked_later
 
 __all__ = ["FrozenExplanation", "Layout", "explain_frozen", "frozen_plan", "wanted_slices"]
 
@@ -368,7 +369,27 @@ def explain_frozen(
     -------
     FrozenExplanation
         Equal to :func:`relgraph.reverse.explain_with_rules` on the full frozen clips.
+        Computed as it is: quotients beyond the format checked once at the end, and the
+        pass run again with each checked where the relevance or the loss is not finite
+        (``relgraph.rules.base.quotients_checked_later``).
     """
+    run = (graph, frames, node_rules, target, seed, wanted)
+    with quotients_checked_later():
+        explanation, lost = _explain_frozen(*run)
+    if all_finite(explanation.relevance) and all_finite(lost):
+        return explanation
+    return _explain_frozen(*run)[0]
+
+
+def _explain_frozen(
+    graph: Graph,
+    frames: torch.Tensor,
+    node_rules: dict,
+    target: Target,
+    seed: str | torch.Tensor,
+    wanted: Sequence[int] | None,
+) -> tuple[FrozenExplanation, torch.Tensor]:
+    """One pass of ``explain_frozen``, and each clip's relevance lost on the way."""
     acts, plans = frozen_forward(graph, frames)
     out_plan = plans[graph.output]
     output = acts[graph.output]
@@ -396,9 +417,10 @@ def explain_frozen(
                 relevance[index] = part
                 lost[index] = part_lost
         fraction = lost_fraction({"all": lost}, start)
-    return FrozenExplanation(
+    explanation = FrozenExplanation(
         relevance=relevance, output=output, target=target_index, lost_fraction=fraction
     )
+    return explanation, lost
 
 
 def _cone(plan: NodePlan, cones: list[tuple[int, int] | None]) -> tuple[int, int] | None:

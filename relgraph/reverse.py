@@ -21,7 +21,7 @@ from .graph import Graph
 from .hostmemory import release_freed
 from .labels import Labels
 from .rules import NEEDS, Composite, NodeContext, Rule, as_composite
-from .rules.base import is_no_relevance, no_relevance
+from .rules.base import all_finite, is_no_relevance, no_relevance, quotients_checked_later
 
 Target = int | str | Sequence[int | str] | torch.Tensor
 
@@ -320,8 +320,37 @@ def explain_with_rules(
     return_all: bool = False,
     return_explanation: bool = False,
 ) -> torch.Tensor | Explanation:
-    """``explain`` with the rules already resolved per node (see ``Composite.resolve``)."""
+    """``explain`` with the rules already resolved per node (see ``Composite.resolve``).
 
+    Unless every node's relevance is returned (``return_all``), the pass leaves quotients
+    beyond the format in place and checks the result once at the end: the input relevance
+    and the lost fraction (``quotients_checked_later``); where they are not finite, the pass
+    runs again with every quotient checked. The result is the same either way."""
+    run = (graph, x, node_rules, target, seed, labels, return_all, return_explanation)
+    if return_all:  # every node's relevance is reported: each quotient checked as it is formed
+        return _explain_pass(*run)
+    with quotients_checked_later():
+        result = _explain_pass(*run)
+    if isinstance(result, Explanation):
+        # each node's loss, not the fraction: that is 0 wherever the seed sums to 0
+        lost = list(result.lost.values())
+        finite = all_finite(result.relevance) and (not lost or all_finite(torch.stack(lost)))
+    else:
+        finite = all_finite(result)
+    return result if finite else _explain_pass(*run)
+
+
+def _explain_pass(
+    graph: Graph,
+    x: torch.Tensor,
+    node_rules: dict[str, Rule],
+    target: Target,
+    seed: str | torch.Tensor,
+    labels: Any,
+    return_all: bool,
+    return_explanation: bool,
+) -> torch.Tensor | Explanation:
+    """One forward and reverse pass of ``explain_with_rules``."""
     needs = {node: rule_needs(rule) for node, rule in node_rules.items()}
     fwd = graph.forward(
         x,

@@ -328,3 +328,37 @@ def test_discriminative_with_and_without_the_shortcut_agree(reduce, normalize):
         torch.testing.assert_close(
             fast.frozen_relevance, slow.frozen_relevance, rtol=1e-12, atol=1e-12 * scale
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_quotient_beyond_the_format_makes_the_shortcut_check_every_quotient(dtype, monkeypatch):
+    # z ≈ 0.04 at the linear layer and a seed of 0.9 × the format's largest number: R / z
+    # overflows. The first pass leaves it; its relevance is not finite, so a second pass
+    # checks every quotient and hands on 0, as explain does on the full frozen clips
+    graph = relgraph.architecture_from_yaml(
+        "input: {shape: [1, 4, 2, 2]}\nnodes:\n"
+        "  - {name: conv, op: conv3d, out_channels: 1, kernel_size: [3, 1, 1],"
+        " padding: [1, 0, 0]}\n"
+        "  - {name: flat, op: flatten}\n"
+        "  - {name: fc, op: linear, out_features: 1, bias: false}\n",
+        dtype=dtype,
+    )
+    graph.tensors("conv")["weight"] = torch.ones(1, 1, 3, 1, 1, dtype=dtype)
+    graph.tensors("conv")["bias"] = torch.zeros(1, dtype=dtype)
+    graph.tensors("fc")["weight"] = torch.ones(1, 16, dtype=dtype)
+    frames = torch.full((1, 1, 2, 2), 1e-3, dtype=dtype)
+    node_rules = resolve_rules(graph, "epsilon-plus", None, None)[1]
+    huge = torch.full((1, 1), 0.9 * torch.finfo(dtype).max, dtype=dtype)
+    passes = []
+    one_pass = relgraph.frozen._explain_frozen
+    monkeypatch.setattr(
+        relgraph.frozen, "_explain_frozen", lambda *a: passes.append(1) or one_pass(*a)
+    )
+    ours = explain_frozen(graph, frames, node_rules, 0, huge, wanted=[0])
+    plain = explain_with_rules(graph, frozen_of(frames, 4), node_rules, 0, huge, return_all=True)
+    assert len(passes) == 2
+    assert torch.equal(plain.relevance, torch.zeros_like(plain.relevance))
+    assert torch.equal(ours.relevance, plain.relevance)
+    passes.clear()
+    explain_frozen(graph, frames, node_rules, 0, torch.ones((1, 1), dtype=dtype), wanted=[0])
+    assert len(passes) == 1

@@ -133,6 +133,17 @@ def assert_all_finite(explanation: relgraph.Explanation) -> None:
         assert not bool(bad.any()), f"node {node}: {int(bad.sum())} NaN/Inf in its relevance"
 
 
+def assert_same_relevance(plain: torch.Tensor, explanation: relgraph.Explanation) -> None:
+    """``explain``'s input relevance (quotients checked once, at the end) is finite and that
+    of ``return_all`` (each quotient checked as it is formed), up to rounding: with every
+    node's relevance kept, no rule forms its result in the relevance it was handed, so a
+    convolution's adjoint may run in another memory layout and sum in another order."""
+    assert torch.isfinite(plain).all()
+    expected = explanation.relevance
+    bound = float(expected.abs().max()) * 10 * torch.finfo(expected.dtype).eps
+    torch.testing.assert_close(plain, expected, rtol=1e-4, atol=bound)
+
+
 def prepared(case, condition, dtype, batch=2):
     graph = case.build(dtype)
     x = CONDITIONS[condition](graph, case.inputs(batch, dtype))
@@ -157,6 +168,8 @@ def test_no_rule_emits_nan_or_inf(condition, case, rule, proportional_pools, dty
     composite = composite_for(rule, proportional_pools)
     explanation = relgraph.explain(graph, x, "auto", composite, seed, return_all=True)
     assert_all_finite(explanation)
+    # the input relevance alone is computed with the quotients checked once, at the end
+    assert_same_relevance(relgraph.explain(graph, x, "auto", composite, seed), explanation)
 
 
 @pytest.mark.parametrize("condition", CONDITIONS)
@@ -175,6 +188,8 @@ def test_no_preset_emits_nan_or_inf(condition, case, name, dtype, seed):
         graph, x, "auto", PRESETS[name], seed, preprocess="c3d-ucf101", return_all=True
     )
     assert_all_finite(explanation)
+    plain = relgraph.explain(graph, x, "auto", PRESETS[name], seed, preprocess="c3d-ucf101")
+    assert_same_relevance(plain, explanation)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -199,3 +214,42 @@ def test_relevance_stays_finite_where_an_intermediate_share_would_overflow(rule,
     composite = BASE.override(ops="linear", rule=rule)
     relevance = relgraph.explain(graph, x, 0, composite, torch.ones(1, 8, dtype=dtype))
     assert torch.isfinite(relevance).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rule", [Epsilon(epsilon=1e-6), ZPlus(bias=True, stabilizer="epsilon")])
+def test_a_quotient_beyond_the_format_makes_explain_check_every_quotient(rule, dtype, monkeypatch):
+    # z = 0.25 + 0.25 and a seed of 0.9 × the format's largest number: R / z overflows. The
+    # input relevance alone is computed with the quotients checked at the end: that first
+    # pass is not finite, so a second checks every quotient, and gives the share 0 (rules.md)
+    graph = relgraph.architecture_from_yaml(
+        "input: {shape: [2]}\nnodes:\n  - {name: fc, op: linear, out_features: 1, bias: false}\n",
+        dtype=dtype,
+    )
+    graph.tensors("fc")["weight"] = torch.ones(1, 2, dtype=dtype)
+    x = torch.tensor([[0.25, 0.25]], dtype=dtype)
+    composite = BASE.override(ops="linear", rule=rule)
+    passes = []
+    one_pass = relgraph.reverse._explain_pass
+    monkeypatch.setattr(
+        relgraph.reverse, "_explain_pass", lambda *a: passes.append(1) or one_pass(*a)
+    )
+    huge = torch.full((1, 1), 0.9 * torch.finfo(dtype).max, dtype=dtype)
+    relevance = relgraph.explain(graph, x, 0, composite, huge)
+    assert len(passes) == 2
+    assert torch.equal(relevance, torch.zeros_like(x))
+    passes.clear()  # the relevance and each node's loss checked: the same two passes
+    explanation = relgraph.explain(graph, x, 0, composite, huge, return_explanation=True)
+    assert len(passes) == 2
+    assert torch.equal(explanation.relevance, torch.zeros_like(x))
+    assert torch.equal(explanation.lost_fraction, torch.ones(1, dtype=dtype))
+    passes.clear()  # every node's relevance kept: each quotient checked in the one pass
+    explanation = relgraph.explain(graph, x, 0, composite, huge, return_all=True)
+    assert len(passes) == 1
+    assert torch.equal(explanation.relevance, torch.zeros_like(x))
+    passes.clear()
+    ordinary = relgraph.explain(graph, x, 0, composite, torch.ones((1, 1), dtype=dtype))
+    assert len(passes) == 1  # finite: the first pass is the result
+    # ε absorbs its share: R·x/(z + ε) for each input
+    expected = 0.25 / (0.5 + torch.tensor(1e-6, dtype=dtype))
+    torch.testing.assert_close(ordinary, torch.full_like(x, float(expected)))
