@@ -145,6 +145,10 @@ class FoldedTensors(Mapping):
         one node of one pass (``Graph.current_tensors``), which reads them many times."""
         return dict(self._current())
 
+    def __contains__(self, key: object) -> bool:
+        # without folding: the folded pair is there once every source is (``_current``)
+        return key in ("weight", "bias") and self._ready()
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._current())
 

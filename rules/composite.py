@@ -56,8 +56,9 @@ class Selector:
     nodes: tuple[str, ...] | None = None
     ops: tuple[str, ...] | None = None
 
-    def matches(self, graph: Graph) -> set[str]:
-        """Names of the matching nodes (the input node never matches)."""
+    def matches(self, graph: Graph, types: dict[str, str] | None = None) -> set[str]:
+        """Names of the matching nodes (the input node never matches); ``types``: each
+        node's op type where the caller has them (``Composite.resolve``, for every entry)."""
         candidates = set(graph.order[1:])
         if self.nodes is not None:
             chosen: set[str] = set()
@@ -73,7 +74,7 @@ class Selector:
             candidates &= chosen
         if self.ops is not None:
             # the patterns tried on each op type once, not on each node
-            ops = {n: graph.op(n).type for n in candidates}
+            ops = {n: graph.op(n).type if types is None else types[n] for n in candidates}
             wanted = {
                 t for t in set(ops.values()) if any(fnmatch.fnmatchcase(t, p) for p in self.ops)
             }
@@ -171,8 +172,9 @@ class Composite:
         """
         preprocess = preprocess or graph.default_preprocess
         chosen: dict[str, Entry] = {}
+        types = {n: graph.op(n).type for n in graph.order[1:]}
         for entry in self.entries:
-            for node in entry.selector.matches(graph):
+            for node in entry.selector.matches(graph, types):
                 chosen[node] = entry
         _warn_folded(self, graph)
         rules: dict[str, Rule] = {}

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import relgraph
+from relgraph.canonize import canonical
 
 # The layer table of /work/shared/c3d.md, typed in from the document: output shape (C, T, H, W)
 # of every layer. Each conv and fc6/fc7 is followed by a ReLU (and fc6/fc7 by dropout) that
@@ -315,6 +316,24 @@ def test_forward_refuses_a_graph_whose_non_strict_load_left_a_tensor_out():
 
     with pytest.raises(relgraph.WeightsError, match=r"no weights for fc7\.bias \("):
         graph.forward(torch.zeros(1, 3, 16, 32, 32))
+
+
+def test_the_canonized_view_refuses_a_folded_layer_whose_batch_norm_lacks_a_tensor():
+    # the folded stem (stem_bn folded in) exists once the conv and every tensor of its
+    # batch norm do: a non-strict load without the running variance leaves neither
+    source = relgraph.load_architecture("resnet-tiny").state_dict()
+    del source["stem_bn.running_var"]
+    graph = relgraph.load_architecture("resnet-tiny", init="none")
+    graph.load_weights(source, strict=False)
+    view = canonical(graph)
+    assert "stem" in view.folded.values()
+
+    with pytest.raises(relgraph.WeightsError, match=r"no weights for stem\.weight, stem\.bias"):
+        view.forward(torch.zeros(1, *graph.input_shape))
+    graph.tensors("stem_bn")["running_var"] = torch.ones(graph.op("stem_bn").num_features)
+    assert "weight" in view.tensors("stem") and "bias" in view.tensors("stem")
+    assert "running_var" not in view.tensors("stem")
+    view.forward(torch.zeros(1, *graph.input_shape))
 
 
 # ----------------------------------------------------------------------- in-place forward ops
