@@ -149,16 +149,17 @@ def signed_share(
     # z, s and the adjoint are temporaries of this rule alone: s is formed in z's memory and
     # the products in the adjoints' (``_in_place``), so that few of them are alive at once
     # (the same values, bit for bit; what the memory mode, ``cache_policy="none"``, is for)
+    # z + ε formed by the map itself, where z ≥ 0 by construction: one pass over z fewer
+    dtype = underlying(w_for_positive).dtype
+    shifted = None
+    if nonnegative_z and bias_key is not None and scale is None:  # made once per node
+        shifted = ctx.memo(
+            ("bias+ε", bias_key, stab, dtype), lambda: stab.epsilon_in_bias(bias, None, dtype)
+        )
+    elif nonnegative_z:
+        shifted = stab.epsilon_in_bias(bias, scale, dtype)
     if nonnegative:
-        dtype = underlying(w_for_positive).dtype
-        shifted = None
-        if nonnegative_z and bias_key is not None and scale is None:  # made once per node
-            shifted = ctx.memo(
-                ("bias+ε", bias_key, stab, dtype), lambda: stab.epsilon_in_bias(bias, None, dtype)
-            )
-        elif nonnegative_z:
-            shifted = stab.epsilon_in_bias(bias, scale, dtype)
-        if shifted is not None:  # z + ε formed by the map itself: one pass over z fewer
+        if shifted is not None:
             s = share(relevance, _A_scaled(ctx, x, w_for_positive, shifted, scale), True)
         else:
             s = share(relevance, _A_scaled(ctx, x, w_for_positive, bias, scale))
@@ -168,9 +169,10 @@ def signed_share(
         w_for_negative = w_for_negative()
     w_for_positive = materialized(w_for_positive)  # the pair's adjoint runs on both at once
     x_pos = positive(x)
-    z = _A_scaled(ctx, x_pos, w_for_positive, bias, scale)
-    x_neg = negative(x)
-    s = share(relevance, _in_place(torch.add, z, _A(ctx, x_neg, w_for_negative)))
+    z = _A_scaled(ctx, x_pos, w_for_positive, bias if shifted is None else shifted, scale)
+    x_neg = negative(x)  # A(x⁻; W⁻) ≥ 0 too: z + ε is still ≥ ε
+    z = _in_place(torch.add, z, _A(ctx, x_neg, w_for_negative))
+    s = share(relevance, z, shifted is not None)
     del z, relevance
     from_positive, from_negative = ctx.adjoint_pair(s, key, w_for_positive, w_for_negative)
     del s
@@ -181,7 +183,7 @@ def signed_share(
     else:
         total = from_positive * x_pos
     del from_positive
-    return total.add_(_in_place(torch.mul, from_negative, x_neg, views=True))
+    return total.addcmul_(from_negative, x_neg)  # no temporary for the second product
 
 
 def _whole(t: torch.Tensor) -> bool:
