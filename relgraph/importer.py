@@ -760,7 +760,18 @@ def _binary(op: str) -> Callable:
             )
         if inputs[0] == inputs[1]:
             raise _Unsupported(f"both operands of {op} are the same tensor '{inputs[0]}'")
-        self.add(node, op, inputs)
+        fields = {}
+        if op == "mul":  # a sigmoid times a signal shaped like the product: a gate (SE)
+            made_by = {spec.name: spec.op for spec in self.nodes}
+            out = tuple(self.out_shape(node))
+            gates = [
+                slot
+                for slot in (0, 1)
+                if made_by.get(inputs[slot]) == "sigmoid" and tuple(shapes[1 - slot]) == out
+            ]
+            if len(gates) == 1:
+                fields["gate"] = gates[0]
+        self.add(node, op, inputs, **fields)
 
     return handle
 

@@ -1362,6 +1362,17 @@ class Mul(Op):
 
     arity = 2
     capabilities = frozenset({"product", "vjp"})
+    gate = Field[int | None](
+        "int?",
+        None,
+        "the input slot (0 or 1) of a gate, such as a squeeze-excitation's sigmoid: "
+        "signal-take-all hands all relevance to the other; left out, the signal is the input "
+        "shaped like the output",
+    )
+
+    def _validate(self):
+        if self.gate is not None and self.gate not in (0, 1):
+            raise OpDefinitionError(f"gate must be the slot 0 or 1, got {self.gate}", "gate")
 
     def resolve(self, in_shapes):
         first, second = in_shapes
@@ -1372,6 +1383,15 @@ class Mul(Op):
                 f"mul needs inputs of one rank whose sizes agree or are 1 (broadcast), got "
                 f"{list(first)} and {list(second)} (batch left out)"
             )
+        if self.gate is not None:
+            signal = in_shapes[1 - self.gate]
+            if any(a < b for a, b in zip(signal, in_shapes[self.gate])):
+                raise OpDefinitionError(
+                    f"gate {self.gate} makes slot {1 - self.gate} the signal, but it is "
+                    f"broadcast ({list(signal)} against the gate's "
+                    f"{list(in_shapes[self.gate])})",
+                    "gate",
+                )
 
     in_place = True
 
@@ -1392,9 +1412,11 @@ class Mul(Op):
             self.to_input_shape(grad * first, input_shapes[1]),
         ]
 
-    @staticmethod
-    def signal_slots(input_shapes: Sequence[Sequence[int]], output_shape: Sequence[int]):
-        """The slots of the inputs that are not broadcast: shaped like the output."""
+    def signal_slots(self, input_shapes: Sequence[Sequence[int]], output_shape: Sequence[int]):
+        """The slot of the signal where the op names its ``gate``; else the slots of the
+        inputs that are not broadcast: shaped like the output."""
+        if self.gate is not None:
+            return [1 - self.gate]
         return [i for i, shape in enumerate(input_shapes) if tuple(shape) == tuple(output_shape)]
 
     @staticmethod

@@ -786,7 +786,8 @@ class SignalTakeAll(Rule):
     """A product of a signal and a gate: ``R_signal = R``, ``R_gate = 0`` (Arras et al. 2017,
     "Explaining recurrent neural network predictions in sentiment analysis", the rule of LRP
     for LSTMs). The signal is the input shaped like the output (the squeeze-excitation gate
-    is broadcast); ``signal`` (slot 0 or 1) names it where both or neither are. A signal
+    is broadcast, or the mul node names its ``gate``); ``signal`` (slot 0 or 1) names it
+    where both or neither are. A signal
     that was broadcast gets R summed over the broadcast dimensions. The gate's zero is a
     broadcast one (``no_relevance``): the reverse pass skips the gate's branch, which would
     only hand on zeros (X3D-S: 9 % of an explanation)."""
@@ -811,7 +812,7 @@ class SignalTakeAll(Rule):
                     f"signal-take-all cannot tell the signal from the gate: "
                     f"{'both' if slots else 'neither'} of the inputs ({listed}) "
                     f"{'are' if slots else 'is'} shaped like the output; give the rule "
-                    "signal: 0 or signal: 1 for this node"
+                    "signal: 0 or signal: 1 for this node, or the mul node gate: 0 or 1"
                 )
             signal = slots[0]
         handed = [no_relevance(relevance, shape) for shape in shapes]

@@ -65,7 +65,7 @@ def test_gate_ops_round_trip_through_yaml():
     for node in graph.order:
         assert again.op(node) == graph.op(node)
     assert graph.op("pool").attrs == {"dims": (2, 3, 4), "keepdim": False}
-    assert graph.op("scale").attrs == {}
+    assert graph.op("scale").attrs == {"gate": None}
 
 
 def test_every_preset_gives_the_gate_ops_their_rules():
@@ -226,3 +226,51 @@ def test_gradient_preset_through_the_gate_ops_equals_autograd():
     leaf = x.clone().requires_grad_(True)
     reference(leaf)[torch.arange(2), targets].sum().backward()
     torch.testing.assert_close(ours, leaf.grad, rtol=1e-10, atol=1e-12)
+
+
+# a signal squeezed to one position: the signal and the gate are both (C, 1, 1, 1)
+SE_AT_ONE_POSITION = """\
+name: se1
+input: {name: input, shape: [4, 1, 1, 1]}
+nodes:
+  - {name: conv, op: conv3d, out_channels: 6, kernel_size: 1}
+  - {name: act, op: silu}
+  - {name: squeeze, op: mean, dims: [2, 3, 4], keepdim: true}
+  - {name: fc1, op: conv3d, out_channels: 6, kernel_size: 1}
+  - {name: gate, op: sigmoid}
+  - {name: scale, op: mul, inputs: [act, gate]GATE}
+  - {name: flat, op: flatten}
+  - {name: fc, op: linear, out_features: 3}
+output: fc
+"""
+
+
+def test_a_named_gate_tells_the_signal_where_both_are_shaped_like_the_output():
+    x = torch.randn(2, 4, 1, 1, 1, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    unnamed = relgraph.architecture_from_yaml(
+        SE_AT_ONE_POSITION.replace("GATE", ""), dtype=torch.float64, seed=1
+    )
+    with pytest.raises(relgraph.RuleError, match=r":9: node 'scale'.*mul node gate: 0 or 1"):
+        relgraph.explain(unnamed, x, rules="epsilon-plus")
+    named = relgraph.architecture_from_yaml(
+        SE_AT_ONE_POSITION.replace("GATE", ", gate: 1"), dtype=torch.float64, seed=1
+    )
+    explanation = relgraph.explain(named, x, rules="epsilon-plus", return_all=True)
+    relevance = explanation.node_relevance
+    assert not relevance["gate"].any() and not relevance["fc1"].any()
+    torch.testing.assert_close(relevance["act"], relevance["scale"])
+    assert relevance["scale"].abs().sum() > 0
+    again = relgraph.architecture_from_yaml(named.to_yaml(), dtype=torch.float64, seed=1)
+    assert again.op("scale").gate == 1
+
+
+@pytest.mark.parametrize(
+    ("gate", "message"),
+    [(", gate: 2", "gate must be the slot 0 or 1"), (", gate: 0", "slot 1 the signal, but it is")],
+)
+def test_a_gate_that_is_not_one_is_refused_naming_its_line(gate, message):
+    # in SE, slot 0 is the signal (C, T, H, W) and slot 1 the gate (C, 1, 1, 1): gate 0
+    # would make the broadcast gate the signal
+    spec = SE.replace("inputs: [act, gate]}", "inputs: [act, gate]" + gate + "}")
+    with pytest.raises(relgraph.RelgraphError, match=rf":11: node .scale.: .*{message}"):
+        relgraph.architecture_from_yaml(spec)
