@@ -324,8 +324,9 @@ def explain_with_rules(
 
     Unless every node's relevance is returned (``return_all``), the pass leaves quotients
     beyond the format in place and checks the result once at the end: the input relevance
-    and the lost fraction (``quotients_checked_later``); where they are not finite, the pass
-    runs again with every quotient checked. The result is the same either way."""
+    and, for an ``Explanation``, each node's lost relevance (``quotients_checked_later``);
+    where they are not finite, the pass runs again with every quotient checked. The result
+    is the same either way."""
     run = (graph, x, node_rules, target, seed, labels, return_all, return_explanation)
     if return_all:  # every node's relevance is reported: each quotient checked as it is formed
         return _explain_pass(*run)

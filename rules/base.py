@@ -543,8 +543,9 @@ _CHECKED_LATER = contextvars.ContextVar("relgraph_quotients_checked_later", defa
 @contextlib.contextmanager
 def quotients_checked_later() -> Iterator[None]:
     """Within this block the stabiliser leaves a quotient beyond the format (``R / z`` that
-    overflows, in float32 only where ``|R| > 3.4e32`` with ε = 1e-6) as Inf or NaN instead
-    of zeroing it: one pass over every quotient fewer (X3D-S's explanation: 4 % of its time).
+    overflows: with the ε stabiliser, ε = 1e-6, in float32 only where ``|R| > 3.4e32``) as
+    Inf or NaN instead of zeroing it: one pass over every quotient fewer (X3D-S's
+    explanation: 4 % of its time).
 
     For a caller that checks the final relevance and, where it is not finite, runs the pass
     again outside the block (``explain``): the result is the same. A quotient beyond the
