@@ -11,7 +11,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -393,6 +393,7 @@ class Graph:
         keep: Iterable[str] | None = None,
         record: Iterable[str] = (),
         channels_last: bool | None = None,
+        made: Callable[[str, torch.Tensor], None] | None = None,
     ) -> ForwardResult:
         """Run the graph on a batch ``x`` and keep each node's activation.
 
@@ -411,6 +412,9 @@ class Graph:
             channels-last on CPU in float32 or bfloat16 whatever the ops: for a forward pass
             alone, where it is faster on every shipped 3-D model (the perturbation metrics'
             forward passes: ``relgraph.evaluate.model_function``); the values are the same.
+        made
+            Called with each kept node and its activation as soon as it is made, while it is
+            still in the cache (``explain`` takes the rules' per-sample extremes there).
         """
         self.check_input(x)
         keep_set = None if keep is None else set(keep) | {self.output}
@@ -433,6 +437,8 @@ class Graph:
             activations[self.input] = self.working_layout(x, channels_last)
             if sharing is not None:
                 sharing.add(activations[self.input])
+            if made is not None and (keep_set is None or self.input in keep_set):
+                made(self.input, activations[self.input])
             for node in self.order[1:]:
                 preds = self.inputs_of(node)
                 inputs = [activations[p] for p in preds]
@@ -453,6 +459,8 @@ class Graph:
                     activations[node] = op.forward(inputs, tensors)
                 if sharing is not None:
                     sharing.add(activations[node])
+                if made is not None and (keep_set is None or node in keep_set):
+                    made(node, activations[node])
                 if keep_set is not None:
                     for p in preds:
                         remaining[p] -= 1

@@ -21,7 +21,14 @@ from .graph import Graph
 from .hostmemory import release_freed
 from .labels import Labels
 from .rules import NEEDS, Composite, NodeContext, Rule, as_composite
-from .rules.base import all_finite, is_no_relevance, no_relevance, quotients_checked_later
+from .rules.base import (
+    all_finite,
+    extremes_remembered,
+    is_no_relevance,
+    no_relevance,
+    quotients_checked_later,
+    remember_extremes,
+)
 
 Target = int | str | Sequence[int | str] | torch.Tensor
 
@@ -352,11 +359,35 @@ def _explain_pass(
     return_explanation: bool,
 ) -> torch.Tensor | Explanation:
     """One forward and reverse pass of ``explain_with_rules``."""
+    with extremes_remembered():  # taken in the forward pass, read by the rules' scale
+        return _explain_remembered(
+            graph, x, node_rules, target, seed, labels, return_all, return_explanation
+        )
+
+
+def _explain_remembered(
+    graph: Graph,
+    x: torch.Tensor,
+    node_rules: dict[str, Rule],
+    target: Target,
+    seed: str | torch.Tensor,
+    labels: Any,
+    return_all: bool,
+    return_explanation: bool,
+) -> torch.Tensor | Explanation:
     needs = {node: rule_needs(rule) for node, rule in node_rules.items()}
+    read = {p for n in node_rules if "inputs" in needs[n] for p in graph.inputs_of(n)}
+    nonnegative = graph.nonnegative_nodes()
+
+    def made(node: str, activation: torch.Tensor) -> None:
+        if node in read:  # an input of a rule, which scans it for its numeric scale
+            remember_extremes(activation, node in nonnegative)
+
     fwd = graph.forward(
         x,
         keep=activations_needed(graph, node_rules),
         record=[n for n in node_rules if "record" in needs[n]],
+        made=made,
     )
     activations, records = fwd.activations, fwd.records
     detailed = return_all or return_explanation
@@ -372,7 +403,6 @@ def _explain_pass(
         # cache_policy "none": a memo that lives for one node only (see Graph.cache_policy)
         keep_cache = graph.cache_policy != "none"
         channels_last = graph.runs_channels_last(x)
-        nonnegative = graph.nonnegative_nodes()
         for node in reversed(graph.order[1:]):
             node_relevance = relevance.pop(node)
             if return_all:

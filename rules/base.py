@@ -655,7 +655,52 @@ def scale_and_sign(
     return _to_rank(scale, first), no_negative
 
 
+#: the extremes ``remember_extremes`` took during one pass: id → (weak reference, whether
+#: the tensor is ≥ 0 by construction, (largest, smallest)); ``None`` outside such a pass
+_REMEMBERED: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "relgraph_remembered_extremes", default=None
+)
+
+
+@contextlib.contextmanager
+def extremes_remembered() -> Iterator[None]:
+    """A pass within which ``remember_extremes`` keeps each sample's extremes of a tensor for
+    the rules' numeric scale (``scale_and_sign``), which then reads them instead of scanning
+    the tensor again. ``explain`` takes them in the forward pass, as each activation is made
+    and still in the cache, and once for an activation that two rules read (X3D's block
+    inputs): X3D-S's scans 20 → 12 ms of an explanation. The same numbers either way."""
+    token = _REMEMBERED.set({})
+    try:
+        yield
+    finally:
+        _REMEMBERED.reset(token)
+
+
+def remember_extremes(t: torch.Tensor, nonnegative: bool) -> None:
+    """Take ``t``'s per-sample extremes now (``nonnegative``: ``t`` ≥ 0 by construction, its
+    maximum alone), for ``_sample_extremes`` to read later in this pass; nothing outside
+    ``extremes_remembered``. ``t`` must not change afterwards (kept activations do not)."""
+    remembered = _REMEMBERED.get()
+    if remembered is not None:
+        remembered[id(t)] = (weakref.ref(t), nonnegative, _scan(t, nonnegative))
+
+
 def _sample_extremes(t: torch.Tensor, nonnegative: bool) -> tuple[list[float], list[float]]:
+    """Each sample's largest and (unless ``nonnegative``) smallest entry: those
+    ``remember_extremes`` took of this very tensor, else a scan (``_scan``). A tensor
+    remembered as ≥ 0 by construction has no entry below 0: its smallest is reported as 0,
+    which gives the same peak and sign as the true one."""
+    remembered = _REMEMBERED.get()
+    entry = None if remembered is None else remembered.get(id(t))
+    if entry is not None and entry[0]() is t:
+        highs, lows = entry[2]
+        if nonnegative:
+            return highs, []
+        return highs, [0.0] * len(highs) if entry[1] else lows
+    return _scan(t, nonnegative)
+
+
+def _scan(t: torch.Tensor, nonnegative: bool) -> tuple[list[float], list[float]]:
     """Each sample's largest and (unless ``nonnegative``) smallest entry, as Python floats,
     after one transfer to the host: the tests on them cost a dozen tiny tensor ops less per
     rule in Python, which counts on graphs of hundreds of nodes (X3D's).

@@ -37,7 +37,13 @@ from relgraph.rules import (
     ZBeta,
     ZPlus,
 )
-from relgraph.rules.base import SAFE_EXPONENTS, sample_scale, scale_and_sign
+from relgraph.rules.base import (
+    SAFE_EXPONENTS,
+    extremes_remembered,
+    remember_extremes,
+    sample_scale,
+    scale_and_sign,
+)
 from strategies import graph_cases, one_torch_thread  # noqa: F401
 
 import relgraph
@@ -249,3 +255,47 @@ def test_the_scale_and_sign_do_not_depend_on_the_memory_layout(layout, nonnegati
     scale, no_negative = scale_and_sign(x, nonnegative=nonnegative)
     assert no_negative is nonnegative
     assert torch.equal(scale.flatten(), _scale_by_reference([x]))
+
+
+@pytest.mark.parametrize("remembered_nonnegative", [False, True])
+@pytest.mark.parametrize("asked_nonnegative", [False, True])
+def test_remembered_extremes_give_the_scale_and_sign_of_a_scan(
+    remembered_nonnegative, asked_nonnegative
+):
+    # explain takes each rule input's extremes as the forward pass makes it; a rule may ask
+    # with or without the sign known, and a tensor remembered as ≥ 0 reports 0 as its least
+    generator = torch.Generator().manual_seed(5)
+    x = torch.rand(3, 4, 5, generator=generator) * torch.tensor([2.0**-50, 1.0, 2.0**40]).reshape(
+        -1, 1, 1
+    )
+    if not (remembered_nonnegative or asked_nonnegative):  # a rule asks so only of x ≥ 0
+        x[1, 0, 0] = -7.0
+    expected = scale_and_sign(x)  # scanned for both extremes
+    with extremes_remembered():
+        remember_extremes(x, remembered_nonnegative)
+        scale, no_negative = scale_and_sign(x, nonnegative=asked_nonnegative)
+        other = -x - 1.0  # another tensor: scanned, not read from x's entry
+        assert scale_and_sign(other)[1] is False
+    assert no_negative is expected[1]
+    assert torch.equal(scale, expected[0])
+
+
+def test_explain_reads_the_extremes_taken_in_the_forward_pass(monkeypatch):
+    # resnet-tiny's residual block input is read by a convolution's rule and by the add's:
+    # remembered as the forward pass makes it, it is scanned once; the relevance is the same
+    import relgraph.rules.base as base
+
+    import relgraph.reverse
+
+    graph = relgraph.load_architecture("resnet-tiny")
+    x = torch.randn(2, *graph.input_shape, generator=torch.Generator().manual_seed(6))
+    scans = []
+    scan = base._scan
+    monkeypatch.setattr(base, "_scan", lambda t, n: scans.append(1) or scan(t, n))
+    remembered = relgraph.explain(graph, x)
+    count = len(scans)
+    scans.clear()
+    monkeypatch.setattr(relgraph.reverse, "remember_extremes", lambda t, n: None)
+    scanned = relgraph.explain(graph, x)
+    assert count < len(scans)
+    assert torch.equal(remembered, scanned)
