@@ -348,6 +348,7 @@ def explain_with_rules(
     return result if finite else _explain_pass(*run)
 
 
+@extremes_remembered()  # taken in the forward pass, read by the rules' numeric scale
 def _explain_pass(
     graph: Graph,
     x: torch.Tensor,
@@ -359,22 +360,6 @@ def _explain_pass(
     return_explanation: bool,
 ) -> torch.Tensor | Explanation:
     """One forward and reverse pass of ``explain_with_rules``."""
-    with extremes_remembered():  # taken in the forward pass, read by the rules' scale
-        return _explain_remembered(
-            graph, x, node_rules, target, seed, labels, return_all, return_explanation
-        )
-
-
-def _explain_remembered(
-    graph: Graph,
-    x: torch.Tensor,
-    node_rules: dict[str, Rule],
-    target: Target,
-    seed: str | torch.Tensor,
-    labels: Any,
-    return_all: bool,
-    return_explanation: bool,
-) -> torch.Tensor | Explanation:
     needs = {node: rule_needs(rule) for node, rule in node_rules.items()}
     read = {p for n in node_rules if "inputs" in needs[n] for p in graph.inputs_of(n)}
     nonnegative = graph.nonnegative_nodes()
