@@ -39,7 +39,7 @@ import torch
 from .errors import RelgraphError
 from .graph import Graph
 from .hostmemory import release_freed
-from .ops import infer_output_shape
+from .ops import all_finite, infer_output_shape
 from .reverse import (
     Target,
     _accumulator,
@@ -51,7 +51,7 @@ from .reverse import (
     run_rule,
 )
 from .rules import NodeContext
-from .rules.base import all_finite, quotients_checked_later
+from .rules.base import quotients_checked_later
 
 __all__ = ["FrozenExplanation", "Layout", "explain_frozen", "frozen_plan", "wanted_slices"]
 

@@ -20,9 +20,9 @@ from .errors import RuleError, TargetError
 from .graph import Graph
 from .hostmemory import release_freed
 from .labels import Labels
+from .ops import all_finite
 from .rules import NEEDS, Composite, NodeContext, Rule, as_composite
 from .rules.base import (
-    all_finite,
     extremes_remembered,
     is_no_relevance,
     no_relevance,
