@@ -1,6 +1,6 @@
 """Throughput of ``relgraph dataset explain``: clips per second with 1 and 2 processes.
 
-Writes N synthetic videos (``relgraph.synthetic``, one folder per class), then explains them
+Writes N synthetic videos (``relgraph.datasets.synthetic``, a folder per class), then explains them
 with the shipped demo model (c3d-tiny), once in one process and once with
 ``torchrun --nproc-per-node 2`` (gloo over 127.0.0.1), each into a fresh store, and prints
 clips per second and where the time goes (summed over ranks): decoding (in background
@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from relgraph.demo_model import DEMO_LABELS, DEMO_WEIGHTS
-from relgraph.outputs import write_json
-from relgraph.synthetic import write_video_folders
+from relgraph.datasets.synthetic import write_video_folders
+from relgraph.io.outputs import write_json
+from relgraph.models.demo import DEMO_LABELS, DEMO_WEIGHTS
 
 
 def free_port() -> int:

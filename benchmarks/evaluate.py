@@ -1,6 +1,6 @@
 """Measure the maps of a trained tiny model: the README's evaluation table and plots.
 
-Runs :func:`relgraph.evaluation.run_evaluation` (the same suite as ``relgraph evaluate``) on
+Runs :func:`relgraph.evaluation.suite.run_evaluation` (the same suite as ``relgraph evaluate``) on
 synthetic clips with irrelevant motion, prints the Markdown tables and draws
 ``perturbation-curves.png`` (freeze MoRF/LeRF curves per map) and ``randomisation.png``
 (Spearman ρ per randomised layer) into ``--figures``. Another trained model's rows come from
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from relgraph.evaluate_cli import add_evaluation_options, evaluation_graph, evaluation_kwargs
-from relgraph.evaluation import DEFAULT_MAPS, markdown, run_evaluation, synthetic_data
-from relgraph.outputs import atomic_path, write_json
+from relgraph.cli.evaluate import add_evaluation_options, evaluation_graph, evaluation_kwargs
+from relgraph.evaluation.suite import DEFAULT_MAPS, markdown, run_evaluation, synthetic_data
+from relgraph.io.outputs import atomic_path, write_json
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ torchvision-style zoo and the demo models) at its full input size, float32, ``ep
 a warm-up of each of the four configurations, then ``--rounds`` rounds, each timing one
 forward pass and one explanation in either layout, the order of the layouts alternating from
 round to round, so that a machine whose speed drifts moves both alike. Freed memory is kept
-for reuse meanwhile (``relgraph.hostmemory.reuse_freed``), so that no call faults in pages an
+for reuse meanwhile (``relgraph.engine.hostmemory.reuse_freed``), so that no call faults in pages an
 earlier one handed back. Prints a markdown table of medians and, with ``--json``, writes it.
 
 The layout is set with ``Graph.channels_last`` (``None``: relgraph's choice,
@@ -24,8 +24,8 @@ import time
 import torch
 
 import relgraph
-from relgraph.hostmemory import reuse_freed
-from relgraph.outputs import write_json
+from relgraph.engine.hostmemory import reuse_freed
+from relgraph.io.outputs import write_json
 
 DEFAULT_MODELS = "c3d,r3d-18,mc3-18,r2plus1d-18,s3d,c3d-tiny,r2plus1d-tiny"
 

@@ -12,7 +12,7 @@ pool's own forward, or its window sums, as the modified forward, zennit's ``Norm
 (``split`` with its stabiliser), ReLU/SiLU/sigmoid (``pass``) and the squeeze-excitation
 product (``signal-take-all``: the signal input keeps R, the gate gets none, as libraries
 detach the gate). Batch norms are folded first where ``relgraph.explain`` folds them
-(``relgraph.canonize.canonical``), so both run the rules on the same layers.
+(``relgraph.engine.canonize.canonical``), so both run the rules on the same layers.
 
 Autograd lives here on purpose: this is the peers' method, not relgraph's engine.
 """
@@ -32,7 +32,7 @@ from relgraph.rules import (
 )
 
 import relgraph
-from relgraph.canonize import canonical
+from relgraph.engine.canonize import canonical
 
 
 def _safe_divide(numerator: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:

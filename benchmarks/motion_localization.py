@@ -1,6 +1,6 @@
 """Does the temporal map find what moves? Motion localisation on synthetic clips with masks.
 
-The synthetic clips (``relgraph.synthetic``) show textured objects that move in the class's
+The synthetic clips (``relgraph.datasets.synthetic``) show textured objects that move in the class's
 direction, static copies of them (distractors) and a textured static background; motion
 decides the class, and the objects' colour agrees with it with probability ``--cue`` (0.8),
 as the scene does in real action data. For the shipped demo model
@@ -62,12 +62,12 @@ import numpy as np
 import torch
 from relgraph.rules import as_composite
 
-from relgraph.demo_model import DEMO_MODELS
-from relgraph.discriminative import DEFAULT_BATCH_SIZE, discriminative_with_rules
-from relgraph.outputs import atomic_path, write_json
-from relgraph.plots import figure_paper, paper_columns
-from relgraph.preprocess import get_preprocess
-from relgraph.synthetic import APPEARANCE_CUE, CLASS_NAMES, make_set
+from relgraph.datasets.synthetic import APPEARANCE_CUE, CLASS_NAMES, make_set
+from relgraph.io.outputs import atomic_path, write_json
+from relgraph.io.plots import figure_paper, paper_columns
+from relgraph.io.preprocess import get_preprocess
+from relgraph.methods.discriminative import DEFAULT_BATCH_SIZE, discriminative_with_rules
+from relgraph.models.demo import DEMO_MODELS
 
 REGIONS = ("moving", "static", "irrelevant", "background", "trail", "motion")
 REGION_LABELS = {
@@ -134,7 +134,7 @@ def summarise(values: np.ndarray) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from relgraph.demo_model import DEMO_PREPROCESS, load_demo_model
+    from relgraph.models.demo import DEMO_PREPROCESS, load_demo_model
 
     torch.manual_seed(0)
     graph = load_demo_model(args.arch)

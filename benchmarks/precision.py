@@ -5,7 +5,7 @@ C3D (shipped architecture, its random initial weights unless ``--weights``) with
 ``deep-taylor-paper``:
 
 - accuracy over ``--clips`` clips (default 20): synthetic action clips
-  (``relgraph.synthetic``, 128×128, moving textured objects) through the architecture's own
+  (``relgraph.datasets.synthetic``, 128×128, moving textured objects) through the architecture's own
   preprocessing (``c3d-ucf101``: values in about [-102, 153], as real preprocessed input),
   and as many uniform-noise clips over the same range (``--noise``). For each clip, the
   bfloat16 map (graph and input in bfloat16, the target float32's prediction) against the
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 import relgraph
-from relgraph.outputs import write_json
-from relgraph.preprocess import get_preprocess
-from relgraph.synthetic import CLASS_NAMES, make_clip
+from relgraph.datasets.synthetic import CLASS_NAMES, make_clip
+from relgraph.io.outputs import write_json
+from relgraph.io.preprocess import get_preprocess
 
 RULES = "deep-taylor-paper"
 

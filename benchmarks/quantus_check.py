@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from relgraph import evaluate as ev
+from relgraph.evaluation import metrics as ev
 
 
 def image_model() -> nn.Module:

@@ -10,9 +10,9 @@ warm-up, each configuration in a fresh subprocess so that its peak memory is its
   forward per layer plus ``torch.autograd.grad``), checked to give the same relevance;
 - captum's LRP with the rules it shares with relgraph (z⁺ as ``Alpha1_Beta0_Rule`` with
   the bias off, ε for the first layer and max pools), against relgraph with the same rules;
-- ``relgraph.discriminative`` (T = 16) against 17 single explanations one after another;
-- ``relgraph.discriminative`` ÷ one explanation for each ``reduce``, with the frozen-clip
-  shortcut (``relgraph.frozen``) on and off (``--only-frozen``: this table alone);
+- ``relgraph.methods.discriminative`` (T = 16) against 17 single explanations one after another;
+- ``relgraph.methods.discriminative`` ÷ one explanation for each ``reduce``, with the frozen-clip
+  shortcut (``relgraph.methods.frozen``) on and off (``--only-frozen``: this table alone);
 - peak memory: resident set size on CPU, ``torch.cuda.max_memory_allocated`` on CUDA;
 - the memory modes (``--only-memory``: this table alone): time and peak memory of one
   explanation per ``cache_policy`` (default allocator and glibc's 1 MiB mmap threshold;
@@ -31,7 +31,7 @@ explain ÷ forward, the same ratio paired (forward and explanation in turns in o
 the median of the rounds' ratios: steadier on a machine whose speed drifts), the autograd
 baseline (``lrp_autograd.py`` on the same canonized graph, checked against ``explain``), the
 discriminative method ÷ one explanation (``--disc-models``), the page faults per call and
-peak RSS. Its workers keep freed memory for reuse (``relgraph.hostmemory.reuse_freed``), so
+peak RSS. Its workers keep freed memory for reuse (``relgraph.engine.hostmemory.reuse_freed``), so
 that no pass is timed faulting pages in that an earlier one handed back. Weights are the
 architectures' random initialisation (no checkpoints are needed for timing), except the
 shipped demo models, which load their weights.
@@ -95,7 +95,7 @@ def _build(frames: int, device: str):
     if frames == 16:
         graph = relgraph.load_architecture("c3d", device=device)
     else:
-        text = (Path(relgraph.graph.architecture_path("c3d"))).read_text()
+        text = (Path(relgraph.engine.graph.architecture_path("c3d"))).read_text()
         text = text.replace("shape: [3, 16, 112, 112]", f"shape: [3, {frames}, 112, 112]")
         text = text.replace("in_features: 8192, ", "")
         if frames < 16:  # pool5 sees a single frame: it pools space only
@@ -284,7 +284,7 @@ def worker(
         result = result.detach()
         report["max_rel_diff_vs_relgraph"] = float((ours - result).abs().max() / result.abs().max())
     if kind.startswith("explain:"):
-        from relgraph.reverse import activations_needed
+        from relgraph.engine.reverse import activations_needed
 
         name = kind.split(":", 1)[1]
         composite = captum_like if name == "captum-like" else preset(name)
@@ -299,8 +299,8 @@ def worker(
 def _memory_baseline(graph, fresh_peak: bool) -> dict:
     """What the process holds before its first explanation, apart from the weights: the
     interpreter, torch, relgraph and the graph's structure (the memory the graph's build freed
-    handed back first, ``relgraph.hostmemory``); and the peak RSS restarted from here."""
-    from relgraph.hostmemory import release_freed
+    handed back first, ``relgraph.engine.hostmemory``); and the peak RSS restarted from here."""
+    from relgraph.engine.hostmemory import release_freed
 
     release_freed()
     weights = sum(t.numel() * t.element_size() for t in graph.state_dict().values())
@@ -365,7 +365,7 @@ def _build_model(model: str, device: str):
     """A model at its full input size: a shipped demo model with its weights, any other
     architecture with its random initialisation (seed 0)."""
     import relgraph
-    from relgraph.demo_model import DEMO_MODELS, load_demo_model
+    from relgraph.models.demo import DEMO_MODELS, load_demo_model
 
     if model in DEMO_MODELS:
         return load_demo_model(model).to(device=device)
@@ -378,7 +378,7 @@ def model_worker(kind: str, model: str, device: str, repeats: int) -> dict:
     import torch
 
     import relgraph
-    from relgraph.hostmemory import reuse_freed
+    from relgraph.engine.hostmemory import reuse_freed
 
     sys.path.insert(0, str(HERE))
     from lrp_autograd import node_rules_for, relevance_autograd
@@ -398,7 +398,7 @@ def model_worker(kind: str, model: str, device: str, repeats: int) -> dict:
     }
     if kind != "paired" and kind not in runs:
         raise SystemExit(f"unknown kind {kind} for a model")
-    # Freed memory is kept for reuse (relgraph.hostmemory.reuse_freed) in every kind: with
+    # Freed memory is kept for reuse (relgraph.engine.hostmemory.reuse_freed) in every kind: with
     # glibc's defaults a pass that frees its activations as it goes (the forward) hands its
     # pages back and faults them in again on the next call, and how often depends on what the
     # process did before: an r2plus1d-18 forward after explanations took 89,000 page faults
@@ -466,7 +466,7 @@ def _paired(forward, explain, rounds: int, device: str, model: str) -> dict:
 
 
 def _model_names(text: str) -> list[str]:
-    from relgraph.graph import shipped_architectures
+    from relgraph.engine.graph import shipped_architectures
 
     if text == "all":
         return shipped_architectures()
@@ -696,7 +696,7 @@ def _memory_table(args) -> list[dict]:
         "build's freed memory handed back first); *own peak* = peak − baseline, i.e. the "
         "weights plus all the explanations add, set against 1.5 × (weights + activations the "
         "rules need: the inputs of every node whose rule reads its inputs and the outputs of "
-        "those that read their output, `relgraph.reverse.activations_needed`). "
+        "those that read their output, `relgraph.engine.reverse.activations_needed`). "
         "CUDA: `max_memory_allocated`, no baseline.\n"
     )
     print(
@@ -868,7 +868,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from relgraph.outputs import write_json
+    from relgraph.io.outputs import write_json
 
     cpu = platform.processor() or platform.machine()
     threads = args.threads or torch.get_num_threads()

@@ -1,8 +1,54 @@
-"""relgraph: an explicit layer-wise relevance graph engine for video (3D CNN) classifiers."""
+"""relgraph: an explicit layer-wise relevance graph engine for video classifiers."""
 
-from . import rules
-from .discriminative import DiscriminativeResult, discriminative
-from .errors import (
+import re as _re
+from importlib import metadata as _metadata
+from pathlib import Path as _Path
+
+
+def _version() -> str:
+    """The version, defined once in ``pyproject.toml`` (read from a checkout if not installed)."""
+    pyproject = _Path(__file__).resolve().parent.parent / "pyproject.toml"
+    if pyproject.is_file():
+        found = _re.search(r'^version = "([^"]+)"', pyproject.read_text(), _re.M)
+        if found:
+            return found.group(1)
+    try:
+        return _metadata.version("relgraph")
+    except _metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()
+
+
+def _mount_top_level_packages() -> None:
+    """Let ``relgraph.rules`` and ``relgraph.architectures`` resolve in a source checkout.
+
+    The project keeps ``rules/`` and ``architectures/`` beside the package (an install maps
+    them into it). In an uninstalled checkout the repository root joins the package's search
+    path, so that those two folders import as subpackages there too.
+    """
+    here = _Path(__file__).resolve().parent
+    top = here.parent
+    if not (here / "rules").is_dir() and (top / "rules" / "__init__.py").is_file():
+        __path__.append(str(top))
+
+
+_mount_top_level_packages()
+
+from relgraph import rules
+from relgraph.engine.graph import (
+    ForwardResult,
+    Graph,
+    architecture_from_yaml,
+    compile_spec,
+    load_architecture,
+    shipped_architectures,
+)
+from relgraph.engine.reverse import Explanation, explain, explain_with_rules
+from relgraph.errors import (
+    ArgumentError,
+    DatasetError,
     GraphError,
     LabelError,
     OutputError,
@@ -11,26 +57,20 @@ from .errors import (
     RuleError,
     ShapeError,
     SpecError,
+    StoreError,
     TargetError,
     TorchImportError,
     VideoError,
     WeightsError,
 )
-from .graph import (
-    ForwardResult,
-    Graph,
-    architecture_from_yaml,
-    compile_spec,
-    load_architecture,
-    shipped_architectures,
-)
-from .importer import from_torch
-from .pipeline import VideoExplanation, explain_video
-from .reverse import Explanation, explain, explain_with_rules
-
-__version__ = "0.1.0"
+from relgraph.methods.discriminative import DiscriminativeResult, discriminative
+from relgraph.models.from_torch import from_torch
+from relgraph.pipeline.video import VideoExplanation, explain_video
 
 __all__ = [
+    "ArgumentError",
+    "DatasetError",
+    "StoreError",
     "DiscriminativeResult",
     "Explanation",
     "ForwardResult",

@@ -1,5 +1,5 @@
-"""``python -m relgraph``: the command line (see ``relgraph.cli``)."""
+"""``python -m relgraph``: the command line (see ``relgraph.cli.main``)."""
 
-from .cli import main
+from relgraph.cli.main import main
 
 raise SystemExit(main())

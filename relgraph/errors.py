@@ -50,6 +50,13 @@ class RelgraphError(Exception):
         return f"{prefix}: {self.message}" if prefix else self.message
 
 
+class ArgumentError(RelgraphError, ValueError):
+    """A function or command was called with an argument it cannot take.
+
+    It is a ``ValueError`` too, as Python's own argument checks are.
+    """
+
+
 class SpecError(RelgraphError):
     """An architecture or rule file is not valid: YAML syntax, fields, types, unknown names."""
 

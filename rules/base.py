@@ -2,7 +2,7 @@
 
 A rule turns the relevance of a node's output into relevance of its inputs. It asks the op
 for a capability (``affine``, ``window``, ``max_route``, ``split``, ``reshape``; see
-``relgraph.ops``) and never looks at the op's type.
+``relgraph.engine.ops``) and never looks at the op's type.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from relgraph.engine.hostmemory import release_freed
+from relgraph.engine.ops import Op
 from relgraph.errors import RuleError, did_you_mean
-from relgraph.hostmemory import release_freed
-from relgraph.ops import Op
 
 
 @dataclass

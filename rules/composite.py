@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
+from relgraph.engine.spec import line_of, load_yaml
 from relgraph.errors import RuleError, did_you_mean
-from relgraph.resources import shipped_names, shipped_path
-from relgraph.spec import line_of, load_yaml
+from relgraph.io.resources import shipped_names, shipped_path
 
 from .base import RULES, Rule, make_rule
 
 if TYPE_CHECKING:
-    from relgraph.graph import Graph
+    from relgraph.engine.graph import Graph
 
 SELECTOR_KEYS = ("nodes", "ops")
 ENTRY_KEYS = (*SELECTOR_KEYS, "rule")
@@ -219,10 +219,10 @@ class Composite:
         self, graph: Graph, *, preprocess: str | None = None, canonize: bool | None = None
     ) -> str:
         """A table of which rule each node gets, on the graph the rules run on: batch norms
-        folded (``relgraph.canonize``) unless ``canonize`` is false (default: the
+        folded (``relgraph.engine.canonize``) unless ``canonize`` is false (default: the
         architecture's). A folded batch norm is listed with the layer it was folded into: it
         has no rule of its own, and a rule aimed at it has no effect."""
-        from relgraph.canonize import canonical
+        from relgraph.engine.canonize import canonical
 
         view = canonical(graph, canonize)
         rules = self.resolve(view, preprocess=preprocess)

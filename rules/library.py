@@ -13,9 +13,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from relgraph.engine.ops import keeps_shape
 from relgraph.errors import RelgraphWarning, RuleError
-from relgraph.ops import keeps_shape
-from relgraph.preprocess import get_preprocess
+from relgraph.io.preprocess import get_preprocess
 
 from .base import (
     LOW_PRECISION,

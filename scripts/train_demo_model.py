@@ -66,15 +66,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from relgraph.discriminative import frozen_clips
-from relgraph.graph import Graph, load_architecture
-from relgraph.preprocess import get_preprocess
-from relgraph.synthetic import (
+from relgraph.datasets.synthetic import (
     APPEARANCE_CUE,
     CLASS_NAMES,
     make_dataset,
     write_label_file,
 )
+from relgraph.engine.graph import Graph, load_architecture
+from relgraph.io.preprocess import get_preprocess
+from relgraph.methods.discriminative import frozen_clips
 
 ARCHITECTURE = "c3d-tiny"
 #: the architectures this script trains, and the file each one's weights go to
@@ -255,7 +255,7 @@ def graph_accuracy(graph: Graph, clips: torch.Tensor, labels: torch.Tensor) -> f
 
 def video_round_trip(frames: np.ndarray, folder: Path) -> np.ndarray:
     """The clips as ``relgraph demo`` sees them: written to mp4 (8 fps), then decoded."""
-    from relgraph.video import read_video, write_video
+    from relgraph.io.video import read_video, write_video
 
     decoded = np.empty_like(frames)
     for index, clip in enumerate(frames):

@@ -22,8 +22,8 @@ import yaml
 from hypothesis import strategies as st
 
 import relgraph
-from relgraph.graph import compile_spec
-from relgraph.spec import parse_spec
+from relgraph.engine.graph import compile_spec
+from relgraph.engine.spec import parse_spec
 
 
 @pytest.fixture(autouse=True, scope="module")

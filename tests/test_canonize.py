@@ -12,10 +12,10 @@ import torch
 import zoo_reference as zoo
 
 import relgraph
-from relgraph.canonize import canonical, fold_batchnorm, fold_pairs
-from relgraph.cli import main
+from relgraph.cli.main import main
+from relgraph.engine.canonize import canonical, fold_batchnorm, fold_pairs
+from relgraph.engine.graph import shipped_architectures
 from relgraph.errors import RelgraphError
-from relgraph.graph import shipped_architectures
 
 RESNETS = {"r3d-18": zoo.r3d_18, "mc3-18": zoo.mc3_18, "r2plus1d-18": zoo.r2plus1d_18}
 """Shipped architectures with a torch.nn reference and its EpsilonPlus reference."""

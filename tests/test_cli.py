@@ -2,7 +2,7 @@
 
 One test runs the full-size C3D (random weights saved as a DataParallel training checkpoint)
 through ``relgraph explain``; the others use c3d-tiny to stay fast. Commands run in-process
-through ``relgraph.cli.main``, and once as ``python -m relgraph``.
+through ``relgraph.cli.main.main``, and once as ``python -m relgraph``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import relgraph
-from relgraph.cli import main
+from relgraph.cli.main import main
 
 TINY_CLASSES = ["Walk", "Run", "Jump", "Swim"]
 OUTPUT_FILES = ("figure.png", "animation.gif", "frames.png", "relevance.npz", "summary.json")
@@ -152,8 +152,8 @@ def test_explain_full_size_c3d_from_a_dataparallel_checkpoint_end_to_end(files, 
 
     summary = read_summary(out)
     # The prediction is the model's on the clip, preprocessed the c3d-ucf101 way.
-    from relgraph.preprocess import get_preprocess
-    from relgraph.video import read_video
+    from relgraph.io.preprocess import get_preprocess
+    from relgraph.io.video import read_video
 
     clip = get_preprocess("c3d-ucf101")(read_video(files["video"])[:16])
     logits = c3d.forward(clip[None]).output[0]
@@ -280,14 +280,14 @@ def test_demo_writes_a_real_video_and_explains_it_with_the_shipped_model(tmp_pat
     assert main(["demo", "--out", str(out), "--seed", "3", "--quiet"]) == 0
     assert time.perf_counter() - started < 60
     assert (out / "demo.mp4").is_file()
-    info = relgraph.video.video_info(out / "demo.mp4")
+    info = relgraph.io.video.video_info(out / "demo.mp4")
     assert (info.frames, info.width, info.height) == (16, 32, 32)
     for name in OUTPUT_FILES:
         assert (out / name).is_file(), name
     check_images(out, 16)
     summary = read_summary(out)
-    assert summary["demo"]["true_class"]["name"] in relgraph.synthetic.CLASS_NAMES
-    assert summary["prediction"]["name"] in relgraph.synthetic.CLASS_NAMES
+    assert summary["demo"]["true_class"]["name"] in relgraph.datasets.synthetic.CLASS_NAMES
+    assert summary["prediction"]["name"] in relgraph.datasets.synthetic.CLASS_NAMES
     assert summary["options"]["preprocess"] == "hara"
     with np.load(out / "relevance.npz") as arrays:
         assert arrays["moving_mask"].shape == (16, 32, 32)
@@ -308,7 +308,7 @@ def test_arch_show_prints_the_layer_table_with_parameters(capsys):
 
 
 def test_arch_check_prints_ok_for_a_valid_file(capsys):
-    from relgraph.graph import architecture_path
+    from relgraph.engine.graph import architecture_path
 
     assert main(["arch", "check", str(architecture_path("c3d"))]) == 0
     assert capsys.readouterr().out.startswith("OK")
@@ -458,7 +458,7 @@ def test_keyboard_interrupt_exits_130_without_traceback(files, tmp_path, capsys,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("relgraph.cli.explain_video", interrupted)
+    monkeypatch.setattr("relgraph.cli.main.explain_video", interrupted)
     assert main(tiny_explain(files, tmp_path / "out")) == 130
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err

@@ -26,7 +26,7 @@ from strategies import one_torch_thread  # noqa: F401
 
 import relgraph
 from relgraph.errors import RuleError
-from relgraph.preprocess import get_preprocess
+from relgraph.io.preprocess import get_preprocess
 
 C3D_CONVS = ("conv1", "conv2", "conv3a", "conv3b", "conv4a", "conv4b", "conv5a", "conv5b")
 C3D_POOLS = ("pool1", "pool2", "pool3", "pool4", "pool5")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relgraph.ops import OPS, _canonical_channels_last, _positions
+from relgraph.engine.ops import OPS, _canonical_channels_last, _positions
 
 CASES = [
     # dims, in, out, groups, kernel, stride, padding, dilation, size

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from relgraph.cli import main
-from relgraph.datasets import load_source
-from relgraph.demo_model import DEMO_LABELS, DEMO_WEIGHTS
-from relgraph.distributed import shard
+from relgraph.cli.main import main
+from relgraph.datasets.distributed import shard
+from relgraph.datasets.sources import load_source
+from relgraph.datasets.store import read_index
+from relgraph.datasets.synthetic import CLASS_NAMES, make_clip, write_video_folders
 from relgraph.errors import DatasetError
-from relgraph.store import read_index
-from relgraph.synthetic import CLASS_NAMES, make_clip, write_video_folders
-from relgraph.video import write_video
+from relgraph.io.video import write_video
+from relgraph.models.demo import DEMO_LABELS, DEMO_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,10 +182,10 @@ def test_store_index_and_failures(reference, source):
 
 def test_maps_equal_a_direct_discriminative_call(reference, source):
     """The stored maps of a video are relgraph.discriminative on its clip, computed alone."""
-    from relgraph.demo_model import load_demo_model
-    from relgraph.discriminative import discriminative
-    from relgraph.preprocess import get_preprocess
-    from relgraph.video import read_video, select_clip
+    from relgraph.io.preprocess import get_preprocess
+    from relgraph.io.video import read_video, select_clip
+    from relgraph.methods.discriminative import discriminative
+    from relgraph.models.demo import load_demo_model
 
     row = next(r for r in read_index(reference / "index.jsonl") if r["status"] == "ok")
     graph = load_demo_model()
@@ -233,7 +233,7 @@ def test_changed_options_are_refused_and_nothing_is_lost(reference, source, caps
         assert "other options" in lines[0] and change in lines[0]
     from safetensors.torch import save_file
 
-    from relgraph.demo_model import load_demo_model
+    from relgraph.models.demo import load_demo_model
 
     state = {k: v.clone().contiguous() for k, v in load_demo_model().state_dict().items()}
     first = sorted(state)[0]
@@ -359,7 +359,7 @@ def test_report_summary_and_pages(reference, tmp_path):
 def test_quick_figures_colours_and_layout(tmp_path):
     from PIL import Image
 
-    from relgraph import quickfig
+    from relgraph.io import quickfig
 
     values = np.array([-1.0, 0.0, 1.0, 5.0], np.float32)
     colours = quickfig.colorize(values)

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from relgraph.demo_model import (
+from relgraph.datasets.synthetic import CLASS_NAMES, make_dataset
+from relgraph.errors import RelgraphError
+from relgraph.io.labels import Labels
+from relgraph.io.preprocess import get_preprocess
+from relgraph.models.demo import (
     DEMO_LABELS,
     DEMO_MODELS,
     DEMO_PREPROCESS,
     DEMO_WEIGHTS,
     load_demo_model,
 )
-from relgraph.errors import RelgraphError
-from relgraph.labels import Labels
-from relgraph.preprocess import get_preprocess
-from relgraph.synthetic import CLASS_NAMES, make_dataset
 
 # The training script uses seed 0 for its clips and 1_000_003 for its own check.
 TEST_SEED = 424_242

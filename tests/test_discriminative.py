@@ -2,7 +2,7 @@
 
 The reference explains the clip and then every frozen clip one at a time with
 ``relgraph.explain``, and reduces, normalises and subtracts with plain NumPy loops, one map
-at a time: no code of ``relgraph.discriminative`` is reused.
+at a time: no code of ``relgraph.methods.discriminative`` is reused.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import relgraph
-from relgraph import discriminative
-from relgraph.discriminative import DEFAULT_BATCH_SIZE, frozen_clips
 from relgraph.errors import RelgraphError, ShapeError
+from relgraph.methods import discriminative
+from relgraph.methods.discriminative import DEFAULT_BATCH_SIZE, frozen_clips
 
 FRAMES = 16
 SIZE = 16

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from relgraph import evaluate as ev
-from relgraph.baselines import frame_difference, random_map
 from relgraph.errors import RelgraphError, ShapeError
+from relgraph.evaluation import metrics as ev
+from relgraph.methods.baselines import frame_difference, random_map
 
 
 def linear_model(weight: torch.Tensor):
@@ -218,7 +218,7 @@ output: fc2
 
 def test_cascading_randomisation_lowers_the_correlation_and_restores_the_model():
     from relgraph import architecture_from_yaml
-    from relgraph.discriminative import discriminative
+    from relgraph.methods.discriminative import discriminative
 
     graph = architecture_from_yaml(TINY_VIDEO_MODEL)
     before = {k: v.clone() for k, v in graph.state_dict().items()}

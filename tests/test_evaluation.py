@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from relgraph import architecture_from_yaml
-from relgraph.cli import main
-from relgraph.evaluation import (
+from relgraph.cli.main import main
+from relgraph.evaluation.suite import (
     DEFAULT_MAPS,
     _sanity,
     compute_maps,
@@ -46,7 +46,7 @@ def test_compute_maps_gives_every_option_pair_and_the_temporal_map_is_the_differ
     assert "temporal reduce=same normalize=sum" in maps and "temporal rules=epsilon-plus" in maps
     assert len([n for n in maps if n.startswith("temporal") and "rules" not in n]) == 12
     torch.testing.assert_close(maps["temporal"], maps["spatiotemporal"] - maps["spatial"])
-    from relgraph.discriminative import discriminative
+    from relgraph.methods.discriminative import discriminative
 
     result = discriminative(tiny, data.clips, targets, reduce="mean", normalize="sum")
     torch.testing.assert_close(maps["spatial reduce=mean normalize=sum"], result.spatial)
@@ -80,7 +80,7 @@ def test_run_evaluation_reports_every_metric_in_range(tiny):
 
 
 def test_video_list_reads_the_first_clip_of_each_video(tiny, tmp_path):
-    from relgraph.video import write_video
+    from relgraph.io.video import write_video
 
     frames = np.random.default_rng(0).integers(0, 255, (6, 8, 8, 3), dtype=np.uint8)
     write_video(tmp_path / "a.mp4", frames, fps=8)
@@ -118,8 +118,8 @@ def test_evaluate_errors_are_one_line(capsys, tmp_path):
 
 def test_frozen_batch_size_grows_for_small_models_and_keeps_the_default_for_full_size_ones():
     from relgraph import load_architecture
-    from relgraph.discriminative import DEFAULT_BATCH_SIZE
-    from relgraph.evaluation import FROZEN_BUDGET, frozen_batch_size
+    from relgraph.evaluation.suite import FROZEN_BUDGET, frozen_batch_size
+    from relgraph.methods.discriminative import DEFAULT_BATCH_SIZE
 
     assert frozen_batch_size(load_architecture("c3d-tiny", init="none")) == 64
     assert frozen_batch_size(load_architecture("c3d", init="none")) == DEFAULT_BATCH_SIZE

@@ -1,4 +1,4 @@
-"""Frozen clips without redundant work (``relgraph.frozen``) against the plain path.
+"""Frozen clips without redundant work (``relgraph.methods.frozen``) against the plain path.
 
 The reference is ``explain_with_rules`` on the full frozen clip (the frame repeated ``T``
 times): every slice computed, no plan. The shortcut must give the same relevance (every slice,
@@ -18,10 +18,10 @@ from relgraph.rules import preset, preset_names
 from strategies import graph_cases, one_torch_thread  # noqa: F401
 
 import relgraph
+from relgraph.engine.graph import shipped_architectures
+from relgraph.engine.reverse import explain_with_rules, resolve_rules
 from relgraph.errors import RelgraphError
-from relgraph.frozen import explain_frozen, frozen_forward, frozen_plan, wanted_slices
-from relgraph.graph import shipped_architectures
-from relgraph.reverse import explain_with_rules, resolve_rules
+from relgraph.methods.frozen import explain_frozen, frozen_forward, frozen_plan, wanted_slices
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}
 PRESETS = sorted(name for name in preset_names() if name != "base")
@@ -350,7 +350,7 @@ def test_a_quotient_beyond_the_format_makes_the_shortcut_check_every_quotient(dt
     node_rules = resolve_rules(graph, "epsilon-plus", None, None)[1]
     huge = torch.full((1, 1), 0.9 * torch.finfo(dtype).max, dtype=dtype)
     passes = []
-    one_pass = relgraph.frozen._explain_frozen
+    one_pass = relgraph.methods.frozen._explain_frozen
     monkeypatch.setattr(
         relgraph.frozen, "_explain_frozen", lambda *a: passes.append(1) or one_pass(*a)
     )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from relgraph import architecture_from_yaml, explain
-from relgraph.baselines import gradient_times_input
+from relgraph.methods.baselines import gradient_times_input
 
 ALL_OPS = """
 name: every-op

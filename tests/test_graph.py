@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import relgraph
-from relgraph.canonize import canonical
+from relgraph.engine.canonize import canonical
 
 # The layer table of /work/shared/c3d.md, typed in from the document: output shape (C, T, H, W)
 # of every layer. Each conv and fc6/fc7 is followed by a ReLU (and fc6/fc7 by dropout) that

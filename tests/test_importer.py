@@ -185,7 +185,7 @@ class Functional(nn.Module):
 
 
 def test_function_and_method_forms():
-    ops = relgraph.ops.OPS
+    ops = relgraph.engine.ops.OPS
     needed = {"mul", "sigmoid", "silu", "mean"}
     if not needed <= set(ops):  # ops10b adds them (issue 10); until then the import says so
         with pytest.raises(TorchImportError, match="which this relgraph version does not have"):
@@ -503,7 +503,7 @@ def nets(tmp_path, monkeypatch):
 
 
 def test_cli_import_writes_yaml_and_weights(nets, capsys):
-    from relgraph.cli import main
+    from relgraph.cli.main import main
 
     status = main(
         ["arch", "import", "fx10_nets:tiny", "--input-shape", "3,2,5,5", "--out", "tiny.yaml",
@@ -537,7 +537,7 @@ def test_cli_import_writes_yaml_and_weights(nets, capsys):
     ],
 )
 def test_cli_import_errors_are_one_line(nets, capsys, argv, message):
-    from relgraph.cli import main
+    from relgraph.cli.main import main
 
     if "--input-shape" not in argv:
         argv = [*argv, "--input-shape", "3,2,5,5"]
@@ -749,7 +749,7 @@ def test_swish_is_one_silu_node_and_other_products_stay_products():
 def test_the_import_checks_its_output_against_the_model(monkeypatch):
     """A wrong mapping (here planted: torch.relu imported as identity) is caught by the
     comparison with the module's own output."""
-    import relgraph.importer as importer
+    import relgraph.models.from_torch as importer
 
     monkeypatch.setitem(importer._FUNCTIONS, torch.relu, importer._elementwise("identity"))
     model = ResNetTiny().eval()

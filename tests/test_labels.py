@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from relgraph.errors import LabelError
-from relgraph.labels import Labels
+from relgraph.io.labels import Labels
 
 UCF_HEAD = "1 ApplyEyeMakeup\n2 ApplyLipstick\n3 Archery\n4 BabyCrawling\n5 BalanceBeam\n"
 

@@ -15,8 +15,8 @@ from relgraph.rules import Combine, Epsilon, WinnerTakeAll, ZPlus, preset
 
 import relgraph
 
-#: the module (``relgraph.discriminative`` is also the function's name on the package)
-discriminative_module = importlib.import_module("relgraph.discriminative")
+#: the module (``relgraph.methods.discriminative`` is also the function's name on the package)
+discriminative_module = importlib.import_module("relgraph.methods.discriminative")
 
 DTYPE = torch.float64
 

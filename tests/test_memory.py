@@ -39,8 +39,8 @@ from relgraph.rules.base import Lazy, Stabilizer, positive, sliced_adjoint, slic
 from strategies import graph_cases, one_torch_thread  # noqa: F401
 
 import relgraph
-from relgraph import hostmemory
-from relgraph.hostmemory import release_freed
+from relgraph.engine import hostmemory
+from relgraph.engine.hostmemory import release_freed
 
 AFFINE = [
     ZPlus(),
@@ -234,7 +234,7 @@ nodes:
 
 
 def contexts(low_memory: bool, owned: bool = False):
-    op = relgraph.ops.OPS["conv2d"](out_channels=5, kernel_size=3, padding=1)
+    op = relgraph.engine.ops.OPS["conv2d"](out_channels=5, kernel_size=3, padding=1)
     op.resolve([(3, 6, 6)])
     generator = torch.Generator().manual_seed(2)
     tensors = {
@@ -351,7 +351,7 @@ def test_stabilizer_never_writes_into_a_broadcast_denominator():
     ],
 )
 def test_sliced_maps_equal_the_ops_maps(tiny_slices, op_type, fields, in_shape):
-    op = relgraph.ops.OPS[op_type](**fields)
+    op = relgraph.engine.ops.OPS[op_type](**fields)
     op.resolve([in_shape])
     assert op.sliceable
     generator = torch.Generator().manual_seed(7)
@@ -371,10 +371,10 @@ def test_sliced_maps_equal_the_ops_maps(tiny_slices, op_type, fields, in_shape):
 
 
 def test_grouped_convolutions_are_not_sliced():
-    op = relgraph.ops.OPS["conv2d"](out_channels=4, kernel_size=3, groups=2)
+    op = relgraph.engine.ops.OPS["conv2d"](out_channels=4, kernel_size=3, groups=2)
     op.resolve([(4, 5, 5)])
     assert not op.sliceable
-    assert relgraph.ops.OPS["conv2d"](out_channels=4, kernel_size=3).sliceable
+    assert relgraph.engine.ops.OPS["conv2d"](out_channels=4, kernel_size=3).sliceable
 
 
 def test_setting_the_memory_mode_keeps_nothing_between_explanations():
@@ -398,7 +398,7 @@ def test_full_c3d_explanation_is_bit_identical_in_the_memory_mode():
 
 @pytest.mark.parametrize("reduce", ["first", "mean"])
 def test_discriminative_with_the_frozen_shortcut_is_unchanged_in_the_memory_mode(reduce):
-    """The frozen-clip shortcut's reverse pass (``relgraph.frozen``) runs the memory mode's
+    """The frozen-clip shortcut's reverse pass (``relgraph.methods.frozen``) runs the memory mode's
     rules too."""
     graph = relgraph.load_architecture("c3d-tiny", seed=2)
     x = torch.rand((1, *graph.input_shape), generator=torch.Generator().manual_seed(3))

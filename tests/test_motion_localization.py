@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from repo_scripts import load_script
 
-from relgraph.synthetic import make_dataset
+from relgraph.datasets.synthetic import make_dataset
 
 
 @pytest.fixture(scope="module")

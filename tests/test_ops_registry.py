@@ -1,4 +1,4 @@
-"""Adding an op is one decorated class (relgraph.ops.register_op); fields are typed attributes."""
+"""Adding an op is one decorated class (engine.ops.register_op); fields are typed attributes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import relgraph
-from relgraph.fields import Field
-from relgraph.ops import OPS, ConvNd, Elementwise, Spatial, register_op
+from relgraph.engine.fields import Field
+from relgraph.engine.ops import OPS, ConvNd, Elementwise, Spatial, register_op
 
 
 @pytest.fixture

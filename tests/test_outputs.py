@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from relgraph.errors import OutputError
-from relgraph.outputs import atomic_path, atomic_write_bytes, ensure_out_dir, write_json, write_npz
+from relgraph.io.outputs import (
+    atomic_path,
+    atomic_write_bytes,
+    ensure_out_dir,
+    write_json,
+    write_npz,
+)
 
 
 class WriterFailed(Exception):

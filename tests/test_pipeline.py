@@ -15,9 +15,11 @@ import pytest
 import torch
 
 import relgraph
-from relgraph.cli import main
-from relgraph.discriminative import discriminative
-from relgraph.pipeline import (
+from relgraph.cli.main import main
+from relgraph.io.preprocess import get_preprocess
+from relgraph.io.video import read_video, select_clip, write_video
+from relgraph.methods.discriminative import discriminative
+from relgraph.pipeline.video import (
     FIGURE_FILES,
     OUTPUT_FILES,
     ClipResult,
@@ -26,8 +28,6 @@ from relgraph.pipeline import (
     lost_note,
     write_clip,
 )
-from relgraph.preprocess import get_preprocess
-from relgraph.video import read_video, select_clip, write_video
 
 NAMES = ["Walk", "Run", "Jump", "Swim"]
 
@@ -288,7 +288,7 @@ def test_lost_note_only_above_one_percent_of_the_clip_or_worst_frozen_clip():
 def test_cli_explain_prints_the_lost_relevance_note_and_the_summary_records_it(
     inputs, tmp_path, capsys, monkeypatch
 ):
-    import relgraph.pipeline as pipeline
+    import relgraph.pipeline.video as pipeline
 
     real = pipeline.discriminative_with_rules
 

@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from relgraph.errors import OutputError, RelgraphError
-from relgraph.plots import PAPER_COLUMNS, animation, figure_frames, figure_paper, paper_columns
+from relgraph.io.plots import PAPER_COLUMNS, animation, figure_frames, figure_paper, paper_columns
 
 FRAME_SIZE = 32
 MAP_SIZE = 8

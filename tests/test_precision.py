@@ -13,10 +13,10 @@ import torch
 from relgraph.rules import preset_names
 
 import relgraph
+from relgraph.datasets.synthetic import make_clip
 from relgraph.errors import GraphError, RelgraphError
-from relgraph.pipeline import load_model
-from relgraph.preprocess import get_preprocess
-from relgraph.synthetic import make_clip
+from relgraph.io.preprocess import get_preprocess
+from relgraph.pipeline.video import load_model
 
 RULES = "deep-taylor-paper"
 
@@ -114,7 +114,7 @@ def test_every_preset_runs_in_bfloat16_finite_and_close_to_float32(name, rules):
         clips.to(torch.bfloat16),
         rules=rules,
         preprocess="hara",
-        target=relgraph.reverse.resolve_target(graph.forward(clips).output, "auto"),
+        target=relgraph.engine.reverse.resolve_target(graph.forward(clips).output, "auto"),
     )
     assert torch.isfinite(actual).all()
     pearson = torch.corrcoef(torch.stack([expected.flatten(), actual.flatten()]))[0, 1]

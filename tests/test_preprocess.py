@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from relgraph.errors import RelgraphError, VideoError
-from relgraph.preprocess import PRESETS, Preprocess, get_preprocess
+from relgraph.io.preprocess import PRESETS, Preprocess, get_preprocess
 
 MEAN = np.array([90.0, 98.0, 102.0])
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from relgraph.outputs import write_json, write_npz
-from relgraph.report import build_report
-from relgraph.store import Store
-from relgraph.synthetic import CLASS_NAMES, make_clip
+from relgraph.datasets.report import build_report
+from relgraph.datasets.store import Store
+from relgraph.datasets.synthetic import CLASS_NAMES, make_clip
+from relgraph.io.outputs import write_json, write_npz
 
 REQUIRED = os.environ.get("RELGRAPH_REQUIRE_BROWSER") == "1"
 

@@ -6,9 +6,9 @@ import pytest
 from relgraph.rules import preset_names
 
 import relgraph
+from relgraph.engine.graph import architecture_path
 from relgraph.errors import RuleError, SpecError
-from relgraph.graph import architecture_path
-from relgraph.resources import shipped_names, shipped_path
+from relgraph.io.resources import shipped_names, shipped_path
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,8 +30,8 @@ from relgraph.rules import (
 from relgraph.rules.composite import preset
 
 import relgraph
+from relgraph.engine.ops import OPS
 from relgraph.errors import RuleError
-from relgraph.ops import OPS
 
 DTYPE = torch.float64
 
@@ -407,10 +407,10 @@ def _explain_conv3d(graph: relgraph.Graph) -> torch.Tensor:
 @pytest.mark.parametrize("relu", [True, False], ids=["x >= 0", "signed x"])
 @pytest.mark.parametrize("groups", [1, 4], ids=["dense", "depthwise"])
 def test_the_flipped_kernel_is_made_once_while_the_weights_stay(monkeypatch, relu, groups):
-    import relgraph.ops
+    import relgraph.engine.ops
 
     made = []
-    flip = relgraph.ops._adjoint_kernel
+    flip = relgraph.engine.ops._adjoint_kernel
     monkeypatch.setattr(relgraph.ops, "_adjoint_kernel", lambda w, g: made.append(1) or flip(w, g))
     graph = _conv3d_graph(relu, groups)
     first = _explain_conv3d(graph)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from relgraph.rules import NodeContext, make_rule
 
 import relgraph
-from relgraph.ops import OPS
+from relgraph.engine.ops import OPS
 
 DTYPE = torch.float64
 REFERENCE_SETTINGS = settings(max_examples=30, deadline=None)

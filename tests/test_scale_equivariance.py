@@ -285,7 +285,7 @@ def test_explain_reads_the_extremes_taken_in_the_forward_pass(monkeypatch):
     # remembered as the forward pass makes it, it is scanned once; the relevance is the same
     import relgraph.rules.base as base
 
-    import relgraph.reverse
+    import relgraph.engine.reverse
 
     graph = relgraph.load_architecture("resnet-tiny")
     x = torch.randn(2, *graph.input_shape, generator=torch.Generator().manual_seed(6))

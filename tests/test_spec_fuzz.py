@@ -47,7 +47,7 @@ SOURCES = [
     for name in ("c3d", "c3d-tiny", "resnet-tiny")
 ] + [SMALL_BRANCHED]
 
-OP_NAMES = sorted(relgraph.graph.OPS)  # every op the loader knows, "input" included
+OP_NAMES = sorted(relgraph.engine.graph.OPS)  # every op the loader knows, "input" included
 
 FUZZ = settings(
     max_examples=200,

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from relgraph.errors import RelgraphError
-from relgraph.labels import Labels
-from relgraph.synthetic import (
+from relgraph.datasets.synthetic import (
     APPEARANCE_CUE,
     CLASS_COLOURS,
     CLASS_NAMES,
@@ -17,6 +15,8 @@ from relgraph.synthetic import (
     make_dataset,
     write_label_file,
 )
+from relgraph.errors import RelgraphError
+from relgraph.io.labels import Labels
 
 
 @pytest.fixture(scope="module")

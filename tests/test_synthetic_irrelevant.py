@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from relgraph.synthetic import make_clip, make_dataset, make_set
+from relgraph.datasets.synthetic import make_clip, make_dataset, make_set
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from strategies import one_torch_thread  # noqa: F401
 
 import relgraph
 from relgraph.errors import TargetError
-from relgraph.labels import Labels
+from relgraph.io.labels import Labels
 
 NET = """\
 input: {shape: [2, 5, 5]}

@@ -9,9 +9,9 @@ import pytest
 import torch
 from repo_scripts import load_script
 
-from relgraph.graph import load_architecture
-from relgraph.labels import Labels
-from relgraph.synthetic import CLASS_NAMES
+from relgraph.datasets.synthetic import CLASS_NAMES
+from relgraph.engine.graph import load_architecture
+from relgraph.io.labels import Labels
 
 TINY = ["--clips", "64", "--epochs", "2", "--test-clips", "8", "--video-clips", "2"]
 SMALL_MODEL = ["--width", "2", "--hidden", "8"]

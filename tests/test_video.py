@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from relgraph.errors import OutputError, VideoError
-from relgraph.video import (
+from relgraph.io.video import (
     ClipSelection,
     iter_clips,
     read_video,

@@ -14,7 +14,7 @@ import torch
 from relgraph.rules import ZBeta, make_rule, preset
 
 import relgraph
-from relgraph.preprocess import get_preprocess
+from relgraph.io.preprocess import get_preprocess
 
 DTYPE = torch.float64
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from relgraph.rules import make_rule, preset
 
 import relgraph
-from relgraph.preprocess import get_preprocess
+from relgraph.io.preprocess import get_preprocess
 
 DTYPE = torch.float64
 

@@ -17,8 +17,8 @@ import zoo_reference as zoo
 from relgraph.rules.composite import preset, preset_names
 
 import relgraph
-from relgraph.canonize import canonical
-from relgraph.graph import architecture_path
+from relgraph.engine.canonize import canonical
+from relgraph.engine.graph import architecture_path
 
 TORCHVISION = {
     "r3d-18": (zoo.r3d_18, "torchvision-r3d_18", 33_371_472),
@@ -182,7 +182,7 @@ def test_forward_equals_the_reference_at_full_size(name, tmp_path):
 
 def _preprocess_for_tests() -> str:
     # kinetics is the YAMLs' default; another helper adds it: fall back to hara until then
-    from relgraph.preprocess import PRESETS
+    from relgraph.io.preprocess import PRESETS
 
     return "kinetics" if "kinetics" in PRESETS else "hara"
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 import zoo_reference as zoo
 
-from relgraph.cli import main
-from relgraph.labels import Labels
+from relgraph.cli.main import main
+from relgraph.io.labels import Labels
 
 #: Kinetics-400's first classes and a few with the punctuation the list has; the rest
 #: numbered so the file has 400 lines, one name per line, as kinetics400.txt files do

@@ -14,8 +14,8 @@ import zoo_reference as zoo
 from relgraph.rules.composite import preset, preset_names
 
 import relgraph
-from relgraph.cli import main
-from relgraph.graph import architecture_path
+from relgraph.cli.main import main
+from relgraph.engine.graph import architecture_path
 
 X3D = {"x3d-xs": "xs", "x3d-s": "s", "x3d-m": "m", "x3d-l": "l"}
 #: shipped name: (library key list, parameters without BN buffers (shared/models README))

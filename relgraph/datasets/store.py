@@ -1,0 +1,242 @@
+"""The result store of a data-set run: one folder per video, a manifest, and the index.
+
+Layout of ``STORE/``::
+
+    store.json                       format, relgraph version, options and their fingerprint
+    index.jsonl                      one JSON row per video, in source order (rank 0 writes it)
+    videos/<Class>/<video>/
+        relevance.npz                maps, raw relevance, frames, predictions (all clips)
+        grid.png, animation.gif      with --figures summary|all
+        row.json                     the video's index row: written last, it marks it done
+
+Every file is written atomically (:mod:`relgraph.io.outputs`). ``row.json`` is the commit
+record: a video is done when, and only when, its ``row.json`` exists, and it is written after
+all the video's other files. A run killed at any point therefore leaves finished videos
+(with their row) and videos without a row, whose files a later run overwrites; temporary
+files of interrupted atomic writes are removed when a run starts. ``index.jsonl`` is the
+merge of the rows and is rewritten whole at the end of every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from relgraph import __version__
+from relgraph.errors import OutputError, StoreError
+from relgraph.io.outputs import atomic_write_bytes, ensure_out_dir, write_json
+
+__all__ = [
+    "STORE_FORMAT",
+    "Store",
+    "file_digest",
+    "fingerprint",
+    "kill_point",
+    "read_index",
+]
+
+#: Version of the store layout; a store of another format is refused.
+STORE_FORMAT = 1
+
+MANIFEST = "store.json"
+INDEX = "index.jsonl"
+ROW = "row.json"
+VIDEOS = "videos"
+
+#: Test hook: ``RELGRAPH_TEST_KILL=point:n`` sends SIGKILL to the process the n-th time it
+#: reaches ``point`` (see :func:`kill_point`); with ``RELGRAPH_TEST_KILL_RANK=r`` only rank r
+#: dies. Used by the resumability tests only.
+KILL_VARIABLE = "RELGRAPH_TEST_KILL"
+_reached: dict[str, int] = {}
+
+
+def kill_point(point: str) -> None:
+    """Kill this process with SIGKILL here if ``RELGRAPH_TEST_KILL`` asks for it."""
+    wanted = os.environ.get(KILL_VARIABLE)
+    if not wanted:
+        return
+    name, _, count = wanted.partition(":")
+    only_rank = os.environ.get(KILL_VARIABLE + "_RANK")
+    if name != point or (only_rank is not None and only_rank != os.environ.get("RANK", "0")):
+        return
+    _reached[point] = _reached.get(point, 0) + 1
+    if _reached[point] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fingerprint(options: Mapping[str, Any]) -> str:
+    """SHA-256 of the options' canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(options, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (weights are fingerprinted by content, not by name)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_index(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of an ``index.jsonl`` (stdlib only; pandas: ``pd.read_json(path, lines=True)``)."""
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+class Store:
+    """A result store (see the module docstring for the layout).
+
+    Parameters
+    ----------
+    root
+        The store's folder.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    # ----------------------------------------------------------------- manifest
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / INDEX
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        """The manifest, None for a store not created yet."""
+        if not self.manifest_path.exists():
+            # (another rank's manifest being written atomically shows as a hidden temporary)
+            if self.root.is_dir() and any(
+                not (p.name.startswith(".") and ".tmp" in p.name) for p in self.root.iterdir()
+            ):
+                raise StoreError(
+                    f"the folder is not empty but has no {MANIFEST}: it is not a relgraph "
+                    "store. Pick a new --out or an empty folder.",
+                    file=self.root,
+                )
+            return None
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise StoreError(
+                f"cannot read the store manifest: {error}.", file=self.manifest_path
+            ) from None
+        if not isinstance(manifest, dict) or "fingerprint" not in manifest:
+            raise StoreError("the store manifest is damaged.", file=self.manifest_path)
+        return manifest
+
+    def check(self, options: Mapping[str, Any]) -> bool:
+        """Check that the store was made with ``options``; False when it does not exist yet.
+
+        Raises
+        ------
+        StoreError
+            Another store format, or other options (the differing ones are named).
+        """
+        manifest = self.read_manifest()
+        if manifest is None:
+            return False
+        if manifest.get("format") != STORE_FORMAT:
+            raise StoreError(
+                f"the store has format {manifest.get('format')!r} (relgraph "
+                f"{manifest.get('relgraph', '?')}); this relgraph writes format {STORE_FORMAT}. "
+                "Use a new --out.",
+                file=self.root,
+            )
+        if manifest["fingerprint"] != fingerprint(options):
+            old = manifest.get("options", {})
+            differ = sorted(
+                key for key in set(old) | set(options) if old.get(key) != options.get(key)
+            )
+            shown = "; ".join(
+                f"{key}: {_short(old.get(key))} -> {_short(options.get(key))}" for key in differ
+            )
+            raise StoreError(
+                f"the store was made with other options ({shown or 'fingerprint differs'}); "
+                "results are never mixed: use a new --out, or the store's options.",
+                file=self.root,
+            )
+        return True
+
+    def create(self, options: Mapping[str, Any]) -> None:
+        """Create the folder and write the manifest (the caller checked it was absent)."""
+        ensure_out_dir(self.root)
+        write_json(
+            self.manifest_path,
+            {
+                "format": STORE_FORMAT,
+                "relgraph": __version__,
+                "fingerprint": fingerprint(options),
+                "options": dict(options),
+            },
+        )
+
+    def check_writable(self) -> None:
+        """Fail early, with a one-line error, where the store cannot be written."""
+        ensure_out_dir(self.root)
+        if (self.root / VIDEOS).exists():
+            ensure_out_dir(self.root / VIDEOS)
+
+    # ----------------------------------------------------------------- videos
+
+    def video_dir(self, folder: str) -> Path:
+        return self.root / VIDEOS / folder
+
+    def row_path(self, folder: str) -> Path:
+        return self.video_dir(folder) / ROW
+
+    def done_rows(self, folders: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Rows of the videos (by result folder) that are done: those with a ``row.json``."""
+        rows = {}
+        for folder in folders:
+            path = self.row_path(folder)
+            if path.is_file():
+                try:
+                    rows[folder] = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    continue  # unreadable: the video is done again
+        return rows
+
+    def write_row(self, folder: str, row: Mapping[str, Any]) -> None:
+        """Commit a video: its row, written after all its other files."""
+        write_json(self.row_path(folder), row)
+
+    def remove_temporaries(self) -> int:
+        """Delete the temporary files SIGKILLed atomic writes left; returns how many."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for path in self.root.rglob(".*.tmp*"):
+            if path.is_file():
+                try:
+                    path.unlink()
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
+    def write_index(self, rows: Iterable[Mapping[str, Any]]) -> Path:
+        """Write ``index.jsonl`` whole, atomically (one compact JSON object per line)."""
+        text = "".join(
+            json.dumps(row, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+            for row in rows
+        )
+        try:
+            return atomic_write_bytes(self.index_path, text.encode("utf-8"))
+        except OSError as error:
+            raise OutputError(f"cannot write the index: {error}", file=self.index_path) from None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 40 else text[:18] + "..." + text[-18:]

@@ -1,0 +1,458 @@
+"""The reverse pass: seed the output, walk the graph backwards, one rule per node.
+
+No autograd: the forward pass keeps the activations the rules need, and every backward step
+is the explicit tensor op of the node's rule. Relevance reaching a node from several
+consumers is summed; each activation is freed as soon as the pass has left its node.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from relgraph.engine.canonize import canonical
+from relgraph.engine.graph import Graph
+from relgraph.engine.hostmemory import release_freed
+from relgraph.engine.ops import all_finite
+from relgraph.errors import RuleError, TargetError
+from relgraph.io.labels import Labels
+from relgraph.rules import NEEDS, Composite, NodeContext, Rule, as_composite
+from relgraph.rules.base import (
+    extremes_remembered,
+    is_no_relevance,
+    no_relevance,
+    quotients_checked_later,
+    remember_extremes,
+)
+
+Target = int | str | Sequence[int | str] | torch.Tensor
+
+
+@dataclass
+class Explanation:
+    """The result of ``explain(..., return_explanation=True)`` or ``return_all=True``.
+
+    Attributes
+    ----------
+    relevance
+        Input relevance, shaped like the input.
+    output
+        The model's output (logits) for the batch.
+    target
+        The explained class of each sample, ``(B,)``.
+    seed
+        The relevance the reverse pass started from, shaped like ``output``.
+    lost
+        Per node, ``(B,)``: the relevance the node did not hand on to its inputs,
+        ``Σ R_out − Σ R_in`` per sample (negative where a rule created relevance). See
+        ``lost_fraction`` for what counts.
+    node_relevance
+        Relevance of every node's output (only with ``return_all=True``).
+    rules
+        The rule each node got.
+    """
+
+    relevance: torch.Tensor
+    output: torch.Tensor
+    target: torch.Tensor
+    seed: torch.Tensor
+    rules: dict[str, Rule]
+    lost: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    node_relevance: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def lost_fraction(self) -> torch.Tensor:
+        """``(B,)``: the relevance lost on the way, over all nodes, as a fraction of the seed:
+        ``Σ_nodes lost / Σ seed`` per sample (0 where the seed sums to 0).
+
+        It counts everything a rule does not hand on: the share a bias keeps (rules that
+        keep a bias: ``epsilon``, and ``zplus``/``alphabeta`` with ``bias: true``), what the
+        stabiliser's ε absorbs, what a zeroed denominator (z = 0, subnormal, or a share
+        beyond the format) drops, and a rule's own non-conservation (``combine`` weights
+        not summing to 1). Negative: relevance was created. With conserving rules it is
+        0 up to rounding.
+        """
+        return lost_fraction(self.lost, self.seed)
+
+
+def lost_fraction(lost: dict[str, torch.Tensor], seed: torch.Tensor) -> torch.Tensor:
+    """``Σ_nodes lost / Σ seed`` per sample (0 where the seed sums to 0); see
+    ``Explanation.lost_fraction``."""
+    total_seed = seed.reshape(seed.shape[0], -1).sum(1, dtype=_accumulator(seed.dtype))
+    if not lost:
+        return torch.zeros_like(total_seed)
+    total_lost = torch.stack(list(lost.values())).sum(0)
+    fraction = total_lost / total_seed
+    return torch.where(total_seed == 0, 0.0, fraction)
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    """A 5-D ``t`` in channels-last layout (``Graph.working_layout``)."""
+    if t.dim() == 5 and not t.is_contiguous(memory_format=torch.channels_last_3d):
+        return t.contiguous(memory_format=torch.channels_last_3d)
+    return t
+
+
+def _materialized(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with memory of its own where it is a broadcast zero (``no_relevance``), so that
+    what a caller gets back is a tensor like any other."""
+    return t.contiguous() if is_no_relevance(t) else t
+
+
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    """The type relevance is carried and per-sample totals summed in: float64 for float64,
+    else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _totals(t: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: each sample's sum."""
+    return t.reshape(t.shape[0], -1).sum(1, dtype=_accumulator(t.dtype))
+
+
+def _exclusive(t: torch.Tensor, others) -> bool:
+    """Whether no tensor of ``others`` shares memory with ``t`` (a rule may return one tensor
+    for two inputs: neither may then be overwritten)."""
+    storage = t.untyped_storage().data_ptr()
+    return all(o.untyped_storage().data_ptr() != storage for o in others)
+
+
+def resolve_target(
+    output: torch.Tensor, target: Target, labels: Labels | Sequence[str] | None = None
+) -> torch.Tensor:
+    """Class index per sample from ``auto`` (the prediction), an index, a class name, or a
+    list/tensor with one of those per sample."""
+    batch, num_classes = output.shape[0], output[0].numel()
+    flat = output.reshape(batch, -1)
+    if isinstance(target, str) and target == "auto":
+        return flat.argmax(dim=1)
+    if isinstance(target, torch.Tensor):
+        if target.dim() == 0:
+            target = [int(target)] * batch
+        else:
+            target = target.tolist()
+    if isinstance(target, (np.ndarray, np.integer)):  # e.g. a data set's labels
+        target = target.tolist()
+    if isinstance(target, (int, str)):
+        target = [target] * batch
+    if not isinstance(target, (list, tuple)) or len(target) != batch:
+        raise TargetError(f"give one target per sample ({batch}), or a single one; got {target!r}")
+    indices = []
+    for item in target:
+        if isinstance(item, np.integer):
+            item = int(item)
+        if isinstance(item, str) and item == "auto":
+            indices.append(None)
+            continue
+        if isinstance(item, str) and not item.lstrip("-").isdigit():
+            if labels is None:
+                raise TargetError(
+                    f"target '{item}' is a class name, but no labels were given (labels=...)"
+                )
+
+            names = labels if isinstance(labels, Labels) else Labels.from_names(list(labels))
+            try:
+                item = names.index(item)
+            except Exception as exc:  # LabelError: keep its message, raise as a target error
+                raise TargetError(getattr(exc, "message", str(exc))) from None
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise TargetError(f"a target must be an index or a class name, got {item!r}")
+        index = int(item)
+        if not 0 <= index < num_classes:
+            raise TargetError(
+                f"target {index} is out of range for {num_classes} classes (0..{num_classes - 1})"
+            )
+        indices.append(index)
+    predicted = flat.argmax(dim=1)
+    return torch.tensor(
+        [predicted[i].item() if v is None else v for i, v in enumerate(indices)],
+        dtype=torch.long,
+        device=output.device,
+    )
+
+
+def make_seed(output: torch.Tensor, target: torch.Tensor, seed: str | torch.Tensor) -> torch.Tensor:
+    """The relevance the reverse pass starts from: ``onehot`` (1 at the target), ``logit``
+    (the target's logit there), or a tensor of the output's shape."""
+    if isinstance(seed, torch.Tensor):
+        if seed.shape != output.shape:
+            raise TargetError(
+                f"a seed tensor must have the output's shape {list(output.shape)}, "
+                f"got {list(seed.shape)}"
+            )
+        if not torch.isfinite(seed).all():
+            raise TargetError("the seed tensor contains NaN or Inf")
+        return seed.to(dtype=output.dtype, device=output.device)
+    flat = torch.zeros_like(output).reshape(output.shape[0], -1)
+    rows = torch.arange(output.shape[0], device=output.device)
+    if seed == "onehot":
+        flat[rows, target] = 1.0
+    elif seed == "logit":
+        flat[rows, target] = output.reshape(output.shape[0], -1)[rows, target]
+    else:
+        raise TargetError(f"seed must be 'onehot', 'logit' or a tensor, got {seed!r}")
+    return flat.reshape(output.shape)
+
+
+def explain(
+    graph: Graph,
+    x: torch.Tensor,
+    target: Target = "auto",
+    rules: Composite | str | os.PathLike | dict | None = None,
+    seed: str | torch.Tensor | None = None,
+    *,
+    labels: Labels | Sequence[str] | None = None,
+    preprocess: str | None = None,
+    return_all: bool = False,
+    return_explanation: bool = False,
+    canonize: bool | None = None,
+) -> torch.Tensor | Explanation:
+    """Explain a batch: the relevance of each input element for the target class.
+
+    Parameters
+    ----------
+    graph
+        The compiled model.
+    x
+        Input batch ``(B, *graph.input_shape)`` on the graph's device and dtype.
+    target
+        ``"auto"`` (the predicted class), an index, a class name (with ``labels``), or one
+        of those per sample.
+    rules
+        A preset name (``"deep-taylor-paper"``), a preset YAML path, a ``Composite``, or
+        ``{node or pattern: rule}`` overrides on the architecture's default preset.
+    seed
+        ``"onehot"``, ``"logit"`` or a tensor shaped like the output; default: the preset's
+        (else ``onehot``).
+    preprocess
+        The preprocessing preset the input went through (zβ bounds follow from it);
+        default: the architecture's.
+    return_explanation
+        Return an ``Explanation`` (input relevance, output, target, seed, lost relevance)
+        without keeping every node's relevance.
+    return_all
+        Return an ``Explanation`` that also holds every node's relevance.
+    canonize
+        Fold each batch norm into the conv or linear layer before it first
+        (``relgraph.engine.canonize``), so that the rules see one affine layer; default: the
+        architecture's ``canonize:`` (true unless the YAML says false). Folded batch norms
+        get no rule and have no entry in ``Explanation.rules`` or ``node_relevance``.
+
+    Returns
+    -------
+    torch.Tensor or Explanation
+    """
+    graph = canonical(graph, canonize)
+    _, node_rules, seed = resolve_rules(graph, rules, preprocess, seed)
+    return explain_with_rules(
+        graph,
+        x,
+        node_rules,
+        target,
+        seed,
+        labels=labels,
+        return_all=return_all,
+        return_explanation=return_explanation,
+    )
+
+
+def resolve_rules(
+    graph: Graph,
+    rules: Composite | str | os.PathLike | dict | None,
+    preprocess: str | None,
+    seed: str | torch.Tensor | None,
+) -> tuple[Composite, dict[str, Rule], str | torch.Tensor]:
+    """The composite, each node's rule and the seed that ``explain`` and ``discriminative``
+    use for their ``rules``, ``preprocess`` and ``seed`` arguments."""
+
+    composite = as_composite(rules, graph)
+    node_rules = composite.resolve(graph, preprocess=preprocess)
+    # `seed or ...` would ask a seed tensor for its truth value
+    return composite, node_rules, seed if seed is not None else composite.seed or "onehot"
+
+
+def rule_needs(rule: Rule) -> frozenset[str]:
+    """What ``rule`` declares it reads from the forward pass (``Rule.needs``), checked."""
+
+    needs = rule.needs
+    unknown = set(needs) - NEEDS
+    if unknown:
+        raise RuleError(
+            f"rule {rule.describe()} needs {sorted(unknown)}, which the forward pass does not "
+            f"offer (it offers {sorted(NEEDS)})"
+        )
+    return frozenset(needs)
+
+
+def activations_needed(graph: Graph, node_rules: dict[str, Rule]) -> set[str]:
+    """The nodes whose activations the rules will read."""
+    needed = set()
+    for node, rule in node_rules.items():
+        needs = rule_needs(rule)
+        if "inputs" in needs:
+            needed.update(graph.inputs_of(node))
+        if "output" in needs:
+            needed.add(node)
+    return needed
+
+
+def run_rule(
+    graph: Graph, node: str, rule: Rule, ctx: NodeContext, relevance: torch.Tensor
+) -> list[torch.Tensor]:
+    """``rule(ctx, relevance)``, the relevance ``node`` hands to its inputs. A ``RuleError``
+    that names no node (say zβ bounds that do not fit) is raised again naming ``node`` and
+    its line in the graph's file."""
+    try:
+        return rule(ctx, relevance)
+    except RuleError as exc:
+        if exc.node is not None:
+            raise
+        line = graph.graph.nodes[node].get("line")
+        raise RuleError(exc.message, file=graph.file, line=line, node=node) from None
+
+
+def explain_with_rules(
+    graph: Graph,
+    x: torch.Tensor,
+    node_rules: dict[str, Rule],
+    target: Target = "auto",
+    seed: str | torch.Tensor = "onehot",
+    *,
+    labels: Any = None,
+    return_all: bool = False,
+    return_explanation: bool = False,
+) -> torch.Tensor | Explanation:
+    """``explain`` with the rules already resolved per node (see ``Composite.resolve``).
+
+    Unless every node's relevance is returned (``return_all``), the pass leaves quotients
+    beyond the format in place and checks the result once at the end: the input relevance
+    and, for an ``Explanation``, each node's lost relevance (``quotients_checked_later``);
+    where they are not finite, the pass runs again with every quotient checked. The result
+    is the same either way."""
+    run = (graph, x, node_rules, target, seed, labels, return_all, return_explanation)
+    if return_all:  # every node's relevance is reported: each quotient checked as it is formed
+        return _explain_pass(*run)
+    with quotients_checked_later():
+        result = _explain_pass(*run)
+    if isinstance(result, Explanation):
+        # each node's loss, not the fraction: that is 0 wherever the seed sums to 0
+        lost = list(result.lost.values())
+        finite = all_finite(result.relevance) and (not lost or all_finite(torch.stack(lost)))
+    else:
+        finite = all_finite(result)
+    return result if finite else _explain_pass(*run)
+
+
+@extremes_remembered()  # taken in the forward pass, read by the rules' numeric scale
+def _explain_pass(
+    graph: Graph,
+    x: torch.Tensor,
+    node_rules: dict[str, Rule],
+    target: Target,
+    seed: str | torch.Tensor,
+    labels: Any,
+    return_all: bool,
+    return_explanation: bool,
+) -> torch.Tensor | Explanation:
+    """One forward and reverse pass of ``explain_with_rules``."""
+    needs = {node: rule_needs(rule) for node, rule in node_rules.items()}
+    read = {p for n in node_rules if "inputs" in needs[n] for p in graph.inputs_of(n)}
+    nonnegative = graph.nonnegative_nodes()
+
+    def made(node: str, activation: torch.Tensor) -> None:
+        if node in read:  # an input of a rule, which scans it for its numeric scale
+            remember_extremes(activation, node in nonnegative)
+
+    fwd = graph.forward(
+        x,
+        keep=activations_needed(graph, node_rules),
+        record=[n for n in node_rules if "record" in needs[n]],
+        made=made,
+    )
+    activations, records = fwd.activations, fwd.records
+    detailed = return_all or return_explanation
+    output = fwd.output.clone() if detailed else fwd.output
+    with torch.inference_mode():
+        target_index = resolve_target(output, target, labels)
+        # relevance is carried in float32 through a bfloat16 graph (see README, "Precision")
+        start = make_seed(output, target_index, seed).to(_accumulator(output.dtype))
+        relevance: dict[str, torch.Tensor] = {graph.output: start}
+        kept: dict[str, torch.Tensor] = {}
+        lost: dict[str, torch.Tensor] = {}
+        batch = x.shape[0]
+        # cache_policy "none": a memo that lives for one node only (see Graph.cache_policy)
+        keep_cache = graph.cache_policy != "none"
+        channels_last = graph.runs_channels_last(x)
+        for node in reversed(graph.order[1:]):
+            node_relevance = relevance.pop(node)
+            if return_all:
+                kept[node] = _materialized(node_relevance)
+            preds = graph.inputs_of(node)
+            if is_no_relevance(node_relevance):  # zero by construction: so is all it hands on
+                if detailed:
+                    lost[node] = node_relevance.new_zeros(batch, dtype=start.dtype)
+                for pred in preds:
+                    if pred not in relevance:
+                        shape = (batch, *graph.graph.nodes[pred]["shape"])
+                        relevance[pred] = no_relevance(node_relevance, shape)
+                activations.pop(node, None)
+                continue
+            if detailed:  # before the rule, which may form its result in the relevance
+                handed_in = _totals(node_relevance)
+            rule = node_rules[node]
+            ctx = NodeContext(
+                node=node,
+                op=graph.op(node),
+                inputs=[activations.get(p) if "inputs" in needs[node] else None for p in preds],
+                input_shapes=[torch.Size((batch, *graph.graph.nodes[p]["shape"])) for p in preds],
+                output=activations.get(node) if "output" in needs[node] else None,
+                tensors=graph.current_tensors(node),
+                cache=graph.cache if keep_cache else {},
+                record=records.pop(node, None),
+                low_memory=not keep_cache,
+                nonnegative_inputs=tuple(p in nonnegative for p in preds),
+                channels_last=channels_last,
+                relevance_owned=not return_all
+                and node != graph.output  # the seed, which an Explanation returns
+                and _exclusive(node_relevance, relevance.values()),
+            )
+            contributions = run_rule(graph, node, rule, ctx, node_relevance)
+            if detailed:  # one reduction per tensor and sample
+                lost[node] = handed_in - sum(_totals(c) for c in contributions)
+            for pred, contribution in zip(preds, contributions):
+                if is_no_relevance(contribution):  # nothing to add (see no_relevance)
+                    if pred not in relevance:
+                        relevance[pred] = contribution
+                    continue
+                if channels_last:  # keep the relevance in the activations' layout
+                    contribution = _channels_last(contribution)
+                if pred not in relevance or is_no_relevance(relevance[pred]):
+                    relevance[pred] = contribution
+                else:
+                    relevance[pred] = relevance[pred] + contribution
+            activations.pop(node, None)
+            del ctx, node_relevance, contributions
+            if not keep_cache:  # the memory mode: hand what the node freed back to the system
+                release_freed()
+        # in the input's own layout (the passes may run channels-last: Graph.working_layout)
+        input_relevance = _materialized(relevance.pop(graph.input)).contiguous(
+            memory_format=torch.contiguous_format if x.is_contiguous() else torch.preserve_format
+        )
+    if not detailed:
+        return input_relevance
+    if return_all:
+        kept[graph.input] = input_relevance
+    return Explanation(
+        relevance=input_relevance,
+        output=output,
+        target=target_index,
+        seed=start,
+        rules=node_rules,
+        lost=lost,
+        node_relevance=kept,
+    )

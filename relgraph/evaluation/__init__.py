@@ -1,0 +1,1 @@
+"""Evaluation: the metrics for relevance maps and the evaluation suite."""

@@ -1,0 +1,526 @@
+"""The evaluation suite: every map of a model on a set of clips, every metric, one report.
+
+``relgraph evaluate`` and ``benchmarks/evaluate.py`` run :func:`run_evaluation`; the metrics
+themselves are in :mod:`relgraph.evaluation.metrics`, the baseline maps in
+:mod:`relgraph.methods.baselines`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from relgraph.datasets.synthetic import APPEARANCE_CUE, make_set
+from relgraph.engine.canonize import canonical
+from relgraph.engine.graph import Graph
+from relgraph.engine.hostmemory import reuse_freed
+from relgraph.errors import LabelError, RelgraphError
+from relgraph.evaluation import metrics
+from relgraph.io.labels import Labels
+from relgraph.io.preprocess import get_preprocess
+from relgraph.io.video import read_video, select_clip
+from relgraph.methods import baselines
+from relgraph.methods.discriminative import (
+    DEFAULT_BATCH_SIZE,
+    NORMALIZATIONS,
+    REDUCTIONS,
+    discriminative_with_rules,
+    normalize_maps,
+    reduce_frozen,
+)
+from relgraph.rules import as_composite
+
+__all__ = [
+    "DEFAULT_MAPS",
+    "EvaluationData",
+    "compute_maps",
+    "frozen_batch_size",
+    "markdown",
+    "run_evaluation",
+    "synthetic_data",
+    "video_data",
+]
+
+#: The maps every metric is computed for; the option variants and other presets get the
+#: cheaper ones (region perturbation with ``freeze``, localisation).
+DEFAULT_MAPS: tuple[str, ...] = (
+    "spatiotemporal",
+    "spatial",
+    "temporal",
+    "random",
+    "frame difference",
+    "gradient",
+    "gradient × input",
+)
+MASK_KINDS: tuple[str, ...] = ("moving", "static", "irrelevant")
+
+#: activation and relevance memory of the frozen clips explained at once for the maps
+FROZEN_BUDGET = 512 * 2**20
+
+
+def frozen_batch_size(graph: Graph) -> int:
+    """Frozen clips explained at once by the maps and the randomisation: as many as keep
+    every node's activation and relevance within :data:`FROZEN_BUDGET`, from
+    ``DEFAULT_BATCH_SIZE`` (4) to 64. Small models are overhead bound: c3d-tiny's
+    discriminative pass runs about 1.6× faster at 64 than at 4 (2 threads); a full-size
+    model keeps 4."""
+    per_clip = (
+        2
+        * graph.dtype.itemsize
+        * sum(math.prod(graph.graph.nodes[node]["shape"]) for node in graph.order)
+    )
+    return max(DEFAULT_BATCH_SIZE, min(64, FROZEN_BUDGET // per_clip))
+
+
+@dataclass
+class EvaluationData:
+    """Clips ``(B, C, T, H, W)`` as the model takes them, labels ``(B,)``, and ground-truth
+    masks ``{kind: (B, T, H, W) bool}`` (empty for clips without masks)."""
+
+    clips: torch.Tensor
+    labels: torch.Tensor
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def synthetic_data(
+    graph: Graph,
+    n: int,
+    seed: int,
+    *,
+    irrelevant_motion: bool = True,
+    cue: float | None = None,
+    preprocess: str | None = None,
+) -> EvaluationData:
+    """``n`` synthetic clips at the graph's input size, preprocessed, with their masks."""
+
+    if len(graph.input_shape) != 4:
+        raise RelgraphError(f"'{graph.name}' does not take video clips (C, T, H, W)")
+    _, frames, size, width = graph.input_shape
+    if size != width:
+        raise RelgraphError(f"synthetic clips are square; '{graph.name}' takes {size}×{width}")
+    data = make_set(
+        n,
+        seed,
+        frames=frames,
+        size=size,
+        cue=APPEARANCE_CUE if cue is None else cue,
+        irrelevant_motion=irrelevant_motion,
+    )
+    transform = get_preprocess(preprocess or graph.default_preprocess, size=size)
+    clips = torch.stack([transform(video) for video in data.frames]).to(graph.dtype)
+    masks = {
+        kind: torch.from_numpy(getattr(data, kind)) for kind in MASK_KINDS if kind != "irrelevant"
+    }
+    if irrelevant_motion:
+        masks["irrelevant"] = torch.from_numpy(data.irrelevant)
+    return EvaluationData(clips.to(graph.device), torch.from_numpy(data.labels), masks)
+
+
+def video_data(
+    graph: Graph,
+    listing: Path,
+    *,
+    labels: str | os.PathLike | None = None,
+    preprocess: str | None = None,
+) -> EvaluationData:
+    """The first clip of each video of a list file, preprocessed; no masks.
+
+    Each line of ``listing`` is ``PATH CLASS`` (UCF-101's trainlist format): the video's path
+    relative to the list file and its class, a name of ``labels`` or a 1-based index.
+    """
+
+    names = Labels.from_file(labels) if labels is not None else None
+    try:
+        lines = listing.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RelgraphError(f"cannot read the video list: {exc}", file=str(listing)) from None
+    _, frames, size, _ = graph.input_shape
+    transform = get_preprocess(preprocess or graph.default_preprocess, size=size)
+    clips, classes = [], []
+    for number, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise RelgraphError("expected 'PATH CLASS'", file=str(listing), line=number)
+        path, label = parts
+        if label.isdigit():
+            index = int(label) - 1
+        elif names is not None:
+            index = names.index(label)
+        else:
+            raise LabelError(
+                f"class '{label}' is a name but no --labels file was given",
+                file=str(listing),
+                line=number,
+            )
+        if not 0 <= index < graph.num_classes:
+            raise LabelError(
+                f"class {label} is outside the model's {graph.num_classes} classes",
+                file=str(listing),
+                line=number,
+            )
+        video = read_video(listing.parent / path)
+        clips.append(transform(select_clip(video, length=frames).frames))
+        classes.append(index)
+    if not clips:
+        raise RelgraphError("the video list names no video", file=str(listing))
+    data = torch.stack(clips).to(device=graph.device, dtype=graph.dtype)
+    return EvaluationData(data, torch.tensor(classes))
+
+
+# --------------------------------------------------------------------------- maps
+
+
+def compute_maps(
+    graph: Graph,
+    clips: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    presets: Sequence[str] = (),
+    variants: bool = True,
+    clips_per_call: int = 16,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Every map of the clips for their targets, ``{name: (B, T, H, W)}``.
+
+    The model's preset gives ``spatiotemporal``, ``spatial`` and ``temporal`` (the authors'
+    options: ``reduce first``, ``normalize maxabs``) and, with ``variants``, the spatial and
+    temporal maps of every other ``reduce``/``normalize`` pair (``temporal reduce=same
+    normalize=sum``); each of ``presets`` gives its three maps (``temporal rules=NAME``);
+    then the baselines ``random`` and ``frame difference``.
+    """
+
+    maps: dict[str, torch.Tensor] = {}
+    graph = canonical(graph)  # batch norms folded, as explain and discriminative do
+    batch_size = frozen_batch_size(graph)
+    for preset in (None, *presets):
+        composite = as_composite(preset, graph)
+        node_rules = composite.resolve(graph)
+        seed = composite.seed or "onehot"
+        relevance, frozen = [], []
+        for begin in _tqdm(range(0, len(clips), clips_per_call), progress, preset or "maps"):
+            part = slice(begin, begin + clips_per_call)
+            result = discriminative_with_rules(
+                graph,
+                clips[part],
+                node_rules,
+                targets[part],
+                seed,
+                progress=False,
+                batch_size=batch_size,
+            )
+            relevance.append(result.relevance.sum(dim=1))
+            frozen.append(result.frozen_relevance.sum(dim=2))
+            del result
+        clip_maps, frozen_maps = torch.cat(relevance), torch.cat(frozen)
+        suffix = "" if preset is None else f" rules={preset}"
+        pairs = [("first", "maxabs")]
+        if variants and preset is None:
+            pairs += [(r, n) for r in REDUCTIONS for n in NORMALIZATIONS if (r, n) != pairs[0]]
+        for reduce, normalize in pairs:
+            spatiotemporal = normalize_maps(clip_maps, normalize, dims=(1, 2, 3))
+            spatial = reduce_frozen(normalize_maps(frozen_maps, normalize, dims=(2, 3, 4)), reduce)
+            options = (
+                "" if (reduce, normalize) == pairs[0] else f" reduce={reduce} normalize={normalize}"
+            )
+            if not options:
+                maps[f"spatiotemporal{suffix}"] = spatiotemporal
+            maps[f"spatial{options}{suffix}"] = spatial
+            maps[f"temporal{options}{suffix}"] = spatiotemporal - spatial
+    maps["random"] = baselines.random_map(clips)
+    maps["frame difference"] = baselines.frame_difference(clips)
+    maps["gradient"] = baselines.gradient(graph, clips, targets)
+    maps["gradient × input"] = baselines.gradient_times_input(graph, clips, targets)
+    return {name: value.cpu() for name, value in maps.items()}
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+@reuse_freed()  # a context manager, applied anew to each call
+def run_evaluation(
+    graph: Graph,
+    data: EvaluationData,
+    *,
+    presets: Sequence[str] = (),
+    variants: bool = True,
+    cube: Sequence[int] = (4, 8, 8),
+    steps: int = 16,
+    replacements: Sequence[str] = metrics.REPLACEMENTS,
+    batch_size: int = 64,
+    sanity_clips: int = 0,
+    frames: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Compute every map and every metric; a JSON-ready report (see :func:`markdown`).
+
+    Every map gets region perturbation with ``freeze`` (MoRF and LeRF) and localisation on
+    each mask; :data:`DEFAULT_MAPS` also get the other replacements, frame deletion and
+    insertion (unless ``frames`` is False), and (on the first ``sanity_clips`` clips)
+    cascading randomisation. The explained class is each clip's prediction.
+    Freed memory is kept for reuse meanwhile (``relgraph.engine.hostmemory.reuse_freed``): the
+    perturbed batches' forward passes then run up to 1.7× faster.
+    """
+    started = time.perf_counter()
+    model = metrics.model_function(graph)
+    with torch.inference_mode():
+        logits = torch.cat(
+            [model(data.clips[i : i + batch_size]) for i in range(0, len(data.clips), batch_size)]
+        )
+    targets = logits.argmax(dim=1)
+    accuracy = float((targets.cpu() == data.labels).double().mean())
+    maps = compute_maps(
+        graph, data.clips, targets, presets=presets, variants=variants, progress=progress
+    )
+    map_seconds = time.perf_counter() - started
+    mean = data.clips.mean(dim=(0, 2, 3, 4))
+    memo = metrics.ForwardMemo()  # each distinct perturbed clip is run once
+    report: dict = {"maps": {}, "curves": {}}
+    for name, values in _tqdm(list(maps.items()), progress, "metrics"):
+        values = values.to(data.clips.device)
+        entry: dict = {}
+        chosen = replacements if name in DEFAULT_MAPS else ("freeze",)
+        for how in chosen:
+            curves = {
+                order: metrics.region_perturbation(
+                    model,
+                    data.clips,
+                    values,
+                    targets,
+                    cube=cube,
+                    order=order,
+                    replace=how,
+                    steps=steps,
+                    batch_size=batch_size,
+                    mean=mean,
+                    memo=memo,
+                )
+                for order in ("morf", "lerf")
+            }
+            morf, lerf = curves["morf"].probability, curves["lerf"].probability
+            entry[f"aopc {how}"] = metrics.summarise(metrics.aopc(morf))
+            entry[f"abpc {how}"] = metrics.summarise(metrics.abpc(lerf, morf))
+            entry[f"aopc logit {how}"] = metrics.summarise(metrics.aopc(curves["morf"].logit))
+            report["curves"].setdefault(name, {})[how] = {
+                "fraction": curves["morf"].fraction.tolist(),
+                "morf": morf.mean(dim=0).tolist(),
+                "lerf": lerf.mean(dim=0).tolist(),
+            }
+            if how == "freeze":
+                entry["_aopc_freeze_per_clip"] = metrics.aopc(morf).tolist()
+        if frames and name in DEFAULT_MAPS:
+            for mode in ("deletion", "insertion"):
+                curve = metrics.frame_perturbation(
+                    model,
+                    data.clips,
+                    values,
+                    targets,
+                    mode=mode,
+                    batch_size=batch_size,
+                    memo=memo,
+                )
+                entry[f"frame {mode}"] = metrics.summarise(curve.probability.mean(dim=1))
+        for kind, mask in data.masks.items():
+            for metric, per_clip in metrics.localisation(values.cpu(), mask).items():
+                entry[f"{metric} {kind}"] = metrics.summarise(per_clip)
+                if metric == "rank" and kind == "moving":
+                    entry["_rank_moving_per_clip"] = per_clip.tolist()
+        report["maps"][name] = entry
+    if sanity_clips:
+        # the default preset's maps on the unchanged model are the first row's reference
+        device = data.clips.device
+        original = {name: maps[name][:sanity_clips].to(device) for name in SANITY_MAPS}
+        report["sanity"] = _sanity(
+            graph, data.clips[:sanity_clips], targets[:sanity_clips], progress, original
+        )
+    report["paired"] = _paired(report["maps"])
+    for entry in report["maps"].values():
+        for key in [k for k in entry if k.startswith("_")]:
+            del entry[key]
+    report.update(
+        accuracy=accuracy,
+        clips=len(data.clips),
+        seconds=time.perf_counter() - started,
+        map_seconds=map_seconds,
+        perturbed_clips={"run": memo.runs, "reused": memo.hits},
+        config={
+            "arch": graph.name,
+            "cube": list(cube),
+            "steps": steps,
+            "replacements": list(replacements),
+            "presets": list(presets),
+            "variants": variants,
+            "batch_size": batch_size,
+            "sanity_clips": sanity_clips,
+            "frames": frames,
+            "target": "predicted",
+        },
+    )
+    return report
+
+
+def _paired(entries: dict) -> dict:
+    """The issue's hypotheses, paired per clip (± 95 % interval)."""
+    out = {}
+
+    def diff(a: str, b: str, key: str) -> dict | None:
+        if a in entries and b in entries and key in entries[a] and key in entries[b]:
+            delta = np.asarray(entries[a][key]) - np.asarray(entries[b][key])
+            stats = metrics.summarise(delta)
+            stats["share_higher"] = float(np.mean(delta[np.isfinite(delta)] > 0))
+            return stats
+        return None
+
+    for a, b in (
+        ("temporal", "spatiotemporal"),
+        ("spatiotemporal", "random"),
+        ("temporal", "random"),
+        ("temporal", "frame difference"),
+    ):
+        found = diff(a, b, "_aopc_freeze_per_clip")
+        if found:
+            out[f"aopc freeze: {a} − {b}"] = found
+    found = diff("temporal", "frame difference", "_rank_moving_per_clip")
+    if found:
+        out["rank moving: temporal − frame difference"] = found
+    return out
+
+
+#: the maps whose rank correlation cascading randomisation reports
+SANITY_MAPS: tuple[str, ...] = ("spatiotemporal", "spatial", "temporal", "frame difference")
+
+
+def _sanity(
+    graph: Graph,
+    clips: torch.Tensor,
+    targets: torch.Tensor,
+    progress: bool = False,
+    original: dict[str, torch.Tensor] | None = None,
+) -> dict:
+
+    composite = as_composite(None, graph)
+    node_rules = composite.resolve(canonical(graph))
+    seed = composite.seed or "onehot"
+    batch_size = frozen_batch_size(graph)
+
+    def explain_maps(g: Graph) -> dict[str, torch.Tensor]:
+        parts = []
+        view = canonical(g)  # follows the randomised weights
+        for begin in range(0, len(clips), 16):
+            part = slice(begin, begin + 16)
+            parts.append(
+                discriminative_with_rules(
+                    view, clips[part], node_rules, targets[part], seed, batch_size=batch_size
+                )
+            )
+        found = {
+            name: torch.cat([getattr(p, name) for p in parts])
+            for name in SANITY_MAPS
+            if name != "frame difference"
+        }
+        return found | {"frame difference": baselines.frame_difference(clips)}
+
+    rows = {}
+    layers = metrics.randomisable_layers(graph)
+    # the maps on the original model (unless given), then after each layer is redrawn
+    first = 1 if original is None else 0
+    bar = tqdm(
+        total=len(layers) + first,
+        desc="randomisation",
+        file=sys.stderr,
+        leave=False,
+        disable=not progress,
+    )
+    with bar:
+        for layer, rho in metrics.cascading_randomisation(
+            graph, explain_maps, layers=layers, original=original
+        ):
+            rows[layer] = {name: metrics.summarise(values) for name, values in rho.items()}
+            bar.update(1 + first if len(rows) == 1 else 1)
+    return rows
+
+
+# --------------------------------------------------------------------------- report
+
+
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("aopc freeze", "AOPC freeze ↑"),
+    ("abpc freeze", "ABPC freeze ↑"),
+    ("aopc blur", "AOPC blur ↑"),
+    ("aopc mean", "AOPC mean ↑"),
+    ("frame deletion", "frame deletion ↓"),
+    ("frame insertion", "frame insertion ↑"),
+    ("rank moving", "rank acc. moving ↑"),
+    ("mass moving", "mass acc. moving ↑"),
+    ("pointing moving", "pointing moving ↑"),
+    ("rank static", "rank acc. static ↓"),
+    ("rank irrelevant", "rank acc. irrelevant ↓"),
+)
+
+
+def markdown(report: dict, maps: Sequence[str] | None = None) -> str:
+    """The report as Markdown tables: one row per map, mean ± 95 % interval."""
+    names = list(maps) if maps is not None else list(report["maps"])
+    columns = [
+        (k, label) for k, label in TABLE_COLUMNS if any(k in report["maps"][n] for n in names)
+    ]
+    lines = [
+        f"{report['config']['arch']}, {report['clips']} clips (accuracy "
+        f"{report['accuracy']:.1%}), mean ± 95 % interval; cube "
+        f"{'×'.join(map(str, report['config']['cube']))}, {report['config']['steps']} steps, "
+        f"probability of the predicted class; {report['seconds']:.0f} s",
+        "",
+        "| map | " + " | ".join(label for _, label in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for name in names:
+        entry = report["maps"][name]
+        cells = [_cell(entry.get(key)) for key, _ in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if report.get("paired"):
+        lines += [
+            "",
+            "Paired per clip (mean ± 95 % interval; share of clips where the first is higher)",
+            "",
+        ]
+        for label, stats in report["paired"].items():
+            lines.append(f"- {label}: {_cell(stats, signed=True)} ({stats['share_higher']:.0%})")
+    if report.get("sanity"):
+        layers = list(report["sanity"])
+        kinds = list(report["sanity"][layers[0]])
+        lines += [
+            "",
+            "Cascading randomisation: Spearman ρ with the original map, layers randomised "
+            "from the top down to",
+            "",
+            "| map | " + " | ".join(layers) + " |",
+            "|---|" + "---:|" * len(layers),
+        ]
+        for kind in kinds:
+            cells = [f"{report['sanity'][layer][kind]['mean']:.2f}" for layer in layers]
+            lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(stats: dict | None, signed: bool = False) -> str:
+    if not stats or not math.isfinite(stats.get("mean", math.nan)):
+        return "–"
+    mean = f"{stats['mean']:+.3f}" if signed else f"{stats['mean']:.3f}"
+    return f"{mean} ± {stats['ci95']:.3f}"
+
+
+def _tqdm(items, progress: bool, what: str):
+    if not progress:
+        return items
+
+    return tqdm(items, desc=what, file=sys.stderr, leave=False)

@@ -1,0 +1,1 @@
+"""Input and output: video files, preprocessing, labels, shipped resources, figures, writes."""

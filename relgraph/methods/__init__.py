@@ -1,0 +1,1 @@
+"""Methods built on the engine: the discriminative method, its motion methods, baselines."""

@@ -1,0 +1,1 @@
+"""Models: import from torch.nn and the shipped demo models."""

@@ -1,0 +1,1 @@
+"""From a video file to figures and files: the steps behind ``relgraph explain``."""
