@@ -1,5 +1,6 @@
 """Relevance rules (``relgraph.rules``): the rule objects, composites and shipped presets."""
 
+from . import attention  # noqa: F401  (registers the attention rules)
 from .base import NEEDS, RULES, NodeContext, Rule, Stabilizer, make_rule, register_rule
 from .composite import Composite, Entry, Selector, as_composite, preset, preset_names
 from .library import (
