@@ -20,6 +20,7 @@ import networkx as nx
 import torch
 import yaml
 
+from relgraph.engine import token_ops  # noqa: F401  (registers the token ops)
 from relgraph.engine.hostmemory import release_freed
 from relgraph.engine.ops import (
     OPS,
@@ -31,7 +32,6 @@ from relgraph.engine.ops import (
     infer_output_shape,
 )
 from relgraph.engine.spec import ArchSpec, load_yaml, parse_spec, with_block_origin
-from relgraph.engine import token_ops  # noqa: F401  (registers the token ops)
 from relgraph.engine.weights import (
     LoadReport,
     checked_state_dict,
