@@ -71,8 +71,15 @@ def hf_model(family: str, dtype: torch.dtype = torch.float64, seed: int = 0, **c
             p.add_(0.2 * torch.randn(p.shape, generator=generator))
             if name.endswith("norm.weight") or "layernorm" in name and name.endswith("weight"):
                 p.add_(1.0)
-    model.set_attn_implementation("sdpa")
+    if _uses_attention_interface(model):
+        model.set_attn_implementation("sdpa")
     return model.to(dtype).eval(), params
+
+
+def _uses_attention_interface(model) -> bool:
+    """Whether the model's attention goes through transformers' ``AttentionInterface``
+    (TimeSformer's computes its own)."""
+    return not isinstance(model, TimesformerForVideoClassification)
 
 
 def hf_logits(model, x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +177,9 @@ def lxt_patched(model, mode: str) -> Iterator[None]:
     saved_tsf = modeling_timesformer.TimesformerSelfAttention.forward
     torch.nn.LayerNorm.forward = _layer_norm_frozen
     modeling_timesformer.TimesformerSelfAttention.forward = _timesformer_attention(mode)
-    model.set_attn_implementation(_register(mode))
+    interface = _uses_attention_interface(model)
+    if interface:
+        model.set_attn_implementation(_register(mode))
     try:
         yield
     finally:
@@ -178,7 +187,8 @@ def lxt_patched(model, mode: str) -> Iterator[None]:
         modeling_timesformer.TimesformerSelfAttention.forward = saved_tsf
         for module, attribute, act in activations:
             setattr(module, attribute, act)
-        model.set_attn_implementation(saved_impl)
+        if interface:
+            model.set_attn_implementation(saved_impl)
 
 
 def reference_relevance(model, x: torch.Tensor, target: torch.Tensor, mode: str) -> torch.Tensor:
