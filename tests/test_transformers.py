@@ -170,3 +170,13 @@ def test_discriminative_skips_the_frozen_shortcut_on_attention():
         frozen = clip[:, :, t : t + 1].expand_as(clip).contiguous()
         plain = relgraph.explain(g, frozen, target=1, rules="cp-lrp")
         assert torch.allclose(res.frozen_relevance[:, t], plain, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("positions, features", [(392, 384), (8, 16), (10, 33)])
+def test_sinusoid_table_is_bit_equal_to_transformers(positions, features):
+    from transformers.models.videomae.modeling_videomae import get_sinusoid_encoding_table
+
+    from relgraph.engine.token_ops import sinusoid_table
+
+    expected = get_sinusoid_encoding_table(positions, features)[0]
+    assert torch.equal(sinusoid_table(positions, features), expected)
