@@ -10,7 +10,7 @@ from transformer_reference import hf_logits, hf_model, reference_relevance
 
 import relgraph
 from relgraph.methods.frozen import temporal_cropping_applies
-from relgraph.methods.heads import attention_nodes, head_relevance
+from relgraph.methods.heads import attention_nodes, discriminative_heads, head_relevance
 
 FAMILIES = ["videomae", "vivit", "timesformer"]
 
@@ -180,3 +180,18 @@ def test_sinusoid_table_is_bit_equal_to_transformers(positions, features):
 
     expected = get_sinusoid_encoding_table(positions, features)[0]
     assert torch.equal(sinusoid_table(positions, features), expected)
+
+
+def test_discriminative_heads_of_a_still_clip_have_no_temporal_part():
+    model, params = hf_model("vivit")
+    g = _graph("vivit", model, params)
+    moving = _clip(batch=1)
+    still = moving[:, :, :1].expand_as(moving).contiguous()
+    heads = discriminative_heads(g, torch.cat([moving, still]), target=2, rules="attnlrp")
+    for node, temporal in heads.temporal.items():
+        assert temporal.shape == (2, 4, 2)
+        assert temporal[1].abs().max() == 0
+        assert temporal[0].abs().max() > 0
+        frozen = moving[:, :, 3:4].expand_as(moving).contiguous()
+        alone = head_relevance(g, relgraph.explain(g, frozen, 2, "attnlrp", return_all=True))
+        assert torch.allclose(heads.spatial[node][0, 3], alone[node][0], rtol=1e-12, atol=0)
