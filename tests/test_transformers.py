@@ -195,3 +195,27 @@ def test_discriminative_heads_of_a_still_clip_have_no_temporal_part():
         frozen = moving[:, :, 3:4].expand_as(moving).contiguous()
         alone = head_relevance(g, relgraph.explain(g, frozen, 2, "attnlrp", return_all=True))
         assert torch.allclose(heads.spatial[node][0, 3], alone[node][0], rtol=1e-12, atol=0)
+
+
+def test_a_registered_key_map_renames_a_checkpoint_in_another_layout(monkeypatch):
+    from relgraph.engine import weights
+
+    model, params = hf_model("vivit")
+    g = relgraph.load_architecture("vivit", **params)
+    older = {
+        k.replace("vivit.layers.", "vivit.encoder.layer."): v for k, v in model.state_dict().items()
+    }
+
+    def encoder_layers(graph, state):
+        if not any(".encoder.layer." in k for k in state):
+            return None
+        return {k.replace("vivit.encoder.layer.", "vivit.layers."): v for k, v in state.items()}
+
+    monkeypatch.setattr(weights, "KEY_MAPS", {})
+    weights.register_key_map("vivit 4.x layers")(encoder_layers)
+    report = g.load_weights(older)
+    assert report.naming == "vivit 4.x layers" and not report.skipped
+    assert torch.equal(
+        g.tensors("vivit.layers.1.mlp.fc2")["weight"], model.vivit.layers[1].mlp.fc2.weight
+    )
+    assert g.load_weights(model.state_dict()).naming == "node"  # its own keys: no map tried
