@@ -404,6 +404,7 @@ class PrependToken(IndexOp):
     stored as the library stores it (``[1, 1, D]``), broadcast over the other axes. Its
     share of relevance is lost (it is a constant)."""
 
+    sign = "any"  # the token may be negative whatever the input
     dim = Field[int]("int", 1, "the token axis, counting the batch as 0")
     shape = Field[Shape]("shape", doc="the stored parameter's shape, e.g. [1, 1, D]")
 
