@@ -9,6 +9,7 @@ import torch
 from transformer_reference import hf_logits, hf_model, reference_relevance
 
 import relgraph
+from relgraph.engine.weights import tensor_key
 from relgraph.methods.frozen import temporal_cropping_applies
 from relgraph.methods.heads import attention_nodes, discriminative_heads, head_relevance
 
@@ -219,3 +220,39 @@ def test_a_registered_key_map_renames_a_checkpoint_in_another_layout(monkeypatch
         g.tensors("vivit.layers.1.mlp.fc2")["weight"], model.vivit.layers[1].mlp.fc2.weight
     )
     assert g.load_weights(model.state_dict()).naming == "node"  # its own keys: no map tried
+
+
+BASE_MODELS = {
+    "videomae": (
+        "VideoMAEConfig",
+        "VideoMAEForVideoClassification",
+        {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6},
+        {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6},
+    ),
+    "vivit": ("VivitConfig", "VivitForVideoClassification", {}, {}),
+    "timesformer": ("TimesformerConfig", "TimesformerForVideoClassification", {}, {}),
+}
+
+
+@pytest.mark.parametrize(
+    "family",
+    ["vivit", *(pytest.param(f, marks=pytest.mark.slow) for f in ("videomae", "timesformer"))],
+)
+def test_full_size_keys_and_shapes_are_transformers_own(family):
+    """VideoMAE-Small, ViViT-B 16x2 and TimeSformer-base (400 classes): the graph's tensors
+    are the state dict transformers writes, key for key and shape for shape."""
+    import transformers
+
+    config_name, model_name, config, params = BASE_MODELS[family]
+    intermediate = {"intermediate_size": 4 * config["hidden_size"]} if config else {}
+    with torch.device("meta"):
+        config_object = getattr(transformers, config_name)(num_labels=400, **config, **intermediate)
+        model = getattr(transformers, model_name)(config_object)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    g = relgraph.load_architecture(family, init="none", num_labels=400, **params, **intermediate)
+    got = {
+        tensor_key(node, name): tuple(shape)
+        for node in g.order
+        for name, shape in g.graph.nodes[node]["tensor_shapes"].items()
+    }
+    assert got == expected
