@@ -35,7 +35,9 @@ from relgraph.rules import (
     ZPlus,
 )
 from relgraph.rules import base as rule_base
-from relgraph.rules.base import Lazy, Stabilizer, positive, sliced_adjoint, sliced_map
+from relgraph.rules.context import Lazy
+from relgraph.rules.numerics import Stabilizer, positive
+from relgraph.rules.slicing import sliced_adjoint, sliced_map
 from strategies import graph_cases, one_torch_thread  # noqa: F401
 
 import relgraph

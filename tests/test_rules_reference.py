@@ -813,7 +813,7 @@ BIAS_OPTIONS = {
 
 
 def test_every_rule_with_a_bias_parameter_is_covered():
-    from relgraph.rules.base import RULES
+    from relgraph.rules.registry import RULES
 
     with_bias = {
         name

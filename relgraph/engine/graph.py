@@ -20,7 +20,7 @@ import networkx as nx
 import torch
 import yaml
 
-from relgraph.engine.hostmemory import release_freed
+from relgraph.engine.interpreter import ForwardPass, check_keep
 from relgraph.engine.ops import (
     OPS,
     Input,
@@ -217,6 +217,10 @@ class Graph:
                 for n in self.graph.nodes
             }
         return list(self._inputs[node])
+
+    def line_of(self, node: str) -> int | None:
+        """The line of ``node`` in the architecture's file (``None`` where not known)."""
+        return self.graph.nodes[node].get("line")
 
     def tensors(self, node: str) -> dict[str, torch.Tensor]:
         return self.graph.nodes[node]["tensors"]
@@ -431,59 +435,14 @@ class Graph:
         """
         self.check_input(x)
         keep_set = None if keep is None else set(keep) | {self.output}
-        unknown = sorted(set(keep_set or ()) - set(self.graph))
-        if unknown:
-            raise GraphError(
-                f"keep names no node: '{unknown[0]}'{did_you_mean(unknown[0], self.order)}",
-                file=self.file,
-            )
-        remaining = {n: self.graph.out_degree(n) for n in self.order}
-        record_set = set(record)
-        low_memory = self._cache_policy == "none"
-        activations: dict[str, torch.Tensor] = {}
-        records: dict[str, Any] = {}
-        # with ``keep`` given, an op with ``in_place`` writes into its first input's memory
-        # when that input dies with it: nobody else reads it, it is not kept, and no other
-        # live activation (a view, an identity's output) or the caller's ``x`` shares it
-        sharing = _StorageUse(x) if keep_set is not None else None
-        with torch.inference_mode():
-            activations[self.input] = self.working_layout(x, channels_last)
-            if sharing is not None:
-                sharing.add(activations[self.input])
-            if made is not None and (keep_set is None or self.input in keep_set):
-                made(self.input, activations[self.input])
-            for node in self.order[1:]:
-                preds = self.inputs_of(node)
-                inputs = [activations[p] for p in preds]
-                op = self.op(node)
-                tensors = self.current_tensors(node)
-                if node in record_set:
-                    output, records[node] = op.forward_record(inputs, tensors)
-                    activations[node] = output
-                elif (
-                    sharing is not None
-                    and op.in_place
-                    and remaining[preds[0]] == 1
-                    and preds[0] not in keep_set
-                    and sharing.alone(inputs[0])
-                ):
-                    activations[node] = op.forward_in_place(inputs, tensors)
-                else:
-                    activations[node] = op.forward(inputs, tensors)
-                if sharing is not None:
-                    sharing.add(activations[node])
-                if made is not None and (keep_set is None or node in keep_set):
-                    made(node, activations[node])
-                if keep_set is not None:
-                    for p in preds:
-                        remaining[p] -= 1
-                        if remaining[p] == 0 and p not in keep_set:
-                            sharing.remove(activations.pop(p))
-                if low_memory:
-                    del inputs
-                    release_freed()
+        if keep_set is not None:
+            check_keep(self, keep_set)
+        run = ForwardPass(
+            self, x, keep=keep_set, record=record, made=made, channels_last=channels_last
+        )
+        run.run()
         return ForwardResult(
-            output=activations[self.output], activations=activations, records=records
+            output=run.activations[self.output], activations=run.activations, records=run.records
         )
 
     __call__ = forward
@@ -804,30 +763,3 @@ def architecture_from_yaml(text: str, *, file: str = "<string>", **kwargs: Any) 
     """Compile an architecture given as YAML text (see ``load_architecture``)."""
     compile_kwargs = {k: kwargs.pop(k) for k in ("init", "seed", "dtype", "device") if k in kwargs}
     return compile_spec(parse_architecture(text, file, **kwargs), **compile_kwargs)
-
-
-class _StorageUse:
-    """How many live activations of a forward pass use each block of memory; the caller's
-    input's block counts once more, for good (``Graph.forward`` never writes into it)."""
-
-    def __init__(self, x: torch.Tensor) -> None:
-        self._count: dict[int, int] = {}
-        self.add(x)
-
-    @staticmethod
-    def _key(t: torch.Tensor) -> int:
-        return t.untyped_storage().data_ptr()
-
-    def add(self, t: torch.Tensor) -> None:
-        key = self._key(t)
-        self._count[key] = self._count.get(key, 0) + 1
-
-    def remove(self, t: torch.Tensor) -> None:
-        key = self._key(t)
-        self._count[key] -= 1
-        if not self._count[key]:
-            del self._count[key]
-
-    def alone(self, t: torch.Tensor) -> bool:
-        """Whether ``t`` is the only live activation in its block of memory."""
-        return self._count.get(self._key(t), 0) == 1

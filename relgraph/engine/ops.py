@@ -484,7 +484,7 @@ class Affine(Op):
         """Whether the map runs slice by slice of its weight: output channels ``k`` of
         ``A(x; W[k])`` are those of ``A(x; W)``, and input channels ``j`` of ``Aᵀ(s; W[:, j])``
         those of ``Aᵀ(s; W)`` (the memory mode computes big maps so, see
-        ``relgraph.rules.base.sliced_map``)."""
+        ``relgraph.rules.slicing.sliced_map``)."""
         return False
 
     def stack_inputs(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor | None:
