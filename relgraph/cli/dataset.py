@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import sys
 import time
 from typing import Any
 
@@ -22,7 +23,7 @@ from relgraph.cli.args import (
     positive_int,
 )
 from relgraph.datasets.distributed import setup
-from relgraph.datasets.report import build_report
+from relgraph.datasets.report import build_report_with_damage
 from relgraph.datasets.runner import RunOptions, run_dataset
 from relgraph.datasets.sources import check_labels, load_source
 from relgraph.datasets.store import STORE_FORMAT, Store, file_digest
@@ -202,6 +203,8 @@ def command_dataset_explain(args: argparse.Namespace) -> int:
     )
     items = load_source(args.source, class_index=args.class_index, root=args.root)
     store = Store(args.out)
+    if not args.dry_run:
+        store.check_unlocked()  # a store being written is refused before any work
     store.read_manifest()  # a non-store folder is refused before the model loads
     model = load_model(
         args.arch,
@@ -232,6 +235,8 @@ def command_dataset_explain(args: argparse.Namespace) -> int:
 
 def command_dataset_report(args: argparse.Namespace) -> int:
 
-    out = build_report(args.store, args.out)
+    out, damaged = build_report_with_damage(args.store, args.out)
+    for line in damaged:
+        print(f"relgraph: warning: damaged, left out: {line}", file=sys.stderr, flush=True)
     print(f"report: {out / 'index.html'}")
     return 0

@@ -12,6 +12,7 @@ background threads decode the next groups while the model explains the current o
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import math
 import sys
 import time
@@ -222,8 +223,23 @@ def run_dataset(
 ) -> dict[str, Any]:
     """Explain the videos not done yet into ``store`` (see the module docstring).
 
-    Returns the run's statistics (rank 0's view of the whole run).
+    Returns the run's statistics (rank 0's view of the whole run). The main process holds
+    the store's writer lock (:meth:`Store.lock`) for the whole run, so that a second run on
+    the same store is refused instead of deleting this one's temporary files.
     """
+    writing = context.is_main and not options.dry_run
+    with store.lock() if writing else contextlib.nullcontext():
+        return _run_dataset(model, items, store, store_options, options, context)
+
+
+def _run_dataset(
+    model,
+    items: Sequence[VideoItem],
+    store: Store,
+    store_options: dict[str, Any],
+    options: RunOptions,
+    context: Context,
+) -> dict[str, Any]:
     started = time.perf_counter()
     say = _say(options.quiet or not context.is_main)
     length = model.frames_per_clip

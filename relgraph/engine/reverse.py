@@ -98,6 +98,25 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _layout_of(x: torch.Tensor) -> torch.memory_format:
+    """The memory format to return relevance for the input ``x`` in: channels-last where
+    ``x`` is, else the ordinary contiguous layout (a permuted or sliced input has no layout
+    ``contiguous`` could reproduce)."""
+    if (
+        x.dim() == 5
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last_3d)
+    ):
+        return torch.channels_last_3d
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _materialized(t: torch.Tensor) -> torch.Tensor:
     """``t`` with memory of its own where it is a broadcast zero (``no_relevance``), so that
     what a caller gets back is a tensor like any other."""
@@ -441,7 +460,7 @@ def _explain_pass(
                 release_freed()
         # in the input's own layout (the passes may run channels-last: Graph.working_layout)
         input_relevance = _materialized(relevance.pop(graph.input)).contiguous(
-            memory_format=torch.contiguous_format if x.is_contiguous() else torch.preserve_format
+            memory_format=_layout_of(x)
         )
     if not detailed:
         return input_relevance

@@ -24,7 +24,14 @@ import numpy as np
 
 from relgraph.errors import OutputError
 
-__all__ = ["atomic_path", "atomic_write_bytes", "ensure_out_dir", "write_json", "write_npz"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "ensure_out_dir",
+    "json_text",
+    "write_json",
+    "write_npz",
+]
 
 
 def ensure_out_dir(path: str | os.PathLike) -> Path:
@@ -152,7 +159,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
     NumPy scalars and arrays, torch tensors (anything with ``.tolist()``), paths, tuples and
     sets are converted; dictionary keys that are NumPy scalars become strings as usual.
-    Non-finite floats are written as ``NaN``/``Infinity``, as Python's ``json`` does.
+    The JSON is strict (RFC 8259): a float that is NaN or infinite is written as ``null``
+    (:func:`json_text`), never as the ``NaN``/``Infinity`` that strict readers refuse.
 
     Parameters
     ----------
@@ -173,10 +181,50 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """
     target = Path(path)
     try:
-        text = json.dumps(_to_json(obj), indent=2, ensure_ascii=False)
+        text = json_text(obj, indent=2)
     except (TypeError, ValueError) as error:
         raise OutputError(f"cannot write as JSON: {error}", file=target) from None
     return atomic_write_bytes(target, (text + "\n").encode("utf-8"))
+
+
+def json_text(
+    obj: Any,
+    *,
+    indent: int | None = None,
+    compact: bool = False,
+    sort_keys: bool = False,
+    unknown_as_text: bool = False,
+) -> str:
+    """``obj`` as strict JSON text: converted as in :func:`write_json`, every non-finite float
+    (NaN, ±Infinity) written as ``null``, and ``allow_nan=False`` as the guard.
+
+    Parameters
+    ----------
+    obj
+        The data.
+    indent
+        As in :func:`json.dumps`.
+    compact
+        No spaces after separators (one row of a ``.jsonl`` file).
+    sort_keys
+        As in :func:`json.dumps`.
+    unknown_as_text
+        Write a value of a type JSON cannot represent as its ``str`` instead of refusing it.
+
+    Raises
+    ------
+    TypeError
+        If ``obj`` holds a value JSON cannot represent (the message names its type).
+    """
+    separators = (",", ":") if compact else None
+    return json.dumps(
+        _to_json(obj, unknown_as_text),
+        indent=indent,
+        ensure_ascii=False,
+        allow_nan=False,
+        separators=separators,
+        sort_keys=sort_keys,
+    )
 
 
 def write_npz(path: str | os.PathLike, /, **arrays: Any) -> Path:
@@ -236,23 +284,27 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _to_json(value: Any) -> Any:
-    """Recursively convert ``value`` to types ``json`` can write."""
+def _to_json(value: Any, unknown_as_text: bool = False) -> Any:
+    """Recursively convert ``value`` to types ``json`` can write (non-finite floats: None)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # strict JSON has no NaN or Infinity
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Mapping):
-        return {_json_key(key): _to_json(item) for key, item in value.items()}
+        return {_json_key(key): _to_json(item, unknown_as_text) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_json(item) for item in value]
+        return [_to_json(item, unknown_as_text) for item in value]
     if isinstance(value, (set, frozenset)):
-        return [_to_json(item) for item in sorted(value, key=repr)]
+        return [_to_json(item, unknown_as_text) for item in sorted(value, key=repr)]
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if hasattr(value, "detach") and hasattr(value, "tolist"):
-        return _to_json(value.detach().cpu().tolist())
+        return _to_json(value.detach().cpu().tolist(), unknown_as_text)
     if hasattr(value, "tolist"):
         # NumPy scalars and arrays: tolist gives Python scalars or nested lists.
-        return _to_json(value.tolist())
+        return _to_json(value.tolist(), unknown_as_text)
+    if unknown_as_text:
+        return str(value)
     raise TypeError(f"a value of type {type(value).__name__} is not JSON serializable")
 
 
