@@ -18,6 +18,7 @@ import torch
 from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import Graph
 from relgraph.engine.hostmemory import release_freed
+from relgraph.engine.memory import check_memory
 from relgraph.engine.ops import all_finite
 from relgraph.errors import RuleError, TargetError
 from relgraph.io.labels import Labels
@@ -230,6 +231,7 @@ def explain(
     return_all: bool = False,
     return_explanation: bool = False,
     canonize: bool | None = None,
+    memory_check: bool = True,
 ) -> torch.Tensor | Explanation:
     """Explain a batch: the relevance of each input element for the target class.
 
@@ -261,10 +263,18 @@ def explain(
         (``relgraph.engine.canonize``), so that the rules see one affine layer; default: the
         architecture's ``canonize:`` (true unless the YAML says false). Folded batch norms
         get no rule and have no entry in ``Explanation.rules`` or ``node_relevance``.
+    memory_check
+        Refuse, before anything is allocated, a batch whose estimated peak memory exceeds
+        what the device has free (``relgraph.engine.memory``); False skips the check.
 
     Returns
     -------
     torch.Tensor or Explanation
+
+    Raises
+    ------
+    ResourceError
+        The estimated peak memory exceeds the available memory (see ``memory_check``).
     """
     graph = canonical(graph, canonize)
     _, node_rules, seed = resolve_rules(graph, rules, preprocess, seed)
@@ -277,6 +287,7 @@ def explain(
         labels=labels,
         return_all=return_all,
         return_explanation=return_explanation,
+        memory_check=memory_check,
     )
 
 
@@ -345,6 +356,7 @@ def explain_with_rules(
     labels: Any = None,
     return_all: bool = False,
     return_explanation: bool = False,
+    memory_check: bool = True,
 ) -> torch.Tensor | Explanation:
     """``explain`` with the rules already resolved per node (see ``Composite.resolve``).
 
@@ -352,7 +364,10 @@ def explain_with_rules(
     beyond the format in place and checks the result once at the end: the input relevance
     and, for an ``Explanation``, each node's lost relevance (``quotients_checked_later``);
     where they are not finite, the pass runs again with every quotient checked. The result
-    is the same either way."""
+    is the same either way. ``memory_check``: as in :func:`explain`."""
+    if memory_check and isinstance(x, torch.Tensor) and x.dim() >= 1:
+        kept = None if return_all else activations_needed(graph, node_rules)
+        check_memory(graph, x.shape[0], kept)
     run = (graph, x, node_rules, target, seed, labels, return_all, return_explanation)
     if return_all:  # every node's relevance is reported: each quotient checked as it is formed
         return _explain_pass(*run)

@@ -10,10 +10,13 @@ existing file survives a writer that fails midway.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -26,7 +29,9 @@ from relgraph.errors import OutputError
 
 __all__ = [
     "atomic_path",
+    "OutputSet",
     "atomic_write_bytes",
+    "disk_full",
     "ensure_out_dir",
     "json_text",
     "write_json",
@@ -115,8 +120,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(handle)
     temporary = Path(temporary_name)
     try:
-        yield temporary
-        _flush_to_disk(temporary)
+        try:
+            yield temporary
+            _flush_to_disk(temporary)
+        except OSError as error:
+            if error.errno in _DISK_FULL:
+                raise disk_full(target, error) from None
+            raise
         # mkstemp creates files readable by the owner only; give the result the permissions
         # any other new file would get.
         os.chmod(temporary, 0o666 & ~_umask())
@@ -131,6 +141,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         raise
+
+
+#: the errors of a write that ran out of room: no space, over quota, file too large
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def disk_full(path: str | os.PathLike, error: OSError) -> OutputError:
+    """The error for a write to ``path`` that ran out of room (``ENOSPC``, ``EDQUOT``,
+    ``EFBIG``): one line naming the file and its file system's free space."""
+    free = ""
+    with contextlib.suppress(OSError):
+        usage = shutil.disk_usage(Path(path).parent)
+        free = f" ({usage.free / 1e6:.1f} MB free there now)"
+    return OutputError(
+        f"the disk filled up while writing this file: {error.strerror or error}{free}; "
+        "free some space or choose another output folder",
+        file=path,
+    )
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -337,3 +365,81 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+class OutputSet:
+    """A set of outputs that appears in its folder whole, or not at all.
+
+    The files are written into a hidden staging folder inside ``out``; :meth:`commit` moves
+    them into ``out`` (a file or folder at a time, with ``os.replace``) and removes what an
+    earlier run left there of relgraph's own outputs (the names ``owned`` matches) that this
+    set does not hold, so that no stale ``clip-NNN`` folder or figure survives a rerun.
+    Everything else in ``out`` (a user's own files) is left alone. Leaving the block without
+    a commit (an error, an interrupt) removes the staging folder and leaves ``out`` as it was.
+    A run killed outright (SIGKILL) leaves a hidden ``.relgraph-staging-*`` folder behind.
+
+    Parameters
+    ----------
+    out
+        The output folder; created on entering the block.
+    owned
+        Regular expression of the names (files or folders directly in ``out``) that are this
+        kind of run's outputs.
+    last
+        Names moved into place last (a summary that says the set is complete).
+    """
+
+    def __init__(self, out: str | os.PathLike, owned: str, *, last: tuple[str, ...] = ()) -> None:
+        self.out = Path(out)
+        self.owned = re.compile(owned)
+        self.last = tuple(last)
+        self.staging: Path = self.out
+        self.committed: list[Path] = []
+
+    def __enter__(self) -> OutputSet:
+        ensure_out_dir(self.out)
+        try:
+            self.staging = Path(tempfile.mkdtemp(dir=self.out, prefix=".relgraph-staging-"))
+        except OSError as error:
+            if error.errno in _DISK_FULL:
+                raise disk_full(self.out / ".relgraph-staging", error) from None
+            raise OutputError(
+                f"cannot write in the output folder: {error.strerror or error}", file=self.out
+            ) from None
+        return self
+
+    def final(self, path: str | os.PathLike) -> Path:
+        """Where a file of the staging folder ends up once committed."""
+        return self.out / Path(path).relative_to(self.staging)
+
+    def commit(self) -> list[Path]:
+        """Move the staged outputs into ``out`` and remove the stale ones; returns the final
+        paths of the entries moved (files and folders directly in ``out``)."""
+        staged = sorted(self.staging.iterdir(), key=lambda p: (p.name in self.last, p.name))
+        names = {p.name for p in staged}
+        try:
+            for stale in sorted(self.out.iterdir()):
+                if stale.name not in names and self.owned.fullmatch(stale.name):
+                    _remove(stale)
+            for entry in staged:
+                target = self.out / entry.name
+                if entry.is_dir() and target.is_dir() and not target.is_symlink():
+                    _remove(target)
+                os.replace(entry, target)
+                self.committed.append(target)
+        except OSError as error:
+            raise OutputError(
+                f"cannot move the finished outputs into place: {error.strerror or error}",
+                file=self.out,
+            ) from None
+        return list(self.committed)
+
+    def __exit__(self, *exc_info) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
