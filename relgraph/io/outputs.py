@@ -31,6 +31,8 @@ __all__ = [
     "atomic_path",
     "OutputSet",
     "atomic_write_bytes",
+    "check_out_dir",
+    "check_out_file",
     "disk_full",
     "ensure_out_dir",
     "json_text",
@@ -79,6 +81,51 @@ def ensure_out_dir(path: str | os.PathLike) -> Path:
             f"cannot write files in the output folder: {error.strerror or error}", file=folder
         ) from None
     return folder
+
+
+def check_out_dir(path: str | os.PathLike) -> Path:
+    """Check, creating nothing, that an output folder exists and can be written, or can be
+    created: for commands that check every argument before they make anything.
+
+    Raises
+    ------
+    OutputError
+        A file that is not a folder is in the way, or the folder (or the nearest existing
+        folder above it) cannot be written.
+    """
+    folder = Path(path)
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise OutputError(
+            "cannot create the output folder: a file that is not a folder already has the "
+            f"name '{existing}'",
+            file=folder,
+        )
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write in '{existing}': permission denied", file=folder)
+    return folder
+
+
+def check_out_file(path: str | os.PathLike) -> Path:
+    """Check, creating nothing, that a file can be written at ``path`` (its folder exists and
+    can be written, or can be created; no folder has its name).
+
+    Raises
+    ------
+    OutputError
+        Naming the file and the reason.
+    """
+    target = Path(path)
+    if not target.name or target.is_dir():
+        raise OutputError("cannot write the file: a folder has this name", file=target)
+    check_out_dir(target.parent)
+    if target.exists() and not os.access(target, os.W_OK):
+        raise OutputError("cannot write the file: permission denied", file=target)
+    return target
 
 
 @contextlib.contextmanager
