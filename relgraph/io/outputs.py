@@ -122,7 +122,10 @@ def check_out_file(path: str | os.PathLike) -> Path:
     target = Path(path)
     if not target.name or target.is_dir():
         raise OutputError("cannot write the file: a folder has this name", file=target)
-    check_out_dir(target.parent)
+    try:
+        check_out_dir(target.parent)
+    except OutputError as error:
+        raise OutputError(f"cannot write the file: {error.message}", file=target) from None
     if target.exists() and not os.access(target, os.W_OK):
         raise OutputError("cannot write the file: permission denied", file=target)
     return target
