@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -259,6 +260,7 @@ class Epsilon(Rule):
     bias: bool = True
 
     def __post_init__(self):
+        _check_number(self.name, "epsilon", self.epsilon)
         if self.epsilon < 0:
             raise RuleError(f"epsilon must be ≥ 0, got {self.epsilon}")
 
@@ -301,6 +303,9 @@ class _Stabilized(Rule):
     drops_bias: ClassVar[bool] = False
 
     def __post_init__(self):
+        _check_number(self.name, "epsilon", self.epsilon)
+        if self.epsilon < 0:
+            raise RuleError(f"{self.name}: epsilon must be ≥ 0, got {self.epsilon}")
         if self.bias and self.drops_bias:
             raise RuleError(
                 f"rule '{self.name}' has no bias term (see rules.md), so bias: true would be "
@@ -352,6 +357,8 @@ class AlphaBeta(_Stabilized):
 
     def __post_init__(self):
         super().__post_init__()
+        _check_number(self.name, "alpha", self.alpha)
+        _check_number(self.name, "beta", self.beta)
         if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1) > 1e-12:
             raise RuleError(
                 f"alphabeta needs α, β ≥ 0 and α − β = 1, got α={self.alpha}, β={self.beta}"
@@ -384,6 +391,7 @@ class Gamma(_Stabilized):
 
     def __post_init__(self):
         super().__post_init__()
+        _check_number(self.name, "gamma", self.gamma)
         if self.gamma < 0:
             raise RuleError(f"gamma must be ≥ 0, got {self.gamma}")
 
@@ -440,6 +448,22 @@ class ZBeta(_Stabilized):
         super().__post_init__()
         if self.bounds is None and (self.low is None or self.high is None):
             raise RuleError("zbeta needs 'low' and 'high', or 'bounds' (a preprocessing preset)")
+        if self.low is not None and self.high is not None:
+            low, high = _bound_values("low", self.low), _bound_values("high", self.high)
+            if len(low) > 1 and len(high) > 1 and len(low) != len(high):
+                raise RuleError(
+                    f"zbeta: low has {len(low)} values and high {len(high)}: give one per "
+                    "input channel for both, or one number"
+                )
+            if len(low) == 1 or len(high) == 1:
+                low, high = low * len(high), high * len(low)
+            crossed = [c for c, (lo, hi) in enumerate(zip(low, high)) if lo > hi]
+            if crossed:
+                c = crossed[0]
+                raise RuleError(
+                    f"zbeta needs low ≤ high, got low {low[c]:g} > high {high[c]:g}"
+                    + (f" (channel {c})" if len(low) > 1 else "")
+                )
 
     def bind(
         self, *, preprocess: str | None = None, graph: Any = None, node: str | None = None, **_: Any
@@ -550,6 +574,24 @@ def _values(bound: float | tuple[float, ...]) -> list[float]:
 
 #: inputs may pass the bounds by this much of the box's width (rounding of the preprocessing)
 BOUNDS_TOLERANCE = 1e-4
+
+
+def _check_number(rule: str, name: str, value: Any) -> None:
+    """Refuse a rule parameter that is not a finite real number (``nan``, ``inf``, text)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise RuleError(f"{rule}: {name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise RuleError(f"{rule}: {name} must be a finite number, got {value!r}")
+
+
+def _bound_values(name: str, value: Any) -> list[float]:
+    """A zβ bound as a list of finite numbers (one, or one per channel)."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise RuleError(f"zbeta: {name} is empty")
+    for item in values:
+        _check_number("zbeta", name, item)
+    return [float(item) for item in values]
 
 
 def _warn_outside(node: str, x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> None:
@@ -860,6 +902,8 @@ class Combine(Rule):
     def __post_init__(self):
         if not self.parts:
             raise RuleError("combine needs at least one part")
+        for weight, _ in self.parts:
+            _check_number("combine", "a part's weight", weight)
         self.parts = [(float(w), make_rule(r)) for w, r in self.parts]
 
     @property
@@ -906,9 +950,15 @@ class Combine(Rule):
                     line=line,
                 )
             weight = part["weight"]
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            if (
+                isinstance(weight, bool)
+                or not isinstance(weight, (int, float))
+                or not math.isfinite(weight)
+            ):
                 raise RuleError(
-                    f"a part's weight must be a number, got {weight!r}", file=file, line=line
+                    f"a part's weight must be a finite number, got {weight!r}",
+                    file=file,
+                    line=line,
                 )
             built.append((float(weight), make_rule(part["rule"], file=file, line=line)))
         return cls(parts=built)

@@ -14,6 +14,7 @@ from relgraph.methods.discriminative import NORMALIZATIONS, REDUCTIONS
 
 __all__ = [
     "add_discriminative_options",
+    "add_memory_check_option",
     "add_param_option",
     "non_negative_int",
     "parse_key_values",
@@ -99,6 +100,18 @@ def add_discriminative_options(parser: argparse.ArgumentParser) -> None:
         help="frozen clips explained at once (default: relgraph's measured default)",
     )
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    add_memory_check_option(parser)
+
+
+def add_memory_check_option(parser: argparse.ArgumentParser) -> None:
+    """``--no-memory-check``: skip the memory preflight (``relgraph.engine.memory``)."""
+    parser.add_argument(
+        "--no-memory-check",
+        dest="memory_check",
+        action="store_false",
+        help="run even when the estimated peak memory exceeds the memory available (the "
+        "preflight refuses such a run before it allocates anything)",
+    )
 
 
 def add_param_option(parser: argparse.ArgumentParser) -> None:

@@ -78,6 +78,7 @@ def command_explain(args: argparse.Namespace) -> int:
         canonize=False if args.no_canonize else None,
         log=_printer(args.quiet),
         progress=False if args.quiet else None,
+        memory_check=args.memory_check,
     )
     return 0
 
@@ -295,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(moving_mask) and the static distractors (static_mask).",
     )
     demo.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    demo.add_argument("--seed", type=int, default=0, help="random seed of the clip (default: 0)")
+    demo.add_argument(
+        "--seed", type=non_negative_int, default=0, help="random seed of the clip (default: 0)"
+    )
     demo.add_argument("--quiet", action="store_true", help="print nothing but errors")
     demo.set_defaults(handler=command_demo)
 

@@ -380,6 +380,8 @@ class Graph:
                 file=self.file,
                 node=self.input,
             )
+        if x.shape[0] == 0:
+            raise ShapeError("input is an empty batch (B = 0)", node=self.input)
         if x.dtype != self.dtype or x.device != self.device:
             raise ShapeError(
                 f"input is {x.dtype} on {x.device} but the weights are {self.dtype} on "

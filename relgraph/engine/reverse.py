@@ -18,6 +18,7 @@ import torch
 from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import ForwardResult, Graph
 from relgraph.engine.interpreter import ReversePass, Visit, rule_needs
+from relgraph.engine.memory import check_memory
 from relgraph.engine.ops import all_finite
 from relgraph.errors import TargetError
 from relgraph.io.labels import Labels
@@ -91,6 +92,25 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
     if t.dim() == 5 and not t.is_contiguous(memory_format=torch.channels_last_3d):
         return t.contiguous(memory_format=torch.channels_last_3d)
     return t
+
+
+def _layout_of(x: torch.Tensor) -> torch.memory_format:
+    """The memory format to return relevance for the input ``x`` in: channels-last where
+    ``x`` is, else the ordinary contiguous layout (a permuted or sliced input has no layout
+    ``contiguous`` could reproduce)."""
+    if (
+        x.dim() == 5
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last_3d)
+    ):
+        return torch.channels_last_3d
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _materialized(t: torch.Tensor) -> torch.Tensor:
@@ -206,6 +226,7 @@ def explain(
     return_all: bool = False,
     return_explanation: bool = False,
     canonize: bool | None = None,
+    memory_check: bool = True,
 ) -> torch.Tensor | Explanation:
     """Explain a batch: the relevance of each input element for the target class.
 
@@ -237,10 +258,18 @@ def explain(
         (``relgraph.engine.canonize``), so that the rules see one affine layer; default: the
         architecture's ``canonize:`` (true unless the YAML says false). Folded batch norms
         get no rule and have no entry in ``Explanation.rules`` or ``node_relevance``.
+    memory_check
+        Refuse, before anything is allocated, a batch whose estimated peak memory exceeds
+        what the device has free (``relgraph.engine.memory``); False skips the check.
 
     Returns
     -------
     torch.Tensor or Explanation
+
+    Raises
+    ------
+    ResourceError
+        The estimated peak memory exceeds the available memory (see ``memory_check``).
     """
     graph = canonical(graph, canonize)
     _, node_rules, seed = resolve_rules(graph, rules, preprocess, seed)
@@ -253,6 +282,7 @@ def explain(
         labels=labels,
         return_all=return_all,
         return_explanation=return_explanation,
+        memory_check=memory_check,
     )
 
 
@@ -293,6 +323,7 @@ def explain_with_rules(
     labels: Any = None,
     return_all: bool = False,
     return_explanation: bool = False,
+    memory_check: bool = True,
 ) -> torch.Tensor | Explanation:
     """``explain`` with the rules already resolved per node (see ``Composite.resolve``).
 
@@ -300,7 +331,10 @@ def explain_with_rules(
     beyond the format in place and checks the result once at the end: the input relevance
     and, for an ``Explanation``, each node's lost relevance (``Numerics.checks_quotients_later``);
     where they are not finite, the pass runs again with every quotient checked. The result
-    is the same either way."""
+    is the same either way. ``memory_check``: as in :func:`explain`."""
+    if memory_check and isinstance(x, torch.Tensor) and x.dim() >= 1:
+        kept = None if return_all else activations_needed(graph, node_rules)
+        check_memory(graph, x.shape[0], kept)
     run = (graph, x, node_rules, target, seed, labels, return_all, return_explanation)
     if return_all:  # every node's relevance is reported: each quotient checked as it is formed
         return _explain_pass(*run, Numerics(remembers_extremes=True))
@@ -438,7 +472,7 @@ def _explain_pass(
     with torch.inference_mode():
         # in the input's own layout (the passes may run channels-last: Graph.working_layout)
         input_relevance = _materialized(reverse.relevance.pop(graph.input)).contiguous(
-            memory_format=torch.contiguous_format if x.is_contiguous() else torch.preserve_format
+            memory_format=_layout_of(x)
         )
     if not detailed:
         return input_relevance

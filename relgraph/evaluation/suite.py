@@ -23,7 +23,7 @@ from relgraph.datasets.synthetic import APPEARANCE_CUE, make_set
 from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import Graph
 from relgraph.engine.hostmemory import reuse_freed
-from relgraph.errors import LabelError, RelgraphError
+from relgraph.errors import ArgumentError, LabelError, RelgraphError, did_you_mean
 from relgraph.evaluation import metrics
 from relgraph.io.labels import Labels
 from relgraph.io.preprocess import get_preprocess
@@ -37,7 +37,7 @@ from relgraph.methods.discriminative import (
     normalize_maps,
     reduce_frozen,
 )
-from relgraph.rules import as_composite
+from relgraph.rules import as_composite, preset_names
 
 __all__ = [
     "DEFAULT_MAPS",
@@ -45,6 +45,7 @@ __all__ = [
     "compute_maps",
     "frozen_batch_size",
     "markdown",
+    "check_evaluation_args",
     "run_evaluation",
     "synthetic_data",
     "video_data",
@@ -169,7 +170,8 @@ def video_data(
                 file=str(listing),
                 line=number,
             )
-        video = read_video(listing.parent / path)
+        # only the frames of the first clip are decoded (a short video is loop-padded)
+        video = read_video(listing.parent / path, max_frames=frames)
         clips.append(transform(select_clip(video, length=frames).frames))
         classes.append(index)
     if not clips:
@@ -190,6 +192,7 @@ def compute_maps(
     variants: bool = True,
     clips_per_call: int = 16,
     progress: bool = False,
+    memory_check: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Every map of the clips for their targets, ``{name: (B, T, H, W)}``.
 
@@ -218,6 +221,7 @@ def compute_maps(
                 seed,
                 progress=False,
                 batch_size=batch_size,
+                memory_check=memory_check,
             )
             relevance.append(result.relevance.sum(dim=1))
             frozen.append(result.frozen_relevance.sum(dim=2))
@@ -247,6 +251,49 @@ def compute_maps(
 # --------------------------------------------------------------------------- the suite
 
 
+def check_evaluation_args(
+    *,
+    cube: Sequence[int] = (4, 8, 8),
+    steps: int = 16,
+    batch_size: int = 64,
+    sanity_clips: int = 0,
+    replacements: Sequence[str] = metrics.REPLACEMENTS,
+    presets: Sequence[str] = (),
+) -> None:
+    """Check :func:`run_evaluation`'s options before any work (``relgraph evaluate`` calls it
+    before it loads anything or creates its output folder).
+
+    Raises
+    ------
+    ArgumentError
+        Naming the option, what it takes and what it got.
+    """
+
+    def integer(name: str, value, minimum: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ArgumentError(f"{name} must be an integer, got {value!r}")
+        if value < minimum:
+            raise ArgumentError(f"{name} must be at least {minimum}, got {value}")
+
+    if isinstance(cube, (str, bytes)) or not isinstance(cube, Sequence) or len(cube) != 3:
+        raise ArgumentError(f"cube takes three sizes (frames, height, width), got {cube!r}")
+    for axis, size in zip(("frames", "height", "width"), cube):
+        integer(f"cube {axis}", size, 1)
+    integer("steps", steps, 1)
+    integer("batch_size", batch_size, 1)
+    integer("sanity_clips", sanity_clips, 0)
+    unknown = [how for how in replacements if how not in metrics.REPLACEMENTS]
+    if unknown or not replacements:
+        raise ArgumentError(
+            f"replacements must be some of {', '.join(metrics.REPLACEMENTS)}, got "
+            f"{list(replacements)!r}"
+        )
+    names = set(preset_names())
+    for name in presets:
+        if name not in names and Path(name).suffix.lower() not in (".yaml", ".yml"):
+            raise ArgumentError(f"unknown rule preset '{name}'{did_you_mean(name, sorted(names))}")
+
+
 @reuse_freed()  # a context manager, applied anew to each call
 def run_evaluation(
     graph: Graph,
@@ -261,6 +308,7 @@ def run_evaluation(
     sanity_clips: int = 0,
     frames: bool = True,
     progress: bool = False,
+    memory_check: bool = True,
 ) -> dict:
     """Compute every map and every metric; a JSON-ready report (see :func:`markdown`).
 
@@ -271,6 +319,14 @@ def run_evaluation(
     Freed memory is kept for reuse meanwhile (``relgraph.engine.hostmemory.reuse_freed``): the
     perturbed batches' forward passes then run up to 1.7× faster.
     """
+    check_evaluation_args(
+        cube=cube,
+        steps=steps,
+        batch_size=batch_size,
+        sanity_clips=sanity_clips,
+        replacements=replacements,
+        presets=presets,
+    )
     started = time.perf_counter()
     model = metrics.model_function(graph)
     with torch.inference_mode():
@@ -280,7 +336,13 @@ def run_evaluation(
     targets = logits.argmax(dim=1)
     accuracy = float((targets.cpu() == data.labels).double().mean())
     maps = compute_maps(
-        graph, data.clips, targets, presets=presets, variants=variants, progress=progress
+        graph,
+        data.clips,
+        targets,
+        presets=presets,
+        variants=variants,
+        progress=progress,
+        memory_check=memory_check,
     )
     map_seconds = time.perf_counter() - started
     mean = data.clips.mean(dim=(0, 2, 3, 4))

@@ -14,12 +14,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import Graph
-from relgraph.engine.reverse import Target, explain_with_rules, resolve_rules
-from relgraph.errors import RelgraphError, ShapeError, TargetError, did_you_mean
+from relgraph.engine.memory import check_memory
+from relgraph.engine.reverse import (
+    Target,
+    activations_needed,
+    explain_with_rules,
+    resolve_rules,
+)
+from relgraph.errors import ArgumentError, ShapeError, TargetError, did_you_mean
 from relgraph.methods.frozen import explain_frozen, wanted_slices
 
 if TYPE_CHECKING:
@@ -28,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "check_discriminative_options",
     "NORMALIZATIONS",
     "REDUCTIONS",
     "DiscriminativeResult",
@@ -207,6 +215,7 @@ def discriminative(
     progress: bool | None = None,
     frozen_shortcut: bool = True,
     canonize: bool | None = None,
+    memory_check: bool = True,
 ) -> DiscriminativeResult:
     """Spatio-temporal, spatial and temporal relevance of each clip of a batch.
 
@@ -270,6 +279,10 @@ def discriminative(
     canonize
         Fold batch norms into the layer before them before the rules run (see
         :func:`relgraph.explain`); default: the architecture's ``canonize:``.
+    memory_check
+        Refuse, before anything is allocated, a run whose estimated peak memory (the larger
+        of the clips and a batch of frozen clips) exceeds what the device has free
+        (``relgraph.engine.memory``); False skips the check.
 
     Returns
     -------
@@ -281,7 +294,7 @@ def discriminative(
         For a clip of the wrong shape, dtype or device, an unknown ``reduce`` or
         ``normalize``, a bad ``batch_size``, target or seed, or rules that do not fit.
     """
-    _check_options(reduce, normalize, batch_size)
+    check_discriminative_options(reduce, normalize, batch_size)
     g = canonical(g, canonize)
     composite, node_rules, seed = resolve_rules(g, rules, preprocess, seed)
     return discriminative_with_rules(
@@ -296,6 +309,7 @@ def discriminative(
         labels=labels,
         progress=progress,
         frozen_shortcut=frozen_shortcut,
+        memory_check=memory_check,
         options={
             "rules": composite.name,
             "preprocess": preprocess or g.default_preprocess,
@@ -317,18 +331,28 @@ def discriminative_with_rules(
     progress: bool | None = None,
     options: dict[str, Any] | None = None,
     frozen_shortcut: bool = True,
+    memory_check: bool = True,
 ) -> DiscriminativeResult:
     """:func:`discriminative` with the rules already resolved per node
     (``Composite.resolve``): resolve once, then call this for every clip of a video."""
-    _check_options(reduce, normalize, batch_size)
+    check_discriminative_options(reduce, normalize, batch_size)
     _check_clip(g, clip)
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+    if memory_check:
+        check_memory(g, max(clip.shape[0], batch_size), activations_needed(g, node_rules))
     batch, _, num_frames = clip.shape[:3]
     seed_for = _seed_rows(seed, batch)
 
     # the output, target and lost relevance, without keeping every node's relevance
     explanation = explain_with_rules(
-        g, clip, node_rules, target, seed_for(None), labels=labels, return_explanation=True
+        g,
+        clip,
+        node_rules,
+        target,
+        seed_for(None),
+        labels=labels,
+        return_explanation=True,
+        memory_check=False,  # checked above, for the larger batch
     )
     relevance = explanation.relevance
     output = explanation.output.reshape(batch, -1)
@@ -361,6 +385,7 @@ def discriminative_with_rules(
                 explained[clip_rows],
                 seed_for(clip_rows),
                 return_explanation=True,
+                memory_check=False,
             )
         frozen_relevance[clip_rows, frame_rows] = frozen.relevance
         frozen_output[clip_rows, frame_rows] = frozen.output.reshape(len(chunk), -1)
@@ -409,19 +434,23 @@ def discriminative_with_rules(
 
 def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in choices:
-        raise RelgraphError(
+        raise ArgumentError(
             f"{what} must be one of {', '.join(choices)}, got {value!r}"
             f"{did_you_mean(value, choices) if isinstance(value, str) else ''}"
         )
 
 
-def _check_options(reduce: str, normalize: str, batch_size: int | None) -> None:
+def check_discriminative_options(reduce: Any, normalize: Any, batch_size: Any) -> None:
+    """Refuse an unknown ``reduce`` or ``normalize``, or a ``batch_size`` that is not a
+    positive integer or None, with an :class:`ArgumentError` naming it."""
     _check_choice("reduce", reduce, REDUCTIONS)
     _check_choice("normalize", normalize, NORMALIZATIONS)
     if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
     ):
-        raise RelgraphError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        raise ArgumentError(f"batch_size must be a positive integer or None, got {batch_size!r}")
 
 
 def _check_clip(g: Graph, clip: torch.Tensor) -> None:

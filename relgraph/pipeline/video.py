@@ -13,6 +13,7 @@ them clip by clip:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,9 +26,11 @@ import torch
 
 from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import Graph, load_architecture
-from relgraph.errors import RelgraphError, TargetError
+from relgraph.engine.memory import check_memory
+from relgraph.engine.reverse import activations_needed
+from relgraph.errors import ArgumentError, RelgraphError, TargetError
 from relgraph.io.labels import Labels
-from relgraph.io.outputs import ensure_out_dir, write_json, write_npz
+from relgraph.io.outputs import OutputSet, ensure_out_dir, write_json, write_npz
 from relgraph.io.preprocess import Preprocess, get_preprocess
 from relgraph.io.video import (
     ClipSelection,
@@ -36,7 +39,11 @@ from relgraph.io.video import (
     select_clip,
     video_info,
 )
-from relgraph.methods.discriminative import discriminative_with_rules
+from relgraph.methods.discriminative import (
+    DEFAULT_BATCH_SIZE,
+    check_discriminative_options,
+    discriminative_with_rules,
+)
 from relgraph.rules import as_composite
 
 __all__ = [
@@ -46,6 +53,7 @@ __all__ = [
     "ClipResult",
     "Model",
     "VideoExplanation",
+    "check_explain_video_args",
     "explain_clips",
     "explain_video",
     "load_model",
@@ -357,6 +365,7 @@ def explain_clips(
     normalize: str = "maxabs",
     batch_size: int | None = None,
     progress: bool | None = False,
+    memory_check: bool = True,
 ) -> list[ClipResult]:
     """Explain a batch of preprocessed clips (from one video or several) with the
     discriminative method of Hiley et al. (2019), and split the result per clip.
@@ -370,7 +379,7 @@ def explain_clips(
         device and dtype here.
     target
         ``"auto"``, an index or a class name, or one of those per clip.
-    reduce, normalize, batch_size, progress
+    reduce, normalize, batch_size, progress, memory_check
         As in :func:`relgraph.methods.discriminative`.
     """
     graph = model.explained_graph
@@ -387,6 +396,7 @@ def explain_clips(
         batch_size=batch_size,
         labels=model.labels,
         progress=progress,
+        memory_check=memory_check,
         options={"rules": model.rules_name, "preprocess": model.preprocess.name},
     )
     seconds = (time.perf_counter() - clock) / len(clips)
@@ -623,6 +633,7 @@ def explain_video(
     progress: bool | None = None,
     timings: Mapping[str, float] | None = None,
     canonize: bool | None = None,
+    memory_check: bool = True,
 ) -> VideoExplanation:
     """Explain a video file with the discriminative method (Hiley et al., 2019): what
     ``relgraph explain`` does.
@@ -630,9 +641,14 @@ def explain_video(
     Reads the video, selects one clip (``start``, ``stride``; a video shorter than the clip is
     loop-padded) or every consecutive clip (``all_clips``), preprocesses it, explains it and
     each of its frozen clips, and, with ``out``, writes ``figure.png``, ``animation.gif``,
-    ``frames.png``, ``relevance.npz`` and ``summary.json`` atomically (with ``all_clips``: one
-    ``clip-NNN`` folder per clip and a top ``summary.json``). Every argument is checked before
-    any computation, and a refused run leaves no output folder.
+    ``frames.png``, ``relevance.npz`` and ``summary.json`` (with ``all_clips``: one
+    ``clip-NNN`` folder per clip and a top ``summary.json``). Every argument is checked
+    (:func:`check_explain_video_args`) before anything is loaded or created, and a refused run
+    leaves no output folder. The files are written as one set
+    (:class:`relgraph.io.outputs.OutputSet`): into a hidden staging folder, moved into ``out``
+    once all are written, so that an interrupted or failed run (a full disk included) leaves
+    ``out`` as it was. A rerun replaces the earlier run's outputs and removes those it does not
+    write again (stale ``clip-NNN`` folders); other files in ``out`` stay.
 
     Parameters
     ----------
@@ -669,6 +685,9 @@ def explain_video(
         A tqdm bar over the frozen clips; None: only on a terminal.
     timings
         Seconds already spent (e.g. ``load_model_s``), added to the summary's timings.
+    memory_check
+        Refuse, before the output folder is created, a run whose estimated peak memory
+        exceeds what the device has free (``relgraph.engine.memory``); False skips it.
 
     Returns
     -------
@@ -681,6 +700,20 @@ def explain_video(
         architecture, weight or label file, a missing preprocessing, or an unwritable ``out``.
     """
     started = time.perf_counter()
+    check_explain_video_args(
+        out=out,
+        device=device,
+        precision=precision,
+        target=target,
+        start=start,
+        stride=stride,
+        all_clips=all_clips,
+        reduce=reduce,
+        normalize=normalize,
+        batch_size=batch_size,
+        columns=columns,
+        figures=figures,
+    )
     timings = dict(timings or {})
     say = log or _silent
     if isinstance(graph, Model):
@@ -696,7 +729,7 @@ def explain_video(
         }
         clash = [name for name, value in given.items() if value is not None]
         if clash:
-            raise RelgraphError(
+            raise ArgumentError(
                 f"{', '.join(clash)}: the model is already loaded; pass them to load_model"
             )
         model = graph
@@ -718,6 +751,13 @@ def explain_video(
     length = model.frames_per_clip
     shown = parse_columns(columns, length)
     target = parse_target(target, model)
+    if memory_check:  # each clip is explained alone, its frozen clips batch_size at a time
+        explained = model.explained_graph
+        check_memory(
+            explained,
+            max(1, DEFAULT_BATCH_SIZE if batch_size is None else batch_size),
+            activations_needed(explained, model.node_rules),
+        )
     options = {
         "target": target,
         "start": None if all_clips else start,
@@ -741,104 +781,116 @@ def explain_video(
         frames = read_video(video, max_frames=needed)
         selections = [select_clip(frames, start=start, stride=stride, length=length)]
     timings["read_video_s"] = time.perf_counter() - clock
-    folder = None if out is None else ensure_out_dir(out)  # after the cheap checks
     say(
         f"{video}: {info.width}x{info.height}, {info.fps:g} fps, {info.frames} frames; "
         f"{len(selections)} clip(s) of {length} frames"
     )
-
-    clip_results: list[ClipResult] = []
-    clip_frames: list[np.ndarray] = []
-    summaries: list[dict[str, Any]] = []
+    # after every check: the files are staged, and moved into `out` once all are written
+    outputs = (
+        contextlib.nullcontext(None)
+        if out is None
+        else OutputSet(out, OWNED_OUTPUTS, last=("summary.json",))
+    )
     files: list[Path] = []
-    for number, selection in enumerate(selections):
-        if selection.message:
-            say(f"note: {selection.message}")
-        display = model.preprocess.display_frames(selection.frames)
-        clip = model.preprocess(selection.frames).unsqueeze(0)
-        (result,) = explain_clips(
-            model,
-            clip,
-            target=target,
-            reduce=reduce,
-            normalize=normalize,
-            batch_size=batch_size,
-            progress=progress,
-        )
-        summary = {
-            **clip_summary(
+    with outputs as staged:
+        folder = None if staged is None else staged.staging
+        clip_results: list[ClipResult] = []
+        clip_frames: list[np.ndarray] = []
+        summaries: list[dict[str, Any]] = []
+        for number, selection in enumerate(selections):
+            if selection.message:
+                say(f"note: {selection.message}")
+            display = model.preprocess.display_frames(selection.frames)
+            clip = model.preprocess(selection.frames).unsqueeze(0)
+            (result,) = explain_clips(
                 model,
-                result,
-                selection.frame_indices,
-                video=video,
-                looped=selection.looped,
-                padding=selection.message,
-            ),
-            "options": {**options, **result.options},
-            "timings": {"explain_s": result.explain_seconds},
-            **dict(summary_extra or {}),
-        }
-        clip_folder = None
-        if folder is not None:
-            clip_folder = folder / f"clip-{number:03d}" if all_clips else folder
-            clock = time.perf_counter()
-            written = write_clip(
-                model,
-                result,
-                clip_folder,
-                display,
-                selection.frame_indices,
-                figures=figures,
-                columns=shown,
-                npz_extra=npz_extra(selection) if npz_extra else None,
+                clip,
+                target=target,
+                reduce=reduce,
+                normalize=normalize,
+                batch_size=batch_size,
+                progress=progress,
+                memory_check=False,  # checked above, before the output folder
             )
-            summary["timings"]["write_s"] = time.perf_counter() - clock
-            summary["files"] = [path.name for path in written] + ["summary.json"]
-            files += written
-            # With one clip its summary is the top summary: written at the end, with the
-            # run's timings added.
-            if all_clips:
-                files.append(write_json(clip_folder / "summary.json", summary))
-        clip_results.append(result)
-        clip_frames.append(display)
-        summaries.append(summary)
-        label = f"clip {number}" if all_clips else "clip"
-        say(
-            f"{label} (frames {_ranges(selection.frame_indices)}): predicted "
-            f"{summary['prediction']['label']} with p = {result.probability:.3f}"
-            f"; explained {summary['target']['label']} in {result.explain_seconds:.1f} s"
-            + (f" → {clip_folder}" if clip_folder is not None else "")
-        )
-        note = lost_note(result, label)
-        if note:
-            say(note)
+            summary = {
+                **clip_summary(
+                    model,
+                    result,
+                    selection.frame_indices,
+                    video=video,
+                    looped=selection.looped,
+                    padding=selection.message,
+                ),
+                "options": {**options, **result.options},
+                "timings": {"explain_s": result.explain_seconds},
+                **dict(summary_extra or {}),
+            }
+            clip_folder = None
+            if folder is not None:
+                clip_folder = folder / f"clip-{number:03d}" if all_clips else folder
+                clock = time.perf_counter()
+                written = write_clip(
+                    model,
+                    result,
+                    clip_folder,
+                    display,
+                    selection.frame_indices,
+                    figures=figures,
+                    columns=shown,
+                    npz_extra=npz_extra(selection) if npz_extra else None,
+                )
+                summary["timings"]["write_s"] = time.perf_counter() - clock
+                summary["files"] = [path.name for path in written] + ["summary.json"]
+                # With one clip its summary is the top summary: written at the end, with the
+                # run's timings added.
+                if all_clips:
+                    write_json(clip_folder / "summary.json", summary)
+            clip_results.append(result)
+            clip_frames.append(display)
+            summaries.append(summary)
+            label = f"clip {number}" if all_clips else "clip"
+            final = None if clip_folder is None else staged.final(clip_folder)
+            say(
+                f"{label} (frames {_ranges(selection.frame_indices)}): predicted "
+                f"{summary['prediction']['label']} with p = {result.probability:.3f}"
+                f"; explained {summary['target']['label']} in {result.explain_seconds:.1f} s"
+                + (f" → {final}" if final is not None else "")
+            )
+            note = lost_note(result, label)
+            if note:
+                say(note)
 
-    timings["total_s"] = time.perf_counter() - started + timings.get("load_model_s", 0.0)
-    if all_clips:
-        top = {
-            "video": str(video),
-            "clips": [
-                {
-                    "folder": f"clip-{n:03d}",
-                    "frame_indices": s["clip"]["frame_indices"],
-                    "looped": s["clip"]["looped"],
-                    "padding": s["clip"]["padding"],
-                    "prediction": s["prediction"],
-                    "target": s["target"],
-                    "lost_relevance": s["lost_relevance"],
-                }
-                for n, s in enumerate(summaries)
-            ],
-            "model": model_summary(model),
-            "options": options,
-            "timings": timings,
-            **dict(summary_extra or {}),
-        }
-    else:
-        top = summaries[0]
-        top["timings"] = {**timings, **top["timings"]}
-    if folder is not None:
-        files.append(write_json(folder / "summary.json", top))
+        timings["total_s"] = time.perf_counter() - started + timings.get("load_model_s", 0.0)
+        if all_clips:
+            top = {
+                "video": str(video),
+                "clips": [
+                    {
+                        "folder": f"clip-{n:03d}",
+                        "frame_indices": s["clip"]["frame_indices"],
+                        "looped": s["clip"]["looped"],
+                        "padding": s["clip"]["padding"],
+                        "prediction": s["prediction"],
+                        "target": s["target"],
+                        "lost_relevance": s["lost_relevance"],
+                    }
+                    for n, s in enumerate(summaries)
+                ],
+                "model": model_summary(model),
+                "options": options,
+                "timings": timings,
+                **dict(summary_extra or {}),
+            }
+        else:
+            top = summaries[0]
+            top["timings"] = {**timings, **top["timings"]}
+        if staged is not None:
+            write_json(folder / "summary.json", top)
+            written_files = [p for p in folder.rglob("*") if p.is_file()]
+            # in the order they were made: figures, npz, summaries (summary.json last)
+            written_files.sort(key=lambda p: (p.name == "summary.json" and p.parent == folder,))
+            staged.commit()
+            files = [staged.final(p) for p in written_files]
     return VideoExplanation(
         video=str(video),
         model=model,
@@ -846,9 +898,86 @@ def explain_video(
         selections=selections,
         frames=clip_frames,
         summary=top,
-        out=folder,
+        out=None if out is None else Path(out),
         files=files,
     )
+
+
+#: the names in an output folder that are ``explain_video``'s own outputs (replaced or
+#: removed by the next run into the folder; anything else there is left alone)
+OWNED_OUTPUTS = r"figure\.png|animation\.gif|frames\.png|relevance\.npz|summary\.json|clip-\d{3,}"
+
+
+def check_explain_video_args(
+    *,
+    out: Any = None,
+    device: Any = None,
+    precision: Any = None,
+    target: Any = "auto",
+    start: Any = 0,
+    stride: Any = 1,
+    all_clips: Any = False,
+    reduce: Any = "first",
+    normalize: Any = "maxabs",
+    batch_size: Any = None,
+    columns: Any = None,
+    figures: Any = True,
+) -> None:
+    """Check the arguments of :func:`explain_video` that need no model or video, before
+    anything is loaded or created: types, ranges and choices.
+
+    Raises
+    ------
+    ArgumentError
+        Naming the argument, what it takes and what it got.
+    """
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise ArgumentError(f"out must be a folder path or None, got {type(out).__name__}")
+    if out is not None and not os.fspath(out):
+        raise ArgumentError("out is an empty path: name a folder")
+    check_device(device)
+    if precision is not None and precision not in PRECISIONS:
+        raise ArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if isinstance(target, bool) or not isinstance(target, (str, int, np.integer)):
+        raise ArgumentError(
+            f"target must be 'auto', an index or a class name, got {type(target).__name__}"
+        )
+    check_integer("start", start, minimum=0)
+    check_integer("stride", stride, minimum=1)
+    for name, flag in (("all_clips", all_clips), ("figures", figures)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ArgumentError(f"{name} must be True or False, got {flag!r}")
+    check_discriminative_options(reduce, normalize, batch_size)
+    if columns is not None and not isinstance(columns, str):
+        if not isinstance(columns, Sequence) or not all(
+            isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in columns
+        ):
+            raise ArgumentError(
+                "columns must be a text such as '1,6,10,16' or a list of frame numbers, "
+                f"got {columns!r}"
+            )
+
+
+def check_integer(name: str, value: Any, *, minimum: int) -> int:
+    """``value`` as an int, or an :class:`ArgumentError` naming ``name`` (bools, floats and
+    text are refused: ``stride='2'`` is a mistake, not a 2)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ArgumentError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ArgumentError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def check_device(device: Any) -> None:
+    """Refuse a ``device`` that is neither None, the CPU, nor a CUDA device."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ArgumentError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
 # --------------------------------------------------------------------------- helpers
