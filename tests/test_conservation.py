@@ -134,6 +134,18 @@ def relevance_handed_on(graph, node, rule, activations, relevance) -> torch.Tens
     if name == "proportional":  # a window's (or mean's) sum of |x| is zero only if all x are
         return kept(relevance, op.forward([inputs[0].abs()], {}) != 0)
 
+    if name == "index":  # a prepended token's relevance is lost, every other entry kept
+        if op.type == "prepend_token":
+            return per_sample(relevance.narrow(op.dim, 1, relevance.shape[op.dim] - 1))
+        return per_sample(relevance)
+    if name in ("bilinear-uniform", "bilinear-constant"):  # halves or all: R where z ≠ 0
+        return kept(relevance, output != 0)
+    if name == "shift-share":  # the input's part x / (x + c) of R; the constant's is lost
+        return per_sample(torch.where(output != 0, relevance * inputs[0] / output, 0.0))
+    if name == "frozen-scale":  # Σ x ⊙ M[v ⊙ w/σ] = Σ (y − b) ⊙ v, v = R / y: the bias's share
+        bias = graph.tensors(node)["bias"]
+        return per_sample(torch.where(output != 0, relevance * (output - bias) / output, 0.0))
+
     x = inputs[0]
     weight, _ = op.weight_and_bias(graph.tensors(node))
 
@@ -176,11 +188,13 @@ def assert_sums_match(actual, expected, *magnitudes, what=""):
     )
 
 
-def assert_every_node_conserves(graph, x, composite):
+def assert_every_node_conserves(graph, x, composite, skip_ops=()):
     activations = graph.forward(x).activations
     rules = composite.resolve(graph)
     _, log = explain_recorded(graph, x, composite)
     for node, (relevance, handed_on) in log.items():
+        if graph.op(node).type in skip_ops:
+            continue
         actual = sum(per_sample(r) for r in handed_on)
         expected = relevance_handed_on(graph, node, rules[node], activations, relevance)
         assert_sums_match(
@@ -335,3 +349,22 @@ def test_a_bias_in_the_denominator_keeps_exactly_its_share_of_the_relevance(
             per_sample_abs(handed_on[0]),
             what=f"node {node}",
         )
+
+
+@pytest.mark.parametrize("preset_name", ["attnlrp", "cp-lrp"])
+@settings(max_examples=8, deadline=None)
+@given(case=graph_cases(dims=1, attention=True, max_blocks=2), batch=st.integers(1, 2))
+def test_attention_rules_hand_on_what_their_formulas_keep_at_every_node(preset_name, case, batch):
+    """Layer norm, both products of attention, position embeddings, CLS tokens, token
+    slices: each node hands on the relevance its formula keeps (softmax under AttnLRP is
+    not conserving by construction: its Taylor expansion's bias term is dropped)."""
+    graph = case.build()
+    composite = (
+        preset(preset_name)
+        .override(ops=["conv*", "linear", "batchnorm*"], rule=Epsilon(epsilon=0.0, bias=False))
+        .override(ops=["sigmoid", "silu"], rule="pass")
+        .override(ops="mul", rule="signal-take-all")
+        .override(ops=["maxpool*"], rule="winner-take-all")
+        .override(ops=["avgpool*", "adaptive_avgpool*"], rule="uniform")
+    )
+    assert_every_node_conserves(graph, case.inputs(batch), composite, skip_ops=("softmax",))

@@ -20,6 +20,7 @@ import networkx as nx
 import torch
 import yaml
 
+from relgraph.engine import token_ops  # noqa: F401  (registers the token ops)
 from relgraph.engine.interpreter import ForwardPass, check_keep
 from relgraph.engine.ops import (
     OPS,
@@ -31,7 +32,13 @@ from relgraph.engine.ops import (
     infer_output_shape,
 )
 from relgraph.engine.spec import ArchSpec, load_yaml, parse_spec, with_block_origin
-from relgraph.engine.weights import LoadReport, checked_state_dict, save_weights
+from relgraph.engine.weights import (
+    LoadReport,
+    checked_state_dict,
+    save_weights,
+    split_key,
+    tensor_key,
+)
 from relgraph.errors import (
     GraphError,
     RelgraphError,
@@ -312,7 +319,9 @@ class Graph:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every weight as ``{"node.tensor": tensor}`` (PyTorch naming)."""
         return {
-            f"{node}.{name}": t for node in self.order for name, t in self.tensors(node).items()
+            tensor_key(node, name): t
+            for node in self.order
+            for name, t in self.tensors(node).items()
         }
 
     def assign(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -324,7 +333,7 @@ class Graph:
         """
         targets = []
         for key, value in state.items():
-            node, _, tname = key.rpartition(".")
+            node, tname = split_key(key, self.graph)
             shapes = self.graph.nodes[node]["tensor_shapes"] if node in self.graph else {}
             if tname not in shapes:
                 raise WeightsError(f"'{key}' names no tensor of the graph", file=self.file)
@@ -391,7 +400,7 @@ class Graph:
         if not all_finite(x):
             raise ShapeError("input contains NaN or Inf", node=self.input)
         missing = [
-            f"{node}.{name}"
+            tensor_key(node, name)
             for node in self.order
             for name in self.graph.nodes[node]["tensor_shapes"]
             if name not in self.tensors(node)

@@ -716,18 +716,19 @@ class Linear(Affine):
         if self.out_features < 1:
             raise OpDefinitionError("out_features must be at least 1", "out_features")
 
+    #: the input has axes before its features (tokens ``(N, D)``): the map acts on the last
+    #: axis, and the channel-sliced maps and stacked adjoints (along axis 1) do not apply
+    tokens: bool = False
+
     def resolve(self, in_shapes):
         shape = in_shapes[0]
-        if len(shape) != 1:
-            raise OpDefinitionError(
-                f"linear expects a flat input (features,), got shape {list(shape)}; "
-                "add a flatten node before it"
-            )
+        self.tokens = len(shape) > 1
         if self.in_features is None:
-            self.in_features = shape[0]
-        elif self.in_features != shape[0]:
+            self.in_features = shape[-1]
+        elif self.in_features != shape[-1]:
             raise OpDefinitionError(
-                f"in_features is {self.in_features} but its input has {shape[0]} features",
+                f"in_features is {self.in_features} but its input has {shape[-1]} features "
+                f"(its last axis; input shape {list(shape)})",
                 "in_features",
             )
 
@@ -744,10 +745,12 @@ class Linear(Affine):
     def linear_map(self, x, weight, bias=None):
         return F.linear(x, weight, bias)
 
-    sliceable = True
+    @property
+    def sliceable(self) -> bool:
+        return not self.tokens
 
     def stack_inputs(self, first, second):
-        return torch.cat([first, second], dim=1)
+        return None if self.tokens else torch.cat([first, second], dim=1)
 
     def adjoint(self, s, weight, x_shape):
         return s @ weight

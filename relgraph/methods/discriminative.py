@@ -27,7 +27,7 @@ from relgraph.engine.reverse import (
     resolve_rules,
 )
 from relgraph.errors import ArgumentError, ShapeError, TargetError, did_you_mean
-from relgraph.methods.frozen import explain_frozen, wanted_slices
+from relgraph.methods.frozen import explain_frozen, temporal_cropping_applies, wanted_slices
 
 if TYPE_CHECKING:
     from relgraph.io.labels import Labels
@@ -360,6 +360,9 @@ def discriminative_with_rules(
     lost = explanation.lost_fraction
     del explanation
 
+    # attention mixes the tokens of every frame: the frozen clips' activations are not
+    # constant in time past the patch embedding, and only the plain path is used
+    frozen_shortcut = frozen_shortcut and temporal_cropping_applies(g)
     pairs = [(b, t) for b in range(batch) for t in range(num_frames)]
     chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
     frozen_relevance = relevance.new_empty((batch, num_frames, *clip.shape[1:]))

@@ -50,7 +50,22 @@ from relgraph.engine.reverse import (
 from relgraph.errors import RelgraphError
 from relgraph.rules.numerics import Numerics
 
-__all__ = ["FrozenExplanation", "Layout", "explain_frozen", "frozen_plan", "wanted_slices"]
+__all__ = [
+    "FrozenExplanation",
+    "Layout",
+    "explain_frozen",
+    "frozen_plan",
+    "temporal_cropping_applies",
+    "wanted_slices",
+]
+
+
+def temporal_cropping_applies(graph: Graph) -> bool:
+    """Whether the frozen-clip shortcut suits ``graph``: no node mixes tokens by a product
+    of two activations (attention's q·kᵀ and attention·v, ops with the ``bilinear``
+    capability), which makes every token depend on every frame. Found from the ops' declared
+    capabilities, never from the architecture's name."""
+    return not any("bilinear" in graph.op(node).capabilities for node in graph.order[1:])
 
 
 @dataclass(frozen=True)
