@@ -8,9 +8,10 @@ from pathlib import Path
 
 from relgraph.cli.args import parse_params
 from relgraph.engine.graph import Graph, load_architecture
-from relgraph.errors import RelgraphError
+from relgraph.errors import ArgumentError, RelgraphError, did_you_mean
 from relgraph.evaluation.suite import markdown, run_evaluation, synthetic_data, video_data
 from relgraph.io.outputs import atomic_write_bytes, ensure_out_dir, write_json
+from relgraph.methods.discriminative import METHODS
 from relgraph.models.demo import DEMO_MODELS
 from relgraph.rules import preset_names
 
@@ -98,6 +99,13 @@ def add_evaluation_options(
         "--no-variants", action="store_true", help="only the default reduce/normalize pair"
     )
     parser.add_argument(
+        "--method",
+        default="frozen",
+        metavar="NAMES",
+        help="comma-separated motion methods whose maps are measured, or 'all' "
+        f"({', '.join(METHODS)}; default frozen, the paper's, which is always measured)",
+    )
+    parser.add_argument(
         "--cube",
         type=int,
         nargs=3,
@@ -146,7 +154,17 @@ def evaluation_kwargs(args: argparse.Namespace, graph: Graph, clips: int) -> dic
         spec = [p for p in preset_names() if p not in ("base", "gradient", graph.default_rules)]
     elif spec == ["none"]:
         spec = []
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    if methods == ["all"]:
+        methods = list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ArgumentError(
+            f"--method: unknown method '{unknown[0]}'{did_you_mean(unknown[0], METHODS)} "
+            f"(known: {', '.join(METHODS)}, or all)"
+        )
     return {
+        "methods": tuple(methods),
         "presets": spec,
         "variants": not args.no_variants,
         "cube": tuple(args.cube),

@@ -156,12 +156,24 @@ def split_input_relevance(
     positive, negative = weight.clamp(min=0), weight.clamp(max=0)
 
     if isinstance(rule, Epsilon):
-        z = forward(x, weight, bias if rule.bias else None)
+        if rule.bias and ctx.output is not None:  # the forward's own z
+            z = _wide(ctx.output).to(dtype)
+        else:
+            z = forward(x, weight, bias if rule.bias else None)
         multiplier = adjoint(Stabilizer("epsilon", rule.epsilon)(relevance, z), weight)
         return static * multiplier, moving * multiplier
     if isinstance(rule, ZBeta):
         low, high = rule._bound(rule.low, x), rule._bound(rule.high, x)
-        z = forward(x, weight) - forward(low, positive) - forward(high, negative)
+        # the bounds' part is the same for every sample: computed for one
+        offset = forward(low[:1], positive) + forward(high[:1], negative)
+        if ctx.output is not None and ctx.output.dtype == dtype:  # A(x; W) = output − b
+            z = (
+                ctx.output - offset
+                if bias is None
+                else ctx.output - _bias_shape(bias, offset) - offset
+            )
+        else:
+            z = forward(x, weight) - offset
         s = rule.stab(relevance, z)
         from_positive, from_negative = adjoint(s, positive), adjoint(s, negative)
         multiplier = from_positive + from_negative
@@ -212,9 +224,9 @@ def split_input_relevance(
 
 
 class InputSplit(Rule):
-    """A rule at a layer that reads the graph's input: hands on what ``inner`` hands on (the
-    ordinary explanation is unchanged) and records the split of that relevance between the
-    clip's static and moving parts in ``parts[node]``."""
+    """A rule at a layer that reads the graph's input: records the split of the relevance
+    ``inner`` hands to the input between the clip's static and moving parts in
+    ``parts[node]``, and hands on their sum (``inner``'s own relevance, to rounding)."""
 
     name = "input-split"
 
@@ -227,9 +239,10 @@ class InputSplit(Rule):
         return frozenset(self.inner.needs) | {"inputs"}
 
     def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
-        # split first: the inner rule may form its result in the relevance's memory
-        self.parts[ctx.node] = split_input_relevance(self.inner, ctx, relevance, self.static)
-        return self.inner(ctx, relevance)
+        static, moving = split_input_relevance(self.inner, ctx, relevance, self.static)
+        self.parts[ctx.node] = (static, moving)
+        # the parts' sum is the inner rule's R_in (to rounding): its adjoints are not run again
+        return [static + moving]
 
     def describe(self) -> str:
         return f"input-split({self.inner.describe()})"

@@ -357,6 +357,9 @@ def explain_clips(
     normalize: str = "maxabs",
     batch_size: int | None = None,
     progress: bool | None = False,
+    method: str = "frozen",
+    static: str = "mean",
+    sigma: float = 1.0,
 ) -> list[ClipResult]:
     """Explain a batch of preprocessed clips (from one video or several) with the
     discriminative method of Hiley et al. (2019), and split the result per clip.
@@ -370,7 +373,7 @@ def explain_clips(
         device and dtype here.
     target
         ``"auto"``, an index or a class name, or one of those per clip.
-    reduce, normalize, batch_size, progress
+    reduce, normalize, batch_size, progress, method, static, sigma
         As in :func:`relgraph.methods.discriminative`.
     """
     graph = model.explained_graph
@@ -387,6 +390,9 @@ def explain_clips(
         batch_size=batch_size,
         labels=model.labels,
         progress=progress,
+        method=method,
+        static=static,
+        sigma=sigma,
         options={"rules": model.rules_name, "preprocess": model.preprocess.name},
     )
     seconds = (time.perf_counter() - clock) / len(clips)
@@ -615,6 +621,9 @@ def explain_video(
     reduce: str = "first",
     normalize: str = "maxabs",
     batch_size: int | None = None,
+    method: str = "frozen",
+    static: str = "mean",
+    sigma: float = 1.0,
     columns: str | Sequence[int] | None = None,
     figures: bool = True,
     npz_extra: Callable[[ClipSelection], Mapping[str, Any]] | None = None,
@@ -652,7 +661,7 @@ def explain_video(
     start, stride, all_clips
         Which frames: the clip from frame ``start`` (0-based) taking every ``stride``-th
         frame, or every consecutive clip.
-    reduce, normalize, batch_size
+    reduce, normalize, batch_size, method, static, sigma
         As in :func:`relgraph.methods.discriminative`.
     columns
         1-based frame numbers shown in ``figure.png`` (``"1,6,10,16"`` or a list, numbered as
@@ -723,6 +732,7 @@ def explain_video(
         "start": None if all_clips else start,
         "stride": stride,
         "all_clips": all_clips,
+        "method": method,
         "reduce": reduce,
         "normalize": normalize,
         "batch_size": batch_size,
@@ -764,6 +774,9 @@ def explain_video(
             normalize=normalize,
             batch_size=batch_size,
             progress=progress,
+            method=method,
+            static=static,
+            sigma=sigma,
         )
         summary = {
             **clip_summary(
@@ -886,11 +899,16 @@ def _draw_figures(
     title = f"predicted {model.describe_class(result.prediction)}, p = {result.probability:.3f}"
     if result.target != result.prediction:
         title += f"; explaining {model.describe_class(result.target)}"
-    shown = tuple(columns) if columns is not None else paper_columns(len(frozen))
-    column_labels = [
-        f"frozen: {model.class_name(frozen[t][0]) or frozen[t][0]} ({frozen[t][1]:.2f})"
-        for t in shown
-    ]
+    shown = tuple(columns) if columns is not None else paper_columns(len(frames))
+    # methods other than frozen explain no frozen clip: no frozen prediction to show
+    column_labels = (
+        [
+            f"frozen: {model.class_name(frozen[t][0]) or frozen[t][0]} ({frozen[t][1]:.2f})"
+            for t in shown
+        ]
+        if frozen
+        else None
+    )
     paths = [folder / name for name in FIGURE_FILES]
     figure_paper(
         frames, *maps, columns=shown, title=title, column_labels=column_labels, path=paths[0]
