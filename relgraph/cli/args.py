@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 
 from relgraph.errors import RelgraphError
-from relgraph.methods.discriminative import NORMALIZATIONS, REDUCTIONS
+from relgraph.methods.decomposed import STATIC_PARTS
+from relgraph.methods.discriminative import METHODS, NORMALIZATIONS, REDUCTIONS
 
 __all__ = [
     "add_discriminative_options",
@@ -75,9 +76,30 @@ def non_negative_int(text: str) -> int:
 
 
 def add_discriminative_options(parser: argparse.ArgumentParser) -> None:
-    """``--reduce``, ``--normalize``, ``--batch-size`` and ``--quiet``: the options of every
-    command that runs the discriminative method."""
+    """``--method``, ``--static``, ``--sigma``, ``--reduce``, ``--normalize``, ``--batch-size``
+    and ``--quiet``: the options of every command that runs the discriminative method."""
     group = parser.add_argument_group("discriminative method")
+    group.add_argument(
+        "--method",
+        choices=METHODS,
+        default="frozen",
+        help="what relevance due to motion means: frozen clips (the paper's, default), the "
+        "input split into static and moving parts (decomposed, one explanation), DeepLIFT "
+        "from the static clip (reference), or selective relevance (docs/motion-methods.md)",
+    )
+    group.add_argument(
+        "--static",
+        choices=STATIC_PARTS,
+        default="mean",
+        help="the static part of a clip for decomposed and reference: each pixel's mean "
+        "(default), median or first value over the frames",
+    )
+    group.add_argument(
+        "--sigma",
+        type=float,
+        default=1.0,
+        help="selective's threshold in standard deviations of the temporal derivative (1)",
+    )
     group.add_argument(
         "--reduce",
         choices=REDUCTIONS,

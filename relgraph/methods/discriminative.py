@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "METHODS",
     "check_discriminative_options",
     "NORMALIZATIONS",
     "REDUCTIONS",
@@ -50,6 +51,10 @@ __all__ = [
 REDUCTIONS: tuple[str, ...] = ("first", "same", "mean", "sum")
 #: How each explanation's channel-summed map is scaled before maps are compared.
 NORMALIZATIONS: tuple[str, ...] = ("maxabs", "sum", "none")
+#: What "relevance due to motion" means (``docs/motion-methods.md``): the paper's frozen
+#: clips, the input split between static and moving parts, DeepLIFT with the static clip as
+#: reference, or the selective relevance of Hiley et al. (2020).
+METHODS: tuple[str, ...] = ("frozen", "decomposed", "reference", "selective")
 
 #: Frozen clips explained per batch by default, chosen by measurement on a 2-core CPU (AMD
 #: EPYC, torch 2.13, float32, deep-taylor-paper rules): seconds per frozen clip for one batch
@@ -116,8 +121,18 @@ class DiscriminativeResult:
         ``(B, T)``: the same for each frozen clip (where the frozen-clip shortcut explained
         one slice only: of the relevance on that slice's receptive field).
     options
-        The options used: ``target`` (as given), ``rules``, ``seed``, ``reduce``,
-        ``normalize``, ``batch_size``, ``frozen_shortcut``, ``preprocess``.
+        The options used: ``method``, ``target`` (as given), ``rules``, ``seed``, ``reduce``,
+        ``normalize``, ``batch_size``, ``frozen_shortcut``, ``preprocess`` (and ``static``,
+        ``sigma`` where the method reads them).
+    spatial_relevance, temporal_relevance
+        ``(B, C, T, H, W)``: the raw, channel-resolved relevance behind the spatial and
+        temporal maps, for the methods other than ``frozen`` (``None`` for ``frozen``, whose
+        spatial relevance is ``frozen_relevance``). ``decomposed``: the static and the moving
+        part's share of ``relevance``; ``selective``: ``relevance`` outside and inside the
+        selected positions; ``reference``: the static clip's relevance and DeepLIFT's.
+
+    Methods other than ``frozen`` explain no frozen clip: their ``frozen_*`` fields have
+    ``T = 0`` frames.
     """
 
     spatiotemporal: torch.Tensor
@@ -135,6 +150,10 @@ class DiscriminativeResult:
     lost_fraction: torch.Tensor
     frozen_lost_fraction: torch.Tensor
     options: dict[str, Any]
+    spatial_relevance: torch.Tensor | None = field(default=None, repr=False)
+    temporal_relevance: torch.Tensor | None = field(default=None, repr=False)
+    #: ``(B, K)``: the logits on the static clip (``reference`` only)
+    static_output: torch.Tensor | None = field(default=None, repr=False)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -216,6 +235,9 @@ def discriminative(
     frozen_shortcut: bool = True,
     canonize: bool | None = None,
     memory_check: bool = True,
+    method: str = "frozen",
+    static: str = "mean",
+    sigma: float = 1.0,
 ) -> DiscriminativeResult:
     """Spatio-temporal, spatial and temporal relevance of each clip of a batch.
 
@@ -283,6 +305,22 @@ def discriminative(
         Refuse, before anything is allocated, a run whose estimated peak memory (the larger
         of the clips and a batch of frozen clips) exceeds what the device has free
         (``relgraph.engine.memory``); False skips the check.
+    method
+        What "relevance due to motion" means (``docs/motion-methods.md``): ``frozen`` (the
+        default, the paper's method described above), ``decomposed`` (one explanation; the
+        input layer's relevance split between the clip's static part and its moving part,
+        spatial + temporal = spatio-temporal), ``reference`` (DeepLIFT's Rescale rule with the
+        static clip as reference: the temporal map explains ``f(x) − f(static)``; the spatial
+        map is the static clip's explanation) or ``selective`` (Hiley et al. 2020: the
+        spatio-temporal relevance where its temporal derivative exceeds ``sigma`` standard
+        deviations). ``reduce``, ``batch_size``, ``progress`` and ``frozen_shortcut`` apply to
+        ``frozen`` only; ``decomposed`` and ``selective`` normalise all three maps by the
+        spatio-temporal map's statistic, so that spatial + temporal = spatio-temporal.
+    static
+        The static part of a clip for ``decomposed`` and ``reference``: each pixel's ``mean``
+        (default), ``median`` or ``first`` value over the frames.
+    sigma
+        ``selective``'s threshold, in standard deviations of the temporal derivative.
 
     Returns
     -------
@@ -294,7 +332,7 @@ def discriminative(
         For a clip of the wrong shape, dtype or device, an unknown ``reduce`` or
         ``normalize``, a bad ``batch_size``, target or seed, or rules that do not fit.
     """
-    check_discriminative_options(reduce, normalize, batch_size)
+    check_discriminative_options(reduce, normalize, batch_size, method)
     g = canonical(g, canonize)
     composite, node_rules, seed = resolve_rules(g, rules, preprocess, seed)
     return discriminative_with_rules(
@@ -310,6 +348,9 @@ def discriminative(
         progress=progress,
         frozen_shortcut=frozen_shortcut,
         memory_check=memory_check,
+        method=method,
+        static=static,
+        sigma=sigma,
         options={
             "rules": composite.name,
             "preprocess": preprocess or g.default_preprocess,
@@ -332,16 +373,44 @@ def discriminative_with_rules(
     options: dict[str, Any] | None = None,
     frozen_shortcut: bool = True,
     memory_check: bool = True,
+    method: str = "frozen",
+    static: str = "mean",
+    sigma: float = 1.0,
 ) -> DiscriminativeResult:
     """:func:`discriminative` with the rules already resolved per node
     (``Composite.resolve``): resolve once, then call this for every clip of a video."""
-    check_discriminative_options(reduce, normalize, batch_size)
+    check_discriminative_options(reduce, normalize, batch_size, method)
     _check_clip(g, clip)
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
     if memory_check:
         check_memory(g, max(clip.shape[0], batch_size), activations_needed(g, node_rules))
     batch, _, num_frames = clip.shape[:3]
     seed_for = _seed_rows(seed, batch)
+    if method != "frozen":
+        from relgraph.methods.motion import explain_motion
+
+        used = {
+            "method": method,
+            "target": target if isinstance(target, (str, int)) else _plain(target),
+            "seed": seed if isinstance(seed, str) else "tensor",
+            "normalize": normalize,
+            **({"static": static} if method in ("decomposed", "reference") else {}),
+            **({"sigma": sigma} if method == "selective" else {}),
+            **(options or {}),
+        }
+        return explain_motion(
+            g,
+            clip,
+            node_rules,
+            target,
+            seed,
+            method=method,
+            normalize=normalize,
+            labels=labels,
+            static=static,
+            sigma=sigma,
+            options=used,
+        )
 
     # the output, target and lost relevance, without keeping every node's relevance
     explanation = explain_with_rules(
@@ -405,6 +474,7 @@ def discriminative_with_rules(
         temporal = spatiotemporal - spatial
 
     used = {
+        "method": "frozen",
         "target": target if isinstance(target, (str, int)) else _plain(target),
         "seed": seed if isinstance(seed, str) else "tensor",
         "reduce": reduce,
@@ -443,9 +513,12 @@ def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
         )
 
 
-def check_discriminative_options(reduce: Any, normalize: Any, batch_size: Any) -> None:
-    """Refuse an unknown ``reduce`` or ``normalize``, or a ``batch_size`` that is not a
-    positive integer or None, with an :class:`ArgumentError` naming it."""
+def check_discriminative_options(
+    reduce: Any, normalize: Any, batch_size: Any, method: Any = "frozen"
+) -> None:
+    """Refuse an unknown ``method``, ``reduce`` or ``normalize``, or a ``batch_size`` that
+    is not a positive integer or None, with an :class:`ArgumentError` naming it."""
+    _check_choice("method", method, METHODS)
     _check_choice("reduce", reduce, REDUCTIONS)
     _check_choice("normalize", normalize, NORMALIZATIONS)
     if batch_size is not None and (
