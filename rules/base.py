@@ -470,7 +470,7 @@ class Stabilizer:
             if nonnegative:
                 z = z.add_(epsilon) if owned and not z._is_view() else z + epsilon
             else:
-                # ε·sign(z) as copysign(ε, z): 8× faster than a where on X3D-S's adds. A z
+                # ε·sign(z) as copysign(ε, z): faster than a where on X3D-S's adds. A z
                 # of −0 takes −ε, which changes no share: a sum is −0 only where every one
                 # of its terms is, so each contribution divided by it is 0 either way
                 z = torch.copysign(epsilon, z).add_(z)
@@ -662,7 +662,7 @@ def extremes_remembered() -> Iterator[None]:
     the rules' numeric scale (``scale_and_sign``), which then reads them instead of scanning
     the tensor again. ``explain`` takes them in the forward pass, as each activation is made
     and still in the cache, and once for an activation that two rules read (X3D's block
-    inputs): X3D-S's scans 21 → 13 ms of an explanation. The same numbers either way."""
+    inputs), which saves X3D's models a scan of each. The same numbers either way."""
     token = _REMEMBERED.set({})
     try:
         yield
@@ -700,8 +700,8 @@ def _scan(t: torch.Tensor, nonnegative: bool) -> tuple[list[float], list[float]]
     rule in Python, which counts on graphs of hundreds of nodes (X3D's).
 
     On CPU each sample of a ``dense`` tensor (either layout) is one block of memory, reduced
-    whole by one ``aminmax``: 1.5–3× faster than ``amax`` and ``amin`` over all but the
-    batch axis (and those run 5–15× faster than ``aminmax(dim=1)`` of ``t.reshape(B, -1)``,
+    whole by one ``aminmax``: faster than ``amax`` and ``amin`` over all but the
+    batch axis (and those run faster than ``aminmax(dim=1)`` of ``t.reshape(B, -1)``,
     which also copies a channels-last ``t``)."""
     batch = t.shape[0]
     if t.device.type == "cpu" and dense(t) and t.numel():
@@ -749,13 +749,14 @@ class Rule:
     and implement ``relevance``. Class attributes (or properties, where they follow from the
     parameters):
 
-    ``name``           the name used in YAML and by ``get_rule``
+    ``name``           the name used in YAML and by ``make_rule``
     ``requires``       the op capabilities the rule works with (any one suffices)
     ``needs``          what the rule reads from the forward pass: a frozenset of ``NEEDS``
                        (``inputs``, ``output``, ``record``). The reverse pass keeps exactly
                        that and asks nothing else; a rule built of parts (``Combine``) needs
                        the union of its parts' needs.
-    ``conserving``     whether Σ R_in = Σ R holds (under the conditions in rules.md)
+    ``conserving``     whether Σ R_in = Σ R holds (under the conditions in
+                       docs/reference/rules.md)
     """
 
     name: ClassVar[str]

@@ -273,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=tuple(PRECISIONS),
         default="fp32",
-        help="number format: fp32 (default), bf16 (about 2x faster on CPUs with bfloat16 "
-        "units; maps within about 2%% of fp32, see the README's Precision), fp64",
+        help="number format: fp32 (default), bf16 (faster on CPUs with bfloat16 units; maps "
+        "within about 2%% of fp32, see docs/benchmarks/precision.md), fp64",
     )
     explain.add_argument(
         "--columns",

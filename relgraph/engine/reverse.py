@@ -379,7 +379,8 @@ def _explain_pass(
     output = fwd.output.clone() if detailed else fwd.output
     with torch.inference_mode():
         target_index = resolve_target(output, target, labels)
-        # relevance is carried in float32 through a bfloat16 graph (see README, "Precision")
+        # relevance is carried in float32 through a bfloat16 graph
+        # (see docs/guides/precision-and-memory.md)
         start = make_seed(output, target_index, seed).to(_accumulator(output.dtype))
         relevance: dict[str, torch.Tensor] = {graph.output: start}
         kept: dict[str, torch.Tensor] = {}
