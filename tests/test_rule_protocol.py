@@ -411,7 +411,9 @@ def test_the_flipped_kernel_is_made_once_while_the_weights_stay(monkeypatch, rel
 
     made = []
     flip = relgraph.engine.ops._adjoint_kernel
-    monkeypatch.setattr(relgraph.ops, "_adjoint_kernel", lambda w, g: made.append(1) or flip(w, g))
+    monkeypatch.setattr(
+        relgraph.engine.ops, "_adjoint_kernel", lambda w, g: made.append(1) or flip(w, g)
+    )
     graph = _conv3d_graph(relu, groups)
     first = _explain_conv3d(graph)
     assert made, "the adjoint ran no flipped-kernel convolution"

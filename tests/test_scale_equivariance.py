@@ -295,7 +295,7 @@ def test_explain_reads_the_extremes_taken_in_the_forward_pass(monkeypatch):
     remembered = relgraph.explain(graph, x)
     count = len(scans)
     scans.clear()
-    monkeypatch.setattr(relgraph.reverse, "remember_extremes", lambda t, n: None)
+    monkeypatch.setattr(relgraph.engine.reverse, "remember_extremes", lambda t, n: None)
     scanned = relgraph.explain(graph, x)
     assert count < len(scans)
     assert torch.equal(remembered, scanned)
