@@ -99,9 +99,9 @@ def shell_commands(text: str) -> list[str]:
     for line in text.splitlines():
         line = line.rstrip()
         if line.endswith("\\"):
-            current += line[:-1] + " "
+            current += line[:-1].strip() + " "
             continue
-        command = (current + line).split(" #", 1)[0].strip()
+        command = (current + line.strip()).split(" #", 1)[0].strip()
         current = ""
         if command and not command.startswith("#"):
             commands.append(command)
@@ -114,11 +114,11 @@ def shell_commands(text: str) -> list[str]:
 def make_fixtures(folder: Path) -> None:
     """The files the examples name: a video, the demo weights, labels, a folder of videos per
     class, an architecture file, and an importable ``mypackage.models:my_net``."""
+    import numpy as np
+
     from relgraph.datasets.synthetic import make_clip, write_label_file, write_video_folders
     from relgraph.io.video import write_video
     from relgraph.models.demo import DEMO_WEIGHTS
-
-    import numpy as np
 
     clip = make_clip(3, np.random.default_rng(0), frames=20, size=48)
     write_video(folder / "video.mp4", clip.frames, fps=8)
@@ -136,7 +136,8 @@ def make_fixtures(folder: Path) -> None:
         "def my_net(num_classes=4):\n"
         "    return torch.nn.Sequential(\n"
         "        torch.nn.Conv3d(3, 4, 3, stride=4, padding=1), torch.nn.ReLU(),\n"
-        "        torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(), torch.nn.Linear(4, num_classes)\n"
+        "        torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(),\n"
+        "        torch.nn.Linear(4, num_classes),\n"
         "    )\n"
     )
 
