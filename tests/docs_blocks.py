@@ -1,7 +1,7 @@
 """Read the README's and the docs' Markdown: fenced code blocks (with their ``no-run`` marks),
 links and ``relgraph.*`` names; and run the blocks (``python -m tests.docs_blocks``, used by
 ``tests/test_docs.py`` in a process of its own, so that the examples' registrations of ops and
-rules stay out of the test session)."""
+rules stay out of the pytest process)."""
 
 from __future__ import annotations
 
