@@ -1,5 +1,6 @@
 """The rule library: each rule is a short dataclass whose ``relevance`` reads like its formula
-in ``rules.md``. ``A``/``Aᵀ`` are the op's ``linear_map``/``adjoint``; ``stab`` the safe division.
+in the rule reference (docs/reference/rules.md). ``A``/``Aᵀ`` are the op's
+``linear_map``/``adjoint``; ``stab`` the safe division.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from .numerics import (
 from .registry import Rule, make_rule, register_rule
 from .slicing import sliced_adjoint, sliced_map
 
-# bfloat16 (see README, "Precision"): the heavy maps A and Aᵀ run in the weights' format;
-# their results are widened to float32 (``widened``), where shares are divided and summed.
+# bfloat16 (see docs/guides/precision-and-memory.md): the heavy maps A and Aᵀ run in the
+# weights' format; their results are widened to float32 (``widened``), where shares are
+# divided and summed.
 
 
 def _A(
@@ -308,7 +310,8 @@ class _Stabilized(Rule):
             raise RuleError(f"{self.name}: epsilon must be ≥ 0, got {self.epsilon}")
         if self.bias and self.drops_bias:
             raise RuleError(
-                f"rule '{self.name}' has no bias term (see rules.md), so bias: true would be "
+                f"rule '{self.name}' has no bias term (see docs/reference/rules.md), so bias: true "
+                "would be "
                 "ignored; leave it out"
             )
         # derived from the parameters, not itself a parameter (not a dataclass field)

@@ -33,13 +33,14 @@ class Rule:
     and implement ``relevance``. Class attributes (or properties, where they follow from the
     parameters):
 
-    ``name``           the name used in YAML and by ``get_rule``
+    ``name``           the name used in YAML and by ``make_rule``
     ``requires``       the op capabilities the rule works with (any one suffices)
     ``needs``          what the rule reads from the forward pass: a frozenset of ``NEEDS``
                        (``inputs``, ``output``, ``record``). The reverse pass keeps exactly
                        that and asks nothing else; a rule built of parts (``Combine``) needs
                        the union of its parts' needs.
-    ``conserving``     whether Σ R_in = Σ R holds (under the conditions in rules.md)
+    ``conserving``     whether Σ R_in = Σ R holds (under the conditions in
+                       docs/reference/rules.md)
     """
 
     name: ClassVar[str]

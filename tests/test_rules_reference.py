@@ -1,4 +1,5 @@
-"""Every rule of rules.md equals an independent reference, on random single nodes in float64.
+"""Every rule of the rule reference (docs/reference/rules.md) equals an
+independent reference, on random single nodes in float64.
 
 Affine rules are compared with autograd on modified weights (``tests/lrp_reference.py``, the
 way hook-based LRP libraries compute them); pooling rules with explicit loops over the pooling

@@ -87,9 +87,8 @@ def add_dataset_commands(subparsers) -> None:
         "--figures",
         choices=("none", "summary", "all"),
         default="none",
-        help="none (default), summary: grid.png and animation.gif of the first clip (fast, "
-        "milliseconds), all: of every clip plus the matplotlib figure.png/frames.png (2-5 s a "
-        "clip)",
+        help="none (default), summary: grid.png and animation.gif of the first clip (fast), "
+        "all: of every clip plus the matplotlib figure.png/frames.png (seconds a clip)",
     )
     explain.add_argument(
         "--raw",

@@ -110,7 +110,7 @@ class Graph:
         zβ offsets) in ``cache``, so the next explanation reuses them; ``"none"`` derives
         them at each node and drops them when the pass leaves the node, for memory-bound
         users (C3D: about one more copy of the weights kept otherwise; the time it costs is
-        in the README's performance section). ``"none"`` is the memory mode: the rules also
+        in docs/benchmarks/memory.md). ``"none"`` is the memory mode: the rules also
         run big affine maps a slice of channels at a time and make W⁺ slice by slice (the
         same values), and the passes hand freed memory back to the system after each node
         (``relgraph.engine.hostmemory``). Setting it clears ``cache``."""
@@ -167,10 +167,10 @@ class Graph:
         """``x`` in the memory layout the passes run in: channels-last for a graph with 3-D
         convolutions on CPU (``ConvNd.prefers_channels_last``): with grouped ones (X3D's
         depthwise convolutions) in float32 or bfloat16, where oneDNN's grouped kernels run
-        3–25× faster in that layout; with ungrouped ones only where oneDNN takes the dtype
+        much faster in that layout; with ungrouped ones only where oneDNN takes the dtype
         (float32; bfloat16 on CPUs with the instructions), where the zoo's models run their
-        forward pass 5–35 % faster and their explanation as fast or up to 9 % faster (README,
-        "Per-model speed"). Every other op keeps the layout.
+        forward pass faster and their explanation at least as fast
+        (docs/benchmarks/model-speed.md). Every other op keeps the layout.
         ``x`` itself otherwise. ``channels_last=True`` asks for that layout on CPU whatever
         the ops (see ``forward``). The values are the same either way."""
         if self.runs_channels_last(x, channels_last):

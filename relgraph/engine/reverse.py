@@ -454,7 +454,8 @@ def _explain_pass(
     output = fwd.output.clone() if detailed else fwd.output
     with torch.inference_mode():
         target_index = resolve_target(output, target, labels)
-        # relevance is carried in float32 through a bfloat16 graph (docs: precision)
+        # relevance is carried in float32 through a bfloat16 graph
+        # (see docs/guides/precision-and-memory.md)
         start = make_seed(output, target_index, seed).to(accumulator_dtype(output.dtype))
     reverse = ExplainPass(
         graph,

@@ -108,9 +108,8 @@ FROZEN_BUDGET = 512 * 2**20
 def frozen_batch_size(graph: Graph) -> int:
     """Frozen clips explained at once by the maps and the randomisation: as many as keep
     every node's activation and relevance within :data:`FROZEN_BUDGET`, from
-    ``DEFAULT_BATCH_SIZE`` (4) to 64. Small models are overhead bound: c3d-tiny's
-    discriminative pass runs about 1.6× faster at 64 than at 4 (2 threads); a full-size
-    model keeps 4."""
+    ``DEFAULT_BATCH_SIZE`` (4) to 64. Small models are overhead bound and run faster in
+    big batches; a full-size model keeps 4."""
     per_clip = (
         2
         * graph.dtype.itemsize
@@ -421,7 +420,7 @@ def run_evaluation(
     insertion (unless ``frames`` is False), and (on the first ``sanity_clips`` clips)
     cascading randomisation. The explained class is each clip's prediction.
     Freed memory is kept for reuse meanwhile (``relgraph.engine.hostmemory.reuse_freed``): the
-    perturbed batches' forward passes then run up to 1.7× faster.
+    perturbed batches' forward passes then run faster (docs/benchmarks/performance.md).
     """
     check_evaluation_args(
         cube=cube,

@@ -56,26 +56,12 @@ NORMALIZATIONS: tuple[str, ...] = ("maxabs", "sum", "none")
 #: reference, or the selective relevance of Hiley et al. (2020).
 METHODS: tuple[str, ...] = ("frozen", "decomposed", "reference", "selective")
 
-#: Frozen clips explained per batch by default, chosen by measurement on a 2-core CPU (AMD
-#: EPYC, torch 2.13, float32, deep-taylor-paper rules): seconds per frozen clip for one batch
-#: of each size, sizes interleaved, best of 10 rounds (c3d-tiny) or of 6 (C3D; 2 for 17),
-#: and the process's peak memory with the full C3D loaded. The CPU was shared with other
-#: jobs (medians 1.5-2.5x higher; in an earlier, busier session every C3D size took
-#: 4.2-7.5 s per clip, size 1 the slowest):
-#:
-#: ==========================  ======  ======  ======  ======  ======
-#: batch size                       1       2       4       8      17
-#: ==========================  ======  ======  ======  ======  ======
-#: c3d-tiny, s per clip         0.020  0.0072  0.0057  0.0049  0.0051
-#: c3d, s per clip               1.39    1.33    1.38    1.64    3.01
-#: c3d, peak memory (GB)          2.3     2.4     3.5     5.6    10.2
-#: ==========================  ======  ======  ======  ======  ======
-#:
-#: The tiny model is overhead bound: batches of 4 or more run 3.5-4x faster than single
-#: clips. The full C3D is compute bound: sizes 1 to 8 are equal within the noise, 17 is
-#: slower, and memory grows by about 0.55 GB per frozen clip. 4 is within 15 % of the best
-#: for the tiny model, as fast as any for C3D, and keeps C3D's peak at 3.5 GB. On a GPU
-#: larger batches may pay: pass ``batch_size``.
+#: Frozen clips explained per batch by default, chosen by measurement on a CPU (the table is
+#: in docs/benchmarks/performance.md, "Frozen-clip batch size"): a tiny model is overhead
+#: bound and gains from batches of 4 or more; the full C3D is compute bound, costs the same
+#: per clip from 1 to 8, and its memory grows with every frozen clip in the batch. 4 is near
+#: the best for both and keeps C3D's peak memory moderate. On a GPU larger batches may pay:
+#: pass ``batch_size``.
 DEFAULT_BATCH_SIZE = 4
 
 
@@ -277,9 +263,9 @@ def discriminative(
         all zero stay zero; never NaN.
     batch_size
         Frozen clips explained at once (batches may span clips); results do not depend on
-        it. Default :data:`DEFAULT_BATCH_SIZE` = 4, measured on a 2-core CPU (table at the
-        constant): single clips cost 3.5-4x more per clip on c3d-tiny, the full C3D costs the
-        same from 1 to 8 and more at 17, and needs 3.5 GB at 4, 10 GB at 17.
+        it. Default :data:`DEFAULT_BATCH_SIZE` = 4, chosen by measurement
+        (docs/benchmarks/performance.md): single clips cost more per clip on a tiny model,
+        the full C3D costs the same from 1 to 8, and its memory grows with the batch.
     seed
         Start of the reverse pass: ``onehot``, ``logit``, or a tensor ``(B, K)`` (frozen
         clips get their clip's row); default: the preset's, else ``onehot``.

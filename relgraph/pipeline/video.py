@@ -178,7 +178,7 @@ def load_model(
         :func:`relgraph.explain`); default: the architecture's ``canonize:``.
     precision
         ``"fp32"``, ``"bf16"`` (heavy ops in bfloat16, shares and sums in float32; see the
-        README's "Precision") or ``"fp64"``; None leaves the graph's format.
+        docs/guides/precision-and-memory.md) or ``"fp64"``; None leaves the graph's format.
 
     Raises
     ------
