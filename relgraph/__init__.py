@@ -71,8 +71,15 @@ from relgraph.errors import (
     WeightsError,
 )
 from relgraph.methods.discriminative import DiscriminativeResult, discriminative
+from relgraph.models.demo import load_demo_model
 from relgraph.models.from_torch import from_torch
-from relgraph.pipeline.video import VideoExplanation, explain_video
+from relgraph.pipeline.video import (
+    Model,
+    VideoExplanation,
+    VideoOptions,
+    explain_video,
+    load_model,
+)
 
 __all__ = [
     "ArgumentError",
@@ -94,7 +101,9 @@ __all__ = [
     "TargetError",
     "TorchImportError",
     "VideoError",
+    "Model",
     "VideoExplanation",
+    "VideoOptions",
     "WeightsError",
     "architecture_from_yaml",
     "compile_spec",
@@ -106,6 +115,8 @@ __all__ = [
     "explanation_with_rules",
     "from_torch",
     "load_architecture",
+    "load_demo_model",
+    "load_model",
     "rules",
     "shipped_architectures",
 ]
