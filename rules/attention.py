@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from relgraph.errors import RuleError
 
-from .base import Rule, Stabilizer, no_relevance, register_rule, widened
+from .context import no_relevance
+from .numerics import Stabilizer, widened
+from .registry import Rule, register_rule
 
 
 def _epsilon_checked(epsilon: float) -> None:
@@ -58,7 +60,12 @@ class BilinearUniform(Rule):
 
     def relevance(self, ctx, relevance):
         inputs = [widened(x) for x in ctx.inputs]
-        s = Stabilizer("epsilon", self.epsilon)(relevance, widened(ctx.output)) * 0.5
+        s = (
+            Stabilizer("epsilon", self.epsilon)(
+                relevance, widened(ctx.output), numerics=ctx.numerics
+            )
+            * 0.5
+        )
         return [x * ctx.op.input_vjp(s, inputs, slot) for slot, x in enumerate(inputs)]
 
 
@@ -82,7 +89,9 @@ class BilinearConstant(Rule):
 
     def relevance(self, ctx, relevance):
         inputs = [widened(x) for x in ctx.inputs]
-        s = Stabilizer("epsilon", self.epsilon)(relevance, widened(ctx.output))
+        s = Stabilizer("epsilon", self.epsilon)(
+            relevance, widened(ctx.output), numerics=ctx.numerics
+        )
         signal = 1 - self.constant
         handed = [no_relevance(relevance, shape) for shape in ctx.input_shapes]
         handed[signal] = inputs[signal] * ctx.op.input_vjp(s, inputs, signal)
@@ -106,7 +115,9 @@ class FrozenScale(Rule):
 
     def relevance(self, ctx, relevance):
         x = widened(ctx.x)
-        s = Stabilizer("epsilon", self.epsilon)(relevance, widened(ctx.output))
+        s = Stabilizer("epsilon", self.epsilon)(
+            relevance, widened(ctx.output), numerics=ctx.numerics
+        )
         tensors = {k: widened(v) for k, v in ctx.tensors.items()}
         return [x * ctx.op.frozen_scale_adjoint(s, x, tensors)]
 
@@ -142,4 +153,9 @@ class ShiftShare(Rule):
 
     def relevance(self, ctx, relevance):
         x = widened(ctx.x)
-        return [x * Stabilizer("epsilon", self.epsilon)(relevance, widened(ctx.output))]
+        return [
+            x
+            * Stabilizer("epsilon", self.epsilon)(
+                relevance, widened(ctx.output), numerics=ctx.numerics
+            )
+        ]

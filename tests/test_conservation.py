@@ -1,10 +1,10 @@
 """Conservation: Σ R_in = Σ R at every node and end to end, for each conserving rule.
 
-The exceptions of rules.md are part of the property: an output whose denominator is zero
-(e.g. z⁺ = 0 because every input it sees is 0, or a window of padding only) hands on no
-relevance. So at each node the test computes, independently of the rule, the relevance the
-node must hand on: Σ_j R_j over the outputs j whose denominators are non-zero (per term for
-αβ and γ). Where a bias stays in the denominator, the relevance lost is exactly the bias's
+The exceptions of the rule reference (docs/reference/rules.md) are part of the property: an output
+whose denominator is zero (e.g. z⁺ = 0 because every input it sees is 0, or a window of padding
+only) hands on no relevance. So at each node the test computes, independently of the rule, the
+relevance the node must hand on: Σ_j R_j over the outputs j whose denominators are non-zero (per
+term for αβ and γ). Where a bias stays in the denominator, the relevance lost is exactly the bias's
 share Σ_j R_j·b_j/z_j. All in float64, per sample, to a relative 1e-6.
 """
 
@@ -36,7 +36,7 @@ import relgraph
 PROPERTY = settings(max_examples=30, deadline=None)
 RELATIVE = 1e-6
 
-#: rules for affine nodes that conserve under the conditions of rules.md
+#: rules for affine nodes that conserve under the conditions of docs/reference/rules.md
 CONSERVING_AFFINE = {
     "zplus": ZPlus(bias=False),
     "alphabeta-2-1": AlphaBeta(alpha=2.0, beta=1.0, bias=False),
@@ -100,7 +100,9 @@ def explain_recorded(graph: relgraph.Graph, x: torch.Tensor, composite):
     """``explain`` with every node's incoming and handed-on relevance recorded."""
     log: dict = {}
     rules = {n: Recorded(r, log) for n, r in composite.resolve(graph).items()}
-    explanation = relgraph.explain_with_rules(graph, x, rules, "auto", "onehot", return_all=True)
+    explanation = relgraph.explanation_with_rules(
+        graph, x, rules, "auto", "onehot", node_relevance=True
+    )
     return explanation, log
 
 
@@ -121,7 +123,8 @@ def kept(relevance: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def relevance_handed_on(graph, node, rule, activations, relevance) -> torch.Tensor:
-    """What the node must hand on, per sample, computed from the formulas of rules.md:
+    """What the node must hand on, per sample, computed from the formulas of
+    docs/reference/rules.md:
     Σ_j R_j over outputs with non-zero denominators (α·… − β·… for αβ)."""
     op = graph.op(node)
     inputs = [activations[p] for p in graph.inputs_of(node)]
@@ -246,7 +249,7 @@ def test_input_relevance_is_the_seed_less_what_zero_denominators_dropped(rule, c
     )
     assert_sums_match(
         per_sample(explanation.relevance),
-        per_sample(explanation.seed) - dropped,
+        per_sample(explanation.output_relevance) - dropped,
         *(per_sample_abs(r) for r in explanation.node_relevance.values()),
         what="input",
     )
@@ -256,7 +259,7 @@ def test_input_relevance_is_the_seed_less_what_zero_denominators_dropped(rule, c
 def test_deep_taylor_on_c3d_tiny_hands_each_samples_seed_of_one_to_the_input(rules):
     graph = relgraph.load_architecture("c3d-tiny", dtype=torch.float64, seed=3)
     x = torch.rand((2, *graph.input_shape), dtype=torch.float64) * 255 - 100
-    explanation = relgraph.explain(graph, x, rules=rules, return_all=True)
+    explanation = relgraph.explanation(graph, x, rules=rules, node_relevance=True)
     for node, relevance in explanation.node_relevance.items():
         torch.testing.assert_close(
             per_sample(relevance),
@@ -295,7 +298,7 @@ def test_an_output_whose_inputs_are_all_zero_drops_its_relevance_under_zplus():
 
 def relevance_lost(graph, node, activations, relevance, kind, epsilon=0.0):
     """Σ_j R_j·b_j/stab(z_j) (the bias's share), plus all of R_j where the denominator is 0,
-    per sample, computed from the formulas of rules.md."""
+    per sample, computed from the formulas of docs/reference/rules.md."""
     op = graph.op(node)
     x = activations[graph.inputs_of(node)[0]]
     weight, bias = op.weight_and_bias(graph.tensors(node))

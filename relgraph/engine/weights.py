@@ -286,6 +286,16 @@ def checked_state_dict(
         raise WeightsError(
             "these tensors are not floating point: " + ", ".join(not_float), file=name
         )
+    # a NaN or Inf weight turns every output into NaN and every map into zeros: refused here,
+    # naming the tensors, rather than found as 'p = nan' after the whole explanation
+    not_finite = [k for k in to_load if not bool(torch.isfinite(state[k]).all())]
+    if not_finite:
+        raise WeightsError(
+            "these tensors hold NaN or Inf values: "
+            + ", ".join(not_finite[:8])
+            + (f" and {len(not_finite) - 8} more" if len(not_finite) > 8 else ""),
+            file=name,
+        )
     report = LoadReport(source=name, naming=naming, loaded=list(to_load))
     report.skipped = sorted(set(unexpected) | set(misshaped)) + [f"{k} (missing)" for k in missing]
     report.not_in_file = list(allowed_missing)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from relgraph.engine.graph import Graph
-from relgraph.engine.reverse import Explanation, Target, explain
+from relgraph.engine.reverse import Explanation, Target, explanation
 from relgraph.errors import ArgumentError
 
 __all__ = ["HeadRelevance", "attention_nodes", "discriminative_heads", "head_relevance"]
@@ -41,7 +41,7 @@ def head_relevance(graph: Graph, explanation: Explanation) -> dict[str, torch.Te
     Parameters
     ----------
     explanation
-        From ``relgraph.explain(..., return_all=True)``, which keeps every node's relevance.
+        From ``relgraph.explanation(..., node_relevance=True)``, which keeps every node's relevance.
     """
     nodes = attention_nodes(graph)
     if not nodes:
@@ -50,7 +50,7 @@ def head_relevance(graph: Graph, explanation: Explanation) -> dict[str, torch.Te
     if missing:
         raise ArgumentError(
             f"the explanation holds no relevance of '{missing[0]}': explain with "
-            "return_all=True for per-head relevance"
+            "node_relevance=True for per-head relevance"
         )
     heads = {}
     for node in nodes:
@@ -88,7 +88,7 @@ def discriminative_heads(
 ) -> HeadRelevance:
     """Per-head relevance of each clip, of each of its frozen clips, and their difference
     (the temporal part): ``T + 1`` explanations with every node's relevance kept."""
-    clip_explanation = explain(graph, clip, target, rules, return_all=True)
+    clip_explanation = explanation(graph, clip, target, rules, node_relevance=True)
     explained = clip_explanation.target
     clip_heads = head_relevance(graph, clip_explanation)
     del clip_explanation
@@ -97,7 +97,7 @@ def discriminative_heads(
     for t in range(frames):
         frozen = clip[:, :, t : t + 1].expand_as(clip).contiguous()
         per_frame.append(
-            head_relevance(graph, explain(graph, frozen, explained, rules, return_all=True))
+            head_relevance(graph, explanation(graph, frozen, explained, rules, node_relevance=True))
         )
     spatial = {node: torch.stack([f[node] for f in per_frame], dim=1) for node in clip_heads}
     temporal = {node: clip_heads[node][:, None] - spatial[node] for node in clip_heads}
