@@ -32,7 +32,7 @@ from relgraph.engine.spec import line_of, load_yaml
 from relgraph.errors import RuleError, did_you_mean
 from relgraph.io.resources import shipped_names, shipped_path
 
-from .base import RULES, Rule, make_rule
+from .registry import RULES, Rule, make_rule
 
 if TYPE_CHECKING:
     from relgraph.engine.graph import Graph

@@ -1,5 +1,6 @@
 """The rule library: each rule is a short dataclass whose ``relevance`` reads like its formula
-in ``rules.md``. ``A``/``Aᵀ`` are the op's ``linear_map``/``adjoint``; ``stab`` the safe division.
+in the rule reference (docs/reference/rules.md). ``A``/``Aᵀ`` are the op's
+``linear_map``/``adjoint``; ``stab`` the safe division.
 """
 
 from __future__ import annotations
@@ -18,31 +19,25 @@ from relgraph.engine.ops import keeps_shape
 from relgraph.errors import RelgraphWarning, RuleError
 from relgraph.io.preprocess import get_preprocess
 
-from .base import (
+from .context import Lazy, NodeContext, materialized, no_relevance, underlying
+from .numerics import (
     LOW_PRECISION,
-    Lazy,
-    NodeContext,
-    Rule,
     Stabilizer,
     accumulator,
     dense,
-    make_rule,
-    materialized,
     negative,
-    no_relevance,
     positive,
-    register_rule,
     rescaled,
     sample_scale,
     scale_and_sign,
-    sliced_adjoint,
-    sliced_map,
-    underlying,
     widened,
 )
+from .registry import Rule, make_rule, register_rule
+from .slicing import sliced_adjoint, sliced_map
 
-# bfloat16 (see README, "Precision"): the heavy maps A and Aᵀ run in the weights' format;
-# their results are widened to float32 (``widened``), where shares are divided and summed.
+# bfloat16 (see docs/guides/precision-and-memory.md): the heavy maps A and Aᵀ run in the
+# weights' format; their results are widened to float32 (``widened``), where shares are
+# divided and summed.
 
 
 def _A(
@@ -132,7 +127,9 @@ def signed_share(
     ``nonnegative_z``: ``W_p ≥ 0 ≥ W_n`` and ``bias ≥ 0`` (z⁺), so that no ``z`` is negative.
     ``bias_key``: names ``bias`` in the node's memo (``_bias_part``'s sign), so that
     ``bias + ε`` is made once, not on every pass; ``None``: made each time."""
-    scale, nonnegative = scale_and_sign(ctx.x, nonnegative=ctx.known_nonnegative(0))
+    scale, nonnegative = scale_and_sign(
+        ctx.x, nonnegative=ctx.known_nonnegative(0), numerics=ctx.numerics
+    )
     x = rescaled(ctx.x, scale)
 
     def share(r: torch.Tensor, z: torch.Tensor, shifted: bool = False) -> torch.Tensor:
@@ -145,6 +142,7 @@ def signed_share(
             overwrite_numerator=own_relevance,
             nonnegative=nonnegative_z,
             shifted=shifted,
+            numerics=ctx.numerics,
         )
 
     # z, s and the adjoint are temporaries of this rule alone: s is formed in z's memory and
@@ -221,7 +219,7 @@ def input_free_share(
         return _A(ctx, ones, weight)
 
     z = ctx.memo((f"A(1;{name})", tuple(shape[1:])), denominator)
-    return _At(ctx, stab(relevance, z), weight)
+    return _At(ctx, stab(relevance, z, numerics=ctx.numerics), weight)
 
 
 def _bias_part(ctx: NodeContext, use_bias: bool, sign: str) -> torch.Tensor | None:
@@ -275,7 +273,9 @@ class Epsilon(Rule):
 
     def relevance(self, ctx, relevance):
         weight, bias = ctx.weight_and_bias()
-        scale = sample_scale(ctx.x, nonnegative=ctx.known_nonnegative(0))  # see signed_share
+        scale = sample_scale(
+            ctx.x, nonnegative=ctx.known_nonnegative(0), numerics=ctx.numerics
+        )  # see signed_share
         x = rescaled(ctx.x, scale)
         if self.bias and ctx.output is not None:
             z = rescaled(ctx.output, scale)
@@ -283,7 +283,12 @@ class Epsilon(Rule):
             z = _A_scaled(ctx, x, weight, bias if self.bias else None, scale)
         own = z is not ctx.output  # a temporary of this rule's: s may be formed in it
         s = Stabilizer("epsilon", self.epsilon)(
-            relevance, z, scale, overwrite=own, overwrite_numerator=ctx.relevance_owned
+            relevance,
+            z,
+            scale,
+            overwrite=own,
+            overwrite_numerator=ctx.relevance_owned,
+            numerics=ctx.numerics,
         )
         del z, relevance
         return [_in_place(torch.mul, _At(ctx, s, weight), x)]
@@ -305,7 +310,8 @@ class _Stabilized(Rule):
             raise RuleError(f"{self.name}: epsilon must be ≥ 0, got {self.epsilon}")
         if self.bias and self.drops_bias:
             raise RuleError(
-                f"rule '{self.name}' has no bias term (see rules.md), so bias: true would be "
+                f"rule '{self.name}' has no bias term (see docs/reference/rules.md), so bias: true "
+                "would be "
                 "ignored; leave it out"
             )
         # derived from the parameters, not itself a parameter (not a dataclass field)
@@ -545,7 +551,7 @@ class ZBeta(_Stabilized):
             z = forward - ctx.memo(key, offset)
         del forward
         bound_peak = max(abs(v) for v in _values(self.low) + _values(self.high))
-        scale = sample_scale(x, also=bound_peak)  # see signed_share
+        scale = ctx.sample_scale(x, also=bound_peak)  # see signed_share
         # z is this rule's own temporary: s is formed in its memory (see signed_share)
         s = self.stab(
             relevance,
@@ -553,6 +559,7 @@ class ZBeta(_Stabilized):
             scale,
             overwrite=True,
             overwrite_numerator=ctx.relevance_owned,
+            numerics=ctx.numerics,
         )
         del z, relevance
         # x⊙Aᵀ(s;W) − l⊙Aᵀ(s;W⁺) − h⊙Aᵀ(s;W⁻) with Aᵀ(s;W) = Aᵀ(s;W⁺) + Aᵀ(s;W⁻)
@@ -768,10 +775,12 @@ class Proportional(_Shares):
     def relevance(self, ctx, relevance):
         if "window" not in ctx.op.capabilities:
             return _scaled_split(ctx, relevance, self.stab)
-        scale = sample_scale(ctx.x, nonnegative=ctx.known_nonnegative(0))  # see signed_share
+        scale = sample_scale(
+            ctx.x, nonnegative=ctx.known_nonnegative(0), numerics=ctx.numerics
+        )  # see signed_share
         x = rescaled(ctx.x, scale)
         if self.divide_by == "sum":
-            s = self.stab(relevance, ctx.op.window_sum(x), scale)
+            s = self.stab(relevance, ctx.op.window_sum(x), scale, numerics=ctx.numerics)
             return [x * ctx.op.window_sum_adjoint(s, x.shape)]
         if "max_route" in ctx.op.capabilities:
             raise RuleError(
@@ -785,7 +794,8 @@ class Proportional(_Shares):
             return (ctx.op.window_sum(ones) / ctx.op.forward([ones], ctx.tensors)).round()
 
         divisor = ctx.memo(("D_j", tuple(shape[1:])), divisors)
-        s = self.stab(relevance, ctx.op.forward([x], ctx.tensors), scale) / divisor
+        s = self.stab(relevance, ctx.op.forward([x], ctx.tensors), scale, numerics=ctx.numerics)
+        s = s / divisor
         return [x * ctx.op.window_sum_adjoint(s, shape)]
 
 
@@ -807,7 +817,11 @@ class Uniform(Rule):
             return ctx.op.window_sum(ones)
 
         per_window = ctx.memo(("N_j", tuple(shape[1:])), counts)
-        return [ctx.op.window_sum_adjoint(Stabilizer("zero")(relevance, per_window), shape)]
+        return [
+            ctx.op.window_sum_adjoint(
+                Stabilizer("zero")(relevance, per_window, numerics=ctx.numerics), shape
+            )
+        ]
 
 
 @register_rule
@@ -868,9 +882,9 @@ def _scaled_split(ctx: NodeContext, relevance: torch.Tensor, stab: Stabilizer) -
     if any(x is None for x in ctx.inputs):
         return ctx.op.split(ctx.inputs, relevance, stab)
     known = [ctx.known_nonnegative(slot) for slot in range(len(ctx.inputs))]
-    scale = sample_scale(*ctx.inputs, nonnegative=known)
+    scale = ctx.sample_scale(*ctx.inputs, nonnegative=known)
     inputs = [widened(rescaled(x, scale)) for x in ctx.inputs]
-    return ctx.op.split(inputs, relevance, lambda r, z: stab(r, z, scale))
+    return ctx.op.split(inputs, relevance, lambda r, z: stab(r, z, scale, numerics=ctx.numerics))
 
 
 # --------------------------------------------------------------------------- composition

@@ -352,7 +352,7 @@ def test_a_quotient_beyond_the_format_makes_the_shortcut_check_every_quotient(dt
     passes = []
     one_pass = relgraph.methods.frozen._explain_frozen
     monkeypatch.setattr(
-        relgraph.frozen, "_explain_frozen", lambda *a: passes.append(1) or one_pass(*a)
+        relgraph.methods.frozen, "_explain_frozen", lambda *a: passes.append(1) or one_pass(*a)
     )
     ours = explain_frozen(graph, frames, node_rules, 0, huge, wanted=[0])
     plain = explain_with_rules(graph, frozen_of(frames, 4), node_rules, 0, huge, return_all=True)

@@ -1,4 +1,4 @@
-"""The memory mode (``graph.cache_policy = "none"``, issue 13 point 4) changes no result.
+"""The memory mode (``graph.cache_policy = "none"``) changes no result.
 
 It runs big affine maps a slice of channels at a time (``sliced_map``, ``sliced_adjoint``),
 makes W⁺ slice by slice (``Lazy``), forms ``s = R / z`` in the memory of ``z`` or of the
@@ -35,7 +35,9 @@ from relgraph.rules import (
     ZPlus,
 )
 from relgraph.rules import base as rule_base
-from relgraph.rules.base import Lazy, Stabilizer, positive, sliced_adjoint, sliced_map
+from relgraph.rules.context import Lazy
+from relgraph.rules.numerics import Stabilizer, positive
+from relgraph.rules.slicing import sliced_adjoint, sliced_map
 from strategies import graph_cases, one_torch_thread  # noqa: F401
 
 import relgraph
@@ -96,7 +98,7 @@ def explain_both(graph, x, rules, **kwargs):
 
 def assert_same(actual, expected, dtype):
     """Equal up to 1e-6 (float32) or 1e-12 (float64) of the peak; on CPU they are in fact
-    bit-identical (see README, "Memory modes")."""
+    bit-identical (see docs/benchmarks/memory.md)."""
     tol = 1e-6 if dtype == torch.float32 else 1e-12
     peak = max(float(expected.abs().max()), 1e-30)
     torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * peak)

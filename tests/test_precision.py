@@ -1,8 +1,8 @@
-"""bfloat16 explanations against float32 (issue 13), and the memory mode ``cache_policy``.
+"""bfloat16 explanations against float32, and the memory mode ``cache_policy``.
 
-The float32 reference is the same graph's float32 run; the bounds are those the README
-promises for ``deep-taylor-paper``: Pearson ≥ 0.999, relative L2 error ≤ 2 %, conservation
-error ≤ 1 %, the same predictions.
+The float32 reference is the same graph's float32 run; the bounds are those the docs
+(docs/benchmarks/precision.md) promise for ``deep-taylor-paper``: Pearson ≥ 0.999, relative L2 error
+≤ 2 %, conservation error ≤ 1 %, the same predictions.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def preprocessed_clips(graph: relgraph.Graph, count: int, seed: int = 0) -> torc
 def noise_clips(graph: relgraph.Graph, count: int, seed: int = 0) -> torch.Tensor:
     """Uniform noise over the range of preprocessed input (pixels 0..255 through the graph's
     preprocessing). Flat synthetic frames make ties in the max pools that bfloat16's rounding
-    breaks otherwise than float32 (see the README's "Precision"): the bounds are for clips
+    breaks otherwise than float32 (see docs/benchmarks/precision.md): the bounds are for clips
     with texture everywhere, as real video has."""
     low, high = get_preprocess(graph.default_preprocess or "hara").zbeta_bounds(False)
     generator = torch.Generator().manual_seed(seed)

@@ -1,4 +1,4 @@
-"""No rule and no preset emits NaN or Inf, for any finite input (rules.md).
+"""No rule and no preset emits NaN or Inf, for any finite input (docs/reference/rules.md).
 
 Random graphs meet the inputs that break naive divisions: all-zero inputs, dead ReLUs
 (pre-activations pushed negative), huge and tiny magnitudes, exact zeros in the weights, in
@@ -221,7 +221,8 @@ def test_relevance_stays_finite_where_an_intermediate_share_would_overflow(rule,
 def test_a_quotient_beyond_the_format_makes_explain_check_every_quotient(rule, dtype, monkeypatch):
     # z = 0.25 + 0.25 and a seed of 0.9 × the format's largest number: R / z overflows. The
     # input relevance alone is computed with the quotients checked at the end: that first
-    # pass is not finite, so a second checks every quotient, and gives the share 0 (rules.md)
+    # pass is not finite, so a second checks every quotient, and gives the share 0
+    # (docs/reference/rules.md)
     graph = relgraph.architecture_from_yaml(
         "input: {shape: [2]}\nnodes:\n  - {name: fc, op: linear, out_features: 1, bias: false}\n",
         dtype=dtype,
@@ -232,7 +233,7 @@ def test_a_quotient_beyond_the_format_makes_explain_check_every_quotient(rule, d
     passes = []
     one_pass = relgraph.engine.reverse._explain_pass
     monkeypatch.setattr(
-        relgraph.reverse, "_explain_pass", lambda *a: passes.append(1) or one_pass(*a)
+        relgraph.engine.reverse, "_explain_pass", lambda *a: passes.append(1) or one_pass(*a)
     )
     huge = torch.full((1, 1), 0.9 * torch.finfo(dtype).max, dtype=dtype)
     relevance = relgraph.explain(graph, x, 0, composite, huge)

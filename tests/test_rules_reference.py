@@ -1,4 +1,5 @@
-"""Every rule of rules.md equals an independent reference, on random single nodes in float64.
+"""Every rule of the rule reference (docs/reference/rules.md) equals an
+independent reference, on random single nodes in float64.
 
 Affine rules are compared with autograd on modified weights (``tests/lrp_reference.py``, the
 way hook-based LRP libraries compute them); pooling rules with explicit loops over the pooling
@@ -813,7 +814,7 @@ BIAS_OPTIONS = {
 
 
 def test_every_rule_with_a_bias_parameter_is_covered():
-    from relgraph.rules.base import RULES
+    from relgraph.rules.registry import RULES
 
     with_bias = {
         name

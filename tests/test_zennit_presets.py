@@ -79,7 +79,7 @@ def test_zennit_named_preset_equals_zennits_rules_on_c3d_tiny_with_biases(
     assert_equals_zennit(*c3d_tiny_with_biases, name)
 
 
-@pytest.mark.slow  # 50-70 s each in float64 on a quiet 2-core machine
+@pytest.mark.slow  # a full-size model in float64, each
 @pytest.mark.parametrize("name", ZENNIT_PRESETS)
 def test_zennit_named_preset_equals_zennits_rules_on_full_size_c3d_with_biases(
     c3d_with_biases, name

@@ -25,7 +25,8 @@ TORCHVISION = {
     "mc3-18": (zoo.mc3_18, "torchvision-mc3_18", 11_695_440),
     "r2plus1d-18": (zoo.r2plus1d_18, "torchvision-r2plus1d_18", 31_505_325),
 }
-"""Shipped name: reference constructor, key list, parameter count (shared/models README)."""
+"""Shipped name: reference constructor, key list, parameter count (from the libraries'
+own constructors)."""
 
 
 def shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:

@@ -10,17 +10,52 @@ from typing import Any
 import yaml
 
 from relgraph.errors import RelgraphError
-from relgraph.methods.discriminative import NORMALIZATIONS, REDUCTIONS
+from relgraph.methods.decomposed import STATIC_PARTS
+from relgraph.methods.discriminative import METHODS, NORMALIZATIONS, REDUCTIONS
 
 __all__ = [
+    "ExampleFormatter",
     "add_discriminative_options",
     "add_memory_check_option",
+    "add_example",
     "add_param_option",
     "non_negative_int",
     "parse_key_values",
     "parse_params",
     "positive_int",
+    "subcommand_parsers",
 ]
+
+
+class ExampleFormatter(argparse.HelpFormatter):
+    """argparse's formatter, but an epilog that starts with ``example:`` keeps its lines, so
+    that the example command reads as typed."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def add_example(parser: argparse.ArgumentParser, command: str) -> None:
+    """Append ``example: COMMAND`` to ``parser``'s help (its epilog)."""
+    example = f"example:\n  {command}"
+    parser.epilog = f"{parser.epilog}\n\n{example}" if parser.epilog else example
+    if parser.formatter_class is argparse.HelpFormatter:
+        parser.formatter_class = ExampleFormatter
+
+
+def subcommand_parsers(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    """Every parser of a command tree by its command path: ``()`` for ``parser`` itself,
+    ``("arch", "show")`` for ``relgraph arch show``; in the order the commands were added."""
+    found = {path: parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.update(subcommand_parsers(sub, (*path, name)))
+    return found
 
 
 def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
@@ -75,9 +110,30 @@ def non_negative_int(text: str) -> int:
 
 
 def add_discriminative_options(parser: argparse.ArgumentParser) -> None:
-    """``--reduce``, ``--normalize``, ``--batch-size`` and ``--quiet``: the options of every
-    command that runs the discriminative method."""
+    """``--method``, ``--static``, ``--sigma``, ``--reduce``, ``--normalize``, ``--batch-size``
+    and ``--quiet``: the options of every command that runs the discriminative method."""
     group = parser.add_argument_group("discriminative method")
+    group.add_argument(
+        "--method",
+        choices=METHODS,
+        default="frozen",
+        help="what relevance due to motion means: frozen clips (the paper's, default), the "
+        "input split into static and moving parts (decomposed, one explanation), DeepLIFT "
+        "from the static clip (reference), or selective relevance (docs/motion-methods.md)",
+    )
+    group.add_argument(
+        "--static",
+        choices=STATIC_PARTS,
+        default="mean",
+        help="the static part of a clip for decomposed and reference: each pixel's mean "
+        "(default), median or first value over the frames",
+    )
+    group.add_argument(
+        "--sigma",
+        type=float,
+        default=1.0,
+        help="selective's threshold in standard deviations of the temporal derivative (1)",
+    )
     group.add_argument(
         "--reduce",
         choices=REDUCTIONS,

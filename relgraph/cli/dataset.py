@@ -87,9 +87,8 @@ def add_dataset_commands(subparsers) -> None:
         "--figures",
         choices=("none", "summary", "all"),
         default="none",
-        help="none (default), summary: grid.png and animation.gif of the first clip (fast, "
-        "milliseconds), all: of every clip plus the matplotlib figure.png/frames.png (2-5 s a "
-        "clip)",
+        help="none (default), summary: grid.png and animation.gif of the first clip (fast), "
+        "all: of every clip plus the matplotlib figure.png/frames.png (seconds a clip)",
     )
     explain.add_argument(
         "--raw",
@@ -177,11 +176,25 @@ def store_options(model, args: argparse.Namespace, options) -> dict[str, Any]:
         "target": options.target,
         "reduce": options.reduce,
         "normalize": options.normalize,
+        # only where not the default: stores made before methods existed stay valid
+        **_method_options(options),
         "min_frames": options.min_frames
         if options.min_frames is not None
         else math.ceil(model.frames_per_clip / 2),
         "raw": options.raw,
     }
+
+
+def _method_options(options) -> dict[str, Any]:
+    """The motion method's options for the fingerprint; none for the paper's ``frozen``."""
+    if options.method == "frozen":
+        return {}
+    found: dict[str, Any] = {"method": options.method}
+    if options.method in ("decomposed", "reference"):
+        found["static"] = options.static
+    if options.method == "selective":
+        found["sigma"] = options.sigma
+    return found
 
 
 def command_dataset_explain(args: argparse.Namespace) -> int:
@@ -194,6 +207,9 @@ def command_dataset_explain(args: argparse.Namespace) -> int:
         target=args.target,
         reduce=args.reduce,
         normalize=args.normalize,
+        method=args.method,
+        static=args.static,
+        sigma=args.sigma,
         batch_size=args.batch_size,
         clip_batch=args.clip_batch,
         min_frames=args.min_frames,

@@ -13,7 +13,7 @@ from relgraph.cli.args import (
     positive_int,
 )
 from relgraph.engine.graph import Graph, load_architecture
-from relgraph.errors import RelgraphError
+from relgraph.errors import ArgumentError, RelgraphError, did_you_mean
 from relgraph.evaluation.suite import (
     check_evaluation_args,
     markdown,
@@ -22,6 +22,7 @@ from relgraph.evaluation.suite import (
     video_data,
 )
 from relgraph.io.outputs import atomic_write_bytes, check_out_dir, ensure_out_dir, write_json
+from relgraph.methods.discriminative import METHODS
 from relgraph.models.demo import DEMO_MODELS
 from relgraph.rules import preset_names
 
@@ -114,6 +115,13 @@ def add_evaluation_options(
         "--no-variants", action="store_true", help="only the default reduce/normalize pair"
     )
     parser.add_argument(
+        "--method",
+        default="frozen",
+        metavar="NAMES",
+        help="comma-separated motion methods whose maps are measured, or 'all' "
+        f"({', '.join(METHODS)}; default frozen, the paper's, which is always measured)",
+    )
+    parser.add_argument(
         "--cube",
         type=positive_int,
         nargs=3,
@@ -164,7 +172,17 @@ def evaluation_kwargs(args: argparse.Namespace, graph: Graph, clips: int) -> dic
         spec = [p for p in preset_names() if p not in ("base", "gradient", graph.default_rules)]
     elif spec == ["none"]:
         spec = []
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    if methods == ["all"]:
+        methods = list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ArgumentError(
+            f"--method: unknown method '{unknown[0]}'{did_you_mean(unknown[0], METHODS)} "
+            f"(known: {', '.join(METHODS)}, or all)"
+        )
     return {
+        "methods": tuple(methods),
         "presets": spec,
         "variants": not args.no_variants,
         "cube": tuple(args.cube),

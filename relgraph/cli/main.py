@@ -22,10 +22,12 @@ from collections.abc import Callable, Sequence
 
 from relgraph.cli.args import (
     add_discriminative_options,
+    add_example,
     add_param_option,
     non_negative_int,
     parse_params,
     positive_int,
+    subcommand_parsers,
 )
 from relgraph.cli.dataset import add_dataset_commands
 from relgraph.cli.evaluate import add_evaluate_command
@@ -74,6 +76,9 @@ def command_explain(args: argparse.Namespace) -> int:
         reduce=args.reduce,
         normalize=args.normalize,
         batch_size=args.batch_size,
+        method=args.method,
+        static=args.static,
+        sigma=args.sigma,
         columns=args.columns,
         canonize=False if args.no_canonize else None,
         log=_printer(args.quiet),
@@ -195,6 +200,30 @@ def _field_text(f: dataclasses.Field) -> str:
 # --------------------------------------------------------------------------- argparse
 
 
+#: One example per command, shown at the end of its ``--help`` (the docs' command-line page
+#: is generated from these parsers, and the docs test runs every example).
+EXAMPLES: dict[tuple[str, ...], str] = {
+    (): "relgraph demo --out out",
+    ("explain",): "relgraph explain video.mp4 --arch c3d-tiny --weights c3d-tiny.safetensors "
+    "--labels labels.txt --out explained/",
+    ("demo",): "relgraph demo --out out",
+    ("arch",): "relgraph arch show c3d-tiny",
+    ("arch", "show"): "relgraph arch show c3d-tiny --param width=4",
+    ("arch", "check"): "relgraph arch check my-net.yaml",
+    ("arch", "import"): "relgraph arch import mypackage.models:my_net --input-shape 3,16,112,112 "
+    "--out my-net.yaml --kwarg num_classes=10 --weights-out my-net.safetensors",
+    ("rules",): "relgraph rules list",
+    ("rules", "list"): "relgraph rules list",
+    ("rules", "show"): "relgraph rules show epsilon-plus --arch r2plus1d-tiny",
+    ("dataset",): "relgraph dataset report store/",
+    ("dataset", "explain"): "relgraph dataset explain videos/ --arch c3d-tiny "
+    "--weights c3d-tiny.safetensors --labels labels.txt --out store/",
+    ("dataset", "report"): "relgraph dataset report store/",
+    ("evaluate",): "relgraph evaluate --arch c3d-tiny --clips 2 --steps 2 --no-variants "
+    "--no-frames --out evaluation/",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relgraph",
@@ -274,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=tuple(PRECISIONS),
         default="fp32",
-        help="number format: fp32 (default), bf16 (about 2x faster on CPUs with bfloat16 "
-        "units; maps within about 2%% of fp32, see the README's Precision), fp64",
+        help="number format: fp32 (default), bf16 (faster on CPUs with bfloat16 units; maps "
+        "within about 2%% of fp32, see docs/benchmarks/precision.md), fp64",
     )
     explain.add_argument(
         "--columns",
@@ -386,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.set_defaults(handler=command_rules_show)
     add_dataset_commands(commands)
     add_evaluate_command(commands)
+    for path, subparser in subcommand_parsers(parser).items():
+        add_example(subparser, EXAMPLES[path])
     return parser
 
 

@@ -47,6 +47,9 @@ class RunOptions:
     target: str = "auto"  # "auto" (the prediction) or "true" (the true label)
     reduce: str = "first"
     normalize: str = "maxabs"
+    method: str = "frozen"  # see relgraph.methods.discriminative.METHODS
+    static: str = "mean"  # the static part, for decomposed and reference
+    sigma: float = 1.0  # selective's threshold
     batch_size: int | None = None  # frozen clips at once
     clip_batch: int = 4  # clips (from any videos) explained at once
     min_frames: int | None = None  # default: half the clip
@@ -390,6 +393,9 @@ def _explain_group(model, decoded: list[Decoded], options: RunOptions, stats) ->
                 batch_size=options.batch_size,
                 progress=False,
                 memory_check=False,  # checked once for the run (run_dataset)
+                method=options.method,
+                static=options.static,
+                sigma=options.sigma,
             )
             part = {
                 "spatiotemporal": result.spatiotemporal,

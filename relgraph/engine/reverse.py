@@ -16,20 +16,15 @@ import numpy as np
 import torch
 
 from relgraph.engine.canonize import canonical
-from relgraph.engine.graph import Graph
-from relgraph.engine.hostmemory import release_freed
+from relgraph.engine.graph import ForwardResult, Graph
+from relgraph.engine.interpreter import ReversePass, Visit, rule_needs
 from relgraph.engine.memory import check_memory
 from relgraph.engine.ops import all_finite
-from relgraph.errors import RuleError, TargetError
+from relgraph.errors import TargetError
 from relgraph.io.labels import Labels
-from relgraph.rules import NEEDS, Composite, NodeContext, Rule, as_composite
-from relgraph.rules.base import (
-    extremes_remembered,
-    is_no_relevance,
-    no_relevance,
-    quotients_checked_later,
-    remember_extremes,
-)
+from relgraph.rules import Composite, Rule, as_composite
+from relgraph.rules.context import is_no_relevance, no_relevance
+from relgraph.rules.numerics import Numerics
 
 Target = int | str | Sequence[int | str] | torch.Tensor
 
@@ -84,7 +79,7 @@ class Explanation:
 def lost_fraction(lost: dict[str, torch.Tensor], seed: torch.Tensor) -> torch.Tensor:
     """``Σ_nodes lost / Σ seed`` per sample (0 where the seed sums to 0); see
     ``Explanation.lost_fraction``."""
-    total_seed = seed.reshape(seed.shape[0], -1).sum(1, dtype=_accumulator(seed.dtype))
+    total_seed = seed.reshape(seed.shape[0], -1).sum(1, dtype=accumulator_dtype(seed.dtype))
     if not lost:
         return torch.zeros_like(total_seed)
     total_lost = torch.stack(list(lost.values())).sum(0)
@@ -124,15 +119,15 @@ def _materialized(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous() if is_no_relevance(t) else t
 
 
-def _accumulator(dtype: torch.dtype) -> torch.dtype:
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     """The type relevance is carried and per-sample totals summed in: float64 for float64,
     else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _totals(t: torch.Tensor) -> torch.Tensor:
+def sample_totals(t: torch.Tensor) -> torch.Tensor:
     """``(B,)``: each sample's sum."""
-    return t.reshape(t.shape[0], -1).sum(1, dtype=_accumulator(t.dtype))
+    return t.reshape(t.shape[0], -1).sum(1, dtype=accumulator_dtype(t.dtype))
 
 
 def _exclusive(t: torch.Tensor, others) -> bool:
@@ -306,19 +301,6 @@ def resolve_rules(
     return composite, node_rules, seed if seed is not None else composite.seed or "onehot"
 
 
-def rule_needs(rule: Rule) -> frozenset[str]:
-    """What ``rule`` declares it reads from the forward pass (``Rule.needs``), checked."""
-
-    needs = rule.needs
-    unknown = set(needs) - NEEDS
-    if unknown:
-        raise RuleError(
-            f"rule {rule.describe()} needs {sorted(unknown)}, which the forward pass does not "
-            f"offer (it offers {sorted(NEEDS)})"
-        )
-    return frozenset(needs)
-
-
 def activations_needed(graph: Graph, node_rules: dict[str, Rule]) -> set[str]:
     """The nodes whose activations the rules will read."""
     needed = set()
@@ -329,21 +311,6 @@ def activations_needed(graph: Graph, node_rules: dict[str, Rule]) -> set[str]:
         if "output" in needs:
             needed.add(node)
     return needed
-
-
-def run_rule(
-    graph: Graph, node: str, rule: Rule, ctx: NodeContext, relevance: torch.Tensor
-) -> list[torch.Tensor]:
-    """``rule(ctx, relevance)``, the relevance ``node`` hands to its inputs. A ``RuleError``
-    that names no node (say zβ bounds that do not fit) is raised again naming ``node`` and
-    its line in the graph's file."""
-    try:
-        return rule(ctx, relevance)
-    except RuleError as exc:
-        if exc.node is not None:
-            raise
-        line = graph.graph.nodes[node].get("line")
-        raise RuleError(exc.message, file=graph.file, line=line, node=node) from None
 
 
 def explain_with_rules(
@@ -362,7 +329,7 @@ def explain_with_rules(
 
     Unless every node's relevance is returned (``return_all``), the pass leaves quotients
     beyond the format in place and checks the result once at the end: the input relevance
-    and, for an ``Explanation``, each node's lost relevance (``quotients_checked_later``);
+    and, for an ``Explanation``, each node's lost relevance (``Numerics.checks_quotients_later``);
     where they are not finite, the pass runs again with every quotient checked. The result
     is the same either way. ``memory_check``: as in :func:`explain`."""
     if memory_check and isinstance(x, torch.Tensor) and x.dim() >= 1:
@@ -370,19 +337,93 @@ def explain_with_rules(
         check_memory(graph, x.shape[0], kept)
     run = (graph, x, node_rules, target, seed, labels, return_all, return_explanation)
     if return_all:  # every node's relevance is reported: each quotient checked as it is formed
-        return _explain_pass(*run)
-    with quotients_checked_later():
-        result = _explain_pass(*run)
+        return _explain_pass(*run, Numerics(remembers_extremes=True))
+    result = _explain_pass(*run, Numerics(checks_quotients_later=True, remembers_extremes=True))
     if isinstance(result, Explanation):
         # each node's loss, not the fraction: that is 0 wherever the seed sums to 0
         lost = list(result.lost.values())
         finite = all_finite(result.relevance) and (not lost or all_finite(torch.stack(lost)))
     else:
         finite = all_finite(result)
-    return result if finite else _explain_pass(*run)
+    return result if finite else _explain_pass(*run, Numerics(remembers_extremes=True))
 
 
-@extremes_remembered()  # taken in the forward pass, read by the rules' numeric scale
+class ExplainPass(ReversePass):
+    """The reverse pass of ``explain``: relevance summed over a node's consumers, each
+    activation freed as soon as the pass has left its node, and, for an ``Explanation``,
+    each node's lost relevance (and with ``keep_all`` its relevance) kept."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        node_rules: dict[str, Rule],
+        numerics: Numerics,
+        fwd: ForwardResult,
+        start: torch.Tensor,
+        *,
+        batch: int,
+        channels_last: bool,
+        detailed: bool,
+        keep_all: bool,
+    ) -> None:
+        super().__init__(graph, node_rules, numerics, channels_last=channels_last)
+        self.activations, self.records = fwd.activations, fwd.records
+        self.relevance: dict[str, torch.Tensor] = {graph.output: start}
+        self.kept: dict[str, torch.Tensor] = {}
+        self.lost: dict[str, torch.Tensor] = {}
+        self.batch, self.detailed, self.keep_all = batch, detailed, keep_all
+        self.start_dtype = start.dtype
+
+    def arrive(self, node: str) -> Visit | None:
+        graph, batch = self.graph, self.batch
+        node_relevance = self.relevance.pop(node)
+        if self.keep_all:
+            self.kept[node] = _materialized(node_relevance)
+        preds = graph.inputs_of(node)
+        if is_no_relevance(node_relevance):  # zero by construction: so is all it hands on
+            if self.detailed:
+                self.lost[node] = node_relevance.new_zeros(batch, dtype=self.start_dtype)
+            for pred in preds:
+                if pred not in self.relevance:
+                    shape = (batch, *graph.graph.nodes[pred]["shape"])
+                    self.relevance[pred] = no_relevance(node_relevance, shape)
+            self.activations.pop(node, None)
+            return None
+        needs = self.needs[node]
+        visit = Visit(
+            relevance=node_relevance,
+            input_shapes=[torch.Size((batch, *graph.graph.nodes[p]["shape"])) for p in preds],
+            inputs=[self.activations.get(p) for p in preds] if "inputs" in needs else [],
+            output=self.activations.get(node) if "output" in needs else None,
+            record=self.records.pop(node, None),
+            owned=not self.keep_all
+            and node != graph.output  # the seed, which an Explanation returns
+            and _exclusive(node_relevance, self.relevance.values()),
+        )
+        if self.detailed:  # before the rule, which may form its result in the relevance
+            visit.extra["handed_in"] = sample_totals(node_relevance)
+        return visit
+
+    def depart(self, node: str, visit: Visit, contributions: list[torch.Tensor]) -> None:
+        relevance = self.relevance
+        if self.detailed:  # one reduction per tensor and sample
+            self.lost[node] = visit.extra["handed_in"] - sum(
+                sample_totals(c) for c in contributions
+            )
+        for pred, contribution in zip(self.graph.inputs_of(node), contributions):
+            if is_no_relevance(contribution):  # nothing to add (see no_relevance)
+                if pred not in relevance:
+                    relevance[pred] = contribution
+                continue
+            if self.channels_last:  # keep the relevance in the activations' layout
+                contribution = _channels_last(contribution)
+            if pred not in relevance or is_no_relevance(relevance[pred]):
+                relevance[pred] = contribution
+            else:
+                relevance[pred] = relevance[pred] + contribution
+        self.activations.pop(node, None)
+
+
 def _explain_pass(
     graph: Graph,
     x: torch.Tensor,
@@ -392,6 +433,7 @@ def _explain_pass(
     labels: Any,
     return_all: bool,
     return_explanation: bool,
+    numerics: Numerics,
 ) -> torch.Tensor | Explanation:
     """One forward and reverse pass of ``explain_with_rules``."""
     needs = {node: rule_needs(rule) for node, rule in node_rules.items()}
@@ -400,7 +442,7 @@ def _explain_pass(
 
     def made(node: str, activation: torch.Tensor) -> None:
         if node in read:  # an input of a rule, which scans it for its numeric scale
-            remember_extremes(activation, node in nonnegative)
+            numerics.remember_extremes(activation, node in nonnegative)
 
     fwd = graph.forward(
         x,
@@ -408,77 +450,34 @@ def _explain_pass(
         record=[n for n in node_rules if "record" in needs[n]],
         made=made,
     )
-    activations, records = fwd.activations, fwd.records
     detailed = return_all or return_explanation
     output = fwd.output.clone() if detailed else fwd.output
     with torch.inference_mode():
         target_index = resolve_target(output, target, labels)
-        # relevance is carried in float32 through a bfloat16 graph (see README, "Precision")
-        start = make_seed(output, target_index, seed).to(_accumulator(output.dtype))
-        relevance: dict[str, torch.Tensor] = {graph.output: start}
-        kept: dict[str, torch.Tensor] = {}
-        lost: dict[str, torch.Tensor] = {}
-        batch = x.shape[0]
-        # cache_policy "none": a memo that lives for one node only (see Graph.cache_policy)
-        keep_cache = graph.cache_policy != "none"
-        channels_last = graph.runs_channels_last(x)
-        for node in reversed(graph.order[1:]):
-            node_relevance = relevance.pop(node)
-            if return_all:
-                kept[node] = _materialized(node_relevance)
-            preds = graph.inputs_of(node)
-            if is_no_relevance(node_relevance):  # zero by construction: so is all it hands on
-                if detailed:
-                    lost[node] = node_relevance.new_zeros(batch, dtype=start.dtype)
-                for pred in preds:
-                    if pred not in relevance:
-                        shape = (batch, *graph.graph.nodes[pred]["shape"])
-                        relevance[pred] = no_relevance(node_relevance, shape)
-                activations.pop(node, None)
-                continue
-            if detailed:  # before the rule, which may form its result in the relevance
-                handed_in = _totals(node_relevance)
-            rule = node_rules[node]
-            ctx = NodeContext(
-                node=node,
-                op=graph.op(node),
-                inputs=[activations.get(p) if "inputs" in needs[node] else None for p in preds],
-                input_shapes=[torch.Size((batch, *graph.graph.nodes[p]["shape"])) for p in preds],
-                output=activations.get(node) if "output" in needs[node] else None,
-                tensors=graph.current_tensors(node),
-                cache=graph.cache if keep_cache else {},
-                record=records.pop(node, None),
-                low_memory=not keep_cache,
-                nonnegative_inputs=tuple(p in nonnegative for p in preds),
-                channels_last=channels_last,
-                relevance_owned=not return_all
-                and node != graph.output  # the seed, which an Explanation returns
-                and _exclusive(node_relevance, relevance.values()),
-            )
-            contributions = run_rule(graph, node, rule, ctx, node_relevance)
-            if detailed:  # one reduction per tensor and sample
-                lost[node] = handed_in - sum(_totals(c) for c in contributions)
-            for pred, contribution in zip(preds, contributions):
-                if is_no_relevance(contribution):  # nothing to add (see no_relevance)
-                    if pred not in relevance:
-                        relevance[pred] = contribution
-                    continue
-                if channels_last:  # keep the relevance in the activations' layout
-                    contribution = _channels_last(contribution)
-                if pred not in relevance or is_no_relevance(relevance[pred]):
-                    relevance[pred] = contribution
-                else:
-                    relevance[pred] = relevance[pred] + contribution
-            activations.pop(node, None)
-            del ctx, node_relevance, contributions
-            if not keep_cache:  # the memory mode: hand what the node freed back to the system
-                release_freed()
+        # relevance is carried in float32 through a bfloat16 graph
+        # (see docs/guides/precision-and-memory.md)
+        start = make_seed(output, target_index, seed).to(accumulator_dtype(output.dtype))
+    reverse = ExplainPass(
+        graph,
+        node_rules,
+        numerics,
+        fwd,
+        start,
+        batch=x.shape[0],
+        channels_last=graph.runs_channels_last(x),
+        detailed=detailed,
+        keep_all=return_all,
+    )
+    del fwd
+    reverse.run()
+    with torch.inference_mode():
         # in the input's own layout (the passes may run channels-last: Graph.working_layout)
-        input_relevance = _materialized(relevance.pop(graph.input)).contiguous(
+        input_relevance = _materialized(reverse.relevance.pop(graph.input)).contiguous(
             memory_format=_layout_of(x)
         )
     if not detailed:
         return input_relevance
+    kept = reverse.kept
     if return_all:
         kept[graph.input] = input_relevance
     return Explanation(
@@ -487,6 +486,6 @@ def _explain_pass(
         target=target_index,
         seed=start,
         rules=node_rules,
-        lost=lost,
+        lost=reverse.lost,
         node_relevance=kept,
     )

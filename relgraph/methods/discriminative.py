@@ -27,7 +27,7 @@ from relgraph.engine.reverse import (
     resolve_rules,
 )
 from relgraph.errors import ArgumentError, ShapeError, TargetError, did_you_mean
-from relgraph.methods.frozen import explain_frozen, wanted_slices
+from relgraph.methods.frozen import explain_frozen, temporal_cropping_applies, wanted_slices
 
 if TYPE_CHECKING:
     from relgraph.io.labels import Labels
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "METHODS",
     "check_discriminative_options",
     "NORMALIZATIONS",
     "REDUCTIONS",
@@ -50,27 +51,17 @@ __all__ = [
 REDUCTIONS: tuple[str, ...] = ("first", "same", "mean", "sum")
 #: How each explanation's channel-summed map is scaled before maps are compared.
 NORMALIZATIONS: tuple[str, ...] = ("maxabs", "sum", "none")
+#: What "relevance due to motion" means (``docs/motion-methods.md``): the paper's frozen
+#: clips, the input split between static and moving parts, DeepLIFT with the static clip as
+#: reference, or the selective relevance of Hiley et al. (2020).
+METHODS: tuple[str, ...] = ("frozen", "decomposed", "reference", "selective")
 
-#: Frozen clips explained per batch by default, chosen by measurement on a 2-core CPU (AMD
-#: EPYC, torch 2.13, float32, deep-taylor-paper rules): seconds per frozen clip for one batch
-#: of each size, sizes interleaved, best of 10 rounds (c3d-tiny) or of 6 (C3D; 2 for 17),
-#: and the process's peak memory with the full C3D loaded. The CPU was shared with other
-#: jobs (medians 1.5-2.5x higher; in an earlier, busier session every C3D size took
-#: 4.2-7.5 s per clip, size 1 the slowest):
-#:
-#: ==========================  ======  ======  ======  ======  ======
-#: batch size                       1       2       4       8      17
-#: ==========================  ======  ======  ======  ======  ======
-#: c3d-tiny, s per clip         0.020  0.0072  0.0057  0.0049  0.0051
-#: c3d, s per clip               1.39    1.33    1.38    1.64    3.01
-#: c3d, peak memory (GB)          2.3     2.4     3.5     5.6    10.2
-#: ==========================  ======  ======  ======  ======  ======
-#:
-#: The tiny model is overhead bound: batches of 4 or more run 3.5-4x faster than single
-#: clips. The full C3D is compute bound: sizes 1 to 8 are equal within the noise, 17 is
-#: slower, and memory grows by about 0.55 GB per frozen clip. 4 is within 15 % of the best
-#: for the tiny model, as fast as any for C3D, and keeps C3D's peak at 3.5 GB. On a GPU
-#: larger batches may pay: pass ``batch_size``.
+#: Frozen clips explained per batch by default, chosen by measurement on a CPU (the table is
+#: in docs/benchmarks/performance.md, "Frozen-clip batch size"): a tiny model is overhead
+#: bound and gains from batches of 4 or more; the full C3D is compute bound, costs the same
+#: per clip from 1 to 8, and its memory grows with every frozen clip in the batch. 4 is near
+#: the best for both and keeps C3D's peak memory moderate. On a GPU larger batches may pay:
+#: pass ``batch_size``.
 DEFAULT_BATCH_SIZE = 4
 
 
@@ -116,8 +107,18 @@ class DiscriminativeResult:
         ``(B, T)``: the same for each frozen clip (where the frozen-clip shortcut explained
         one slice only: of the relevance on that slice's receptive field).
     options
-        The options used: ``target`` (as given), ``rules``, ``seed``, ``reduce``,
-        ``normalize``, ``batch_size``, ``frozen_shortcut``, ``preprocess``.
+        The options used: ``method``, ``target`` (as given), ``rules``, ``seed``, ``reduce``,
+        ``normalize``, ``batch_size``, ``frozen_shortcut``, ``preprocess`` (and ``static``,
+        ``sigma`` where the method reads them).
+    spatial_relevance, temporal_relevance
+        ``(B, C, T, H, W)``: the raw, channel-resolved relevance behind the spatial and
+        temporal maps, for the methods other than ``frozen`` (``None`` for ``frozen``, whose
+        spatial relevance is ``frozen_relevance``). ``decomposed``: the static and the moving
+        part's share of ``relevance``; ``selective``: ``relevance`` outside and inside the
+        selected positions; ``reference``: the static clip's relevance and DeepLIFT's.
+
+    Methods other than ``frozen`` explain no frozen clip: their ``frozen_*`` fields have
+    ``T = 0`` frames.
     """
 
     spatiotemporal: torch.Tensor
@@ -135,6 +136,10 @@ class DiscriminativeResult:
     lost_fraction: torch.Tensor
     frozen_lost_fraction: torch.Tensor
     options: dict[str, Any]
+    spatial_relevance: torch.Tensor | None = field(default=None, repr=False)
+    temporal_relevance: torch.Tensor | None = field(default=None, repr=False)
+    #: ``(B, K)``: the logits on the static clip (``reference`` only)
+    static_output: torch.Tensor | None = field(default=None, repr=False)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -216,6 +221,9 @@ def discriminative(
     frozen_shortcut: bool = True,
     canonize: bool | None = None,
     memory_check: bool = True,
+    method: str = "frozen",
+    static: str = "mean",
+    sigma: float = 1.0,
 ) -> DiscriminativeResult:
     """Spatio-temporal, spatial and temporal relevance of each clip of a batch.
 
@@ -255,9 +263,9 @@ def discriminative(
         all zero stay zero; never NaN.
     batch_size
         Frozen clips explained at once (batches may span clips); results do not depend on
-        it. Default :data:`DEFAULT_BATCH_SIZE` = 4, measured on a 2-core CPU (table at the
-        constant): single clips cost 3.5-4x more per clip on c3d-tiny, the full C3D costs the
-        same from 1 to 8 and more at 17, and needs 3.5 GB at 4, 10 GB at 17.
+        it. Default :data:`DEFAULT_BATCH_SIZE` = 4, chosen by measurement
+        (docs/benchmarks/performance.md): single clips cost more per clip on a tiny model,
+        the full C3D costs the same from 1 to 8, and its memory grows with the batch.
     seed
         Start of the reverse pass: ``onehot``, ``logit``, or a tensor ``(B, K)`` (frozen
         clips get their clip's row); default: the preset's, else ``onehot``.
@@ -283,6 +291,22 @@ def discriminative(
         Refuse, before anything is allocated, a run whose estimated peak memory (the larger
         of the clips and a batch of frozen clips) exceeds what the device has free
         (``relgraph.engine.memory``); False skips the check.
+    method
+        What "relevance due to motion" means (``docs/motion-methods.md``): ``frozen`` (the
+        default, the paper's method described above), ``decomposed`` (one explanation; the
+        input layer's relevance split between the clip's static part and its moving part,
+        spatial + temporal = spatio-temporal), ``reference`` (DeepLIFT's Rescale rule with the
+        static clip as reference: the temporal map explains ``f(x) − f(static)``; the spatial
+        map is the static clip's explanation) or ``selective`` (Hiley et al. 2020: the
+        spatio-temporal relevance where its temporal derivative exceeds ``sigma`` standard
+        deviations). ``reduce``, ``batch_size``, ``progress`` and ``frozen_shortcut`` apply to
+        ``frozen`` only; ``decomposed`` and ``selective`` normalise all three maps by the
+        spatio-temporal map's statistic, so that spatial + temporal = spatio-temporal.
+    static
+        The static part of a clip for ``decomposed`` and ``reference``: each pixel's ``mean``
+        (default), ``median`` or ``first`` value over the frames.
+    sigma
+        ``selective``'s threshold, in standard deviations of the temporal derivative.
 
     Returns
     -------
@@ -294,7 +318,7 @@ def discriminative(
         For a clip of the wrong shape, dtype or device, an unknown ``reduce`` or
         ``normalize``, a bad ``batch_size``, target or seed, or rules that do not fit.
     """
-    check_discriminative_options(reduce, normalize, batch_size)
+    check_discriminative_options(reduce, normalize, batch_size, method)
     g = canonical(g, canonize)
     composite, node_rules, seed = resolve_rules(g, rules, preprocess, seed)
     return discriminative_with_rules(
@@ -310,6 +334,9 @@ def discriminative(
         progress=progress,
         frozen_shortcut=frozen_shortcut,
         memory_check=memory_check,
+        method=method,
+        static=static,
+        sigma=sigma,
         options={
             "rules": composite.name,
             "preprocess": preprocess or g.default_preprocess,
@@ -332,16 +359,44 @@ def discriminative_with_rules(
     options: dict[str, Any] | None = None,
     frozen_shortcut: bool = True,
     memory_check: bool = True,
+    method: str = "frozen",
+    static: str = "mean",
+    sigma: float = 1.0,
 ) -> DiscriminativeResult:
     """:func:`discriminative` with the rules already resolved per node
     (``Composite.resolve``): resolve once, then call this for every clip of a video."""
-    check_discriminative_options(reduce, normalize, batch_size)
+    check_discriminative_options(reduce, normalize, batch_size, method)
     _check_clip(g, clip)
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
     if memory_check:
         check_memory(g, max(clip.shape[0], batch_size), activations_needed(g, node_rules))
     batch, _, num_frames = clip.shape[:3]
     seed_for = _seed_rows(seed, batch)
+    if method != "frozen":
+        from relgraph.methods.motion import explain_motion
+
+        used = {
+            "method": method,
+            "target": target if isinstance(target, (str, int)) else _plain(target),
+            "seed": seed if isinstance(seed, str) else "tensor",
+            "normalize": normalize,
+            **({"static": static} if method in ("decomposed", "reference") else {}),
+            **({"sigma": sigma} if method == "selective" else {}),
+            **(options or {}),
+        }
+        return explain_motion(
+            g,
+            clip,
+            node_rules,
+            target,
+            seed,
+            method=method,
+            normalize=normalize,
+            labels=labels,
+            static=static,
+            sigma=sigma,
+            options=used,
+        )
 
     # the output, target and lost relevance, without keeping every node's relevance
     explanation = explain_with_rules(
@@ -360,6 +415,9 @@ def discriminative_with_rules(
     lost = explanation.lost_fraction
     del explanation
 
+    # attention mixes the tokens of every frame: the frozen clips' activations are not
+    # constant in time past the patch embedding, and only the plain path is used
+    frozen_shortcut = frozen_shortcut and temporal_cropping_applies(g)
     pairs = [(b, t) for b in range(batch) for t in range(num_frames)]
     chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
     frozen_relevance = relevance.new_empty((batch, num_frames, *clip.shape[1:]))
@@ -402,6 +460,7 @@ def discriminative_with_rules(
         temporal = spatiotemporal - spatial
 
     used = {
+        "method": "frozen",
         "target": target if isinstance(target, (str, int)) else _plain(target),
         "seed": seed if isinstance(seed, str) else "tensor",
         "reduce": reduce,
@@ -440,9 +499,12 @@ def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
         )
 
 
-def check_discriminative_options(reduce: Any, normalize: Any, batch_size: Any) -> None:
-    """Refuse an unknown ``reduce`` or ``normalize``, or a ``batch_size`` that is not a
-    positive integer or None, with an :class:`ArgumentError` naming it."""
+def check_discriminative_options(
+    reduce: Any, normalize: Any, batch_size: Any, method: Any = "frozen"
+) -> None:
+    """Refuse an unknown ``method``, ``reduce`` or ``normalize``, or a ``batch_size`` that
+    is not a positive integer or None, with an :class:`ArgumentError` naming it."""
+    _check_choice("method", method, METHODS)
     _check_choice("reduce", reduce, REDUCTIONS)
     _check_choice("normalize", normalize, NORMALIZATIONS)
     if batch_size is not None and (

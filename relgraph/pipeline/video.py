@@ -178,7 +178,7 @@ def load_model(
         :func:`relgraph.explain`); default: the architecture's ``canonize:``.
     precision
         ``"fp32"``, ``"bf16"`` (heavy ops in bfloat16, shares and sums in float32; see the
-        README's "Precision") or ``"fp64"``; None leaves the graph's format.
+        docs/guides/precision-and-memory.md) or ``"fp64"``; None leaves the graph's format.
 
     Raises
     ------
@@ -366,6 +366,9 @@ def explain_clips(
     batch_size: int | None = None,
     progress: bool | None = False,
     memory_check: bool = True,
+    method: str = "frozen",
+    static: str = "mean",
+    sigma: float = 1.0,
 ) -> list[ClipResult]:
     """Explain a batch of preprocessed clips (from one video or several) with the
     discriminative method of Hiley et al. (2019), and split the result per clip.
@@ -379,7 +382,7 @@ def explain_clips(
         device and dtype here.
     target
         ``"auto"``, an index or a class name, or one of those per clip.
-    reduce, normalize, batch_size, progress, memory_check
+    reduce, normalize, batch_size, progress, memory_check, method, static, sigma
         As in :func:`relgraph.methods.discriminative`.
     """
     graph = model.explained_graph
@@ -397,6 +400,9 @@ def explain_clips(
         labels=model.labels,
         progress=progress,
         memory_check=memory_check,
+        method=method,
+        static=static,
+        sigma=sigma,
         options={"rules": model.rules_name, "preprocess": model.preprocess.name},
     )
     seconds = (time.perf_counter() - clock) / len(clips)
@@ -625,6 +631,9 @@ def explain_video(
     reduce: str = "first",
     normalize: str = "maxabs",
     batch_size: int | None = None,
+    method: str = "frozen",
+    static: str = "mean",
+    sigma: float = 1.0,
     columns: str | Sequence[int] | None = None,
     figures: bool = True,
     npz_extra: Callable[[ClipSelection], Mapping[str, Any]] | None = None,
@@ -668,7 +677,7 @@ def explain_video(
     start, stride, all_clips
         Which frames: the clip from frame ``start`` (0-based) taking every ``stride``-th
         frame, or every consecutive clip.
-    reduce, normalize, batch_size
+    reduce, normalize, batch_size, method, static, sigma
         As in :func:`relgraph.methods.discriminative`.
     columns
         1-based frame numbers shown in ``figure.png`` (``"1,6,10,16"`` or a list, numbered as
@@ -713,6 +722,7 @@ def explain_video(
         batch_size=batch_size,
         columns=columns,
         figures=figures,
+        method=method,
     )
     timings = dict(timings or {})
     say = log or _silent
@@ -763,6 +773,7 @@ def explain_video(
         "start": None if all_clips else start,
         "stride": stride,
         "all_clips": all_clips,
+        "method": method,
         "reduce": reduce,
         "normalize": normalize,
         "batch_size": batch_size,
@@ -811,6 +822,9 @@ def explain_video(
                 batch_size=batch_size,
                 progress=progress,
                 memory_check=False,  # checked above, before the output folder
+                method=method,
+                static=static,
+                sigma=sigma,
             )
             summary = {
                 **clip_summary(
@@ -922,6 +936,7 @@ def check_explain_video_args(
     batch_size: Any = None,
     columns: Any = None,
     figures: Any = True,
+    method: Any = "frozen",
 ) -> None:
     """Check the arguments of :func:`explain_video` that need no model or video, before
     anything is loaded or created: types, ranges and choices.
@@ -947,7 +962,7 @@ def check_explain_video_args(
     for name, flag in (("all_clips", all_clips), ("figures", figures)):
         if not isinstance(flag, (bool, np.bool_)):
             raise ArgumentError(f"{name} must be True or False, got {flag!r}")
-    check_discriminative_options(reduce, normalize, batch_size)
+    check_discriminative_options(reduce, normalize, batch_size, method)
     if columns is not None and not isinstance(columns, str):
         if not isinstance(columns, Sequence) or not all(
             isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in columns
@@ -1015,11 +1030,16 @@ def _draw_figures(
     title = f"predicted {model.describe_class(result.prediction)}, p = {result.probability:.3f}"
     if result.target != result.prediction:
         title += f"; explaining {model.describe_class(result.target)}"
-    shown = tuple(columns) if columns is not None else paper_columns(len(frozen))
-    column_labels = [
-        f"frozen: {model.class_name(frozen[t][0]) or frozen[t][0]} ({frozen[t][1]:.2f})"
-        for t in shown
-    ]
+    shown = tuple(columns) if columns is not None else paper_columns(len(frames))
+    # methods other than frozen explain no frozen clip: no frozen prediction to show
+    column_labels = (
+        [
+            f"frozen: {model.class_name(frozen[t][0]) or frozen[t][0]} ({frozen[t][1]:.2f})"
+            for t in shown
+        ]
+        if frozen
+        else None
+    )
     paths = [folder / name for name in FIGURE_FILES]
     figure_paper(
         frames, *maps, columns=shown, title=title, column_labels=column_labels, path=paths[0]
