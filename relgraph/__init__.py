@@ -45,7 +45,13 @@ from relgraph.engine.graph import (
     load_architecture,
     shipped_architectures,
 )
-from relgraph.engine.reverse import Explanation, explain, explain_with_rules
+from relgraph.engine.reverse import (
+    Explanation,
+    explain,
+    explain_with_rules,
+    explanation,
+    explanation_with_rules,
+)
 from relgraph.errors import (
     ArgumentError,
     DatasetError,
@@ -96,6 +102,8 @@ __all__ = [
     "explain",
     "explain_video",
     "explain_with_rules",
+    "explanation",
+    "explanation_with_rules",
     "from_torch",
     "load_architecture",
     "rules",

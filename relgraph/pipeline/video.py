@@ -94,8 +94,9 @@ class Model:
         The input preset, at the model's input size.
     node_rules
         The rule of every node (``Composite.resolve``), resolved once for all clips.
-    rules_name, seed
-        The rule preset's name and its seed (``onehot`` unless the preset says otherwise).
+    rules_name, output_relevance
+        The rule preset's name and its output relevance (``onehot`` unless the preset says
+        otherwise).
     labels
         Class names, or None.
     weights, weights_report, architecture
@@ -106,7 +107,7 @@ class Model:
     preprocess: Preprocess
     node_rules: dict
     rules_name: str
-    seed: str
+    output_relevance: str
     labels: Labels | None = None
     weights: str = ""
     weights_report: str = ""
@@ -229,7 +230,7 @@ def load_model(
         preprocess=preset,
         node_rules=node_rules,
         rules_name=composite.name,
-        seed=composite.seed or "onehot",
+        output_relevance=composite.output_relevance or "onehot",
         labels=label_names,
         weights=_weights_name(weights),
         weights_report=report,
@@ -325,7 +326,7 @@ class ClipResult:
     frozen_lost_fraction
         ``(T,)``: the same for each frozen clip, or None.
     options
-        The discriminative options used (rules, seed, reduce, normalize, ...).
+        The discriminative options used (rules, output_relevance, reduce, normalize, ...).
     explain_seconds
         Wall time of the batch this clip was explained in, divided by the batch size.
     """
@@ -393,7 +394,7 @@ def explain_clips(
         clips,
         model.node_rules,
         target,
-        model.seed,
+        model.output_relevance,
         reduce=reduce,
         normalize=normalize,
         batch_size=batch_size,
@@ -778,7 +779,7 @@ def explain_video(
         "normalize": normalize,
         "batch_size": batch_size,
         "rules": model.rules_name,
-        "seed": model.seed,
+        "output_relevance": model.output_relevance,
         "preprocess": model.preprocess.name,
         "canonize": model.canonize,
     }
