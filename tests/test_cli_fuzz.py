@@ -170,7 +170,7 @@ def evaluate_commands(draw, pool):
     argv += _options(
         draw,
         {
-            "--arch": st.sampled_from(["c3d-tiny", "r2plus1d-tiny", "c3d", str(pool["arch"])]),
+            "--arch": st.sampled_from(["c3d-tiny", "r2plus1d-tiny", "c3d-tin", str(pool["arch"])]),
             "--weights": _path(pool, "weights", "text", "missing"),
             "--param": st.sampled_from(["num_classes=3", "width=0", "x"]),
             "--clips": HOSTILE,
