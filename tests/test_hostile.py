@@ -665,3 +665,18 @@ def test_explain_video_refuses_bad_arguments_before_creating_out(tmp_path, keywo
     with pytest.raises(ArgumentError, match=next(iter(keyword))):
         relgraph.explain_video(tmp_path / "missing.mp4", "c3d-tiny", out, **keyword)
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- found by the fuzzer
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["rules", "show", "x" * 300, "--arch", "c3d-tiny"],
+        ["arch", "show", "y" * 300],
+        ["arch", "check", "z" * 300 + ".yaml"],
+    ],
+)
+def test_a_name_too_long_for_the_file_system_is_one_line(capsys, arguments):
+    expect_cli_error(capsys, arguments)
