@@ -94,7 +94,8 @@ def command_explain(args: argparse.Namespace) -> int:
         precision=args.precision,
         canonize=False if args.no_canonize else None,
     )
-    log(model.describe())
+    if log is not None:
+        log(model.describe())
     explain_video(
         args.video,
         model,
