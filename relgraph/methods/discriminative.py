@@ -266,7 +266,7 @@ def discriminative(
         it. Default :data:`DEFAULT_BATCH_SIZE` = 4, chosen by measurement
         (docs/benchmarks/performance.md): single clips cost more per clip on a tiny model,
         the full C3D costs the same from 1 to 8, and its memory grows with the batch.
-    seed
+    output_relevance
         Start of the reverse pass: ``onehot``, ``logit``, or a tensor ``(B, K)`` (frozen
         clips get their clip's row); default: the preset's, else ``onehot``.
     preprocess
