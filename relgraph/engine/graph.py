@@ -27,9 +27,9 @@ from relgraph.engine.ops import (
     Input,
     Op,
     OpDefinitionError,
-    _onednn_runs,
     all_finite,
     infer_output_shape,
+    onednn_runs,
 )
 from relgraph.engine.spec import ArchSpec, load_yaml, parse_spec, with_block_origin
 from relgraph.engine.weights import (
@@ -213,7 +213,7 @@ class Graph:
             wanted = {getattr(self.op(n), "prefers_channels_last", None) for n in self.order[1:]}
             self._channels_last_ops = next((w for w in ("always", "onednn") if w in wanted), "")
         return self._channels_last_ops == "always" or (
-            self._channels_last_ops == "onednn" and _onednn_runs(dtype)
+            self._channels_last_ops == "onednn" and onednn_runs(dtype)
         )
 
     def inputs_of(self, node: str) -> list[str]:
@@ -325,6 +325,13 @@ class Graph:
         self.cache.clear()
         self._canonical = None
         return self
+
+    def canonical_view(self, build: Callable[[Graph], Graph]) -> Graph:
+        """The view ``build(self)`` (``relgraph.engine.canonize``), built on first use and kept
+        until the weights, dtype or device change (``assign``, ``load_weights``, ``to``)."""
+        if self._canonical is None:
+            self._canonical = build(self)
+        return self._canonical
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every weight as ``{"node.tensor": tensor}`` (PyTorch naming)."""

@@ -293,7 +293,7 @@ def _conv(
         (groups > 1 or _channels_last(x))
         and op.dims == 3
         and x.device.type == "cpu"
-        and _onednn_runs(x.dtype)
+        and onednn_runs(x.dtype)
     ):
         plain = not _channels_last(x)
         x = _canonical_channels_last(x)
@@ -327,7 +327,7 @@ def _padded_past_kernel(
 
 
 @functools.cache
-def _onednn_runs(dtype: torch.dtype) -> bool:
+def onednn_runs(dtype: torch.dtype) -> bool:
     """Whether oneDNN's CPU convolution takes ``dtype``: float32 always, bfloat16 only on a
     CPU with the instructions for it (it raises elsewhere)."""
     if not torch.backends.mkldnn.is_available():
