@@ -723,6 +723,14 @@ class Linear(Affine):
     def resolve(self, in_shapes):
         shape = in_shapes[0]
         self.tokens = len(shape) > 1
+        if self.tokens and self.in_features is None:
+            # inferred, a feature map that lacks its flatten would pass as tokens
+            raise OpDefinitionError(
+                f"linear expects a flat input (features,), got shape {list(shape)}; add a "
+                "flatten node before it, or give in_features to map the last axis of tokens "
+                "(…, features)",
+                "in_features",
+            )
         if self.in_features is None:
             self.in_features = shape[-1]
         elif self.in_features != shape[-1]:
