@@ -339,14 +339,14 @@ def test_integrated_gradients_is_exact_on_a_linear_model_and_sums_to_the_differe
 
 def test_integrated_gradients_approaches_the_logit_difference_with_more_steps():
     g = tiny_graph()
-    x = clips_for(g)
+    x = clips_for(g, batch=1)
     targets = g.forward(x).output.argmax(dim=1)
     rows = torch.arange(len(x))
     difference = (g.forward(x).output - g.forward(static_part(x)).output)[rows, targets]
     errors = [
         float((integrated_gradients(g, x, targets, steps=n).sum(dim=(1, 2, 3)) - difference)
               .abs().max())
-        for n in (1, 64)
+        for n in (2, 32)
     ]  # fmt: skip
     assert errors[1] < errors[0]
     assert errors[1] < 0.02 * float(difference.abs().max())
@@ -370,24 +370,16 @@ def test_every_method_is_finite_in_low_precision(method, dtype):
 
 def test_the_suite_measures_every_methods_maps_and_their_cost():
     g = tiny_graph(dtype=torch.float32)
-    x = clips_for(g)
-    targets = torch.tensor([0, 1])
+    x = clips_for(g, batch=1)
+    targets = torch.tensor([1])
     costs: dict[str, float] = {}
-    maps = compute_maps(
-        g, x, targets, variants=False, methods=("frozen", "decomposed", "selective"), costs=costs
-    )
-    for name in full_metric_maps(("frozen", "decomposed", "selective")):
-        assert maps[name].shape == (2, *g.input_shape[1:]), name
-    assert {"temporal method=decomposed", "spatial method=selective", "integrated gradients"} <= (
+    maps = compute_maps(g, x, targets, variants=False, methods=("frozen", "selective"), costs=costs)
+    for name in full_metric_maps(("frozen", "selective")):
+        assert maps[name].shape == (1, *g.input_shape[1:]), name
+    assert {"temporal method=selective", "spatial method=selective", "integrated gradients"} <= (
         set(maps)
     )
-    assert set(costs) == {
-        "frozen",
-        "decomposed",
-        "selective",
-        "explanation",
-        "integrated gradients",
-    }
+    assert set(costs) == {"frozen", "selective", "explanation", "integrated gradients"}
     report = {
         "maps": {"spatiotemporal": {}},
         "config": {"arch": "c3d-tiny", "cube": [1, 2, 2], "steps": 2},
