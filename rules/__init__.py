@@ -1,7 +1,8 @@
 """Relevance rules (``relgraph.rules``): the rule objects, composites and shipped presets."""
 
-from .base import NEEDS, RULES, NodeContext, Rule, Stabilizer, make_rule, register_rule
+from . import attention  # noqa: F401  (registers the attention rules)
 from .composite import Composite, Entry, Selector, as_composite, preset, preset_names
+from .context import NodeContext
 from .library import (
     AlphaBeta,
     Combine,
@@ -18,6 +19,8 @@ from .library import (
     ZBeta,
     ZPlus,
 )
+from .numerics import Stabilizer
+from .registry import NEEDS, RULES, Rule, make_rule, register_rule
 
 __all__ = [
     "NEEDS",

@@ -1,11 +1,13 @@
 """The rule library: each rule is a short dataclass whose ``relevance`` reads like its formula
-in ``rules.md``. ``A``/``Aᵀ`` are the op's ``linear_map``/``adjoint``; ``stab`` the safe division.
+in the rule reference (docs/reference/rules.md). ``A``/``Aᵀ`` are the op's
+``linear_map``/``adjoint``; ``stab`` the safe division.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,31 +19,25 @@ from relgraph.engine.ops import keeps_shape
 from relgraph.errors import RelgraphWarning, RuleError
 from relgraph.io.preprocess import get_preprocess
 
-from .base import (
+from .context import Lazy, NodeContext, materialized, no_relevance, underlying
+from .numerics import (
     LOW_PRECISION,
-    Lazy,
-    NodeContext,
-    Rule,
     Stabilizer,
     accumulator,
     dense,
-    make_rule,
-    materialized,
     negative,
-    no_relevance,
     positive,
-    register_rule,
     rescaled,
     sample_scale,
     scale_and_sign,
-    sliced_adjoint,
-    sliced_map,
-    underlying,
     widened,
 )
+from .registry import Rule, make_rule, register_rule
+from .slicing import sliced_adjoint, sliced_map
 
-# bfloat16 (see README, "Precision"): the heavy maps A and Aᵀ run in the weights' format;
-# their results are widened to float32 (``widened``), where shares are divided and summed.
+# bfloat16 (see docs/guides/precision-and-memory.md): the heavy maps A and Aᵀ run in the
+# weights' format; their results are widened to float32 (``widened``), where shares are
+# divided and summed.
 
 
 def _A(
@@ -131,7 +127,9 @@ def signed_share(
     ``nonnegative_z``: ``W_p ≥ 0 ≥ W_n`` and ``bias ≥ 0`` (z⁺), so that no ``z`` is negative.
     ``bias_key``: names ``bias`` in the node's memo (``_bias_part``'s sign), so that
     ``bias + ε`` is made once, not on every pass; ``None``: made each time."""
-    scale, nonnegative = scale_and_sign(ctx.x, nonnegative=ctx.known_nonnegative(0))
+    scale, nonnegative = scale_and_sign(
+        ctx.x, nonnegative=ctx.known_nonnegative(0), numerics=ctx.numerics
+    )
     x = rescaled(ctx.x, scale)
 
     def share(r: torch.Tensor, z: torch.Tensor, shifted: bool = False) -> torch.Tensor:
@@ -144,6 +142,7 @@ def signed_share(
             overwrite_numerator=own_relevance,
             nonnegative=nonnegative_z,
             shifted=shifted,
+            numerics=ctx.numerics,
         )
 
     # z, s and the adjoint are temporaries of this rule alone: s is formed in z's memory and
@@ -220,7 +219,7 @@ def input_free_share(
         return _A(ctx, ones, weight)
 
     z = ctx.memo((f"A(1;{name})", tuple(shape[1:])), denominator)
-    return _At(ctx, stab(relevance, z), weight)
+    return _At(ctx, stab(relevance, z, numerics=ctx.numerics), weight)
 
 
 def _bias_part(ctx: NodeContext, use_bias: bool, sign: str) -> torch.Tensor | None:
@@ -263,6 +262,7 @@ class Epsilon(Rule):
     bias: bool = True
 
     def __post_init__(self):
+        _check_number(self.name, "epsilon", self.epsilon)
         if self.epsilon < 0:
             raise RuleError(f"epsilon must be ≥ 0, got {self.epsilon}")
 
@@ -273,7 +273,9 @@ class Epsilon(Rule):
 
     def relevance(self, ctx, relevance):
         weight, bias = ctx.weight_and_bias()
-        scale = sample_scale(ctx.x, nonnegative=ctx.known_nonnegative(0))  # see signed_share
+        scale = sample_scale(
+            ctx.x, nonnegative=ctx.known_nonnegative(0), numerics=ctx.numerics
+        )  # see signed_share
         x = rescaled(ctx.x, scale)
         if self.bias and ctx.output is not None:
             z = rescaled(ctx.output, scale)
@@ -281,7 +283,12 @@ class Epsilon(Rule):
             z = _A_scaled(ctx, x, weight, bias if self.bias else None, scale)
         own = z is not ctx.output  # a temporary of this rule's: s may be formed in it
         s = Stabilizer("epsilon", self.epsilon)(
-            relevance, z, scale, overwrite=own, overwrite_numerator=ctx.relevance_owned
+            relevance,
+            z,
+            scale,
+            overwrite=own,
+            overwrite_numerator=ctx.relevance_owned,
+            numerics=ctx.numerics,
         )
         del z, relevance
         return [_in_place(torch.mul, _At(ctx, s, weight), x)]
@@ -298,9 +305,13 @@ class _Stabilized(Rule):
     drops_bias: ClassVar[bool] = False
 
     def __post_init__(self):
+        _check_number(self.name, "epsilon", self.epsilon)
+        if self.epsilon < 0:
+            raise RuleError(f"{self.name}: epsilon must be ≥ 0, got {self.epsilon}")
         if self.bias and self.drops_bias:
             raise RuleError(
-                f"rule '{self.name}' has no bias term (see rules.md), so bias: true would be "
+                f"rule '{self.name}' has no bias term (see docs/reference/rules.md), so bias: true "
+                "would be "
                 "ignored; leave it out"
             )
         # derived from the parameters, not itself a parameter (not a dataclass field)
@@ -349,6 +360,8 @@ class AlphaBeta(_Stabilized):
 
     def __post_init__(self):
         super().__post_init__()
+        _check_number(self.name, "alpha", self.alpha)
+        _check_number(self.name, "beta", self.beta)
         if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1) > 1e-12:
             raise RuleError(
                 f"alphabeta needs α, β ≥ 0 and α − β = 1, got α={self.alpha}, β={self.beta}"
@@ -381,6 +394,7 @@ class Gamma(_Stabilized):
 
     def __post_init__(self):
         super().__post_init__()
+        _check_number(self.name, "gamma", self.gamma)
         if self.gamma < 0:
             raise RuleError(f"gamma must be ≥ 0, got {self.gamma}")
 
@@ -437,6 +451,22 @@ class ZBeta(_Stabilized):
         super().__post_init__()
         if self.bounds is None and (self.low is None or self.high is None):
             raise RuleError("zbeta needs 'low' and 'high', or 'bounds' (a preprocessing preset)")
+        if self.low is not None and self.high is not None:
+            low, high = _bound_values("low", self.low), _bound_values("high", self.high)
+            if len(low) > 1 and len(high) > 1 and len(low) != len(high):
+                raise RuleError(
+                    f"zbeta: low has {len(low)} values and high {len(high)}: give one per "
+                    "input channel for both, or one number"
+                )
+            if len(low) == 1 or len(high) == 1:
+                low, high = low * len(high), high * len(low)
+            crossed = [c for c, (lo, hi) in enumerate(zip(low, high)) if lo > hi]
+            if crossed:
+                c = crossed[0]
+                raise RuleError(
+                    f"zbeta needs low ≤ high, got low {low[c]:g} > high {high[c]:g}"
+                    + (f" (channel {c})" if len(low) > 1 else "")
+                )
 
     def bind(
         self, *, preprocess: str | None = None, graph: Any = None, node: str | None = None, **_: Any
@@ -521,7 +551,7 @@ class ZBeta(_Stabilized):
             z = forward - ctx.memo(key, offset)
         del forward
         bound_peak = max(abs(v) for v in _values(self.low) + _values(self.high))
-        scale = sample_scale(x, also=bound_peak)  # see signed_share
+        scale = ctx.sample_scale(x, also=bound_peak)  # see signed_share
         # z is this rule's own temporary: s is formed in its memory (see signed_share)
         s = self.stab(
             relevance,
@@ -529,6 +559,7 @@ class ZBeta(_Stabilized):
             scale,
             overwrite=True,
             overwrite_numerator=ctx.relevance_owned,
+            numerics=ctx.numerics,
         )
         del z, relevance
         # x⊙Aᵀ(s;W) − l⊙Aᵀ(s;W⁺) − h⊙Aᵀ(s;W⁻) with Aᵀ(s;W) = Aᵀ(s;W⁺) + Aᵀ(s;W⁻)
@@ -546,6 +577,24 @@ def _values(bound: float | tuple[float, ...]) -> list[float]:
 
 #: inputs may pass the bounds by this much of the box's width (rounding of the preprocessing)
 BOUNDS_TOLERANCE = 1e-4
+
+
+def _check_number(rule: str, name: str, value: Any) -> None:
+    """Refuse a rule parameter that is not a finite real number (``nan``, ``inf``, text)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise RuleError(f"{rule}: {name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise RuleError(f"{rule}: {name} must be a finite number, got {value!r}")
+
+
+def _bound_values(name: str, value: Any) -> list[float]:
+    """A zβ bound as a list of finite numbers (one, or one per channel)."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise RuleError(f"zbeta: {name} is empty")
+    for item in values:
+        _check_number("zbeta", name, item)
+    return [float(item) for item in values]
 
 
 def _warn_outside(node: str, x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> None:
@@ -726,10 +775,12 @@ class Proportional(_Shares):
     def relevance(self, ctx, relevance):
         if "window" not in ctx.op.capabilities:
             return _scaled_split(ctx, relevance, self.stab)
-        scale = sample_scale(ctx.x, nonnegative=ctx.known_nonnegative(0))  # see signed_share
+        scale = sample_scale(
+            ctx.x, nonnegative=ctx.known_nonnegative(0), numerics=ctx.numerics
+        )  # see signed_share
         x = rescaled(ctx.x, scale)
         if self.divide_by == "sum":
-            s = self.stab(relevance, ctx.op.window_sum(x), scale)
+            s = self.stab(relevance, ctx.op.window_sum(x), scale, numerics=ctx.numerics)
             return [x * ctx.op.window_sum_adjoint(s, x.shape)]
         if "max_route" in ctx.op.capabilities:
             raise RuleError(
@@ -743,7 +794,8 @@ class Proportional(_Shares):
             return (ctx.op.window_sum(ones) / ctx.op.forward([ones], ctx.tensors)).round()
 
         divisor = ctx.memo(("D_j", tuple(shape[1:])), divisors)
-        s = self.stab(relevance, ctx.op.forward([x], ctx.tensors), scale) / divisor
+        s = self.stab(relevance, ctx.op.forward([x], ctx.tensors), scale, numerics=ctx.numerics)
+        s = s / divisor
         return [x * ctx.op.window_sum_adjoint(s, shape)]
 
 
@@ -765,7 +817,11 @@ class Uniform(Rule):
             return ctx.op.window_sum(ones)
 
         per_window = ctx.memo(("N_j", tuple(shape[1:])), counts)
-        return [ctx.op.window_sum_adjoint(Stabilizer("zero")(relevance, per_window), shape)]
+        return [
+            ctx.op.window_sum_adjoint(
+                Stabilizer("zero")(relevance, per_window, numerics=ctx.numerics), shape
+            )
+        ]
 
 
 @register_rule
@@ -826,9 +882,9 @@ def _scaled_split(ctx: NodeContext, relevance: torch.Tensor, stab: Stabilizer) -
     if any(x is None for x in ctx.inputs):
         return ctx.op.split(ctx.inputs, relevance, stab)
     known = [ctx.known_nonnegative(slot) for slot in range(len(ctx.inputs))]
-    scale = sample_scale(*ctx.inputs, nonnegative=known)
+    scale = ctx.sample_scale(*ctx.inputs, nonnegative=known)
     inputs = [widened(rescaled(x, scale)) for x in ctx.inputs]
-    return ctx.op.split(inputs, relevance, lambda r, z: stab(r, z, scale))
+    return ctx.op.split(inputs, relevance, lambda r, z: stab(r, z, scale, numerics=ctx.numerics))
 
 
 # --------------------------------------------------------------------------- composition
@@ -849,6 +905,8 @@ class Combine(Rule):
     def __post_init__(self):
         if not self.parts:
             raise RuleError("combine needs at least one part")
+        for weight, _ in self.parts:
+            _check_number("combine", "a part's weight", weight)
         self.parts = [(float(w), make_rule(r)) for w, r in self.parts]
 
     @property
@@ -895,9 +953,15 @@ class Combine(Rule):
                     line=line,
                 )
             weight = part["weight"]
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            if (
+                isinstance(weight, bool)
+                or not isinstance(weight, (int, float))
+                or not math.isfinite(weight)
+            ):
                 raise RuleError(
-                    f"a part's weight must be a number, got {weight!r}", file=file, line=line
+                    f"a part's weight must be a finite number, got {weight!r}",
+                    file=file,
+                    line=line,
                 )
             built.append((float(weight), make_rule(part["rule"], file=file, line=line)))
         return cls(parts=built)

@@ -4,14 +4,14 @@
 adds) with the same machinery; its batch norms use batch statistics in training and write
 their running statistics. Its shipped weights (sha256 56ae836b...) were made with
 ``--arch r2plus1d-tiny --clips 2000 --epochs 3 --lr 2e-3 --video-clips 50``: 0.972 on 1000
-fresh clips, 0.900 on 50 after an mp4 round trip (README, "Demo model and data").
+fresh clips, 0.900 on 50 after an mp4 round trip (docs/design-notes/demo-model.md).
 
 The model is trained with autograd on the compiled graph's own ops (``Op.forward`` with
 trainable tensors named ``node.tensor``), so the weights it writes are exactly the graph's and
 ``relgraph explain --preprocess hara`` feeds it what it was trained on: the ``hara`` preset at
 size 32 (RGB, 0..255 minus (90, 98, 102), no scaling).
 
-What it learns from (README, "Demo model and data", gives the reasons): fresh clips every
+What it learns from (docs/design-notes/demo-model.md gives the reasons): fresh clips every
 epoch (``make_dataset`` with seed ``seed + epoch``, colour cue ``--cue``, 0.8 by default), a
 random torus shift as the only augmentation (flips would change the class but not the
 colour), and ``--frozen-share`` (35 %) of the clips frozen (a frame repeated in time) with
@@ -33,7 +33,7 @@ The shipped weights are made in two steps (2 CPU cores, torch 2.13)::
         --epochs 1 --irrelevant-share 0.5 --lr 5e-4
 
 The second fine-tunes the first's weights for one epoch of 8000 fresh clips (seed 0), half of
-them with irrelevant motion (objects that oscillate or flicker in place; issue 11), 35 %
+them with irrelevant motion (objects that oscillate or flicker in place), 35 %
 frozen: 1.000 on 1000 fresh clips, 0.960 on the same clips with irrelevant motion, 0.990 on
 200 after an mp4 round trip; sha256 fa3d0438..., byte-identical in two runs. The first step
 alone (below) is the demo model as it was before, with 0.785-0.815 on irrelevant motion.
@@ -42,15 +42,14 @@ Step 1:
 
 c3d-tiny at its default parameters (width 8, hidden 64; 169,060 parameters), 3 epochs of
 8000 fresh clips (seeds 0, 1, 2), 250 steps of 32 clips each, Adam at 1e-3 (first layer
-1e-3 / input std), 50 warm-up steps, cosine decay. It took 1 min 35 s wall (data and
-training) on an otherwise idle machine. Accuracy with relgraph's forward pass: 0.987 on
+1e-3 / input std), 50 warm-up steps, cosine decay. Accuracy with relgraph's forward pass: 0.987 on
 1000 fresh clips (seed 1000003) and 0.970 on 200 of them after an mp4 round trip. The
 weight file is 677,968 bytes.
 
 The recipe is fragile across seeds: ``--seed 1`` gave 0.960, ``--seed 2`` did not learn
 motion in 3 epochs (0.623). ``--epochs 4`` reached 0.998-1.000 for seeds 0, 1 and 2, with a
-model that leans less on colour (the README's seed table has what that does to the
-explanations). ``--motion-kernels`` and ``--frozen-from`` are the other knobs tried there.
+model that leans less on colour (docs/design-notes/demo-model.md has what that does to
+the explanations). ``--motion-kernels`` and ``--frozen-from`` are the other knobs tried there.
 """
 
 from __future__ import annotations

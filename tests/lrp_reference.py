@@ -1,4 +1,5 @@
-"""Independent references for the relevance rules, written from the formulas in rules.md.
+"""Independent references for the relevance rules, written from the formulas in
+docs/reference/rules.md.
 
 Nothing here imports relgraph. Affine rules are computed the way hook-based LRP libraries do
 it: autograd on the layer with modified weights ("gradient × input"): ``z = A(x; W′)``,

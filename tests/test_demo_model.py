@@ -38,8 +38,8 @@ def test_demo_model_classifies_at_least_95_percent_of_fresh_clips(demo_model):
 
 
 def test_the_demo_model_keeps_95_percent_on_clips_with_irrelevant_motion():
-    # issue 11: objects that oscillate or flicker in place must not decide the class; the
-    # shipped c3d-tiny was fine-tuned with such clips (README "Demo model and data")
+    # objects that oscillate or flicker in place must not decide the class; the shipped
+    # c3d-tiny was fine-tuned with such clips (docs/design-notes/demo-model.md)
     model = load_demo_model("c3d-tiny")
     frames, labels, _, _ = make_dataset(200, seed=TEST_SEED + 1, irrelevant_motion=True)
     preprocess = get_preprocess(DEMO_PREPROCESS, size=model.input_shape[2])

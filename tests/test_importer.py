@@ -187,7 +187,7 @@ class Functional(nn.Module):
 def test_function_and_method_forms():
     ops = relgraph.engine.ops.OPS
     needed = {"mul", "sigmoid", "silu", "mean"}
-    if not needed <= set(ops):  # ops10b adds them (issue 10); until then the import says so
+    if not needed <= set(ops):  # until the ops exist, the import says so
         with pytest.raises(TorchImportError, match="which this relgraph version does not have"):
             from_torch(Functional(), (3, 8, 8))
         return
@@ -562,7 +562,7 @@ ZOO = {
 }
 
 
-#: each takes 5-10 s on 2 idle cores; r2plus1d-18 (the deepest of the three) runs by default
+#: each takes seconds; r2plus1d-18 (the deepest of the three) runs by default
 SLOW_ZOO = {"r3d-18", "mc3-18"}
 
 

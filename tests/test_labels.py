@@ -1,4 +1,4 @@
-"""Specification of relgraph.labels: UCF-101 label files and class look-up."""
+"""Specification of relgraph.io.labels: UCF-101 label files and class look-up."""
 
 from __future__ import annotations
 

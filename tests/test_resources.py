@@ -1,4 +1,4 @@
-"""relgraph.resources: one lookup of shipped files (architectures, rule presets)."""
+"""relgraph.io.resources: one lookup of shipped files (architectures, rule presets)."""
 
 from pathlib import Path
 

@@ -3,7 +3,7 @@ relevance of ``x`` (onehot seed), for |k| ≤ 30 in float32 and |k| ≤ 200 in f
 
 A network without biases is positively homogeneous (ReLU, max and average pools, batch norms
 with zero mean and shift), so every z scales by 2^k and each ratio ``x·Aᵀ(R/z)`` is unchanged.
-Which rules keep that, read off their formulas (rules.md):
+Which rules keep that, read off their formulas (docs/reference/rules.md):
 
 - scale-invariant: LRP-0 (``epsilon`` with ε = 0), z⁺, αβ, γ with the ``zero`` stabiliser,
   flat and w² (they never read x), winner-take-all, uniform, proportional, split, pass;
@@ -37,13 +37,7 @@ from relgraph.rules import (
     ZBeta,
     ZPlus,
 )
-from relgraph.rules.base import (
-    SAFE_EXPONENTS,
-    extremes_remembered,
-    remember_extremes,
-    sample_scale,
-    scale_and_sign,
-)
+from relgraph.rules.numerics import SAFE_EXPONENTS, Numerics, sample_scale, scale_and_sign
 from strategies import graph_cases, one_torch_thread  # noqa: F401
 
 import relgraph
@@ -271,11 +265,11 @@ def test_remembered_extremes_give_the_scale_and_sign_of_a_scan(
     if not (remembered_nonnegative or asked_nonnegative):  # a rule asks so only of x ≥ 0
         x[1, 0, 0] = -7.0
     expected = scale_and_sign(x)  # scanned for both extremes
-    with extremes_remembered():
-        remember_extremes(x, remembered_nonnegative)
-        scale, no_negative = scale_and_sign(x, nonnegative=asked_nonnegative)
-        other = -x - 1.0  # another tensor: scanned, not read from x's entry
-        assert scale_and_sign(other)[1] is False
+    numerics = Numerics(remembers_extremes=True)
+    numerics.remember_extremes(x, remembered_nonnegative)
+    scale, no_negative = scale_and_sign(x, nonnegative=asked_nonnegative, numerics=numerics)
+    other = -x - 1.0  # another tensor: scanned, not read from x's entry
+    assert scale_and_sign(other, numerics=numerics)[1] is False
     assert no_negative is expected[1]
     assert torch.equal(scale, expected[0])
 
@@ -283,19 +277,17 @@ def test_remembered_extremes_give_the_scale_and_sign_of_a_scan(
 def test_explain_reads_the_extremes_taken_in_the_forward_pass(monkeypatch):
     # resnet-tiny's residual block input is read by a convolution's rule and by the add's:
     # remembered as the forward pass makes it, it is scanned once; the relevance is the same
-    import relgraph.rules.base as base
-
-    import relgraph.engine.reverse
+    import relgraph.rules.numerics as numerics
 
     graph = relgraph.load_architecture("resnet-tiny")
     x = torch.randn(2, *graph.input_shape, generator=torch.Generator().manual_seed(6))
     scans = []
-    scan = base._scan
-    monkeypatch.setattr(base, "_scan", lambda t, n: scans.append(1) or scan(t, n))
+    scan = numerics._scan
+    monkeypatch.setattr(numerics, "_scan", lambda t, n: scans.append(1) or scan(t, n))
     remembered = relgraph.explain(graph, x)
     count = len(scans)
     scans.clear()
-    monkeypatch.setattr(relgraph.reverse, "remember_extremes", lambda t, n: None)
+    monkeypatch.setattr(numerics.Numerics, "remember_extremes", lambda self, t, n: None)
     scanned = relgraph.explain(graph, x)
     assert count < len(scans)
     assert torch.equal(remembered, scanned)

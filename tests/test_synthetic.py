@@ -1,4 +1,4 @@
-"""Specification of relgraph.synthetic: motion decides the class, colour is a cue."""
+"""Specification of relgraph.datasets.synthetic: motion decides the class, colour is a cue."""
 
 from __future__ import annotations
 

@@ -14,13 +14,48 @@ from relgraph.methods.decomposed import STATIC_PARTS
 from relgraph.methods.discriminative import METHODS, NORMALIZATIONS, REDUCTIONS
 
 __all__ = [
+    "ExampleFormatter",
     "add_discriminative_options",
+    "add_memory_check_option",
+    "add_example",
     "add_param_option",
     "non_negative_int",
     "parse_key_values",
     "parse_params",
     "positive_int",
+    "subcommand_parsers",
 ]
+
+
+class ExampleFormatter(argparse.HelpFormatter):
+    """argparse's formatter, but an epilog that starts with ``example:`` keeps its lines, so
+    that the example command reads as typed."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def add_example(parser: argparse.ArgumentParser, command: str) -> None:
+    """Append ``example: COMMAND`` to ``parser``'s help (its epilog)."""
+    example = f"example:\n  {command}"
+    parser.epilog = f"{parser.epilog}\n\n{example}" if parser.epilog else example
+    if parser.formatter_class is argparse.HelpFormatter:
+        parser.formatter_class = ExampleFormatter
+
+
+def subcommand_parsers(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    """Every parser of a command tree by its command path: ``()`` for ``parser`` itself,
+    ``("arch", "show")`` for ``relgraph arch show``; in the order the commands were added."""
+    found = {path: parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.update(subcommand_parsers(sub, (*path, name)))
+    return found
 
 
 def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
@@ -121,6 +156,18 @@ def add_discriminative_options(parser: argparse.ArgumentParser) -> None:
         help="frozen clips explained at once (default: relgraph's measured default)",
     )
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    add_memory_check_option(parser)
+
+
+def add_memory_check_option(parser: argparse.ArgumentParser) -> None:
+    """``--no-memory-check``: skip the memory preflight (``relgraph.engine.memory``)."""
+    parser.add_argument(
+        "--no-memory-check",
+        dest="memory_check",
+        action="store_false",
+        help="run even when the estimated peak memory exceeds the memory available (the "
+        "preflight refuses such a run before it allocates anything)",
+    )
 
 
 def add_param_option(parser: argparse.ArgumentParser) -> None:

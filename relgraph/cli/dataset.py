@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import sys
 import time
 from typing import Any
 
@@ -18,16 +19,17 @@ from relgraph import __version__
 from relgraph.cli.args import (
     add_discriminative_options,
     add_param_option,
+    non_negative_int,
     parse_params,
     positive_int,
 )
 from relgraph.datasets.distributed import setup
-from relgraph.datasets.report import build_report
+from relgraph.datasets.report import build_report_with_damage
 from relgraph.datasets.runner import RunOptions, run_dataset
 from relgraph.datasets.sources import check_labels, load_source
 from relgraph.datasets.store import STORE_FORMAT, Store, file_digest
-from relgraph.errors import RelgraphError
-from relgraph.io.outputs import write_json
+from relgraph.errors import ArgumentError
+from relgraph.io.outputs import check_out_dir, check_out_file, write_json
 from relgraph.io.preprocess import PRESETS
 from relgraph.pipeline.video import load_model
 
@@ -85,9 +87,8 @@ def add_dataset_commands(subparsers) -> None:
         "--figures",
         choices=("none", "summary", "all"),
         default="none",
-        help="none (default), summary: grid.png and animation.gif of the first clip (fast, "
-        "milliseconds), all: of every clip plus the matplotlib figure.png/frames.png (2-5 s a "
-        "clip)",
+        help="none (default), summary: grid.png and animation.gif of the first clip (fast), "
+        "all: of every clip plus the matplotlib figure.png/frames.png (seconds a clip)",
     )
     explain.add_argument(
         "--raw",
@@ -114,7 +115,7 @@ def add_dataset_commands(subparsers) -> None:
     )
     explain.add_argument(
         "--workers",
-        type=int,
+        type=non_negative_int,
         default=2,
         metavar="N",
         help="background decoding threads (0: decode in the main thread; default: 2)",
@@ -145,7 +146,7 @@ def _clips(text: str):
         return text
     if text.isdigit() and int(text) >= 1:
         return int(text)
-    raise RelgraphError(f"--clips takes first, all or a positive number, got {text!r}")
+    raise ArgumentError(f"--clips takes first, all or a positive number, got {text!r}")
 
 
 def store_options(model, args: argparse.Namespace, options) -> dict[str, Any]:
@@ -167,7 +168,7 @@ def store_options(model, args: argparse.Namespace, options) -> dict[str, Any]:
         "labels": list(model.labels.names),
         "rules": model.rules_name,
         "rules_sha256": hashlib.sha256(rules_text.encode()).hexdigest(),
-        "seed": model.seed,
+        "output_relevance": model.output_relevance,
         "preprocess": model.preprocess.name,
         "dtype": str(graph.dtype).replace("torch.", ""),
         "clips": options.clips,
@@ -199,6 +200,7 @@ def _method_options(options) -> dict[str, Any]:
 def command_dataset_explain(args: argparse.Namespace) -> int:
 
     clock = time.perf_counter()
+    check_dataset_explain_args(args)
     options = RunOptions(
         clips=_clips(args.clips),
         stride=args.stride,
@@ -213,12 +215,15 @@ def command_dataset_explain(args: argparse.Namespace) -> int:
         min_frames=args.min_frames,
         raw=args.raw,
         figures=args.figures,
-        workers=max(0, args.workers),
+        workers=args.workers,
         quiet=args.quiet,
         dry_run=args.dry_run,
+        memory_check=args.memory_check,
     )
     items = load_source(args.source, class_index=args.class_index, root=args.root)
     store = Store(args.out)
+    if not args.dry_run:
+        store.check_unlocked()  # a store being written is refused before any work
     store.read_manifest()  # a non-store folder is refused before the model loads
     model = load_model(
         args.arch,
@@ -229,6 +234,13 @@ def command_dataset_explain(args: argparse.Namespace) -> int:
         rules=args.rules,
         device=args.device,
     )
+    if args.min_frames is not None and args.min_frames > model.frames_per_clip:
+        raise ArgumentError(
+            f"--min-frames {args.min_frames} is more than the clip length of "
+            f"'{model.graph.name}' ({model.frames_per_clip} frames): videos of "
+            f"{model.frames_per_clip} frames and more are never too short; give at most "
+            f"{model.frames_per_clip}"
+        )
     check_labels(items, model.labels, source=args.source)
     fingerprinted = store_options(model, args, options)
     store.check(fingerprinted)
@@ -247,8 +259,21 @@ def command_dataset_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_dataset_explain_args(args: argparse.Namespace) -> None:
+    """The checks of ``dataset explain``'s options that need no model, run before any work:
+    ``--clips``, ``--stats`` and ``--out`` can be written. (``--min-frames`` is checked
+    against the clip length once the model is loaded, still before the store is touched.)"""
+    _clips(args.clips)
+    if args.stats:
+        check_out_file(args.stats)
+    if not args.dry_run:
+        check_out_dir(args.out)
+
+
 def command_dataset_report(args: argparse.Namespace) -> int:
 
-    out = build_report(args.store, args.out)
+    out, damaged = build_report_with_damage(args.store, args.out)
+    for line in damaged:
+        print(f"relgraph: warning: damaged, left out: {line}", file=sys.stderr, flush=True)
     print(f"report: {out / 'index.html'}")
     return 0

@@ -6,11 +6,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from relgraph.cli.args import parse_params
+from relgraph.cli.args import (
+    add_memory_check_option,
+    non_negative_int,
+    parse_params,
+    positive_int,
+)
 from relgraph.engine.graph import Graph, load_architecture
 from relgraph.errors import ArgumentError, RelgraphError, did_you_mean
-from relgraph.evaluation.suite import markdown, run_evaluation, synthetic_data, video_data
-from relgraph.io.outputs import atomic_write_bytes, ensure_out_dir, write_json
+from relgraph.evaluation.suite import (
+    check_evaluation_args,
+    markdown,
+    run_evaluation,
+    synthetic_data,
+    video_data,
+)
+from relgraph.io.outputs import atomic_write_bytes, check_out_dir, ensure_out_dir, write_json
 from relgraph.methods.discriminative import METHODS
 from relgraph.models.demo import DEMO_MODELS
 from relgraph.rules import preset_names
@@ -63,6 +74,7 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--labels", metavar="FILE", help="class names (UCF-101 classInd style)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_memory_check_option(parser)
     parser.set_defaults(handler=command_evaluate)
     return parser
 
@@ -82,8 +94,12 @@ def add_evaluation_options(
         help="weights (default: the shipped demo model's, for c3d-tiny and r2plus1d-tiny)",
     )
     parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="arch parameter")
-    parser.add_argument("--clips", type=int, default=100, help="synthetic clips (default 100)")
-    parser.add_argument("--seed", type=int, default=2019, help="synthetic data seed (2019)")
+    parser.add_argument(
+        "--clips", type=positive_int, default=100, help="synthetic clips (default 100)"
+    )
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=2019, help="synthetic data seed (2019)"
+    )
     parser.add_argument(
         "--no-irrelevant-motion",
         action="store_true",
@@ -107,13 +123,13 @@ def add_evaluation_options(
     )
     parser.add_argument(
         "--cube",
-        type=int,
+        type=positive_int,
         nargs=3,
         default=(4, 8, 8),
         metavar=("T", "H", "W"),
         help="region size in frames and pixels (default 4 8 8)",
     )
-    parser.add_argument("--steps", type=int, default=16, help="perturbation steps (16)")
+    parser.add_argument("--steps", type=positive_int, default=16, help="perturbation steps (16)")
     parser.add_argument(
         "--replacements",
         nargs="+",
@@ -124,10 +140,12 @@ def add_evaluation_options(
     parser.add_argument(
         "--no-frames", action="store_true", help="skip frame deletion and insertion"
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="clips per forward (64)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=64, help="clips per forward (64)"
+    )
     parser.add_argument(
         "--sanity-clips",
-        type=int,
+        type=non_negative_int,
         default=sanity_clips,
         help=f"clips for the randomisation check (0: off; default {sanity_clips})",
     )
@@ -178,19 +196,25 @@ def evaluation_kwargs(args: argparse.Namespace, graph: Graph, clips: int) -> dic
 
 def command_evaluate(args: argparse.Namespace) -> int:
 
-    if args.clips < 1:
-        raise RelgraphError(f"--clips must be at least 1, got {args.clips}")
-    out = ensure_out_dir(args.out)
+    # every option is checked, and the model and data loaded, before --out is created
+    check_out_dir(args.out)
     graph = evaluation_graph(args)
+    options = evaluation_kwargs(args, graph, args.clips)
+    check_evaluation_args(
+        **{k: options[k] for k in ("cube", "steps", "batch_size", "sanity_clips", "presets")},
+        replacements=options["replacements"],
+    )
     if args.videos:
         data = video_data(graph, Path(args.videos), labels=args.labels)
     else:
         data = synthetic_data(
             graph, args.clips, args.seed, irrelevant_motion=not args.no_irrelevant_motion
         )
+    options["sanity_clips"] = min(args.sanity_clips, len(data.clips))
     report = run_evaluation(
-        graph, data, **evaluation_kwargs(args, graph, len(data.clips)), progress=sys.stderr.isatty()
+        graph, data, **options, progress=sys.stderr.isatty(), memory_check=args.memory_check
     )
+    out = ensure_out_dir(args.out)
     write_json(out / "report.json", report)
     text = markdown(report)
     atomic_write_bytes(out / "report.md", (text + "\n").encode("utf-8"))

@@ -17,15 +17,18 @@ import contextlib
 import dataclasses
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 
 from relgraph.cli.args import (
     add_discriminative_options,
+    add_example,
     add_param_option,
     non_negative_int,
     parse_params,
     positive_int,
+    subcommand_parsers,
 )
 from relgraph.cli.dataset import add_dataset_commands
 from relgraph.cli.evaluate import add_evaluate_command
@@ -36,7 +39,13 @@ from relgraph.io.outputs import atomic_write_bytes
 from relgraph.io.preprocess import PRESETS
 from relgraph.models.demo import run_demo
 from relgraph.models.from_torch import from_torch, load_factory, parse_kwargs
-from relgraph.pipeline.video import PRECISIONS, explain_video
+from relgraph.pipeline.video import (
+    PRECISIONS,
+    VideoOptions,
+    check_explain_video_args,
+    explain_video,
+    load_model,
+)
 from relgraph.rules import RULES, preset, preset_names
 
 EXIT_ERROR = 2
@@ -56,17 +65,7 @@ def _printer(quiet: bool) -> Callable[[str], None] | None:
 
 
 def command_explain(args: argparse.Namespace) -> int:
-    explain_video(
-        args.video,
-        args.arch,
-        args.out,
-        weights=args.weights,
-        labels=args.labels,
-        params=parse_params(args.param),
-        rules=args.rules,
-        preprocess=args.preprocess,
-        device=args.device,
-        precision=args.precision,
+    options = VideoOptions(
         target=args.target,
         start=args.start,
         stride=args.stride,
@@ -78,9 +77,32 @@ def command_explain(args: argparse.Namespace) -> int:
         static=args.static,
         sigma=args.sigma,
         columns=args.columns,
+        memory_check=args.memory_check,
+    )
+    options.check()  # every option before the model is loaded
+    check_explain_video_args(out=args.out)
+    log = _printer(args.quiet)
+    clock = time.perf_counter()
+    model = load_model(
+        args.arch,
+        weights=args.weights,
+        labels=args.labels,
+        params=parse_params(args.param),
+        rules=args.rules,
+        preprocess=args.preprocess,
+        device=args.device,
+        precision=args.precision,
         canonize=False if args.no_canonize else None,
-        log=_printer(args.quiet),
+    )
+    log(model.describe())
+    explain_video(
+        args.video,
+        model,
+        args.out,
+        options,
+        log=log,
         progress=False if args.quiet else None,
+        timings={"load_model_s": time.perf_counter() - clock},
     )
     return 0
 
@@ -197,6 +219,30 @@ def _field_text(f: dataclasses.Field) -> str:
 # --------------------------------------------------------------------------- argparse
 
 
+#: One example per command, shown at the end of its ``--help`` (the docs' command-line page
+#: is generated from these parsers, and the docs test runs every example).
+EXAMPLES: dict[tuple[str, ...], str] = {
+    (): "relgraph demo --out out",
+    ("explain",): "relgraph explain video.mp4 --arch c3d-tiny --weights c3d-tiny.safetensors "
+    "--labels labels.txt --out explained/",
+    ("demo",): "relgraph demo --out out",
+    ("arch",): "relgraph arch show c3d-tiny",
+    ("arch", "show"): "relgraph arch show c3d-tiny --param width=4",
+    ("arch", "check"): "relgraph arch check my-net.yaml",
+    ("arch", "import"): "relgraph arch import mypackage.models:my_net --input-shape 3,16,112,112 "
+    "--out my-net.yaml --kwarg num_classes=10 --weights-out my-net.safetensors",
+    ("rules",): "relgraph rules list",
+    ("rules", "list"): "relgraph rules list",
+    ("rules", "show"): "relgraph rules show epsilon-plus --arch r2plus1d-tiny",
+    ("dataset",): "relgraph dataset report store/",
+    ("dataset", "explain"): "relgraph dataset explain videos/ --arch c3d-tiny "
+    "--weights c3d-tiny.safetensors --labels labels.txt --out store/",
+    ("dataset", "report"): "relgraph dataset report store/",
+    ("evaluate",): "relgraph evaluate --arch c3d-tiny --clips 2 --steps 2 --no-variants "
+    "--no-frames --out evaluation/",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relgraph",
@@ -276,8 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=tuple(PRECISIONS),
         default="fp32",
-        help="number format: fp32 (default), bf16 (about 2x faster on CPUs with bfloat16 "
-        "units; maps within about 2%% of fp32, see the README's Precision), fp64",
+        help="number format: fp32 (default), bf16 (faster on CPUs with bfloat16 units; maps "
+        "within about 2%% of fp32, see docs/benchmarks/precision.md), fp64",
     )
     explain.add_argument(
         "--columns",
@@ -298,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(moving_mask) and the static distractors (static_mask).",
     )
     demo.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    demo.add_argument("--seed", type=int, default=0, help="random seed of the clip (default: 0)")
+    demo.add_argument(
+        "--seed", type=non_negative_int, default=0, help="random seed of the clip (default: 0)"
+    )
     demo.add_argument("--quiet", action="store_true", help="print nothing but errors")
     demo.set_defaults(handler=command_demo)
 
@@ -386,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.set_defaults(handler=command_rules_show)
     add_dataset_commands(commands)
     add_evaluate_command(commands)
+    for path, subparser in subcommand_parsers(parser).items():
+        add_example(subparser, EXAMPLES[path])
     return parser
 
 

@@ -26,8 +26,8 @@ import torch
 
 from relgraph.engine.graph import Graph
 from relgraph.engine.ops import BatchNormNd, ConvNd, Linear, Op
+from relgraph.engine.signature import same_tensors, tensor_signature
 from relgraph.errors import RelgraphError
-from relgraph.rules.base import _same_tensors, _signature
 
 
 class CanonicalGraph(Graph):
@@ -115,10 +115,10 @@ class FoldedTensors(Mapping):
         if not self._ready():
             return {}
         sources = self._sources()
-        if self._signature is not None and _same_tensors(self._signature, sources):
+        if self._signature is not None and same_tensors(self._signature, sources):
             return self._folded
         folded = self._fold()
-        signature = _signature(sources)
+        signature = tensor_signature(sources)
         # inference-mode tensors cannot vouch for their values (no version counter): the
         # fold is recomputed on every read then, as the rules' memo does
         self._signature, self._folded = signature, (folded if signature is not None else {})

@@ -20,7 +20,8 @@ import networkx as nx
 import torch
 import yaml
 
-from relgraph.engine.hostmemory import release_freed
+from relgraph.engine import token_ops  # noqa: F401  (registers the token ops)
+from relgraph.engine.interpreter import ForwardPass, check_keep
 from relgraph.engine.ops import (
     OPS,
     Input,
@@ -31,8 +32,15 @@ from relgraph.engine.ops import (
     infer_output_shape,
 )
 from relgraph.engine.spec import ArchSpec, load_yaml, parse_spec, with_block_origin
-from relgraph.engine.weights import LoadReport, checked_state_dict, save_weights
+from relgraph.engine.weights import (
+    LoadReport,
+    checked_state_dict,
+    save_weights,
+    split_key,
+    tensor_key,
+)
 from relgraph.errors import (
+    ArgumentError,
     GraphError,
     RelgraphError,
     ShapeError,
@@ -103,7 +111,7 @@ class Graph:
         zβ offsets) in ``cache``, so the next explanation reuses them; ``"none"`` derives
         them at each node and drops them when the pass leaves the node, for memory-bound
         users (C3D: about one more copy of the weights kept otherwise; the time it costs is
-        in the README's performance section). ``"none"`` is the memory mode: the rules also
+        in docs/benchmarks/memory.md). ``"none"`` is the memory mode: the rules also
         run big affine maps a slice of channels at a time and make W⁺ slice by slice (the
         same values), and the passes hand freed memory back to the system after each node
         (``relgraph.engine.hostmemory``). Setting it clears ``cache``."""
@@ -160,10 +168,10 @@ class Graph:
         """``x`` in the memory layout the passes run in: channels-last for a graph with 3-D
         convolutions on CPU (``ConvNd.prefers_channels_last``): with grouped ones (X3D's
         depthwise convolutions) in float32 or bfloat16, where oneDNN's grouped kernels run
-        3–25× faster in that layout; with ungrouped ones only where oneDNN takes the dtype
+        much faster in that layout; with ungrouped ones only where oneDNN takes the dtype
         (float32; bfloat16 on CPUs with the instructions), where the zoo's models run their
-        forward pass 5–35 % faster and their explanation as fast or up to 9 % faster (README,
-        "Per-model speed"). Every other op keeps the layout.
+        forward pass faster and their explanation at least as fast
+        (docs/benchmarks/model-speed.md). Every other op keeps the layout.
         ``x`` itself otherwise. ``channels_last=True`` asks for that layout on CPU whatever
         the ops (see ``forward``). The values are the same either way."""
         if self.runs_channels_last(x, channels_last):
@@ -217,6 +225,10 @@ class Graph:
                 for n in self.graph.nodes
             }
         return list(self._inputs[node])
+
+    def line_of(self, node: str) -> int | None:
+        """The line of ``node`` in the architecture's file (``None`` where not known)."""
+        return self.graph.nodes[node].get("line")
 
     def tensors(self, node: str) -> dict[str, torch.Tensor]:
         return self.graph.nodes[node]["tensors"]
@@ -289,16 +301,25 @@ class Graph:
                 return t.dtype
         return self._dtype
 
-    def to(
-        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> Graph:
-        """Move (and/or cast) every weight in place; returns the graph."""
+    def to(self, *args: Any, **kwargs: Any) -> Graph:
+        """Move and/or cast every weight in place, as ``torch.nn.Module.to``; returns the graph.
+
+        Called as ``to(device)``, ``to(dtype)``, ``to(device, dtype)``, ``to(tensor)`` (its
+        device and dtype) or with the keywords ``device=`` and ``dtype=``. The dtype must be
+        a floating-point one (``float32``, ``float64``, ``bfloat16``, ``float16``).
+
+        Raises
+        ------
+        ArgumentError
+            For an argument that is no device, floating-point dtype or tensor.
+        """
+        device, dtype = _parse_to(args, kwargs)
         for node in self.order:
             tensors = self.tensors(node)
             for name, t in tensors.items():
                 tensors[name] = t.to(device=device, dtype=dtype)
         if device is not None:
-            self._device = torch.device(device)
+            self._device = device
         if dtype is not None:
             self._dtype = dtype
         self.cache.clear()
@@ -308,7 +329,9 @@ class Graph:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every weight as ``{"node.tensor": tensor}`` (PyTorch naming)."""
         return {
-            f"{node}.{name}": t for node in self.order for name, t in self.tensors(node).items()
+            tensor_key(node, name): t
+            for node in self.order
+            for name, t in self.tensors(node).items()
         }
 
     def assign(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -320,7 +343,7 @@ class Graph:
         """
         targets = []
         for key, value in state.items():
-            node, _, tname = key.rpartition(".")
+            node, tname = split_key(key, self.graph)
             shapes = self.graph.nodes[node]["tensor_shapes"] if node in self.graph else {}
             if tname not in shapes:
                 raise WeightsError(f"'{key}' names no tensor of the graph", file=self.file)
@@ -376,6 +399,8 @@ class Graph:
                 file=self.file,
                 node=self.input,
             )
+        if x.shape[0] == 0:
+            raise ShapeError("input is an empty batch (B = 0)", node=self.input)
         if x.dtype != self.dtype or x.device != self.device:
             raise ShapeError(
                 f"input is {x.dtype} on {x.device} but the weights are {self.dtype} on "
@@ -385,7 +410,7 @@ class Graph:
         if not all_finite(x):
             raise ShapeError("input contains NaN or Inf", node=self.input)
         missing = [
-            f"{node}.{name}"
+            tensor_key(node, name)
             for node in self.order
             for name in self.graph.nodes[node]["tensor_shapes"]
             if name not in self.tensors(node)
@@ -431,59 +456,14 @@ class Graph:
         """
         self.check_input(x)
         keep_set = None if keep is None else set(keep) | {self.output}
-        unknown = sorted(set(keep_set or ()) - set(self.graph))
-        if unknown:
-            raise GraphError(
-                f"keep names no node: '{unknown[0]}'{did_you_mean(unknown[0], self.order)}",
-                file=self.file,
-            )
-        remaining = {n: self.graph.out_degree(n) for n in self.order}
-        record_set = set(record)
-        low_memory = self._cache_policy == "none"
-        activations: dict[str, torch.Tensor] = {}
-        records: dict[str, Any] = {}
-        # with ``keep`` given, an op with ``in_place`` writes into its first input's memory
-        # when that input dies with it: nobody else reads it, it is not kept, and no other
-        # live activation (a view, an identity's output) or the caller's ``x`` shares it
-        sharing = _StorageUse(x) if keep_set is not None else None
-        with torch.inference_mode():
-            activations[self.input] = self.working_layout(x, channels_last)
-            if sharing is not None:
-                sharing.add(activations[self.input])
-            if made is not None and (keep_set is None or self.input in keep_set):
-                made(self.input, activations[self.input])
-            for node in self.order[1:]:
-                preds = self.inputs_of(node)
-                inputs = [activations[p] for p in preds]
-                op = self.op(node)
-                tensors = self.current_tensors(node)
-                if node in record_set:
-                    output, records[node] = op.forward_record(inputs, tensors)
-                    activations[node] = output
-                elif (
-                    sharing is not None
-                    and op.in_place
-                    and remaining[preds[0]] == 1
-                    and preds[0] not in keep_set
-                    and sharing.alone(inputs[0])
-                ):
-                    activations[node] = op.forward_in_place(inputs, tensors)
-                else:
-                    activations[node] = op.forward(inputs, tensors)
-                if sharing is not None:
-                    sharing.add(activations[node])
-                if made is not None and (keep_set is None or node in keep_set):
-                    made(node, activations[node])
-                if keep_set is not None:
-                    for p in preds:
-                        remaining[p] -= 1
-                        if remaining[p] == 0 and p not in keep_set:
-                            sharing.remove(activations.pop(p))
-                if low_memory:
-                    del inputs
-                    release_freed()
+        if keep_set is not None:
+            check_keep(self, keep_set)
+        run = ForwardPass(
+            self, x, keep=keep_set, record=record, made=made, channels_last=channels_last
+        )
+        run.run()
         return ForwardResult(
-            output=activations[self.output], activations=activations, records=records
+            output=run.activations[self.output], activations=run.activations, records=run.records
         )
 
     __call__ = forward
@@ -536,6 +516,36 @@ class Graph:
 #: parameters ``init="default"`` creates: 2³¹ (8 GiB in float32). C3D needs 2²⁶ at most; a
 #: typo such as ``out_channels: 5120000`` must be refused here, not kill the process later.
 MAX_ELEMENTS = 2**31
+
+
+def _parse_to(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[torch.device | None, torch.dtype | None]:
+    """The device and dtype of ``Graph.to``'s arguments (``torch.nn.Module.to``'s forms)."""
+    unknown = sorted(set(kwargs) - {"device", "dtype"})
+    if unknown:
+        raise ArgumentError(f"to() takes device= and dtype=, not {unknown[0]}=")
+    device, dtype = kwargs.get("device"), kwargs.get("dtype")
+    if len(args) > 2:
+        raise ArgumentError(f"to() takes at most a device and a dtype, got {len(args)} arguments")
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            device, dtype = arg.device, arg.dtype
+        elif isinstance(arg, torch.dtype):
+            dtype = arg
+        else:
+            device = arg
+    if device is not None and not isinstance(device, torch.device):
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ArgumentError(
+                f"to() takes a device ('cpu', 'cuda', 'cuda:N', a torch.device), a dtype or a "
+                f"tensor; got {device!r}"
+            ) from None
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ArgumentError(f"to() takes a floating-point dtype, got {dtype!r}")
+    return device, dtype
 
 
 def _check_size(what: str, shape: tuple[int, ...]) -> None:
@@ -804,30 +814,3 @@ def architecture_from_yaml(text: str, *, file: str = "<string>", **kwargs: Any) 
     """Compile an architecture given as YAML text (see ``load_architecture``)."""
     compile_kwargs = {k: kwargs.pop(k) for k in ("init", "seed", "dtype", "device") if k in kwargs}
     return compile_spec(parse_architecture(text, file, **kwargs), **compile_kwargs)
-
-
-class _StorageUse:
-    """How many live activations of a forward pass use each block of memory; the caller's
-    input's block counts once more, for good (``Graph.forward`` never writes into it)."""
-
-    def __init__(self, x: torch.Tensor) -> None:
-        self._count: dict[int, int] = {}
-        self.add(x)
-
-    @staticmethod
-    def _key(t: torch.Tensor) -> int:
-        return t.untyped_storage().data_ptr()
-
-    def add(self, t: torch.Tensor) -> None:
-        key = self._key(t)
-        self._count[key] = self._count.get(key, 0) + 1
-
-    def remove(self, t: torch.Tensor) -> None:
-        key = self._key(t)
-        self._count[key] -= 1
-        if not self._count[key]:
-            del self._count[key]
-
-    def alone(self, t: torch.Tensor) -> bool:
-        """Whether ``t`` is the only live activation in its block of memory."""
-        return self._count.get(self._key(t), 0) == 1

@@ -28,6 +28,22 @@ _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net")
 _INDEXED = re.compile(r"^(features|classifier)\.(\d+)\.(\w+)$")
 
 
+def tensor_key(node: str, name: str) -> str:
+    """The state-dict key of tensor ``name`` of ``node``: ``node.name``, or the node's name
+    alone for an op's single learned constant, whose tensor name is empty (a
+    ``torch.nn.Parameter`` such as a CLS token is keyed by its own path)."""
+    return f"{node}.{name}" if name else node
+
+
+def split_key(key: str, nodes) -> tuple[str, str]:
+    """``(node, tensor name)`` of a state-dict key (the inverse of ``tensor_key``): the node
+    itself where ``key`` names a node of ``nodes``, else split at the last dot."""
+    if key in nodes:
+        return key, ""
+    node, _, name = key.rpartition(".")
+    return node, name
+
+
 @dataclass
 class LoadReport:
     """What ``load_weights`` did: the key naming it detected and what stayed initialised."""
@@ -191,11 +207,13 @@ def checked_state_dict(
         state, allowed_missing = _map_indexed(graph, state, name)
 
     expected = {
-        f"{node}.{tname}": (node, tname, shape)
+        tensor_key(node, tname): (node, tname, shape)
         for node in graph.order
         for tname, shape in graph.graph.nodes[node]["tensor_shapes"].items()
     }
-    optional = {f"{node}.{t}" for node in graph.order for t in graph.op(node).optional_tensors}
+    optional = {
+        tensor_key(node, t) for node in graph.order for t in graph.op(node).optional_tensors
+    }
     missing = [k for k in expected if k not in state and k.rsplit(".", 1)[0] not in allowed_missing]
     unexpected = [k for k in state if k not in expected and k not in optional]
     misshaped = [
@@ -230,6 +248,16 @@ def checked_state_dict(
     if not_float:
         raise WeightsError(
             "these tensors are not floating point: " + ", ".join(not_float), file=name
+        )
+    # a NaN or Inf weight turns every output into NaN and every map into zeros: refused here,
+    # naming the tensors, rather than found as 'p = nan' after the whole explanation
+    not_finite = [k for k in to_load if not bool(torch.isfinite(state[k]).all())]
+    if not_finite:
+        raise WeightsError(
+            "these tensors hold NaN or Inf values: "
+            + ", ".join(not_finite[:8])
+            + (f" and {len(not_finite) - 8} more" if len(not_finite) > 8 else ""),
+            file=name,
         )
     report = LoadReport(source=name, naming=naming, loaded=list(to_load))
     report.skipped = sorted(set(unexpected) | set(misshaped)) + [f"{k} (missing)" for k in missing]

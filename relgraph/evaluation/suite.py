@@ -24,7 +24,7 @@ from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import Graph
 from relgraph.engine.hostmemory import reuse_freed
 from relgraph.engine.reverse import explain_with_rules
-from relgraph.errors import LabelError, RelgraphError
+from relgraph.errors import ArgumentError, LabelError, RelgraphError, did_you_mean
 from relgraph.evaluation import metrics
 from relgraph.io.labels import Labels
 from relgraph.io.preprocess import get_preprocess
@@ -39,7 +39,7 @@ from relgraph.methods.discriminative import (
     normalize_maps,
     reduce_frozen,
 )
-from relgraph.rules import as_composite
+from relgraph.rules import as_composite, preset_names
 
 __all__ = [
     "DEFAULT_MAPS",
@@ -48,6 +48,7 @@ __all__ = [
     "compute_maps",
     "frozen_batch_size",
     "markdown",
+    "check_evaluation_args",
     "run_evaluation",
     "synthetic_data",
     "video_data",
@@ -107,9 +108,8 @@ FROZEN_BUDGET = 512 * 2**20
 def frozen_batch_size(graph: Graph) -> int:
     """Frozen clips explained at once by the maps and the randomisation: as many as keep
     every node's activation and relevance within :data:`FROZEN_BUDGET`, from
-    ``DEFAULT_BATCH_SIZE`` (4) to 64. Small models are overhead bound: c3d-tiny's
-    discriminative pass runs about 1.6× faster at 64 than at 4 (2 threads); a full-size
-    model keeps 4."""
+    ``DEFAULT_BATCH_SIZE`` (4) to 64. Small models are overhead bound and run faster in
+    big batches; a full-size model keeps 4."""
     per_clip = (
         2
         * graph.dtype.itemsize
@@ -206,7 +206,8 @@ def video_data(
                 file=str(listing),
                 line=number,
             )
-        video = read_video(listing.parent / path)
+        # only the frames of the first clip are decoded (a short video is loop-padded)
+        video = read_video(listing.parent / path, max_frames=frames)
         clips.append(transform(select_clip(video, length=frames).frames))
         classes.append(index)
     if not clips:
@@ -227,6 +228,7 @@ def compute_maps(
     variants: bool = True,
     clips_per_call: int = 16,
     progress: bool = False,
+    memory_check: bool = True,
     methods: Sequence[str] = ("frozen",),
     costs: dict[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -252,7 +254,7 @@ def compute_maps(
         started = time.perf_counter()
         composite = as_composite(preset, graph)
         node_rules = composite.resolve(graph)
-        seed = composite.seed or "onehot"
+        seed = composite.output_relevance or "onehot"
         relevance, frozen = [], []
         for begin in _tqdm(range(0, len(clips), clips_per_call), progress, preset or "maps"):
             part = slice(begin, begin + clips_per_call)
@@ -264,6 +266,7 @@ def compute_maps(
                 seed,
                 progress=False,
                 batch_size=batch_size,
+                memory_check=memory_check,
             )
             relevance.append(result.relevance.sum(dim=1))
             frozen.append(result.frozen_relevance.sum(dim=2))
@@ -317,7 +320,7 @@ def _motion_maps(
         raise RelgraphError(f"unknown method '{unknown[0]}' (known: {', '.join(METHODS)})")
     composite = as_composite(None, graph)
     node_rules = composite.resolve(graph)
-    seed = composite.seed or "onehot"
+    seed = composite.output_relevance or "onehot"
     if costs is not None:
         clock = time.perf_counter()
         for begin in range(0, len(clips), clips_per_call):
@@ -346,6 +349,49 @@ def _motion_maps(
 # --------------------------------------------------------------------------- the suite
 
 
+def check_evaluation_args(
+    *,
+    cube: Sequence[int] = (4, 8, 8),
+    steps: int = 16,
+    batch_size: int = 64,
+    sanity_clips: int = 0,
+    replacements: Sequence[str] = metrics.REPLACEMENTS,
+    presets: Sequence[str] = (),
+) -> None:
+    """Check :func:`run_evaluation`'s options before any work (``relgraph evaluate`` calls it
+    before it loads anything or creates its output folder).
+
+    Raises
+    ------
+    ArgumentError
+        Naming the option, what it takes and what it got.
+    """
+
+    def integer(name: str, value, minimum: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ArgumentError(f"{name} must be an integer, got {value!r}")
+        if value < minimum:
+            raise ArgumentError(f"{name} must be at least {minimum}, got {value}")
+
+    if isinstance(cube, (str, bytes)) or not isinstance(cube, Sequence) or len(cube) != 3:
+        raise ArgumentError(f"cube takes three sizes (frames, height, width), got {cube!r}")
+    for axis, size in zip(("frames", "height", "width"), cube):
+        integer(f"cube {axis}", size, 1)
+    integer("steps", steps, 1)
+    integer("batch_size", batch_size, 1)
+    integer("sanity_clips", sanity_clips, 0)
+    unknown = [how for how in replacements if how not in metrics.REPLACEMENTS]
+    if unknown or not replacements:
+        raise ArgumentError(
+            f"replacements must be some of {', '.join(metrics.REPLACEMENTS)}, got "
+            f"{list(replacements)!r}"
+        )
+    names = set(preset_names())
+    for name in presets:
+        if name not in names and Path(name).suffix.lower() not in (".yaml", ".yml"):
+            raise ArgumentError(f"unknown rule preset '{name}'{did_you_mean(name, sorted(names))}")
+
+
 @reuse_freed()  # a context manager, applied anew to each call
 def run_evaluation(
     graph: Graph,
@@ -360,6 +406,7 @@ def run_evaluation(
     sanity_clips: int = 0,
     frames: bool = True,
     progress: bool = False,
+    memory_check: bool = True,
     methods: Sequence[str] = ("frozen",),
 ) -> dict:
     """Compute every map and every metric; a JSON-ready report (see :func:`markdown`).
@@ -373,8 +420,16 @@ def run_evaluation(
     insertion (unless ``frames`` is False), and (on the first ``sanity_clips`` clips)
     cascading randomisation. The explained class is each clip's prediction.
     Freed memory is kept for reuse meanwhile (``relgraph.engine.hostmemory.reuse_freed``): the
-    perturbed batches' forward passes then run up to 1.7× faster.
+    perturbed batches' forward passes then run faster (docs/benchmarks/performance.md).
     """
+    check_evaluation_args(
+        cube=cube,
+        steps=steps,
+        batch_size=batch_size,
+        sanity_clips=sanity_clips,
+        replacements=replacements,
+        presets=presets,
+    )
     started = time.perf_counter()
     model = metrics.model_function(graph)
     with torch.inference_mode():
@@ -392,6 +447,7 @@ def run_evaluation(
         presets=presets,
         variants=variants,
         progress=progress,
+        memory_check=memory_check,
         methods=methods,
         costs=seconds,
     )
@@ -548,7 +604,7 @@ def _sanity(
 
     composite = as_composite(None, graph)
     node_rules = composite.resolve(canonical(graph))
-    seed = composite.seed or "onehot"
+    seed = composite.output_relevance or "onehot"
     batch_size = frozen_batch_size(graph)
 
     def explain_maps(g: Graph) -> dict[str, torch.Tensor]:

@@ -14,13 +14,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import Graph
-from relgraph.engine.reverse import Target, explain_with_rules, resolve_rules
-from relgraph.errors import RelgraphError, ShapeError, TargetError, did_you_mean
-from relgraph.methods.frozen import explain_frozen, wanted_slices
+from relgraph.engine.memory import check_memory
+from relgraph.engine.reverse import (
+    Target,
+    activations_needed,
+    explanation_with_rules,
+    resolve_rules,
+)
+from relgraph.errors import ArgumentError, ShapeError, TargetError, did_you_mean
+from relgraph.methods.frozen import explain_frozen, temporal_cropping_applies, wanted_slices
 
 if TYPE_CHECKING:
     from relgraph.io.labels import Labels
@@ -29,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "METHODS",
+    "check_discriminative_options",
     "NORMALIZATIONS",
     "REDUCTIONS",
     "DiscriminativeResult",
@@ -48,26 +56,12 @@ NORMALIZATIONS: tuple[str, ...] = ("maxabs", "sum", "none")
 #: reference, or the selective relevance of Hiley et al. (2020).
 METHODS: tuple[str, ...] = ("frozen", "decomposed", "reference", "selective")
 
-#: Frozen clips explained per batch by default, chosen by measurement on a 2-core CPU (AMD
-#: EPYC, torch 2.13, float32, deep-taylor-paper rules): seconds per frozen clip for one batch
-#: of each size, sizes interleaved, best of 10 rounds (c3d-tiny) or of 6 (C3D; 2 for 17),
-#: and the process's peak memory with the full C3D loaded. The CPU was shared with other
-#: jobs (medians 1.5-2.5x higher; in an earlier, busier session every C3D size took
-#: 4.2-7.5 s per clip, size 1 the slowest):
-#:
-#: ==========================  ======  ======  ======  ======  ======
-#: batch size                       1       2       4       8      17
-#: ==========================  ======  ======  ======  ======  ======
-#: c3d-tiny, s per clip         0.020  0.0072  0.0057  0.0049  0.0051
-#: c3d, s per clip               1.39    1.33    1.38    1.64    3.01
-#: c3d, peak memory (GB)          2.3     2.4     3.5     5.6    10.2
-#: ==========================  ======  ======  ======  ======  ======
-#:
-#: The tiny model is overhead bound: batches of 4 or more run 3.5-4x faster than single
-#: clips. The full C3D is compute bound: sizes 1 to 8 are equal within the noise, 17 is
-#: slower, and memory grows by about 0.55 GB per frozen clip. 4 is within 15 % of the best
-#: for the tiny model, as fast as any for C3D, and keeps C3D's peak at 3.5 GB. On a GPU
-#: larger batches may pay: pass ``batch_size``.
+#: Frozen clips explained per batch by default, chosen by measurement on a CPU (the table is
+#: in docs/benchmarks/performance.md, "Frozen-clip batch size"): a tiny model is overhead
+#: bound and gains from batches of 4 or more; the full C3D is compute bound, costs the same
+#: per clip from 1 to 8, and its memory grows with every frozen clip in the batch. 4 is near
+#: the best for both and keeps C3D's peak memory moderate. On a GPU larger batches may pay:
+#: pass ``batch_size``.
 DEFAULT_BATCH_SIZE = 4
 
 
@@ -113,9 +107,9 @@ class DiscriminativeResult:
         ``(B, T)``: the same for each frozen clip (where the frozen-clip shortcut explained
         one slice only: of the relevance on that slice's receptive field).
     options
-        The options used: ``method``, ``target`` (as given), ``rules``, ``seed``, ``reduce``,
-        ``normalize``, ``batch_size``, ``frozen_shortcut``, ``preprocess`` (and ``static``,
-        ``sigma`` where the method reads them).
+        The options used: ``method``, ``target`` (as given), ``rules``, ``output_relevance``,
+        ``reduce``, ``normalize``, ``batch_size``, ``frozen_shortcut``, ``preprocess`` (and
+        ``static``, ``sigma`` where the method reads them).
     spatial_relevance, temporal_relevance
         ``(B, C, T, H, W)``: the raw, channel-resolved relevance behind the spatial and
         temporal maps, for the methods other than ``frozen`` (``None`` for ``frozen``, whose
@@ -220,12 +214,13 @@ def discriminative(
     reduce: str = "first",
     normalize: str = "maxabs",
     batch_size: int | None = None,
-    seed: str | torch.Tensor | None = None,
+    output_relevance: str | torch.Tensor | None = None,
     preprocess: str | None = None,
     labels: Labels | Sequence[str] | None = None,
     progress: bool | None = None,
     frozen_shortcut: bool = True,
     canonize: bool | None = None,
+    memory_check: bool = True,
     method: str = "frozen",
     static: str = "mean",
     sigma: float = 1.0,
@@ -268,9 +263,9 @@ def discriminative(
         all zero stay zero; never NaN.
     batch_size
         Frozen clips explained at once (batches may span clips); results do not depend on
-        it. Default :data:`DEFAULT_BATCH_SIZE` = 4, measured on a 2-core CPU (table at the
-        constant): single clips cost 3.5-4x more per clip on c3d-tiny, the full C3D costs the
-        same from 1 to 8 and more at 17, and needs 3.5 GB at 4, 10 GB at 17.
+        it. Default :data:`DEFAULT_BATCH_SIZE` = 4, chosen by measurement
+        (docs/benchmarks/performance.md): single clips cost more per clip on a tiny model,
+        the full C3D costs the same from 1 to 8, and its memory grows with the batch.
     seed
         Start of the reverse pass: ``onehot``, ``logit``, or a tensor ``(B, K)`` (frozen
         clips get their clip's row); default: the preset's, else ``onehot``.
@@ -292,6 +287,10 @@ def discriminative(
     canonize
         Fold batch norms into the layer before them before the rules run (see
         :func:`relgraph.explain`); default: the architecture's ``canonize:``.
+    memory_check
+        Refuse, before anything is allocated, a run whose estimated peak memory (the larger
+        of the clips and a batch of frozen clips) exceeds what the device has free
+        (``relgraph.engine.memory``); False skips the check.
     method
         What "relevance due to motion" means (``docs/motion-methods.md``): ``frozen`` (the
         default, the paper's method described above), ``decomposed`` (one explanation; the
@@ -317,11 +316,11 @@ def discriminative(
     ------
     RelgraphError
         For a clip of the wrong shape, dtype or device, an unknown ``reduce`` or
-        ``normalize``, a bad ``batch_size``, target or seed, or rules that do not fit.
+        ``normalize``, a bad ``batch_size``, target or output_relevance, or rules that do not fit.
     """
-    _check_options(reduce, normalize, batch_size, method)
+    check_discriminative_options(reduce, normalize, batch_size, method)
     g = canonical(g, canonize)
-    composite, node_rules, seed = resolve_rules(g, rules, preprocess, seed)
+    composite, node_rules, seed = resolve_rules(g, rules, preprocess, output_relevance)
     return discriminative_with_rules(
         g,
         clip,
@@ -334,6 +333,7 @@ def discriminative(
         labels=labels,
         progress=progress,
         frozen_shortcut=frozen_shortcut,
+        memory_check=memory_check,
         method=method,
         static=static,
         sigma=sigma,
@@ -349,7 +349,7 @@ def discriminative_with_rules(
     clip: torch.Tensor,
     node_rules: dict[str, Rule],
     target: Target = "auto",
-    seed: str | torch.Tensor = "onehot",
+    output_relevance: str | torch.Tensor = "onehot",
     *,
     reduce: str = "first",
     normalize: str = "maxabs",
@@ -358,16 +358,20 @@ def discriminative_with_rules(
     progress: bool | None = None,
     options: dict[str, Any] | None = None,
     frozen_shortcut: bool = True,
+    memory_check: bool = True,
     method: str = "frozen",
     static: str = "mean",
     sigma: float = 1.0,
 ) -> DiscriminativeResult:
     """:func:`discriminative` with the rules already resolved per node
     (``Composite.resolve``): resolve once, then call this for every clip of a video."""
-    _check_options(reduce, normalize, batch_size, method)
+    check_discriminative_options(reduce, normalize, batch_size, method)
     _check_clip(g, clip)
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+    if memory_check:
+        check_memory(g, max(clip.shape[0], batch_size), activations_needed(g, node_rules))
     batch, _, num_frames = clip.shape[:3]
+    seed = output_relevance
     seed_for = _seed_rows(seed, batch)
     if method != "frozen":
         from relgraph.methods.motion import explain_motion
@@ -375,7 +379,7 @@ def discriminative_with_rules(
         used = {
             "method": method,
             "target": target if isinstance(target, (str, int)) else _plain(target),
-            "seed": seed if isinstance(seed, str) else "tensor",
+            "output_relevance": seed if isinstance(seed, str) else "tensor",
             "normalize": normalize,
             **({"static": static} if method in ("decomposed", "reference") else {}),
             **({"sigma": sigma} if method == "selective" else {}),
@@ -396,8 +400,14 @@ def discriminative_with_rules(
         )
 
     # the output, target and lost relevance, without keeping every node's relevance
-    explanation = explain_with_rules(
-        g, clip, node_rules, target, seed_for(None), labels=labels, return_explanation=True
+    explanation = explanation_with_rules(
+        g,
+        clip,
+        node_rules,
+        target,
+        seed_for(None),
+        labels=labels,
+        memory_check=False,  # checked above, for the larger batch
     )
     relevance = explanation.relevance
     output = explanation.output.reshape(batch, -1)
@@ -405,6 +415,9 @@ def discriminative_with_rules(
     lost = explanation.lost_fraction
     del explanation
 
+    # attention mixes the tokens of every frame: the frozen clips' activations are not
+    # constant in time past the patch embedding, and only the plain path is used
+    frozen_shortcut = frozen_shortcut and temporal_cropping_applies(g)
     pairs = [(b, t) for b in range(batch) for t in range(num_frames)]
     chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
     frozen_relevance = relevance.new_empty((batch, num_frames, *clip.shape[1:]))
@@ -423,13 +436,13 @@ def discriminative_with_rules(
                 wanted=wanted_slices(reduce, normalize, [t for _, t in chunk]),
             )
         else:
-            frozen = explain_with_rules(
+            frozen = explanation_with_rules(
                 g,
                 frozen_clips(clip, chunk),
                 node_rules,
                 explained[clip_rows],
                 seed_for(clip_rows),
-                return_explanation=True,
+                memory_check=False,
             )
         frozen_relevance[clip_rows, frame_rows] = frozen.relevance
         frozen_output[clip_rows, frame_rows] = frozen.output.reshape(len(chunk), -1)
@@ -448,7 +461,7 @@ def discriminative_with_rules(
     used = {
         "method": "frozen",
         "target": target if isinstance(target, (str, int)) else _plain(target),
-        "seed": seed if isinstance(seed, str) else "tensor",
+        "output_relevance": seed if isinstance(seed, str) else "tensor",
         "reduce": reduce,
         "normalize": normalize,
         "batch_size": batch_size,
@@ -479,22 +492,26 @@ def discriminative_with_rules(
 
 def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in choices:
-        raise RelgraphError(
+        raise ArgumentError(
             f"{what} must be one of {', '.join(choices)}, got {value!r}"
             f"{did_you_mean(value, choices) if isinstance(value, str) else ''}"
         )
 
 
-def _check_options(
-    reduce: str, normalize: str, batch_size: int | None, method: str = "frozen"
+def check_discriminative_options(
+    reduce: Any, normalize: Any, batch_size: Any, method: Any = "frozen"
 ) -> None:
+    """Refuse an unknown ``method``, ``reduce`` or ``normalize``, or a ``batch_size`` that
+    is not a positive integer or None, with an :class:`ArgumentError` naming it."""
     _check_choice("method", method, METHODS)
     _check_choice("reduce", reduce, REDUCTIONS)
     _check_choice("normalize", normalize, NORMALIZATIONS)
     if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
     ):
-        raise RelgraphError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        raise ArgumentError(f"batch_size must be a positive integer or None, got {batch_size!r}")
 
 
 def _check_clip(g: Graph, clip: torch.Tensor) -> None:
@@ -525,7 +542,7 @@ def _seed_rows(
         return lambda rows: seed
     if not isinstance(seed, torch.Tensor) or seed.shape[0] != batch:
         raise TargetError(
-            f"a seed tensor must hold one row per clip ({batch}), got "
+            f"an output_relevance tensor must hold one row per clip ({batch}), got "
             f"{list(seed.shape) if isinstance(seed, torch.Tensor) else type(seed).__name__}"
         )
     return lambda rows: seed if rows is None else seed[rows]

@@ -37,23 +37,35 @@ from dataclasses import dataclass, field
 import torch
 
 from relgraph.engine.graph import Graph
-from relgraph.engine.hostmemory import release_freed
+from relgraph.engine.interpreter import ReversePass, Visit
 from relgraph.engine.ops import all_finite, infer_output_shape
 from relgraph.engine.reverse import (
     Target,
-    _accumulator,
-    _totals,
+    accumulator_dtype,
     lost_fraction,
     make_seed,
     resolve_target,
-    rule_needs,
-    run_rule,
+    sample_totals,
 )
 from relgraph.errors import RelgraphError
-from relgraph.rules import NodeContext
-from relgraph.rules.base import quotients_checked_later
+from relgraph.rules.numerics import Numerics
 
-__all__ = ["FrozenExplanation", "Layout", "explain_frozen", "frozen_plan", "wanted_slices"]
+__all__ = [
+    "FrozenExplanation",
+    "Layout",
+    "explain_frozen",
+    "frozen_plan",
+    "temporal_cropping_applies",
+    "wanted_slices",
+]
+
+
+def temporal_cropping_applies(graph: Graph) -> bool:
+    """Whether the frozen-clip shortcut suits ``graph``: no node mixes tokens by a product
+    of two activations (attention's q·kᵀ and attention·v, ops with the ``bilinear``
+    capability), which makes every token depend on every frame. Found from the ops' declared
+    capabilities, never from the architecture's name."""
+    return not any("bilinear" in graph.op(node).capabilities for node in graph.order[1:])
 
 
 @dataclass(frozen=True)
@@ -315,7 +327,8 @@ class FrozenExplanation:
     relevance: torch.Tensor
     output: torch.Tensor
     target: torch.Tensor
-    #: ``(N,)``: relevance not handed on, as a fraction of the seed (``Explanation.lost_fraction``);
+    #: ``(N,)``: relevance not handed on, as a fraction of the output relevance
+    #: (``Explanation.lost_fraction``);
     #: where a slice was wanted, of the relevance on that slice's receptive field only
     lost_fraction: torch.Tensor
 
@@ -351,7 +364,7 @@ def explain_frozen(
     frames: torch.Tensor,
     node_rules: dict,
     target: Target = "auto",
-    seed: str | torch.Tensor = "onehot",
+    output_relevance: str | torch.Tensor = "onehot",
     *,
     wanted: Sequence[int] | None = None,
 ) -> FrozenExplanation:
@@ -371,14 +384,13 @@ def explain_frozen(
         Equal to :func:`relgraph.engine.reverse.explain_with_rules` on the full frozen clips.
         Computed as it is: quotients beyond the format checked once at the end, and the
         pass run again with each checked where the relevance or the loss is not finite
-        (``relgraph.rules.base.quotients_checked_later``).
+        (``Numerics.checks_quotients_later``).
     """
-    run = (graph, frames, node_rules, target, seed, wanted)
-    with quotients_checked_later():
-        explanation, lost = _explain_frozen(*run)
+    run = (graph, frames, node_rules, target, output_relevance, wanted)
+    explanation, lost = _explain_frozen(*run, Numerics(checks_quotients_later=True))
     if all_finite(explanation.relevance) and all_finite(lost):
         return explanation
-    return _explain_frozen(*run)[0]
+    return _explain_frozen(*run, Numerics())[0]
 
 
 def _explain_frozen(
@@ -388,6 +400,7 @@ def _explain_frozen(
     target: Target,
     seed: str | torch.Tensor,
     wanted: Sequence[int] | None,
+    numerics: Numerics,
 ) -> tuple[FrozenExplanation, torch.Tensor]:
     """One pass of ``explain_frozen``, and each clip's relevance lost on the way."""
     acts, plans = frozen_forward(graph, frames)
@@ -402,15 +415,18 @@ def _explain_frozen(
     with torch.inference_mode():
         target_index = resolve_target(output, target)
         # relevance in float32 through a bfloat16 graph, as in explain_with_rules
-        start = make_seed(output, target_index, seed).to(_accumulator(output.dtype))
+        start = make_seed(output, target_index, seed).to(accumulator_dtype(output.dtype))
         relevance = start.new_zeros((batch, frames.shape[1], length, *frames.shape[2:]))
         groups: dict[int | None, list[int]] = {}
         for row in range(batch):
             groups.setdefault(None if wanted is None else int(wanted[row]), []).append(row)
-        lost = torch.zeros(batch, dtype=_totals(start).dtype, device=start.device)
+        lost = torch.zeros(batch, dtype=sample_totals(start).dtype, device=start.device)
         for slice_, rows in groups.items():
             index = None if len(rows) == batch else torch.tensor(rows, device=frames.device)
-            part, part_lost = _reverse(graph, plans, acts, node_rules, start, index, slice_)
+            reverse = FrozenReversePass(
+                graph, node_rules, numerics, plans, acts, start, index, slice_
+            )
+            part, part_lost = reverse.run()
             if index is None:
                 relevance, lost = part, part_lost
             else:
@@ -438,35 +454,54 @@ def _cone(plan: NodePlan, cones: list[tuple[int, int] | None]) -> tuple[int, int
     return (min(c[0] for c in live), max(c[1] for c in live))
 
 
-def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
-    """The reverse pass for the clips ``rows`` (``None``: all), all wanting slice ``wanted``
-    (``None``: every slice)."""
+class FrozenReversePass(ReversePass):
+    """The reverse pass over frozen clips' compact activations, for the clips ``rows``
+    (``None``: all), all wanting slice ``wanted`` (``None``: every slice): each node's rule
+    runs on the temporal crop its cone needs (see the module's docstring)."""
 
-    def rows_of(t: torch.Tensor) -> torch.Tensor:
-        return t if rows is None else t.index_select(0, rows)
+    def __init__(
+        self,
+        graph: Graph,
+        node_rules: dict,
+        numerics: Numerics,
+        plans: dict[str, NodePlan],
+        acts: dict[str, torch.Tensor],
+        start: torch.Tensor,
+        rows: torch.Tensor | None,
+        wanted: int | None,
+    ) -> None:
+        super().__init__(graph, node_rules, numerics)
+        self.plans, self.acts, self.start = plans, acts, start
+        self.rows, self.wanted = rows, wanted
+        self.length = plans[graph.input].out.length
+        cones: dict[str, tuple[int, int] | None] = {
+            graph.input: (0, self.length) if wanted is None else (wanted, wanted + 1)
+        }
+        for node in graph.order[1:]:
+            cones[node] = _cone(plans[node], [cones[p] for p in graph.inputs_of(node)])
+        self.cones = cones
+        # relevance per node: a full tensor (past the end) or (start, window) along time
+        seed = self.rows_of(start)
+        self.relevance: dict[str, object] = {
+            graph.output: seed if plans[graph.output].out is None else (0, seed)
+        }
+        self.lost = torch.zeros_like(sample_totals(seed))
 
-    length = plans[graph.input].out.length
-    cones: dict[str, tuple[int, int] | None] = {
-        graph.input: (0, length) if wanted is None else (wanted, wanted + 1)
-    }
-    for node in graph.order[1:]:
-        cones[node] = _cone(plans[node], [cones[p] for p in graph.inputs_of(node)])
+    def rows_of(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.rows is None else t.index_select(0, self.rows)
 
-    # relevance per node: a full tensor (past the end) or (start, window) along time
-    relevance: dict[str, object] = {graph.output: rows_of(start)}
-    if plans[graph.output].out is not None:
-        relevance[graph.output] = (0, rows_of(start))
+    def activation(self, q: str, span: tuple[int, int] | None) -> torch.Tensor:
+        t = self.acts[q] if span is None else crop(self.acts[q], self.plans[q].out, *span)
+        return self.rows_of(t)
 
-    lost = torch.zeros_like(_totals(rows_of(start)))
-    nonnegative = graph.nonnegative_nodes()
-    for node in reversed(graph.order[1:]):
-        if node not in relevance:
-            continue  # nothing reaches it from the slice's cone
+    def arrive(self, node: str) -> Visit | None:
+        if node not in self.relevance:
+            return None  # nothing reaches it from the slice's cone
+        graph, plans, wanted = self.graph, self.plans, self.wanted
         plan = plans[node]
-        node_relevance = relevance.pop(node)
+        node_relevance = self.relevance.pop(node)
         preds = graph.inputs_of(node)
-        op = graph.op(node)
-        rule = node_rules[node]
+        untrimmed = None
         if plan.out is None:  # past the end of the shortcut: full tensors
             ranges = [None if plans[q].out is None else (0, plans[q].out.length) for q in preds]
             out_range = None
@@ -476,55 +511,27 @@ def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
             axis = plan.out.axis
             lo, r = node_relevance
             if wanted is None:  # slices outside every cone read only padding: lost, as plain
-                untrimmed = _totals(r)
-            c0, c1 = cones[node]
+                untrimmed = sample_totals(r)
+            c0, c1 = self.cones[node]
             hi = lo + r.shape[axis]
             a, b = max(lo, c0), min(hi, c1)
             if b <= a:
                 if wanted is None:
-                    lost = lost + untrimmed
-                continue
+                    self.lost = self.lost + untrimmed
+                return None
             if (a, b) != (lo, hi):
                 r = r.narrow(axis, a - lo, b - a)
             lo, hi = a, b
             if plan.kind == "window":
-                s, p = plan.stride, plan.padding
-                in_length = plans[preds[0]].out.length
-                first = max(0, ((lo * s - p) // s) * s)
-                last = min(in_length, (hi - 1) * s - p + plan.span)
-                if last - first < plan.span:
-                    # torch's pools refuse an input shorter than the window, padding or not
-                    # (a crop of one slice for a two-slice window padded by one): widen the
-                    # crop, the later slices first; outputs keep their places in it
-                    last = min(in_length, first + plan.span)
-                    first = max(0, (last - plan.span) // s * s)
-                out_first = first // s
-                count = _out_length(graph, node, plan, axis, last - first)
-                if out_first > lo or out_first + count < hi:  # pragma: no cover
-                    raise RelgraphError(
-                        f"frozen-clip crop [{first}, {last}) does not cover outputs [{lo}, {hi})",
-                        file=graph.file,
-                        node=node,
-                    )
-                if (out_first, count) != (lo, hi - lo):
-                    padded = r.new_zeros((*r.shape[:axis], count, *r.shape[axis + 1 :]))
-                    padded.narrow(axis, lo - out_first, hi - lo).copy_(r)
-                    r = padded
-                ranges = [(first, last)]
-                out_range = (out_first, out_first + count)
+                ranges, out_range, r = self._window_crop(node, plan, r, lo, hi)
             else:
                 ranges = [(lo, hi)] * len(preds)
                 out_range = (lo, hi)
             starts = [0 if span is None else span[0] for span in ranges]
-        needs = rule_needs(rule)
+        needs = self.needs[node]
         wants_record = "record" in needs
-
-        def activation(q: str, span: tuple[int, int] | None) -> torch.Tensor:
-            t = acts[q] if span is None else crop(acts[q], plans[q].out, *span)
-            return rows_of(t)
-
         inputs = [
-            activation(q, span) if ("inputs" in needs or wants_record) else None
+            self.activation(q, span) if ("inputs" in needs or wants_record) else None
             for q, span in zip(preds, ranges)
         ]
         shapes = []
@@ -535,42 +542,71 @@ def _reverse(graph, plans, acts, node_rules, start, rows, wanted):
             shapes.append(torch.Size(shape))
         record = None
         if wants_record:
-            _, record = op.forward_record(inputs, graph.current_tensors(node))
-        ctx = NodeContext(
-            node=node,
-            op=op,
-            inputs=inputs if "inputs" in needs else [None] * len(preds),
+            _, record = graph.op(node).forward_record(inputs, graph.current_tensors(node))
+        return Visit(
+            relevance=r,
             input_shapes=shapes,
-            output=activation(node, out_range) if "output" in needs else None,
-            tensors=graph.current_tensors(node),
-            cache=graph.cache if graph.cache_policy != "none" else {},
+            inputs=inputs,
+            output=self.activation(node, out_range) if "output" in needs else None,
             record=record,
-            low_memory=graph.cache_policy == "none",
-            nonnegative_inputs=tuple(q in nonnegative for q in preds),
+            extra={"starts": starts, "untrimmed": untrimmed},
         )
-        contributions = run_rule(graph, node, rule, ctx, r)
-        handed = sum(_totals(c) for c in contributions)
-        if wanted is None and plan.out is not None:
-            lost = lost + untrimmed - handed
-        else:
-            lost = lost + _totals(r) - handed
-        for pred, begin, contribution in zip(preds, starts, contributions):
-            _accumulate(relevance, pred, plans[pred].out, begin, contribution)
-        del ctx, contributions, inputs, r, node_relevance
-        if graph.cache_policy == "none":  # the memory mode, as in explain_with_rules
-            release_freed()
 
-    final = relevance.pop(graph.input, None)
-    shape = (*rows_of(acts[graph.input]).shape[:2], length, *acts[graph.input].shape[3:])
-    full = start.new_zeros(shape)
-    if final is not None:
-        begin, window = final
-        full.narrow(2, begin, window.shape[2]).copy_(window)
-    if wanted is not None:
-        kept = full.narrow(2, wanted, 1).clone()
-        full.zero_()
-        full.narrow(2, wanted, 1).copy_(kept)
-    return full, lost
+    def _window_crop(self, node, plan, r, lo, hi):
+        """A window op's input crop for its output slices ``[lo, hi)``, the output range the
+        crop gives, and ``r`` zero-padded to that range."""
+        axis, s, p = plan.out.axis, plan.stride, plan.padding
+        in_length = self.plans[self.graph.inputs_of(node)[0]].out.length
+        first = max(0, ((lo * s - p) // s) * s)
+        last = min(in_length, (hi - 1) * s - p + plan.span)
+        if last - first < plan.span:
+            # torch's pools refuse an input shorter than the window, padding or not (a crop
+            # of one slice for a two-slice window padded by one): widen the crop, the later
+            # slices first; outputs keep their places in it
+            last = min(in_length, first + plan.span)
+            first = max(0, (last - plan.span) // s * s)
+        out_first = first // s
+        count = _out_length(self.graph, node, plan, axis, last - first)
+        if out_first > lo or out_first + count < hi:  # pragma: no cover
+            raise RelgraphError(
+                f"frozen-clip crop [{first}, {last}) does not cover outputs [{lo}, {hi})",
+                file=self.graph.file,
+                node=node,
+            )
+        if (out_first, count) != (lo, hi - lo):
+            padded = r.new_zeros((*r.shape[:axis], count, *r.shape[axis + 1 :]))
+            padded.narrow(axis, lo - out_first, hi - lo).copy_(r)
+            r = padded
+        return [(first, last)], (out_first, out_first + count), r
+
+    def depart(self, node: str, visit: Visit, contributions: list[torch.Tensor]) -> None:
+        handed = sum(sample_totals(c) for c in contributions)
+        untrimmed = visit.extra["untrimmed"]
+        if untrimmed is not None:
+            self.lost = self.lost + untrimmed - handed
+        else:
+            self.lost = self.lost + sample_totals(visit.relevance) - handed
+        preds = self.graph.inputs_of(node)
+        for pred, begin, contribution in zip(preds, visit.extra["starts"], contributions):
+            _accumulate(self.relevance, pred, self.plans[pred].out, begin, contribution)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        graph, acts = self.graph, self.acts
+        final = self.relevance.pop(graph.input, None)
+        shape = (
+            *self.rows_of(acts[graph.input]).shape[:2],
+            self.length,
+            *acts[graph.input].shape[3:],
+        )
+        full = self.start.new_zeros(shape)
+        if final is not None:
+            begin, window = final
+            full.narrow(2, begin, window.shape[2]).copy_(window)
+        if self.wanted is not None:
+            kept = full.narrow(2, self.wanted, 1).clone()
+            full.zero_()
+            full.narrow(2, self.wanted, 1).copy_(kept)
+        return full, self.lost
 
 
 def _accumulate(relevance: dict, node: str, layout: Layout | None, begin: int, r: torch.Tensor):

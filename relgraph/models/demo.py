@@ -9,6 +9,7 @@ given through the ``hara`` preset at size 32, into ``relgraph.datasets.synthetic
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -19,8 +20,8 @@ import numpy as np
 
 from relgraph.datasets.synthetic import CLASS_NAMES, make_clip
 from relgraph.engine.graph import Graph, load_architecture
-from relgraph.errors import RelgraphError
-from relgraph.io.outputs import ensure_out_dir
+from relgraph.errors import ArgumentError, RelgraphError
+from relgraph.io.outputs import check_out_dir, ensure_out_dir
 from relgraph.io.video import ClipSelection, write_video
 from relgraph.pipeline.video import VideoExplanation, explain_video, load_model
 
@@ -76,6 +77,9 @@ def run_demo(
     (``moving_mask``) and of the static distractors (``static_mask``), and ``true_class``;
     ``summary.json`` gets a ``demo`` entry (seed, true class).
     """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ArgumentError(f"seed must be an integer of 0 or more, got {seed!r}")
+    check_out_dir(out)
     clock = time.perf_counter()
     model = load_model(
         load_demo_model(), labels=DEMO_LABELS, preprocess=DEMO_PREPROCESS, device="cpu"
@@ -84,6 +88,7 @@ def run_demo(
     model.weights_report = "shipped demo model"
     load_seconds = time.perf_counter() - clock
 
+    created = not Path(out).exists()
     folder = ensure_out_dir(out)
     rng = np.random.default_rng(seed)
     label = int(rng.integers(len(CLASS_NAMES)))
@@ -104,15 +109,23 @@ def run_demo(
             "true_class": np.int64(label),
         }
 
-    return explain_video(
-        video,
-        model,
-        folder,
-        npz_extra=masks,
-        summary_extra={
-            "demo": {"seed": seed, "true_class": {"index": label, "name": CLASS_NAMES[label]}}
-        },
-        log=log,
-        progress=progress,
-        timings={"load_model_s": load_seconds},
-    )
+    try:
+        return explain_video(
+            video,
+            model,
+            folder,
+            npz_extra=masks,
+            summary_extra={
+                "demo": {"seed": seed, "true_class": {"index": label, "name": CLASS_NAMES[label]}}
+            },
+            log=log,
+            progress=progress,
+            timings={"load_model_s": load_seconds},
+        )
+    except BaseException:
+        # the explanation's outputs are written as a set or not at all: so is the video
+        with contextlib.suppress(OSError):
+            video.unlink()
+            if created:
+                folder.rmdir()
+        raise

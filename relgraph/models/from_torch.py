@@ -48,7 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from relgraph.cli.args import parse_key_values
-from relgraph.engine.graph import Graph, compile_spec
+from relgraph.engine.graph import MAX_ELEMENTS, Graph, compile_spec
+from relgraph.engine.memory import available_bytes, format_bytes
 from relgraph.engine.ops import OPS
 from relgraph.engine.spec import ArchSpec, NodeSpec
 from relgraph.errors import RelgraphError, RelgraphWarning, TorchImportError
@@ -300,7 +301,14 @@ class _Importer:
                 return result
 
         with torch.inference_mode():
-            return _Recorder(gm).run(example), example
+            try:
+                return _Recorder(gm).run(example), example
+            except TorchImportError as exc:
+                # fx's interpreter appends the traced graph's node and stack to the message:
+                # raised again as the one line that names the user's source line
+                raise TorchImportError(
+                    exc.message, file=exc.file, line=exc.line, node=exc.node
+                ) from None
 
     def error(self, node: torch.fx.Node, reason: str) -> TorchImportError:
         return _node_error(node, self.modules, reason)
@@ -1027,6 +1035,7 @@ def from_torch(
         raise TorchImportError(
             f"input_shape must be positive integers (batch left out), got {list(input_shape)}"
         )
+    _check_importable(module, shape)
     name = name or type(module).__name__
     importer = _Importer(module, shape, name)
     was_training = module.training
@@ -1052,6 +1061,37 @@ def from_torch(
             stacklevel=2,
         )
     return graph
+
+
+def _check_importable(module: nn.Module, shape: tuple[int, ...]) -> None:
+    """Refuse, before the example batch is made, a module without values (weights on the
+    meta device) and an input too large for relgraph or for the memory there is."""
+    on_meta = [
+        name
+        for name, tensor in (*module.named_parameters(), *module.named_buffers())
+        if tensor.is_meta
+    ]
+    if on_meta:
+        raise TorchImportError(
+            f"the model's tensors are on the meta device (they have no values), e.g. "
+            f"'{on_meta[0]}': materialise them first, e.g. module.to_empty(device='cpu') and "
+            "load_state_dict(...)"
+        )
+    values = math.prod(shape)
+    if values > MAX_ELEMENTS:
+        raise TorchImportError(
+            f"input_shape {list(shape)} has {values:,} values per sample, more than the "
+            f"{MAX_ELEMENTS:,} relgraph accepts"
+        )
+    dtype, device = _dtype_device(module)
+    needed = EXAMPLE_BATCH * values * torch.empty((), dtype=dtype).element_size()
+    available = available_bytes(device)
+    if available is not None and needed > available:
+        raise TorchImportError(
+            f"the example batch of input_shape {list(shape)} needs {format_bytes(needed)}, "
+            f"more than the {format_bytes(available)} available on {device}; import at a "
+            "smaller input size"
+        )
 
 
 def _compile(importer: _Importer) -> Graph:
