@@ -66,6 +66,7 @@ from relgraph.errors import (
 )
 from relgraph.methods.discriminative import DiscriminativeResult, discriminative
 from relgraph.models.from_torch import from_torch
+from relgraph.models.pretrained import load_pretrained
 from relgraph.pipeline.video import VideoExplanation, explain_video
 
 __all__ = [
@@ -98,6 +99,7 @@ __all__ = [
     "explain_with_rules",
     "from_torch",
     "load_architecture",
+    "load_pretrained",
     "rules",
     "shipped_architectures",
 ]

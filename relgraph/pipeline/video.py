@@ -32,6 +32,7 @@ from relgraph.errors import ArgumentError, RelgraphError, TargetError
 from relgraph.io.labels import Labels
 from relgraph.io.outputs import OutputSet, ensure_out_dir, write_json, write_npz
 from relgraph.io.preprocess import Preprocess, get_preprocess
+from relgraph.models.pretrained import is_pretrained_folder, load_pretrained
 from relgraph.io.video import (
     ClipSelection,
     iter_clips,
@@ -158,11 +159,14 @@ def load_model(
     ----------
     graph
         A compiled :class:`~relgraph.Graph` (used as it is; ``weights`` and ``device`` change
-        it in place), or a shipped architecture name or YAML path, compiled with ``params``.
+        it in place), a shipped architecture name or YAML path, compiled with ``params``, or
+        a Hugging Face model folder (``config.json`` and weights: :func:`relgraph.load_pretrained`,
+        which also gives the class names and the input preset).
     weights
         A weight file or state dict (see :meth:`Graph.load_weights`); None keeps the graph's.
     labels
-        A label file (one class name per output), a list of names, or ``Labels``.
+        A label file (one class name per output), a list of names, or ``Labels``; default:
+        the graph's own (``graph.labels``, e.g. a Hugging Face folder's ``id2label``).
     preprocess
         Input preset name. Default: the architecture's ``preprocess:``. There is no fallback:
         an architecture that names none needs one here.
@@ -193,6 +197,14 @@ def load_model(
                 "params only apply when the architecture is given by name or path, not to a "
                 "compiled graph"
             )
+    elif is_pretrained_folder(graph):
+        if params:
+            raise RelgraphError(
+                "params only apply to an architecture name or YAML path; a Hugging Face folder's "
+                "sizes come from its config.json",
+                file=graph,
+            )
+        graph = load_pretrained(graph)
     else:
         graph = load_architecture(graph, **dict(params or {}))
     if len(graph.input_shape) != 4 or graph.input_shape[2] != graph.input_shape[3]:
@@ -204,6 +216,8 @@ def load_model(
     if weights is not None:
         report = str(graph.load_weights(weights))
     label_names = _labels(labels)
+    if label_names is None:
+        label_names = graph.labels
     if label_names is not None:
         label_names.check_size(graph.num_classes)
     preprocess_name = preprocess or graph.default_preprocess
