@@ -109,7 +109,7 @@ def load_pretrained(
     family, params = pretrained_params(config, file=config_path)
     state, weight_path = _read_weights(folder)
     state = _new_layout(family, state)
-    _check_against_config(family, params, state, config_path, weight_path)
+    _check_against_config(family, params, state, weight_path)
     graph = load_architecture(family, init="none", dtype=dtype, device=device, **params)
     try:
         graph.load_weights(state)
@@ -294,7 +294,9 @@ def _labels(config: Mapping[str, Any], file: Path) -> Labels | None:
         try:
             index = int(key)
         except (TypeError, ValueError):
-            raise SpecError(f"field 'id2label' has a key {key!r} that is not an index", file=file)
+            raise SpecError(
+                f"field 'id2label' has a key {key!r} that is not an index", file=file
+            ) from None
         by_index[index] = str(name)
     if sorted(by_index) != list(range(len(by_index))):
         raise SpecError(
@@ -372,7 +374,6 @@ def _check_against_config(
     family: str,
     params: Mapping[str, Any],
     state: Mapping[str, torch.Tensor],
-    config_path: Path,
     weight_path: Path,
 ) -> None:
     """Refuse a configuration that contradicts the weights, naming the field and the key."""
@@ -450,10 +451,9 @@ def _check_against_config(
     if layers and len(layers) != params["num_hidden_layers"]:
         raise WeightsError(
             f"config.json's 'num_hidden_layers' gives {params['num_hidden_layers']} but the "
-            f"weights hold {len(layers)} layers ({layer.split(chr(92))[0]}… 0..{max(layers)})",
+            f"weights hold {len(layers)} layers (indices {min(layers)}..{max(layers)})",
             file=weight_path,
         )
-    del config_path
 
 
 # ---------------------------------------------------------------------------- preprocessing

@@ -32,7 +32,6 @@ from relgraph.errors import ArgumentError, RelgraphError, TargetError
 from relgraph.io.labels import Labels
 from relgraph.io.outputs import OutputSet, ensure_out_dir, write_json, write_npz
 from relgraph.io.preprocess import Preprocess, get_preprocess
-from relgraph.models.pretrained import is_pretrained_folder, load_pretrained
 from relgraph.io.video import (
     ClipSelection,
     iter_clips,
@@ -45,6 +44,7 @@ from relgraph.methods.discriminative import (
     check_discriminative_options,
     discriminative_with_rules,
 )
+from relgraph.models.pretrained import is_pretrained_folder, load_pretrained
 from relgraph.rules import as_composite
 
 __all__ = [
