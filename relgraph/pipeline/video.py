@@ -191,6 +191,7 @@ def load_model(
         given, the weights or labels do not fit, the device is missing, or the rules are bad.
     """
     architecture = graph.name if isinstance(graph, Graph) else str(graph)
+    folder = None
     if isinstance(graph, Graph):
         if params:
             raise RelgraphError(
@@ -204,7 +205,8 @@ def load_model(
                 "sizes come from its config.json",
                 file=graph,
             )
-        graph = load_pretrained(graph)
+        folder = str(graph)
+        graph = load_pretrained(folder)
     else:
         graph = load_architecture(graph, **dict(params or {}))
     if len(graph.input_shape) != 4 or graph.input_shape[2] != graph.input_shape[3]:
@@ -212,7 +214,7 @@ def load_model(
             f"architecture '{graph.name}' takes input {list(graph.input_shape)}; the video "
             "commands need square video clips (C, T, S, S)"
         )
-    report = ""
+    report = "" if folder is None else f"weights and labels from the folder {folder}"
     if weights is not None:
         report = str(graph.load_weights(weights))
     label_names = _labels(labels)
@@ -245,7 +247,7 @@ def load_model(
         rules_name=composite.name,
         seed=composite.seed or "onehot",
         labels=label_names,
-        weights=_weights_name(weights),
+        weights=_weights_name(weights) or (folder or ""),
         weights_report=report,
         architecture=architecture,
         canonize=canonize,
