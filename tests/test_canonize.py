@@ -184,10 +184,8 @@ def test_on_by_default_and_off_by_argument_or_yaml():
     graph = randomise_graph(relgraph.architecture_from_yaml(MIXED), seed=2)
     x = torch.randn(2, 3, 4, 6, 6)
     rules = "epsilon-plus"
-    folded = relgraph.explain(graph, x, target=1, rules=rules, return_explanation=True)
-    plain = relgraph.explain(
-        graph, x, target=1, rules=rules, canonize=False, return_explanation=True
-    )
+    folded = relgraph.explanation(graph, x, target=1, rules=rules)
+    plain = relgraph.explanation(graph, x, target=1, rules=rules, canonize=False)
     assert "bn" not in folded.rules and "bn" in plain.rules
     assert not torch.allclose(folded.relevance, plain.relevance)
     off = relgraph.architecture_from_yaml(MIXED + "canonize: false\n")
@@ -215,8 +213,8 @@ def test_discriminative_canonizes_too():
 def test_composites_address_folded_layers_by_their_declared_names():
     graph = randomise_graph(relgraph.architecture_from_yaml(MIXED), seed=4)
     x = torch.randn(2, 3, 4, 6, 6)
-    base = relgraph.explain(graph, x, target=0, rules="epsilon-plus", return_explanation=True)
-    moved = relgraph.explain(graph, x, target=0, rules={"conv": "flat"}, return_explanation=True)
+    base = relgraph.explanation(graph, x, target=0, rules="epsilon-plus")
+    moved = relgraph.explanation(graph, x, target=0, rules={"conv": "flat"})
     assert moved.rules["conv"].name == "flat" and base.rules["conv"].name != "flat"
     assert not torch.allclose(moved.relevance, base.relevance)
 
@@ -302,7 +300,7 @@ def assert_epsilon_plus_is_the_reference(name, model, reference, batch, **params
     graph = relgraph.load_architecture(name, init="none", dtype=torch.float64, **params)
     graph.load_weights(model.state_dict())
     x = clip(batch=batch, shape=graph.input_shape)
-    got = relgraph.explain(graph, x, target=2, rules="epsilon-plus", return_explanation=True)
+    got = relgraph.explanation(graph, x, target=2, rules="epsilon-plus")
     expected, logits = reference(model, x, target=2)
     torch.testing.assert_close(got.output, logits, rtol=1e-10, atol=1e-12)
     scale = expected.abs().max()

@@ -19,7 +19,7 @@ from strategies import graph_cases, one_torch_thread  # noqa: F401
 
 import relgraph
 from relgraph.engine.graph import shipped_architectures
-from relgraph.engine.reverse import explain_with_rules, resolve_rules
+from relgraph.engine.reverse import explain_with_rules, explanation_with_rules, resolve_rules
 from relgraph.errors import RelgraphError
 from relgraph.methods.frozen import explain_frozen, frozen_forward, frozen_plan, wanted_slices
 
@@ -62,8 +62,8 @@ def frozen_of(frames: torch.Tensor, length: int) -> torch.Tensor:
 
 def assert_matches_plain(graph, frames, node_rules, seed, dtype, wanted, target="auto"):
     length = graph.input_shape[1]
-    plain = explain_with_rules(
-        graph, frozen_of(frames, length), node_rules, target, seed, return_all=True
+    plain = explanation_with_rules(
+        graph, frozen_of(frames, length), node_rules, target, seed, node_relevance=True
     )
     ours = explain_frozen(graph, frames, node_rules, target, seed, wanted=wanted)
     tolerance = TOLERANCE[dtype]
@@ -355,7 +355,9 @@ def test_a_quotient_beyond_the_format_makes_the_shortcut_check_every_quotient(dt
         relgraph.methods.frozen, "_explain_frozen", lambda *a: passes.append(1) or one_pass(*a)
     )
     ours = explain_frozen(graph, frames, node_rules, 0, huge, wanted=[0])
-    plain = explain_with_rules(graph, frozen_of(frames, 4), node_rules, 0, huge, return_all=True)
+    plain = explanation_with_rules(
+        graph, frozen_of(frames, 4), node_rules, 0, huge, node_relevance=True
+    )
     assert len(passes) == 2
     assert torch.equal(plain.relevance, torch.zeros_like(plain.relevance))
     assert torch.equal(ours.relevance, plain.relevance)

@@ -72,12 +72,12 @@ def test_epsilon_override_changes_the_chosen_linear_layers_only():
     model, params = hf_model(family)
     g = _graph(family, model, params)
     x = _clip()
-    plain = relgraph.explain(g, x, target=1, rules="attnlrp", return_explanation=True)
+    plain = relgraph.explanation(g, x, target=1, rules="attnlrp")
     dense = "*.fc2" if family == "vivit" else "*output.dense"
     composite = relgraph.rules.preset("attnlrp").override(
         dense, {"name": "epsilon", "epsilon": 0.5}
     )
-    damped = relgraph.explain(g, x, target=1, rules=composite, return_explanation=True)
+    damped = relgraph.explanation(g, x, target=1, rules=composite)
     changed = [n for n, r in damped.rules.items() if r != plain.rules[n]]
     assert changed and all(damped.rules[n].epsilon == 0.5 for n in changed)
     assert not torch.allclose(damped.relevance, plain.relevance)
@@ -96,27 +96,29 @@ def test_cp_lrp_conserves_without_constants(family):
     model, params = hf_model(family)
     _zero_constants(model)
     g = _graph(family, model, params)
-    e = relgraph.explain(g, _clip(), target=2, rules="cp-lrp", return_explanation=True)
-    assert torch.allclose(e.relevance.sum((1, 2, 3, 4)), e.seed.sum(1), rtol=1e-9, atol=0)
+    e = relgraph.explanation(g, _clip(), target=2, rules="cp-lrp")
+    assert torch.allclose(
+        e.relevance.sum((1, 2, 3, 4)), e.output_relevance.sum(1), rtol=1e-9, atol=0
+    )
 
 
 def test_attnlrp_loses_only_at_softmax_without_constants():
     model, params = hf_model("vivit")
     _zero_constants(model)
     g = _graph("vivit", model, params)
-    e = relgraph.explain(g, _clip(), target=2, rules="attnlrp", return_explanation=True)
+    e = relgraph.explanation(g, _clip(), target=2, rules="attnlrp")
     for node, lost in e.lost.items():
         if g.op(node).type != "softmax":
             assert lost.abs().max() < 1e-12, node
     softmax_lost = sum(lost for n, lost in e.lost.items() if g.op(n).type == "softmax")
-    assert torch.allclose(e.relevance.sum((1, 2, 3, 4)) + softmax_lost, e.seed.sum(1))
+    assert torch.allclose(e.relevance.sum((1, 2, 3, 4)) + softmax_lost, e.output_relevance.sum(1))
 
 
 def test_constants_keep_their_share_in_lost(family_models):
     family, model, params, g = family_models
-    e = relgraph.explain(g, _clip(), target=0, rules="cp-lrp", return_explanation=True)
+    e = relgraph.explanation(g, _clip(), target=0, rules="cp-lrp")
     total = e.relevance.sum((1, 2, 3, 4)) + sum(e.lost.values())
-    assert torch.allclose(total, e.seed.sum(1))
+    assert torch.allclose(total, e.output_relevance.sum(1))
     constants = [n for n in e.lost if g.op(n).type in ("add_param", "add_sinusoid")]
     assert constants and all(e.lost[n].abs().max() > 0 for n in constants)
 
@@ -146,7 +148,7 @@ def test_bfloat16_is_finite_and_close(family, rules):
 
 def test_head_relevance_sums_the_attention_output_per_head(family_models):
     family, model, params, g = family_models
-    e = relgraph.explain(g, _clip(), target=1, rules="cp-lrp", return_all=True)
+    e = relgraph.explanation(g, _clip(), target=1, rules="cp-lrp", node_relevance=True)
     heads = head_relevance(g, e)
     nodes = attention_nodes(g)
     assert list(heads) == nodes and len(nodes) == (4 if family == "timesformer" else 2)

@@ -173,7 +173,7 @@ def store_options(model, args: argparse.Namespace, options) -> dict[str, Any]:
         "labels": list(model.labels.names),
         "rules": model.rules_name,
         "rules_sha256": hashlib.sha256(rules_text.encode()).hexdigest(),
-        "seed": model.seed,
+        "output_relevance": model.output_relevance,
         "preprocess": model.preprocess.name,
         "dtype": str(graph.dtype).replace("torch.", ""),
         "clips": options.clips,

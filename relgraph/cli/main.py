@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -40,7 +41,13 @@ from relgraph.io.outputs import atomic_write_bytes
 from relgraph.io.preprocess import PRESETS
 from relgraph.models.demo import run_demo
 from relgraph.models.from_torch import from_torch, load_factory, parse_kwargs
-from relgraph.pipeline.video import PRECISIONS, explain_video
+from relgraph.pipeline.video import (
+    PRECISIONS,
+    VideoOptions,
+    check_explain_video_args,
+    explain_video,
+    load_model,
+)
 from relgraph.rules import RULES, preset, preset_names
 
 EXIT_ERROR = 2
@@ -60,18 +67,7 @@ def _printer(quiet: bool) -> Callable[[str], None] | None:
 
 
 def command_explain(args: argparse.Namespace) -> int:
-    architecture, weights, params = model_source(args, "c3d")
-    explain_video(
-        args.video,
-        architecture,
-        args.out,
-        weights=weights,
-        labels=args.labels,
-        params=params,
-        rules=args.rules,
-        preprocess=args.preprocess,
-        device=args.device,
-        precision=args.precision,
+    options = VideoOptions(
         target=args.target,
         start=args.start,
         stride=args.stride,
@@ -83,10 +79,34 @@ def command_explain(args: argparse.Namespace) -> int:
         static=args.static,
         sigma=args.sigma,
         columns=args.columns,
-        canonize=False if args.no_canonize else None,
-        log=_printer(args.quiet),
-        progress=False if args.quiet else None,
         memory_check=args.memory_check,
+    )
+    options.check()  # every option before the model is loaded
+    check_explain_video_args(out=args.out)
+    log = _printer(args.quiet)
+    clock = time.perf_counter()
+    architecture, weights, params = model_source(args, "c3d")
+    model = load_model(
+        architecture,
+        weights=weights,
+        labels=args.labels,
+        params=params,
+        rules=args.rules,
+        preprocess=args.preprocess,
+        device=args.device,
+        precision=args.precision,
+        canonize=False if args.no_canonize else None,
+    )
+    if log is not None:  # None under --quiet
+        log(model.describe())
+    explain_video(
+        args.video,
+        model,
+        args.out,
+        options,
+        log=log,
+        progress=False if args.quiet else None,
+        timings={"load_model_s": time.perf_counter() - clock},
     )
     return 0
 

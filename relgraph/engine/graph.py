@@ -40,6 +40,7 @@ from relgraph.engine.weights import (
     tensor_key,
 )
 from relgraph.errors import (
+    ArgumentError,
     GraphError,
     RelgraphError,
     ShapeError,
@@ -304,16 +305,25 @@ class Graph:
                 return t.dtype
         return self._dtype
 
-    def to(
-        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> Graph:
-        """Move (and/or cast) every weight in place; returns the graph."""
+    def to(self, *args: Any, **kwargs: Any) -> Graph:
+        """Move and/or cast every weight in place, as ``torch.nn.Module.to``; returns the graph.
+
+        Called as ``to(device)``, ``to(dtype)``, ``to(device, dtype)``, ``to(tensor)`` (its
+        device and dtype) or with the keywords ``device=`` and ``dtype=``. The dtype must be
+        a floating-point one (``float32``, ``float64``, ``bfloat16``, ``float16``).
+
+        Raises
+        ------
+        ArgumentError
+            For an argument that is no device, floating-point dtype or tensor.
+        """
+        device, dtype = _parse_to(args, kwargs)
         for node in self.order:
             tensors = self.tensors(node)
             for name, t in tensors.items():
                 tensors[name] = t.to(device=device, dtype=dtype)
         if device is not None:
-            self._device = torch.device(device)
+            self._device = device
         if dtype is not None:
             self._dtype = dtype
         self.cache.clear()
@@ -510,6 +520,36 @@ class Graph:
 #: parameters ``init="default"`` creates: 2³¹ (8 GiB in float32). C3D needs 2²⁶ at most; a
 #: typo such as ``out_channels: 5120000`` must be refused here, not kill the process later.
 MAX_ELEMENTS = 2**31
+
+
+def _parse_to(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[torch.device | None, torch.dtype | None]:
+    """The device and dtype of ``Graph.to``'s arguments (``torch.nn.Module.to``'s forms)."""
+    unknown = sorted(set(kwargs) - {"device", "dtype"})
+    if unknown:
+        raise ArgumentError(f"to() takes device= and dtype=, not {unknown[0]}=")
+    device, dtype = kwargs.get("device"), kwargs.get("dtype")
+    if len(args) > 2:
+        raise ArgumentError(f"to() takes at most a device and a dtype, got {len(args)} arguments")
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            device, dtype = arg.device, arg.dtype
+        elif isinstance(arg, torch.dtype):
+            dtype = arg
+        else:
+            device = arg
+    if device is not None and not isinstance(device, torch.device):
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ArgumentError(
+                f"to() takes a device ('cpu', 'cuda', 'cuda:N', a torch.device), a dtype or a "
+                f"tensor; got {device!r}"
+            ) from None
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ArgumentError(f"to() takes a floating-point dtype, got {dtype!r}")
+    return device, dtype
 
 
 def _check_size(what: str, shape: tuple[int, ...]) -> None:

@@ -254,7 +254,7 @@ def compute_maps(
         started = time.perf_counter()
         composite = as_composite(preset, graph)
         node_rules = composite.resolve(graph)
-        seed = composite.seed or "onehot"
+        seed = composite.output_relevance or "onehot"
         relevance, frozen = [], []
         for begin in _tqdm(range(0, len(clips), clips_per_call), progress, preset or "maps"):
             part = slice(begin, begin + clips_per_call)
@@ -320,7 +320,7 @@ def _motion_maps(
         raise RelgraphError(f"unknown method '{unknown[0]}' (known: {', '.join(METHODS)})")
     composite = as_composite(None, graph)
     node_rules = composite.resolve(graph)
-    seed = composite.seed or "onehot"
+    seed = composite.output_relevance or "onehot"
     if costs is not None:
         clock = time.perf_counter()
         for begin in range(0, len(clips), clips_per_call):
@@ -604,7 +604,7 @@ def _sanity(
 
     composite = as_composite(None, graph)
     node_rules = composite.resolve(canonical(graph))
-    seed = composite.seed or "onehot"
+    seed = composite.output_relevance or "onehot"
     batch_size = frozen_batch_size(graph)
 
     def explain_maps(g: Graph) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from relgraph.engine.memory import check_memory
 from relgraph.engine.reverse import (
     Target,
     activations_needed,
-    explain_with_rules,
+    explanation_with_rules,
     resolve_rules,
 )
 from relgraph.errors import ArgumentError, ShapeError, TargetError, did_you_mean
@@ -107,9 +107,9 @@ class DiscriminativeResult:
         ``(B, T)``: the same for each frozen clip (where the frozen-clip shortcut explained
         one slice only: of the relevance on that slice's receptive field).
     options
-        The options used: ``method``, ``target`` (as given), ``rules``, ``seed``, ``reduce``,
-        ``normalize``, ``batch_size``, ``frozen_shortcut``, ``preprocess`` (and ``static``,
-        ``sigma`` where the method reads them).
+        The options used: ``method``, ``target`` (as given), ``rules``, ``output_relevance``,
+        ``reduce``, ``normalize``, ``batch_size``, ``frozen_shortcut``, ``preprocess`` (and
+        ``static``, ``sigma`` where the method reads them).
     spatial_relevance, temporal_relevance
         ``(B, C, T, H, W)``: the raw, channel-resolved relevance behind the spatial and
         temporal maps, for the methods other than ``frozen`` (``None`` for ``frozen``, whose
@@ -214,7 +214,7 @@ def discriminative(
     reduce: str = "first",
     normalize: str = "maxabs",
     batch_size: int | None = None,
-    seed: str | torch.Tensor | None = None,
+    output_relevance: str | torch.Tensor | None = None,
     preprocess: str | None = None,
     labels: Labels | Sequence[str] | None = None,
     progress: bool | None = None,
@@ -316,11 +316,11 @@ def discriminative(
     ------
     RelgraphError
         For a clip of the wrong shape, dtype or device, an unknown ``reduce`` or
-        ``normalize``, a bad ``batch_size``, target or seed, or rules that do not fit.
+        ``normalize``, a bad ``batch_size``, target or output_relevance, or rules that do not fit.
     """
     check_discriminative_options(reduce, normalize, batch_size, method)
     g = canonical(g, canonize)
-    composite, node_rules, seed = resolve_rules(g, rules, preprocess, seed)
+    composite, node_rules, seed = resolve_rules(g, rules, preprocess, output_relevance)
     return discriminative_with_rules(
         g,
         clip,
@@ -349,7 +349,7 @@ def discriminative_with_rules(
     clip: torch.Tensor,
     node_rules: dict[str, Rule],
     target: Target = "auto",
-    seed: str | torch.Tensor = "onehot",
+    output_relevance: str | torch.Tensor = "onehot",
     *,
     reduce: str = "first",
     normalize: str = "maxabs",
@@ -371,6 +371,7 @@ def discriminative_with_rules(
     if memory_check:
         check_memory(g, max(clip.shape[0], batch_size), activations_needed(g, node_rules))
     batch, _, num_frames = clip.shape[:3]
+    seed = output_relevance
     seed_for = _seed_rows(seed, batch)
     if method != "frozen":
         from relgraph.methods.motion import explain_motion
@@ -378,7 +379,7 @@ def discriminative_with_rules(
         used = {
             "method": method,
             "target": target if isinstance(target, (str, int)) else _plain(target),
-            "seed": seed if isinstance(seed, str) else "tensor",
+            "output_relevance": seed if isinstance(seed, str) else "tensor",
             "normalize": normalize,
             **({"static": static} if method in ("decomposed", "reference") else {}),
             **({"sigma": sigma} if method == "selective" else {}),
@@ -399,14 +400,13 @@ def discriminative_with_rules(
         )
 
     # the output, target and lost relevance, without keeping every node's relevance
-    explanation = explain_with_rules(
+    explanation = explanation_with_rules(
         g,
         clip,
         node_rules,
         target,
         seed_for(None),
         labels=labels,
-        return_explanation=True,
         memory_check=False,  # checked above, for the larger batch
     )
     relevance = explanation.relevance
@@ -436,13 +436,12 @@ def discriminative_with_rules(
                 wanted=wanted_slices(reduce, normalize, [t for _, t in chunk]),
             )
         else:
-            frozen = explain_with_rules(
+            frozen = explanation_with_rules(
                 g,
                 frozen_clips(clip, chunk),
                 node_rules,
                 explained[clip_rows],
                 seed_for(clip_rows),
-                return_explanation=True,
                 memory_check=False,
             )
         frozen_relevance[clip_rows, frame_rows] = frozen.relevance
@@ -462,7 +461,7 @@ def discriminative_with_rules(
     used = {
         "method": "frozen",
         "target": target if isinstance(target, (str, int)) else _plain(target),
-        "seed": seed if isinstance(seed, str) else "tensor",
+        "output_relevance": seed if isinstance(seed, str) else "tensor",
         "reduce": reduce,
         "normalize": normalize,
         "batch_size": batch_size,
@@ -543,7 +542,7 @@ def _seed_rows(
         return lambda rows: seed
     if not isinstance(seed, torch.Tensor) or seed.shape[0] != batch:
         raise TargetError(
-            f"a seed tensor must hold one row per clip ({batch}), got "
+            f"an output_relevance tensor must hold one row per clip ({batch}), got "
             f"{list(seed.shape) if isinstance(seed, torch.Tensor) else type(seed).__name__}"
         )
     return lambda rows: seed if rows is None else seed[rows]

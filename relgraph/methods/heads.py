@@ -39,7 +39,7 @@ def head_relevance(graph: Graph, explanation: Explanation) -> dict[str, torch.Te
     Parameters
     ----------
     explanation
-        From ``relgraph.explain(..., return_all=True)``, which keeps every node's relevance.
+        From ``relgraph.explanation(..., node_relevance=True)``, which keeps every node's relevance.
     """
     nodes = attention_nodes(graph)
     if not nodes:
@@ -48,7 +48,7 @@ def head_relevance(graph: Graph, explanation: Explanation) -> dict[str, torch.Te
     if missing:
         raise ArgumentError(
             f"the explanation holds no relevance of '{missing[0]}': explain with "
-            "return_all=True for per-head relevance"
+            "node_relevance=True for per-head relevance"
         )
     heads = {}
     for node in nodes:
