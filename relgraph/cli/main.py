@@ -25,6 +25,8 @@ from relgraph.cli.args import (
     add_discriminative_options,
     add_example,
     add_param_option,
+    add_pretrained_option,
+    model_source,
     non_negative_int,
     parse_params,
     positive_int,
@@ -83,18 +85,19 @@ def command_explain(args: argparse.Namespace) -> int:
     check_explain_video_args(out=args.out)
     log = _printer(args.quiet)
     clock = time.perf_counter()
+    architecture, weights, params = model_source(args, "c3d")
     model = load_model(
-        args.arch,
-        weights=args.weights,
+        architecture,
+        weights=weights,
         labels=args.labels,
-        params=parse_params(args.param),
+        params=params,
         rules=args.rules,
         preprocess=args.preprocess,
         device=args.device,
         precision=args.precision,
         canonize=False if args.no_canonize else None,
     )
-    if log is not None:
+    if log is not None:  # None under --quiet
         log(model.describe())
     explain_video(
         args.video,
@@ -261,17 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("video", metavar="VIDEO", help="a video file (mp4, avi, mkv, ...)")
     explain.add_argument(
         "--weights",
-        required=True,
         metavar="FILE",
-        help="checkpoint, state dict or safetensors file",
+        help="checkpoint, state dict or safetensors file (needed unless --pretrained)",
     )
     explain.add_argument(
         "--arch",
-        default="c3d",
         metavar="NAME|FILE",
         help="shipped architecture name or YAML file (default: c3d)",
     )
     add_param_option(explain)
+    add_pretrained_option(explain)
     _add_canonize_option(explain)
     explain.add_argument(
         "--labels",
@@ -288,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         metavar="auto|INDEX|NAME",
         help="class to explain: auto (the prediction), a 0-based model index "
-        "or a class name from --labels (default: auto)",
+        "or a class name from --labels or the --pretrained folder's (default: auto)",
     )
     explain.add_argument(
         "--preprocess",

@@ -81,6 +81,10 @@ class Graph:
         self.params = dict(spec.params)
         self.default_rules = spec.rules
         self.default_preprocess = spec.preprocess
+        #: class names of the outputs (``relgraph.io.labels.Labels``) where the model carries
+        #: them (``relgraph.load_pretrained``: ``id2label``); the video commands use them when
+        #: no label file is given
+        self.labels: Any = None
         self.file = spec.file
         #: fold batch norms into the layer before them before the rules run
         #: (``relgraph.engine.canonize``); ``canonize: false`` in the YAML turns it off
