@@ -109,8 +109,7 @@ def figure(graph, clips: torch.Tensor, data, index: int, path: Path) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(
-        f"{graph.name}: one synthetic clip, frame {frame + 1}; green: the relevant moving "
-        "object",
+        f"{graph.name}: one synthetic clip, frame {frame + 1}; green: the relevant moving object",
         fontsize=10,
     )
     fig.tight_layout()

@@ -417,7 +417,7 @@ def _adjoint_kernel(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return flipped.flip(list(range(2, weight.dim())))
 
 
-def _uniform(
+def uniform_init(
     shape: Shape, bound: float, generator: torch.Generator, dtype: torch.dtype
 ) -> torch.Tensor:
     return (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
@@ -593,7 +593,9 @@ class ConvNd(Spatial, Affine):
     def init_tensors(self, shapes, generator, dtype):
         fan_in = math.prod(shapes["weight"][1:])
         bound = 1.0 / math.sqrt(fan_in)
-        return {name: _uniform(shape, bound, generator, dtype) for name, shape in shapes.items()}
+        return {
+            name: uniform_init(shape, bound, generator, dtype) for name, shape in shapes.items()
+        }
 
     def linear_map(self, x, weight, bias=None):
         if self._pointwise:
@@ -748,7 +750,9 @@ class Linear(Affine):
 
     def init_tensors(self, shapes, generator, dtype):
         bound = 1.0 / math.sqrt(self.in_features)
-        return {name: _uniform(shape, bound, generator, dtype) for name, shape in shapes.items()}
+        return {
+            name: uniform_init(shape, bound, generator, dtype) for name, shape in shapes.items()
+        }
 
     def linear_map(self, x, weight, bias=None):
         return F.linear(x, weight, bias)
