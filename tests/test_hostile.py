@@ -392,7 +392,10 @@ def small(monkeypatch):
 
 
 def _run(small, video, out, **options):
-    return relgraph.explain_video(video, small, out, preprocess="hara", batch_size=17, **options)
+    model = relgraph.load_model(small, preprocess="hara")
+    return relgraph.explain_video(
+        video, model, out, relgraph.VideoOptions(batch_size=17, **options)
+    )
 
 
 def test_a_full_disk_is_an_output_error_naming_the_file_and_leaves_out_as_it_was(
@@ -653,18 +656,30 @@ def test_a_preset_file_with_epsilon_nan_is_refused(tmp_path):
         {"reduce": "max"},
         {"normalize": "l2"},
         {"batch_size": -1},
-        {"device": "tpu"},
         {"stride": "2"},
         {"start": -1},
         {"target": 1.5},
         {"figures": "yes"},
     ],
 )
-def test_explain_video_refuses_bad_arguments_before_creating_out(tmp_path, keyword):
+def test_explain_video_refuses_bad_options_before_creating_out(tmp_path, keyword):
     out = tmp_path / "out"
+    options = relgraph.VideoOptions(**keyword)
     with pytest.raises(ArgumentError, match=next(iter(keyword))):
-        relgraph.explain_video(tmp_path / "missing.mp4", "c3d-tiny", out, **keyword)
+        relgraph.explain_video(tmp_path / "missing.mp4", "c3d-tiny", out, options)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("keyword", [{"device": "tpu"}, {"precision": "fp8"}])
+def test_load_model_refuses_a_bad_device_or_precision(keyword):
+    with pytest.raises(ArgumentError, match=next(iter(keyword))):
+        relgraph.load_model("c3d-tiny", **keyword)
+
+
+def test_explain_video_refuses_options_that_are_not_video_options(tmp_path):
+    with pytest.raises(ArgumentError, match="VideoOptions"):
+        relgraph.explain_video(tmp_path / "missing.mp4", "c3d-tiny", tmp_path / "out", {})
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- found by the fuzzer

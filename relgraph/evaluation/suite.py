@@ -196,7 +196,7 @@ def video_data(
     relative to the list file and its class, a name of ``labels`` or a 1-based index.
     """
 
-    names = Labels.from_file(labels) if labels is not None else None
+    names = Labels.from_file(labels) if labels is not None else graph.labels
     try:
         lines = listing.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
