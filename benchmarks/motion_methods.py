@@ -93,7 +93,7 @@ def figure(graph, clips: torch.Tensor, data, index: int, path: Path) -> None:
         len(rows) + 1, len(METHODS), figsize=(2.1 * len(METHODS), 2.1 * (len(rows) + 1))
     )
     still = np.asarray(data.frames[index][frame])
-    moving = data.moving[index, frame]
+    moving = data.moving[index, frame].astype(float)
     for column, method in enumerate(METHODS):
         axes[0, column].imshow(still)
         axes[0, column].contour(moving, levels=[0.5], colors="lime", linewidths=0.8)
@@ -109,8 +109,7 @@ def figure(graph, clips: torch.Tensor, data, index: int, path: Path) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(
-        f"{graph.name}: one synthetic clip, frame {frame + 1}; green: the relevant moving "
-        "object",
+        f"{graph.name}: one synthetic clip, frame {frame + 1}; green: the relevant moving object",
         fontsize=10,
     )
     fig.tight_layout()
@@ -125,7 +124,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds (7)")
     parser.add_argument("--seed", type=int, default=7, help="synthetic data seed (7)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument(
+        "--models", nargs="*", default=MODELS, help="models to time (none: figure only)"
+    )
     parser.add_argument("--figure", type=Path, help="draw the comparison figure here")
     parser.add_argument("--figure-model", default="c3d-tiny")
     parser.add_argument("--figure-clip", type=int, default=0)
