@@ -27,9 +27,9 @@ from relgraph.engine.ops import (
     Input,
     Op,
     OpDefinitionError,
-    _onednn_runs,
     all_finite,
     infer_output_shape,
+    onednn_runs,
 )
 from relgraph.engine.spec import ArchSpec, load_yaml, parse_spec, with_block_origin
 from relgraph.engine.weights import (
@@ -81,6 +81,10 @@ class Graph:
         self.params = dict(spec.params)
         self.default_rules = spec.rules
         self.default_preprocess = spec.preprocess
+        #: class names of the outputs (``relgraph.io.labels.Labels``) where the model carries
+        #: them (``relgraph.load_pretrained``: ``id2label``); the video commands use them when
+        #: no label file is given
+        self.labels: Any = None
         self.file = spec.file
         #: fold batch norms into the layer before them before the rules run
         #: (``relgraph.engine.canonize``); ``canonize: false`` in the YAML turns it off
@@ -213,7 +217,7 @@ class Graph:
             wanted = {getattr(self.op(n), "prefers_channels_last", None) for n in self.order[1:]}
             self._channels_last_ops = next((w for w in ("always", "onednn") if w in wanted), "")
         return self._channels_last_ops == "always" or (
-            self._channels_last_ops == "onednn" and _onednn_runs(dtype)
+            self._channels_last_ops == "onednn" and onednn_runs(dtype)
         )
 
     def inputs_of(self, node: str) -> list[str]:
@@ -325,6 +329,13 @@ class Graph:
         self.cache.clear()
         self._canonical = None
         return self
+
+    def canonical_view(self, build: Callable[[Graph], Graph]) -> Graph:
+        """The view ``build(self)`` (``relgraph.engine.canonize``), built on first use and kept
+        until the weights, dtype or device change (``assign``, ``load_weights``, ``to``)."""
+        if self._canonical is None:
+            self._canonical = build(self)
+        return self._canonical
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every weight as ``{"node.tensor": tensor}`` (PyTorch naming)."""
