@@ -33,6 +33,7 @@ from relgraph.engine.ops import (
 from relgraph.engine.spec import ArchSpec, load_yaml, parse_spec, with_block_origin
 from relgraph.engine.weights import LoadReport, checked_state_dict, save_weights
 from relgraph.errors import (
+    ArgumentError,
     GraphError,
     RelgraphError,
     ShapeError,
@@ -542,7 +543,7 @@ def compile_spec(
 
 def _compile_spec(spec: ArchSpec, *, init, seed, dtype, device) -> Graph:
     if init not in ("default", "none"):
-        raise RelgraphError(f"init must be 'default' or 'none', got {init!r}")
+        raise ArgumentError(f"init must be 'default' or 'none', got {init!r}")
     file = spec.file
     if math.prod(spec.input_shape) > MAX_ELEMENTS:
         raise ShapeError(

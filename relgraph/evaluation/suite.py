@@ -23,7 +23,7 @@ from relgraph.datasets.synthetic import APPEARANCE_CUE, make_set
 from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import Graph
 from relgraph.engine.hostmemory import reuse_freed
-from relgraph.errors import LabelError, RelgraphError
+from relgraph.errors import ArgumentError, DatasetError, LabelError
 from relgraph.evaluation import metrics
 from relgraph.io.labels import Labels
 from relgraph.io.preprocess import get_preprocess
@@ -103,10 +103,10 @@ def synthetic_data(
     """``n`` synthetic clips at the graph's input size, preprocessed, with their masks."""
 
     if len(graph.input_shape) != 4:
-        raise RelgraphError(f"'{graph.name}' does not take video clips (C, T, H, W)")
+        raise ArgumentError(f"'{graph.name}' does not take video clips (C, T, H, W)")
     _, frames, size, width = graph.input_shape
     if size != width:
-        raise RelgraphError(f"synthetic clips are square; '{graph.name}' takes {size}×{width}")
+        raise ArgumentError(f"synthetic clips are square; '{graph.name}' takes {size}×{width}")
     data = make_set(
         n,
         seed,
@@ -142,7 +142,7 @@ def video_data(
     try:
         lines = listing.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise RelgraphError(f"cannot read the video list: {exc}", file=str(listing)) from None
+        raise DatasetError(f"cannot read the video list: {exc}", file=str(listing)) from None
     _, frames, size, _ = graph.input_shape
     transform = get_preprocess(preprocess or graph.default_preprocess, size=size)
     clips, classes = [], []
@@ -151,7 +151,7 @@ def video_data(
         if not parts:
             continue
         if len(parts) != 2:
-            raise RelgraphError("expected 'PATH CLASS'", file=str(listing), line=number)
+            raise DatasetError("expected 'PATH CLASS'", file=str(listing), line=number)
         path, label = parts
         if label.isdigit():
             index = int(label) - 1
@@ -173,7 +173,7 @@ def video_data(
         clips.append(transform(select_clip(video, length=frames).frames))
         classes.append(index)
     if not clips:
-        raise RelgraphError("the video list names no video", file=str(listing))
+        raise DatasetError("the video list names no video", file=str(listing))
     data = torch.stack(clips).to(device=graph.device, dtype=graph.dtype)
     return EvaluationData(data, torch.tensor(classes))
 

@@ -19,7 +19,7 @@ import torch
 from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import Graph
 from relgraph.engine.reverse import Target, explain_with_rules, resolve_rules
-from relgraph.errors import RelgraphError, ShapeError, TargetError, did_you_mean
+from relgraph.errors import ArgumentError, ShapeError, TargetError, did_you_mean
 from relgraph.methods.frozen import explain_frozen, wanted_slices
 
 if TYPE_CHECKING:
@@ -409,7 +409,7 @@ def discriminative_with_rules(
 
 def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in choices:
-        raise RelgraphError(
+        raise ArgumentError(
             f"{what} must be one of {', '.join(choices)}, got {value!r}"
             f"{did_you_mean(value, choices) if isinstance(value, str) else ''}"
         )
@@ -421,7 +421,7 @@ def _check_options(reduce: str, normalize: str, batch_size: int | None) -> None:
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
-        raise RelgraphError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        raise ArgumentError(f"batch_size must be a positive integer or None, got {batch_size!r}")
 
 
 def _check_clip(g: Graph, clip: torch.Tensor) -> None:

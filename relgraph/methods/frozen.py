@@ -47,7 +47,7 @@ from relgraph.engine.reverse import (
     resolve_target,
     sample_totals,
 )
-from relgraph.errors import RelgraphError
+from relgraph.errors import ArgumentError, GraphError, RelgraphError
 from relgraph.rules.numerics import Numerics
 
 __all__ = ["FrozenExplanation", "Layout", "explain_frozen", "frozen_plan", "wanted_slices"]
@@ -227,7 +227,7 @@ def _build_plan(graph: Graph) -> dict[str, NodePlan]:
     in_shape = graph.input_shape
     plans: dict[str, NodePlan] = {}
     if len(in_shape) < 2:
-        raise RelgraphError(
+        raise GraphError(
             f"frozen clips need an input with a time axis; '{graph.name}' takes {list(in_shape)}"
         )
     length = in_shape[1]
@@ -395,7 +395,7 @@ def _explain_frozen(
     batch = frames.shape[0]
     length = plans[graph.input].out.length
     if wanted is not None and len(wanted) != batch:
-        raise RelgraphError(f"wanted needs one slice per frame ({batch}), got {len(wanted)}")
+        raise ArgumentError(f"wanted needs one slice per frame ({batch}), got {len(wanted)}")
     with torch.inference_mode():
         target_index = resolve_target(output, target)
         # relevance in float32 through a bfloat16 graph, as in explain_with_rules
