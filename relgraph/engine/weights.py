@@ -193,7 +193,7 @@ def checked_state_dict(
     expected = {
         f"{node}.{tname}": (node, tname, shape)
         for node in graph.order
-        for tname, shape in graph.graph.nodes[node]["tensor_shapes"].items()
+        for tname, shape in graph.tensor_shapes_of(node).items()
     }
     optional = {f"{node}.{t}" for node in graph.order for t in graph.op(node).optional_tensors}
     missing = [k for k in expected if k not in state and k.rsplit(".", 1)[0] not in allowed_missing]

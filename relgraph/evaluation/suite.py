@@ -74,9 +74,7 @@ def frozen_batch_size(graph: Graph) -> int:
     discriminative pass runs about 1.6× faster at 64 than at 4 (2 threads); a full-size
     model keeps 4."""
     per_clip = (
-        2
-        * graph.dtype.itemsize
-        * sum(math.prod(graph.graph.nodes[node]["shape"]) for node in graph.order)
+        2 * graph.dtype.itemsize * sum(math.prod(graph.shape_of(node)) for node in graph.order)
     )
     return max(DEFAULT_BATCH_SIZE, min(64, FROZEN_BUDGET // per_clip))
 

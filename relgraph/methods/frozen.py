@@ -165,7 +165,7 @@ def frozen_plan(graph: Graph) -> dict[str, NodePlan]:
 
 
 def _shape(graph: Graph, node: str) -> tuple[int, ...]:
-    return tuple(graph.graph.nodes[node]["shape"])
+    return tuple(graph.shape_of(node))
 
 
 def _temporal_field(op, name: str, index: int, default: int) -> int | None:
@@ -183,7 +183,7 @@ def _out_length(graph: Graph, node: str, plan: NodePlan, axis: int, length: int)
         shape = list(_shape(graph, graph.inputs_of(node)[0]))
         shape[axis - 1] = length
         try:
-            tensor_shapes = graph.graph.nodes[node]["tensor_shapes"]
+            tensor_shapes = graph.tensor_shapes_of(node)
             out = infer_output_shape(graph.op(node), [tuple(shape)], tensor_shapes)
             plan.lengths[length] = out[axis - 1]
         except Exception:  # too short for the kernel: no output (only asked of crops)
