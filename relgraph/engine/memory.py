@@ -91,7 +91,7 @@ def estimate_peak(graph: Graph, batch: int, kept: Iterable[str] | None = None) -
     kept
         The nodes whose activations the rules read; None: every node (an upper bound).
     """
-    sizes = {node: _numel(graph.graph.nodes[node]["shape"]) for node in graph.order}
+    sizes = {node: _numel(graph.shape_of(node)) for node in graph.order}
     kept_nodes = set(graph.order if kept is None else kept) | {graph.input, graph.output}
     activation_size = torch.empty((), dtype=graph.dtype).element_size()
     relevance_size = 8 if graph.dtype == torch.float64 else 4

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from relgraph.engine.fields import Field, Ints, OpDefinitionError, check_fields, fields_of, to_yaml
+from relgraph.errors import ArgumentError
 
 Shape = tuple[int, ...]
 
@@ -68,7 +69,7 @@ def register_op(name: str, *, dims: Sequence[int] = ()) -> Callable[[OpClass], O
             cls.type = name
         for key, factory in names.items():
             if key in OPS:
-                raise ValueError(f"op '{key}' is registered twice")
+                raise ArgumentError(f"op '{key}' is registered twice")
             OPS[key] = factory
         return cls
 

@@ -11,7 +11,7 @@ import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
-from relgraph.errors import RelgraphError, RuleError, SpecError, did_you_mean
+from relgraph.errors import ArgumentError, RelgraphError, RuleError, SpecError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def _folder(kind: str):
         spec = _KINDS[kind]
     except KeyError:
         kinds = ", ".join(_KINDS)
-        raise ValueError(f"unknown kind of shipped file {kind!r} (kinds: {kinds})") from None
+        raise ArgumentError(f"unknown kind of shipped file {kind!r} (kinds: {kinds})") from None
     folder = importlib.resources.files(spec.package)
     return folder / spec.folder if spec.folder else folder
 

@@ -1123,11 +1123,10 @@ def _compile(importer: _Importer) -> Graph:
         value = importer.values[importer.fx_of[node]]
         traced = tuple(value.example.shape)
         traced = traced[1:] if value.axis is None else (traced[value.axis],)
-        if graph.graph.nodes[node]["shape"] != traced:
+        if graph.shape_of(node) != traced:
             raise importer.error(
                 importer.fx_of[node],
-                f"relgraph's op gives shape {list(graph.graph.nodes[node]['shape'])}, "
-                f"the model {list(traced)}",
+                f"relgraph's op gives shape {list(graph.shape_of(node))}, the model {list(traced)}",
             )
     graph.assign(importer.weights)
     return graph
