@@ -91,6 +91,12 @@ SUPPORTED_MODULES: tuple[type, ...] = (
     nn.MultiheadAttention,
 )
 
+_PARAM_OUTSIDE = (
+    "a parameter or buffer used outside a supported module; relgraph takes weights only from "
+    "the modules it maps, and a learned tensor read directly only as a token prepended with "
+    "torch.cat([p.expand(B, -1, -1), x], dim) or added to the tokens (x + p)"
+)
+
 #: nn.GELU's ``approximate`` by the relgraph op that computes it
 _GELUS = {"none": "gelu", "tanh": "gelu_pytorch_tanh"}
 
@@ -362,6 +368,8 @@ class _Importer:
                 "a value only into nn.MultiheadAttention(batch_first=False) and the "
                 "transpose(0, 1) back"
             )
+        if arg in self.params:
+            raise _Unsupported(_PARAM_OUTSIDE)
         if not isinstance(arg, torch.fx.Node):
             raise _Unsupported(
                 f"its {what} is a constant ({type(arg).__name__}), not a tensor the graph computes"
@@ -564,6 +572,8 @@ class _Importer:
                 return
             raise _Unsupported(f"it gives a {type(example).__name__}, which relgraph cannot use")
         handler = (_METHODS if method else _FUNCTIONS).get(target)
+        if handler is None and any(a in self.params for a in node.all_input_nodes):
+            raise _Unsupported(_PARAM_OUTSIDE)
         if handler is None:
             raise _Unsupported("no relgraph op for it")
         handler(self, node, args, kwargs)
