@@ -1062,16 +1062,10 @@ def _expand(self: _Importer, node, args, kwargs) -> None:
 
 
 def _transpose(self: _Importer, node, args, kwargs) -> None:
-    if node.op == "call_method":
-        source, dims = (
-            args[0],
-            list(args[1:]) + [kwargs.get(k) for k in ("dim0", "dim1") if k in kwargs],
-        )
-    else:
-        source, dims = (
-            args[0],
-            list(args[1:]) + [kwargs.get(k) for k in ("dim0", "dim1") if k in kwargs],
-        )
+    """``x.transpose(a, b)`` / ``torch.transpose``: a ``transpose`` node; (0, 1) of tokens
+    marks a (sequence, batch, features) value, which only nn.MultiheadAttention takes."""
+    source = args[0]
+    dims = list(args[1:]) + [kwargs[k] for k in ("dim0", "dim1") if k in kwargs]
     if len(dims) != 2 or not all(isinstance(d, int) for d in dims):
         raise _Unsupported("transpose needs two integer dimensions")
     rank = len(self.in_shape(source))
