@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
     preprocess = get_preprocess(DEMO_PREPROCESS, size=size)
     composite = as_composite(args.rules, graph)
     node_rules = composite.resolve(graph, preprocess=DEMO_PREPROCESS)  # once, for every clip
-    seed_kind = composite.seed or "onehot"
+    seed_kind = composite.output_relevance or "onehot"
 
     data = make_set(
         args.clips,

@@ -280,7 +280,7 @@ def worker(
         report["max_rel_diff_vs_relgraph"] = float((ours - result).abs().max() / result.abs().max())
     if kind == "captum":
         # captum multiplies by the output score: relgraph's ``logit`` seed
-        ours = relgraph.explain(graph, clip, rules=captum_like, seed="logit")
+        ours = relgraph.explain(graph, clip, rules=captum_like, output_relevance="logit")
         result = result.detach()
         report["max_rel_diff_vs_relgraph"] = float((ours - result).abs().max() / result.abs().max())
     if kind.startswith("explain:"):

@@ -100,7 +100,9 @@ def explain_recorded(graph: relgraph.Graph, x: torch.Tensor, composite):
     """``explain`` with every node's incoming and handed-on relevance recorded."""
     log: dict = {}
     rules = {n: Recorded(r, log) for n, r in composite.resolve(graph).items()}
-    explanation = relgraph.explain_with_rules(graph, x, rules, "auto", "onehot", return_all=True)
+    explanation = relgraph.explanation_with_rules(
+        graph, x, rules, "auto", "onehot", node_relevance=True
+    )
     return explanation, log
 
 
@@ -247,7 +249,7 @@ def test_input_relevance_is_the_seed_less_what_zero_denominators_dropped(rule, c
     )
     assert_sums_match(
         per_sample(explanation.relevance),
-        per_sample(explanation.seed) - dropped,
+        per_sample(explanation.output_relevance) - dropped,
         *(per_sample_abs(r) for r in explanation.node_relevance.values()),
         what="input",
     )
@@ -257,7 +259,7 @@ def test_input_relevance_is_the_seed_less_what_zero_denominators_dropped(rule, c
 def test_deep_taylor_on_c3d_tiny_hands_each_samples_seed_of_one_to_the_input(rules):
     graph = relgraph.load_architecture("c3d-tiny", dtype=torch.float64, seed=3)
     x = torch.rand((2, *graph.input_shape), dtype=torch.float64) * 255 - 100
-    explanation = relgraph.explain(graph, x, rules=rules, return_all=True)
+    explanation = relgraph.explanation(graph, x, rules=rules, node_relevance=True)
     for node, relevance in explanation.node_relevance.items():
         torch.testing.assert_close(
             per_sample(relevance),

@@ -167,7 +167,7 @@ def explain_node(graph: relgraph.Graph, rule: Rule, seed: int = 0) -> relgraph.E
         n: Pass() if Pass().fits(graph.op(n)) else make_rule("uniform") for n in graph.order[1:]
     }
     node_rules["node"] = rule
-    return relgraph.explain_with_rules(graph, x, node_rules, 0, start, return_explanation=True)
+    return relgraph.explanation_with_rules(graph, x, node_rules, 0, start)
 
 
 def test_every_op_has_an_example():

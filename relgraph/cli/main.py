@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -24,6 +25,8 @@ from relgraph.cli.args import (
     add_discriminative_options,
     add_example,
     add_param_option,
+    add_pretrained_option,
+    model_source,
     non_negative_int,
     parse_params,
     positive_int,
@@ -38,7 +41,13 @@ from relgraph.io.outputs import atomic_write_bytes
 from relgraph.io.preprocess import PRESETS
 from relgraph.models.demo import DEMO_ARCHITECTURE, DEMO_MODELS, run_demo
 from relgraph.models.from_torch import from_torch, load_factory, parse_kwargs
-from relgraph.pipeline.video import PRECISIONS, explain_video
+from relgraph.pipeline.video import (
+    PRECISIONS,
+    VideoOptions,
+    check_explain_video_args,
+    explain_video,
+    load_model,
+)
 from relgraph.rules import RULES, preset, preset_names
 
 EXIT_ERROR = 2
@@ -58,17 +67,7 @@ def _printer(quiet: bool) -> Callable[[str], None] | None:
 
 
 def command_explain(args: argparse.Namespace) -> int:
-    explain_video(
-        args.video,
-        args.arch,
-        args.out,
-        weights=args.weights,
-        labels=args.labels,
-        params=parse_params(args.param),
-        rules=args.rules,
-        preprocess=args.preprocess,
-        device=args.device,
-        precision=args.precision,
+    options = VideoOptions(
         target=args.target,
         start=args.start,
         stride=args.stride,
@@ -80,10 +79,34 @@ def command_explain(args: argparse.Namespace) -> int:
         static=args.static,
         sigma=args.sigma,
         columns=args.columns,
-        canonize=False if args.no_canonize else None,
-        log=_printer(args.quiet),
-        progress=False if args.quiet else None,
         memory_check=args.memory_check,
+    )
+    options.check()  # every option before the model is loaded
+    check_explain_video_args(out=args.out)
+    log = _printer(args.quiet)
+    clock = time.perf_counter()
+    architecture, weights, params = model_source(args, "c3d")
+    model = load_model(
+        architecture,
+        weights=weights,
+        labels=args.labels,
+        params=params,
+        rules=args.rules,
+        preprocess=args.preprocess,
+        device=args.device,
+        precision=args.precision,
+        canonize=False if args.no_canonize else None,
+    )
+    if log is not None:  # None under --quiet
+        log(model.describe())
+    explain_video(
+        args.video,
+        model,
+        args.out,
+        options,
+        log=log,
+        progress=False if args.quiet else None,
+        timings={"load_model_s": time.perf_counter() - clock},
     )
     return 0
 
@@ -242,17 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("video", metavar="VIDEO", help="a video file (mp4, avi, mkv, ...)")
     explain.add_argument(
         "--weights",
-        required=True,
         metavar="FILE",
-        help="checkpoint, state dict or safetensors file",
+        help="checkpoint, state dict or safetensors file (needed unless --pretrained)",
     )
     explain.add_argument(
         "--arch",
-        default="c3d",
         metavar="NAME|FILE",
         help="shipped architecture name or YAML file (default: c3d)",
     )
     add_param_option(explain)
+    add_pretrained_option(explain)
     _add_canonize_option(explain)
     explain.add_argument(
         "--labels",
@@ -269,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         metavar="auto|INDEX|NAME",
         help="class to explain: auto (the prediction), a 0-based model index "
-        "or a class name from --labels (default: auto)",
+        "or a class name from --labels or the --pretrained folder's (default: auto)",
     )
     explain.add_argument(
         "--preprocess",

@@ -387,7 +387,7 @@ def _explain_group(model, decoded: list[Decoded], options: RunOptions, stats) ->
                 batch.to(device=graph.device, dtype=graph.dtype),
                 model.node_rules,
                 "auto" if options.target == "auto" else target,
-                model.seed,
+                model.output_relevance,
                 reduce=options.reduce,
                 normalize=options.normalize,
                 batch_size=options.batch_size,

@@ -227,11 +227,7 @@ def canonical(graph: Graph, canonize: bool | None = None) -> Graph:
         canonize = getattr(graph, "canonize", True)
     if not canonize:
         return graph
-    view = getattr(graph, "_canonical", None)
-    if view is None:
-        view = fold_batchnorm(graph)
-        graph._canonical = view
-    return view
+    return graph.canonical_view(fold_batchnorm)
 
 
 def fold_notes(graph: Graph) -> dict[str, str]:

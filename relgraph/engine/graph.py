@@ -27,9 +27,9 @@ from relgraph.engine.ops import (
     Input,
     Op,
     OpDefinitionError,
-    _onednn_runs,
     all_finite,
     infer_output_shape,
+    onednn_runs,
 )
 from relgraph.engine.spec import ArchSpec, load_yaml, parse_spec, with_block_origin
 from relgraph.engine.weights import (
@@ -40,6 +40,7 @@ from relgraph.engine.weights import (
     tensor_key,
 )
 from relgraph.errors import (
+    ArgumentError,
     GraphError,
     RelgraphError,
     ShapeError,
@@ -80,6 +81,10 @@ class Graph:
         self.params = dict(spec.params)
         self.default_rules = spec.rules
         self.default_preprocess = spec.preprocess
+        #: class names of the outputs (``relgraph.io.labels.Labels``) where the model carries
+        #: them (``relgraph.load_pretrained``: ``id2label``); the video commands use them when
+        #: no label file is given
+        self.labels: Any = None
         self.file = spec.file
         #: fold batch norms into the layer before them before the rules run
         #: (``relgraph.engine.canonize``); ``canonize: false`` in the YAML turns it off
@@ -212,7 +217,7 @@ class Graph:
             wanted = {getattr(self.op(n), "prefers_channels_last", None) for n in self.order[1:]}
             self._channels_last_ops = next((w for w in ("always", "onednn") if w in wanted), "")
         return self._channels_last_ops == "always" or (
-            self._channels_last_ops == "onednn" and _onednn_runs(dtype)
+            self._channels_last_ops == "onednn" and onednn_runs(dtype)
         )
 
     def inputs_of(self, node: str) -> list[str]:
@@ -300,21 +305,37 @@ class Graph:
                 return t.dtype
         return self._dtype
 
-    def to(
-        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> Graph:
-        """Move (and/or cast) every weight in place; returns the graph."""
+    def to(self, *args: Any, **kwargs: Any) -> Graph:
+        """Move and/or cast every weight in place, as ``torch.nn.Module.to``; returns the graph.
+
+        Called as ``to(device)``, ``to(dtype)``, ``to(device, dtype)``, ``to(tensor)`` (its
+        device and dtype) or with the keywords ``device=`` and ``dtype=``. The dtype must be
+        a floating-point one (``float32``, ``float64``, ``bfloat16``, ``float16``).
+
+        Raises
+        ------
+        ArgumentError
+            For an argument that is no device, floating-point dtype or tensor.
+        """
+        device, dtype = _parse_to(args, kwargs)
         for node in self.order:
             tensors = self.tensors(node)
             for name, t in tensors.items():
                 tensors[name] = t.to(device=device, dtype=dtype)
         if device is not None:
-            self._device = torch.device(device)
+            self._device = device
         if dtype is not None:
             self._dtype = dtype
         self.cache.clear()
         self._canonical = None
         return self
+
+    def canonical_view(self, build: Callable[[Graph], Graph]) -> Graph:
+        """The view ``build(self)`` (``relgraph.engine.canonize``), built on first use and kept
+        until the weights, dtype or device change (``assign``, ``load_weights``, ``to``)."""
+        if self._canonical is None:
+            self._canonical = build(self)
+        return self._canonical
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every weight as ``{"node.tensor": tensor}`` (PyTorch naming)."""
@@ -506,6 +527,36 @@ class Graph:
 #: parameters ``init="default"`` creates: 2³¹ (8 GiB in float32). C3D needs 2²⁶ at most; a
 #: typo such as ``out_channels: 5120000`` must be refused here, not kill the process later.
 MAX_ELEMENTS = 2**31
+
+
+def _parse_to(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[torch.device | None, torch.dtype | None]:
+    """The device and dtype of ``Graph.to``'s arguments (``torch.nn.Module.to``'s forms)."""
+    unknown = sorted(set(kwargs) - {"device", "dtype"})
+    if unknown:
+        raise ArgumentError(f"to() takes device= and dtype=, not {unknown[0]}=")
+    device, dtype = kwargs.get("device"), kwargs.get("dtype")
+    if len(args) > 2:
+        raise ArgumentError(f"to() takes at most a device and a dtype, got {len(args)} arguments")
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            device, dtype = arg.device, arg.dtype
+        elif isinstance(arg, torch.dtype):
+            dtype = arg
+        else:
+            device = arg
+    if device is not None and not isinstance(device, torch.device):
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ArgumentError(
+                f"to() takes a device ('cpu', 'cuda', 'cuda:N', a torch.device), a dtype or a "
+                f"tensor; got {device!r}"
+            ) from None
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ArgumentError(f"to() takes a floating-point dtype, got {dtype!r}")
+    return device, dtype
 
 
 def _check_size(what: str, shape: tuple[int, ...]) -> None:

@@ -293,7 +293,7 @@ def _conv(
         (groups > 1 or _channels_last(x))
         and op.dims == 3
         and x.device.type == "cpu"
-        and _onednn_runs(x.dtype)
+        and onednn_runs(x.dtype)
     ):
         plain = not _channels_last(x)
         x = _canonical_channels_last(x)
@@ -327,7 +327,7 @@ def _padded_past_kernel(
 
 
 @functools.cache
-def _onednn_runs(dtype: torch.dtype) -> bool:
+def onednn_runs(dtype: torch.dtype) -> bool:
     """Whether oneDNN's CPU convolution takes ``dtype``: float32 always, bfloat16 only on a
     CPU with the instructions for it (it raises elsewhere)."""
     if not torch.backends.mkldnn.is_available():
@@ -417,7 +417,7 @@ def _adjoint_kernel(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return flipped.flip(list(range(2, weight.dim())))
 
 
-def _uniform(
+def uniform_init(
     shape: Shape, bound: float, generator: torch.Generator, dtype: torch.dtype
 ) -> torch.Tensor:
     return (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
@@ -593,7 +593,9 @@ class ConvNd(Spatial, Affine):
     def init_tensors(self, shapes, generator, dtype):
         fan_in = math.prod(shapes["weight"][1:])
         bound = 1.0 / math.sqrt(fan_in)
-        return {name: _uniform(shape, bound, generator, dtype) for name, shape in shapes.items()}
+        return {
+            name: uniform_init(shape, bound, generator, dtype) for name, shape in shapes.items()
+        }
 
     def linear_map(self, x, weight, bias=None):
         if self._pointwise:
@@ -723,6 +725,14 @@ class Linear(Affine):
     def resolve(self, in_shapes):
         shape = in_shapes[0]
         self.tokens = len(shape) > 1
+        if self.tokens and self.in_features is None:
+            # inferred, a feature map that lacks its flatten would pass as tokens
+            raise OpDefinitionError(
+                f"linear expects a flat input (features,), got shape {list(shape)}; add a "
+                "flatten node before it, or give in_features to map the last axis of tokens "
+                "(…, features)",
+                "in_features",
+            )
         if self.in_features is None:
             self.in_features = shape[-1]
         elif self.in_features != shape[-1]:
@@ -740,7 +750,9 @@ class Linear(Affine):
 
     def init_tensors(self, shapes, generator, dtype):
         bound = 1.0 / math.sqrt(self.in_features)
-        return {name: _uniform(shape, bound, generator, dtype) for name, shape in shapes.items()}
+        return {
+            name: uniform_init(shape, bound, generator, dtype) for name, shape in shapes.items()
+        }
 
     def linear_map(self, x, weight, bias=None):
         return F.linear(x, weight, bias)

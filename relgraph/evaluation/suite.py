@@ -23,8 +23,15 @@ from relgraph.datasets.synthetic import APPEARANCE_CUE, make_set
 from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import Graph
 from relgraph.engine.hostmemory import reuse_freed
+from relgraph.engine.memory import available_bytes, format_bytes
 from relgraph.engine.reverse import explain_with_rules
-from relgraph.errors import ArgumentError, LabelError, RelgraphError, did_you_mean
+from relgraph.errors import (
+    ArgumentError,
+    LabelError,
+    RelgraphError,
+    ResourceError,
+    did_you_mean,
+)
 from relgraph.evaluation import metrics
 from relgraph.io.labels import Labels
 from relgraph.io.preprocess import get_preprocess
@@ -144,6 +151,7 @@ def synthetic_data(
     _, frames, size, width = graph.input_shape
     if size != width:
         raise RelgraphError(f"synthetic clips are square; '{graph.name}' takes {size}×{width}")
+    _check_data_memory(graph, n)
     data = make_set(
         n,
         seed,
@@ -162,6 +170,19 @@ def synthetic_data(
     return EvaluationData(clips.to(graph.device), torch.from_numpy(data.labels), masks)
 
 
+def _check_data_memory(graph: Graph, clips: int) -> None:
+    """Refuse a data set whose clips (drawn as uint8 frames, then preprocessed in the graph's
+    format) cannot fit in the memory available, before any is made."""
+    values = math.prod(graph.input_shape)
+    needed = clips * values * (1 + torch.empty((), dtype=graph.dtype).element_size())
+    available = available_bytes("cpu")
+    if available is not None and needed > available:
+        raise ResourceError(
+            f"{clips:,} clips of {list(graph.input_shape)} need {format_bytes(needed)}, more "
+            f"than the {format_bytes(available)} available; evaluate fewer clips"
+        )
+
+
 def video_data(
     graph: Graph,
     listing: Path,
@@ -175,7 +196,7 @@ def video_data(
     relative to the list file and its class, a name of ``labels`` or a 1-based index.
     """
 
-    names = Labels.from_file(labels) if labels is not None else None
+    names = Labels.from_file(labels) if labels is not None else graph.labels
     try:
         lines = listing.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -254,7 +275,7 @@ def compute_maps(
         started = time.perf_counter()
         composite = as_composite(preset, graph)
         node_rules = composite.resolve(graph)
-        seed = composite.seed or "onehot"
+        seed = composite.output_relevance or "onehot"
         relevance, frozen = [], []
         for begin in _tqdm(range(0, len(clips), clips_per_call), progress, preset or "maps"):
             part = slice(begin, begin + clips_per_call)
@@ -320,7 +341,7 @@ def _motion_maps(
         raise RelgraphError(f"unknown method '{unknown[0]}' (known: {', '.join(METHODS)})")
     composite = as_composite(None, graph)
     node_rules = composite.resolve(graph)
-    seed = composite.seed or "onehot"
+    seed = composite.output_relevance or "onehot"
     if costs is not None:
         clock = time.perf_counter()
         for begin in range(0, len(clips), clips_per_call):
@@ -604,7 +625,7 @@ def _sanity(
 
     composite = as_composite(None, graph)
     node_rules = composite.resolve(canonical(graph))
-    seed = composite.seed or "onehot"
+    seed = composite.output_relevance or "onehot"
     batch_size = frozen_batch_size(graph)
 
     def explain_maps(g: Graph) -> dict[str, torch.Tensor]:

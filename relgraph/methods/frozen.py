@@ -327,7 +327,8 @@ class FrozenExplanation:
     relevance: torch.Tensor
     output: torch.Tensor
     target: torch.Tensor
-    #: ``(N,)``: relevance not handed on, as a fraction of the seed (``Explanation.lost_fraction``);
+    #: ``(N,)``: relevance not handed on, as a fraction of the output relevance
+    #: (``Explanation.lost_fraction``);
     #: where a slice was wanted, of the relevance on that slice's receptive field only
     lost_fraction: torch.Tensor
 
@@ -363,7 +364,7 @@ def explain_frozen(
     frames: torch.Tensor,
     node_rules: dict,
     target: Target = "auto",
-    seed: str | torch.Tensor = "onehot",
+    output_relevance: str | torch.Tensor = "onehot",
     *,
     wanted: Sequence[int] | None = None,
 ) -> FrozenExplanation:
@@ -385,7 +386,7 @@ def explain_frozen(
         pass run again with each checked where the relevance or the loss is not finite
         (``Numerics.checks_quotients_later``).
     """
-    run = (graph, frames, node_rules, target, seed, wanted)
+    run = (graph, frames, node_rules, target, output_relevance, wanted)
     explanation, lost = _explain_frozen(*run, Numerics(checks_quotients_later=True))
     if all_finite(explanation.relevance) and all_finite(lost):
         return explanation

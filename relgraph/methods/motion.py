@@ -14,9 +14,9 @@ from typing import Any
 import torch
 
 from relgraph.engine.graph import Graph
-from relgraph.engine.reverse import Explanation, Target, explain_with_rules
+from relgraph.engine.reverse import Explanation, Target, explain_with_rules, explanation_with_rules
 from relgraph.methods.decomposed import InputSplit, input_readers, static_part
-from relgraph.methods.discriminative import DiscriminativeResult, normalize_maps
+from relgraph.methods.maps import DiscriminativeResult, normalize_maps
 from relgraph.methods.reference import difference_rules
 from relgraph.methods.selective import selective_mask
 from relgraph.rules import Rule
@@ -66,9 +66,7 @@ def explain_motion(
         rules = dict(node_rules)
         for node in input_readers(g):
             rules[node] = InputSplit(node_rules[node], still, parts)
-    explanation = explain_with_rules(
-        g, clip, rules, target, seed, labels=labels, return_explanation=True
-    )
+    explanation = explanation_with_rules(g, clip, rules, target, seed, labels=labels)
     relevance = explanation.relevance
     clip_map = relevance.sum(dim=1)
     spatial_relevance = temporal_relevance = static_output = None
@@ -119,9 +117,7 @@ def _reference(
     """The static clip's ordinary relevance (for the clip's target), DeepLIFT's relevance of
     ``clip − still`` seeded with the target's logit difference, and the logits on ``still``."""
     target = explanation.target
-    static_explanation = explain_with_rules(
-        g, still, node_rules, target, seed, return_explanation=True
-    )
+    static_explanation = explanation_with_rules(g, still, node_rules, target, seed)
     references = g.forward(still).activations
     static_output = static_explanation.output.reshape(len(clip), -1)
     rows = torch.arange(len(clip), device=clip.device)

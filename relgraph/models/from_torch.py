@@ -47,11 +47,10 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from relgraph.cli.args import parse_key_values
 from relgraph.engine.graph import MAX_ELEMENTS, Graph, compile_spec
 from relgraph.engine.memory import available_bytes, format_bytes
 from relgraph.engine.ops import OPS
-from relgraph.engine.spec import ArchSpec, NodeSpec
+from relgraph.engine.spec import ArchSpec, NodeSpec, parse_key_values
 from relgraph.errors import RelgraphError, RelgraphWarning, TorchImportError
 
 #: batch size of the example run that gives every fx value its shape; 2, so that a reshape
