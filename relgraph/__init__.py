@@ -73,6 +73,7 @@ from relgraph.errors import (
 from relgraph.methods.discriminative import DiscriminativeResult, discriminative
 from relgraph.models.demo import load_demo_model
 from relgraph.models.from_torch import from_torch
+from relgraph.models.pretrained import load_pretrained
 from relgraph.pipeline.video import (
     Model,
     VideoExplanation,
@@ -117,6 +118,7 @@ __all__ = [
     "load_architecture",
     "load_demo_model",
     "load_model",
+    "load_pretrained",
     "rules",
     "shipped_architectures",
 ]

@@ -643,8 +643,8 @@ def _map_box(graph: Any, rule_node: str, node: str, low: torch.Tensor, high: tor
     everywhere in channel c; each channel's box is the smaller and the larger of the two
     results (a decreasing map swaps them). An op that only reshapes (flatten) keeps a box that
     is the same for every channel, and mixes one that is not (a ``RuleError``)."""
-    shape = graph.graph.nodes[graph.inputs_of(node)[0]]["shape"]
-    out_shape = graph.graph.nodes[node]["shape"]
+    shape = graph.shape_of(graph.inputs_of(node)[0])
+    out_shape = graph.shape_of(node)
     if "reshape" in graph.op(node).capabilities and tuple(out_shape) != tuple(shape):
         if not bool((low == low[0]).all() and (high == high[0]).all()):
             raise RuleError(

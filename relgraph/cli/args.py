@@ -7,9 +7,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
-
-from relgraph.errors import RelgraphError
+from relgraph.engine.spec import parse_key_values
+from relgraph.errors import ArgumentError
 from relgraph.methods.decomposed import STATIC_PARTS
 from relgraph.methods.discriminative import METHODS, NORMALIZATIONS, REDUCTIONS
 
@@ -19,6 +18,8 @@ __all__ = [
     "add_memory_check_option",
     "add_example",
     "add_param_option",
+    "add_pretrained_option",
+    "model_source",
     "non_negative_int",
     "parse_key_values",
     "parse_params",
@@ -61,30 +62,6 @@ def subcommand_parsers(
 def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
     """``--param k=v`` pairs; values are read as YAML scalars (``10`` is an int)."""
     return parse_key_values(items, "--param")
-
-
-def parse_key_values(
-    items: Sequence[str] | None,
-    option: str,
-    error: type[RelgraphError] = RelgraphError,
-    *,
-    identifiers: bool = False,
-) -> dict[str, Any]:
-    """``key=value`` items of the command-line ``option``, values read as YAML scalars
-    (``10`` is an int, ``true`` a bool, ``r3d`` a string; text YAML cannot read stays text).
-    A malformed item (no ``=``, an empty key, or with ``identifiers`` a key that is no
-    Python identifier) raises ``error`` naming the option."""
-    values: dict[str, Any] = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key or (identifiers and not key.isidentifier()):
-            raise error(f"{option} takes key=value, e.g. num_classes=10; got {item!r}")
-        try:
-            values[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            values[key] = value
-    return values
 
 
 def positive_int(text: str) -> int:
@@ -178,3 +155,44 @@ def add_param_option(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="architecture parameter, e.g. num_classes=10 (repeatable)",
     )
+
+
+def add_pretrained_option(parser: argparse.ArgumentParser) -> None:
+    """``--pretrained FOLDER``: a Hugging Face model folder instead of ``--arch``/``--weights``."""
+    parser.add_argument(
+        "--pretrained",
+        metavar="FOLDER",
+        help="a Hugging Face model folder (config.json and model.safetensors or "
+        "pytorch_model.bin; VideoMAE, ViViT, TimeSformer): the architecture, weights, class "
+        "names and input preset come from it, in place of --arch, --weights and --param",
+    )
+
+
+def model_source(
+    args: argparse.Namespace, default_arch: str, *, weights_required: bool = True
+) -> tuple[str, str | None, dict[str, Any]]:
+    """``(architecture or folder, weights, params)`` from ``--pretrained`` or ``--arch``,
+    ``--weights`` and ``--param``; refuses ``--pretrained`` together with any of those."""
+    if args.pretrained is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("--arch", args.arch),
+                ("--weights", args.weights),
+                ("--param", args.param),
+            )
+            if value
+        ]
+        if given:
+            raise ArgumentError(
+                f"--pretrained {args.pretrained} holds the architecture and weights: leave out "
+                + ", ".join(given)
+            )
+        from relgraph.models.pretrained import is_pretrained_folder, load_pretrained
+
+        if not is_pretrained_folder(args.pretrained):
+            load_pretrained(args.pretrained)  # raises the reason: no folder, no config.json
+        return args.pretrained, None, {}
+    if weights_required and not args.weights:
+        raise ArgumentError("--weights FILE is needed (or --pretrained FOLDER)")
+    return args.arch or default_arch, args.weights, parse_params(args.param)

@@ -11,6 +11,7 @@ import hashlib
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,8 +20,9 @@ from relgraph import __version__
 from relgraph.cli.args import (
     add_discriminative_options,
     add_param_option,
+    add_pretrained_option,
+    model_source,
     non_negative_int,
-    parse_params,
     positive_int,
 )
 from relgraph.datasets.distributed import setup
@@ -60,11 +62,14 @@ def add_dataset_commands(subparsers) -> None:
         help="a folder with one sub-folder per class, a UCF-101 split list (testlist01.txt, "
         "with classInd.txt beside it) or a CSV of path,label",
     )
-    explain.add_argument("--arch", default="c3d", metavar="NAME|FILE", help="default: c3d")
+    explain.add_argument("--arch", metavar="NAME|FILE", help="default: c3d")
     add_param_option(explain)
-    explain.add_argument("--weights", required=True, metavar="FILE")
+    explain.add_argument("--weights", metavar="FILE", help="needed unless --pretrained")
+    add_pretrained_option(explain)
     explain.add_argument(
-        "--labels", required=True, metavar="FILE", help="class names, one per model output"
+        "--labels",
+        metavar="FILE",
+        help="class names, one per model output (needed unless the --pretrained folder names them)",
     )
     explain.add_argument("--out", required=True, metavar="STORE", help="the result store")
     explain.add_argument("--rules", metavar="PRESET|FILE")
@@ -164,7 +169,7 @@ def store_options(model, args: argparse.Namespace, options) -> dict[str, Any]:
         "relgraph": __version__,
         "architecture": graph.name,
         "architecture_sha256": hashlib.sha256(graph.to_yaml().encode()).hexdigest(),
-        "weights_sha256": file_digest(args.weights),
+        "weights_sha256": _weights_digest(args),
         "labels": list(model.labels.names),
         "rules": model.rules_name,
         "rules_sha256": hashlib.sha256(rules_text.encode()).hexdigest(),
@@ -183,6 +188,19 @@ def store_options(model, args: argparse.Namespace, options) -> dict[str, Any]:
         else math.ceil(model.frames_per_clip / 2),
         "raw": options.raw,
     }
+
+
+def _weights_digest(args: argparse.Namespace) -> str:
+    """The SHA-256 of the weight file, or of a ``--pretrained`` folder's config and weights."""
+    if args.pretrained is None:
+        return file_digest(args.weights)
+    folder = Path(args.pretrained)
+    names = ["config.json", "model.safetensors", "pytorch_model.bin"]
+    names += [p.name for p in sorted(folder.glob("*.index.json"))]
+    names += [p.name for p in sorted(folder.glob("model-*.safetensors"))]
+    names += [p.name for p in sorted(folder.glob("pytorch_model-*.bin"))]
+    digests = [f"{n}:{file_digest(folder / n)}" for n in names if (folder / n).is_file()]
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
 def _method_options(options) -> dict[str, Any]:
@@ -225,10 +243,11 @@ def command_dataset_explain(args: argparse.Namespace) -> int:
     if not args.dry_run:
         store.check_unlocked()  # a store being written is refused before any work
     store.read_manifest()  # a non-store folder is refused before the model loads
+    architecture, weights, params = model_source(args, "c3d")
     model = load_model(
-        args.arch,
-        params=parse_params(args.param),
-        weights=args.weights,
+        architecture,
+        params=params,
+        weights=weights,
         labels=args.labels,
         preprocess=args.preprocess,
         rules=args.rules,
@@ -240,6 +259,10 @@ def command_dataset_explain(args: argparse.Namespace) -> int:
             f"'{model.graph.name}' ({model.frames_per_clip} frames): videos of "
             f"{model.frames_per_clip} frames and more are never too short; give at most "
             f"{model.frames_per_clip}"
+        )
+    if model.labels is None:
+        raise ArgumentError(
+            "--labels FILE is needed: the data set's classes are matched to the model's by name"
         )
     check_labels(items, model.labels, source=args.source)
     fingerprinted = store_options(model, args, options)

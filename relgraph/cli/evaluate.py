@@ -8,8 +8,9 @@ from pathlib import Path
 
 from relgraph.cli.args import (
     add_memory_check_option,
+    add_pretrained_option,
+    model_source,
     non_negative_int,
-    parse_params,
     positive_int,
 )
 from relgraph.engine.graph import Graph, load_architecture
@@ -24,6 +25,7 @@ from relgraph.evaluation.suite import (
 from relgraph.io.outputs import atomic_write_bytes, check_out_dir, ensure_out_dir, write_json
 from relgraph.methods.discriminative import METHODS
 from relgraph.models.demo import DEMO_MODELS
+from relgraph.models.pretrained import load_pretrained
 from relgraph.rules import preset_names
 
 __all__ = [
@@ -85,15 +87,15 @@ def add_evaluation_options(
     """The options shared by ``relgraph evaluate`` and ``benchmarks/evaluate.py``: the model,
     the synthetic clips, the maps and the metrics' settings (defaults ``presets`` and
     ``sanity_clips`` differ: the CLI is quick by default, the benchmark complete)."""
-    parser.add_argument(
-        "--arch", default="c3d-tiny", metavar="NAME|FILE", help="architecture (default c3d-tiny)"
-    )
+    parser.add_argument("--arch", metavar="NAME|FILE", help="architecture (default c3d-tiny)")
     parser.add_argument(
         "--weights",
         metavar="FILE",
-        help="weights (default: the shipped demo model's, for c3d-tiny and r2plus1d-tiny)",
+        help="weights (default: the shipped demo model's, for c3d-tiny, r2plus1d-tiny and "
+        "videomae-tiny)",
     )
     parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="arch parameter")
+    add_pretrained_option(parser)
     parser.add_argument(
         "--clips", type=positive_int, default=100, help="synthetic clips (default 100)"
     )
@@ -152,15 +154,20 @@ def add_evaluation_options(
 
 
 def evaluation_graph(args: argparse.Namespace) -> Graph:
-    """The model to measure: ``--arch`` with ``--weights``, or a shipped demo model's."""
-    graph = load_architecture(args.arch, **parse_params(args.param))
-    if args.weights:
-        graph.load_weights(args.weights)
-    elif args.arch in DEMO_MODELS and not args.param:
-        graph.load_weights(DEMO_MODELS[args.arch])
+    """The model to measure: a ``--pretrained`` folder, ``--arch`` with ``--weights``, or a
+    shipped demo model's."""
+    arch, weights, params = model_source(args, "c3d-tiny", weights_required=False)
+    if args.pretrained is not None:
+        return load_pretrained(args.pretrained)
+    graph = load_architecture(arch, **params)
+    if weights:
+        graph.load_weights(weights)
+    elif arch in DEMO_MODELS and not params:
+        graph.load_weights(DEMO_MODELS[arch])
     else:
         raise RelgraphError(
-            f"--weights is needed for '{args.arch}' (shipped weights: {', '.join(DEMO_MODELS)})"
+            f"--weights is needed for '{arch}' (shipped weights: {', '.join(DEMO_MODELS)}), or "
+            "--pretrained FOLDER"
         )
     return graph
 

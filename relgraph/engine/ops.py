@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from relgraph.engine.fields import Field, Ints, OpDefinitionError, check_fields, fields_of, to_yaml
+from relgraph.errors import ArgumentError
 
 Shape = tuple[int, ...]
 
@@ -68,7 +69,7 @@ def register_op(name: str, *, dims: Sequence[int] = ()) -> Callable[[OpClass], O
             cls.type = name
         for key, factory in names.items():
             if key in OPS:
-                raise ValueError(f"op '{key}' is registered twice")
+                raise ArgumentError(f"op '{key}' is registered twice")
             OPS[key] = factory
         return cls
 
@@ -293,7 +294,7 @@ def _conv(
         (groups > 1 or _channels_last(x))
         and op.dims == 3
         and x.device.type == "cpu"
-        and _onednn_runs(x.dtype)
+        and onednn_runs(x.dtype)
     ):
         plain = not _channels_last(x)
         x = _canonical_channels_last(x)
@@ -327,7 +328,7 @@ def _padded_past_kernel(
 
 
 @functools.cache
-def _onednn_runs(dtype: torch.dtype) -> bool:
+def onednn_runs(dtype: torch.dtype) -> bool:
     """Whether oneDNN's CPU convolution takes ``dtype``: float32 always, bfloat16 only on a
     CPU with the instructions for it (it raises elsewhere)."""
     if not torch.backends.mkldnn.is_available():
@@ -417,7 +418,7 @@ def _adjoint_kernel(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return flipped.flip(list(range(2, weight.dim())))
 
 
-def _uniform(
+def uniform_init(
     shape: Shape, bound: float, generator: torch.Generator, dtype: torch.dtype
 ) -> torch.Tensor:
     return (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
@@ -597,7 +598,9 @@ class ConvNd(Spatial, Affine):
     def init_tensors(self, shapes, generator, dtype):
         fan_in = math.prod(shapes["weight"][1:])
         bound = 1.0 / math.sqrt(fan_in)
-        return {name: _uniform(shape, bound, generator, dtype) for name, shape in shapes.items()}
+        return {
+            name: uniform_init(shape, bound, generator, dtype) for name, shape in shapes.items()
+        }
 
     def linear_map(self, x, weight, bias=None):
         if self._pointwise:
@@ -752,7 +755,9 @@ class Linear(Affine):
 
     def init_tensors(self, shapes, generator, dtype):
         bound = 1.0 / math.sqrt(self.in_features)
-        return {name: _uniform(shape, bound, generator, dtype) for name, shape in shapes.items()}
+        return {
+            name: uniform_init(shape, bound, generator, dtype) for name, shape in shapes.items()
+        }
 
     def linear_map(self, x, weight, bias=None):
         return F.linear(x, weight, bias)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from relgraph.engine.fields import Field, OpDefinitionError
-from relgraph.engine.ops import Affine, Elementwise, Op, Shape, _uniform, register_op
+from relgraph.engine.ops import Affine, Elementwise, Op, Shape, register_op, uniform_init
 
 HIDDEN_ACTS = {"gelu": 0, "gelu_new": 1, "gelu_fast": 2, "gelu_pytorch_tanh": 3}
 """Hugging Face's ``hidden_act`` names by the number the transformer architectures' parameter
@@ -560,7 +560,9 @@ class Conv2dFrames(Affine):
     def init_tensors(self, shapes, generator, dtype):
         fan_in = math.prod(shapes["weight"][1:])
         bound = 1.0 / math.sqrt(fan_in)
-        return {name: _uniform(shape, bound, generator, dtype) for name, shape in shapes.items()}
+        return {
+            name: uniform_init(shape, bound, generator, dtype) for name, shape in shapes.items()
+        }
 
     def linear_map(self, x, weight, bias=None):
         return F.conv3d(x, weight.unsqueeze(2), bias, (1, *self.stride))

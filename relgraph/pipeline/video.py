@@ -45,6 +45,7 @@ from relgraph.methods.discriminative import (
     check_discriminative_options,
     discriminative_with_rules,
 )
+from relgraph.models.pretrained import is_pretrained_folder, load_pretrained
 from relgraph.rules import as_composite
 
 __all__ = [
@@ -160,11 +161,14 @@ def load_model(
     ----------
     graph
         A compiled :class:`~relgraph.Graph` (used as it is; ``weights`` and ``device`` change
-        it in place), or a shipped architecture name or YAML path, compiled with ``params``.
+        it in place), a shipped architecture name or YAML path, compiled with ``params``, or
+        a Hugging Face model folder (``config.json`` and weights: :func:`relgraph.load_pretrained`,
+        which also gives the class names and the input preset).
     weights
         A weight file or state dict (see :meth:`Graph.load_weights`); None keeps the graph's.
     labels
-        A label file (one class name per output), a list of names, or ``Labels``.
+        A label file (one class name per output), a list of names, or ``Labels``; default:
+        the graph's own (``graph.labels``, e.g. a Hugging Face folder's ``id2label``).
     preprocess
         Input preset name. Default: the architecture's ``preprocess:``. There is no fallback:
         an architecture that names none needs one here.
@@ -190,12 +194,22 @@ def load_model(
     """
     check_explain_video_args(device=device, precision=precision)
     architecture = graph.name if isinstance(graph, Graph) else str(graph)
+    folder = None
     if isinstance(graph, Graph):
         if params:
             raise RelgraphError(
                 "params only apply when the architecture is given by name or path, not to a "
                 "compiled graph"
             )
+    elif is_pretrained_folder(graph):
+        if params:
+            raise RelgraphError(
+                "params only apply to an architecture name or YAML path; a Hugging Face folder's "
+                "sizes come from its config.json",
+                file=graph,
+            )
+        folder = str(graph)
+        graph = load_pretrained(folder)
     else:
         graph = load_architecture(graph, **dict(params or {}))
     if len(graph.input_shape) != 4 or graph.input_shape[2] != graph.input_shape[3]:
@@ -203,10 +217,12 @@ def load_model(
             f"architecture '{graph.name}' takes input {list(graph.input_shape)}; the video "
             "commands need square video clips (C, T, S, S)"
         )
-    report = ""
+    report = "" if folder is None else f"weights and labels from the folder {folder}"
     if weights is not None:
         report = str(graph.load_weights(weights))
     label_names = _labels(labels)
+    if label_names is None:
+        label_names = graph.labels
     if label_names is not None:
         label_names.check_size(graph.num_classes)
     preprocess_name = preprocess or graph.default_preprocess
@@ -234,7 +250,7 @@ def load_model(
         rules_name=composite.name,
         output_relevance=composite.output_relevance or "onehot",
         labels=label_names,
-        weights=_weights_name(weights),
+        weights=_weights_name(weights) or (folder or ""),
         weights_report=report,
         architecture=architecture,
         canonize=canonize,
