@@ -312,6 +312,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="passes over each epoch's clips (fresh shifts and frozen picks each pass)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=THREADS,
@@ -364,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     optimiser = torch.optim.Adam(groups)
     base_lrs = [g["lr"] for g in groups]
-    steps_per_epoch = len(train_clips) // args.batch
+    steps_per_pass = len(train_clips) // args.batch
+    steps_per_epoch = steps_per_pass * args.passes
     total_steps = args.epochs * steps_per_epoch
     warmup = min(50, total_steps // 4)
 
@@ -375,7 +382,9 @@ def main(argv: list[str] | None = None) -> None:
             train_clips, train_labels = training_set(
                 args.clips, args.seed, epoch, args.cue, args.irrelevant_share, frames
             )
-        order = torch.randperm(len(train_clips), generator=generator)
+        order = torch.cat(
+            [torch.randperm(len(train_clips), generator=generator) for _ in range(args.passes)]
+        )
         loss_sum = correct = seen = 0
         for batch in range(steps_per_epoch):
             # Linear warm-up, then cosine decay to zero.

@@ -120,6 +120,7 @@ def test_training_mode_batch_norm_normalises_with_the_batch_and_updates_its_stat
     torch.testing.assert_close(module(clips), graph.forward(clips, keep=()).output)
 
 
+@pytest.mark.slow
 def test_videomae_tiny_trains_reproducibly_on_eight_frames(script, tmp_path):
     """--arch videomae-tiny (the demo transformer): same seed and thread count, same bytes;
     the clips follow the graph's 8 frames, and the weights load and moved off the init."""
