@@ -1,4 +1,5 @@
-"""Measure the maps of a trained tiny model: the README's evaluation table and plots.
+"""Measure the maps of a trained tiny model: the evaluation table and plots
+(docs/benchmarks/evaluation.md).
 
 Runs :func:`relgraph.evaluation.suite.run_evaluation` (the same suite as ``relgraph evaluate``) on
 synthetic clips with irrelevant motion, prints the Markdown tables and draws
@@ -6,7 +7,7 @@ synthetic clips with irrelevant motion, prints the Markdown tables and draws
 (Spearman ρ per randomised layer) into ``--figures``. Another trained model's rows come from
 rerunning it with ``--arch NAME --weights FILE``.
 
-Run (the README's numbers)::
+Run (the numbers in docs/benchmarks/evaluation.md)::
 
     python benchmarks/evaluate.py --clips 100 --presets all --sanity-clips 100 \\
         --out evaluation.json --figures docs

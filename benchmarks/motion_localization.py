@@ -45,7 +45,8 @@ per clip, ± 95 % interval:
 - ``--reduce same``: moving +0.094 ± 0.017 (88 %); ``mean``: +0.099 ± 0.019 (84 %).
 - Other training seeds and recipes (``scripts/train_demo_model.py --seed S --out DIR``, then
   ``--weights DIR/c3d-tiny-synthetic.safetensors``): moving +0.03 to +0.10 on every model
-  that uses colour in moving clips, static −0.06 to −0.10 on all (table in the README).
+  that uses colour in moving clips, static −0.06 to −0.10 on all (table in
+  docs/benchmarks/motion-localization.md).
 - The first demo model, trained on motion-only clips, gave +0.009 ± 0.023 on moving
   objects: it ignored appearance, so its spatio-temporal map was already on the movers and
   there was nothing for the subtraction to remove.
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
     preprocess = get_preprocess(DEMO_PREPROCESS, size=size)
     composite = as_composite(args.rules, graph)
     node_rules = composite.resolve(graph, preprocess=DEMO_PREPROCESS)  # once, for every clip
-    seed_kind = composite.seed or "onehot"
+    seed_kind = composite.output_relevance or "onehot"
 
     data = make_set(
         args.clips,
@@ -340,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="torch intra-op threads (1 on a shared machine: see README, 'Per-model speed')",
+        help="torch intra-op threads (1 on a shared machine: see docs/benchmarks/model-speed.md)",
     )
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     parser.add_argument("--figure", type=Path, help="save the example figure of clip 0 here")

@@ -62,13 +62,11 @@ def clips(graph: relgraph.Graph, count: int, noise: bool, seed: int = 0) -> list
 def compare(g32: relgraph.Graph, g16: relgraph.Graph, clip: torch.Tensor) -> dict:
     """One clip's bfloat16 map against its float32 map."""
     x = clip.unsqueeze(0)
-    e32 = relgraph.explain(g32, x, rules=RULES, return_explanation=True)
-    e16 = relgraph.explain(
-        g16, x.to(torch.bfloat16), rules=RULES, target=e32.target, return_explanation=True
-    )
+    e32 = relgraph.explanation(g32, x, rules=RULES)
+    e16 = relgraph.explanation(g16, x.to(torch.bfloat16), rules=RULES, target=e32.target)
     a = e32.relevance.double().flatten()
     b = e16.relevance.double().flatten()
-    seed = float(e32.seed.double().sum())
+    seed = float(e32.output_relevance.double().sum())
     return {
         "pearson": float(torch.corrcoef(torch.stack([a, b]))[0, 1]),
         "relative_l2": float((a - b).norm() / a.norm()),

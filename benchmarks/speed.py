@@ -18,7 +18,7 @@ warm-up, each configuration in a fresh subprocess so that its peak memory is its
   explanation per ``cache_policy`` (default allocator and glibc's 1 MiB mmap threshold;
   ``--memory-bf16`` adds bfloat16) and of the discriminative pass per batch size
   (``--disc-batches``) and policy, the own peak set against 1.5 × (weights + activations the
-  rules need); the definitions are printed with the table and in the README.
+  rules need); the definitions are printed with the table and in docs/benchmarks/memory.md.
 
 Then a second table: time and peak memory against clip length T (8, 16, 32) and batch
 size (1, 4, 17). Prints markdown tables and writes them as JSON (``--json``).
@@ -280,7 +280,7 @@ def worker(
         report["max_rel_diff_vs_relgraph"] = float((ours - result).abs().max() / result.abs().max())
     if kind == "captum":
         # captum multiplies by the output score: relgraph's ``logit`` seed
-        ours = relgraph.explain(graph, clip, rules=captum_like, seed="logit")
+        ours = relgraph.explain(graph, clip, rules=captum_like, output_relevance="logit")
         result = result.detach()
         report["max_rel_diff_vs_relgraph"] = float((ours - result).abs().max() / result.abs().max())
     if kind.startswith("explain:"):
@@ -401,8 +401,8 @@ def model_worker(kind: str, model: str, device: str, repeats: int) -> dict:
     # Freed memory is kept for reuse (relgraph.engine.hostmemory.reuse_freed) in every kind: with
     # glibc's defaults a pass that frees its activations as it goes (the forward) hands its
     # pages back and faults them in again on the next call, and how often depends on what the
-    # process did before: an r2plus1d-18 forward after explanations took 89,000 page faults
-    # and 0.33 s of system time per call, alone in its process almost none (session 8).
+    # process did before: an r2plus1d-18 forward after explanations took tens of thousands of
+    # page faults per call, alone in its process almost none (docs/design-notes/performance.md).
     with reuse_freed():
         if kind == "paired":
             return _paired(runs["forward"], runs["explain"], repeats, device, model)
@@ -765,7 +765,7 @@ def _memory_table(args) -> list[dict]:
     return rows
 
 
-#: discriminative ÷ one explanation that issue 13 asks for, per ``reduce``
+#: the most discriminative ÷ one explanation may cost, per ``reduce``
 FROZEN_TARGETS = {"first": 12.0, "same": 13.0, "mean": 15.0, "sum": 15.0}
 
 

@@ -45,7 +45,13 @@ from relgraph.engine.graph import (
     load_architecture,
     shipped_architectures,
 )
-from relgraph.engine.reverse import Explanation, explain, explain_with_rules
+from relgraph.engine.reverse import (
+    Explanation,
+    explain,
+    explain_with_rules,
+    explanation,
+    explanation_with_rules,
+)
 from relgraph.errors import (
     ArgumentError,
     DatasetError,
@@ -54,6 +60,7 @@ from relgraph.errors import (
     OutputError,
     RelgraphError,
     RelgraphWarning,
+    ResourceError,
     RuleError,
     ShapeError,
     SpecError,
@@ -64,8 +71,16 @@ from relgraph.errors import (
     WeightsError,
 )
 from relgraph.methods.discriminative import DiscriminativeResult, discriminative
+from relgraph.models.demo import load_demo_model
 from relgraph.models.from_torch import from_torch
-from relgraph.pipeline.video import VideoExplanation, explain_video
+from relgraph.models.pretrained import load_pretrained
+from relgraph.pipeline.video import (
+    Model,
+    VideoExplanation,
+    VideoOptions,
+    explain_video,
+    load_model,
+)
 
 __all__ = [
     "ArgumentError",
@@ -80,13 +95,16 @@ __all__ = [
     "OutputError",
     "RelgraphError",
     "RelgraphWarning",
+    "ResourceError",
     "RuleError",
     "ShapeError",
     "SpecError",
     "TargetError",
     "TorchImportError",
     "VideoError",
+    "Model",
     "VideoExplanation",
+    "VideoOptions",
     "WeightsError",
     "architecture_from_yaml",
     "compile_spec",
@@ -94,8 +112,13 @@ __all__ = [
     "explain",
     "explain_video",
     "explain_with_rules",
+    "explanation",
+    "explanation_with_rules",
     "from_torch",
     "load_architecture",
+    "load_demo_model",
+    "load_model",
+    "load_pretrained",
     "rules",
     "shipped_architectures",
 ]

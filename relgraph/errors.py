@@ -115,3 +115,8 @@ class DatasetError(RelgraphError):
 
 class StoreError(RelgraphError):
     """A result store was made with other options or by another version, or is damaged."""
+
+
+class ResourceError(RelgraphError):
+    """The machine lacks what a run needs: memory for the explanation (the preflight of
+    ``relgraph.engine.memory``), or disk space for its outputs."""

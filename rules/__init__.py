@@ -1,5 +1,6 @@
 """Relevance rules (``relgraph.rules``): the rule objects, composites and shipped presets."""
 
+from . import attention  # noqa: F401  (registers the attention rules)
 from .composite import Composite, Entry, Selector, as_composite, preset, preset_names
 from .context import NodeContext
 from .library import (

@@ -4,7 +4,7 @@ A preset is a YAML file::
 
     name: deep-taylor-paper
     extends: base                 # optional: entries of another preset come first
-    seed: onehot                  # optional: the default seed of the reverse pass
+    output_relevance: onehot      # optional: where the reverse pass starts (onehot, logit)
     rules:
       - {ops: ["conv*", linear], rule: {name: zplus, stabilizer: zero}}
       - {nodes: first, rule: {name: zbeta, bounds: preprocess}}
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 
 from relgraph.engine.canonize import canonical
-from relgraph.engine.capabilities import Affine, Channelwise, capability
+from relgraph.engine.capabilities import Affine, Channelwise, op_has
 from relgraph.engine.spec import line_of, load_yaml
 from relgraph.errors import RuleError, did_you_mean
 from relgraph.io.resources import shipped_names, shipped_path
@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 
 SELECTOR_KEYS = ("nodes", "ops")
 ENTRY_KEYS = (*SELECTOR_KEYS, "rule")
-PRESET_KEYS = ("name", "description", "extends", "seed", "rules")
-SEEDS = ("onehot", "logit")
+PRESET_KEYS = ("name", "description", "extends", "output_relevance", "rules")
+OUTPUT_RELEVANCES = ("onehot", "logit")
 
 
 def _as_tuple(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
@@ -133,7 +133,7 @@ class Composite:
     entries: list[Entry] = field(default_factory=list)
     name: str = "custom"
     description: str = ""
-    seed: str | None = None
+    output_relevance: str | None = None
 
     def override(
         self,
@@ -160,7 +160,7 @@ class Composite:
             raise RuleError(exc.message, node=", ".join(names) if names else None) from None
         entry = Entry(Selector(_as_tuple(nodes), _as_tuple(ops)), built)
         return Composite(
-            [*self.entries, entry], self.name + "+override", self.description, self.seed
+            [*self.entries, entry], self.name + "+override", self.description, self.output_relevance
         )
 
     def resolve(self, graph: Graph, *, preprocess: str | None = None) -> dict[str, Rule]:
@@ -199,8 +199,7 @@ class Composite:
                 fitting = sorted(
                     n
                     for n, cls in RULES.items()
-                    if isinstance(cls.requires, tuple)
-                    and any(isinstance(op, capability(c)) for c in cls.requires)
+                    if isinstance(cls.requires, tuple) and any(op_has(op, c) for c in cls.requires)
                 )
                 where = f" ({entry.file}:{entry.line})" if entry.file else ""
                 raise RuleError(
@@ -309,7 +308,12 @@ def preset(name_or_path: str | os.PathLike, _seen: tuple[str, ...] = ()) -> Comp
     if cached is None or any(_stat(entry[0]) != entry for entry in cached[0]):
         cached = _PRESET_CACHE[file] = _read_preset(file, _seen)
     composite = cached[1]
-    return Composite(list(composite.entries), composite.name, composite.description, composite.seed)
+    return Composite(
+        list(composite.entries),
+        composite.name,
+        composite.description,
+        composite.output_relevance,
+    )
 
 
 def _read_preset(
@@ -331,6 +335,12 @@ def _read_preset(
             "a rule preset must be a mapping with a 'rules' list", file=file, line=line_of(data)
         )
     for key in data:
+        if key == "seed":  # the name this field had before
+            raise RuleError(
+                "the field 'seed' is now called 'output_relevance' (onehot or logit)",
+                file=file,
+                line=line_of(data, key),
+            )
         if key not in PRESET_KEYS:
             raise RuleError(
                 f"unknown field '{key}'{did_you_mean(key, PRESET_KEYS)} "
@@ -339,12 +349,13 @@ def _read_preset(
                 line=line_of(data, key),
             )
     entries: list[Entry] = []
-    seed = data.get("seed")
-    if seed is not None and seed not in SEEDS:
+    output_relevance = data.get("output_relevance")
+    if output_relevance is not None and output_relevance not in OUTPUT_RELEVANCES:
         raise RuleError(
-            f"seed must be one of {', '.join(SEEDS)}, got {seed!r}",
+            f"output_relevance must be one of {', '.join(OUTPUT_RELEVANCES)}, "
+            f"got {output_relevance!r}",
             file=file,
-            line=line_of(data, "seed"),
+            line=line_of(data, "output_relevance"),
         )
     extends = data.get("extends")
     if extends:
@@ -361,7 +372,7 @@ def _read_preset(
         parent = preset(parent_file, (*_seen, file))
         files += _PRESET_CACHE[parent_file][0]
         entries += parent.entries
-        seed = seed or parent.seed
+        output_relevance = output_relevance or parent.output_relevance
     if not isinstance(data["rules"], list):
         raise RuleError("'rules' must be a list of entries", file=file, line=line_of(data, "rules"))
     for item in data["rules"]:
@@ -397,7 +408,9 @@ def _read_preset(
             values[key] = _as_tuple(value)
         rule = make_rule(item["rule"], file=file, line=line_of(item, "rule"))  # checked now
         entries.append(Entry(Selector(**values), rule, file, line))
-    composite = Composite(entries, data.get("name", path.stem), data.get("description", ""), seed)
+    composite = Composite(
+        entries, data.get("name", path.stem), data.get("description", ""), output_relevance
+    )
     return tuple(files), composite
 
 

@@ -1,11 +1,13 @@
 """The rule library: each rule is a short dataclass whose ``relevance`` reads like its formula
-in ``rules.md``. ``A``/``Aᵀ`` are the op's ``linear_map``/``adjoint``; ``stab`` the safe division.
+in the rule reference (docs/reference/rules.md). ``A``/``Aᵀ`` are the op's
+``linear_map``/``adjoint``; ``stab`` the safe division.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,8 +47,9 @@ from .numerics import (
 from .registry import Rule, make_rule, register_rule
 from .slicing import sliced_adjoint, sliced_map
 
-# bfloat16 (see README, "Precision"): the heavy maps A and Aᵀ run in the weights' format;
-# their results are widened to float32 (``widened``), where shares are divided and summed.
+# bfloat16 (see docs/guides/precision-and-memory.md): the heavy maps A and Aᵀ run in the
+# weights' format; their results are widened to float32 (``widened``), where shares are
+# divided and summed.
 
 
 def _A(
@@ -108,10 +111,8 @@ def _A_scaled(
         return _A(ctx, x, weight, bias)  # the bias added by the map itself: one pass fewer
     z = _A(ctx, x, weight)
     if scale is None:  # bfloat16: the bias added to the widened z, in float32
-        return z + bias.reshape(1, -1, *([1] * (z.dim() - 2)))
-    return z + bias.reshape(1, -1, *([1] * (z.dim() - 2))) * scale.reshape(
-        -1, *([1] * (z.dim() - 1))
-    )
+        return z + ctx.op.broadcast_bias(bias, z)
+    return z + ctx.op.broadcast_bias(bias, z) * scale.reshape(-1, *([1] * (z.dim() - 1)))
 
 
 def signed_share(
@@ -271,6 +272,7 @@ class Epsilon(Rule):
     bias: bool = True
 
     def __post_init__(self):
+        _check_number(self.name, "epsilon", self.epsilon)
         if self.epsilon < 0:
             raise RuleError(f"epsilon must be ≥ 0, got {self.epsilon}")
 
@@ -313,9 +315,13 @@ class _Stabilized(Rule):
     drops_bias: ClassVar[bool] = False
 
     def __post_init__(self):
+        _check_number(self.name, "epsilon", self.epsilon)
+        if self.epsilon < 0:
+            raise RuleError(f"{self.name}: epsilon must be ≥ 0, got {self.epsilon}")
         if self.bias and self.drops_bias:
             raise RuleError(
-                f"rule '{self.name}' has no bias term (see rules.md), so bias: true would be "
+                f"rule '{self.name}' has no bias term (see docs/reference/rules.md), so bias: true "
+                "would be "
                 "ignored; leave it out"
             )
         # derived from the parameters, not itself a parameter (not a dataclass field)
@@ -364,6 +370,8 @@ class AlphaBeta(_Stabilized):
 
     def __post_init__(self):
         super().__post_init__()
+        _check_number(self.name, "alpha", self.alpha)
+        _check_number(self.name, "beta", self.beta)
         if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1) > 1e-12:
             raise RuleError(
                 f"alphabeta needs α, β ≥ 0 and α − β = 1, got α={self.alpha}, β={self.beta}"
@@ -396,6 +404,7 @@ class Gamma(_Stabilized):
 
     def __post_init__(self):
         super().__post_init__()
+        _check_number(self.name, "gamma", self.gamma)
         if self.gamma < 0:
             raise RuleError(f"gamma must be ≥ 0, got {self.gamma}")
 
@@ -452,6 +461,22 @@ class ZBeta(_Stabilized):
         super().__post_init__()
         if self.bounds is None and (self.low is None or self.high is None):
             raise RuleError("zbeta needs 'low' and 'high', or 'bounds' (a preprocessing preset)")
+        if self.low is not None and self.high is not None:
+            low, high = _bound_values("low", self.low), _bound_values("high", self.high)
+            if len(low) > 1 and len(high) > 1 and len(low) != len(high):
+                raise RuleError(
+                    f"zbeta: low has {len(low)} values and high {len(high)}: give one per "
+                    "input channel for both, or one number"
+                )
+            if len(low) == 1 or len(high) == 1:
+                low, high = low * len(high), high * len(low)
+            crossed = [c for c, (lo, hi) in enumerate(zip(low, high)) if lo > hi]
+            if crossed:
+                c = crossed[0]
+                raise RuleError(
+                    f"zbeta needs low ≤ high, got low {low[c]:g} > high {high[c]:g}"
+                    + (f" (channel {c})" if len(low) > 1 else "")
+                )
 
     def bind(
         self, *, preprocess: str | None = None, graph: Any = None, node: str | None = None, **_: Any
@@ -513,7 +538,7 @@ class ZBeta(_Stabilized):
             wide_pos, wide_neg = w_pos.to(low.dtype), w_neg.to(low.dtype)
             part = _A(ctx, high[:1], wide_neg, add_to=_A(ctx, low[:1], wide_pos))
             if from_output:
-                return _in_place(torch.add, part, bias.reshape(1, -1, *([1] * (part.dim() - 2))))
+                return _in_place(torch.add, part, ctx.op.broadcast_bias(bias, part))
             return part
 
         key = ("zbeta", tuple(x.shape[1:]), self.low, self.high, from_output, str(low.dtype))
@@ -562,6 +587,24 @@ def _values(bound: float | tuple[float, ...]) -> list[float]:
 
 #: inputs may pass the bounds by this much of the box's width (rounding of the preprocessing)
 BOUNDS_TOLERANCE = 1e-4
+
+
+def _check_number(rule: str, name: str, value: Any) -> None:
+    """Refuse a rule parameter that is not a finite real number (``nan``, ``inf``, text)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise RuleError(f"{rule}: {name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise RuleError(f"{rule}: {name} must be a finite number, got {value!r}")
+
+
+def _bound_values(name: str, value: Any) -> list[float]:
+    """A zβ bound as a list of finite numbers (one, or one per channel)."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise RuleError(f"zbeta: {name} is empty")
+    for item in values:
+        _check_number("zbeta", name, item)
+    return [float(item) for item in values]
 
 
 def _warn_outside(node: str, x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> None:
@@ -871,6 +914,8 @@ class Combine(Rule):
     def __post_init__(self):
         if not self.parts:
             raise RuleError("combine needs at least one part")
+        for weight, _ in self.parts:
+            _check_number("combine", "a part's weight", weight)
         self.parts = [(float(w), make_rule(r)) for w, r in self.parts]
 
     @property
@@ -917,9 +962,15 @@ class Combine(Rule):
                     line=line,
                 )
             weight = part["weight"]
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            if (
+                isinstance(weight, bool)
+                or not isinstance(weight, (int, float))
+                or not math.isfinite(weight)
+            ):
                 raise RuleError(
-                    f"a part's weight must be a number, got {weight!r}", file=file, line=line
+                    f"a part's weight must be a finite number, got {weight!r}",
+                    file=file,
+                    line=line,
                 )
             built.append((float(weight), make_rule(part["rule"], file=file, line=line)))
         return cls(parts=built)

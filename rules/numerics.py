@@ -121,7 +121,7 @@ class Stabilizer:
             if nonnegative:
                 z = z.add_(epsilon) if owned and not z._is_view() else z + epsilon
             else:
-                # ε·sign(z) as copysign(ε, z): 8× faster than a where on X3D-S's adds. A z
+                # ε·sign(z) as copysign(ε, z): faster than a where on X3D-S's adds. A z
                 # of −0 takes −ε, which changes no share: a sum is −0 only where every one
                 # of its terms is, so each contribution divided by it is 0 either way
                 z = torch.copysign(epsilon, z).add_(z)
@@ -287,8 +287,8 @@ def _scan(t: torch.Tensor, nonnegative: bool) -> tuple[list[float], list[float]]
     rule in Python, which counts on graphs of hundreds of nodes (X3D's).
 
     On CPU each sample of a ``dense`` tensor (either layout) is one block of memory, reduced
-    whole by one ``aminmax``: 1.5–3× faster than ``amax`` and ``amin`` over all but the
-    batch axis (and those run 5–15× faster than ``aminmax(dim=1)`` of ``t.reshape(B, -1)``,
+    whole by one ``aminmax``: faster than ``amax`` and ``amin`` over all but the
+    batch axis (and those run faster than ``aminmax(dim=1)`` of ``t.reshape(B, -1)``,
     which also copies a channels-last ``t``)."""
     batch = t.shape[0]
     if t.device.type == "cpu" and dense(t) and t.numel():

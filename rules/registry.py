@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from relgraph.engine.capabilities import capability
+from relgraph.engine.capabilities import op_has
 from relgraph.engine.ops import Op
 from relgraph.errors import RuleError, did_you_mean
 
@@ -34,7 +34,7 @@ class Rule:
     and implement ``relevance``. Class attributes (or properties, where they follow from the
     parameters):
 
-    ``name``           the name used in YAML and by ``get_rule``
+    ``name``           the name used in YAML and by ``make_rule``
     ``requires``       the op capabilities the rule works with (any one suffices): Protocols
                        of ``relgraph.engine.capabilities`` (``Affine``, ``Windowed``, ...), or
                        their names (``"affine"``, ``"window"``, ...) as aliases
@@ -42,7 +42,8 @@ class Rule:
                        (``inputs``, ``output``, ``record``). The reverse pass keeps exactly
                        that and asks nothing else; a rule built of parts (``Combine``) needs
                        the union of its parts' needs.
-    ``conserving``     whether Σ R_in = Σ R holds (under the conditions in rules.md)
+    ``conserving``     whether Σ R_in = Σ R holds (under the conditions in
+                       docs/reference/rules.md)
     """
 
     name: ClassVar[str]
@@ -73,7 +74,7 @@ class Rule:
 
     def fits(self, op: Op) -> bool:
         """Whether the op offers a capability this rule needs."""
-        return any(isinstance(op, capability(c)) for c in self.requires)
+        return any(op_has(op, c) for c in self.requires)
 
     def describe(self) -> str:
         """``name(param=value, ...)``."""

@@ -4,14 +4,14 @@
 adds) with the same machinery; its batch norms use batch statistics in training and write
 their running statistics. Its shipped weights (sha256 56ae836b...) were made with
 ``--arch r2plus1d-tiny --clips 2000 --epochs 3 --lr 2e-3 --video-clips 50``: 0.972 on 1000
-fresh clips, 0.900 on 50 after an mp4 round trip (README, "Demo model and data").
+fresh clips, 0.900 on 50 after an mp4 round trip (docs/design-notes/demo-model.md).
 
 The model is trained with autograd on the compiled graph's own ops (``Op.forward`` with
 trainable tensors named ``node.tensor``), so the weights it writes are exactly the graph's and
 ``relgraph explain --preprocess hara`` feeds it what it was trained on: the ``hara`` preset at
 size 32 (RGB, 0..255 minus (90, 98, 102), no scaling).
 
-What it learns from (README, "Demo model and data", gives the reasons): fresh clips every
+What it learns from (docs/design-notes/demo-model.md gives the reasons): fresh clips every
 epoch (``make_dataset`` with seed ``seed + epoch``, colour cue ``--cue``, 0.8 by default), a
 random torus shift as the only augmentation (flips would change the class but not the
 colour), and ``--frozen-share`` (35 %) of the clips frozen (a frame repeated in time) with
@@ -33,7 +33,7 @@ The shipped weights are made in two steps (2 CPU cores, torch 2.13)::
         --epochs 1 --irrelevant-share 0.5 --lr 5e-4
 
 The second fine-tunes the first's weights for one epoch of 8000 fresh clips (seed 0), half of
-them with irrelevant motion (objects that oscillate or flicker in place; issue 11), 35 %
+them with irrelevant motion (objects that oscillate or flicker in place), 35 %
 frozen: 1.000 on 1000 fresh clips, 0.960 on the same clips with irrelevant motion, 0.990 on
 200 after an mp4 round trip; sha256 fa3d0438..., byte-identical in two runs. The first step
 alone (below) is the demo model as it was before, with 0.785-0.815 on irrelevant motion.
@@ -42,15 +42,14 @@ Step 1:
 
 c3d-tiny at its default parameters (width 8, hidden 64; 169,060 parameters), 3 epochs of
 8000 fresh clips (seeds 0, 1, 2), 250 steps of 32 clips each, Adam at 1e-3 (first layer
-1e-3 / input std), 50 warm-up steps, cosine decay. It took 1 min 35 s wall (data and
-training) on an otherwise idle machine. Accuracy with relgraph's forward pass: 0.987 on
+1e-3 / input std), 50 warm-up steps, cosine decay. Accuracy with relgraph's forward pass: 0.987 on
 1000 fresh clips (seed 1000003) and 0.970 on 200 of them after an mp4 round trip. The
 weight file is 677,968 bytes.
 
 The recipe is fragile across seeds: ``--seed 1`` gave 0.960, ``--seed 2`` did not learn
 motion in 3 epochs (0.623). ``--epochs 4`` reached 0.998-1.000 for seeds 0, 1 and 2, with a
-model that leans less on colour (the README's seed table has what that does to the
-explanations). ``--motion-kernels`` and ``--frozen-from`` are the other knobs tried there.
+model that leans less on colour (docs/design-notes/demo-model.md has what that does to
+the explanations). ``--motion-kernels`` and ``--frozen-from`` are the other knobs tried there.
 """
 
 from __future__ import annotations
@@ -81,6 +80,7 @@ ARCHITECTURE = "c3d-tiny"
 WEIGHTS_NAMES = {
     "c3d-tiny": "c3d-tiny-synthetic.safetensors",
     "r2plus1d-tiny": "r2plus1d-tiny-synthetic.safetensors",
+    "videomae-tiny": "videomae-tiny-synthetic.safetensors",
 }
 PREPROCESS = "hara"
 SIZE = 32
@@ -211,19 +211,24 @@ def preprocess_clips(frames: np.ndarray) -> torch.Tensor:
 
 
 def training_set(
-    count: int, seed: int, epoch: int, cue: float, irrelevant_share: float = 0.0
+    count: int,
+    seed: int,
+    epoch: int,
+    cue: float,
+    irrelevant_share: float = 0.0,
+    frames: int = FRAMES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fresh clips for each epoch: seed ``seed + epoch``; a random ``irrelevant_share`` of
     them (drawn from the same seed) with irrelevant motion (objects that oscillate or
     flicker in place), the same clips otherwise."""
-    frames, labels, _, _ = make_dataset(count, seed=seed + epoch, frames=FRAMES, size=SIZE, cue=cue)
+    video, labels, _, _ = make_dataset(count, seed=seed + epoch, frames=frames, size=SIZE, cue=cue)
     if irrelevant_share > 0:
         odd, _, _, _ = make_dataset(
-            count, seed=seed + epoch, frames=FRAMES, size=SIZE, cue=cue, irrelevant_motion=True
+            count, seed=seed + epoch, frames=frames, size=SIZE, cue=cue, irrelevant_motion=True
         )
         chosen = np.random.default_rng(seed + epoch).random(count) < irrelevant_share
-        frames[chosen] = odd[chosen]
-    return preprocess_clips(frames), torch.from_numpy(labels)
+        video[chosen] = odd[chosen]
+    return preprocess_clips(video), torch.from_numpy(labels)
 
 
 def roll(clips: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -306,6 +311,18 @@ def main(argv: list[str] | None = None) -> None:
         help="share of first-layer kernels started as motion detectors",
     )
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="passes over each epoch's clips (fresh shifts and frozen picks each pass)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=THREADS,
+        help=f"torch threads ({THREADS}; the weights' last bits depend on it)",
+    )
     parser.add_argument("--width", type=int, default=None, help="override the YAML's width")
     parser.add_argument(
         "--hidden", type=int, default=None, help="override the YAML's hidden (c3d-tiny only)"
@@ -313,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -322,8 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     graph = load_architecture(args.arch, seed=args.seed, **params)
     print(f"{graph}; params {graph.params}")
 
+    frames = graph.input_shape[1]  # 16 for the CNNs, 8 for videomae-tiny
     train_clips, train_labels = training_set(
-        args.clips, args.seed, 0, args.cue, args.irrelevant_share
+        args.clips, args.seed, 0, args.cue, args.irrelevant_share, frames
     )
     input_scale = float(train_clips.std())
     print(
@@ -352,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     optimiser = torch.optim.Adam(groups)
     base_lrs = [g["lr"] for g in groups]
-    steps_per_epoch = len(train_clips) // args.batch
+    steps_per_pass = len(train_clips) // args.batch
+    steps_per_epoch = steps_per_pass * args.passes
     total_steps = args.epochs * steps_per_epoch
     warmup = min(50, total_steps // 4)
 
@@ -361,9 +380,11 @@ def main(argv: list[str] | None = None) -> None:
         model.train()
         if epoch > 0:
             train_clips, train_labels = training_set(
-                args.clips, args.seed, epoch, args.cue, args.irrelevant_share
+                args.clips, args.seed, epoch, args.cue, args.irrelevant_share, frames
             )
-        order = torch.randperm(len(train_clips), generator=generator)
+        order = torch.cat(
+            [torch.randperm(len(train_clips), generator=generator) for _ in range(args.passes)]
+        )
         loss_sum = correct = seen = 0
         for batch in range(steps_per_epoch):
             # Linear warm-up, then cosine decay to zero.
@@ -408,21 +429,21 @@ def main(argv: list[str] | None = None) -> None:
     shipped = load_architecture(args.arch, **params)
     shipped.load_weights(weights_path)
     test_seed = args.seed + 1_000_003
-    frames, labels, _, _ = make_dataset(
-        args.test_clips, seed=test_seed, frames=FRAMES, size=SIZE, cue=args.cue
+    video, labels, _, _ = make_dataset(
+        args.test_clips, seed=test_seed, frames=frames, size=SIZE, cue=args.cue
     )
-    accuracy = graph_accuracy(shipped, preprocess_clips(frames), torch.from_numpy(labels))
+    accuracy = graph_accuracy(shipped, preprocess_clips(video), torch.from_numpy(labels))
     odd, odd_labels, _, _ = make_dataset(
         args.test_clips,
         seed=test_seed,
-        frames=FRAMES,
+        frames=frames,
         size=SIZE,
         cue=args.cue,
         irrelevant_motion=True,
     )
     odd_accuracy = graph_accuracy(shipped, preprocess_clips(odd), torch.from_numpy(odd_labels))
     with tempfile.TemporaryDirectory() as folder:
-        video_frames = video_round_trip(frames[: args.video_clips], Path(folder))
+        video_frames = video_round_trip(video[: args.video_clips], Path(folder))
     video_accuracy = graph_accuracy(
         shipped, preprocess_clips(video_frames), torch.from_numpy(labels[: args.video_clips])
     )

@@ -73,6 +73,11 @@ class GraphCase:
                 if "weight" in tensors:
                     tensors["weight"] = torch.randn(channels, generator=generator).to(dtype)
                     tensors["bias"] = torch.randn(channels, generator=generator).to(dtype) * 0.1
+            elif graph.op(node).type == "layernorm":  # off its init: weight 1, bias 0
+                tensors = graph.tensors(node)
+                for name, t in tensors.items():
+                    noise = torch.randn(t.shape, generator=generator).to(dtype)
+                    tensors[name] = t + noise * (0.5 if name == "weight" else 0.1)
         return graph
 
     def inputs(self, batch: int = 2, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -111,12 +116,12 @@ class _Builder:
     def shape(self) -> tuple[int, ...]:
         return self.shapes[self.current]
 
-    def add(self, op: str, shape: tuple[int, ...], inputs=None, **fields) -> str:
+    def add(self, op: str, out_shape: tuple[int, ...], /, inputs=None, **fields) -> str:
         self.count += 1
         name = f"{op}_{self.count}"
         node = {"name": name, "op": op, "inputs": inputs or [self.current], **fields}
         self.nodes.append(node)
-        self.shapes[name] = shape
+        self.shapes[name] = out_shape
         self.current = name
         return name
 
@@ -302,6 +307,44 @@ class _Builder:
         shape[0] = sum(self.shapes[b][0] for b in branches)
         return self.add("concat", tuple(shape), inputs=branches, dim=1)
 
+    def attention(self) -> str:
+        """An attention block on a (C, L) tensor read as L tokens of C features: a CLS token
+        and position embeddings, layer norm, q·kᵀ over 1 or 2 heads, scale, softmax,
+        attention·v, the heads merged, a projection, GELU, a residual add, the CLS token
+        dropped again and the tokens back to (C, L)."""
+        draw = self.draw
+        channels, length = self.shape
+        heads = draw(st.integers(1, 2))
+        width = 2 * heads  # the q, k, v features: heads of 2
+        self.add("transpose", (length, channels), dim0=1, dim1=2)
+        self.add("prepend_token", (length + 1, channels), dim=1, shape=[1, 1, channels])
+        tokens = self.add("add_param", (length + 1, channels), shape=[1, length + 1, channels])
+        normed = self.add("layernorm", (length + 1, channels))
+        split = {}
+        for part in ("q", "k", "v"):
+            self.current = normed
+            self.add(
+                "linear",
+                (length + 1, width),
+                in_features=channels,
+                out_features=width,
+                bias=draw(st.booleans()),
+            )
+            self.add("reshape", (length + 1, heads, 2), shape=[length + 1, heads, 2])
+            split[part] = self.add("transpose", (heads, length + 1, 2), dim0=1, dim1=2)
+        square = (heads, length + 1, length + 1)
+        self.add("matmul", square, inputs=[split["q"], split["k"]], transpose_b=True)
+        self.add("scale", square, factor=2**-0.5)
+        probs = self.add("softmax", square)
+        self.add("matmul", (heads, length + 1, 2), inputs=[probs, split["v"]])
+        self.add("transpose", (length + 1, heads, 2), dim0=1, dim1=2)
+        self.add("reshape", (length + 1, width), shape=[length + 1, width])
+        self.add("linear", (length + 1, channels), in_features=width, out_features=channels)
+        self.add(draw(st.sampled_from(["gelu", "gelu_new", "gelu_fast"])), self.shape)
+        self.add("add", self.shape, inputs=[self.current, tokens])
+        self.add("slice", (length, channels), dim=1, start=1)
+        return self.add("transpose", (channels, length), dim0=1, dim1=2)
+
 
 SPATIAL_BLOCKS = (
     "conv",
@@ -328,6 +371,7 @@ def graph_cases(
     max_blocks: int = 4,
     first_conv: bool = False,
     homogeneous: bool = False,
+    attention: bool = False,
 ) -> GraphCase:
     """A random architecture that compiles.
 
@@ -348,6 +392,9 @@ def graph_cases(
     homogeneous
         Leave out the ops that are not positively homogeneous (sigmoid, SiLU, gates), so the
         graph's output scales with its input (bias-free) as scale-equivariance needs.
+    attention
+        Draw attention blocks too, at least one (on 1-D inputs, read as tokens: give
+        ``dims=1``).
     """
     dims = draw(st.sampled_from(dims)) if isinstance(dims, tuple) else dims
     channels = channels or draw(st.integers(1, 3))
@@ -362,8 +409,12 @@ def graph_cases(
         blocks = blocks + MERGE_BLOCKS
     if homogeneous:
         blocks = tuple(b for b in blocks if b not in ("sigmoid", "silu", "gate"))
+    if attention and dims == 1:
+        blocks = blocks + ("attention", "attention")
     if first_conv:
         builder.conv()
+    if attention and dims == 1:
+        builder.attention()
     for _ in range(draw(st.integers(1, max_blocks))):
         getattr(builder, draw(st.sampled_from(blocks)))()
     if len(builder.shape) > 1 and draw(st.booleans()):  # X3D, S3D: a mean over space and time

@@ -63,9 +63,9 @@ def test_batch_relevance_with_a_target_per_sample_is_the_per_sample_relevances_s
 def test_every_node_relevance_of_a_batch_is_the_per_sample_node_relevances_stacked(case, batch):
     graph = case.build()
     x = case.inputs(batch)
-    batched = relgraph.explain(graph, x, rules="epsilon-alpha2-beta1", return_all=True)
+    batched = relgraph.explanation(graph, x, rules="epsilon-alpha2-beta1", node_relevance=True)
     singles = [
-        relgraph.explain(graph, x[i : i + 1], rules="epsilon-alpha2-beta1", return_all=True)
+        relgraph.explanation(graph, x[i : i + 1], rules="epsilon-alpha2-beta1", node_relevance=True)
         for i in range(batch)
     ]
     for node, relevance in batched.node_relevance.items():

@@ -130,7 +130,7 @@ def captum_lrp(net: SmallVideoNet, x: torch.Tensor, rules: dict, target: list[in
 
 def relgraph_lrp(graph, x, rules: dict, target: list[int], seed: str = "logit"):
     node_rules = {node: make_rule(rule) for node, rule in {**STRUCTURAL_RULES, **rules}.items()}
-    return relgraph.explain_with_rules(graph, x, node_rules, target=target, seed=seed)
+    return relgraph.explain_with_rules(graph, x, node_rules, target=target, output_relevance=seed)
 
 
 def assert_agrees(actual: torch.Tensor, expected: torch.Tensor) -> None:

@@ -175,7 +175,7 @@ def test_explain_without_rules_uses_the_architectures_preset(c3d_tiny, clip):
 def test_combine_hands_on_the_weighted_sum_of_its_rules_relevances(c3d_tiny, clip):
     def relevance_below_conv5b(rule):
         composite = preset("deep-taylor-paper").override("conv5b", rule)
-        explanation = relgraph.explain(c3d_tiny, clip, 0, composite, return_all=True)
+        explanation = relgraph.explanation(c3d_tiny, clip, 0, composite, node_relevance=True)
         return explanation.node_relevance["relu5a"]  # conv5b's only input
 
     combined = relevance_below_conv5b(
@@ -194,11 +194,11 @@ def test_a_preset_loads_from_a_yaml_file_path(tmp_path, branches):
     path = write(
         tmp_path,
         "mine.yaml",
-        "name: mine\nseed: logit\nextends: base\nrules:\n"
+        "name: mine\noutput_relevance: logit\nextends: base\nrules:\n"
         "  - {ops: ['conv*', linear, 'batchnorm*'], rule: {name: epsilon, epsilon: 0.5}}\n",
     )
     composite = preset(path)
-    assert (composite.name, composite.seed) == ("mine", "logit")
+    assert (composite.name, composite.output_relevance) == ("mine", "logit")
     rules = composite.resolve(branches)
     assert rules["left"] == Epsilon(epsilon=0.5) and rules["join"] == Split()
 
@@ -240,7 +240,7 @@ def test_extends_puts_the_parents_entries_first_and_inherits_its_seed(tmp_path, 
     child = preset(path)
     parent = preset("deep-taylor-paper")
     assert child.entries[: len(parent.entries)] == parent.entries
-    assert child.seed == "onehot"
+    assert child.output_relevance == "onehot"
     rules, parent_rules = child.resolve(c3d), parent.resolve(c3d)
     assert rules["fc8"] == Epsilon()
     assert {n: r for n, r in rules.items() if n != "fc8"} == {
@@ -262,9 +262,18 @@ def test_extends_reads_a_relative_path_next_to_the_extending_preset(tmp_path, mo
     assert (rules["fc7"].name, rules["fc8"].name, rules["fc6"].name) == ("flat", "flat", "zplus")
 
 
-def test_a_preset_seed_other_than_onehot_or_logit_names_the_file_and_line(tmp_path):
-    path = write(tmp_path, "seed.yaml", "extends: base\nseed: one-hot\nrules: []\n")
-    with pytest.raises(RuleError, match="seed must be one of onehot, logit") as info:
+def test_a_preset_output_relevance_other_than_onehot_or_logit_names_the_file_and_line(
+    tmp_path,
+):
+    path = write(tmp_path, "start.yaml", "extends: base\noutput_relevance: one-hot\nrules: []\n")
+    with pytest.raises(RuleError, match="output_relevance must be one of onehot, logit") as info:
+        preset(path)
+    assert (info.value.file, info.value.line) == (path, 2)
+
+
+def test_a_preset_naming_the_old_seed_field_is_told_its_new_name(tmp_path):
+    path = write(tmp_path, "old.yaml", "extends: base\nseed: logit\nrules: []\n")
+    with pytest.raises(RuleError, match="'seed' is now called 'output_relevance'") as info:
         preset(path)
     assert (info.value.file, info.value.line) == (path, 2)
 
@@ -388,7 +397,7 @@ def test_deep_taylor_paper_takes_its_bounds_from_the_architectures_preprocessing
 
 
 def test_deep_taylor_paper_starts_from_a_onehot_seed():
-    assert preset("deep-taylor-paper").seed == "onehot"
+    assert preset("deep-taylor-paper").output_relevance == "onehot"
 
 
 def test_deep_taylor_2020_shares_max_pools_in_proportion(c3d):
@@ -430,11 +439,11 @@ def test_a_preset_is_read_again_when_it_or_the_preset_it_extends_changes(tmp_pat
     first.entries.append(first.entries[0])  # each call's composite is its own
     assert len(preset(child).entries) == 2
     parent.write_text(
-        "name: parent\nseed: logit\nrules:\n  - {ops: [linear], rule: {name: epsilon, "
+        "name: parent\noutput_relevance: logit\nrules:\n  - {ops: [linear], rule: {name: epsilon, "
         "epsilon: 0.5}}\n  - {ops: [flatten], rule: pass}\n"
     )
     edited = preset(child)
     assert [e.selector.ops for e in edited.entries] == [("linear",), ("flatten",), ("relu",)]
-    assert edited.entries[0].rule.epsilon == 0.5 and edited.seed == "logit"
+    assert edited.entries[0].rule.epsilon == 0.5 and edited.output_relevance == "logit"
     child.write_text("name: child\nrules:\n  - {ops: [relu], rule: pass}\n")
     assert [e.selector.ops for e in preset(child).entries] == [("relu",)]

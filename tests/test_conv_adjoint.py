@@ -103,7 +103,7 @@ def test_conv_adjoint_is_the_vector_jacobian_product(case, layout, dtype):
 
 def test_channels_last_strides_are_made_canonical_without_a_copy():
     # oneDNN reads the strides to pick its layout: an odd stride on the batch of one (which
-    # addresses nothing) made it fall back to the default layout and a kernel 10× slower
+    # addresses nothing) made it fall back to the default layout and a far slower kernel
     x = _odd_batch_stride(torch.randn(1, 5, 3, 4, 6, generator=torch.Generator().manual_seed(2)))
     assert x.is_contiguous(memory_format=torch.channels_last_3d) and x.stride(0) == 1
     canonical = _canonical_channels_last(x)

@@ -79,13 +79,12 @@ def test_bfloat16_explain_on_cuda_is_within_the_bounds_of_float32():
     half.to(dtype=torch.bfloat16)
     x = clip_for(gpu, batch=4).float().cuda()
 
-    expected = relgraph.explain(gpu, x, rules="deep-taylor-paper", return_explanation=True)
-    actual = relgraph.explain(
+    expected = relgraph.explanation(gpu, x, rules="deep-taylor-paper")
+    actual = relgraph.explanation(
         half,
         x.bfloat16(),
         rules="deep-taylor-paper",
         target=expected.target,
-        return_explanation=True,
     )
 
     assert actual.relevance.device.type == "cuda"

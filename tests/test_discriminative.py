@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import relgraph
+from relgraph import discriminative
 from relgraph.errors import RelgraphError, ShapeError
-from relgraph.methods import discriminative
 from relgraph.methods.discriminative import DEFAULT_BATCH_SIZE, frozen_clips
 
 FRAMES = 16
@@ -185,7 +185,12 @@ def test_class_names_are_accepted_as_targets_with_labels(graph, clips):
 def test_other_rules_and_seed_are_passed_to_every_explanation(graph, clips, predicted):
     one_clip = clips[:1]
     result = discriminative(
-        graph, one_clip, rules="deep-taylor-2020", seed="logit", normalize="none", progress=False
+        graph,
+        one_clip,
+        rules="deep-taylor-2020",
+        output_relevance="logit",
+        normalize="none",
+        progress=False,
     )
     clip_relevance, frozen_relevance = reference_relevance(
         graph, one_clip, predicted[:1].tolist(), rules="deep-taylor-2020", seed="logit"
@@ -195,7 +200,7 @@ def test_other_rules_and_seed_are_passed_to_every_explanation(graph, clips, pred
     close(result.frozen_relevance[:, :, :, 0], frozen_relevance[:, :, :, 0])
     assert not result.frozen_relevance[:, :, :, 1:].any()
     assert result.options["rules"] == "deep-taylor-2020"
-    assert result.options["seed"] == "logit"
+    assert result.options["output_relevance"] == "logit"
 
 
 # --------------------------------------------------------------------------- batching
@@ -270,7 +275,9 @@ def test_a_frozen_clip_repeats_its_frame_rather_than_zero_padding(clips):
 @pytest.mark.parametrize("normalize", ["maxabs", "sum", "none"])
 def test_all_zero_relevance_stays_zero_never_nan(graph, clips, normalize):
     zero_seed = torch.zeros(1, graph.num_classes, dtype=torch.float64)
-    result = discriminative(graph, clips[:1], seed=zero_seed, normalize=normalize, progress=False)
+    result = discriminative(
+        graph, clips[:1], output_relevance=zero_seed, normalize=normalize, progress=False
+    )
     for name in ("spatiotemporal", "spatial", "temporal"):
         maps = getattr(result, name)
         assert torch.isfinite(maps).all()

@@ -1,8 +1,8 @@
 """Lost relevance (``Explanation.lost``, ``lost_fraction``) and explanations that keep only
-what a caller reads (``return_explanation``).
+what a caller reads (``relgraph.explanation``).
 
 References: the relevance a node keeps is read off a known construction (a unit whose z is
-exactly 0), or off the node relevances of ``return_all`` summed here, never off ``lost``.
+exactly 0), or off the node relevances of ``node_relevance=True`` summed here, never off ``lost``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def test_a_unit_whose_z_is_zero_loses_exactly_its_relevance(rule):
     graph = linear_graph(weight)
     x = torch.rand((3, 5), generator=generator, dtype=DTYPE) + 0.1
     seed = torch.rand((3, 4), generator=generator, dtype=DTYPE) + 0.5
-    explanation = relgraph.explain(graph, x, 0, {"fc": rule}, seed, return_explanation=True)
+    explanation = relgraph.explanation(graph, x, 0, {"fc": rule}, seed)
     torch.testing.assert_close(explanation.lost["fc"], seed[:, 2])
     torch.testing.assert_close(explanation.lost_fraction, seed[:, 2] / seed.sum(1))
 
@@ -58,7 +58,7 @@ def test_the_stabiliser_and_the_bias_lose_what_the_formula_says():
     seed = torch.randn((2, 3), generator=generator, dtype=DTYPE)
     epsilon = 0.3
     rule = Epsilon(epsilon=epsilon)
-    explanation = relgraph.explain(graph, x, 0, {"fc": rule}, seed, return_explanation=True)
+    explanation = relgraph.explanation(graph, x, 0, {"fc": rule}, seed)
     z = x @ weight.T + bias
     handed_on = (seed * (z - bias) / (z + epsilon * torch.where(z >= 0, 1.0, -1.0))).sum(1)
     torch.testing.assert_close(explanation.lost["fc"], seed.sum(1) - handed_on)
@@ -81,7 +81,7 @@ def clip(graph: relgraph.Graph, batch: int = 2) -> torch.Tensor:
 def test_a_conserving_composite_loses_nothing():
     graph = c3d_tiny(bias_free=True)
     composite = preset("base").override(ops=["conv*", "linear"], rule=ZPlus())
-    explanation = relgraph.explain(graph, clip(graph), "auto", composite, return_explanation=True)
+    explanation = relgraph.explanation(graph, clip(graph), "auto", composite)
     for node, lost in explanation.lost.items():
         torch.testing.assert_close(lost, torch.zeros_like(lost), atol=1e-12, rtol=0, msg=node)
     torch.testing.assert_close(
@@ -93,10 +93,10 @@ def test_a_conserving_composite_loses_nothing():
 def test_lost_is_each_nodes_relevance_minus_what_reached_its_input(rules):
     graph = c3d_tiny(bias_free=False)
     x = clip(graph) * 50
-    full = relgraph.explain(graph, x, "auto", rules, "logit", return_all=True)
-    slim = relgraph.explain(graph, x, "auto", rules, "logit", return_explanation=True)
+    full = relgraph.explanation(graph, x, "auto", rules, "logit", node_relevance=True)
+    slim = relgraph.explanation(graph, x, "auto", rules, "logit")
     assert slim.node_relevance == {}
-    for name in ("output", "target", "seed", "relevance"):
+    for name in ("output", "target", "output_relevance", "relevance"):
         torch.testing.assert_close(getattr(slim, name), getattr(full, name))
     assert set(slim.lost) == set(graph.order[1:])
 
@@ -107,7 +107,7 @@ def test_lost_is_each_nodes_relevance_minus_what_reached_its_input(rules):
         (pred,) = graph.inputs_of(node)
         expected = total(full.node_relevance[node]) - total(full.node_relevance[pred])
         torch.testing.assert_close(slim.lost[node], expected, atol=1e-12, rtol=1e-9, msg=node)
-    seed_total = total(full.seed)
+    seed_total = total(full.output_relevance)
     expected_fraction = (seed_total - total(full.relevance)) / seed_total
     torch.testing.assert_close(slim.lost_fraction, expected_fraction, atol=1e-12, rtol=1e-9)
 
@@ -116,14 +116,14 @@ def test_lost_fraction_is_zero_where_the_seed_sums_to_zero():
     graph = linear_graph(torch.ones(2, 3, dtype=DTYPE))
     x = torch.ones(1, 3, dtype=DTYPE)
     seed = torch.tensor([[1.0, -1.0]], dtype=DTYPE)
-    explanation = relgraph.explain(graph, x, 0, {"fc": ZPlus()}, seed, return_explanation=True)
+    explanation = relgraph.explanation(graph, x, 0, {"fc": ZPlus()}, seed)
     assert explanation.lost_fraction.tolist() == [0.0]
 
 
 def test_bfloat16_totals_are_summed_in_float32():
     graph = c3d_tiny(bias_free=False).to(dtype=torch.bfloat16)
-    explanation = relgraph.explain(
-        graph, clip(graph).to(torch.bfloat16), "auto", "epsilon-plus", return_explanation=True
+    explanation = relgraph.explanation(
+        graph, clip(graph).to(torch.bfloat16), "auto", "epsilon-plus"
     )
     assert all(lost.dtype == torch.float32 for lost in explanation.lost.values())
     assert explanation.lost_fraction.shape == (2,)
@@ -134,15 +134,15 @@ def test_discriminative_reports_lost_fractions_and_keeps_no_node_relevance(monke
     graph = c3d_tiny(bias_free=False)
     x = clip(graph) * 50
     calls = []
-    original = discriminative_module.explain_with_rules
+    original = discriminative_module.explanation_with_rules
 
     def spy(*args, **kwargs):
         calls.append(kwargs)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(discriminative_module, "explain_with_rules", spy)
+    monkeypatch.setattr(discriminative_module, "explanation_with_rules", spy)
     result = relgraph.discriminative(graph, x, rules="epsilon-plus", batch_size=8)
-    assert calls and not any(kwargs.get("return_all") for kwargs in calls)
+    assert calls and not any(kwargs.get("node_relevance") for kwargs in calls)
     frames = graph.input_shape[1]
     assert result.lost_fraction.shape == (2,)
     assert result.frozen_lost_fraction.shape == (2, frames)
@@ -166,7 +166,7 @@ def test_combined_winner_take_all_on_c3d_conserves_through_the_pools():
         .override(ops=["conv*", "linear"], rule=ZPlus())
         .override(ops="maxpool*", rule=Combine([(1.0, WinnerTakeAll())]))
     )
-    explanation = relgraph.explain(graph, clip(graph), 0, composite, return_explanation=True)
+    explanation = relgraph.explanation(graph, clip(graph), 0, composite)
     for node in graph.order[1:]:
         if node.startswith("pool"):
             torch.testing.assert_close(

@@ -1,4 +1,4 @@
-"""The memory mode (``graph.cache_policy = "none"``, issue 13 point 4) changes no result.
+"""The memory mode (``graph.cache_policy = "none"``) changes no result.
 
 It runs big affine maps a slice of channels at a time (``sliced_map``, ``sliced_adjoint``),
 makes W⁺ slice by slice (``Lazy``), forms ``s = R / z`` in the memory of ``z`` or of the
@@ -34,7 +34,8 @@ from relgraph.rules import (
     ZBeta,
     ZPlus,
 )
-from relgraph.rules import base as rule_base
+from relgraph.rules import numerics as rule_numerics
+from relgraph.rules import slicing as rule_slicing
 from relgraph.rules.context import Lazy
 from relgraph.rules.numerics import Stabilizer, positive
 from relgraph.rules.slicing import sliced_adjoint, sliced_map
@@ -62,10 +63,10 @@ def tiny_slices(monkeypatch):
     """Slices of one or two channels and of one position along the first spatial axis, and
     quotient pieces of 7 elements: every sliced and
     in-place path runs, with uneven last pieces, on graphs of a few channels."""
-    monkeypatch.setattr(rule_base, "SLICE_BYTES", 1)
-    monkeypatch.setattr(rule_base, "SLICE_ALIGN", 2)
-    monkeypatch.setattr(rule_base, "SLICE_ROWS", 1)
-    monkeypatch.setattr(rule_base, "CHUNK", 7)
+    monkeypatch.setattr(rule_slicing, "SLICE_BYTES", 1)
+    monkeypatch.setattr(rule_slicing, "SLICE_ALIGN", 2)
+    monkeypatch.setattr(rule_slicing, "SLICE_ROWS", 1)
+    monkeypatch.setattr(rule_numerics, "CHUNK", 7)
 
 
 def rules_for(graph: relgraph.Graph, affine) -> dict:
@@ -85,20 +86,22 @@ def rules_for(graph: relgraph.Graph, affine) -> dict:
     return rules
 
 
-def explain_both(graph, x, rules, **kwargs):
-    """The default mode's result, then the memory mode's."""
+def explain_both(graph, x, rules, explain=None):
+    """The default mode's result, then the memory mode's (``explain``: the function to run,
+    by default ``relgraph.explain_with_rules``)."""
+    explain = explain or relgraph.explain_with_rules
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zβ bounds that hidden activations pass
         graph.cache_policy = "weights"
-        default = relgraph.explain_with_rules(graph, x.clone(), rules, 0, "onehot", **kwargs)
+        default = explain(graph, x.clone(), rules, 0, "onehot")
         graph.cache_policy = "none"
-        low_memory = relgraph.explain_with_rules(graph, x.clone(), rules, 0, "onehot", **kwargs)
+        low_memory = explain(graph, x.clone(), rules, 0, "onehot")
     return default, low_memory
 
 
 def assert_same(actual, expected, dtype):
     """Equal up to 1e-6 (float32) or 1e-12 (float64) of the peak; on CPU they are in fact
-    bit-identical (see README, "Memory modes")."""
+    bit-identical (see docs/benchmarks/memory.md)."""
     tol = 1e-6 if dtype == torch.float32 else 1e-12
     peak = max(float(expected.abs().max()), 1e-30)
     torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * peak)
@@ -119,7 +122,7 @@ def test_memory_mode_gives_the_default_modes_relevance(tiny_slices, dtype, case,
     rules = rules_for(graph, affine)
     rules.update({n: max_pool for n, r in rules.items() if isinstance(r, WinnerTakeAll)})
     x = case.inputs(3, dtype)
-    default, low_memory = explain_both(graph, x, rules, return_explanation=True)
+    default, low_memory = explain_both(graph, x, rules, relgraph.explanation_with_rules)
     if dtype == torch.float32:
         # Drawn graphs can be ill-conditioned for ε (z a small difference of large terms: CI
         # drew one whose relevance peaks at 210 for a seed of 1), and there a different but
@@ -127,8 +130,8 @@ def test_memory_mode_gives_the_default_modes_relevance(tiny_slices, dtype, case,
         # float32 is held to the default mode's own rounding error, measured against the same
         # graph in float64; float64 checks the logic at 1e-12.
         exact_graph = case.build(torch.float32).to(dtype=torch.float64)
-        exact_explanation = relgraph.explain_with_rules(
-            exact_graph, x.double(), rules, 0, "onehot", return_explanation=True
+        exact_explanation = relgraph.explanation_with_rules(
+            exact_graph, x.double(), rules, 0, "onehot"
         )
         exact = exact_explanation.relevance
         rounding = float((default.relevance.double() - exact).abs().max())
@@ -166,8 +169,8 @@ class Recorder(relgraph.rules.Rule):
 
 
 @pytest.mark.parametrize("policy", ["weights", "none"])
-def test_return_all_keeps_every_nodes_relevance_intact(tiny_slices, policy):
-    """With ``return_all`` the rules must not form s in the relevance they are handed: what
+def test_node_relevance_kept_intact(tiny_slices, policy):
+    """With ``node_relevance=True`` the rules must not form s in the relevance they are handed: what
     each node keeps is what its rule was handed."""
     graph = relgraph.load_architecture("c3d-tiny", seed=3)
     graph.cache_policy = policy
@@ -175,7 +178,9 @@ def test_return_all_keeps_every_nodes_relevance_intact(tiny_slices, policy):
     rules = relgraph.rules.preset("deep-taylor-paper").resolve(graph)
     seen: dict = {}
     recorded = {node: Recorder(rule, seen) for node, rule in rules.items()}
-    explanation = relgraph.explain_with_rules(graph, x * 255 - 102, recorded, return_all=True)
+    explanation = relgraph.explanation_with_rules(
+        graph, x * 255 - 102, recorded, node_relevance=True
+    )
     assert seen.keys() == set(graph.order[1:])
     for node, relevance in seen.items():
         assert torch.equal(explanation.node_relevance[node], relevance), node

@@ -85,7 +85,7 @@ def test_every_preset_gives_the_gate_ops_their_rules():
 def test_the_gate_branch_gets_no_relevance_and_the_signal_all():
     graph = relgraph.architecture_from_yaml(SE, dtype=torch.float64, seed=1)
     x = torch.randn(2, 4, 3, 5, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    explanation = relgraph.explain(graph, x, rules="epsilon-plus", return_all=True)
+    explanation = relgraph.explanation(graph, x, rules="epsilon-plus", node_relevance=True)
     relevance = explanation.node_relevance
     for node in ("gate", "fc2", "relu", "fc1", "squeeze"):
         assert not relevance[node].any(), node
@@ -118,13 +118,13 @@ def test_the_gate_branch_is_not_run_and_the_relevance_is_the_same():
             return [h.contiguous() for h in handed]  # memory of its own: not recognised
 
     spied = {node: Spy(node, rule) for node, rule in rules.items()}
-    skipped = relgraph.explain_with_rules(graph, x, spied, 0, "onehot", return_all=True)
+    skipped = relgraph.explanation_with_rules(graph, x, spied, 0, "onehot", node_relevance=True)
     gate_branch = {"gate", "fc2", "relu", "fc1", "squeeze"}
     assert not gate_branch & set(ran)
     assert set(ran) == set(rules) - gate_branch
     ran.clear()
     spied["scale"] = Spy("scale", ZerosOfItsOwn())
-    full = relgraph.explain_with_rules(graph, x, spied, 0, "onehot", return_all=True)
+    full = relgraph.explanation_with_rules(graph, x, spied, 0, "onehot", node_relevance=True)
     assert gate_branch <= set(ran)
     torch.testing.assert_close(skipped.relevance, full.relevance, rtol=0, atol=0)
     for node in gate_branch:
@@ -255,7 +255,7 @@ def test_a_named_gate_tells_the_signal_where_both_are_shaped_like_the_output():
     named = relgraph.architecture_from_yaml(
         SE_AT_ONE_POSITION.replace("GATE", ", gate: 1"), dtype=torch.float64, seed=1
     )
-    explanation = relgraph.explain(named, x, rules="epsilon-plus", return_all=True)
+    explanation = relgraph.explanation(named, x, rules="epsilon-plus", node_relevance=True)
     relevance = explanation.node_relevance
     assert not relevance["gate"].any() and not relevance["fc1"].any()
     torch.testing.assert_close(relevance["act"], relevance["scale"])

@@ -71,7 +71,9 @@ def test_explain_video_on_a_graph_gives_the_discriminative_maps_and_writes_every
     inputs, tmp_path
 ):
     graph = tiny_graph(inputs)
-    result = relgraph.explain_video(inputs["video"], graph, tmp_path / "out", start=2)
+    result = relgraph.explain_video(
+        inputs["video"], graph, tmp_path / "out", relgraph.VideoOptions(start=2)
+    )
     expected, selection = reference(graph, inputs["video"], start=2)
 
     (clip,) = result.clips
@@ -105,7 +107,7 @@ def test_explain_video_without_out_writes_nothing_and_returns_the_maps(inputs, t
 
 def test_figures_false_writes_only_the_arrays_and_the_summary(inputs, tmp_path):
     result = relgraph.explain_video(
-        inputs["video"], tiny_graph(inputs), tmp_path / "out", figures=False
+        inputs["video"], tiny_graph(inputs), tmp_path / "out", relgraph.VideoOptions(figures=False)
     )
     names = sorted(path.name for path in (tmp_path / "out").iterdir())
     assert names == ["relevance.npz", "summary.json"]
@@ -116,13 +118,13 @@ def test_an_architecture_name_with_weights_labels_and_options_is_loaded_for_the_
     graph = tiny_graph(inputs)
     result = relgraph.explain_video(
         inputs["video"],
-        "c3d-tiny",
-        weights=inputs["weights"],
-        labels=inputs["labels"],
-        target="swim",
-        reduce="mean",
-        normalize="sum",
-        rules="deep-taylor-paper",
+        relgraph.load_model(
+            "c3d-tiny",
+            weights=inputs["weights"],
+            labels=inputs["labels"],
+            rules="deep-taylor-paper",
+        ),
+        options=relgraph.VideoOptions(target="swim", reduce="mean", normalize="sum"),
     )
     expected, _ = reference(
         graph, inputs["video"], target=3, reduce="mean", normalize="sum", rules="deep-taylor-paper"
@@ -134,7 +136,10 @@ def test_an_architecture_name_with_weights_labels_and_options_is_loaded_for_the_
 
 def test_all_clips_explains_every_clip_into_its_own_folder(inputs, tmp_path):
     result = relgraph.explain_video(
-        inputs["long_video"], tiny_graph(inputs), tmp_path / "out", all_clips=True, stride=1
+        inputs["long_video"],
+        tiny_graph(inputs),
+        tmp_path / "out",
+        relgraph.VideoOptions(all_clips=True, stride=1),
     )
     # 24 frames: one whole clip of 16 (the rest is too short for a second one).
     assert [s.frame_indices for s in result.selections] == [list(range(16))]
@@ -150,20 +155,27 @@ def test_the_log_gets_the_cli_lines(inputs):
     assert lines[2].startswith("clip (frames 0..15): predicted class ")
 
 
-def test_a_loaded_model_refuses_loading_options(inputs):
-    model = load_model(tiny_graph(inputs))
-    with pytest.raises(relgraph.RelgraphError, match="weights: the model is already loaded"):
-        relgraph.explain_video(inputs["video"], model, weights=inputs["weights"])
+def test_a_loaded_model_is_used_as_it_is(inputs):
+    model = load_model(tiny_graph(inputs), rules="deep-taylor-paper")
+    result = relgraph.explain_video(inputs["video"], model)
+    assert result.model is model
+    assert result.summary["options"]["rules"] == "deep-taylor-paper"
 
 
 def test_bad_input_is_refused_before_anything_is_written(inputs, tmp_path):
     graph = tiny_graph(inputs)
     with pytest.raises(relgraph.TargetError, match="no label file"):
-        relgraph.explain_video(inputs["video"], graph, tmp_path / "out", target="Swim")
+        relgraph.explain_video(
+            inputs["video"], graph, tmp_path / "out", relgraph.VideoOptions(target="Swim")
+        )
     with pytest.raises(relgraph.RelgraphError, match=r"1\.\.16"):
-        relgraph.explain_video(inputs["video"], graph, tmp_path / "out", columns=[1, 17])
+        relgraph.explain_video(
+            inputs["video"], graph, tmp_path / "out", relgraph.VideoOptions(columns=[1, 17])
+        )
     with pytest.raises(relgraph.VideoError):
-        relgraph.explain_video(inputs["video"], graph, tmp_path / "out", start=25)
+        relgraph.explain_video(
+            inputs["video"], graph, tmp_path / "out", relgraph.VideoOptions(start=25)
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -180,7 +192,7 @@ def test_an_architecture_without_preprocess_needs_one(inputs, tmp_path):
     assert "\n" not in message
     assert not (tmp_path / "out").exists()
 
-    result = relgraph.explain_video(inputs["video"], graph, preprocess="hara")
+    result = relgraph.explain_video(inputs["video"], relgraph.load_model(graph, preprocess="hara"))
     assert result.summary["options"]["preprocess"] == "hara"
     assert result.clips[0].spatiotemporal.shape == (8, 16, 16)
 
@@ -326,8 +338,7 @@ def test_the_engine_reports_what_the_rules_lost_and_a_large_loss_gets_a_note(inp
     lines: list[str] = []
     lossy = relgraph.explain_video(
         inputs["video"],
-        graph,
-        rules={"fc*": {"name": "epsilon", "epsilon": 10.0}},
+        relgraph.load_model(graph, rules={"fc*": {"name": "epsilon", "epsilon": 10.0}}),
         log=lines.append,
     )
     clip = lossy.clips[0]
@@ -341,6 +352,8 @@ def test_the_engine_reports_what_the_rules_lost_and_a_large_loss_gets_a_note(inp
     assert clip.lost_fraction > 0.01
     assert any("lost relevance" in line for line in lines)
 
-    plain = relgraph.explain_video(inputs["video"], graph, rules="deep-taylor-paper")
+    plain = relgraph.explain_video(
+        inputs["video"], relgraph.load_model(graph, rules="deep-taylor-paper")
+    )
     assert abs(plain.clips[0].lost_fraction) < 1e-4
     assert plain.clips[0].frozen_lost_fraction.shape == (16,)

@@ -1,4 +1,4 @@
-"""No rule and no preset emits NaN or Inf, for any finite input (rules.md).
+"""No rule and no preset emits NaN or Inf, for any finite input (docs/reference/rules.md).
 
 Random graphs meet the inputs that break naive divisions: all-zero inputs, dead ReLUs
 (pre-activations pushed negative), huge and tiny magnitudes, exact zeros in the weights, in
@@ -135,7 +135,7 @@ def assert_all_finite(explanation: relgraph.Explanation) -> None:
 
 def assert_same_relevance(plain: torch.Tensor, explanation: relgraph.Explanation) -> None:
     """``explain``'s input relevance (quotients checked once, at the end) is finite and that
-    of ``return_all`` (each quotient checked as it is formed), up to rounding: with every
+    of ``node_relevance=True`` (each quotient checked as it is formed), up to rounding: with every
     node's relevance kept, no rule forms its result in the relevance it was handed, so a
     convolution's adjoint may run in another memory layout and sum in another order."""
     assert torch.isfinite(plain).all()
@@ -166,7 +166,7 @@ SEEDS = st.sampled_from(["onehot", "logit"])
 def test_no_rule_emits_nan_or_inf(condition, case, rule, proportional_pools, dtype, seed):
     graph, x = prepared(case, condition, dtype)
     composite = composite_for(rule, proportional_pools)
-    explanation = relgraph.explain(graph, x, "auto", composite, seed, return_all=True)
+    explanation = relgraph.explanation(graph, x, "auto", composite, seed, node_relevance=True)
     assert_all_finite(explanation)
     # the input relevance alone is computed with the quotients checked once, at the end
     assert_same_relevance(relgraph.explain(graph, x, "auto", composite, seed), explanation)
@@ -184,8 +184,8 @@ def test_no_rule_emits_nan_or_inf(condition, case, rule, proportional_pools, dty
 )
 def test_no_preset_emits_nan_or_inf(condition, case, name, dtype, seed):
     graph, x = prepared(case, condition, dtype)
-    explanation = relgraph.explain(
-        graph, x, "auto", PRESETS[name], seed, preprocess="c3d-ucf101", return_all=True
+    explanation = relgraph.explanation(
+        graph, x, "auto", PRESETS[name], seed, preprocess="c3d-ucf101", node_relevance=True
     )
     assert_all_finite(explanation)
     plain = relgraph.explain(graph, x, "auto", PRESETS[name], seed, preprocess="c3d-ucf101")
@@ -197,7 +197,7 @@ def test_no_preset_emits_nan_or_inf(condition, case, name, dtype, seed):
 def test_no_preset_emits_nan_or_inf_on_c3d_tiny_with_a_zero_clip(name, dtype):
     graph = relgraph.load_architecture("c3d-tiny", dtype=dtype, size=16, width=2, hidden=8)
     x = torch.zeros((1, *graph.input_shape), dtype=dtype)
-    assert_all_finite(relgraph.explain(graph, x, rules=name, return_all=True))
+    assert_all_finite(relgraph.explanation(graph, x, rules=name, node_relevance=True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -221,7 +221,8 @@ def test_relevance_stays_finite_where_an_intermediate_share_would_overflow(rule,
 def test_a_quotient_beyond_the_format_makes_explain_check_every_quotient(rule, dtype, monkeypatch):
     # z = 0.25 + 0.25 and a seed of 0.9 × the format's largest number: R / z overflows. The
     # input relevance alone is computed with the quotients checked at the end: that first
-    # pass is not finite, so a second checks every quotient, and gives the share 0 (rules.md)
+    # pass is not finite, so a second checks every quotient, and gives the share 0
+    # (docs/reference/rules.md)
     graph = relgraph.architecture_from_yaml(
         "input: {shape: [2]}\nnodes:\n  - {name: fc, op: linear, out_features: 1, bias: false}\n",
         dtype=dtype,
@@ -239,12 +240,12 @@ def test_a_quotient_beyond_the_format_makes_explain_check_every_quotient(rule, d
     assert len(passes) == 2
     assert torch.equal(relevance, torch.zeros_like(x))
     passes.clear()  # the relevance and each node's loss checked: the same two passes
-    explanation = relgraph.explain(graph, x, 0, composite, huge, return_explanation=True)
+    explanation = relgraph.explanation(graph, x, 0, composite, huge)
     assert len(passes) == 2
     assert torch.equal(explanation.relevance, torch.zeros_like(x))
     assert torch.equal(explanation.lost_fraction, torch.ones(1, dtype=dtype))
     passes.clear()  # every node's relevance kept: each quotient checked in the one pass
-    explanation = relgraph.explain(graph, x, 0, composite, huge, return_all=True)
+    explanation = relgraph.explanation(graph, x, 0, composite, huge, node_relevance=True)
     assert len(passes) == 1
     assert torch.equal(explanation.relevance, torch.zeros_like(x))
     passes.clear()

@@ -65,8 +65,27 @@ OP_EXAMPLES: dict[str, tuple[list[int], dict]] = {
     "silu": ([3, 4], {}),
     "mean": ([2, 3, 4], {"dims": [2, 3], "keepdim": False}),
     "mul": ([3, 4], {}),
+    # token ops: tokens (N, D), batched over the leading axes
+    "layernorm": ([2, 3, 4], {"eps": 1e-5}),
+    "gelu": ([3, 4], {}),
+    "gelu_new": ([3, 4], {}),
+    "gelu_fast": ([3, 4], {}),
+    "gelu_pytorch_tanh": ([3, 4], {}),
+    "scale": ([3, 4], {"factor": 0.5}),
+    "softmax": ([2, 3, 4], {}),
+    "matmul": ([2, 3, 4], {"transpose_b": True}),
+    "permute": ([2, 3, 4], {"dims": [0, 3, 1, 2]}),
+    "transpose": ([2, 3, 4], {"dim0": 1, "dim1": 3}),
+    "slice": ([5, 4], {"dim": 1, "start": 1, "stop": 4}),
+    "select": ([5, 4], {"dim": 1, "index": 2}),
+    "repeat": ([2, 1, 4], {"repeats": [1, 3, 1]}),
+    "prepend_token": ([5, 4], {"dim": 1, "shape": [1, 1, 4]}),
+    "add_param": ([5, 4], {"shape": [1, 5, 4]}),
+    "add_sinusoid": ([5, 4], {}),
+    "conv2d_frames": ([2, 3, 4, 4], {"out_channels": 3, "kernel_size": [2, 2], "stride": [2, 2]}),
 }
-MERGES = ("add", "concat")
+#: two inputs: the input and its ReLU (matmul: the product of the two)
+MERGES = ("add", "concat", "matmul")
 #: products read the input and a gate broadcast along its last dimension (mean over it)
 PRODUCTS = ("mul",)
 
@@ -148,7 +167,7 @@ def explain_node(graph: relgraph.Graph, rule: Rule, seed: int = 0) -> relgraph.E
         n: Pass() if Pass().fits(graph.op(n)) else make_rule("uniform") for n in graph.order[1:]
     }
     node_rules["node"] = rule
-    return relgraph.explain_with_rules(graph, x, node_rules, 0, start, return_explanation=True)
+    return relgraph.explanation_with_rules(graph, x, node_rules, 0, start)
 
 
 def test_every_op_has_an_example():

@@ -1,4 +1,5 @@
-"""Every rule of rules.md equals an independent reference, on random single nodes in float64.
+"""Every rule of the rule reference (docs/reference/rules.md) equals an
+independent reference, on random single nodes in float64.
 
 Affine rules are compared with autograd on modified weights (``tests/lrp_reference.py``, the
 way hook-based LRP libraries compute them); pooling rules with explicit loops over the pooling
@@ -52,7 +53,9 @@ def random_like(shape, seed: int) -> torch.Tensor:
 
 def engine_relevance(graph: relgraph.Graph, rule, x: torch.Tensor, relevance: torch.Tensor):
     """The input relevance of ``rule`` at the graph's single node, seeded with ``relevance``."""
-    return relgraph.explain_with_rules(graph, x, {"node": make_rule(rule)}, seed=relevance)
+    return relgraph.explain_with_rules(
+        graph, x, {"node": make_rule(rule)}, output_relevance=relevance
+    )
 
 
 def weight_and_bias(graph: relgraph.Graph, fields: dict):
@@ -759,7 +762,7 @@ def test_deep_taylor_paper_on_full_size_c3d_equals_layerwise_autograd_reference(
     torch.manual_seed(0)
     graph = relgraph.load_architecture("c3d")
     x = torch.empty(1, 3, 16, 112, 112).uniform_(-102.0, 153.0)
-    explanation = relgraph.explain(graph, x, rules="deep-taylor-paper", return_all=True)
+    explanation = relgraph.explanation(graph, x, rules="deep-taylor-paper", node_relevance=True)
     weights = {name: w.double() for name, w in graph.state_dict().items()}
     expected, logits, predicted = ref.c3d_deep_taylor(weights, x.double(), low=-102.0, high=165.0)
     assert int(explanation.target[0]) == predicted

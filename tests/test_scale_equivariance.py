@@ -3,7 +3,7 @@ relevance of ``x`` (onehot seed), for |k| ≤ 30 in float32 and |k| ≤ 200 in f
 
 A network without biases is positively homogeneous (ReLU, max and average pools, batch norms
 with zero mean and shift), so every z scales by 2^k and each ratio ``x·Aᵀ(R/z)`` is unchanged.
-Which rules keep that, read off their formulas (rules.md):
+Which rules keep that, read off their formulas (docs/reference/rules.md):
 
 - scale-invariant: LRP-0 (``epsilon`` with ε = 0), z⁺, αβ, γ with the ``zero`` stabiliser,
   flat and w² (they never read x), winner-take-all, uniform, proportional, split, pass;

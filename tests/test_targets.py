@@ -35,8 +35,14 @@ def batch(net):
 
 
 def explain(net, batch, target="auto", seed="onehot", **kwargs):
-    return relgraph.explain(
-        net, batch, target, rules="epsilon-plus", seed=seed, return_all=True, **kwargs
+    return relgraph.explanation(
+        net,
+        batch,
+        target,
+        rules="epsilon-plus",
+        output_relevance=seed,
+        node_relevance=True,
+        **kwargs,
     )
 
 
@@ -47,28 +53,28 @@ def test_onehot_seed_is_one_at_each_samples_target_and_zero_elsewhere(net, batch
     explanation = explain(net, batch, [0, 3, 1])
     expected = torch.zeros(3, 4, dtype=torch.float64)
     expected[[0, 1, 2], [0, 3, 1]] = 1.0
-    assert torch.equal(explanation.seed, expected)
+    assert torch.equal(explanation.output_relevance, expected)
 
 
 def test_logit_seed_is_each_samples_target_logit_and_zero_elsewhere(net, batch):
-    explanation = explain(net, batch, [2, 2, 0], seed="logit")
+    explanation = explain(net, batch, [2, 2, 0], output_relevance="logit")
     expected = torch.zeros(3, 4, dtype=torch.float64)
     for sample, target in enumerate([2, 2, 0]):
         expected[sample, target] = explanation.output[sample, target]
-    assert torch.equal(explanation.seed, expected)
+    assert torch.equal(explanation.output_relevance, expected)
 
 
 def test_logit_seed_scales_each_samples_onehot_relevance_by_its_logit(net, batch):
     onehot = explain(net, batch, 1)
-    logit = explain(net, batch, 1, seed="logit")
+    logit = explain(net, batch, 1, output_relevance="logit")
     scale = onehot.output[:, 1].reshape(3, 1, 1, 1)
     torch.testing.assert_close(logit.relevance, onehot.relevance * scale)
 
 
 def test_a_seed_tensor_is_where_the_reverse_pass_starts(net, batch):
     seed = torch.randn(3, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    explanation = explain(net, batch, seed=seed)
-    assert torch.equal(explanation.seed, seed)
+    explanation = explain(net, batch, output_relevance=seed)
+    assert torch.equal(explanation.output_relevance, seed)
     assert torch.equal(explanation.node_relevance["fc"], seed)
 
 
@@ -76,7 +82,9 @@ def test_a_onehot_seed_tensor_gives_the_relevance_of_that_target(net, batch):
     seed = torch.zeros(3, 4, dtype=torch.float64)
     seed[:, 2] = 1.0
     expected = explain(net, batch, 2).relevance
-    torch.testing.assert_close(explain(net, batch, seed=seed).relevance, expected, rtol=0, atol=0)
+    torch.testing.assert_close(
+        explain(net, batch, output_relevance=seed).relevance, expected, rtol=0, atol=0
+    )
 
 
 # --------------------------------------------------------------------------- targets
@@ -149,16 +157,16 @@ def test_a_list_of_targets_of_the_wrong_length_is_refused(net, batch, target):
 @pytest.mark.parametrize("shape", [(3, 5), (1, 4), (3, 4, 1), (4,)])
 def test_a_seed_tensor_of_the_wrong_shape_is_refused(net, batch, shape):
     with pytest.raises(TargetError, match=r"output's shape \[3, 4\]"):
-        explain(net, batch, seed=torch.ones(shape, dtype=torch.float64))
+        explain(net, batch, output_relevance=torch.ones(shape, dtype=torch.float64))
 
 
 def test_a_seed_tensor_with_nan_is_refused(net, batch):
     seed = torch.ones(3, 4, dtype=torch.float64)
     seed[1, 2] = float("nan")
     with pytest.raises(TargetError, match="NaN"):
-        explain(net, batch, seed=seed)
+        explain(net, batch, output_relevance=seed)
 
 
 def test_an_unknown_seed_name_is_refused(net, batch):
-    with pytest.raises(TargetError, match="seed must be 'onehot', 'logit' or a tensor"):
-        explain(net, batch, seed="one-hot")
+    with pytest.raises(TargetError, match="output_relevance must be 'onehot', 'logit' or a tensor"):
+        explain(net, batch, output_relevance="one-hot")

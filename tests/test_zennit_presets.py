@@ -62,7 +62,9 @@ def assert_equals_zennit(graph: relgraph.Graph, x: torch.Tensor, name: str) -> N
         for t in get_preprocess("c3d-ucf101").zbeta_bounds(per_channel=True)
     )
     expected, logits = ref.c3d_zennit(graph.state_dict(), x, name, low, high)
-    explanation = relgraph.explain(graph, x, rules=name, preprocess="c3d-ucf101", return_all=True)
+    explanation = relgraph.explanation(
+        graph, x, rules=name, preprocess="c3d-ucf101", node_relevance=True
+    )
     torch.testing.assert_close(explanation.output, logits, rtol=1e-10, atol=1e-10)
     scale = float(expected.abs().max())
     assert scale > 0
@@ -79,7 +81,7 @@ def test_zennit_named_preset_equals_zennits_rules_on_c3d_tiny_with_biases(
     assert_equals_zennit(*c3d_tiny_with_biases, name)
 
 
-@pytest.mark.slow  # 50-70 s each in float64 on a quiet 2-core machine
+@pytest.mark.slow  # a full-size model in float64, each
 @pytest.mark.parametrize("name", ZENNIT_PRESETS)
 def test_zennit_named_preset_equals_zennits_rules_on_full_size_c3d_with_biases(
     c3d_with_biases, name
@@ -149,7 +151,7 @@ def test_average_pools_follow_zennits_norm(name, pool):
     relevance = torch.randn((2, *graph.output_shape), dtype=DTYPE)
     expected = ref.modified_terms([(x, lambda t: fn(t, **args))], relevance)
     rules = preset(name).resolve(graph, preprocess="c3d-ucf101")
-    actual = relgraph.explain_with_rules(graph, x, rules, seed=relevance)
+    actual = relgraph.explain_with_rules(graph, x, rules, output_relevance=relevance)
     torch.testing.assert_close(
         actual, expected, rtol=1e-10, atol=1e-10 * float(expected.abs().max())
     )
@@ -167,7 +169,7 @@ def test_adds_follow_zennits_norm():
     # the add's two addends as two terms of one z; ReLU and identity pass relevance on
     expected = ref.modified_terms([(x.clamp(min=0), lambda t: t), (x, lambda t: t)], relevance)
     rules = preset("epsilon-plus").resolve(graph, preprocess="c3d-ucf101")
-    actual = relgraph.explain_with_rules(graph, x, rules, seed=relevance)
+    actual = relgraph.explain_with_rules(graph, x, rules, output_relevance=relevance)
     torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-22)
 
 
@@ -178,4 +180,6 @@ def test_batch_norms_left_unfolded_pass_relevance_on(name):
     assert rules["node"] == make_rule("pass")
     relevance = torch.randn((2, *graph.output_shape), dtype=DTYPE)
     x = torch.randn((2, 3, 2, 4, 4), dtype=DTYPE)
-    assert torch.equal(relgraph.explain_with_rules(graph, x, rules, seed=relevance), relevance)
+    assert torch.equal(
+        relgraph.explain_with_rules(graph, x, rules, output_relevance=relevance), relevance
+    )

@@ -25,7 +25,8 @@ TORCHVISION = {
     "mc3-18": (zoo.mc3_18, "torchvision-mc3_18", 11_695_440),
     "r2plus1d-18": (zoo.r2plus1d_18, "torchvision-r2plus1d_18", 31_505_325),
 }
-"""Shipped name: reference constructor, key list, parameter count (shared/models README)."""
+"""Shipped name: reference constructor, key list, parameter count (from the libraries'
+own constructors)."""
 
 
 def shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -203,7 +204,7 @@ def test_default_rules_explain_r2plus1d():
     model = zoo.randomise(TORCHVISION[name][0](num_classes=5), seed=5)
     graph.load_weights(model.state_dict())
     clip = torch.randn(1, 3, 4, 32, 32)
-    relevance = relgraph.explain(graph, clip, target=0, seed="logit")
+    relevance = relgraph.explain(graph, clip, target=0, output_relevance="logit")
     assert relevance.shape == clip.shape
     assert torch.isfinite(relevance).all()
     assert relevance.abs().sum() > 0

@@ -18,7 +18,7 @@ from relgraph.cli.main import main
 from relgraph.engine.graph import architecture_path
 
 X3D = {"x3d-xs": "xs", "x3d-s": "s", "x3d-m": "m", "x3d-l": "l"}
-#: shipped name: (library key list, parameters without BN buffers (shared/models README))
+#: shipped name: (library key list, parameters without BN buffers (the libraries' own constructors))
 KEYS = {
     "s3d": ("torchvision-s3d", 8_320_048),
     **{name: ("pytorchvideo-x3d_s", 3_794_274) for name in ("x3d-xs", "x3d-s", "x3d-m")},

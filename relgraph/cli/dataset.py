@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,16 +20,18 @@ from relgraph import __version__
 from relgraph.cli.args import (
     add_discriminative_options,
     add_param_option,
-    parse_params,
+    add_pretrained_option,
+    model_source,
+    non_negative_int,
     positive_int,
 )
 from relgraph.datasets.distributed import setup
-from relgraph.datasets.report import build_report
+from relgraph.datasets.report import build_report_with_damage
 from relgraph.datasets.runner import RunOptions, run_dataset
 from relgraph.datasets.sources import check_labels, load_source
 from relgraph.datasets.store import STORE_FORMAT, Store, file_digest
-from relgraph.errors import RelgraphError
-from relgraph.io.outputs import write_json
+from relgraph.errors import ArgumentError
+from relgraph.io.outputs import check_out_dir, check_out_file, write_json
 from relgraph.io.preprocess import PRESETS
 from relgraph.pipeline.video import load_model
 
@@ -58,11 +62,14 @@ def add_dataset_commands(subparsers) -> None:
         help="a folder with one sub-folder per class, a UCF-101 split list (testlist01.txt, "
         "with classInd.txt beside it) or a CSV of path,label",
     )
-    explain.add_argument("--arch", default="c3d", metavar="NAME|FILE", help="default: c3d")
+    explain.add_argument("--arch", metavar="NAME|FILE", help="default: c3d")
     add_param_option(explain)
-    explain.add_argument("--weights", required=True, metavar="FILE")
+    explain.add_argument("--weights", metavar="FILE", help="needed unless --pretrained")
+    add_pretrained_option(explain)
     explain.add_argument(
-        "--labels", required=True, metavar="FILE", help="class names, one per model output"
+        "--labels",
+        metavar="FILE",
+        help="class names, one per model output (needed unless the --pretrained folder names them)",
     )
     explain.add_argument("--out", required=True, metavar="STORE", help="the result store")
     explain.add_argument("--rules", metavar="PRESET|FILE")
@@ -85,9 +92,8 @@ def add_dataset_commands(subparsers) -> None:
         "--figures",
         choices=("none", "summary", "all"),
         default="none",
-        help="none (default), summary: grid.png and animation.gif of the first clip (fast, "
-        "milliseconds), all: of every clip plus the matplotlib figure.png/frames.png (2-5 s a "
-        "clip)",
+        help="none (default), summary: grid.png and animation.gif of the first clip (fast), "
+        "all: of every clip plus the matplotlib figure.png/frames.png (seconds a clip)",
     )
     explain.add_argument(
         "--raw",
@@ -114,7 +120,7 @@ def add_dataset_commands(subparsers) -> None:
     )
     explain.add_argument(
         "--workers",
-        type=int,
+        type=non_negative_int,
         default=2,
         metavar="N",
         help="background decoding threads (0: decode in the main thread; default: 2)",
@@ -145,7 +151,7 @@ def _clips(text: str):
         return text
     if text.isdigit() and int(text) >= 1:
         return int(text)
-    raise RelgraphError(f"--clips takes first, all or a positive number, got {text!r}")
+    raise ArgumentError(f"--clips takes first, all or a positive number, got {text!r}")
 
 
 def store_options(model, args: argparse.Namespace, options) -> dict[str, Any]:
@@ -163,11 +169,11 @@ def store_options(model, args: argparse.Namespace, options) -> dict[str, Any]:
         "relgraph": __version__,
         "architecture": graph.name,
         "architecture_sha256": hashlib.sha256(graph.to_yaml().encode()).hexdigest(),
-        "weights_sha256": file_digest(args.weights),
+        "weights_sha256": _weights_digest(args),
         "labels": list(model.labels.names),
         "rules": model.rules_name,
         "rules_sha256": hashlib.sha256(rules_text.encode()).hexdigest(),
-        "seed": model.seed,
+        "output_relevance": model.output_relevance,
         "preprocess": model.preprocess.name,
         "dtype": str(graph.dtype).replace("torch.", ""),
         "clips": options.clips,
@@ -175,6 +181,8 @@ def store_options(model, args: argparse.Namespace, options) -> dict[str, Any]:
         "target": options.target,
         "reduce": options.reduce,
         "normalize": options.normalize,
+        # only where not the default: stores made before methods existed stay valid
+        **_method_options(options),
         "min_frames": options.min_frames
         if options.min_frames is not None
         else math.ceil(model.frames_per_clip / 2),
@@ -182,36 +190,80 @@ def store_options(model, args: argparse.Namespace, options) -> dict[str, Any]:
     }
 
 
+def _weights_digest(args: argparse.Namespace) -> str:
+    """The SHA-256 of the weight file, or of a ``--pretrained`` folder's config and weights."""
+    if args.pretrained is None:
+        return file_digest(args.weights)
+    folder = Path(args.pretrained)
+    names = ["config.json", "model.safetensors", "pytorch_model.bin"]
+    names += [p.name for p in sorted(folder.glob("*.index.json"))]
+    names += [p.name for p in sorted(folder.glob("model-*.safetensors"))]
+    names += [p.name for p in sorted(folder.glob("pytorch_model-*.bin"))]
+    digests = [f"{n}:{file_digest(folder / n)}" for n in names if (folder / n).is_file()]
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def _method_options(options) -> dict[str, Any]:
+    """The motion method's options for the fingerprint; none for the paper's ``frozen``."""
+    if options.method == "frozen":
+        return {}
+    found: dict[str, Any] = {"method": options.method}
+    if options.method in ("decomposed", "reference"):
+        found["static"] = options.static
+    if options.method == "selective":
+        found["sigma"] = options.sigma
+    return found
+
+
 def command_dataset_explain(args: argparse.Namespace) -> int:
 
     clock = time.perf_counter()
+    check_dataset_explain_args(args)
     options = RunOptions(
         clips=_clips(args.clips),
         stride=args.stride,
         target=args.target,
         reduce=args.reduce,
         normalize=args.normalize,
+        method=args.method,
+        static=args.static,
+        sigma=args.sigma,
         batch_size=args.batch_size,
         clip_batch=args.clip_batch,
         min_frames=args.min_frames,
         raw=args.raw,
         figures=args.figures,
-        workers=max(0, args.workers),
+        workers=args.workers,
         quiet=args.quiet,
         dry_run=args.dry_run,
+        memory_check=args.memory_check,
     )
     items = load_source(args.source, class_index=args.class_index, root=args.root)
     store = Store(args.out)
+    if not args.dry_run:
+        store.check_unlocked()  # a store being written is refused before any work
     store.read_manifest()  # a non-store folder is refused before the model loads
+    architecture, weights, params = model_source(args, "c3d")
     model = load_model(
-        args.arch,
-        params=parse_params(args.param),
-        weights=args.weights,
+        architecture,
+        params=params,
+        weights=weights,
         labels=args.labels,
         preprocess=args.preprocess,
         rules=args.rules,
         device=args.device,
     )
+    if args.min_frames is not None and args.min_frames > model.frames_per_clip:
+        raise ArgumentError(
+            f"--min-frames {args.min_frames} is more than the clip length of "
+            f"'{model.graph.name}' ({model.frames_per_clip} frames): videos of "
+            f"{model.frames_per_clip} frames and more are never too short; give at most "
+            f"{model.frames_per_clip}"
+        )
+    if model.labels is None:
+        raise ArgumentError(
+            "--labels FILE is needed: the data set's classes are matched to the model's by name"
+        )
     check_labels(items, model.labels, source=args.source)
     fingerprinted = store_options(model, args, options)
     store.check(fingerprinted)
@@ -230,8 +282,21 @@ def command_dataset_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_dataset_explain_args(args: argparse.Namespace) -> None:
+    """The checks of ``dataset explain``'s options that need no model, run before any work:
+    ``--clips``, ``--stats`` and ``--out`` can be written. (``--min-frames`` is checked
+    against the clip length once the model is loaded, still before the store is touched.)"""
+    _clips(args.clips)
+    if args.stats:
+        check_out_file(args.stats)
+    if not args.dry_run:
+        check_out_dir(args.out)
+
+
 def command_dataset_report(args: argparse.Namespace) -> int:
 
-    out = build_report(args.store, args.out)
+    out, damaged = build_report_with_damage(args.store, args.out)
+    for line in damaged:
+        print(f"relgraph: warning: damaged, left out: {line}", file=sys.stderr, flush=True)
     print(f"report: {out / 'index.html'}")
     return 0

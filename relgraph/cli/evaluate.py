@@ -6,12 +6,26 @@ import argparse
 import sys
 from pathlib import Path
 
-from relgraph.cli.args import parse_params
+from relgraph.cli.args import (
+    add_memory_check_option,
+    add_pretrained_option,
+    model_source,
+    non_negative_int,
+    positive_int,
+)
 from relgraph.engine.graph import Graph, load_architecture
-from relgraph.errors import RelgraphError
-from relgraph.evaluation.suite import markdown, run_evaluation, synthetic_data, video_data
-from relgraph.io.outputs import atomic_write_bytes, ensure_out_dir, write_json
+from relgraph.errors import ArgumentError, RelgraphError, did_you_mean
+from relgraph.evaluation.suite import (
+    check_evaluation_args,
+    markdown,
+    run_evaluation,
+    synthetic_data,
+    video_data,
+)
+from relgraph.io.outputs import atomic_write_bytes, check_out_dir, ensure_out_dir, write_json
+from relgraph.methods.discriminative import METHODS
 from relgraph.models.demo import DEMO_MODELS
+from relgraph.models.pretrained import load_pretrained
 from relgraph.rules import preset_names
 
 __all__ = [
@@ -62,6 +76,7 @@ def add_evaluate_command(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--labels", metavar="FILE", help="class names (UCF-101 classInd style)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_memory_check_option(parser)
     parser.set_defaults(handler=command_evaluate)
     return parser
 
@@ -72,17 +87,21 @@ def add_evaluation_options(
     """The options shared by ``relgraph evaluate`` and ``benchmarks/evaluate.py``: the model,
     the synthetic clips, the maps and the metrics' settings (defaults ``presets`` and
     ``sanity_clips`` differ: the CLI is quick by default, the benchmark complete)."""
-    parser.add_argument(
-        "--arch", default="c3d-tiny", metavar="NAME|FILE", help="architecture (default c3d-tiny)"
-    )
+    parser.add_argument("--arch", metavar="NAME|FILE", help="architecture (default c3d-tiny)")
     parser.add_argument(
         "--weights",
         metavar="FILE",
-        help="weights (default: the shipped demo model's, for c3d-tiny and r2plus1d-tiny)",
+        help="weights (default: the shipped demo model's, for c3d-tiny, r2plus1d-tiny and "
+        "videomae-tiny)",
     )
     parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="arch parameter")
-    parser.add_argument("--clips", type=int, default=100, help="synthetic clips (default 100)")
-    parser.add_argument("--seed", type=int, default=2019, help="synthetic data seed (2019)")
+    add_pretrained_option(parser)
+    parser.add_argument(
+        "--clips", type=positive_int, default=100, help="synthetic clips (default 100)"
+    )
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=2019, help="synthetic data seed (2019)"
+    )
     parser.add_argument(
         "--no-irrelevant-motion",
         action="store_true",
@@ -98,14 +117,21 @@ def add_evaluation_options(
         "--no-variants", action="store_true", help="only the default reduce/normalize pair"
     )
     parser.add_argument(
+        "--method",
+        default="frozen",
+        metavar="NAMES",
+        help="comma-separated motion methods whose maps are measured, or 'all' "
+        f"({', '.join(METHODS)}; default frozen, the paper's, which is always measured)",
+    )
+    parser.add_argument(
         "--cube",
-        type=int,
+        type=positive_int,
         nargs=3,
         default=(4, 8, 8),
         metavar=("T", "H", "W"),
         help="region size in frames and pixels (default 4 8 8)",
     )
-    parser.add_argument("--steps", type=int, default=16, help="perturbation steps (16)")
+    parser.add_argument("--steps", type=positive_int, default=16, help="perturbation steps (16)")
     parser.add_argument(
         "--replacements",
         nargs="+",
@@ -116,25 +142,32 @@ def add_evaluation_options(
     parser.add_argument(
         "--no-frames", action="store_true", help="skip frame deletion and insertion"
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="clips per forward (64)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=64, help="clips per forward (64)"
+    )
     parser.add_argument(
         "--sanity-clips",
-        type=int,
+        type=non_negative_int,
         default=sanity_clips,
         help=f"clips for the randomisation check (0: off; default {sanity_clips})",
     )
 
 
 def evaluation_graph(args: argparse.Namespace) -> Graph:
-    """The model to measure: ``--arch`` with ``--weights``, or a shipped demo model's."""
-    graph = load_architecture(args.arch, **parse_params(args.param))
-    if args.weights:
-        graph.load_weights(args.weights)
-    elif args.arch in DEMO_MODELS and not args.param:
-        graph.load_weights(DEMO_MODELS[args.arch])
+    """The model to measure: a ``--pretrained`` folder, ``--arch`` with ``--weights``, or a
+    shipped demo model's."""
+    arch, weights, params = model_source(args, "c3d-tiny", weights_required=False)
+    if args.pretrained is not None:
+        return load_pretrained(args.pretrained)
+    graph = load_architecture(arch, **params)
+    if weights:
+        graph.load_weights(weights)
+    elif arch in DEMO_MODELS and not params:
+        graph.load_weights(DEMO_MODELS[arch])
     else:
         raise RelgraphError(
-            f"--weights is needed for '{args.arch}' (shipped weights: {', '.join(DEMO_MODELS)})"
+            f"--weights is needed for '{arch}' (shipped weights: {', '.join(DEMO_MODELS)}), or "
+            "--pretrained FOLDER"
         )
     return graph
 
@@ -146,7 +179,17 @@ def evaluation_kwargs(args: argparse.Namespace, graph: Graph, clips: int) -> dic
         spec = [p for p in preset_names() if p not in ("base", "gradient", graph.default_rules)]
     elif spec == ["none"]:
         spec = []
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    if methods == ["all"]:
+        methods = list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ArgumentError(
+            f"--method: unknown method '{unknown[0]}'{did_you_mean(unknown[0], METHODS)} "
+            f"(known: {', '.join(METHODS)}, or all)"
+        )
     return {
+        "methods": tuple(methods),
         "presets": spec,
         "variants": not args.no_variants,
         "cube": tuple(args.cube),
@@ -160,19 +203,25 @@ def evaluation_kwargs(args: argparse.Namespace, graph: Graph, clips: int) -> dic
 
 def command_evaluate(args: argparse.Namespace) -> int:
 
-    if args.clips < 1:
-        raise RelgraphError(f"--clips must be at least 1, got {args.clips}")
-    out = ensure_out_dir(args.out)
+    # every option is checked, and the model and data loaded, before --out is created
+    check_out_dir(args.out)
     graph = evaluation_graph(args)
+    options = evaluation_kwargs(args, graph, args.clips)
+    check_evaluation_args(
+        **{k: options[k] for k in ("cube", "steps", "batch_size", "sanity_clips", "presets")},
+        replacements=options["replacements"],
+    )
     if args.videos:
         data = video_data(graph, Path(args.videos), labels=args.labels)
     else:
         data = synthetic_data(
             graph, args.clips, args.seed, irrelevant_motion=not args.no_irrelevant_motion
         )
+    options["sanity_clips"] = min(args.sanity_clips, len(data.clips))
     report = run_evaluation(
-        graph, data, **evaluation_kwargs(args, graph, len(data.clips)), progress=sys.stderr.isatty()
+        graph, data, **options, progress=sys.stderr.isatty(), memory_check=args.memory_check
     )
+    out = ensure_out_dir(args.out)
     write_json(out / "report.json", report)
     text = markdown(report)
     atomic_write_bytes(out / "report.md", (text + "\n").encode("utf-8"))

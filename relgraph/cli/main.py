@@ -17,15 +17,20 @@ import contextlib
 import dataclasses
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 
 from relgraph.cli.args import (
     add_discriminative_options,
+    add_example,
     add_param_option,
+    add_pretrained_option,
+    model_source,
     non_negative_int,
     parse_params,
     positive_int,
+    subcommand_parsers,
 )
 from relgraph.cli.dataset import add_dataset_commands
 from relgraph.cli.evaluate import add_evaluate_command
@@ -34,9 +39,15 @@ from relgraph.engine.graph import load_architecture
 from relgraph.errors import RelgraphError
 from relgraph.io.outputs import atomic_write_bytes
 from relgraph.io.preprocess import PRESETS
-from relgraph.models.demo import run_demo
+from relgraph.models.demo import DEMO_ARCHITECTURE, DEMO_MODELS, run_demo
 from relgraph.models.from_torch import from_torch, load_factory, parse_kwargs
-from relgraph.pipeline.video import PRECISIONS, explain_video
+from relgraph.pipeline.video import (
+    PRECISIONS,
+    VideoOptions,
+    check_explain_video_args,
+    explain_video,
+    load_model,
+)
 from relgraph.rules import RULES, preset, preset_names
 
 EXIT_ERROR = 2
@@ -56,17 +67,7 @@ def _printer(quiet: bool) -> Callable[[str], None] | None:
 
 
 def command_explain(args: argparse.Namespace) -> int:
-    explain_video(
-        args.video,
-        args.arch,
-        args.out,
-        weights=args.weights,
-        labels=args.labels,
-        params=parse_params(args.param),
-        rules=args.rules,
-        preprocess=args.preprocess,
-        device=args.device,
-        precision=args.precision,
+    options = VideoOptions(
         target=args.target,
         start=args.start,
         stride=args.stride,
@@ -74,10 +75,38 @@ def command_explain(args: argparse.Namespace) -> int:
         reduce=args.reduce,
         normalize=args.normalize,
         batch_size=args.batch_size,
+        method=args.method,
+        static=args.static,
+        sigma=args.sigma,
         columns=args.columns,
+        memory_check=args.memory_check,
+    )
+    options.check()  # every option before the model is loaded
+    check_explain_video_args(out=args.out)
+    log = _printer(args.quiet)
+    clock = time.perf_counter()
+    architecture, weights, params = model_source(args, "c3d")
+    model = load_model(
+        architecture,
+        weights=weights,
+        labels=args.labels,
+        params=params,
+        rules=args.rules,
+        preprocess=args.preprocess,
+        device=args.device,
+        precision=args.precision,
         canonize=False if args.no_canonize else None,
-        log=_printer(args.quiet),
+    )
+    if log is not None:  # None under --quiet
+        log(model.describe())
+    explain_video(
+        args.video,
+        model,
+        args.out,
+        options,
+        log=log,
         progress=False if args.quiet else None,
+        timings={"load_model_s": time.perf_counter() - clock},
     )
     return 0
 
@@ -88,6 +117,7 @@ def command_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         log=_printer(args.quiet),
         progress=False if args.quiet else None,
+        architecture=args.arch,
     )
     return 0
 
@@ -194,6 +224,30 @@ def _field_text(f: dataclasses.Field) -> str:
 # --------------------------------------------------------------------------- argparse
 
 
+#: One example per command, shown at the end of its ``--help`` (the docs' command-line page
+#: is generated from these parsers, and the docs test runs every example).
+EXAMPLES: dict[tuple[str, ...], str] = {
+    (): "relgraph demo --out out",
+    ("explain",): "relgraph explain video.mp4 --arch c3d-tiny --weights c3d-tiny.safetensors "
+    "--labels labels.txt --out explained/",
+    ("demo",): "relgraph demo --out out",
+    ("arch",): "relgraph arch show c3d-tiny",
+    ("arch", "show"): "relgraph arch show c3d-tiny --param width=4",
+    ("arch", "check"): "relgraph arch check my-net.yaml",
+    ("arch", "import"): "relgraph arch import mypackage.models:my_net --input-shape 3,16,112,112 "
+    "--out my-net.yaml --kwarg num_classes=10 --weights-out my-net.safetensors",
+    ("rules",): "relgraph rules list",
+    ("rules", "list"): "relgraph rules list",
+    ("rules", "show"): "relgraph rules show epsilon-plus --arch r2plus1d-tiny",
+    ("dataset",): "relgraph dataset report store/",
+    ("dataset", "explain"): "relgraph dataset explain videos/ --arch c3d-tiny "
+    "--weights c3d-tiny.safetensors --labels labels.txt --out store/",
+    ("dataset", "report"): "relgraph dataset report store/",
+    ("evaluate",): "relgraph evaluate --arch c3d-tiny --clips 2 --steps 2 --no-variants "
+    "--no-frames --out evaluation/",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relgraph",
@@ -211,17 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("video", metavar="VIDEO", help="a video file (mp4, avi, mkv, ...)")
     explain.add_argument(
         "--weights",
-        required=True,
         metavar="FILE",
-        help="checkpoint, state dict or safetensors file",
+        help="checkpoint, state dict or safetensors file (needed unless --pretrained)",
     )
     explain.add_argument(
         "--arch",
-        default="c3d",
         metavar="NAME|FILE",
         help="shipped architecture name or YAML file (default: c3d)",
     )
     add_param_option(explain)
+    add_pretrained_option(explain)
     _add_canonize_option(explain)
     explain.add_argument(
         "--labels",
@@ -238,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         metavar="auto|INDEX|NAME",
         help="class to explain: auto (the prediction), a 0-based model index "
-        "or a class name from --labels (default: auto)",
+        "or a class name from --labels or the --pretrained folder's (default: auto)",
     )
     explain.add_argument(
         "--preprocess",
@@ -273,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=tuple(PRECISIONS),
         default="fp32",
-        help="number format: fp32 (default), bf16 (about 2x faster on CPUs with bfloat16 "
-        "units; maps within about 2%% of fp32, see the README's Precision), fp64",
+        help="number format: fp32 (default), bf16 (faster on CPUs with bfloat16 units; maps "
+        "within about 2%% of fp32, see docs/benchmarks/precision.md), fp64",
     )
     explain.add_argument(
         "--columns",
@@ -291,11 +344,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="explain a synthetic motion clip with the shipped demo model",
         description="Draw a synthetic clip whose class is its motion, write it as "
         "DIR/demo.mp4, and run the explain pipeline on it with the shipped demo model "
-        "(c3d-tiny). relevance.npz also holds the ground-truth masks of the moving objects "
-        "(moving_mask) and the static distractors (static_mask).",
+        "(c3d-tiny, or --arch). relevance.npz also holds the ground-truth masks of the "
+        "moving objects (moving_mask) and the static distractors (static_mask).",
     )
     demo.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    demo.add_argument("--seed", type=int, default=0, help="random seed of the clip (default: 0)")
+    demo.add_argument(
+        "--seed", type=non_negative_int, default=0, help="random seed of the clip (default: 0)"
+    )
+    demo.add_argument(
+        "--arch",
+        choices=tuple(DEMO_MODELS),
+        default=DEMO_ARCHITECTURE,
+        help=f"which shipped demo model explains the clip (default: {DEMO_ARCHITECTURE})",
+    )
     demo.add_argument("--quiet", action="store_true", help="print nothing but errors")
     demo.set_defaults(handler=command_demo)
 
@@ -383,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.set_defaults(handler=command_rules_show)
     add_dataset_commands(commands)
     add_evaluate_command(commands)
+    for path, subparser in subcommand_parsers(parser).items():
+        add_example(subparser, EXAMPLES[path])
     return parser
 
 
@@ -411,6 +474,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             stdout = sys.stdout.fileno()
             os.dup2(os.open(os.devnull, os.O_WRONLY), stdout)
         return 1
+    except OSError as error:
+        # what the operating system refused where no check names it better (a file name too
+        # long, a permission): still one line, naming the file
+        where = f"{error.filename}: " if error.filename else ""
+        reason = error.strerror or str(error) or type(error).__name__
+        print(f"relgraph: error: {_one_line(where + reason)}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

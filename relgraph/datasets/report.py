@@ -16,44 +16,96 @@ Writes into ``DIR`` (default ``STORE/report``):
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
 import re
+import zipfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from relgraph.datasets.store import INDEX, ROW, VIDEOS, Store, read_index
+from relgraph.datasets.store import INDEX, ROW, VIDEOS, Store
 from relgraph.errors import StoreError
 from relgraph.io import quickfig
 from relgraph.io.outputs import atomic_write_bytes, ensure_out_dir, write_json
 
-__all__ = ["aggregate", "build_report", "load_rows"]
+__all__ = ["aggregate", "build_report", "build_report_with_damage", "load_rows", "read_rows"]
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+#: what a usable row must hold (``aggregate`` and the pages read these)
+_ROW_KEYS = ("folder", "key", "label", "status", "path")
+
+
 def load_rows(store: str | os.PathLike) -> list[dict[str, Any]]:
     """The store's rows: ``index.jsonl`` updated by every ``row.json`` present (so a run
-    still going, or interrupted, is reported as far as it got)."""
+    still going, or interrupted, is reported as far as it got). Damaged lines and files are
+    skipped: :func:`read_rows` also says which."""
+    return read_rows(store)[0]
+
+
+def read_rows(store: str | os.PathLike) -> tuple[list[dict[str, Any]], list[str]]:
+    """The readable rows of the store (as :func:`load_rows`) and a list of what is damaged:
+    one line each, naming the file (and line) and what is wrong with it."""
     root = Path(store)
     manifest = Store(root).read_manifest()
     if manifest is None:
         raise StoreError("not a relgraph store (no store.json).", file=root)
     rows: dict[str, dict] = {}
-    if (root / INDEX).is_file():
-        for row in read_index(root / INDEX):
-            rows[row["folder"]] = row
+    damaged: list[str] = []
+    index = root / INDEX
+    if index.is_file():
+        try:
+            lines = index.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            damaged.append(f"{index}: cannot be read ({error})")
+            lines = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            row, problem = _parse_row(line)
+            if problem:
+                damaged.append(f"{index}:{number}: {problem}")
+            else:
+                rows[row["folder"]] = row
     for path in sorted((root / VIDEOS).rglob(ROW)) if (root / VIDEOS).is_dir() else []:
         try:
-            row = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            damaged.append(f"{path}: cannot be read ({error})")
             continue
-        rows[row["folder"]] = row
-    return sorted(rows.values(), key=lambda row: row["key"])
+        row, problem = _parse_row(text)
+        if problem:
+            damaged.append(f"{path}: {problem}")
+        else:
+            rows[row["folder"]] = row
+    return sorted(rows.values(), key=lambda row: str(row["key"])), damaged
+
+
+def _parse_row(text: str) -> tuple[dict[str, Any], str | None]:
+    """One row from its JSON text, or the reason it is not usable."""
+    try:
+        row = json.loads(text)
+    except ValueError as error:
+        return {}, f"not valid JSON ({error})"
+    if not isinstance(row, dict):
+        return {}, "not a JSON object"
+    missing = [key for key in _ROW_KEYS if key not in row]
+    if missing:
+        return {}, f"the row has no {', '.join(missing)}"
+    if not all(isinstance(row[key], str) for key in _ROW_KEYS):
+        return {}, "the row's folder, key, label, status or path is not text"
+    if row["status"] == "ok":
+        needed = ("prediction", "probability", "correct", "frozen_accuracy", "temporal_share")
+        absent = [key for key in needed if key not in row]
+        if absent:
+            return {}, f"the row has no {', '.join(absent)}"
+    return row, None
 
 
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -92,21 +144,42 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def build_report(store: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write summary.json, the plots and the HTML report of ``store``; returns the folder."""
+    return build_report_with_damage(store, out)[0]
+
+
+def build_report_with_damage(
+    store: str | os.PathLike, out: str | os.PathLike | None = None
+) -> tuple[Path, list[str]]:
+    """:func:`build_report`, on what is readable, and the list of what is damaged (rows that
+    cannot be read, ``relevance.npz`` files that cannot be opened); ``summary.json`` lists
+    it under ``damaged``.
+
+    Raises
+    ------
+    StoreError
+        Nothing in the store is readable (every row damaged), or it is not a store.
+    """
     root = Path(store)
-    rows = load_rows(root)
+    rows, damaged = read_rows(root)
+    if damaged and not rows:
+        raise StoreError(
+            f"nothing in the store is readable: {len(damaged)} damaged row(s), e.g. {damaged[0]}",
+            file=root,
+        )
     manifest = Store(root).read_manifest() or {}
     out = ensure_out_dir(Path(out) if out else root / "report")
+    for row in rows:
+        row["page"] = _page_name(row["folder"])
+        row["media"] = _media(root, row, out, damaged)
     summary = aggregate(rows)
     summary["store"] = {"path": str(root), "options": manifest.get("options", {})}
+    summary["damaged"] = damaged
     write_json(out / "summary.json", summary)
     _plots(summary, rows, out)
     static = ensure_out_dir(out / "static")
     for name in ("report.js", "report.css"):
         source = resources.files("relgraph").joinpath("data", name)
         atomic_write_bytes(static / name, source.read_bytes())
-    for row in rows:
-        row["page"] = _page_name(row["folder"])
-        row["media"] = _media(root, row, out)
     _write(out / "index.html", _index_page(rows, summary))
     ensure_out_dir(out / "videos")
     for row in rows:
@@ -115,24 +188,33 @@ def build_report(store: str | os.PathLike, out: str | os.PathLike | None = None)
     for name, stats in summary["classes"].items():
         members = [r for r in rows if r["label"] == name]
         _write(out / "classes" / _class_page(name), _class_page_html(name, stats, members))
-    return out
+    return out, damaged
 
 
 # --------------------------------------------------------------------------- media, plots
 
 
-def _media(root: Path, row: dict, out: Path) -> dict[str, str]:
-    """Thumbnail, grid and animation of the video's first clip, rendered from its npz."""
+def _media(root: Path, row: dict, out: Path, damaged: list[str]) -> dict[str, str]:
+    """Thumbnail, grid and animation of the video's first clip, rendered from its npz (a
+    damaged npz is added to ``damaged`` and the video shown without media)."""
 
     if row["status"] != "ok":
         return {}
     npz = root / VIDEOS / row["folder"] / "relevance.npz"
     if not npz.is_file():
         return {}
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            frames = np.asarray(data["frames"][0])
+            maps = [np.asarray(data[name][0]) for name in ("spatiotemporal", "spatial", "temporal")]
+    except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as error:
+        damaged.append(f"{npz}: cannot be read ({_one_line(str(error)) or type(error).__name__})")
+        return {}
+    if frames.ndim != 4 or any(m.shape != frames.shape[:3] for m in maps):
+        shapes = [m.shape for m in maps]
+        damaged.append(f"{npz}: cannot be read (frames {frames.shape} and maps {shapes} differ)")
+        return {}
     folder = ensure_out_dir(out / "media" / _page_name(row["folder"])[: -len(".html")])
-    with np.load(npz, allow_pickle=False) as data:
-        frames = data["frames"][0]
-        maps = [data[name][0] for name in ("spatiotemporal", "spatial", "temporal")]
     middle = len(frames) // 2
     quickfig.save_thumbnail(folder / "thumb.png", frames[middle], maps[2][middle])
     quickfig.save_grid(folder / "grid.png", frames, *maps)
@@ -185,11 +267,24 @@ def _plots(summary: dict, rows: list[dict], out: Path) -> None:
 
 
 def _page_name(folder: str) -> str:
-    return _SAFE.sub("_", folder.replace("/", "__")) + ".html"
+    """A video's page: its folder made file-name safe, and a short hash of the folder so
+    that folders that read alike once made safe (``C/_z`` and ``C_/z``) get pages of their
+    own."""
+    return _unique_name(folder.replace("/", "__"), folder)
 
 
 def _class_page(name: str) -> str:
-    return _SAFE.sub("_", name) + ".html"
+    """A class's page: as :func:`_page_name` (``A B`` and ``A_B`` get a page each)."""
+    return _unique_name(name, name)
+
+
+def _unique_name(readable: str, identity: str) -> str:
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:10]
+    return f"{_SAFE.sub('_', readable)[:80]}-{digest}.html"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _write(path: Path, text: str) -> None:
@@ -234,7 +329,9 @@ def _index_page(rows: list[dict], summary: dict) -> str:
         + " ".join(
             f'<a href="classes/{_class_page(name)}">{_e(name)}</a>' for name in summary["classes"]
         )
-        + "</p><h2>Videos</h2>"
+        + "</p>"
+        + _damaged_list(summary.get("damaged") or [])
+        + "<h2>Videos</h2>"
     )
     labels = sorted({r["label"] for r in rows})
     filters = (
@@ -246,6 +343,16 @@ def _index_page(rows: list[dict], summary: dict) -> str:
         '<option>ok</option><option>failed</option></select> <span id="shown"></span></div>'
     )
     return _page("relgraph data-set report", head + filters + _table(rows, "videos/"), 0)
+
+
+def _damaged_list(damaged: list[str]) -> str:
+    if not damaged:
+        return ""
+    items = "".join(f"<li>{_e(line)}</li>" for line in damaged)
+    return (
+        f"<h2>Damaged ({len(damaged)})</h2><p>Left out of the report: these rows or files "
+        f'cannot be read.</p><ul id="damaged">{items}</ul>'
+    )
 
 
 _COLUMNS = [

@@ -12,6 +12,7 @@ background threads decode the next groups while the model explains the current o
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import math
 import sys
 import time
@@ -25,12 +26,14 @@ import torch
 from relgraph.datasets.distributed import Context, shard
 from relgraph.datasets.sources import VideoItem
 from relgraph.datasets.store import Store, kill_point
+from relgraph.engine.memory import check_memory
+from relgraph.engine.reverse import activations_needed
 from relgraph.errors import RelgraphError, VideoError
 from relgraph.io import quickfig
 from relgraph.io.outputs import atomic_path, ensure_out_dir, write_npz
 from relgraph.io.plots import figure_frames, figure_paper, paper_columns
 from relgraph.io.video import iter_clips, read_video, select_clip, video_info
-from relgraph.methods.discriminative import discriminative_with_rules
+from relgraph.methods.discriminative import DEFAULT_BATCH_SIZE, discriminative_with_rules
 
 __all__ = ["RunOptions", "VideoPlan", "plan_groups", "run_dataset", "temporal_share"]
 
@@ -44,6 +47,9 @@ class RunOptions:
     target: str = "auto"  # "auto" (the prediction) or "true" (the true label)
     reduce: str = "first"
     normalize: str = "maxabs"
+    method: str = "frozen"  # see relgraph.methods.discriminative.METHODS
+    static: str = "mean"  # the static part, for decomposed and reference
+    sigma: float = 1.0  # selective's threshold
     batch_size: int | None = None  # frozen clips at once
     clip_batch: int = 4  # clips (from any videos) explained at once
     min_frames: int | None = None  # default: half the clip
@@ -52,6 +58,9 @@ class RunOptions:
     workers: int = 2
     quiet: bool = False
     dry_run: bool = False
+    #: refuse the run before it starts when its estimated peak memory exceeds what is free
+    #: (``relgraph.engine.memory``)
+    memory_check: bool = True
 
 
 @dataclass
@@ -222,8 +231,32 @@ def run_dataset(
 ) -> dict[str, Any]:
     """Explain the videos not done yet into ``store`` (see the module docstring).
 
-    Returns the run's statistics (rank 0's view of the whole run).
+    Returns the run's statistics (rank 0's view of the whole run). The main process holds
+    the store's writer lock (:meth:`Store.lock`) for the whole run, so that a second run on
+    the same store is refused instead of deleting this one's temporary files.
     """
+    if options.memory_check and not options.dry_run:
+        graph = model.explained_graph
+        frozen = DEFAULT_BATCH_SIZE if options.batch_size is None else options.batch_size
+        check_memory(
+            graph,
+            max(options.clip_batch, frozen),
+            activations_needed(graph, model.node_rules),
+            what="explaining the data set with",
+        )
+    writing = context.is_main and not options.dry_run
+    with store.lock() if writing else contextlib.nullcontext():
+        return _run_dataset(model, items, store, store_options, options, context)
+
+
+def _run_dataset(
+    model,
+    items: Sequence[VideoItem],
+    store: Store,
+    store_options: dict[str, Any],
+    options: RunOptions,
+    context: Context,
+) -> dict[str, Any]:
     started = time.perf_counter()
     say = _say(options.quiet or not context.is_main)
     length = model.frames_per_clip
@@ -354,11 +387,15 @@ def _explain_group(model, decoded: list[Decoded], options: RunOptions, stats) ->
                 batch.to(device=graph.device, dtype=graph.dtype),
                 model.node_rules,
                 "auto" if options.target == "auto" else target,
-                model.seed,
+                model.output_relevance,
                 reduce=options.reduce,
                 normalize=options.normalize,
                 batch_size=options.batch_size,
                 progress=False,
+                memory_check=False,  # checked once for the run (run_dataset)
+                method=options.method,
+                static=options.static,
+                sigma=options.sigma,
             )
             part = {
                 "spatiotemporal": result.spatiotemporal,

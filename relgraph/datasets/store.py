@@ -19,17 +19,20 @@ merge of the rows and is rewritten whole at the end of every run.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import signal
-from collections.abc import Iterable, Mapping
+import socket
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from relgraph import __version__
 from relgraph.errors import OutputError, StoreError
-from relgraph.io.outputs import atomic_write_bytes, ensure_out_dir, write_json
+from relgraph.io.outputs import atomic_write_bytes, ensure_out_dir, json_text, write_json
 
 __all__ = [
     "STORE_FORMAT",
@@ -46,6 +49,8 @@ STORE_FORMAT = 1
 MANIFEST = "store.json"
 INDEX = "index.jsonl"
 ROW = "row.json"
+#: the writers' lock (``Store.lock``): held by the one process that writes the store
+LOCK = ".writer.lock"
 VIDEOS = "videos"
 
 #: Test hook: ``RELGRAPH_TEST_KILL=point:n`` sends SIGKILL to the process the n-th time it
@@ -117,7 +122,8 @@ class Store:
         if not self.manifest_path.exists():
             # (another rank's manifest being written atomically shows as a hidden temporary)
             if self.root.is_dir() and any(
-                not (p.name.startswith(".") and ".tmp" in p.name) for p in self.root.iterdir()
+                not (p.name.startswith(".") and ".tmp" in p.name) and p.name != LOCK
+                for p in self.root.iterdir()
             ):
                 raise StoreError(
                     f"the folder is not empty but has no {MANIFEST}: it is not a relgraph "
@@ -187,6 +193,68 @@ class Store:
         if (self.root / VIDEOS).exists():
             ensure_out_dir(self.root / VIDEOS)
 
+    def check_unlocked(self) -> None:
+        """Refuse now, before any work, when another run holds the writer lock."""
+        if (self.root / LOCK).is_file():
+            with self.lock(create=False):
+                pass
+
+    @contextlib.contextmanager
+    def lock(self, *, create: bool = True) -> Iterator[None]:
+        """Hold the store's writer lock for the block, or refuse at once.
+
+        The lock is ``flock`` on ``STORE/.writer.lock``, which the operating system releases
+        when the holder exits, however it ends (no stale lock after a crash or SIGKILL).
+        The file records the holder's host and process id for the error message.
+
+        Parameters
+        ----------
+        create
+            Create the folder and the lock file if absent, and record this process as the
+            holder; False only probes an existing lock file.
+
+        Raises
+        ------
+        StoreError
+            Another process holds the lock: a run is writing this store.
+        """
+        if create:
+            ensure_out_dir(self.root)
+        path = self.root / LOCK
+        try:
+            handle = open(path, "a+" if create else "r+", encoding="utf-8")
+        except OSError as error:
+            raise StoreError(
+                f"cannot open the store's lock file: {error.strerror or error}", file=path
+            ) from None
+        with handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise StoreError(
+                    f"another run is writing this store ({holder}); wait for it to finish, "
+                    "or use another --out",
+                    file=self.root,
+                ) from None
+            except OSError as error:
+                raise StoreError(
+                    f"cannot lock the store: {error.strerror or error}", file=path
+                ) from None
+            try:
+                if create:
+                    handle.seek(0)
+                    handle.truncate()
+                    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+                    handle.flush()
+                yield
+            finally:
+                if create:
+                    with contextlib.suppress(OSError):
+                        handle.truncate(0)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
     # ----------------------------------------------------------------- videos
 
     def video_dir(self, folder: str) -> Path:
@@ -227,10 +295,7 @@ class Store:
 
     def write_index(self, rows: Iterable[Mapping[str, Any]]) -> Path:
         """Write ``index.jsonl`` whole, atomically (one compact JSON object per line)."""
-        text = "".join(
-            json.dumps(row, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
-            for row in rows
-        )
+        text = "".join(json_text(row, compact=True, unknown_as_text=True) + "\n" for row in rows)
         try:
             return atomic_write_bytes(self.index_path, text.encode("utf-8"))
         except OSError as error:

@@ -6,7 +6,9 @@ gives every built-in op those of its family, and a new op gets one by defining t
 formulas that call these maps are those of Bach et al. (2015) and Montavon et al. (2017).
 
 ``CAPABILITIES`` names each Protocol for the YAML-facing text (``Rule.requires`` may list the
-names as aliases of the classes; ``Op.capabilities`` lists the names an op has).
+names as aliases of the classes; ``Op.capabilities`` lists the names an op has). A name with no
+Protocol (``softmax``, ``index``: an op family with no map of its own beyond ``vjp``) is a
+capability an op declares in its ``capabilities`` set; ``op_has`` checks either kind.
 """
 
 from __future__ import annotations
@@ -126,6 +128,29 @@ class VectorJacobian(Protocol):
     ) -> list[torch.Tensor]: ...
 
 
+@runtime_checkable
+class Normalizing(Protocol):
+    """Layer norm: the adjoint of the map with the standard deviation held constant."""
+
+    def frozen_scale_adjoint(self, *args: Any, **kwargs: Any) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Bilinear(Protocol):
+    """The product of two inputs (matmul): the adjoint in one input, the other held constant."""
+
+    def input_vjp(
+        self, grad: torch.Tensor, inputs: Sequence[torch.Tensor], slot: int
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Shifting(Protocol):
+    """The input plus a constant (position embeddings)."""
+
+    def constant(self, tensors: Mapping[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor: ...
+
+
 #: each capability by the name the YAML-facing text and ``Rule.requires`` strings use
 CAPABILITIES: dict[str, type] = {
     "affine": Affine,
@@ -136,6 +161,9 @@ CAPABILITIES: dict[str, type] = {
     "product": Product,
     "reshape": Reshaping,
     "vjp": VectorJacobian,
+    "normalize": Normalizing,
+    "bilinear": Bilinear,
+    "shift": Shifting,
 }
 
 
@@ -154,6 +182,14 @@ def capability(name_or_protocol: str | type) -> type:
     ):
         return name_or_protocol
     raise ArgumentError(f"{name_or_protocol!r} is no capability: give a Protocol or its name")
+
+
+def op_has(op: object, name_or_protocol: str | type) -> bool:
+    """Whether ``op`` has a capability: a Protocol (or its name) it satisfies, or a name
+    without a Protocol that its ``capabilities`` declare."""
+    if isinstance(name_or_protocol, str) and name_or_protocol not in CAPABILITIES:
+        return name_or_protocol in getattr(op, "capabilities", ())
+    return isinstance(op, capability(name_or_protocol))
 
 
 def capabilities_of(op: object) -> frozenset[str]:

@@ -132,9 +132,13 @@ def check_value(op: str, name: str, field: Field, value: Any, dims: int) -> Any:
             name,
         )
     if kind == "bool":
+        # 0 and 1 too: what a parameter expression gives (``${qv_bias != 0}``), since
+        # architecture parameters are numbers
+        if type(value) is int and value in (0, 1):
+            return bool(value)
         if not isinstance(value, bool):
             raise OpDefinitionError(
-                f"field '{name}' of {op} must be true or false, got {show(value)}", name
+                f"field '{name}' of {op} must be true or false (or 0 or 1), got {show(value)}", name
             )
         return value
     if kind == "float":

@@ -20,6 +20,7 @@ import networkx as nx
 import torch
 import yaml
 
+from relgraph.engine import token_ops  # noqa: F401  (registers the token ops)
 from relgraph.engine.interpreter import ForwardPass, check_keep
 from relgraph.engine.ops import (
     OPS,
@@ -31,7 +32,13 @@ from relgraph.engine.ops import (
     onednn_runs,
 )
 from relgraph.engine.spec import ArchSpec, load_yaml, parse_spec, with_block_origin
-from relgraph.engine.weights import LoadReport, checked_state_dict, save_weights
+from relgraph.engine.weights import (
+    LoadReport,
+    checked_state_dict,
+    save_weights,
+    split_key,
+    tensor_key,
+)
 from relgraph.errors import (
     ArgumentError,
     GraphError,
@@ -117,6 +124,10 @@ class Graph:
         self.params = dict(spec.params)
         self.default_rules = spec.rules
         self.default_preprocess = spec.preprocess
+        #: class names of the outputs (``relgraph.io.labels.Labels``) where the model carries
+        #: them (``relgraph.load_pretrained``: ``id2label``); the video commands use them when
+        #: no label file is given
+        self.labels: Any = None
         self.file = spec.file
         #: fold batch norms into the layer before them before the rules run
         #: (``relgraph.engine.canonize``); ``canonize: false`` in the YAML turns it off
@@ -147,7 +158,7 @@ class Graph:
         zβ offsets) in ``cache``, so the next explanation reuses them; ``"none"`` derives
         them at each node and drops them when the pass leaves the node, for memory-bound
         users (C3D: about one more copy of the weights kept otherwise; the time it costs is
-        in the README's performance section). ``"none"`` is the memory mode: the rules also
+        in docs/benchmarks/memory.md). ``"none"`` is the memory mode: the rules also
         run big affine maps a slice of channels at a time and make W⁺ slice by slice (the
         same values), and the passes hand freed memory back to the system after each node
         (``relgraph.engine.hostmemory``). Setting it clears ``cache``."""
@@ -235,10 +246,10 @@ class Graph:
         """``x`` in the memory layout the passes run in: channels-last for a graph with 3-D
         convolutions on CPU (``ConvNd.prefers_channels_last``): with grouped ones (X3D's
         depthwise convolutions) in float32 or bfloat16, where oneDNN's grouped kernels run
-        3–25× faster in that layout; with ungrouped ones only where oneDNN takes the dtype
+        much faster in that layout; with ungrouped ones only where oneDNN takes the dtype
         (float32; bfloat16 on CPUs with the instructions), where the zoo's models run their
-        forward pass 5–35 % faster and their explanation as fast or up to 9 % faster (README,
-        "Per-model speed"). Every other op keeps the layout.
+        forward pass faster and their explanation at least as fast
+        (docs/benchmarks/model-speed.md). Every other op keeps the layout.
         ``x`` itself otherwise. ``channels_last=True`` asks for that layout on CPU whatever
         the ops (see ``forward``). The values are the same either way."""
         if self.runs_channels_last(x, channels_last):
@@ -368,16 +379,25 @@ class Graph:
                 return t.dtype
         return self._dtype
 
-    def to(
-        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> Graph:
-        """Move (and/or cast) every weight in place; returns the graph."""
+    def to(self, *args: Any, **kwargs: Any) -> Graph:
+        """Move and/or cast every weight in place, as ``torch.nn.Module.to``; returns the graph.
+
+        Called as ``to(device)``, ``to(dtype)``, ``to(device, dtype)``, ``to(tensor)`` (its
+        device and dtype) or with the keywords ``device=`` and ``dtype=``. The dtype must be
+        a floating-point one (``float32``, ``float64``, ``bfloat16``, ``float16``).
+
+        Raises
+        ------
+        ArgumentError
+            For an argument that is no device, floating-point dtype or tensor.
+        """
+        device, dtype = _parse_to(args, kwargs)
         for node in self.order:
             tensors = self.tensors(node)
             for name, t in tensors.items():
                 tensors[name] = t.to(device=device, dtype=dtype)
         if device is not None:
-            self._device = torch.device(device)
+            self._device = device
         if dtype is not None:
             self._dtype = dtype
         self.cache.clear()
@@ -394,7 +414,9 @@ class Graph:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every weight as ``{"node.tensor": tensor}`` (PyTorch naming)."""
         return {
-            f"{node}.{name}": t for node in self.order for name, t in self.tensors(node).items()
+            tensor_key(node, name): t
+            for node in self.order
+            for name, t in self.tensors(node).items()
         }
 
     def assign(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -406,7 +428,7 @@ class Graph:
         """
         targets = []
         for key, value in state.items():
-            node, _, tname = key.rpartition(".")
+            node, tname = split_key(key, self.graph)
             shapes = self.graph.nodes[node]["tensor_shapes"] if node in self.graph else {}
             if tname not in shapes:
                 raise WeightsError(f"'{key}' names no tensor of the graph", file=self.file)
@@ -462,6 +484,8 @@ class Graph:
                 file=self.file,
                 node=self.input,
             )
+        if x.shape[0] == 0:
+            raise ShapeError("input is an empty batch (B = 0)", node=self.input)
         if x.dtype != self.dtype or x.device != self.device:
             raise ShapeError(
                 f"input is {x.dtype} on {x.device} but the weights are {self.dtype} on "
@@ -471,7 +495,7 @@ class Graph:
         if not all_finite(x):
             raise ShapeError("input contains NaN or Inf", node=self.input)
         missing = [
-            f"{node}.{name}"
+            tensor_key(node, name)
             for node in self.order
             for name in self.graph.nodes[node]["tensor_shapes"]
             if name not in self.tensors(node)
@@ -577,6 +601,36 @@ class Graph:
 #: parameters ``init="default"`` creates: 2³¹ (8 GiB in float32). C3D needs 2²⁶ at most; a
 #: typo such as ``out_channels: 5120000`` must be refused here, not kill the process later.
 MAX_ELEMENTS = 2**31
+
+
+def _parse_to(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[torch.device | None, torch.dtype | None]:
+    """The device and dtype of ``Graph.to``'s arguments (``torch.nn.Module.to``'s forms)."""
+    unknown = sorted(set(kwargs) - {"device", "dtype"})
+    if unknown:
+        raise ArgumentError(f"to() takes device= and dtype=, not {unknown[0]}=")
+    device, dtype = kwargs.get("device"), kwargs.get("dtype")
+    if len(args) > 2:
+        raise ArgumentError(f"to() takes at most a device and a dtype, got {len(args)} arguments")
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            device, dtype = arg.device, arg.dtype
+        elif isinstance(arg, torch.dtype):
+            dtype = arg
+        else:
+            device = arg
+    if device is not None and not isinstance(device, torch.device):
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ArgumentError(
+                f"to() takes a device ('cpu', 'cuda', 'cuda:N', a torch.device), a dtype or a "
+                f"tensor; got {device!r}"
+            ) from None
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ArgumentError(f"to() takes a floating-point dtype, got {dtype!r}")
+    return device, dtype
 
 
 def _check_size(what: str, shape: tuple[int, ...]) -> None:

@@ -233,14 +233,14 @@ def _pointwise_map(
         x = x[(slice(None), slice(None), *(slice(None, None, k) for k in stride))]
         if channels_last:
             # the positions read, gathered first: one matrix product, not one per row of
-            # them (1.0–1.5× faster at X3D's strided shortcuts)
+            # them (faster at X3D's strided shortcuts)
             x = x.contiguous(memory_format=torch.channels_last_3d)
     batch, channels, *size = x.shape
     matrix = weight.reshape(weight.shape[0], channels)
     if channels_last:  # positions × channels: one product, the result channels-last too
         y = torch.nn.functional.linear(_positions(x), matrix)
         # the bias added after the product: the product with a bias first copies the bias
-        # to every position, a pass 1.1–1.3× slower than this addition (MKL, X3D's shapes)
+        # to every position, a pass slower than this addition (MKL, X3D's shapes)
         return _channels_first(y if bias is None else y.add_(bias))
     flat = x.reshape(batch, channels, -1)
     if bias is None:
@@ -292,9 +292,9 @@ def _conv(
 ) -> torch.Tensor:
     """``conv{dims}d`` with the result in ``x``'s layout. A 3-D one on CPU, grouped or on a
     channels-last input, runs oneDNN's kernel in channels-last layout: grouped ones run
-    3–25× faster than in the default layout (``Graph.working_layout`` runs graphs with 3-D
+    much faster than in the default layout (``Graph.working_layout`` runs graphs with 3-D
     convolutions channels-last throughout), and torch's dispatch sends a channels-last input
-    with few channels to a kernel 4× slower (X3D's stem: 7 ms against 1.7)."""
+    with few channels to a slower kernel (X3D's stem)."""
     conv = _conv_fn(op.dims)
     if _padded_past_kernel(op, x, weight.shape[2:], padding, dilation):
         return _same_layout(
@@ -308,8 +308,8 @@ def _conv(
     ):
         plain = not _channels_last(x)
         x = _canonical_channels_last(x)
-        # called directly: with one thread torch's dispatch picks a kernel 25× slower
-        # for kernels of one spatial extent (X3D's 5×1×1 temporal stem: 74 ms against 3)
+        # called directly: with one thread torch's dispatch picks a far slower kernel
+        # for kernels of one spatial extent (X3D's 5×1×1 temporal stem)
         y = torch.ops.aten.mkldnn_convolution(
             x,
             weight.to(x.dtype),
@@ -351,7 +351,7 @@ def onednn_runs(dtype: torch.dtype) -> bool:
 def _canonical_channels_last(x: torch.Tensor) -> torch.Tensor:
     """``x`` channels-last with the strides oneDNN recognises: a dimension of size one may
     carry any stride, and elementwise results often give the batch of one a stride that
-    makes oneDNN fall back to the default layout and a kernel 10× slower."""
+    makes oneDNN fall back to the default layout and a far slower kernel."""
     x = x.contiguous(memory_format=torch.channels_last_3d)
     batch, channels, *size = x.shape
     strides = [channels * math.prod(size), 1]
@@ -428,7 +428,7 @@ def _adjoint_kernel(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return flipped.flip(list(range(2, weight.dim())))
 
 
-def _uniform(
+def uniform_init(
     shape: Shape, bound: float, generator: torch.Generator, dtype: torch.dtype
 ) -> torch.Tensor:
     return (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
@@ -480,6 +480,10 @@ class Affine(Op):
         """``Aᵀ(s; W)``, shaped like the input ``x``. An op whose ``adjoint_kernel`` gives a
         tensor also takes it as ``kernel=``, in place of deriving it from ``weight``."""
         raise NotImplementedError
+
+    def broadcast_bias(self, bias: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``bias`` shaped to add to the map's output ``z``: one value per channel (axis 1)."""
+        return bias.reshape(1, -1, *([1] * (z.dim() - 2)))
 
     def adjoint_kernel(self, weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor | None:
         """What ``adjoint(s, weight, x_shape)`` derives from ``weight`` on every call (a
@@ -601,7 +605,9 @@ class ConvNd(Spatial, Affine):
     def init_tensors(self, shapes, generator, dtype):
         fan_in = math.prod(shapes["weight"][1:])
         bound = 1.0 / math.sqrt(fan_in)
-        return {name: _uniform(shape, bound, generator, dtype) for name, shape in shapes.items()}
+        return {
+            name: uniform_init(shape, bound, generator, dtype) for name, shape in shapes.items()
+        }
 
     def linear_map(self, x, weight, bias=None):
         if self._pointwise:
@@ -611,10 +617,10 @@ class ConvNd(Spatial, Affine):
     @property
     def prefers_channels_last(self) -> str | None:
         """Where a 3-D convolution runs faster channels-last on CPU (``Graph.working_layout``):
-        ``"always"`` grouped (oneDNN's grouped kernels, 3–25×; torch's own kernels too),
+        ``"always"`` grouped (oneDNN's grouped kernels; torch's own kernels too),
         ``"onednn"`` ungrouped, where oneDNN takes the dtype (the zoo's full-size models: the
-        forward 5–35 % faster, the explanation as fast or up to 9 % faster; README,
-        "Per-model speed"); ``None`` for other convolutions."""
+        forward faster, the explanation at least as fast; docs/benchmarks/model-speed.md);
+        ``None`` for other convolutions."""
         if self.dims != 3:
             return None
         return "always" if self.groups > 1 else "onednn"
@@ -658,8 +664,8 @@ class ConvNd(Spatial, Affine):
         return _conv(self, rows, weight, bias, self.stride, padding, self.dilation, self.groups)
 
     def stack_inputs(self, first, second):
-        # a 1×…×1 kernel's adjoints are matrix products: two of the input's width ran
-        # 1.0–1.7× faster than one of twice its width (X3D-S's shapes; MKL on two cores),
+        # a 1×…×1 kernel's adjoints are matrix products: two of the input's width run
+        # faster than one of twice its width (X3D-S's shapes, MKL),
         # and each gives a tensor of its own, where the rule forms its products in place
         if self.groups > 1 or self._pointwise:
             return None
@@ -674,7 +680,7 @@ class ConvNd(Spatial, Affine):
 
     def adjoint_kernel(self, weight, s):
         # the flipped kernel is a transposed copy of the weight (R(2+1)-D 18's last layers:
-        # 21 MB, copied at about 1 GB/s): the rules keep it (NodeContext.adjoint_kernel)
+        # 21 MB each, a slow copy): the rules keep it (NodeContext.adjoint_kernel)
         return _adjoint_kernel(weight, self.groups) if self._flipped(s) else None
 
     def adjoint(self, s, weight, x_shape, kernel=None):
@@ -724,18 +730,27 @@ class Linear(Affine):
         if self.out_features < 1:
             raise OpDefinitionError("out_features must be at least 1", "out_features")
 
+    #: the input has axes before its features (tokens ``(N, D)``): the map acts on the last
+    #: axis, and the channel-sliced maps and stacked adjoints (along axis 1) do not apply
+    tokens: bool = False
+
     def resolve(self, in_shapes):
         shape = in_shapes[0]
-        if len(shape) != 1:
+        self.tokens = len(shape) > 1
+        if self.tokens and self.in_features is None:
+            # inferred, a feature map that lacks its flatten would pass as tokens
             raise OpDefinitionError(
-                f"linear expects a flat input (features,), got shape {list(shape)}; "
-                "add a flatten node before it"
+                f"linear expects a flat input (features,), got shape {list(shape)}; add a "
+                "flatten node before it, or give in_features to map the last axis of tokens "
+                "(…, features)",
+                "in_features",
             )
         if self.in_features is None:
-            self.in_features = shape[0]
-        elif self.in_features != shape[0]:
+            self.in_features = shape[-1]
+        elif self.in_features != shape[-1]:
             raise OpDefinitionError(
-                f"in_features is {self.in_features} but its input has {shape[0]} features",
+                f"in_features is {self.in_features} but its input has {shape[-1]} features "
+                f"(its last axis; input shape {list(shape)})",
                 "in_features",
             )
 
@@ -747,15 +762,22 @@ class Linear(Affine):
 
     def init_tensors(self, shapes, generator, dtype):
         bound = 1.0 / math.sqrt(self.in_features)
-        return {name: _uniform(shape, bound, generator, dtype) for name, shape in shapes.items()}
+        return {
+            name: uniform_init(shape, bound, generator, dtype) for name, shape in shapes.items()
+        }
 
     def linear_map(self, x, weight, bias=None):
         return F.linear(x, weight, bias)
 
-    sliceable = True
+    @property
+    def sliceable(self) -> bool:
+        return not self.tokens
+
+    def broadcast_bias(self, bias, z):
+        return bias if self.tokens else super().broadcast_bias(bias, z)
 
     def stack_inputs(self, first, second):
-        return torch.cat([first, second], dim=1)
+        return None if self.tokens else torch.cat([first, second], dim=1)
 
     def adjoint(self, s, weight, x_shape):
         return s @ weight
@@ -1257,7 +1279,7 @@ class Reshape(Elementwise):
 
 def all_finite(t: torch.Tensor) -> bool:
     """Whether no entry of ``t`` is NaN or ±Inf: its two extremes are NaN where any entry is,
-    ±Inf where any entry is (10–15× faster than ``isfinite(t).all()`` on CPU: no mask as
+    ±Inf where any entry is (faster than ``isfinite(t).all()`` on CPU: no mask as
     large as ``t``)."""
     return not t.numel() or bool(torch.isfinite(torch.stack(torch.aminmax(t))).all())
 

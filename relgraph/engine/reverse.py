@@ -1,4 +1,4 @@
-"""The reverse pass: seed the output, walk the graph backwards, one rule per node.
+"""The reverse pass: from relevance on the output, walk the graph backwards, a rule per node.
 
 No autograd: the forward pass keeps the activations the rules need, and every backward step
 is the explicit tensor op of the node's rule. Relevance reaching a node from several
@@ -18,6 +18,7 @@ import torch
 from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import ForwardResult, Graph
 from relgraph.engine.interpreter import ReversePass, Visit, rule_needs
+from relgraph.engine.memory import check_memory
 from relgraph.engine.ops import all_finite
 from relgraph.errors import TargetError
 from relgraph.io.labels import Labels
@@ -30,7 +31,7 @@ Target = int | str | Sequence[int | str] | torch.Tensor
 
 @dataclass
 class Explanation:
-    """The result of ``explain(..., return_explanation=True)`` or ``return_all=True``.
+    """The result of :func:`explanation`: the input relevance and what came with it.
 
     Attributes
     ----------
@@ -40,14 +41,14 @@ class Explanation:
         The model's output (logits) for the batch.
     target
         The explained class of each sample, ``(B,)``.
-    seed
+    output_relevance
         The relevance the reverse pass started from, shaped like ``output``.
     lost
         Per node, ``(B,)``: the relevance the node did not hand on to its inputs,
         ``Σ R_out − Σ R_in`` per sample (negative where a rule created relevance). See
         ``lost_fraction`` for what counts.
     node_relevance
-        Relevance of every node's output (only with ``return_all=True``).
+        Relevance of every node's output (only with ``node_relevance=True``).
     rules
         The rule each node got.
     """
@@ -55,15 +56,15 @@ class Explanation:
     relevance: torch.Tensor
     output: torch.Tensor
     target: torch.Tensor
-    seed: torch.Tensor
+    output_relevance: torch.Tensor
     rules: dict[str, Rule]
     lost: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     node_relevance: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def lost_fraction(self) -> torch.Tensor:
-        """``(B,)``: the relevance lost on the way, over all nodes, as a fraction of the seed:
-        ``Σ_nodes lost / Σ seed`` per sample (0 where the seed sums to 0).
+        """``(B,)``: the relevance lost on the way, over all nodes, as a fraction of the
+        output relevance: ``Σ_nodes lost / Σ R_out`` per sample (0 where it sums to 0).
 
         It counts everything a rule does not hand on: the share a bias keeps (rules that
         keep a bias: ``epsilon``, and ``zplus``/``alphabeta`` with ``bias: true``), what the
@@ -72,11 +73,12 @@ class Explanation:
         not summing to 1). Negative: relevance was created. With conserving rules it is
         0 up to rounding.
         """
-        return lost_fraction(self.lost, self.seed)
+        return lost_fraction(self.lost, self.output_relevance)
 
 
 def lost_fraction(lost: dict[str, torch.Tensor], seed: torch.Tensor) -> torch.Tensor:
-    """``Σ_nodes lost / Σ seed`` per sample (0 where the seed sums to 0); see
+    """``Σ_nodes lost / Σ seed`` per sample (0 where the output relevance ``seed`` sums to
+    0); see
     ``Explanation.lost_fraction``."""
     total_seed = seed.reshape(seed.shape[0], -1).sum(1, dtype=accumulator_dtype(seed.dtype))
     if not lost:
@@ -91,6 +93,25 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
     if t.dim() == 5 and not t.is_contiguous(memory_format=torch.channels_last_3d):
         return t.contiguous(memory_format=torch.channels_last_3d)
     return t
+
+
+def _layout_of(x: torch.Tensor) -> torch.memory_format:
+    """The memory format to return relevance for the input ``x`` in: channels-last where
+    ``x`` is, else the ordinary contiguous layout (a permuted or sliced input has no layout
+    ``contiguous`` could reproduce)."""
+    if (
+        x.dim() == 5
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last_3d)
+    ):
+        return torch.channels_last_3d
+    if (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _materialized(t: torch.Tensor) -> torch.Tensor:
@@ -171,26 +192,30 @@ def resolve_target(
     )
 
 
-def make_seed(output: torch.Tensor, target: torch.Tensor, seed: str | torch.Tensor) -> torch.Tensor:
+def make_seed(
+    output: torch.Tensor, target: torch.Tensor, output_relevance: str | torch.Tensor
+) -> torch.Tensor:
     """The relevance the reverse pass starts from: ``onehot`` (1 at the target), ``logit``
     (the target's logit there), or a tensor of the output's shape."""
-    if isinstance(seed, torch.Tensor):
-        if seed.shape != output.shape:
+    if isinstance(output_relevance, torch.Tensor):
+        if output_relevance.shape != output.shape:
             raise TargetError(
-                f"a seed tensor must have the output's shape {list(output.shape)}, "
-                f"got {list(seed.shape)}"
+                f"an output_relevance tensor must have the output's shape {list(output.shape)}, "
+                f"got {list(output_relevance.shape)}"
             )
-        if not torch.isfinite(seed).all():
-            raise TargetError("the seed tensor contains NaN or Inf")
-        return seed.to(dtype=output.dtype, device=output.device)
+        if not torch.isfinite(output_relevance).all():
+            raise TargetError("the output_relevance tensor contains NaN or Inf")
+        return output_relevance.to(dtype=output.dtype, device=output.device)
     flat = torch.zeros_like(output).reshape(output.shape[0], -1)
     rows = torch.arange(output.shape[0], device=output.device)
-    if seed == "onehot":
+    if output_relevance == "onehot":
         flat[rows, target] = 1.0
-    elif seed == "logit":
+    elif output_relevance == "logit":
         flat[rows, target] = output.reshape(output.shape[0], -1)[rows, target]
     else:
-        raise TargetError(f"seed must be 'onehot', 'logit' or a tensor, got {seed!r}")
+        raise TargetError(
+            f"output_relevance must be 'onehot', 'logit' or a tensor, got {output_relevance!r}"
+        )
     return flat.reshape(output.shape)
 
 
@@ -199,14 +224,13 @@ def explain(
     x: torch.Tensor,
     target: Target = "auto",
     rules: Composite | str | os.PathLike | dict | None = None,
-    seed: str | torch.Tensor | None = None,
+    output_relevance: str | torch.Tensor | None = None,
     *,
     labels: Labels | Sequence[str] | None = None,
     preprocess: str | None = None,
-    return_all: bool = False,
-    return_explanation: bool = False,
     canonize: bool | None = None,
-) -> torch.Tensor | Explanation:
+    memory_check: bool = True,
+) -> torch.Tensor:
     """Explain a batch: the relevance of each input element for the target class.
 
     Parameters
@@ -221,38 +245,82 @@ def explain(
     rules
         A preset name (``"deep-taylor-paper"``), a preset YAML path, a ``Composite``, or
         ``{node or pattern: rule}`` overrides on the architecture's default preset.
-    seed
-        ``"onehot"``, ``"logit"`` or a tensor shaped like the output; default: the preset's
-        (else ``onehot``).
+    output_relevance
+        The relevance the reverse pass starts from: ``"onehot"`` (1 at the target),
+        ``"logit"`` (the target's logit there) or a tensor shaped like the output; default:
+        the preset's (else ``onehot``).
     preprocess
         The preprocessing preset the input went through (zβ bounds follow from it);
         default: the architecture's.
-    return_explanation
-        Return an ``Explanation`` (input relevance, output, target, seed, lost relevance)
-        without keeping every node's relevance.
-    return_all
-        Return an ``Explanation`` that also holds every node's relevance.
     canonize
         Fold each batch norm into the conv or linear layer before it first
         (``relgraph.engine.canonize``), so that the rules see one affine layer; default: the
         architecture's ``canonize:`` (true unless the YAML says false). Folded batch norms
         get no rule and have no entry in ``Explanation.rules`` or ``node_relevance``.
+    memory_check
+        Refuse, before anything is allocated, a batch whose estimated peak memory exceeds
+        what the device has free (``relgraph.engine.memory``); False skips the check.
 
     Returns
     -------
-    torch.Tensor or Explanation
+    torch.Tensor
+        The input relevance, shaped like ``x``. :func:`explanation` gives it with the
+        output, the target, the lost relevance and, on request, every node's relevance.
+
+    Raises
+    ------
+    ResourceError
+        The estimated peak memory exceeds the available memory (see ``memory_check``).
     """
     graph = canonical(graph, canonize)
-    _, node_rules, seed = resolve_rules(graph, rules, preprocess, seed)
+    _, node_rules, output_relevance = resolve_rules(graph, rules, preprocess, output_relevance)
     return explain_with_rules(
         graph,
         x,
         node_rules,
         target,
-        seed,
+        output_relevance,
         labels=labels,
-        return_all=return_all,
-        return_explanation=return_explanation,
+        memory_check=memory_check,
+    )
+
+
+def explanation(
+    graph: Graph,
+    x: torch.Tensor,
+    target: Target = "auto",
+    rules: Composite | str | os.PathLike | dict | None = None,
+    output_relevance: str | torch.Tensor | None = None,
+    *,
+    labels: Labels | Sequence[str] | None = None,
+    preprocess: str | None = None,
+    canonize: bool | None = None,
+    memory_check: bool = True,
+    node_relevance: bool = False,
+) -> Explanation:
+    """Explain a batch, as :func:`explain`, and return an :class:`Explanation`: the input
+    relevance with the output, the target, the output relevance and each node's lost
+    relevance.
+
+    Parameters
+    ----------
+    node_relevance
+        Also keep every node's relevance (``Explanation.node_relevance``; memory-hungry:
+        every node's output size, kept to the end).
+    graph, x, target, rules, output_relevance, labels, preprocess, canonize, memory_check
+        As in :func:`explain`.
+    """
+    graph = canonical(graph, canonize)
+    _, node_rules, output_relevance = resolve_rules(graph, rules, preprocess, output_relevance)
+    return explanation_with_rules(
+        graph,
+        x,
+        node_rules,
+        target,
+        output_relevance,
+        labels=labels,
+        memory_check=memory_check,
+        node_relevance=node_relevance,
     )
 
 
@@ -260,15 +328,17 @@ def resolve_rules(
     graph: Graph,
     rules: Composite | str | os.PathLike | dict | None,
     preprocess: str | None,
-    seed: str | torch.Tensor | None,
+    output_relevance: str | torch.Tensor | None,
 ) -> tuple[Composite, dict[str, Rule], str | torch.Tensor]:
-    """The composite, each node's rule and the seed that ``explain`` and ``discriminative``
-    use for their ``rules``, ``preprocess`` and ``seed`` arguments."""
+    """The composite, each node's rule and the output relevance that ``explain`` and
+    ``discriminative`` use for their ``rules``, ``preprocess`` and ``output_relevance``
+    arguments."""
 
     composite = as_composite(rules, graph)
     node_rules = composite.resolve(graph, preprocess=preprocess)
-    # `seed or ...` would ask a seed tensor for its truth value
-    return composite, node_rules, seed if seed is not None else composite.seed or "onehot"
+    if output_relevance is None:  # `x or ...` would ask a tensor for its truth value
+        output_relevance = composite.output_relevance or "onehot"
+    return composite, node_rules, output_relevance
 
 
 def activations_needed(graph: Graph, node_rules: dict[str, Rule]) -> set[str]:
@@ -288,30 +358,59 @@ def explain_with_rules(
     x: torch.Tensor,
     node_rules: dict[str, Rule],
     target: Target = "auto",
-    seed: str | torch.Tensor = "onehot",
+    output_relevance: str | torch.Tensor = "onehot",
     *,
     labels: Any = None,
-    return_all: bool = False,
-    return_explanation: bool = False,
-) -> torch.Tensor | Explanation:
-    """``explain`` with the rules already resolved per node (see ``Composite.resolve``).
+    memory_check: bool = True,
+) -> torch.Tensor:
+    """:func:`explain` with the rules already resolved per node (see ``Composite.resolve``).
 
-    Unless every node's relevance is returned (``return_all``), the pass leaves quotients
-    beyond the format in place and checks the result once at the end: the input relevance
-    and, for an ``Explanation``, each node's lost relevance (``Numerics.checks_quotients_later``);
-    where they are not finite, the pass runs again with every quotient checked. The result
-    is the same either way."""
-    run = (graph, x, node_rules, target, seed, labels, return_all, return_explanation)
-    if return_all:  # every node's relevance is reported: each quotient checked as it is formed
-        return _explain_pass(*run, Numerics(remembers_extremes=True))
-    result = _explain_pass(*run, Numerics(checks_quotients_later=True, remembers_extremes=True))
-    if isinstance(result, Explanation):
-        # each node's loss, not the fraction: that is 0 wherever the seed sums to 0
-        lost = list(result.lost.values())
-        finite = all_finite(result.relevance) and (not lost or all_finite(torch.stack(lost)))
-    else:
-        finite = all_finite(result)
-    return result if finite else _explain_pass(*run, Numerics(remembers_extremes=True))
+    The pass leaves quotients beyond the format in place and checks the input relevance once
+    at the end (``Numerics.checks_quotients_later``); where it is not finite, the pass runs
+    again with every quotient checked. The result is the same either way."""
+    run = (graph, x, node_rules, target, output_relevance, labels)
+    _check_memory(graph, x, node_rules, memory_check, keep_all=False)
+    result = _explain_pass(*run, "input", Numerics(checks_quotients_later=True))
+    return result if all_finite(result) else _explain_pass(*run, "input", Numerics())
+
+
+def explanation_with_rules(
+    graph: Graph,
+    x: torch.Tensor,
+    node_rules: dict[str, Rule],
+    target: Target = "auto",
+    output_relevance: str | torch.Tensor = "onehot",
+    *,
+    labels: Any = None,
+    memory_check: bool = True,
+    node_relevance: bool = False,
+) -> Explanation:
+    """:func:`explanation` with the rules already resolved per node.
+
+    Unless every node's relevance is kept (``node_relevance``), the pass leaves quotients
+    beyond the format in place and checks the input relevance and each node's lost
+    relevance once at the end (``Numerics.checks_quotients_later``); where they are not
+    finite, the pass runs again with every quotient checked. The result is the same either
+    way."""
+    run = (graph, x, node_rules, target, output_relevance, labels)
+    _check_memory(graph, x, node_rules, memory_check, keep_all=node_relevance)
+    if node_relevance:  # every node's relevance is reported: each quotient checked as formed
+        return _explain_pass(*run, "all", Numerics())
+    result = _explain_pass(*run, "explanation", Numerics(checks_quotients_later=True))
+    # each node's loss, not the fraction: that is 0 wherever the output relevance sums to 0
+    lost = list(result.lost.values())
+    if all_finite(result.relevance) and (not lost or all_finite(torch.stack(lost))):
+        return result
+    return _explain_pass(*run, "explanation", Numerics())
+
+
+def _check_memory(
+    graph: Graph, x: Any, node_rules: dict[str, Rule], memory_check: bool, keep_all: bool
+) -> None:
+    """The memory preflight of one explanation (``relgraph.engine.memory``)."""
+    if memory_check and isinstance(x, torch.Tensor) and x.dim() >= 1:
+        kept = None if keep_all else activations_needed(graph, node_rules)
+        check_memory(graph, x.shape[0], kept)
 
 
 class ExplainPass(ReversePass):
@@ -395,13 +494,18 @@ def _explain_pass(
     x: torch.Tensor,
     node_rules: dict[str, Rule],
     target: Target,
-    seed: str | torch.Tensor,
+    output_relevance: str | torch.Tensor,
     labels: Any,
-    return_all: bool,
-    return_explanation: bool,
+    returns: str,
     numerics: Numerics,
 ) -> torch.Tensor | Explanation:
-    """One forward and reverse pass of ``explain_with_rules``."""
+    """One forward and reverse pass: the input relevance (``returns="input"``), an
+    ``Explanation`` (``"explanation"``), or one that keeps every node's relevance
+    (``"all"``). Extremes of the rules' inputs are remembered as the forward pass makes
+    them."""
+    numerics.remembers_extremes = True
+    return_all = returns == "all"
+    detailed = returns != "input"
     needs = {node: rule_needs(rule) for node, rule in node_rules.items()}
     read = {p for n in node_rules if "inputs" in needs[n] for p in graph.inputs_of(n)}
     nonnegative = graph.nonnegative_nodes()
@@ -416,12 +520,14 @@ def _explain_pass(
         record=[n for n in node_rules if "record" in needs[n]],
         made=made,
     )
-    detailed = return_all or return_explanation
     output = fwd.output.clone() if detailed else fwd.output
     with torch.inference_mode():
         target_index = resolve_target(output, target, labels)
-        # relevance is carried in float32 through a bfloat16 graph (docs: precision)
-        start = make_seed(output, target_index, seed).to(accumulator_dtype(output.dtype))
+        # relevance is carried in float32 through a bfloat16 graph
+        # (see docs/guides/precision-and-memory.md)
+        start = make_seed(output, target_index, output_relevance).to(
+            accumulator_dtype(output.dtype)
+        )
     reverse = ExplainPass(
         graph,
         node_rules,
@@ -438,7 +544,7 @@ def _explain_pass(
     with torch.inference_mode():
         # in the input's own layout (the passes may run channels-last: Graph.working_layout)
         input_relevance = _materialized(reverse.relevance.pop(graph.input)).contiguous(
-            memory_format=torch.contiguous_format if x.is_contiguous() else torch.preserve_format
+            memory_format=_layout_of(x)
         )
     if not detailed:
         return input_relevance
@@ -449,7 +555,7 @@ def _explain_pass(
         relevance=input_relevance,
         output=output,
         target=target_index,
-        seed=start,
+        output_relevance=start,
         rules=node_rules,
         lost=reverse.lost,
         node_relevance=kept,

@@ -1,6 +1,6 @@
 """Architecture specs: YAML read with line numbers, parameters substituted, fields checked.
 
-A spec is plain data (``ArchSpec`` holding ``NodeSpec``s); ``relgraph.compile`` turns it
+A spec is plain data (``ArchSpec`` holding ``NodeSpec``s); ``relgraph.compile_spec`` turns it
 into a ``Graph``. Every error names the file, the YAML line and the node.
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file, save_file
 
-from relgraph.errors import WeightsError
+from relgraph.errors import ArgumentError, WeightsError
 from relgraph.io.outputs import atomic_path
 
 if TYPE_CHECKING:  # for annotations only: graph.py imports this module
@@ -26,6 +27,50 @@ if TYPE_CHECKING:  # for annotations only: graph.py imports this module
 
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net")
 _INDEXED = re.compile(r"^(features|classifier)\.(\d+)\.(\w+)$")
+
+
+def tensor_key(node: str, name: str) -> str:
+    """The state-dict key of tensor ``name`` of ``node``: ``node.name``, or the node's name
+    alone for an op's single learned constant, whose tensor name is empty (a
+    ``torch.nn.Parameter`` such as a CLS token is keyed by its own path)."""
+    return f"{node}.{name}" if name else node
+
+
+def split_key(key: str, nodes) -> tuple[str, str]:
+    """``(node, tensor name)`` of a state-dict key (the inverse of ``tensor_key``): the node
+    itself where ``key`` names a node of ``nodes``, else split at the last dot."""
+    if key in nodes:
+        return key, ""
+    node, _, name = key.rpartition(".")
+    return node, name
+
+
+KeyMap = Callable[["Graph", dict[str, torch.Tensor]], "dict[str, torch.Tensor] | None"]
+
+KEY_MAPS: dict[str, KeyMap] = {}
+"""Other key namings of a library's checkpoints, by name (``register_key_map``): each takes
+the graph and the state dict and returns it renamed to the graph's keys, or ``None`` where
+the file is not in its naming. Tried in order of registration, after the ``module.`` prefix
+is stripped and where the keys do not already name the graph's tensors."""
+
+
+def register_key_map(name: str) -> Callable[[KeyMap], KeyMap]:
+    """Decorator: make a key naming known to ``load_weights``' auto-detection (an older
+    layout of a library's checkpoints, say), reported as ``name`` in ``LoadReport.naming``."""
+
+    def register(function: KeyMap) -> KeyMap:
+        if name in KEY_MAPS:
+            raise ArgumentError(f"key map '{name}' is registered twice")
+        KEY_MAPS[name] = function
+        return function
+
+    return register
+
+
+def _graph_keys(graph: Graph) -> set[str]:
+    return {
+        tensor_key(node, tname) for node in graph.order for tname in graph.tensor_shapes_of(node)
+    }
 
 
 @dataclass
@@ -182,6 +227,12 @@ def checked_state_dict(
     state = _strip_module_prefix(state)
     naming = "node"
     allowed_missing: list[str] = []
+    if KEY_MAPS and not set(state) <= _graph_keys(graph):
+        for map_name, key_map in KEY_MAPS.items():
+            renamed = key_map(graph, state)
+            if renamed is not None:
+                state, naming = renamed, map_name
+                break
     # a key's node is everything before its last dot (torchvision's S3D has nodes
     # ``features.0.0.0``: its own keys look like Sports-1M's but name the graph's nodes)
     if any(_INDEXED.match(k) for k in state) and not any(
@@ -191,11 +242,13 @@ def checked_state_dict(
         state, allowed_missing = _map_indexed(graph, state, name)
 
     expected = {
-        f"{node}.{tname}": (node, tname, shape)
+        tensor_key(node, tname): (node, tname, shape)
         for node in graph.order
         for tname, shape in graph.tensor_shapes_of(node).items()
     }
-    optional = {f"{node}.{t}" for node in graph.order for t in graph.op(node).optional_tensors}
+    optional = {
+        tensor_key(node, t) for node in graph.order for t in graph.op(node).optional_tensors
+    }
     missing = [k for k in expected if k not in state and k.rsplit(".", 1)[0] not in allowed_missing]
     unexpected = [k for k in state if k not in expected and k not in optional]
     misshaped = [
@@ -230,6 +283,16 @@ def checked_state_dict(
     if not_float:
         raise WeightsError(
             "these tensors are not floating point: " + ", ".join(not_float), file=name
+        )
+    # a NaN or Inf weight turns every output into NaN and every map into zeros: refused here,
+    # naming the tensors, rather than found as 'p = nan' after the whole explanation
+    not_finite = [k for k in to_load if not bool(torch.isfinite(state[k]).all())]
+    if not_finite:
+        raise WeightsError(
+            "these tensors hold NaN or Inf values: "
+            + ", ".join(not_finite[:8])
+            + (f" and {len(not_finite) - 8} more" if len(not_finite) > 8 else ""),
+            file=name,
         )
     report = LoadReport(source=name, naming=naming, loaded=list(to_load))
     report.skipped = sorted(set(unexpected) | set(misshaped)) + [f"{k} (missing)" for k in missing]

@@ -93,7 +93,7 @@ class ForwardMemo:
 def model_function(graph: Graph) -> Model:
     """The graph as a function from a batch to its logits ``(B, K)``: no activations kept,
     so that element-wise ops run in place, and channels-last on CPU, where a forward pass
-    alone runs 1.1–1.4× faster (``Graph.forward``)."""
+    alone runs faster (``Graph.forward``)."""
 
     def logits(x: torch.Tensor) -> torch.Tensor:
         return graph.forward(x, keep=(), channels_last=True).output.reshape(x.shape[0], -1)

@@ -23,7 +23,16 @@ from relgraph.datasets.synthetic import APPEARANCE_CUE, make_set
 from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import Graph
 from relgraph.engine.hostmemory import reuse_freed
-from relgraph.errors import ArgumentError, DatasetError, LabelError
+from relgraph.engine.memory import available_bytes, format_bytes
+from relgraph.engine.reverse import explain_with_rules
+from relgraph.errors import (
+    ArgumentError,
+    DatasetError,
+    LabelError,
+    RelgraphError,
+    ResourceError,
+    did_you_mean,
+)
 from relgraph.evaluation import metrics
 from relgraph.io.labels import Labels
 from relgraph.io.preprocess import get_preprocess
@@ -31,20 +40,23 @@ from relgraph.io.video import read_video, select_clip
 from relgraph.methods import baselines
 from relgraph.methods.discriminative import (
     DEFAULT_BATCH_SIZE,
+    METHODS,
     NORMALIZATIONS,
     REDUCTIONS,
     discriminative_with_rules,
     normalize_maps,
     reduce_frozen,
 )
-from relgraph.rules import as_composite
+from relgraph.rules import as_composite, preset_names
 
 __all__ = [
     "DEFAULT_MAPS",
     "EvaluationData",
+    "full_metric_maps",
     "compute_maps",
     "frozen_batch_size",
     "markdown",
+    "check_evaluation_args",
     "run_evaluation",
     "synthetic_data",
     "video_data",
@@ -62,6 +74,40 @@ DEFAULT_MAPS: tuple[str, ...] = (
     "gradient × input",
 )
 MASK_KINDS: tuple[str, ...] = ("moving", "static", "irrelevant")
+#: the baseline map of the motion methods (``methods`` other than ``frozen``): integrated
+#: gradients from the static clip, every metric computed for it too
+INTEGRATED_GRADIENTS = "integrated gradients"
+#: Riemann steps of the integrated gradients map
+IG_STEPS = 16
+#: per-clip metrics compared in pairs (``report["paired"]``)
+PAIRED_METRICS: tuple[str, ...] = (
+    "aopc freeze",
+    "aopc blur",
+    "aopc mean",
+    "rank moving",
+    "mass moving",
+)
+
+
+def method_maps(method: str) -> tuple[str, ...]:
+    """The names of a motion method's maps in a report: ``spatial``/``temporal`` for
+    ``frozen``, ``spatial method=NAME``/``temporal method=NAME`` for the others (the
+    spatio-temporal map is the same ordinary explanation under every method)."""
+    if method == "frozen":
+        return ("spatial", "temporal")
+    return (f"spatial method={method}", f"temporal method={method}")
+
+
+def full_metric_maps(methods: Sequence[str] = ("frozen",)) -> tuple[str, ...]:
+    """The maps that get every metric: :data:`DEFAULT_MAPS`, each method's maps and, with a
+    method other than ``frozen``, integrated gradients from the static clip."""
+    names = list(DEFAULT_MAPS)
+    for method in methods:
+        names += [n for n in method_maps(method) if n not in names]
+    if any(m != "frozen" for m in methods):
+        names.append(INTEGRATED_GRADIENTS)
+    return tuple(names)
+
 
 #: activation and relevance memory of the frozen clips explained at once for the maps
 FROZEN_BUDGET = 512 * 2**20
@@ -70,9 +116,8 @@ FROZEN_BUDGET = 512 * 2**20
 def frozen_batch_size(graph: Graph) -> int:
     """Frozen clips explained at once by the maps and the randomisation: as many as keep
     every node's activation and relevance within :data:`FROZEN_BUDGET`, from
-    ``DEFAULT_BATCH_SIZE`` (4) to 64. Small models are overhead bound: c3d-tiny's
-    discriminative pass runs about 1.6× faster at 64 than at 4 (2 threads); a full-size
-    model keeps 4."""
+    ``DEFAULT_BATCH_SIZE`` (4) to 64. Small models are overhead bound and run faster in
+    big batches; a full-size model keeps 4."""
     per_clip = (
         2 * graph.dtype.itemsize * sum(math.prod(graph.shape_of(node)) for node in graph.order)
     )
@@ -105,6 +150,7 @@ def synthetic_data(
     _, frames, size, width = graph.input_shape
     if size != width:
         raise ArgumentError(f"synthetic clips are square; '{graph.name}' takes {size}×{width}")
+    _check_data_memory(graph, n)
     data = make_set(
         n,
         seed,
@@ -123,6 +169,19 @@ def synthetic_data(
     return EvaluationData(clips.to(graph.device), torch.from_numpy(data.labels), masks)
 
 
+def _check_data_memory(graph: Graph, clips: int) -> None:
+    """Refuse a data set whose clips (drawn as uint8 frames, then preprocessed in the graph's
+    format) cannot fit in the memory available, before any is made."""
+    values = math.prod(graph.input_shape)
+    needed = clips * values * (1 + torch.empty((), dtype=graph.dtype).element_size())
+    available = available_bytes("cpu")
+    if available is not None and needed > available:
+        raise ResourceError(
+            f"{clips:,} clips of {list(graph.input_shape)} need {format_bytes(needed)}, more "
+            f"than the {format_bytes(available)} available; evaluate fewer clips"
+        )
+
+
 def video_data(
     graph: Graph,
     listing: Path,
@@ -136,7 +195,7 @@ def video_data(
     relative to the list file and its class, a name of ``labels`` or a 1-based index.
     """
 
-    names = Labels.from_file(labels) if labels is not None else None
+    names = Labels.from_file(labels) if labels is not None else graph.labels
     try:
         lines = listing.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -167,7 +226,8 @@ def video_data(
                 file=str(listing),
                 line=number,
             )
-        video = read_video(listing.parent / path)
+        # only the frames of the first clip are decoded (a short video is loop-padded)
+        video = read_video(listing.parent / path, max_frames=frames)
         clips.append(transform(select_clip(video, length=frames).frames))
         classes.append(index)
     if not clips:
@@ -188,8 +248,17 @@ def compute_maps(
     variants: bool = True,
     clips_per_call: int = 16,
     progress: bool = False,
+    memory_check: bool = True,
+    methods: Sequence[str] = ("frozen",),
+    costs: dict[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every map of the clips for their targets, ``{name: (B, T, H, W)}``.
+
+    Each of ``methods`` other than ``frozen`` adds its spatial and temporal maps
+    (``temporal method=decomposed``; the model's preset, its default options), and then
+    integrated gradients from the static clip is a baseline too. ``costs``, if given, gets
+    the seconds each method's maps took (``frozen`` included) and those of one plain
+    explanation of the clips (``explanation``).
 
     The model's preset gives ``spatiotemporal``, ``spatial`` and ``temporal`` (the authors'
     options: ``reduce first``, ``normalize maxabs``) and, with ``variants``, the spatial and
@@ -202,9 +271,10 @@ def compute_maps(
     graph = canonical(graph)  # batch norms folded, as explain and discriminative do
     batch_size = frozen_batch_size(graph)
     for preset in (None, *presets):
+        started = time.perf_counter()
         composite = as_composite(preset, graph)
         node_rules = composite.resolve(graph)
-        seed = composite.seed or "onehot"
+        seed = composite.output_relevance or "onehot"
         relevance, frozen = [], []
         for begin in _tqdm(range(0, len(clips), clips_per_call), progress, preset or "maps"):
             part = slice(begin, begin + clips_per_call)
@@ -216,6 +286,7 @@ def compute_maps(
                 seed,
                 progress=False,
                 batch_size=batch_size,
+                memory_check=memory_check,
             )
             relevance.append(result.relevance.sum(dim=1))
             frozen.append(result.frozen_relevance.sum(dim=2))
@@ -235,14 +306,110 @@ def compute_maps(
                 maps[f"spatiotemporal{suffix}"] = spatiotemporal
             maps[f"spatial{options}{suffix}"] = spatial
             maps[f"temporal{options}{suffix}"] = spatiotemporal - spatial
+        if costs is not None and preset is None:
+            costs["frozen"] = time.perf_counter() - started
+    _motion_maps(graph, clips, targets, methods, clips_per_call, maps, costs, progress)
     maps["random"] = baselines.random_map(clips)
     maps["frame difference"] = baselines.frame_difference(clips)
     maps["gradient"] = baselines.gradient(graph, clips, targets)
     maps["gradient × input"] = baselines.gradient_times_input(graph, clips, targets)
+    if any(m != "frozen" for m in methods):
+        clock = time.perf_counter()
+        maps[INTEGRATED_GRADIENTS] = baselines.integrated_gradients(
+            graph, clips, targets, steps=IG_STEPS
+        )
+        if costs is not None:
+            costs[INTEGRATED_GRADIENTS] = time.perf_counter() - clock
     return {name: value.cpu() for name, value in maps.items()}
 
 
+def _motion_maps(
+    graph: Graph,
+    clips: torch.Tensor,
+    targets: torch.Tensor,
+    methods: Sequence[str],
+    clips_per_call: int,
+    maps: dict[str, torch.Tensor],
+    costs: dict[str, float] | None,
+    progress: bool,
+) -> None:
+    """The maps of the methods other than ``frozen`` into ``maps``; with ``costs``, their
+    seconds and those of one plain explanation of the clips."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise RelgraphError(f"unknown method '{unknown[0]}' (known: {', '.join(METHODS)})")
+    composite = as_composite(None, graph)
+    node_rules = composite.resolve(graph)
+    seed = composite.output_relevance or "onehot"
+    if costs is not None:
+        clock = time.perf_counter()
+        for begin in range(0, len(clips), clips_per_call):
+            part = slice(begin, begin + clips_per_call)
+            explain_with_rules(graph, clips[part], node_rules, targets[part], seed)
+        costs["explanation"] = time.perf_counter() - clock
+    for method in methods:
+        if method == "frozen":
+            continue
+        clock = time.perf_counter()
+        spatial, temporal = [], []
+        for begin in _tqdm(range(0, len(clips), clips_per_call), progress, method):
+            part = slice(begin, begin + clips_per_call)
+            result = discriminative_with_rules(
+                graph, clips[part], node_rules, targets[part], seed, method=method
+            )
+            spatial.append(result.spatial)
+            temporal.append(result.temporal)
+            del result
+        if costs is not None:
+            costs[method] = time.perf_counter() - clock
+        names = method_maps(method)
+        maps[names[0]], maps[names[1]] = torch.cat(spatial), torch.cat(temporal)
+
+
 # --------------------------------------------------------------------------- the suite
+
+
+def check_evaluation_args(
+    *,
+    cube: Sequence[int] = (4, 8, 8),
+    steps: int = 16,
+    batch_size: int = 64,
+    sanity_clips: int = 0,
+    replacements: Sequence[str] = metrics.REPLACEMENTS,
+    presets: Sequence[str] = (),
+) -> None:
+    """Check :func:`run_evaluation`'s options before any work (``relgraph evaluate`` calls it
+    before it loads anything or creates its output folder).
+
+    Raises
+    ------
+    ArgumentError
+        Naming the option, what it takes and what it got.
+    """
+
+    def integer(name: str, value, minimum: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ArgumentError(f"{name} must be an integer, got {value!r}")
+        if value < minimum:
+            raise ArgumentError(f"{name} must be at least {minimum}, got {value}")
+
+    if isinstance(cube, (str, bytes)) or not isinstance(cube, Sequence) or len(cube) != 3:
+        raise ArgumentError(f"cube takes three sizes (frames, height, width), got {cube!r}")
+    for axis, size in zip(("frames", "height", "width"), cube):
+        integer(f"cube {axis}", size, 1)
+    integer("steps", steps, 1)
+    integer("batch_size", batch_size, 1)
+    integer("sanity_clips", sanity_clips, 0)
+    unknown = [how for how in replacements if how not in metrics.REPLACEMENTS]
+    if unknown or not replacements:
+        raise ArgumentError(
+            f"replacements must be some of {', '.join(metrics.REPLACEMENTS)}, got "
+            f"{list(replacements)!r}"
+        )
+    names = set(preset_names())
+    for name in presets:
+        if name not in names and Path(name).suffix.lower() not in (".yaml", ".yml"):
+            raise ArgumentError(f"unknown rule preset '{name}'{did_you_mean(name, sorted(names))}")
 
 
 @reuse_freed()  # a context manager, applied anew to each call
@@ -259,16 +426,30 @@ def run_evaluation(
     sanity_clips: int = 0,
     frames: bool = True,
     progress: bool = False,
+    memory_check: bool = True,
+    methods: Sequence[str] = ("frozen",),
 ) -> dict:
     """Compute every map and every metric; a JSON-ready report (see :func:`markdown`).
+
+    ``methods`` are the motion methods whose maps are measured (``frozen``, the paper's,
+    always; see :func:`compute_maps`); the report's ``costs`` give each method's seconds
+    per clip relative to one plain explanation.
 
     Every map gets region perturbation with ``freeze`` (MoRF and LeRF) and localisation on
     each mask; :data:`DEFAULT_MAPS` also get the other replacements, frame deletion and
     insertion (unless ``frames`` is False), and (on the first ``sanity_clips`` clips)
     cascading randomisation. The explained class is each clip's prediction.
     Freed memory is kept for reuse meanwhile (``relgraph.engine.hostmemory.reuse_freed``): the
-    perturbed batches' forward passes then run up to 1.7× faster.
+    perturbed batches' forward passes then run faster (docs/benchmarks/performance.md).
     """
+    check_evaluation_args(
+        cube=cube,
+        steps=steps,
+        batch_size=batch_size,
+        sanity_clips=sanity_clips,
+        replacements=replacements,
+        presets=presets,
+    )
     started = time.perf_counter()
     model = metrics.model_function(graph)
     with torch.inference_mode():
@@ -277,17 +458,28 @@ def run_evaluation(
         )
     targets = logits.argmax(dim=1)
     accuracy = float((targets.cpu() == data.labels).double().mean())
+    methods = tuple(dict.fromkeys(("frozen", *methods)))
+    seconds: dict[str, float] = {}
     maps = compute_maps(
-        graph, data.clips, targets, presets=presets, variants=variants, progress=progress
+        graph,
+        data.clips,
+        targets,
+        presets=presets,
+        variants=variants,
+        progress=progress,
+        memory_check=memory_check,
+        methods=methods,
+        costs=seconds,
     )
     map_seconds = time.perf_counter() - started
+    full = full_metric_maps(methods)
     mean = data.clips.mean(dim=(0, 2, 3, 4))
     memo = metrics.ForwardMemo()  # each distinct perturbed clip is run once
     report: dict = {"maps": {}, "curves": {}}
     for name, values in _tqdm(list(maps.items()), progress, "metrics"):
         values = values.to(data.clips.device)
         entry: dict = {}
-        chosen = replacements if name in DEFAULT_MAPS else ("freeze",)
+        chosen = replacements if name in full else ("freeze",)
         for how in chosen:
             curves = {
                 order: metrics.region_perturbation(
@@ -314,9 +506,8 @@ def run_evaluation(
                 "morf": morf.mean(dim=0).tolist(),
                 "lerf": lerf.mean(dim=0).tolist(),
             }
-            if how == "freeze":
-                entry["_aopc_freeze_per_clip"] = metrics.aopc(morf).tolist()
-        if frames and name in DEFAULT_MAPS:
+            entry[f"_aopc {how} per clip"] = metrics.aopc(morf).tolist()
+        if frames and name in full:
             for mode in ("deletion", "insertion"):
                 curve = metrics.frame_perturbation(
                     model,
@@ -331,17 +522,26 @@ def run_evaluation(
         for kind, mask in data.masks.items():
             for metric, per_clip in metrics.localisation(values.cpu(), mask).items():
                 entry[f"{metric} {kind}"] = metrics.summarise(per_clip)
-                if metric == "rank" and kind == "moving":
-                    entry["_rank_moving_per_clip"] = per_clip.tolist()
+                if kind == "moving":
+                    entry[f"_{metric} moving per clip"] = per_clip.tolist()
         report["maps"][name] = entry
     if sanity_clips:
         # the default preset's maps on the unchanged model are the first row's reference
         device = data.clips.device
-        original = {name: maps[name][:sanity_clips].to(device) for name in SANITY_MAPS}
+        sanity_maps = _sanity_maps(methods)
+        original = {name: maps[name][:sanity_clips].to(device) for name in sanity_maps}
         report["sanity"] = _sanity(
-            graph, data.clips[:sanity_clips], targets[:sanity_clips], progress, original
+            graph, data.clips[:sanity_clips], targets[:sanity_clips], progress, original, methods
         )
-    report["paired"] = _paired(report["maps"])
+    report["paired"] = _paired(report["maps"], methods)
+    explanation = seconds.pop("explanation", None)
+    report["costs"] = {
+        name: {
+            "seconds per clip": value / len(data.clips),
+            **({"relative to one explanation": value / explanation} if explanation else {}),
+        }
+        for name, value in seconds.items()
+    }
     for entry in report["maps"].values():
         for key in [k for k in entry if k.startswith("_")]:
             del entry[key]
@@ -362,40 +562,55 @@ def run_evaluation(
             "sanity_clips": sanity_clips,
             "frames": frames,
             "target": "predicted",
+            "methods": list(methods),
         },
     )
     return report
 
 
-def _paired(entries: dict) -> dict:
-    """The issue's hypotheses, paired per clip (± 95 % interval)."""
+def _paired(entries: dict, methods: Sequence[str] = ("frozen",)) -> dict:
+    """Each method's temporal map against the spatio-temporal map and frame difference, and
+    the maps against the random one, per clip: mean ± 95 % interval of the difference."""
     out = {}
 
     def diff(a: str, b: str, key: str) -> dict | None:
-        if a in entries and b in entries and key in entries[a] and key in entries[b]:
-            delta = np.asarray(entries[a][key]) - np.asarray(entries[b][key])
+        hidden = f"_{key} per clip"
+        if a in entries and b in entries and hidden in entries[a] and hidden in entries[b]:
+            delta = np.asarray(entries[a][hidden]) - np.asarray(entries[b][hidden])
             stats = metrics.summarise(delta)
             stats["share_higher"] = float(np.mean(delta[np.isfinite(delta)] > 0))
             return stats
         return None
 
-    for a, b in (
-        ("temporal", "spatiotemporal"),
-        ("spatiotemporal", "random"),
-        ("temporal", "random"),
-        ("temporal", "frame difference"),
-    ):
-        found = diff(a, b, "_aopc_freeze_per_clip")
-        if found:
-            out[f"aopc freeze: {a} − {b}"] = found
-    found = diff("temporal", "frame difference", "_rank_moving_per_clip")
-    if found:
-        out["rank moving: temporal − frame difference"] = found
+    pairs = [("spatiotemporal", "random")]
+    for method in methods:
+        temporal = method_maps(method)[1]
+        pairs += [
+            (temporal, "spatiotemporal"),
+            (temporal, "frame difference"),
+            (temporal, "random"),
+        ]
+    if INTEGRATED_GRADIENTS in entries:
+        pairs += [
+            (INTEGRATED_GRADIENTS, "spatiotemporal"),
+            (INTEGRATED_GRADIENTS, "frame difference"),
+        ]
+    for key in PAIRED_METRICS:
+        for a, b in pairs:
+            found = diff(a, b, key)
+            if found:
+                out[f"{key}: {a} − {b}"] = found
     return out
 
 
 #: the maps whose rank correlation cascading randomisation reports
 SANITY_MAPS: tuple[str, ...] = ("spatiotemporal", "spatial", "temporal", "frame difference")
+
+
+def _sanity_maps(methods: Sequence[str]) -> tuple[str, ...]:
+    """:data:`SANITY_MAPS` and every other method's spatial and temporal maps."""
+    extra = [n for m in methods if m != "frozen" for n in method_maps(m)]
+    return (*SANITY_MAPS, *extra)
 
 
 def _sanity(
@@ -404,11 +619,12 @@ def _sanity(
     targets: torch.Tensor,
     progress: bool = False,
     original: dict[str, torch.Tensor] | None = None,
+    methods: Sequence[str] = ("frozen",),
 ) -> dict:
 
     composite = as_composite(None, graph)
     node_rules = composite.resolve(canonical(graph))
-    seed = composite.seed or "onehot"
+    seed = composite.output_relevance or "onehot"
     batch_size = frozen_batch_size(graph)
 
     def explain_maps(g: Graph) -> dict[str, torch.Tensor]:
@@ -426,6 +642,18 @@ def _sanity(
             for name in SANITY_MAPS
             if name != "frame difference"
         }
+        for method in methods:
+            if method == "frozen":
+                continue
+            results = [
+                discriminative_with_rules(
+                    view, clips[b : b + 16], node_rules, targets[b : b + 16], seed, method=method
+                )
+                for b in range(0, len(clips), 16)
+            ]
+            names = method_maps(method)
+            found[names[0]] = torch.cat([r.spatial for r in results])
+            found[names[1]] = torch.cat([r.temporal for r in results])
         return found | {"frame difference": baselines.frame_difference(clips)}
 
     rows = {}
@@ -493,6 +721,12 @@ def markdown(report: dict, maps: Sequence[str] | None = None) -> str:
         ]
         for label, stats in report["paired"].items():
             lines.append(f"- {label}: {_cell(stats, signed=True)} ({stats['share_higher']:.0%})")
+    if report.get("costs"):
+        lines += ["", "Cost per clip (seconds; relative to one plain explanation of the clip)", ""]
+        for name, cost in report["costs"].items():
+            relative = cost.get("relative to one explanation")
+            ratio = f" ({relative:.2f}×)" if relative is not None else ""
+            lines.append(f"- {name}: {cost['seconds per clip']:.4f} s{ratio}")
     if report.get("sanity"):
         layers = list(report["sanity"])
         kinds = list(report["sanity"][layers[0]])

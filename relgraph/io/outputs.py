@@ -10,10 +10,13 @@ existing file survives a writer that fails midway.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -24,7 +27,18 @@ import numpy as np
 
 from relgraph.errors import OutputError
 
-__all__ = ["atomic_path", "atomic_write_bytes", "ensure_out_dir", "write_json", "write_npz"]
+__all__ = [
+    "atomic_path",
+    "OutputSet",
+    "atomic_write_bytes",
+    "check_out_dir",
+    "check_out_file",
+    "disk_full",
+    "ensure_out_dir",
+    "json_text",
+    "write_json",
+    "write_npz",
+]
 
 
 def ensure_out_dir(path: str | os.PathLike) -> Path:
@@ -69,6 +83,54 @@ def ensure_out_dir(path: str | os.PathLike) -> Path:
     return folder
 
 
+def check_out_dir(path: str | os.PathLike) -> Path:
+    """Check, creating nothing, that an output folder exists and can be written, or can be
+    created: for commands that check every argument before they make anything.
+
+    Raises
+    ------
+    OutputError
+        A file that is not a folder is in the way, or the folder (or the nearest existing
+        folder above it) cannot be written.
+    """
+    folder = Path(path)
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise OutputError(
+            "cannot create the output folder: a file that is not a folder already has the "
+            f"name '{existing}'",
+            file=folder,
+        )
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write in '{existing}': permission denied", file=folder)
+    return folder
+
+
+def check_out_file(path: str | os.PathLike) -> Path:
+    """Check, creating nothing, that a file can be written at ``path`` (its folder exists and
+    can be written, or can be created; no folder has its name).
+
+    Raises
+    ------
+    OutputError
+        Naming the file and the reason.
+    """
+    target = Path(path)
+    if not target.name or target.is_dir():
+        raise OutputError("cannot write the file: a folder has this name", file=target)
+    try:
+        check_out_dir(target.parent)
+    except OutputError as error:
+        raise OutputError(f"cannot write the file: {error.message}", file=target) from None
+    if target.exists() and not os.access(target, os.W_OK):
+        raise OutputError("cannot write the file: permission denied", file=target)
+    return target
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write to; move it to ``path`` only if the block succeeds.
@@ -108,8 +170,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(handle)
     temporary = Path(temporary_name)
     try:
-        yield temporary
-        _flush_to_disk(temporary)
+        try:
+            yield temporary
+            _flush_to_disk(temporary)
+        except OSError as error:
+            if error.errno in _DISK_FULL:
+                raise disk_full(target, error) from None
+            raise
         # mkstemp creates files readable by the owner only; give the result the permissions
         # any other new file would get.
         os.chmod(temporary, 0o666 & ~_umask())
@@ -124,6 +191,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         raise
+
+
+#: the errors of a write that ran out of room: no space, over quota, file too large
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def disk_full(path: str | os.PathLike, error: OSError) -> OutputError:
+    """The error for a write to ``path`` that ran out of room (``ENOSPC``, ``EDQUOT``,
+    ``EFBIG``): one line naming the file and its file system's free space."""
+    free = ""
+    with contextlib.suppress(OSError):
+        usage = shutil.disk_usage(Path(path).parent)
+        free = f" ({usage.free / 1e6:.1f} MB free there now)"
+    return OutputError(
+        f"the disk filled up while writing this file: {error.strerror or error}{free}; "
+        "free some space or choose another output folder",
+        file=path,
+    )
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -152,7 +237,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
     NumPy scalars and arrays, torch tensors (anything with ``.tolist()``), paths, tuples and
     sets are converted; dictionary keys that are NumPy scalars become strings as usual.
-    Non-finite floats are written as ``NaN``/``Infinity``, as Python's ``json`` does.
+    The JSON is strict (RFC 8259): a float that is NaN or infinite is written as ``null``
+    (:func:`json_text`), never as the ``NaN``/``Infinity`` that strict readers refuse.
 
     Parameters
     ----------
@@ -173,10 +259,50 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """
     target = Path(path)
     try:
-        text = json.dumps(_to_json(obj), indent=2, ensure_ascii=False)
+        text = json_text(obj, indent=2)
     except (TypeError, ValueError) as error:
         raise OutputError(f"cannot write as JSON: {error}", file=target) from None
     return atomic_write_bytes(target, (text + "\n").encode("utf-8"))
+
+
+def json_text(
+    obj: Any,
+    *,
+    indent: int | None = None,
+    compact: bool = False,
+    sort_keys: bool = False,
+    unknown_as_text: bool = False,
+) -> str:
+    """``obj`` as strict JSON text: converted as in :func:`write_json`, every non-finite float
+    (NaN, ±Infinity) written as ``null``, and ``allow_nan=False`` as the guard.
+
+    Parameters
+    ----------
+    obj
+        The data.
+    indent
+        As in :func:`json.dumps`.
+    compact
+        No spaces after separators (one row of a ``.jsonl`` file).
+    sort_keys
+        As in :func:`json.dumps`.
+    unknown_as_text
+        Write a value of a type JSON cannot represent as its ``str`` instead of refusing it.
+
+    Raises
+    ------
+    TypeError
+        If ``obj`` holds a value JSON cannot represent (the message names its type).
+    """
+    separators = (",", ":") if compact else None
+    return json.dumps(
+        _to_json(obj, unknown_as_text),
+        indent=indent,
+        ensure_ascii=False,
+        allow_nan=False,
+        separators=separators,
+        sort_keys=sort_keys,
+    )
 
 
 def write_npz(path: str | os.PathLike, /, **arrays: Any) -> Path:
@@ -236,23 +362,27 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _to_json(value: Any) -> Any:
-    """Recursively convert ``value`` to types ``json`` can write."""
+def _to_json(value: Any, unknown_as_text: bool = False) -> Any:
+    """Recursively convert ``value`` to types ``json`` can write (non-finite floats: None)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # strict JSON has no NaN or Infinity
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Mapping):
-        return {_json_key(key): _to_json(item) for key, item in value.items()}
+        return {_json_key(key): _to_json(item, unknown_as_text) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_json(item) for item in value]
+        return [_to_json(item, unknown_as_text) for item in value]
     if isinstance(value, (set, frozenset)):
-        return [_to_json(item) for item in sorted(value, key=repr)]
+        return [_to_json(item, unknown_as_text) for item in sorted(value, key=repr)]
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if hasattr(value, "detach") and hasattr(value, "tolist"):
-        return _to_json(value.detach().cpu().tolist())
+        return _to_json(value.detach().cpu().tolist(), unknown_as_text)
     if hasattr(value, "tolist"):
         # NumPy scalars and arrays: tolist gives Python scalars or nested lists.
-        return _to_json(value.tolist())
+        return _to_json(value.tolist(), unknown_as_text)
+    if unknown_as_text:
+        return str(value)
     raise TypeError(f"a value of type {type(value).__name__} is not JSON serializable")
 
 
@@ -285,3 +415,81 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+class OutputSet:
+    """A set of outputs that appears in its folder whole, or not at all.
+
+    The files are written into a hidden staging folder inside ``out``; :meth:`commit` moves
+    them into ``out`` (a file or folder at a time, with ``os.replace``) and removes what an
+    earlier run left there of relgraph's own outputs (the names ``owned`` matches) that this
+    set does not hold, so that no stale ``clip-NNN`` folder or figure survives a rerun.
+    Everything else in ``out`` (a user's own files) is left alone. Leaving the block without
+    a commit (an error, an interrupt) removes the staging folder and leaves ``out`` as it was.
+    A run killed outright (SIGKILL) leaves a hidden ``.relgraph-staging-*`` folder behind.
+
+    Parameters
+    ----------
+    out
+        The output folder; created on entering the block.
+    owned
+        Regular expression of the names (files or folders directly in ``out``) that are this
+        kind of run's outputs.
+    last
+        Names moved into place last (a summary that says the set is complete).
+    """
+
+    def __init__(self, out: str | os.PathLike, owned: str, *, last: tuple[str, ...] = ()) -> None:
+        self.out = Path(out)
+        self.owned = re.compile(owned)
+        self.last = tuple(last)
+        self.staging: Path = self.out
+        self.committed: list[Path] = []
+
+    def __enter__(self) -> OutputSet:
+        ensure_out_dir(self.out)
+        try:
+            self.staging = Path(tempfile.mkdtemp(dir=self.out, prefix=".relgraph-staging-"))
+        except OSError as error:
+            if error.errno in _DISK_FULL:
+                raise disk_full(self.out / ".relgraph-staging", error) from None
+            raise OutputError(
+                f"cannot write in the output folder: {error.strerror or error}", file=self.out
+            ) from None
+        return self
+
+    def final(self, path: str | os.PathLike) -> Path:
+        """Where a file of the staging folder ends up once committed."""
+        return self.out / Path(path).relative_to(self.staging)
+
+    def commit(self) -> list[Path]:
+        """Move the staged outputs into ``out`` and remove the stale ones; returns the final
+        paths of the entries moved (files and folders directly in ``out``)."""
+        staged = sorted(self.staging.iterdir(), key=lambda p: (p.name in self.last, p.name))
+        names = {p.name for p in staged}
+        try:
+            for stale in sorted(self.out.iterdir()):
+                if stale.name not in names and self.owned.fullmatch(stale.name):
+                    _remove(stale)
+            for entry in staged:
+                target = self.out / entry.name
+                if entry.is_dir() and target.is_dir() and not target.is_symlink():
+                    _remove(target)
+                os.replace(entry, target)
+                self.committed.append(target)
+        except OSError as error:
+            raise OutputError(
+                f"cannot move the finished outputs into place: {error.strerror or error}",
+                file=self.out,
+            ) from None
+        return list(self.committed)
+
+    def __exit__(self, *exc_info) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()

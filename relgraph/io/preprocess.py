@@ -250,6 +250,46 @@ PRESETS: dict[str, Preprocess] = {
 }
 
 
+# Hugging Face video transformers' processors: the shorter side scaled to the crop (the Hub's
+# ViViT processor first scales it to 256 for a 224 crop: a folder's preprocessor_config.json
+# gives that, see relgraph.models.pretrained), centre crop, RGB.
+PRESETS.update(
+    {
+        # VideoMAE's Kinetics checkpoints: [0, 1], ImageNet mean and std
+        "videomae": Preprocess(
+            name="videomae",
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            scale=1 / 255,
+            channel_order="RGB",
+            size=224,
+            rounding="torchvision",
+        ),
+        # VivitImageProcessor: pixel / 127.5 − 1 (offset), then (· − 0.5) / 0.5, i.e.
+        # (pixel / 127.5 − 1.5) / 0.5
+        "vivit": Preprocess(
+            name="vivit",
+            mean=(1.5, 1.5, 1.5),
+            std=(0.5, 0.5, 0.5),
+            scale=1 / 127.5,
+            channel_order="RGB",
+            size=224,
+            rounding="torchvision",
+        ),
+        # TimeSformer's Kinetics checkpoints: [0, 1], mean 0.45, std 0.225
+        "timesformer": Preprocess(
+            name="timesformer",
+            mean=(0.45, 0.45, 0.45),
+            std=(0.225, 0.225, 0.225),
+            scale=1 / 255,
+            channel_order="RGB",
+            size=224,
+            rounding="torchvision",
+        ),
+    }
+)
+
+
 def get_preprocess(name: str, size: int | None = None) -> Preprocess:
     """Look up an input preset in ``PRESETS``.
 

@@ -1,6 +1,6 @@
 """Fast pictures of an explanation for data-set scale: pixels only, no matplotlib figure.
 
-The matplotlib figures of :mod:`relgraph.io.plots` cost 2-5 s a clip; these cost milliseconds:
+The matplotlib figures of :mod:`relgraph.io.plots` cost seconds a clip; these cost far less:
 maps are coloured through a 256-entry look-up table of the same red/blue colour map (white at
 zero, limits -1..1 as in the paper), enlarged by pixel repetition and written with Pillow.
 Captions are left to the HTML report around them.
@@ -94,7 +94,7 @@ def save_animation(
     gap = np.full((*frames.shape[:2], _GAP, 3), 255, dtype=np.uint8)
     strip = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=2)
     # One palette for the whole animation, from one fast octree quantisation of all frames
-    # stacked (per-frame median-cut quantisation costs about 1 s a clip).
+    # stacked (per-frame median-cut quantisation is far slower).
     stacked = Image.fromarray(_scale(strip, factor).reshape(-1, strip.shape[2] * factor, 3))
     paletted = stacked.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=0)
     height = strip.shape[1] * factor

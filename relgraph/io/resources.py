@@ -58,7 +58,11 @@ def shipped_path(kind: str, name: str) -> Path:
         what is, with a did-you-mean.
     """
     candidate = _folder(kind) / f"{name}{SUFFIX}"
-    if not candidate.is_file():
+    try:
+        shipped = candidate.is_file()
+    except OSError:  # a name no file system takes (too long, say): nothing of that name
+        shipped = False
+    if not shipped:
         spec = _KINDS[kind]
         names = shipped_names(kind)
         raise spec.error(

@@ -11,16 +11,33 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import Graph
-from relgraph.engine.reverse import Target, explain_with_rules, resolve_rules
-from relgraph.errors import ArgumentError, ShapeError, TargetError, did_you_mean
-from relgraph.methods.frozen import explain_frozen, wanted_slices
+from relgraph.engine.memory import check_memory
+from relgraph.engine.reverse import (
+    Target,
+    activations_needed,
+    explanation_with_rules,
+    resolve_rules,
+)
+from relgraph.errors import ArgumentError, ShapeError, TargetError
+from relgraph.methods.frozen import explain_frozen, temporal_cropping_applies, wanted_slices
+from relgraph.methods.maps import (
+    METHODS,
+    NORMALIZATIONS,
+    REDUCTIONS,
+    DiscriminativeResult,
+    check_choice,
+    frozen_clips,
+    normalize_maps,
+    reduce_frozen,
+)
+from relgraph.methods.motion import explain_motion
 
 if TYPE_CHECKING:
     from relgraph.io.labels import Labels
@@ -28,6 +45,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "METHODS",
+    "check_discriminative_options",
     "NORMALIZATIONS",
     "REDUCTIONS",
     "DiscriminativeResult",
@@ -38,159 +57,13 @@ __all__ = [
     "reduce_frozen",
 ]
 
-#: How to turn a frozen clip's relevance (T, H, W) into the spatial map of its frame.
-REDUCTIONS: tuple[str, ...] = ("first", "same", "mean", "sum")
-#: How each explanation's channel-summed map is scaled before maps are compared.
-NORMALIZATIONS: tuple[str, ...] = ("maxabs", "sum", "none")
-
-#: Frozen clips explained per batch by default, chosen by measurement on a 2-core CPU (AMD
-#: EPYC, torch 2.13, float32, deep-taylor-paper rules): seconds per frozen clip for one batch
-#: of each size, sizes interleaved, best of 10 rounds (c3d-tiny) or of 6 (C3D; 2 for 17),
-#: and the process's peak memory with the full C3D loaded. The CPU was shared with other
-#: jobs (medians 1.5-2.5x higher; in an earlier, busier session every C3D size took
-#: 4.2-7.5 s per clip, size 1 the slowest):
-#:
-#: ==========================  ======  ======  ======  ======  ======
-#: batch size                       1       2       4       8      17
-#: ==========================  ======  ======  ======  ======  ======
-#: c3d-tiny, s per clip         0.020  0.0072  0.0057  0.0049  0.0051
-#: c3d, s per clip               1.39    1.33    1.38    1.64    3.01
-#: c3d, peak memory (GB)          2.3     2.4     3.5     5.6    10.2
-#: ==========================  ======  ======  ======  ======  ======
-#:
-#: The tiny model is overhead bound: batches of 4 or more run 3.5-4x faster than single
-#: clips. The full C3D is compute bound: sizes 1 to 8 are equal within the noise, 17 is
-#: slower, and memory grows by about 0.55 GB per frozen clip. 4 is within 15 % of the best
-#: for the tiny model, as fast as any for C3D, and keeps C3D's peak at 3.5 GB. On a GPU
-#: larger batches may pay: pass ``batch_size``.
+#: Frozen clips explained per batch by default, chosen by measurement on a CPU (the table is
+#: in docs/benchmarks/performance.md, "Frozen-clip batch size"): a tiny model is overhead
+#: bound and gains from batches of 4 or more; the full C3D is compute bound, costs the same
+#: per clip from 1 to 8, and its memory grows with every frozen clip in the batch. 4 is near
+#: the best for both and keeps C3D's peak memory moderate. On a GPU larger batches may pay:
+#: pass ``batch_size``.
 DEFAULT_BATCH_SIZE = 4
-
-
-@dataclass
-class DiscriminativeResult:
-    """Spatio-temporal, spatial and temporal relevance of a batch of clips.
-
-    Shapes use ``B`` clips of ``C`` channels, ``T`` frames of ``H × W`` pixels.
-
-    Attributes
-    ----------
-    spatiotemporal
-        ``(B, T, H, W)``: the clip's relevance, summed over channels, normalised.
-    spatial
-        ``(B, T, H, W)``: map ``t`` comes from the frozen clip of frame ``t`` (summed over
-        channels, normalised, then reduced over its time axis by ``reduce``).
-    temporal
-        ``(B, T, H, W)``: ``spatiotemporal − spatial``, the relevance due to motion.
-    relevance
-        ``(B, C, T, H, W)``: the clip's raw relevance, channel-resolved, before normalising.
-    frozen_relevance
-        ``(B, T, C, T, H, W)``: the raw relevance of every frozen clip, all of it (index 1 is
-        the frozen frame, index 3 the frozen clip's own time axis), so that any other
-        reduction or normalisation can be computed afterwards without explaining again.
-        Except where the frozen-clip shortcut explained one slice only (``reduce``
-        ``first``/``same`` with ``normalize="none"``): then the other slices are 0.
-    output
-        ``(B, K)``: the model's logits on each clip.
-    prediction, probability
-        ``(B,)``: the predicted class of each clip and its softmax probability.
-    target
-        ``(B,)``: the class every map explains (the clip's and its frozen clips' alike).
-    frozen_output
-        ``(B, T, K)``: logits on each frozen clip.
-    frozen_predictions, frozen_probabilities
-        ``(B, T)``: what the model predicts on each frozen clip, and the softmax probability
-        of that prediction. It may differ from the clip's: one frame shows no motion.
-    lost_fraction
-        ``(B,)``: the share of each clip's seed relevance that the reverse pass did not hand
-        on to the input (bias shares, the stabiliser's ε, zeroed denominators; see
-        ``Explanation.lost_fraction``).
-    frozen_lost_fraction
-        ``(B, T)``: the same for each frozen clip (where the frozen-clip shortcut explained
-        one slice only: of the relevance on that slice's receptive field).
-    options
-        The options used: ``target`` (as given), ``rules``, ``seed``, ``reduce``,
-        ``normalize``, ``batch_size``, ``frozen_shortcut``, ``preprocess``.
-    """
-
-    spatiotemporal: torch.Tensor
-    spatial: torch.Tensor
-    temporal: torch.Tensor
-    relevance: torch.Tensor = field(repr=False)
-    frozen_relevance: torch.Tensor = field(repr=False)
-    output: torch.Tensor = field(repr=False)
-    prediction: torch.Tensor
-    probability: torch.Tensor
-    target: torch.Tensor
-    frozen_output: torch.Tensor = field(repr=False)
-    frozen_predictions: torch.Tensor
-    frozen_probabilities: torch.Tensor
-    lost_fraction: torch.Tensor
-    frozen_lost_fraction: torch.Tensor
-    options: dict[str, Any]
-
-
-# --------------------------------------------------------------------------- building blocks
-
-
-def frozen_clips(clips: torch.Tensor, frames: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """The frozen clips of ``(clip, frame)`` pairs: each frame repeated over the whole clip.
-
-    Repeating the frame (not zero padding, which would add a sudden, false motion) keeps the
-    input free of motion while every frame still looks like the video.
-
-    Parameters
-    ----------
-    clips
-        ``(B, C, T, H, W)``.
-    frames
-        ``(b, t)`` pairs: frame ``t`` of clip ``b``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(len(frames), C, T, H, W)``.
-    """
-    clip_index = torch.tensor([b for b, _ in frames], device=clips.device)
-    frame_index = torch.tensor([t for _, t in frames], device=clips.device)
-    still = clips[clip_index, :, frame_index]  # (N, C, H, W)
-    return still.unsqueeze(2).expand(-1, -1, clips.shape[2], -1, -1).contiguous()
-
-
-def normalize_maps(maps: torch.Tensor, normalize: str, dims: tuple[int, ...]) -> torch.Tensor:
-    """Scale each map by a statistic over ``dims``: its max ``|value|`` (``maxabs``), the
-    absolute value of its total (``sum``), or not at all (``none``).
-
-    A map whose statistic is zero (or subnormal) stays as it is, all zeros: never NaN.
-    """
-    _check_choice("normalize", normalize, NORMALIZATIONS)
-    if normalize == "none":
-        return maps
-    if normalize == "maxabs":
-        scale = maps.abs().amax(dim=dims, keepdim=True)
-    else:
-        # The absolute total keeps the sign of the evidence: with conserving rules the total
-        # is positive and the map then sums to exactly 1.
-        scale = maps.sum(dim=dims, keepdim=True).abs()
-    usable = scale >= torch.finfo(maps.dtype).tiny
-    return torch.where(usable, maps / torch.where(usable, scale, torch.ones_like(scale)), 0.0)
-
-
-def reduce_frozen(frozen_maps: torch.Tensor, reduce: str) -> torch.Tensor:
-    """Spatial maps from frozen-clip maps ``(B, T, T', H, W)``: frame ``t``'s map from
-    slice 0 (``first``), slice ``t`` (``same``), the ``mean`` or the ``sum`` over ``T'``.
-    """
-    _check_choice("reduce", reduce, REDUCTIONS)
-    if reduce == "first":
-        return frozen_maps[:, :, 0]
-    if reduce == "mean":
-        return frozen_maps.mean(dim=2)
-    if reduce == "sum":
-        return frozen_maps.sum(dim=2)
-    # same: frame t's map is slice t of its own frozen clip, the diagonal of (frame, slice).
-    return frozen_maps.diagonal(dim1=1, dim2=2).movedim(-1, 1)
-
-
-# --------------------------------------------------------------------------- the method
 
 
 def discriminative(
@@ -201,12 +74,16 @@ def discriminative(
     reduce: str = "first",
     normalize: str = "maxabs",
     batch_size: int | None = None,
-    seed: str | torch.Tensor | None = None,
+    output_relevance: str | torch.Tensor | None = None,
     preprocess: str | None = None,
     labels: Labels | Sequence[str] | None = None,
     progress: bool | None = None,
     frozen_shortcut: bool = True,
     canonize: bool | None = None,
+    memory_check: bool = True,
+    method: str = "frozen",
+    static: str = "mean",
+    sigma: float = 1.0,
 ) -> DiscriminativeResult:
     """Spatio-temporal, spatial and temporal relevance of each clip of a batch.
 
@@ -246,10 +123,10 @@ def discriminative(
         all zero stay zero; never NaN.
     batch_size
         Frozen clips explained at once (batches may span clips); results do not depend on
-        it. Default :data:`DEFAULT_BATCH_SIZE` = 4, measured on a 2-core CPU (table at the
-        constant): single clips cost 3.5-4x more per clip on c3d-tiny, the full C3D costs the
-        same from 1 to 8 and more at 17, and needs 3.5 GB at 4, 10 GB at 17.
-    seed
+        it. Default :data:`DEFAULT_BATCH_SIZE` = 4, chosen by measurement
+        (docs/benchmarks/performance.md): single clips cost more per clip on a tiny model,
+        the full C3D costs the same from 1 to 8, and its memory grows with the batch.
+    output_relevance
         Start of the reverse pass: ``onehot``, ``logit``, or a tensor ``(B, K)`` (frozen
         clips get their clip's row); default: the preset's, else ``onehot``.
     preprocess
@@ -270,6 +147,26 @@ def discriminative(
     canonize
         Fold batch norms into the layer before them before the rules run (see
         :func:`relgraph.explain`); default: the architecture's ``canonize:``.
+    memory_check
+        Refuse, before anything is allocated, a run whose estimated peak memory (the larger
+        of the clips and a batch of frozen clips) exceeds what the device has free
+        (``relgraph.engine.memory``); False skips the check.
+    method
+        What "relevance due to motion" means (``docs/motion-methods.md``): ``frozen`` (the
+        default, the paper's method described above), ``decomposed`` (one explanation; the
+        input layer's relevance split between the clip's static part and its moving part,
+        spatial + temporal = spatio-temporal), ``reference`` (DeepLIFT's Rescale rule with the
+        static clip as reference: the temporal map explains ``f(x) − f(static)``; the spatial
+        map is the static clip's explanation) or ``selective`` (Hiley et al. 2020: the
+        spatio-temporal relevance where its temporal derivative exceeds ``sigma`` standard
+        deviations). ``reduce``, ``batch_size``, ``progress`` and ``frozen_shortcut`` apply to
+        ``frozen`` only; ``decomposed`` and ``selective`` normalise all three maps by the
+        spatio-temporal map's statistic, so that spatial + temporal = spatio-temporal.
+    static
+        The static part of a clip for ``decomposed`` and ``reference``: each pixel's ``mean``
+        (default), ``median`` or ``first`` value over the frames.
+    sigma
+        ``selective``'s threshold, in standard deviations of the temporal derivative.
 
     Returns
     -------
@@ -279,11 +176,11 @@ def discriminative(
     ------
     RelgraphError
         For a clip of the wrong shape, dtype or device, an unknown ``reduce`` or
-        ``normalize``, a bad ``batch_size``, target or seed, or rules that do not fit.
+        ``normalize``, a bad ``batch_size``, target or output_relevance, or rules that do not fit.
     """
-    _check_options(reduce, normalize, batch_size)
+    check_discriminative_options(reduce, normalize, batch_size, method)
     g = canonical(g, canonize)
-    composite, node_rules, seed = resolve_rules(g, rules, preprocess, seed)
+    composite, node_rules, seed = resolve_rules(g, rules, preprocess, output_relevance)
     return discriminative_with_rules(
         g,
         clip,
@@ -296,6 +193,10 @@ def discriminative(
         labels=labels,
         progress=progress,
         frozen_shortcut=frozen_shortcut,
+        memory_check=memory_check,
+        method=method,
+        static=static,
+        sigma=sigma,
         options={
             "rules": composite.name,
             "preprocess": preprocess or g.default_preprocess,
@@ -308,7 +209,7 @@ def discriminative_with_rules(
     clip: torch.Tensor,
     node_rules: dict[str, Rule],
     target: Target = "auto",
-    seed: str | torch.Tensor = "onehot",
+    output_relevance: str | torch.Tensor = "onehot",
     *,
     reduce: str = "first",
     normalize: str = "maxabs",
@@ -317,18 +218,54 @@ def discriminative_with_rules(
     progress: bool | None = None,
     options: dict[str, Any] | None = None,
     frozen_shortcut: bool = True,
+    memory_check: bool = True,
+    method: str = "frozen",
+    static: str = "mean",
+    sigma: float = 1.0,
 ) -> DiscriminativeResult:
     """:func:`discriminative` with the rules already resolved per node
     (``Composite.resolve``): resolve once, then call this for every clip of a video."""
-    _check_options(reduce, normalize, batch_size)
+    check_discriminative_options(reduce, normalize, batch_size, method)
     _check_clip(g, clip)
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
+    if memory_check:
+        check_memory(g, max(clip.shape[0], batch_size), activations_needed(g, node_rules))
     batch, _, num_frames = clip.shape[:3]
+    seed = output_relevance
     seed_for = _seed_rows(seed, batch)
+    if method != "frozen":
+        used = {
+            "method": method,
+            "target": target if isinstance(target, (str, int)) else _plain(target),
+            "output_relevance": seed if isinstance(seed, str) else "tensor",
+            "normalize": normalize,
+            **({"static": static} if method in ("decomposed", "reference") else {}),
+            **({"sigma": sigma} if method == "selective" else {}),
+            **(options or {}),
+        }
+        return explain_motion(
+            g,
+            clip,
+            node_rules,
+            target,
+            seed,
+            method=method,
+            normalize=normalize,
+            labels=labels,
+            static=static,
+            sigma=sigma,
+            options=used,
+        )
 
     # the output, target and lost relevance, without keeping every node's relevance
-    explanation = explain_with_rules(
-        g, clip, node_rules, target, seed_for(None), labels=labels, return_explanation=True
+    explanation = explanation_with_rules(
+        g,
+        clip,
+        node_rules,
+        target,
+        seed_for(None),
+        labels=labels,
+        memory_check=False,  # checked above, for the larger batch
     )
     relevance = explanation.relevance
     output = explanation.output.reshape(batch, -1)
@@ -336,6 +273,9 @@ def discriminative_with_rules(
     lost = explanation.lost_fraction
     del explanation
 
+    # attention mixes the tokens of every frame: the frozen clips' activations are not
+    # constant in time past the patch embedding, and only the plain path is used
+    frozen_shortcut = frozen_shortcut and temporal_cropping_applies(g)
     pairs = [(b, t) for b in range(batch) for t in range(num_frames)]
     chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
     frozen_relevance = relevance.new_empty((batch, num_frames, *clip.shape[1:]))
@@ -354,13 +294,13 @@ def discriminative_with_rules(
                 wanted=wanted_slices(reduce, normalize, [t for _, t in chunk]),
             )
         else:
-            frozen = explain_with_rules(
+            frozen = explanation_with_rules(
                 g,
                 frozen_clips(clip, chunk),
                 node_rules,
                 explained[clip_rows],
                 seed_for(clip_rows),
-                return_explanation=True,
+                memory_check=False,
             )
         frozen_relevance[clip_rows, frame_rows] = frozen.relevance
         frozen_output[clip_rows, frame_rows] = frozen.output.reshape(len(chunk), -1)
@@ -377,8 +317,9 @@ def discriminative_with_rules(
         temporal = spatiotemporal - spatial
 
     used = {
+        "method": "frozen",
         "target": target if isinstance(target, (str, int)) else _plain(target),
-        "seed": seed if isinstance(seed, str) else "tensor",
+        "output_relevance": seed if isinstance(seed, str) else "tensor",
         "reduce": reduce,
         "normalize": normalize,
         "batch_size": batch_size,
@@ -407,19 +348,18 @@ def discriminative_with_rules(
 # --------------------------------------------------------------------------- checks, helpers
 
 
-def _check_choice(what: str, value: Any, choices: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise ArgumentError(
-            f"{what} must be one of {', '.join(choices)}, got {value!r}"
-            f"{did_you_mean(value, choices) if isinstance(value, str) else ''}"
-        )
-
-
-def _check_options(reduce: str, normalize: str, batch_size: int | None) -> None:
-    _check_choice("reduce", reduce, REDUCTIONS)
-    _check_choice("normalize", normalize, NORMALIZATIONS)
+def check_discriminative_options(
+    reduce: Any, normalize: Any, batch_size: Any, method: Any = "frozen"
+) -> None:
+    """Refuse an unknown ``method``, ``reduce`` or ``normalize``, or a ``batch_size`` that
+    is not a positive integer or None, with an :class:`ArgumentError` naming it."""
+    check_choice("method", method, METHODS)
+    check_choice("reduce", reduce, REDUCTIONS)
+    check_choice("normalize", normalize, NORMALIZATIONS)
     if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or batch_size < 1
     ):
         raise ArgumentError(f"batch_size must be a positive integer or None, got {batch_size!r}")
 
@@ -452,7 +392,7 @@ def _seed_rows(
         return lambda rows: seed
     if not isinstance(seed, torch.Tensor) or seed.shape[0] != batch:
         raise TargetError(
-            f"a seed tensor must hold one row per clip ({batch}), got "
+            f"an output_relevance tensor must hold one row per clip ({batch}), got "
             f"{list(seed.shape) if isinstance(seed, torch.Tensor) else type(seed).__name__}"
         )
     return lambda rows: seed if rows is None else seed[rows]

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from relgraph.engine.capabilities import Channelwise, Reshaping, Splitting
+from relgraph.engine.capabilities import Bilinear, Channelwise, Reshaping, Splitting
 from relgraph.engine.graph import Graph
 from relgraph.engine.interpreter import ReversePass, Visit
 from relgraph.engine.ops import all_finite, infer_output_shape
@@ -51,7 +51,22 @@ from relgraph.engine.reverse import (
 from relgraph.errors import ArgumentError, GraphError, RelgraphError
 from relgraph.rules.numerics import Numerics
 
-__all__ = ["FrozenExplanation", "Layout", "explain_frozen", "frozen_plan", "wanted_slices"]
+__all__ = [
+    "FrozenExplanation",
+    "Layout",
+    "explain_frozen",
+    "frozen_plan",
+    "temporal_cropping_applies",
+    "wanted_slices",
+]
+
+
+def temporal_cropping_applies(graph: Graph) -> bool:
+    """Whether the frozen-clip shortcut suits ``graph``: no node mixes tokens by a product
+    of two activations (attention's q·kᵀ and attention·v, ops with the ``bilinear``
+    capability), which makes every token depend on every frame. Found from the ops' declared
+    capabilities, never from the architecture's name."""
+    return not any(isinstance(graph.op(node), Bilinear) for node in graph.order[1:])
 
 
 @dataclass(frozen=True)
@@ -310,7 +325,8 @@ class FrozenExplanation:
     relevance: torch.Tensor
     output: torch.Tensor
     target: torch.Tensor
-    #: ``(N,)``: relevance not handed on, as a fraction of the seed (``Explanation.lost_fraction``);
+    #: ``(N,)``: relevance not handed on, as a fraction of the output relevance
+    #: (``Explanation.lost_fraction``);
     #: where a slice was wanted, of the relevance on that slice's receptive field only
     lost_fraction: torch.Tensor
 
@@ -346,7 +362,7 @@ def explain_frozen(
     frames: torch.Tensor,
     node_rules: dict,
     target: Target = "auto",
-    seed: str | torch.Tensor = "onehot",
+    output_relevance: str | torch.Tensor = "onehot",
     *,
     wanted: Sequence[int] | None = None,
 ) -> FrozenExplanation:
@@ -368,7 +384,7 @@ def explain_frozen(
         pass run again with each checked where the relevance or the loss is not finite
         (``Numerics.checks_quotients_later``).
     """
-    run = (graph, frames, node_rules, target, seed, wanted)
+    run = (graph, frames, node_rules, target, output_relevance, wanted)
     explanation, lost = _explain_frozen(*run, Numerics(checks_quotients_later=True))
     if all_finite(explanation.relevance) and all_finite(lost):
         return explanation

@@ -13,6 +13,7 @@ them clip by clip:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,18 +26,26 @@ import torch
 
 from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import Graph, load_architecture
-from relgraph.errors import RelgraphError, TargetError
+from relgraph.engine.memory import check_memory
+from relgraph.engine.reverse import activations_needed
+from relgraph.errors import ArgumentError, RelgraphError, TargetError
 from relgraph.io.labels import Labels
-from relgraph.io.outputs import ensure_out_dir, write_json, write_npz
+from relgraph.io.outputs import OutputSet, ensure_out_dir, write_json, write_npz
 from relgraph.io.preprocess import Preprocess, get_preprocess
 from relgraph.io.video import (
     ClipSelection,
+    VideoInfo,
     iter_clips,
     read_video,
     select_clip,
     video_info,
 )
-from relgraph.methods.discriminative import discriminative_with_rules
+from relgraph.methods.discriminative import (
+    DEFAULT_BATCH_SIZE,
+    check_discriminative_options,
+    discriminative_with_rules,
+)
+from relgraph.models.pretrained import is_pretrained_folder, load_pretrained
 from relgraph.rules import as_composite
 
 __all__ = [
@@ -46,6 +55,7 @@ __all__ = [
     "ClipResult",
     "Model",
     "VideoExplanation",
+    "check_explain_video_args",
     "explain_clips",
     "explain_video",
     "load_model",
@@ -86,8 +96,9 @@ class Model:
         The input preset, at the model's input size.
     node_rules
         The rule of every node (``Composite.resolve``), resolved once for all clips.
-    rules_name, seed
-        The rule preset's name and its seed (``onehot`` unless the preset says otherwise).
+    rules_name, output_relevance
+        The rule preset's name and its output relevance (``onehot`` unless the preset says
+        otherwise).
     labels
         Class names, or None.
     weights, weights_report, architecture
@@ -98,7 +109,7 @@ class Model:
     preprocess: Preprocess
     node_rules: dict
     rules_name: str
-    seed: str
+    output_relevance: str
     labels: Labels | None = None
     weights: str = ""
     weights_report: str = ""
@@ -150,11 +161,14 @@ def load_model(
     ----------
     graph
         A compiled :class:`~relgraph.Graph` (used as it is; ``weights`` and ``device`` change
-        it in place), or a shipped architecture name or YAML path, compiled with ``params``.
+        it in place), a shipped architecture name or YAML path, compiled with ``params``, or
+        a Hugging Face model folder (``config.json`` and weights: :func:`relgraph.load_pretrained`,
+        which also gives the class names and the input preset).
     weights
         A weight file or state dict (see :meth:`Graph.load_weights`); None keeps the graph's.
     labels
-        A label file (one class name per output), a list of names, or ``Labels``.
+        A label file (one class name per output), a list of names, or ``Labels``; default:
+        the graph's own (``graph.labels``, e.g. a Hugging Face folder's ``id2label``).
     preprocess
         Input preset name. Default: the architecture's ``preprocess:``. There is no fallback:
         an architecture that names none needs one here.
@@ -170,7 +184,7 @@ def load_model(
         :func:`relgraph.explain`); default: the architecture's ``canonize:``.
     precision
         ``"fp32"``, ``"bf16"`` (heavy ops in bfloat16, shares and sums in float32; see the
-        README's "Precision") or ``"fp64"``; None leaves the graph's format.
+        docs/guides/precision-and-memory.md) or ``"fp64"``; None leaves the graph's format.
 
     Raises
     ------
@@ -178,13 +192,24 @@ def load_model(
         The architecture does not take square video clips, names no preprocessing and none is
         given, the weights or labels do not fit, the device is missing, or the rules are bad.
     """
+    check_explain_video_args(device=device, precision=precision)
     architecture = graph.name if isinstance(graph, Graph) else str(graph)
+    folder = None
     if isinstance(graph, Graph):
         if params:
             raise RelgraphError(
                 "params only apply when the architecture is given by name or path, not to a "
                 "compiled graph"
             )
+    elif is_pretrained_folder(graph):
+        if params:
+            raise RelgraphError(
+                "params only apply to an architecture name or YAML path; a Hugging Face folder's "
+                "sizes come from its config.json",
+                file=graph,
+            )
+        folder = str(graph)
+        graph = load_pretrained(folder)
     else:
         graph = load_architecture(graph, **dict(params or {}))
     if len(graph.input_shape) != 4 or graph.input_shape[2] != graph.input_shape[3]:
@@ -192,10 +217,12 @@ def load_model(
             f"architecture '{graph.name}' takes input {list(graph.input_shape)}; the video "
             "commands need square video clips (C, T, S, S)"
         )
-    report = ""
+    report = "" if folder is None else f"weights and labels from the folder {folder}"
     if weights is not None:
         report = str(graph.load_weights(weights))
     label_names = _labels(labels)
+    if label_names is None:
+        label_names = graph.labels
     if label_names is not None:
         label_names.check_size(graph.num_classes)
     preprocess_name = preprocess or graph.default_preprocess
@@ -221,9 +248,9 @@ def load_model(
         preprocess=preset,
         node_rules=node_rules,
         rules_name=composite.name,
-        seed=composite.seed or "onehot",
+        output_relevance=composite.output_relevance or "onehot",
         labels=label_names,
-        weights=_weights_name(weights),
+        weights=_weights_name(weights) or (folder or ""),
         weights_report=report,
         architecture=architecture,
         canonize=canonize,
@@ -237,7 +264,7 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float
 def precision_dtype(precision: str) -> torch.dtype:
     """The dtype of a ``precision`` name (``fp32``, ``bf16``, ``fp64``)."""
     if precision not in PRECISIONS:
-        raise RelgraphError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return PRECISIONS[precision]
 
 
@@ -317,7 +344,7 @@ class ClipResult:
     frozen_lost_fraction
         ``(T,)``: the same for each frozen clip, or None.
     options
-        The discriminative options used (rules, seed, reduce, normalize, ...).
+        The discriminative options used (rules, output_relevance, reduce, normalize, ...).
     explain_seconds
         Wall time of the batch this clip was explained in, divided by the batch size.
     """
@@ -357,6 +384,10 @@ def explain_clips(
     normalize: str = "maxabs",
     batch_size: int | None = None,
     progress: bool | None = False,
+    memory_check: bool = True,
+    method: str = "frozen",
+    static: str = "mean",
+    sigma: float = 1.0,
 ) -> list[ClipResult]:
     """Explain a batch of preprocessed clips (from one video or several) with the
     discriminative method of Hiley et al. (2019), and split the result per clip.
@@ -370,7 +401,7 @@ def explain_clips(
         device and dtype here.
     target
         ``"auto"``, an index or a class name, or one of those per clip.
-    reduce, normalize, batch_size, progress
+    reduce, normalize, batch_size, progress, memory_check, method, static, sigma
         As in :func:`relgraph.methods.discriminative`.
     """
     graph = model.explained_graph
@@ -381,12 +412,16 @@ def explain_clips(
         clips,
         model.node_rules,
         target,
-        model.seed,
+        model.output_relevance,
         reduce=reduce,
         normalize=normalize,
         batch_size=batch_size,
         labels=model.labels,
         progress=progress,
+        memory_check=memory_check,
+        method=method,
+        static=static,
+        sigma=sigma,
         options={"rules": model.rules_name, "preprocess": model.preprocess.name},
     )
     seconds = (time.perf_counter() - clock) / len(clips)
@@ -596,77 +631,122 @@ class VideoExplanation:
         return [clip.prediction for clip in self.clips]
 
 
-def explain_video(
-    video: str | os.PathLike,
-    graph: Graph | Model | str | os.PathLike,
-    out: str | os.PathLike | None = None,
-    *,
-    weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
-    labels: Labels | Sequence[str] | str | os.PathLike | None = None,
-    params: Mapping[str, Any] | None = None,
-    rules: Any = None,
-    preprocess: str | None = None,
-    device: str | torch.device | None = None,
-    precision: str | None = None,
-    target: str | int = "auto",
-    start: int = 0,
-    stride: int = 1,
-    all_clips: bool = False,
-    reduce: str = "first",
-    normalize: str = "maxabs",
-    batch_size: int | None = None,
-    columns: str | Sequence[int] | None = None,
-    figures: bool = True,
-    npz_extra: Callable[[ClipSelection], Mapping[str, Any]] | None = None,
-    summary_extra: Mapping[str, Any] | None = None,
-    log: Log | None = None,
-    progress: bool | None = None,
-    timings: Mapping[str, float] | None = None,
-    canonize: bool | None = None,
-) -> VideoExplanation:
-    """Explain a video file with the discriminative method (Hiley et al., 2019): what
-    ``relgraph explain`` does.
+@dataclass(frozen=True)
+class VideoOptions:
+    """How :func:`explain_video` explains a video: which clips, the method, what it writes.
 
-    Reads the video, selects one clip (``start``, ``stride``; a video shorter than the clip is
-    loop-padded) or every consecutive clip (``all_clips``), preprocesses it, explains it and
-    each of its frozen clips, and, with ``out``, writes ``figure.png``, ``animation.gif``,
-    ``frames.png``, ``relevance.npz`` and ``summary.json`` atomically (with ``all_clips``: one
-    ``clip-NNN`` folder per clip and a top ``summary.json``). Every argument is checked before
-    any computation, and a refused run leaves no output folder.
-
-    Parameters
+    Attributes
     ----------
-    video
-        A video file (mp4, avi, mkv, ...).
-    graph
-        A compiled :class:`~relgraph.Graph`, a shipped architecture name or YAML path, or a
-        :class:`Model` from :func:`load_model` (then ``weights``, ``labels``, ``params``,
-        ``rules``, ``preprocess`` and ``device`` must be left out).
-    out
-        Output folder; None writes nothing (the result holds the maps).
-    weights, labels, params, rules, preprocess, device, canonize, precision
-        As in :func:`load_model`. An architecture without ``preprocess:`` needs
-        ``preprocess``: there is no silent fallback.
     target
-        ``"auto"`` (the prediction), a 0-based index, or a class name of ``labels``.
+        ``"auto"`` (the prediction), a 0-based index, or a class name of the model's labels.
     start, stride, all_clips
         Which frames: the clip from frame ``start`` (0-based) taking every ``stride``-th
-        frame, or every consecutive clip.
-    reduce, normalize, batch_size
-        As in :func:`relgraph.methods.discriminative`.
+        frame, or every consecutive clip (``all_clips``). A video shorter than the clip is
+        loop-padded.
+    method, reduce, normalize, batch_size, static, sigma
+        As in :func:`relgraph.discriminative`.
     columns
         1-based frame numbers shown in ``figure.png`` (``"1,6,10,16"`` or a list, numbered as
         the figure numbers them); default: the paper's, scaled to the clip length.
     figures
         Draw the three figures; False writes only ``relevance.npz`` and ``summary.json``.
-    npz_extra
-        ``npz_extra(selection)`` returns more arrays for a clip's ``relevance.npz``.
-    summary_extra
-        More entries for every ``summary.json``.
+    memory_check
+        Refuse, before the output folder is created, a run whose estimated peak memory
+        exceeds what the device has free (``relgraph.engine.memory``); False skips it.
+    """
+
+    target: str | int = "auto"
+    start: int = 0
+    stride: int = 1
+    all_clips: bool = False
+    method: str = "frozen"
+    reduce: str = "first"
+    normalize: str = "maxabs"
+    batch_size: int | None = None
+    static: str = "mean"
+    sigma: float = 1.0
+    columns: str | Sequence[int] | None = None
+    figures: bool = True
+    memory_check: bool = True
+
+    def check(self) -> None:
+        """Refuse a bad option with an :class:`~relgraph.ArgumentError` naming it."""
+        check_explain_video_args(
+            target=self.target,
+            start=self.start,
+            stride=self.stride,
+            all_clips=self.all_clips,
+            reduce=self.reduce,
+            normalize=self.normalize,
+            batch_size=self.batch_size,
+            columns=self.columns,
+            figures=self.figures,
+            method=self.method,
+        )
+
+
+def select_clips(
+    video: str | os.PathLike, frames_per_clip: int, options: VideoOptions
+) -> tuple[VideoInfo, list[ClipSelection]]:
+    """The select step of :func:`explain_video`: the video's properties and the clips the
+    options select, decoding only the frames they need (every frame for ``all_clips``)."""
+    info = video_info(video)
+    start, stride = options.start, options.stride
+    if options.all_clips:
+        return info, list(iter_clips(read_video(video), stride=stride, length=frames_per_clip))
+    needed = start + stride * (frames_per_clip - 1) + 1
+    frames = read_video(video, max_frames=needed)
+    return info, [select_clip(frames, start=start, stride=stride, length=frames_per_clip)]
+
+
+def explain_video(
+    video: str | os.PathLike,
+    model: Graph | Model | str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    options: VideoOptions | None = None,
+    *,
+    log: Log | None = None,
+    progress: bool | None = None,
+    npz_extra: Callable[[ClipSelection], Mapping[str, Any]] | None = None,
+    summary_extra: Mapping[str, Any] | None = None,
+    timings: Mapping[str, float] | None = None,
+) -> VideoExplanation:
+    """Explain a video file with the discriminative method (Hiley et al., 2019): what
+    ``relgraph explain`` does.
+
+    Three steps: select the clips (:func:`select_clips`), explain each clip and its frozen
+    clips (:func:`explain_clips`), and, with ``out``, write ``figure.png``,
+    ``animation.gif``, ``frames.png``, ``relevance.npz`` and ``summary.json``
+    (:func:`write_clip`; with ``all_clips``: one ``clip-NNN`` folder per clip and a top
+    ``summary.json``). Every option is checked before anything is loaded or created, and a
+    refused run leaves no output folder. The files are written as one set
+    (:class:`relgraph.io.outputs.OutputSet`): into a hidden staging folder, moved into ``out``
+    once all are written, so that an interrupted or failed run (a full disk included) leaves
+    ``out`` as it was. A rerun replaces the earlier run's outputs and removes those it does not
+    write again (stale ``clip-NNN`` folders); other files in ``out`` stay.
+
+    Parameters
+    ----------
+    video
+        A video file (mp4, avi, mkv, ...).
+    model
+        A :class:`Model` from :func:`load_model` (a graph with its weights, labels, rules,
+        preprocessing, device and precision), or a compiled :class:`~relgraph.Graph`, a
+        shipped architecture name or a YAML path, which is loaded with
+        :func:`load_model`'s defaults.
+    out
+        Output folder; None writes nothing (the result holds the maps).
+    options
+        Which clips, the method and what to write (:class:`VideoOptions`); default: its
+        defaults.
     log
         Called with each progress line (the CLI passes ``print``); None says nothing.
     progress
         A tqdm bar over the frozen clips; None: only on a terminal.
+    npz_extra
+        ``npz_extra(selection)`` returns more arrays for a clip's ``relevance.npz``.
+    summary_extra
+        More entries for every ``summary.json``.
     timings
         Seconds already spent (e.g. ``load_model_s``), added to the summary's timings.
 
@@ -681,164 +761,163 @@ def explain_video(
         architecture, weight or label file, a missing preprocessing, or an unwritable ``out``.
     """
     started = time.perf_counter()
+    options = VideoOptions() if options is None else options
+    if not isinstance(options, VideoOptions):
+        raise ArgumentError(f"options must be a VideoOptions, got {type(options).__name__}")
+    check_explain_video_args(out=out)
+    options.check()
     timings = dict(timings or {})
     say = log or _silent
-    if isinstance(graph, Model):
-        given = {
-            "weights": weights,
-            "labels": labels,
-            "params": params,
-            "rules": rules,
-            "preprocess": preprocess,
-            "device": device,
-            "canonize": canonize,
-            "precision": precision,
-        }
-        clash = [name for name, value in given.items() if value is not None]
-        if clash:
-            raise RelgraphError(
-                f"{', '.join(clash)}: the model is already loaded; pass them to load_model"
-            )
-        model = graph
-    else:
+    if not isinstance(model, Model):
         clock = time.perf_counter()
-        model = load_model(
-            graph,
-            weights=weights,
-            labels=labels,
-            params=params,
-            rules=rules,
-            preprocess=preprocess,
-            device=device,
-            canonize=canonize,
-            precision=precision,
-        )
+        model = load_model(model)
         timings["load_model_s"] = time.perf_counter() - clock
         say(model.describe())
+    target, start, stride = options.target, options.start, options.stride
+    all_clips, method, reduce = options.all_clips, options.method, options.reduce
+    normalize, batch_size = options.normalize, options.batch_size
+    static, sigma, figures = options.static, options.sigma, options.figures
     length = model.frames_per_clip
-    shown = parse_columns(columns, length)
+    shown = parse_columns(options.columns, length)
     target = parse_target(target, model)
-    options = {
+    if options.memory_check:  # each clip is explained alone, its frozen clips in batches
+        explained = model.explained_graph
+        check_memory(
+            explained,
+            max(1, DEFAULT_BATCH_SIZE if batch_size is None else batch_size),
+            activations_needed(explained, model.node_rules),
+        )
+    summary_options = {
         "target": target,
         "start": None if all_clips else start,
         "stride": stride,
         "all_clips": all_clips,
+        "method": method,
         "reduce": reduce,
         "normalize": normalize,
         "batch_size": batch_size,
         "rules": model.rules_name,
-        "seed": model.seed,
+        "output_relevance": model.output_relevance,
         "preprocess": model.preprocess.name,
         "canonize": model.canonize,
     }
 
     clock = time.perf_counter()
-    info = video_info(video)
-    if all_clips:
-        selections = list(iter_clips(read_video(video), stride=stride, length=length))
-    else:
-        needed = start + stride * (length - 1) + 1
-        frames = read_video(video, max_frames=needed)
-        selections = [select_clip(frames, start=start, stride=stride, length=length)]
+    info, selections = select_clips(video, length, options)
     timings["read_video_s"] = time.perf_counter() - clock
-    folder = None if out is None else ensure_out_dir(out)  # after the cheap checks
     say(
         f"{video}: {info.width}x{info.height}, {info.fps:g} fps, {info.frames} frames; "
         f"{len(selections)} clip(s) of {length} frames"
     )
-
-    clip_results: list[ClipResult] = []
-    clip_frames: list[np.ndarray] = []
-    summaries: list[dict[str, Any]] = []
+    # after every check: the files are staged, and moved into `out` once all are written
+    outputs = (
+        contextlib.nullcontext(None)
+        if out is None
+        else OutputSet(out, OWNED_OUTPUTS, last=("summary.json",))
+    )
     files: list[Path] = []
-    for number, selection in enumerate(selections):
-        if selection.message:
-            say(f"note: {selection.message}")
-        display = model.preprocess.display_frames(selection.frames)
-        clip = model.preprocess(selection.frames).unsqueeze(0)
-        (result,) = explain_clips(
-            model,
-            clip,
-            target=target,
-            reduce=reduce,
-            normalize=normalize,
-            batch_size=batch_size,
-            progress=progress,
-        )
-        summary = {
-            **clip_summary(
+    with outputs as staged:
+        folder = None if staged is None else staged.staging
+        clip_results: list[ClipResult] = []
+        clip_frames: list[np.ndarray] = []
+        summaries: list[dict[str, Any]] = []
+        for number, selection in enumerate(selections):
+            if selection.message:
+                say(f"note: {selection.message}")
+            display = model.preprocess.display_frames(selection.frames)
+            clip = model.preprocess(selection.frames).unsqueeze(0)
+            (result,) = explain_clips(
                 model,
-                result,
-                selection.frame_indices,
-                video=video,
-                looped=selection.looped,
-                padding=selection.message,
-            ),
-            "options": {**options, **result.options},
-            "timings": {"explain_s": result.explain_seconds},
-            **dict(summary_extra or {}),
-        }
-        clip_folder = None
-        if folder is not None:
-            clip_folder = folder / f"clip-{number:03d}" if all_clips else folder
-            clock = time.perf_counter()
-            written = write_clip(
-                model,
-                result,
-                clip_folder,
-                display,
-                selection.frame_indices,
-                figures=figures,
-                columns=shown,
-                npz_extra=npz_extra(selection) if npz_extra else None,
+                clip,
+                target=target,
+                reduce=reduce,
+                normalize=normalize,
+                batch_size=batch_size,
+                progress=progress,
+                memory_check=False,  # checked above, before the output folder
+                method=method,
+                static=static,
+                sigma=sigma,
             )
-            summary["timings"]["write_s"] = time.perf_counter() - clock
-            summary["files"] = [path.name for path in written] + ["summary.json"]
-            files += written
-            # With one clip its summary is the top summary: written at the end, with the
-            # run's timings added.
-            if all_clips:
-                files.append(write_json(clip_folder / "summary.json", summary))
-        clip_results.append(result)
-        clip_frames.append(display)
-        summaries.append(summary)
-        label = f"clip {number}" if all_clips else "clip"
-        say(
-            f"{label} (frames {_ranges(selection.frame_indices)}): predicted "
-            f"{summary['prediction']['label']} with p = {result.probability:.3f}"
-            f"; explained {summary['target']['label']} in {result.explain_seconds:.1f} s"
-            + (f" → {clip_folder}" if clip_folder is not None else "")
-        )
-        note = lost_note(result, label)
-        if note:
-            say(note)
+            summary = {
+                **clip_summary(
+                    model,
+                    result,
+                    selection.frame_indices,
+                    video=video,
+                    looped=selection.looped,
+                    padding=selection.message,
+                ),
+                "options": {**summary_options, **result.options},
+                "timings": {"explain_s": result.explain_seconds},
+                **dict(summary_extra or {}),
+            }
+            clip_folder = None
+            if folder is not None:
+                clip_folder = folder / f"clip-{number:03d}" if all_clips else folder
+                clock = time.perf_counter()
+                written = write_clip(
+                    model,
+                    result,
+                    clip_folder,
+                    display,
+                    selection.frame_indices,
+                    figures=figures,
+                    columns=shown,
+                    npz_extra=npz_extra(selection) if npz_extra else None,
+                )
+                summary["timings"]["write_s"] = time.perf_counter() - clock
+                summary["files"] = [path.name for path in written] + ["summary.json"]
+                # With one clip its summary is the top summary: written at the end, with the
+                # run's timings added.
+                if all_clips:
+                    write_json(clip_folder / "summary.json", summary)
+            clip_results.append(result)
+            clip_frames.append(display)
+            summaries.append(summary)
+            label = f"clip {number}" if all_clips else "clip"
+            final = None if clip_folder is None else staged.final(clip_folder)
+            say(
+                f"{label} (frames {_ranges(selection.frame_indices)}): predicted "
+                f"{summary['prediction']['label']} with p = {result.probability:.3f}"
+                f"; explained {summary['target']['label']} in {result.explain_seconds:.1f} s"
+                + (f" → {final}" if final is not None else "")
+            )
+            note = lost_note(result, label)
+            if note:
+                say(note)
 
-    timings["total_s"] = time.perf_counter() - started + timings.get("load_model_s", 0.0)
-    if all_clips:
-        top = {
-            "video": str(video),
-            "clips": [
-                {
-                    "folder": f"clip-{n:03d}",
-                    "frame_indices": s["clip"]["frame_indices"],
-                    "looped": s["clip"]["looped"],
-                    "padding": s["clip"]["padding"],
-                    "prediction": s["prediction"],
-                    "target": s["target"],
-                    "lost_relevance": s["lost_relevance"],
-                }
-                for n, s in enumerate(summaries)
-            ],
-            "model": model_summary(model),
-            "options": options,
-            "timings": timings,
-            **dict(summary_extra or {}),
-        }
-    else:
-        top = summaries[0]
-        top["timings"] = {**timings, **top["timings"]}
-    if folder is not None:
-        files.append(write_json(folder / "summary.json", top))
+        timings["total_s"] = time.perf_counter() - started + timings.get("load_model_s", 0.0)
+        if all_clips:
+            top = {
+                "video": str(video),
+                "clips": [
+                    {
+                        "folder": f"clip-{n:03d}",
+                        "frame_indices": s["clip"]["frame_indices"],
+                        "looped": s["clip"]["looped"],
+                        "padding": s["clip"]["padding"],
+                        "prediction": s["prediction"],
+                        "target": s["target"],
+                        "lost_relevance": s["lost_relevance"],
+                    }
+                    for n, s in enumerate(summaries)
+                ],
+                "model": model_summary(model),
+                "options": summary_options,
+                "timings": timings,
+                **dict(summary_extra or {}),
+            }
+        else:
+            top = summaries[0]
+            top["timings"] = {**timings, **top["timings"]}
+        if staged is not None:
+            write_json(folder / "summary.json", top)
+            written_files = [p for p in folder.rglob("*") if p.is_file()]
+            # in the order they were made: figures, npz, summaries (summary.json last)
+            written_files.sort(key=lambda p: (p.name == "summary.json" and p.parent == folder,))
+            staged.commit()
+            files = [staged.final(p) for p in written_files]
     return VideoExplanation(
         video=str(video),
         model=model,
@@ -846,9 +925,87 @@ def explain_video(
         selections=selections,
         frames=clip_frames,
         summary=top,
-        out=folder,
+        out=None if out is None else Path(out),
         files=files,
     )
+
+
+#: the names in an output folder that are ``explain_video``'s own outputs (replaced or
+#: removed by the next run into the folder; anything else there is left alone)
+OWNED_OUTPUTS = r"figure\.png|animation\.gif|frames\.png|relevance\.npz|summary\.json|clip-\d{3,}"
+
+
+def check_explain_video_args(
+    *,
+    out: Any = None,
+    device: Any = None,
+    precision: Any = None,
+    target: Any = "auto",
+    start: Any = 0,
+    stride: Any = 1,
+    all_clips: Any = False,
+    reduce: Any = "first",
+    normalize: Any = "maxabs",
+    batch_size: Any = None,
+    columns: Any = None,
+    figures: Any = True,
+    method: Any = "frozen",
+) -> None:
+    """Check the arguments of :func:`explain_video` that need no model or video, before
+    anything is loaded or created: types, ranges and choices.
+
+    Raises
+    ------
+    ArgumentError
+        Naming the argument, what it takes and what it got.
+    """
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise ArgumentError(f"out must be a folder path or None, got {type(out).__name__}")
+    if out is not None and not os.fspath(out):
+        raise ArgumentError("out is an empty path: name a folder")
+    check_device(device)
+    if precision is not None and precision not in PRECISIONS:
+        raise ArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if isinstance(target, bool) or not isinstance(target, (str, int, np.integer)):
+        raise ArgumentError(
+            f"target must be 'auto', an index or a class name, got {type(target).__name__}"
+        )
+    check_integer("start", start, minimum=0)
+    check_integer("stride", stride, minimum=1)
+    for name, flag in (("all_clips", all_clips), ("figures", figures)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ArgumentError(f"{name} must be True or False, got {flag!r}")
+    check_discriminative_options(reduce, normalize, batch_size, method)
+    if columns is not None and not isinstance(columns, str):
+        if not isinstance(columns, Sequence) or not all(
+            isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in columns
+        ):
+            raise ArgumentError(
+                "columns must be a text such as '1,6,10,16' or a list of frame numbers, "
+                f"got {columns!r}"
+            )
+
+
+def check_integer(name: str, value: Any, *, minimum: int) -> int:
+    """``value`` as an int, or an :class:`ArgumentError` naming ``name`` (bools, floats and
+    text are refused: ``stride='2'`` is a mistake, not a 2)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ArgumentError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ArgumentError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def check_device(device: Any) -> None:
+    """Refuse a ``device`` that is neither None, the CPU, nor a CUDA device."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ArgumentError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -886,11 +1043,16 @@ def _draw_figures(
     title = f"predicted {model.describe_class(result.prediction)}, p = {result.probability:.3f}"
     if result.target != result.prediction:
         title += f"; explaining {model.describe_class(result.target)}"
-    shown = tuple(columns) if columns is not None else paper_columns(len(frozen))
-    column_labels = [
-        f"frozen: {model.class_name(frozen[t][0]) or frozen[t][0]} ({frozen[t][1]:.2f})"
-        for t in shown
-    ]
+    shown = tuple(columns) if columns is not None else paper_columns(len(frames))
+    # methods other than frozen explain no frozen clip: no frozen prediction to show
+    column_labels = (
+        [
+            f"frozen: {model.class_name(frozen[t][0]) or frozen[t][0]} ({frozen[t][1]:.2f})"
+            for t in shown
+        ]
+        if frozen
+        else None
+    )
     paths = [folder / name for name in FIGURE_FILES]
     figure_paper(
         frames, *maps, columns=shown, title=title, column_labels=column_labels, path=paths[0]

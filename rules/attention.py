@@ -1,0 +1,162 @@
+"""Rules for the ops of attention blocks: AttnLRP (Achtibat et al. 2024) and CP-LRP
+(Ali et al. 2022).
+
+AttnLRP, "AttnLRP: Attention-Aware Layer-Wise Relevance Propagation for Transformers"
+(ICML 2024), as LXT's efficient mode computes it: softmax by its Taylor rule (Prop. 3.1),
+both matrix products of attention by the uniform rule (each input half, Prop. 3.2),
+layer norm by the identity rule with σ held constant (Prop. 3.3), GELU by the identity rule.
+CP-LRP, "XAI for Transformers: Better Explanations through Conservative Propagation"
+(ICML 2022): the attention probabilities are constants, all relevance takes the value path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relgraph.engine.capabilities import Bilinear, Normalizing, Shifting
+from relgraph.errors import RuleError
+
+from .context import no_relevance
+from .numerics import Stabilizer, widened
+from .registry import Rule, register_rule
+
+
+def _epsilon_checked(epsilon: float) -> None:
+    if epsilon < 0:
+        raise RuleError(f"epsilon must be ≥ 0, got {epsilon}")
+
+
+@register_rule
+@dataclass
+class SoftmaxTaylor(Rule):
+    """Softmax (AttnLRP, Prop. 3.1): ``R_s = s ⊙ (R − a ⊙ Σ R)`` with ``s`` the softmax's
+    input and ``a`` its output, the sum over the softmax axis. Conserves only in part: the
+    share ``Σ s ⊙ a ⊙ ΣR`` that the bias of the Taylor expansion holds is lost."""
+
+    name = "softmax"
+    requires = ("softmax",)
+    needs = frozenset({"inputs", "output"})
+    conserving = False
+
+    def relevance(self, ctx, relevance):
+        s, a = widened(ctx.x), widened(ctx.output)
+        return [s * (relevance - a * relevance.sum(-1, keepdim=True))]
+
+
+@register_rule
+@dataclass
+class BilinearUniform(Rule):
+    """A product of two inputs (attention's q·kᵀ and attention·v) by the uniform rule
+    (AttnLRP, Prop. 3.2): each input takes half, ``R_a = a ⊙ J_aᵀ(R / 2z)``,
+    ``R_b = b ⊙ J_bᵀ(R / 2z)`` with ``z`` the product and ``J_a`` the map from ``a`` with
+    ``b`` held constant; ``z`` stabilised by ε (0: a vanishing z hands on nothing)."""
+
+    name = "bilinear-uniform"
+    requires = (Bilinear,)
+    needs = frozenset({"inputs", "output"})
+    epsilon: float = 0.0
+
+    def __post_init__(self):
+        _epsilon_checked(self.epsilon)
+
+    def relevance(self, ctx, relevance):
+        inputs = [widened(x) for x in ctx.inputs]
+        s = (
+            Stabilizer("epsilon", self.epsilon)(
+                relevance, widened(ctx.output), numerics=ctx.numerics
+            )
+            * 0.5
+        )
+        return [x * ctx.op.input_vjp(s, inputs, slot) for slot, x in enumerate(inputs)]
+
+
+@register_rule
+@dataclass
+class BilinearConstant(Rule):
+    """A product of two inputs with one held constant (CP-LRP, Ali et al. 2022: the
+    attention probabilities): LRP-ε on the map from the other, ``R_b = b ⊙ J_bᵀ(R / z)``;
+    the constant input (slot ``constant``) gets nothing."""
+
+    name = "bilinear-constant"
+    requires = (Bilinear,)
+    needs = frozenset({"inputs", "output"})
+    constant: int = 0
+    epsilon: float = 0.0
+
+    def __post_init__(self):
+        _epsilon_checked(self.epsilon)
+        if self.constant not in (0, 1):
+            raise RuleError(f"constant must be the slot 0 or 1, got {self.constant}")
+
+    def relevance(self, ctx, relevance):
+        inputs = [widened(x) for x in ctx.inputs]
+        s = Stabilizer("epsilon", self.epsilon)(
+            relevance, widened(ctx.output), numerics=ctx.numerics
+        )
+        signal = 1 - self.constant
+        handed = [no_relevance(relevance, shape) for shape in ctx.input_shapes]
+        handed[signal] = inputs[signal] * ctx.op.input_vjp(s, inputs, signal)
+        return handed
+
+
+@register_rule
+@dataclass
+class FrozenScale(Rule):
+    """Layer norm by the identity rule (AttnLRP, Prop. 3.3; LXT: σ detached):
+    ``R_x = x ⊙ M[(R / y) ⊙ w / σ]``, the LRP-ε rule of the map with σ held constant
+    (M the centring matrix, ``y`` the output: the bias's share is lost)."""
+
+    name = "frozen-scale"
+    requires = (Normalizing,)
+    needs = frozenset({"inputs", "output"})
+    epsilon: float = 0.0
+
+    def __post_init__(self):
+        _epsilon_checked(self.epsilon)
+
+    def relevance(self, ctx, relevance):
+        x = widened(ctx.x)
+        s = Stabilizer("epsilon", self.epsilon)(
+            relevance, widened(ctx.output), numerics=ctx.numerics
+        )
+        tensors = {k: widened(v) for k, v in ctx.tensors.items()}
+        return [x * ctx.op.frozen_scale_adjoint(s, x, tensors)]
+
+
+@register_rule
+@dataclass
+class Index(Rule):
+    """Ops whose output entries are input entries (permute, slice, select, repeat, a
+    prepended token): relevance follows the index map's adjoint, summed over copies; a
+    constant's entries (the CLS token) hand theirs to nothing."""
+
+    name = "index"
+    requires = ("index",)
+    needs = frozenset()
+
+    def relevance(self, ctx, relevance):
+        return ctx.op.vjp(relevance, [None], ctx.tensors, ctx.input_shapes)
+
+
+@register_rule
+@dataclass
+class ShiftShare(Rule):
+    """``x + c`` for a constant ``c`` (position and time embeddings): the input keeps its
+    share, ``R_x = x ⊙ R / stab(x + c)``; the constant's share is lost."""
+
+    name = "shift-share"
+    requires = (Shifting,)
+    needs = frozenset({"inputs", "output"})
+    epsilon: float = 0.0
+
+    def __post_init__(self):
+        _epsilon_checked(self.epsilon)
+
+    def relevance(self, ctx, relevance):
+        x = widened(ctx.x)
+        return [
+            x
+            * Stabilizer("epsilon", self.epsilon)(
+                relevance, widened(ctx.output), numerics=ctx.numerics
+            )
+        ]
