@@ -1,4 +1,5 @@
-"""Throughput of ``relgraph dataset explain``: clips per second with 1 and 2 processes.
+"""Throughput of ``relgraph dataset explain``: clips per second with 1 and 2 processes, and
+per motion method (``--methods frozen decomposed``).
 
 Writes N synthetic videos (``relgraph.datasets.synthetic``, a folder per class), then explains them
 with the shipped demo model (c3d-tiny), once in one process and once with
@@ -10,7 +11,8 @@ lengths, and start-up (imports, model, process group). The 1-process row is the 
 Run::
 
     python benchmarks/dataset.py --videos 48 [--frames 16 48] [--figures none|summary]
-        [--clip-batch 4] [--threads N] [--json dataset.json]
+        [--clip-batch 4] [--threads N] [--processes 1 2] [--methods frozen decomposed]
+        [--json dataset.json]
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run(processes: int, source: Path, store: Path, args, threads: int) -> dict:
+def run(
+    processes: int, source: Path, store: Path, args, threads: int, method: str = "frozen"
+) -> dict:
     stats = store.with_suffix(".json")
     command = [
         "-m",
@@ -60,6 +64,8 @@ def run(processes: int, source: Path, store: Path, args, threads: int) -> dict:
         str(args.clip_batch),
         "--stats",
         str(stats),
+        "--method",
+        method,
         "--quiet",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "GLOO_SOCKET_IFNAME": "lo"}
@@ -94,6 +100,10 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads per process (0: cores / procs)"
     )
+    parser.add_argument("--processes", type=int, nargs="+", default=(1, 2))
+    parser.add_argument(
+        "--methods", nargs="+", default=("frozen",), help="motion methods (default frozen)"
+    )
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
 
@@ -102,12 +112,15 @@ def main() -> None:
         source = Path(tmp) / "videos"
         write_video_folders(source, args.videos, seed=0, frames=tuple(args.frames))
         rows = []
-        for processes in (1, 2):
-            threads = args.threads or max(1, cores // processes)
-            stats = run(processes, source, Path(tmp) / f"store-{processes}", args, threads)
-            stats["processes"] = processes
-            stats["threads"] = threads
-            rows.append(stats)
+        for method in args.methods:
+            for processes in args.processes:
+                threads = args.threads or max(1, cores // processes)
+                store = Path(tmp) / f"store-{method}-{processes}"
+                stats = run(processes, source, store, args, threads, method)
+                stats["processes"] = processes
+                stats["threads"] = threads
+                stats["method"] = method
+                rows.append(stats)
 
     print(
         f"{args.videos} synthetic videos ({args.frames[0]}-{args.frames[1]} frames, 32x32), "
@@ -116,15 +129,17 @@ def main() -> None:
     )
     print()
     print(
-        "| processes | threads each | clips | wall (s) | clips/s | speed-up | explain (s) | "
-        "decode (s) | wait for data (s) | write (s) | figures (s) | probe (s) | start-up (s) |"
+        "| method | processes | threads each | clips | wall (s) | clips/s | speed-up | "
+        "explain (s) | decode (s) | wait for data (s) | write (s) | figures (s) | probe (s) | "
+        "start-up (s) |"
     )
-    print("|---:" * 13 + "|")
+    print("|---" + "|---:" * 13 + "|")
     base = rows[0]["clips"] / rows[0]["wall_s"]
     for r in rows:
         rate = r["clips"] / r["wall_s"]
         print(
-            f"| {r['processes']} | {r['threads']} | {r['clips']} | {r['wall_s']:.1f} | "
+            f"| {r['method']} | {r['processes']} | {r['threads']} | {r['clips']} | "
+            f"{r['wall_s']:.1f} | "
             f"{rate:.2f} | {rate / base:.2f}x | {r['explain_s']:.1f} | {r['decode_s']:.1f} | "
             f"{r['wait_s']:.1f} | {r['write_s']:.1f} | {r['figures_s']:.1f} | "
             f"{r['probe_s']:.1f} | {r['process_wall_s'] - r['wall_s']:.1f} |"
@@ -133,7 +148,7 @@ def main() -> None:
     print(
         "wall: the run in the process(es), start-up excluded; explain/decode/write: summed "
         "over ranks; decode runs in background threads (it overlaps explain), wait is the "
-        "time the model waited for decoded videos."
+        "time the model waited for decoded videos; speed-up is against the first row."
     )
     if args.json:
         write_json(args.json, rows)

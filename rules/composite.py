@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
+from relgraph.engine.canonize import canonical
 from relgraph.engine.spec import line_of, load_yaml
 from relgraph.errors import RuleError, did_you_mean
 from relgraph.io.resources import shipped_names, shipped_path
@@ -180,7 +181,7 @@ class Composite:
         rules: dict[str, Rule] = {}
         for node in graph.order[1:]:
             op = graph.op(node)
-            line = graph.graph.nodes[node].get("line")
+            line = graph.line_of(node)
             if node not in chosen:
                 raise RuleError(
                     f"composite '{self.name}' gives no rule to this {op.type} node; add an "
@@ -222,8 +223,6 @@ class Composite:
         folded (``relgraph.engine.canonize``) unless ``canonize`` is false (default: the
         architecture's). A folded batch norm is listed with the layer it was folded into: it
         has no rule of its own, and a rule aimed at it has no effect."""
-        from relgraph.engine.canonize import canonical
-
         view = canonical(graph, canonize)
         rules = self.resolve(view, preprocess=preprocess)
         folded = getattr(view, "folded", {})

@@ -80,6 +80,7 @@ ARCHITECTURE = "c3d-tiny"
 WEIGHTS_NAMES = {
     "c3d-tiny": "c3d-tiny-synthetic.safetensors",
     "r2plus1d-tiny": "r2plus1d-tiny-synthetic.safetensors",
+    "videomae-tiny": "videomae-tiny-synthetic.safetensors",
 }
 PREPROCESS = "hara"
 SIZE = 32
@@ -210,19 +211,24 @@ def preprocess_clips(frames: np.ndarray) -> torch.Tensor:
 
 
 def training_set(
-    count: int, seed: int, epoch: int, cue: float, irrelevant_share: float = 0.0
+    count: int,
+    seed: int,
+    epoch: int,
+    cue: float,
+    irrelevant_share: float = 0.0,
+    frames: int = FRAMES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fresh clips for each epoch: seed ``seed + epoch``; a random ``irrelevant_share`` of
     them (drawn from the same seed) with irrelevant motion (objects that oscillate or
     flicker in place), the same clips otherwise."""
-    frames, labels, _, _ = make_dataset(count, seed=seed + epoch, frames=FRAMES, size=SIZE, cue=cue)
+    video, labels, _, _ = make_dataset(count, seed=seed + epoch, frames=frames, size=SIZE, cue=cue)
     if irrelevant_share > 0:
         odd, _, _, _ = make_dataset(
-            count, seed=seed + epoch, frames=FRAMES, size=SIZE, cue=cue, irrelevant_motion=True
+            count, seed=seed + epoch, frames=frames, size=SIZE, cue=cue, irrelevant_motion=True
         )
         chosen = np.random.default_rng(seed + epoch).random(count) < irrelevant_share
-        frames[chosen] = odd[chosen]
-    return preprocess_clips(frames), torch.from_numpy(labels)
+        video[chosen] = odd[chosen]
+    return preprocess_clips(video), torch.from_numpy(labels)
 
 
 def roll(clips: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -305,6 +311,18 @@ def main(argv: list[str] | None = None) -> None:
         help="share of first-layer kernels started as motion detectors",
     )
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="passes over each epoch's clips (fresh shifts and frozen picks each pass)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=THREADS,
+        help=f"torch threads ({THREADS}; the weights' last bits depend on it)",
+    )
     parser.add_argument("--width", type=int, default=None, help="override the YAML's width")
     parser.add_argument(
         "--hidden", type=int, default=None, help="override the YAML's hidden (c3d-tiny only)"
@@ -312,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -321,8 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     graph = load_architecture(args.arch, seed=args.seed, **params)
     print(f"{graph}; params {graph.params}")
 
+    frames = graph.input_shape[1]  # 16 for the CNNs, 8 for videomae-tiny
     train_clips, train_labels = training_set(
-        args.clips, args.seed, 0, args.cue, args.irrelevant_share
+        args.clips, args.seed, 0, args.cue, args.irrelevant_share, frames
     )
     input_scale = float(train_clips.std())
     print(
@@ -351,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     optimiser = torch.optim.Adam(groups)
     base_lrs = [g["lr"] for g in groups]
-    steps_per_epoch = len(train_clips) // args.batch
+    steps_per_pass = len(train_clips) // args.batch
+    steps_per_epoch = steps_per_pass * args.passes
     total_steps = args.epochs * steps_per_epoch
     warmup = min(50, total_steps // 4)
 
@@ -360,9 +380,11 @@ def main(argv: list[str] | None = None) -> None:
         model.train()
         if epoch > 0:
             train_clips, train_labels = training_set(
-                args.clips, args.seed, epoch, args.cue, args.irrelevant_share
+                args.clips, args.seed, epoch, args.cue, args.irrelevant_share, frames
             )
-        order = torch.randperm(len(train_clips), generator=generator)
+        order = torch.cat(
+            [torch.randperm(len(train_clips), generator=generator) for _ in range(args.passes)]
+        )
         loss_sum = correct = seen = 0
         for batch in range(steps_per_epoch):
             # Linear warm-up, then cosine decay to zero.
@@ -407,21 +429,21 @@ def main(argv: list[str] | None = None) -> None:
     shipped = load_architecture(args.arch, **params)
     shipped.load_weights(weights_path)
     test_seed = args.seed + 1_000_003
-    frames, labels, _, _ = make_dataset(
-        args.test_clips, seed=test_seed, frames=FRAMES, size=SIZE, cue=args.cue
+    video, labels, _, _ = make_dataset(
+        args.test_clips, seed=test_seed, frames=frames, size=SIZE, cue=args.cue
     )
-    accuracy = graph_accuracy(shipped, preprocess_clips(frames), torch.from_numpy(labels))
+    accuracy = graph_accuracy(shipped, preprocess_clips(video), torch.from_numpy(labels))
     odd, odd_labels, _, _ = make_dataset(
         args.test_clips,
         seed=test_seed,
-        frames=FRAMES,
+        frames=frames,
         size=SIZE,
         cue=args.cue,
         irrelevant_motion=True,
     )
     odd_accuracy = graph_accuracy(shipped, preprocess_clips(odd), torch.from_numpy(odd_labels))
     with tempfile.TemporaryDirectory() as folder:
-        video_frames = video_round_trip(frames[: args.video_clips], Path(folder))
+        video_frames = video_round_trip(video[: args.video_clips], Path(folder))
     video_accuracy = graph_accuracy(
         shipped, preprocess_clips(video_frames), torch.from_numpy(labels[: args.video_clips])
     )

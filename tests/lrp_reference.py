@@ -454,9 +454,26 @@ def c3d_deep_taylor(
 # --------------------------------------------------------------------------- video ResNets
 
 
-def fold_batchnorms(modules: Sequence[torch.nn.Module]) -> list[torch.nn.Module]:
+class LeftNorm(torch.nn.Module):
+    """What zennit 0.5.1's ``MergeBatchNorm`` leaves of a batch norm it merged: running mean 0,
+    variance 1, weight 1 and bias 0 but its ``eps`` kept, so ``y = x / √(1 + eps)``, not the
+    identity (zennit sets ``eps`` to 0 from 1.0.0 on, a release PyPI does not have)."""
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.factor = (1.0 + eps) ** -0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def fold_batchnorms(
+    modules: Sequence[torch.nn.Module], leave_eps: bool = False
+) -> list[torch.nn.Module]:
     """The leaf modules of a chain with each conv/linear followed by a batch norm fused into
-    one layer by torch's own ``torch.nn.utils.fusion`` (not relgraph's pass), in eval mode."""
+    one layer by torch's own ``torch.nn.utils.fusion`` (not relgraph's pass), in eval mode.
+    ``leave_eps``: each fused batch norm leaves a ``LeftNorm`` behind it, as zennit 0.5.1's
+    canonizer does."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
     leaves: list[torch.nn.Module] = []
@@ -465,14 +482,18 @@ def fold_batchnorms(modules: Sequence[torch.nn.Module]) -> list[torch.nn.Module]
     folded: list[torch.nn.Module] = []
     for leaf in leaves:
         previous = folded[-1] if folded else None
+        fuse = None
         if isinstance(leaf, torch.nn.modules.batchnorm._BatchNorm) and previous is not None:
             if isinstance(previous, torch.nn.modules.conv._ConvNd):
-                folded[-1] = fuse_conv_bn_eval(previous.eval(), leaf.eval())
-                continue
-            if isinstance(previous, torch.nn.Linear):
-                folded[-1] = fuse_linear_bn_eval(previous.eval(), leaf.eval())
-                continue
-        folded.append(leaf)
+                fuse = fuse_conv_bn_eval
+            elif isinstance(previous, torch.nn.Linear):
+                fuse = fuse_linear_bn_eval
+        if fuse is None:
+            folded.append(leaf)
+            continue
+        folded[-1] = fuse(previous.eval(), leaf.eval())
+        if leave_eps:
+            folded.append(LeftNorm(leaf.eps))
     return folded
 
 
@@ -509,11 +530,19 @@ def _zennit_layer(layer: torch.nn.Module, x: torch.Tensor, epsilon: float) -> to
         )
     if isinstance(layer, torch.nn.Dropout):  # the identity in eval mode
         return x
+    if isinstance(layer, LeftNorm):  # zennit's Pass: a constant factor keeps R = a ⊙ g
+        return layer(x)
     raise TypeError(type(layer))
 
 
 def video_resnet_epsilon_plus(
-    model: torch.nn.Module, x: torch.Tensor, target: int, epsilon: float = 1e-6
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    target: int,
+    epsilon: float = 1e-6,
+    *,
+    nodes: dict[str, torch.Tensor] | None = None,
+    leave_eps: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """zennit's EpsilonPlus on a torchvision-style video ResNet (tests/zoo_reference.py),
     canonized with ``fold_batchnorms``, by autograd through a modified-gradient forward.
@@ -521,24 +550,32 @@ def video_resnet_epsilon_plus(
     Rules: conv: z⁺ with b⁺ (zennit's ZPlus); linear: epsilon with the bias; ReLU: pass;
     residual add and the global average pool: zennit's Norm, ``R_i = x_i R / stab_ε(z)``.
     Seed: one-hot at ``target``. Returns ``(input relevance, logits)``.
+
+    ``nodes``: filled with the relevance of each block's output (``"layer3.0"``) and of the
+    two inputs of its residual add (``"layer3.0:main"``, ``"layer3.0:shortcut"``), read as
+    ``R = a ⊙ g`` at those tensors. ``leave_eps``: canonized as zennit 0.5.1's
+    ``SequentialMergeBatchNorm`` does it (``LeftNorm``); the logits are then not the model's.
     """
     x = _leaf(x)
+    recorded: dict[str, torch.Tensor] = {}
 
-    def chain(layers, a):
-        for layer in layers:
+    def chain(modules, a):
+        for layer in fold_batchnorms(modules, leave_eps):
             a = _zennit_layer(layer, a, epsilon)
         return a
 
-    a = chain(fold_batchnorms([model.stem]), x)
+    a = chain([model.stem], x)
     index = 1
     while hasattr(model, f"layer{index}"):  # four stages (two in relgraph's r2plus1d-tiny)
-        for block in getattr(model, f"layer{index}"):
-            main = chain(fold_batchnorms([block.conv1, block.conv2]), a)
+        for number, block in enumerate(getattr(model, f"layer{index}")):
+            name = f"layer{index}.{number}"
+            main = chain([block.conv1, block.conv2], a)
             shortcut = a
             if block.downsample is not None:
-                shortcut = chain(fold_batchnorms([block.downsample]), a)
+                shortcut = chain([block.downsample], a)
             total = main + shortcut
             a = F.relu(_ruled(total, total, epsilon))
+            recorded.update({f"{name}:main": main, f"{name}:shortcut": shortcut, name: a})
         index += 1
     pooled = a.mean(dim=(2, 3, 4))
     features = _ruled(pooled, pooled, epsilon)
@@ -547,8 +584,12 @@ def video_resnet_epsilon_plus(
     seed = torch.zeros_like(logits)
     seed[:, target] = 1.0
     # R = a ⊙ g at the output: start the gradient at seed / logits
-    (grad,) = torch.autograd.grad(logits, [x], grad_outputs=safe_divide(seed, logits.detach()))
-    return (x * grad).detach(), logits.detach()
+    wanted = [x] + (list(recorded.values()) if nodes is not None else [])
+    grads = torch.autograd.grad(logits, wanted, grad_outputs=safe_divide(seed, logits.detach()))
+    if nodes is not None:
+        for (name, t), grad in zip(recorded.items(), grads[1:]):
+            nodes[name] = (t * grad).detach()
+    return (x * grads[0]).detach(), logits.detach()
 
 
 def _seeded_relevance(logits: torch.Tensor, x: torch.Tensor, target: int):

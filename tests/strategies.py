@@ -323,7 +323,13 @@ class _Builder:
         split = {}
         for part in ("q", "k", "v"):
             self.current = normed
-            self.add("linear", (length + 1, width), out_features=width, bias=draw(st.booleans()))
+            self.add(
+                "linear",
+                (length + 1, width),
+                in_features=channels,
+                out_features=width,
+                bias=draw(st.booleans()),
+            )
             self.add("reshape", (length + 1, heads, 2), shape=[length + 1, heads, 2])
             split[part] = self.add("transpose", (heads, length + 1, 2), dim0=1, dim1=2)
         square = (heads, length + 1, length + 1)
@@ -333,7 +339,7 @@ class _Builder:
         self.add("matmul", (heads, length + 1, 2), inputs=[probs, split["v"]])
         self.add("transpose", (length + 1, heads, 2), dim0=1, dim1=2)
         self.add("reshape", (length + 1, width), shape=[length + 1, width])
-        self.add("linear", (length + 1, channels), out_features=channels)
+        self.add("linear", (length + 1, channels), in_features=width, out_features=channels)
         self.add(draw(st.sampled_from(["gelu", "gelu_new", "gelu_fast"])), self.shape)
         self.add("add", self.shape, inputs=[self.current, tokens])
         self.add("slice", (length, channels), dim=1, start=1)

@@ -28,8 +28,8 @@ def demo_model(request):
 
 
 def test_demo_model_classifies_at_least_95_percent_of_fresh_clips(demo_model):
-    frames, labels, _, _ = make_dataset(200, seed=TEST_SEED)
-    _, _, size, _ = demo_model.input_shape
+    _, length, size, _ = demo_model.input_shape
+    frames, labels, _, _ = make_dataset(200, seed=TEST_SEED, frames=length, size=size)
     preprocess = get_preprocess(DEMO_PREPROCESS, size=size)
     clips = torch.stack([preprocess(clip) for clip in frames])
     predicted = demo_model.forward(clips, keep=()).output.argmax(1).numpy()
@@ -37,11 +37,16 @@ def test_demo_model_classifies_at_least_95_percent_of_fresh_clips(demo_model):
     assert accuracy >= 0.95, f"accuracy {accuracy:.3f} on 200 fresh clips"
 
 
-def test_the_demo_model_keeps_95_percent_on_clips_with_irrelevant_motion():
+@pytest.mark.parametrize("architecture", ["c3d-tiny", "videomae-tiny"])
+def test_the_demo_model_keeps_95_percent_on_clips_with_irrelevant_motion(architecture):
     # objects that oscillate or flicker in place must not decide the class; the shipped
-    # c3d-tiny was fine-tuned with such clips (docs/design-notes/demo-model.md)
-    model = load_demo_model("c3d-tiny")
-    frames, labels, _, _ = make_dataset(200, seed=TEST_SEED + 1, irrelevant_motion=True)
+    # c3d-tiny was fine-tuned with such clips (docs/design-notes/demo-model.md), videomae-tiny
+    # trained with them from the start (docs/transformers.md)
+    model = load_demo_model(architecture)
+    _, length, size, _ = model.input_shape
+    frames, labels, _, _ = make_dataset(
+        200, seed=TEST_SEED + 1, frames=length, size=size, irrelevant_motion=True
+    )
     preprocess = get_preprocess(DEMO_PREPROCESS, size=model.input_shape[2])
     clips = torch.stack([preprocess(clip) for clip in frames])
     predicted = model.forward(clips, keep=()).output.argmax(1).numpy()
@@ -62,6 +67,15 @@ def test_demo_weights_are_safetensors_under_5_mb(architecture):
     with safe_open(str(path), framework="pt") as weights:
         keys = set(weights.keys())
     assert keys == set(load_demo_model(architecture).state_dict())
+
+
+def test_the_demo_transformer_is_a_small_videomae_under_2_mb():
+    model = load_demo_model("videomae-tiny")
+    assert DEMO_MODELS["videomae-tiny"].stat().st_size < 2 * 2**20
+    assert model.input_shape == (3, 8, 32, 32)
+    assert model.default_rules == "attnlrp"
+    ops = {model.op(node).type for node in model.order[1:]}
+    assert {"softmax", "matmul", "layernorm", "add_sinusoid"} <= ops
 
 
 def test_the_default_demo_model_is_c3d_tiny_and_an_unknown_one_is_a_clear_error():

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import relgraph
+from relgraph import discriminative
 from relgraph.errors import RelgraphError, ShapeError
-from relgraph.methods import discriminative
 from relgraph.methods.discriminative import DEFAULT_BATCH_SIZE, frozen_clips
 
 FRAMES = 16

@@ -68,10 +68,10 @@ nodes:
   - {name: flat, op: reshape, shape: [20, 4]}
   - {name: sinusoid, op: add_sinusoid}
   - {name: norm, op: layernorm}
-  - {name: q, op: linear, out_features: 4, inputs: [norm]}
+  - {name: q, op: linear, in_features: 4, out_features: 4, inputs: [norm]}
   - {name: q.heads, op: reshape, shape: [20, 2, 2]}
   - {name: q.t, op: transpose, dim0: 1, dim1: 2}
-  - {name: k, op: linear, out_features: 4, inputs: [norm]}
+  - {name: k, op: linear, in_features: 4, out_features: 4, inputs: [norm]}
   - {name: k.heads, op: reshape, shape: [20, 2, 2]}
   - {name: k.t, op: transpose, dim0: 1, dim1: 2}
   - {name: scores, op: matmul, inputs: [q.t, k.t], transpose_b: true}

@@ -49,7 +49,8 @@ def expect_cli_error(capsys, arguments, *fragments) -> str:
 
 @pytest.fixture(scope="module")
 def demo():
-    return load_demo_model()
+    """c3d-tiny at a quarter of its width and half its size (random weights): fast."""
+    return relgraph.load_architecture("c3d-tiny", width=2, hidden=8, size=16, seed=1)
 
 
 # --------------------------------------------------------------------------- 1: layouts
@@ -59,11 +60,11 @@ def demo():
 def test_a_non_contiguous_input_gets_the_relevance_of_its_contiguous_copy(demo, layout):
     torch.manual_seed(0)
     if layout == "channels_last_3d":
-        x = torch.randn(2, 3, 16, 32, 32).contiguous(memory_format=torch.channels_last_3d)
+        x = torch.randn(2, 3, 16, 16, 16).contiguous(memory_format=torch.channels_last_3d)
     elif layout == "permuted":
-        x = torch.randn(2, 32, 32, 16, 3).permute(0, 4, 3, 1, 2)
+        x = torch.randn(2, 16, 16, 16, 3).permute(0, 4, 3, 1, 2)
     else:
-        x = torch.randn(2, 3, 16, 32, 64)[..., ::2]
+        x = torch.randn(2, 3, 16, 16, 32)[..., ::2]
     assert not x.is_contiguous()
     relevance = relgraph.explain(demo, x)
     expected = relgraph.explain(demo, x.contiguous())
@@ -73,7 +74,7 @@ def test_a_non_contiguous_input_gets_the_relevance_of_its_contiguous_copy(demo, 
 
 def test_an_empty_batch_is_a_shape_error(demo):
     with pytest.raises(relgraph.ShapeError, match="empty batch"):
-        relgraph.explain(demo, torch.zeros(0, 3, 16, 32, 32))
+        relgraph.explain(demo, torch.zeros(0, 3, 16, 16, 16))
 
 
 # --------------------------------------------------------------------------- 2: NaN, JSON
@@ -174,10 +175,13 @@ def test_report_pages_of_names_that_read_alike_do_not_collide(tmp_path):
     assert len(list((out / "classes").glob("*.html"))) == 2
     pages = sorted((out / "videos").glob("*.html"))
     assert len(pages) == 2
-    assert {"/data/C/_z.mp4.mp4", "/data/C_/z.mp4.mp4"} == {
-        next(path for path in ("/data/C/_z.mp4.mp4", "/data/C_/z.mp4.mp4") if path in p.read_text())
+    shown = sorted(
+        path
+        for path in ("/data/C/_z.mp4.mp4", "/data/C_/z.mp4.mp4")
         for p in pages
-    }
+        if path in p.read_text()
+    )
+    assert shown == ["/data/C/_z.mp4.mp4", "/data/C_/z.mp4.mp4"]  # one page each
 
 
 def test_report_on_a_damaged_store_lists_the_damage_and_reports_the_rest(tmp_path, capsys):
@@ -257,7 +261,8 @@ def test_the_memory_estimate_counts_every_kept_activation(wide):
     # the reverse pass's working tensors at the widest node
     assert estimate.relevance == 2 * 4 * 4 * conv
     graph.cache_policy = "none"
-    assert estimate_peak(graph, 2).relevance == 2 * 2 * 4 * conv
+    assert estimate_peak(graph, 2).memory_mode
+    assert estimate_peak(graph, 2).total == estimate.total  # an upper bound in either mode
 
 
 def test_explain_refuses_a_batch_beyond_the_memory_before_allocating(wide, monkeypatch):
@@ -279,7 +284,7 @@ def test_the_memory_check_can_be_turned_off(demo, monkeypatch):
     from relgraph.engine import memory
 
     monkeypatch.setattr(memory, "available_bytes", lambda device: 1000)
-    x = torch.randn(1, 3, 16, 32, 32)
+    x = torch.randn(1, 3, 16, 16, 16)
     with pytest.raises(relgraph.ResourceError):
         relgraph.explain(demo, x)
     relevance = relgraph.explain(demo, x, memory_check=False)
@@ -349,8 +354,8 @@ def _explain_args(video: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture
 def small(monkeypatch):
-    """A small c3d-tiny (random weights) and figures drawn as three small files, so that a
-    whole explain_video takes well under a second."""
+    """A small c3d-tiny, and the explanation and figures replaced by quick stand-ins: these
+    tests are about which files appear where, not about the maps."""
     from relgraph.pipeline import video as pipeline
 
     def figures(model, result, folder, frames, maps, columns):
@@ -359,7 +364,30 @@ def small(monkeypatch):
             path.write_bytes(b"figure of " + str(result.target).encode())
         return paths
 
+    def explain_clips(model, clips, *, target="auto", **options):
+        batch, channels, frames, height, width = clips.shape
+        maps = np.zeros((frames, height, width), np.float32)
+        chosen = 0 if target == "auto" else int(target)
+        return [
+            pipeline.ClipResult(
+                spatiotemporal=maps,
+                spatial=maps,
+                temporal=maps,
+                relevance=np.zeros((channels, frames, height, width), np.float32),
+                frozen_relevance=np.zeros((frames, channels, frames, height, width), np.float32),
+                prediction=chosen,
+                probability=0.5,
+                target=chosen,
+                frozen_predictions=np.full(frames, chosen),
+                frozen_probabilities=np.full(frames, 0.5),
+                lost_fraction=0.0,
+                frozen_lost_fraction=np.zeros(frames),
+            )
+            for _ in range(batch)
+        ]
+
     monkeypatch.setattr(pipeline, "_draw_figures", figures)
+    monkeypatch.setattr(pipeline, "explain_clips", explain_clips)
     return relgraph.load_architecture("c3d-tiny", width=2, hidden=8, size=16, seed=1)
 
 
@@ -652,3 +680,18 @@ def test_explain_video_refuses_options_that_are_not_video_options(tmp_path):
     with pytest.raises(ArgumentError, match="VideoOptions"):
         relgraph.explain_video(tmp_path / "missing.mp4", "c3d-tiny", tmp_path / "out", {})
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- found by the fuzzer
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["rules", "show", "x" * 300, "--arch", "c3d-tiny"],
+        ["arch", "show", "y" * 300],
+        ["arch", "check", "z" * 300 + ".yaml"],
+    ],
+)
+def test_a_name_too_long_for_the_file_system_is_one_line(capsys, arguments):
+    expect_cli_error(capsys, arguments)

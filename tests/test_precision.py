@@ -117,8 +117,9 @@ def test_every_preset_runs_in_bfloat16_finite_and_close_to_float32(name, rules):
     )
     assert torch.isfinite(actual).all()
     pearson = torch.corrcoef(torch.stack([expected.flatten(), actual.flatten()]))[0, 1]
-    # the gradient (a baseline, no conservation) rounds more: its bfloat16 map is looser
-    assert pearson > (0.95 if rules == "gradient" else 0.99)
+    # the gradient (a baseline, no conservation) rounds more: its bfloat16 map is looser; so
+    # do the transformer presets on a CNN, LRP-0 on every convolution (gradient × input)
+    assert pearson > (0.95 if rules in ("gradient", "attnlrp", "cp-lrp") else 0.99)
 
 
 # the plain path (17 explanations) in emulated bfloat16 is slow on CPUs without bfloat16 units

@@ -271,3 +271,13 @@ def test_refuses_missing_and_unexpected_keys(folder):
     _refused(folder, WeightsError, "unexpected", "extra.weight")
     (folder / "model.safetensors").write_bytes(b"garbage")
     _refused(folder, RelgraphError, "model.safetensors")
+
+
+@pytest.mark.parametrize("family", ["videomae", "vivit"])
+def test_load_weights_takes_a_hub_state_dict(family):
+    model, params = hf_model(family, dtype=torch.float32)
+    old = {_old_layout(family, k): v for k, v in model.state_dict().items()}
+    g = relgraph.load_architecture(family, init="none", **params)
+    report = g.load_weights(old)
+    assert report.naming == f"{family}-hub"
+    _assert_same_logits(g, model)

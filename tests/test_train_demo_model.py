@@ -118,3 +118,35 @@ def test_training_mode_batch_norm_normalises_with_the_batch_and_updates_its_stat
     module.eval()
     graph.load_weights(module.weights())
     torch.testing.assert_close(module(clips), graph.forward(clips, keep=()).output)
+
+
+@pytest.mark.slow
+def test_videomae_tiny_trains_reproducibly_on_eight_frames(script, tmp_path):
+    """--arch videomae-tiny (the demo transformer): same seed and thread count, same bytes;
+    the clips follow the graph's 8 frames, and the weights load and moved off the init."""
+    arch = ["--arch", "videomae-tiny", "--irrelevant-share", "0.5", "--threads", "1"]
+    first = train_tiny(script, tmp_path / "a", *arch)
+    again = train_tiny(script, tmp_path / "b", *arch)
+    assert first.name == "videomae-tiny-synthetic.safetensors"
+    assert first.read_bytes() == again.read_bytes()
+    graph = load_architecture("videomae-tiny")
+    assert graph.input_shape[1] == 8
+    initial = graph.state_dict()
+    graph.load_weights(first)
+    for key in ("videomae.encoder.layer.0.attention.attention.query.weight", "classifier.weight"):
+        assert not torch.allclose(graph.state_dict()[key], initial[key]), key
+    clips = torch.zeros(2, *graph.input_shape, dtype=graph.dtype)
+    assert torch.isfinite(graph.forward(clips, keep=()).output).all()
+
+
+def test_the_training_module_of_a_transformer_is_the_graph_forward(script):
+    """GraphModule on videomae-tiny (layer norms, softmax, GELU, token matmuls) computes what
+    the graph computes, and autograd reaches every weight through it."""
+    graph = load_architecture("videomae-tiny", seed=3)
+    module = script.GraphModule(graph).eval()
+    clips = torch.randn(2, *graph.input_shape, generator=torch.Generator().manual_seed(0))
+    logits = module(clips)
+    torch.testing.assert_close(logits, graph.forward(clips, keep=()).output)
+    logits.sum().backward()
+    missing = [n for n, p in module.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing

@@ -9,8 +9,9 @@ import torch
 from transformer_reference import hf_logits, hf_model, reference_relevance
 
 import relgraph
+from relgraph.engine.weights import tensor_key
 from relgraph.methods.frozen import temporal_cropping_applies
-from relgraph.methods.heads import attention_nodes, head_relevance
+from relgraph.methods.heads import attention_nodes, discriminative_heads, head_relevance
 
 FAMILIES = ["videomae", "vivit", "timesformer"]
 
@@ -172,3 +173,108 @@ def test_discriminative_skips_the_frozen_shortcut_on_attention():
         frozen = clip[:, :, t : t + 1].expand_as(clip).contiguous()
         plain = relgraph.explain(g, frozen, target=1, rules="cp-lrp")
         assert torch.allclose(res.frozen_relevance[:, t], plain, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("positions, features", [(392, 384), (8, 16), (10, 33)])
+def test_sinusoid_table_is_bit_equal_to_transformers(positions, features):
+    from transformers.models.videomae.modeling_videomae import get_sinusoid_encoding_table
+
+    from relgraph.engine.token_ops import sinusoid_table
+
+    expected = get_sinusoid_encoding_table(positions, features)[0]
+    assert torch.equal(sinusoid_table(positions, features), expected)
+
+
+def test_discriminative_heads_of_a_still_clip_have_no_temporal_part():
+    model, params = hf_model("vivit")
+    g = _graph("vivit", model, params)
+    moving = _clip(batch=1)
+    still = moving[:, :, :1].expand_as(moving).contiguous()
+    heads = discriminative_heads(g, torch.cat([moving, still]), target=2, rules="attnlrp")
+    for node, temporal in heads.temporal.items():
+        assert temporal.shape == (2, 4, 2)
+        assert temporal[1].abs().max() == 0
+        assert temporal[0].abs().max() > 0
+        frozen = moving[:, :, 3:4].expand_as(moving).contiguous()
+        alone = head_relevance(
+            g, relgraph.explanation(g, frozen, 2, "attnlrp", node_relevance=True)
+        )
+        assert torch.allclose(heads.spatial[node][0, 3], alone[node][0], rtol=1e-12, atol=0)
+
+
+def test_a_registered_key_map_renames_a_checkpoint_in_another_layout(monkeypatch):
+    from relgraph.engine import weights
+
+    model, params = hf_model("vivit")
+    g = relgraph.load_architecture("vivit", **params)
+    older = {
+        k.replace("vivit.layers.", "vivit.encoder.layer."): v for k, v in model.state_dict().items()
+    }
+
+    def encoder_layers(graph, state):
+        if not any(".encoder.layer." in k for k in state):
+            return None
+        return {k.replace("vivit.encoder.layer.", "vivit.layers."): v for k, v in state.items()}
+
+    monkeypatch.setattr(weights, "KEY_MAPS", {})
+    weights.register_key_map("vivit 4.x layers")(encoder_layers)
+    report = g.load_weights(older)
+    assert report.naming == "vivit 4.x layers" and not report.skipped
+    assert torch.equal(
+        g.tensors("vivit.layers.1.mlp.fc2")["weight"], model.vivit.layers[1].mlp.fc2.weight
+    )
+    assert g.load_weights(model.state_dict()).naming == "node"  # its own keys: no map tried
+
+
+BASE_MODELS = {
+    "videomae": (
+        "VideoMAEConfig",
+        "VideoMAEForVideoClassification",
+        {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6},
+        {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6},
+    ),
+    "vivit": ("VivitConfig", "VivitForVideoClassification", {}, {}),
+    "timesformer": ("TimesformerConfig", "TimesformerForVideoClassification", {}, {}),
+}
+
+
+@pytest.mark.parametrize(
+    "family",
+    ["vivit", *(pytest.param(f, marks=pytest.mark.slow) for f in ("videomae", "timesformer"))],
+)
+def test_full_size_keys_and_shapes_are_transformers_own(family):
+    """VideoMAE-Small, ViViT-B 16x2 and TimeSformer-base (400 classes): the graph's tensors
+    are the state dict transformers writes, key for key and shape for shape."""
+    import transformers
+
+    config_name, model_name, config, params = BASE_MODELS[family]
+    intermediate = {"intermediate_size": 4 * config["hidden_size"]} if config else {}
+    with torch.device("meta"):
+        config_object = getattr(transformers, config_name)(num_labels=400, **config, **intermediate)
+        model = getattr(transformers, model_name)(config_object)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    g = relgraph.load_architecture(family, init="none", num_labels=400, **params, **intermediate)
+    got = {
+        tensor_key(node, name): tuple(shape)
+        for node in g.order
+        for name, shape in g.graph.nodes[node]["tensor_shapes"].items()
+    }
+    assert got == expected
+
+
+@pytest.mark.parametrize("rule", ["zplus", pytest.param("alphabeta", marks=pytest.mark.slow)])
+def test_token_linear_keeps_its_bias_per_feature_in_bfloat16(rule):
+    """z⁺ with its bias on token linear layers: bfloat16 adds the bias to the widened z, one
+    value per feature (the last axis), and stays close to float64."""
+    model, params = hf_model("vivit")
+    composite = relgraph.rules.preset("cp-lrp").override(
+        ops="linear", rule={"name": rule, "bias": True, "stabilizer": "epsilon"}
+    )
+    g = _graph("vivit", model, params)
+    x = _clip()
+    reference = relgraph.explain(g, x, target=1, rules=composite)
+    low = _graph("vivit", model, params, torch.bfloat16)
+    got = relgraph.explain(low, x.to(torch.bfloat16), target=1, rules=composite)
+    assert torch.isfinite(got).all()
+    cosine = torch.nn.functional.cosine_similarity(got.double().flatten(), reference.flatten(), 0)
+    assert cosine > 0.9

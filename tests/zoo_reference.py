@@ -129,21 +129,32 @@ class ResBlock(nn.Module):
         return self.relu(self.conv2(self.conv1(x)) + shortcut)
 
 
-class VideoResNet18(nn.Module):
-    """ResNet-18 for video: stem, four stages of two blocks, global average pool, linear."""
+#: torchvision's stage widths
+WIDTHS = (64, 128, 256, 512)
 
-    def __init__(self, convs: list[type], stem: nn.Sequential, num_classes: int = 400) -> None:
+
+class VideoResNet18(nn.Module):
+    """ResNet-18 for video: stem, four stages of two blocks, global average pool, linear.
+
+    ``widths``: the four stages' channels (the stem ends with the first), torchvision's
+    unless a test narrows them."""
+
+    def __init__(
+        self,
+        convs: list[type],
+        stem: nn.Sequential,
+        num_classes: int = 400,
+        widths: tuple[int, ...] = WIDTHS,
+    ) -> None:
         super().__init__()
         self.stem = stem
-        cin = 64
-        for index, (planes, stride, conv) in enumerate(
-            zip((64, 128, 256, 512), (1, 2, 2, 2), convs), start=1
-        ):
+        cin = widths[0]
+        for index, (planes, stride, conv) in enumerate(zip(widths, (1, 2, 2, 2), convs), start=1):
             blocks = [ResBlock(conv, cin, planes, stride), ResBlock(conv, planes, planes, 1)]
             setattr(self, f"layer{index}", nn.Sequential(*blocks))
             cin = planes
         self.avgpool = nn.AdaptiveAvgPool3d(1)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -152,32 +163,36 @@ class VideoResNet18(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
-def _stem_3d() -> nn.Sequential:
+def _stem_3d(width: int = 64) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv3d(3, 64, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False),
-        nn.BatchNorm3d(64),
+        nn.Conv3d(3, width, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False),
+        nn.BatchNorm3d(width),
         nn.ReLU(),
     )
 
 
-def r3d_18(num_classes: int = 400) -> VideoResNet18:
-    return VideoResNet18([ConvSimple] * 4, _stem_3d(), num_classes)
+def r3d_18(num_classes: int = 400, widths: tuple[int, ...] = WIDTHS) -> VideoResNet18:
+    return VideoResNet18([ConvSimple] * 4, _stem_3d(widths[0]), num_classes, widths)
 
 
-def mc3_18(num_classes: int = 400) -> VideoResNet18:
-    return VideoResNet18([ConvSimple] + [ConvNoTemporal] * 3, _stem_3d(), num_classes)
+def mc3_18(num_classes: int = 400, widths: tuple[int, ...] = WIDTHS) -> VideoResNet18:
+    convs = [ConvSimple] + [ConvNoTemporal] * 3
+    return VideoResNet18(convs, _stem_3d(widths[0]), num_classes, widths)
 
 
-def r2plus1d_18(num_classes: int = 400) -> VideoResNet18:
+def r2plus1d_18(
+    num_classes: int = 400, widths: tuple[int, ...] = WIDTHS, stem_mid: int = 45
+) -> VideoResNet18:
+    """``stem_mid``: the stem's middle width (torchvision's ``R2Plus1dStem``: 45)."""
     stem = nn.Sequential(
-        nn.Conv3d(3, 45, (1, 7, 7), (1, 2, 2), (0, 3, 3), bias=False),
-        nn.BatchNorm3d(45),
+        nn.Conv3d(3, stem_mid, (1, 7, 7), (1, 2, 2), (0, 3, 3), bias=False),
+        nn.BatchNorm3d(stem_mid),
         nn.ReLU(),
-        nn.Conv3d(45, 64, (3, 1, 1), 1, (1, 0, 0), bias=False),
-        nn.BatchNorm3d(64),
+        nn.Conv3d(stem_mid, widths[0], (3, 1, 1), 1, (1, 0, 0), bias=False),
+        nn.BatchNorm3d(widths[0]),
         nn.ReLU(),
     )
-    return VideoResNet18([ConvFactorised] * 4, stem, num_classes)
+    return VideoResNet18([ConvFactorised] * 4, stem, num_classes, widths)
 
 
 class R2Plus1DTiny(nn.Module):

@@ -7,9 +7,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
-
-from relgraph.errors import ArgumentError, RelgraphError
+from relgraph.engine.spec import parse_key_values
+from relgraph.errors import ArgumentError
 from relgraph.methods.decomposed import STATIC_PARTS
 from relgraph.methods.discriminative import METHODS, NORMALIZATIONS, REDUCTIONS
 
@@ -63,30 +62,6 @@ def subcommand_parsers(
 def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
     """``--param k=v`` pairs; values are read as YAML scalars (``10`` is an int)."""
     return parse_key_values(items, "--param")
-
-
-def parse_key_values(
-    items: Sequence[str] | None,
-    option: str,
-    error: type[RelgraphError] = RelgraphError,
-    *,
-    identifiers: bool = False,
-) -> dict[str, Any]:
-    """``key=value`` items of the command-line ``option``, values read as YAML scalars
-    (``10`` is an int, ``true`` a bool, ``r3d`` a string; text YAML cannot read stays text).
-    A malformed item (no ``=``, an empty key, or with ``identifiers`` a key that is no
-    Python identifier) raises ``error`` naming the option."""
-    values: dict[str, Any] = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key or (identifiers and not key.isidentifier()):
-            raise error(f"{option} takes key=value, e.g. num_classes=10; got {item!r}")
-        try:
-            values[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            values[key] = value
-    return values
 
 
 def positive_int(text: str) -> int:

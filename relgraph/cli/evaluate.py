@@ -91,7 +91,8 @@ def add_evaluation_options(
     parser.add_argument(
         "--weights",
         metavar="FILE",
-        help="weights (default: the shipped demo model's, for c3d-tiny and r2plus1d-tiny)",
+        help="weights (default: the shipped demo model's, for c3d-tiny, r2plus1d-tiny and "
+        "videomae-tiny)",
     )
     parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="arch parameter")
     add_pretrained_option(parser)

@@ -39,7 +39,7 @@ from relgraph.engine.graph import load_architecture
 from relgraph.errors import RelgraphError
 from relgraph.io.outputs import atomic_write_bytes
 from relgraph.io.preprocess import PRESETS
-from relgraph.models.demo import run_demo
+from relgraph.models.demo import DEMO_ARCHITECTURE, DEMO_MODELS, run_demo
 from relgraph.models.from_torch import from_torch, load_factory, parse_kwargs
 from relgraph.pipeline.video import (
     PRECISIONS,
@@ -117,6 +117,7 @@ def command_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         log=_printer(args.quiet),
         progress=False if args.quiet else None,
+        architecture=args.arch,
     )
     return 0
 
@@ -343,12 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="explain a synthetic motion clip with the shipped demo model",
         description="Draw a synthetic clip whose class is its motion, write it as "
         "DIR/demo.mp4, and run the explain pipeline on it with the shipped demo model "
-        "(c3d-tiny). relevance.npz also holds the ground-truth masks of the moving objects "
-        "(moving_mask) and the static distractors (static_mask).",
+        "(c3d-tiny, or --arch). relevance.npz also holds the ground-truth masks of the "
+        "moving objects (moving_mask) and the static distractors (static_mask).",
     )
     demo.add_argument("--out", required=True, metavar="DIR", help="output folder")
     demo.add_argument(
         "--seed", type=non_negative_int, default=0, help="random seed of the clip (default: 0)"
+    )
+    demo.add_argument(
+        "--arch",
+        choices=tuple(DEMO_MODELS),
+        default=DEMO_ARCHITECTURE,
+        help=f"which shipped demo model explains the clip (default: {DEMO_ARCHITECTURE})",
     )
     demo.add_argument("--quiet", action="store_true", help="print nothing but errors")
     demo.set_defaults(handler=command_demo)
@@ -467,6 +474,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             stdout = sys.stdout.fileno()
             os.dup2(os.open(os.devnull, os.O_WRONLY), stdout)
         return 1
+    except OSError as error:
+        # what the operating system refused where no check names it better (a file name too
+        # long, a permission): still one line, naming the file
+        where = f"{error.filename}: " if error.filename else ""
+        reason = error.strerror or str(error) or type(error).__name__
+        print(f"relgraph: error: {_one_line(where + reason)}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

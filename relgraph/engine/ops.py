@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from relgraph.engine.fields import Field, Ints, OpDefinitionError, check_fields, fields_of, to_yaml
+from relgraph.errors import ArgumentError
 
 Shape = tuple[int, ...]
 
@@ -68,7 +69,7 @@ def register_op(name: str, *, dims: Sequence[int] = ()) -> Callable[[OpClass], O
             cls.type = name
         for key, factory in names.items():
             if key in OPS:
-                raise ValueError(f"op '{key}' is registered twice")
+                raise ArgumentError(f"op '{key}' is registered twice")
             OPS[key] = factory
         return cls
 
@@ -293,7 +294,7 @@ def _conv(
         (groups > 1 or _channels_last(x))
         and op.dims == 3
         and x.device.type == "cpu"
-        and _onednn_runs(x.dtype)
+        and onednn_runs(x.dtype)
     ):
         plain = not _channels_last(x)
         x = _canonical_channels_last(x)
@@ -327,7 +328,7 @@ def _padded_past_kernel(
 
 
 @functools.cache
-def _onednn_runs(dtype: torch.dtype) -> bool:
+def onednn_runs(dtype: torch.dtype) -> bool:
     """Whether oneDNN's CPU convolution takes ``dtype``: float32 always, bfloat16 only on a
     CPU with the instructions for it (it raises elsewhere)."""
     if not torch.backends.mkldnn.is_available():
@@ -417,7 +418,7 @@ def _adjoint_kernel(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return flipped.flip(list(range(2, weight.dim())))
 
 
-def _uniform(
+def uniform_init(
     shape: Shape, bound: float, generator: torch.Generator, dtype: torch.dtype
 ) -> torch.Tensor:
     return (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
@@ -472,6 +473,10 @@ class Affine(Op):
         """``Aᵀ(s; W)``, shaped like the input ``x``. An op whose ``adjoint_kernel`` gives a
         tensor also takes it as ``kernel=``, in place of deriving it from ``weight``."""
         raise NotImplementedError
+
+    def broadcast_bias(self, bias: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``bias`` shaped to add to the map's output ``z``: one value per channel (axis 1)."""
+        return bias.reshape(1, -1, *([1] * (z.dim() - 2)))
 
     def adjoint_kernel(self, weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor | None:
         """What ``adjoint(s, weight, x_shape)`` derives from ``weight`` on every call (a
@@ -593,7 +598,9 @@ class ConvNd(Spatial, Affine):
     def init_tensors(self, shapes, generator, dtype):
         fan_in = math.prod(shapes["weight"][1:])
         bound = 1.0 / math.sqrt(fan_in)
-        return {name: _uniform(shape, bound, generator, dtype) for name, shape in shapes.items()}
+        return {
+            name: uniform_init(shape, bound, generator, dtype) for name, shape in shapes.items()
+        }
 
     def linear_map(self, x, weight, bias=None):
         if self._pointwise:
@@ -723,6 +730,14 @@ class Linear(Affine):
     def resolve(self, in_shapes):
         shape = in_shapes[0]
         self.tokens = len(shape) > 1
+        if self.tokens and self.in_features is None:
+            # inferred, a feature map that lacks its flatten would pass as tokens
+            raise OpDefinitionError(
+                f"linear expects a flat input (features,), got shape {list(shape)}; add a "
+                "flatten node before it, or give in_features to map the last axis of tokens "
+                "(…, features)",
+                "in_features",
+            )
         if self.in_features is None:
             self.in_features = shape[-1]
         elif self.in_features != shape[-1]:
@@ -740,7 +755,9 @@ class Linear(Affine):
 
     def init_tensors(self, shapes, generator, dtype):
         bound = 1.0 / math.sqrt(self.in_features)
-        return {name: _uniform(shape, bound, generator, dtype) for name, shape in shapes.items()}
+        return {
+            name: uniform_init(shape, bound, generator, dtype) for name, shape in shapes.items()
+        }
 
     def linear_map(self, x, weight, bias=None):
         return F.linear(x, weight, bias)
@@ -748,6 +765,9 @@ class Linear(Affine):
     @property
     def sliceable(self) -> bool:
         return not self.tokens
+
+    def broadcast_bias(self, bias, z):
+        return bias if self.tokens else super().broadcast_bias(bias, z)
 
     def stack_inputs(self, first, second):
         return None if self.tokens else torch.cat([first, second], dim=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import operator
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -883,3 +884,28 @@ def with_block_origin(exc: RelgraphError, spec: ArchSpec) -> RelgraphError:
         new, f"{exc.message} ({origin})", file=exc.file, line=exc.line, node=exc.node
     )
     return new
+
+
+def parse_key_values(
+    items: Sequence[str] | None,
+    option: str,
+    error: type[RelgraphError] = RelgraphError,
+    *,
+    identifiers: bool = False,
+) -> dict[str, Any]:
+    """``key=value`` items of the option ``option`` (``--param``, ``--kwarg``), values read as
+    YAML scalars (``10`` is an int, ``true`` a bool, ``r3d`` a string; text YAML cannot read
+    stays text).
+    A malformed item (no ``=``, an empty key, or with ``identifiers`` a key that is no
+    Python identifier) raises ``error`` naming the option."""
+    values: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or (identifiers and not key.isidentifier()):
+            raise error(f"{option} takes key=value, e.g. num_classes=10; got {item!r}")
+        try:
+            values[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            values[key] = value
+    return values

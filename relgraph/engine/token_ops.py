@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from relgraph.engine.fields import Field, OpDefinitionError
-from relgraph.engine.ops import Affine, Elementwise, Op, Shape, _uniform, register_op
+from relgraph.engine.ops import Affine, Elementwise, Op, Shape, register_op, uniform_init
 
 HIDDEN_ACTS = {"gelu": 0, "gelu_new": 1, "gelu_fast": 2, "gelu_pytorch_tanh": 3}
 """Hugging Face's ``hidden_act`` names by the number the transformer architectures' parameter
@@ -404,6 +404,7 @@ class PrependToken(IndexOp):
     stored as the library stores it (``[1, 1, D]``), broadcast over the other axes. Its
     share of relevance is lost (it is a constant)."""
 
+    sign = "any"  # the token may be negative whatever the input
     dim = Field[int]("int", 1, "the token axis, counting the batch as 0")
     shape = Field[Shape]("shape", doc="the stored parameter's shape, e.g. [1, 1, D]")
 
@@ -503,8 +504,10 @@ def sinusoid_table(positions: int, features: int) -> torch.Tensor:
     """The fixed sinusoid position table of Vaswani et al. (2017) as VideoMAE builds it:
     angle ``p / 10000^(2⌊j/2⌋/D)`` in float64 (NumPy), sine on even features, cosine on odd,
     then rounded to float32 (Hugging Face stores it so, whatever the model's format)."""
-    exponents = np.array([2 * (j // 2) / features for j in range(features)])
-    angles = np.array([[p / np.power(10000, e) for e in exponents] for p in range(positions)])
+    # the powers one by one, as NumPy scalars (their rounding is the scalar path's); the
+    # divisions at once (IEEE division: the same value either way)
+    powers = np.array([np.power(10000, 2 * (j // 2) / features) for j in range(features)])
+    angles = np.arange(positions, dtype=np.float64)[:, None] / powers[None, :]
     angles[:, 0::2] = np.sin(angles[:, 0::2])
     angles[:, 1::2] = np.cos(angles[:, 1::2])
     return torch.tensor(angles, dtype=torch.float32)
@@ -557,7 +560,9 @@ class Conv2dFrames(Affine):
     def init_tensors(self, shapes, generator, dtype):
         fan_in = math.prod(shapes["weight"][1:])
         bound = 1.0 / math.sqrt(fan_in)
-        return {name: _uniform(shape, bound, generator, dtype) for name, shape in shapes.items()}
+        return {
+            name: uniform_init(shape, bound, generator, dtype) for name, shape in shapes.items()
+        }
 
     def linear_map(self, x, weight, bias=None):
         return F.conv3d(x, weight.unsqueeze(2), bias, (1, *self.stride))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +43,34 @@ def split_key(key: str, nodes) -> tuple[str, str]:
         return key, ""
     node, _, name = key.rpartition(".")
     return node, name
+
+
+KeyMap = Callable[["Graph", dict[str, torch.Tensor]], "dict[str, torch.Tensor] | None"]
+
+KEY_MAPS: dict[str, KeyMap] = {}
+"""Other key namings of a library's checkpoints, by name (``register_key_map``): each takes
+the graph and the state dict and returns it renamed to the graph's keys, or ``None`` where
+the file is not in its naming. Tried in order of registration, after the ``module.`` prefix
+is stripped and where the keys do not already name the graph's tensors."""
+
+
+def register_key_map(name: str) -> Callable[[KeyMap], KeyMap]:
+    """Decorator: make a key naming known to ``load_weights``' auto-detection (an older
+    layout of a library's checkpoints, say), reported as ``name`` in ``LoadReport.naming``."""
+
+    def register(function: KeyMap) -> KeyMap:
+        if name in KEY_MAPS:
+            raise ValueError(f"key map '{name}' is registered twice")
+        KEY_MAPS[name] = function
+        return function
+
+    return register
+
+
+def _graph_keys(graph: Graph) -> set[str]:
+    return {
+        tensor_key(node, tname) for node in graph.order for tname in graph.tensor_shapes_of(node)
+    }
 
 
 @dataclass
@@ -198,6 +227,12 @@ def checked_state_dict(
     state = _strip_module_prefix(state)
     naming = "node"
     allowed_missing: list[str] = []
+    if KEY_MAPS and not set(state) <= _graph_keys(graph):
+        for map_name, key_map in KEY_MAPS.items():
+            renamed = key_map(graph, state)
+            if renamed is not None:
+                state, naming = renamed, map_name
+                break
     # a key's node is everything before its last dot (torchvision's S3D has nodes
     # ``features.0.0.0``: its own keys look like Sports-1M's but name the graph's nodes)
     if any(_INDEXED.match(k) for k in state) and not any(
@@ -209,7 +244,7 @@ def checked_state_dict(
     expected = {
         tensor_key(node, tname): (node, tname, shape)
         for node in graph.order
-        for tname, shape in graph.graph.nodes[node]["tensor_shapes"].items()
+        for tname, shape in graph.tensor_shapes_of(node).items()
     }
     optional = {
         tensor_key(node, t) for node in graph.order for t in graph.op(node).optional_tensors

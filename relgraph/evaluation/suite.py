@@ -23,8 +23,16 @@ from relgraph.datasets.synthetic import APPEARANCE_CUE, make_set
 from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import Graph
 from relgraph.engine.hostmemory import reuse_freed
+from relgraph.engine.memory import available_bytes, format_bytes
 from relgraph.engine.reverse import explain_with_rules
-from relgraph.errors import ArgumentError, LabelError, RelgraphError, did_you_mean
+from relgraph.errors import (
+    ArgumentError,
+    DatasetError,
+    LabelError,
+    RelgraphError,
+    ResourceError,
+    did_you_mean,
+)
 from relgraph.evaluation import metrics
 from relgraph.io.labels import Labels
 from relgraph.io.preprocess import get_preprocess
@@ -111,9 +119,7 @@ def frozen_batch_size(graph: Graph) -> int:
     ``DEFAULT_BATCH_SIZE`` (4) to 64. Small models are overhead bound and run faster in
     big batches; a full-size model keeps 4."""
     per_clip = (
-        2
-        * graph.dtype.itemsize
-        * sum(math.prod(graph.graph.nodes[node]["shape"]) for node in graph.order)
+        2 * graph.dtype.itemsize * sum(math.prod(graph.shape_of(node)) for node in graph.order)
     )
     return max(DEFAULT_BATCH_SIZE, min(64, FROZEN_BUDGET // per_clip))
 
@@ -140,10 +146,11 @@ def synthetic_data(
     """``n`` synthetic clips at the graph's input size, preprocessed, with their masks."""
 
     if len(graph.input_shape) != 4:
-        raise RelgraphError(f"'{graph.name}' does not take video clips (C, T, H, W)")
+        raise ArgumentError(f"'{graph.name}' does not take video clips (C, T, H, W)")
     _, frames, size, width = graph.input_shape
     if size != width:
-        raise RelgraphError(f"synthetic clips are square; '{graph.name}' takes {size}×{width}")
+        raise ArgumentError(f"synthetic clips are square; '{graph.name}' takes {size}×{width}")
+    _check_data_memory(graph, n)
     data = make_set(
         n,
         seed,
@@ -160,6 +167,19 @@ def synthetic_data(
     if irrelevant_motion:
         masks["irrelevant"] = torch.from_numpy(data.irrelevant)
     return EvaluationData(clips.to(graph.device), torch.from_numpy(data.labels), masks)
+
+
+def _check_data_memory(graph: Graph, clips: int) -> None:
+    """Refuse a data set whose clips (drawn as uint8 frames, then preprocessed in the graph's
+    format) cannot fit in the memory available, before any is made."""
+    values = math.prod(graph.input_shape)
+    needed = clips * values * (1 + torch.empty((), dtype=graph.dtype).element_size())
+    available = available_bytes("cpu")
+    if available is not None and needed > available:
+        raise ResourceError(
+            f"{clips:,} clips of {list(graph.input_shape)} need {format_bytes(needed)}, more "
+            f"than the {format_bytes(available)} available; evaluate fewer clips"
+        )
 
 
 def video_data(
@@ -179,7 +199,7 @@ def video_data(
     try:
         lines = listing.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise RelgraphError(f"cannot read the video list: {exc}", file=str(listing)) from None
+        raise DatasetError(f"cannot read the video list: {exc}", file=str(listing)) from None
     _, frames, size, _ = graph.input_shape
     transform = get_preprocess(preprocess or graph.default_preprocess, size=size)
     clips, classes = [], []
@@ -188,7 +208,7 @@ def video_data(
         if not parts:
             continue
         if len(parts) != 2:
-            raise RelgraphError("expected 'PATH CLASS'", file=str(listing), line=number)
+            raise DatasetError("expected 'PATH CLASS'", file=str(listing), line=number)
         path, label = parts
         if label.isdigit():
             index = int(label) - 1
@@ -211,7 +231,7 @@ def video_data(
         clips.append(transform(select_clip(video, length=frames).frames))
         classes.append(index)
     if not clips:
-        raise RelgraphError("the video list names no video", file=str(listing))
+        raise DatasetError("the video list names no video", file=str(listing))
     data = torch.stack(clips).to(device=graph.device, dtype=graph.dtype)
     return EvaluationData(data, torch.tensor(classes))
 

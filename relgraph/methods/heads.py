@@ -9,13 +9,15 @@ is a softmax's output.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from relgraph.engine.graph import Graph
-from relgraph.engine.reverse import Explanation
+from relgraph.engine.reverse import Explanation, Target, explanation
 from relgraph.errors import ArgumentError
 
-__all__ = ["attention_nodes", "head_relevance", "head_difference"]
+__all__ = ["HeadRelevance", "attention_nodes", "discriminative_heads", "head_relevance"]
 
 
 def attention_nodes(graph: Graph) -> list[str]:
@@ -58,14 +60,45 @@ def head_relevance(graph: Graph, explanation: Explanation) -> dict[str, torch.Te
     return heads
 
 
-def head_difference(
-    clip_heads: dict[str, torch.Tensor], frozen_heads: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """The temporal (motion) part of each head's relevance (Hiley et al. 2019's subtraction,
-    per head): a clip's head relevance minus that of its frozen clips, averaged over them.
-    ``frozen_heads`` holds ``(B·T, H)`` per node, the frozen clips of each clip in a row."""
-    difference = {}
-    for node, clip in clip_heads.items():
-        frozen = frozen_heads[node].reshape(clip.shape[0], -1, clip.shape[1]).mean(1)
-        difference[node] = clip - frozen
-    return difference
+@dataclass
+class HeadRelevance:
+    """Per-head relevance of clips and of their frozen clips (Hiley et al. 2019, per head).
+
+    Attributes
+    ----------
+    spatiotemporal
+        ``{attention·v node: (B, H)}``: each clip's head relevance.
+    spatial
+        ``{node: (B, T, H)}``: the head relevance of each frozen clip (frame ``t`` repeated
+        over time), explained for the clip's class.
+    temporal
+        ``{node: (B, T, H)}``: ``spatiotemporal − spatial``, the part due to motion.
+    target
+        ``(B,)``: the explained class of each clip.
+    """
+
+    spatiotemporal: dict[str, torch.Tensor]
+    spatial: dict[str, torch.Tensor]
+    temporal: dict[str, torch.Tensor]
+    target: torch.Tensor
+
+
+def discriminative_heads(
+    graph: Graph, clip: torch.Tensor, target: Target = "auto", rules=None
+) -> HeadRelevance:
+    """Per-head relevance of each clip, of each of its frozen clips, and their difference
+    (the temporal part): ``T + 1`` explanations with every node's relevance kept."""
+    clip_explanation = explanation(graph, clip, target, rules, node_relevance=True)
+    explained = clip_explanation.target
+    clip_heads = head_relevance(graph, clip_explanation)
+    del clip_explanation
+    frames = clip.shape[2]
+    per_frame = []
+    for t in range(frames):
+        frozen = clip[:, :, t : t + 1].expand_as(clip).contiguous()
+        per_frame.append(
+            head_relevance(graph, explanation(graph, frozen, explained, rules, node_relevance=True))
+        )
+    spatial = {node: torch.stack([f[node] for f in per_frame], dim=1) for node in clip_heads}
+    temporal = {node: clip_heads[node][:, None] - spatial[node] for node in clip_heads}
+    return HeadRelevance(clip_heads, spatial, temporal, explained)

@@ -16,7 +16,7 @@ import torch
 from relgraph.engine.graph import Graph
 from relgraph.engine.reverse import Explanation, Target, explain_with_rules, explanation_with_rules
 from relgraph.methods.decomposed import InputSplit, input_readers, static_part
-from relgraph.methods.discriminative import DiscriminativeResult, normalize_maps
+from relgraph.methods.maps import DiscriminativeResult, normalize_maps
 from relgraph.methods.reference import difference_rules
 from relgraph.methods.selective import selective_mask
 from relgraph.rules import Rule

@@ -11,10 +11,10 @@ instead of by ``z``:
   ``Δz = A(Δx; W)`` (the bias cancels);
 - pointwise nonlinearities, reshapes, dropout: ``R`` passes through (Rescale: the
   multiplier ``Δy / Δx`` times ``Δx`` hands all of ``R`` on);
-- max pools: ``R`` goes to the clip's argmax in each window (the Rescale multiplier routed
-  as the gradient of the max routes it), except where the clip's winner did not change
-  (``Δ = 0`` there: a still background that another position outgrew in the reference):
-  there it goes to the reference's winner, whose ``Δ`` is then not 0, so nothing is lost;
+- max pools: ``R`` goes to the winner of the clip's window where the clip's maximum is at
+  least the reference's, else to the reference's winner (captum's ``DeepLift`` does the
+  same); the chosen winner's ``Δ`` is then not 0 wherever the window's ``Δ`` is not, so
+  nothing is lost;
 - average pools and means: ``R_x = Δx ⊙ Aᵀ(R / ΣΔx)`` over each window;
 - add: ``R_i = Δx_i / Σ_j Δx_j · R``; concat: ``R`` sliced back.
 
@@ -68,24 +68,22 @@ class DeltaAffine(_Difference):
 
 @dataclass
 class DeltaMax(_Difference):
-    """``R`` to the clip's argmax of each window, or to the reference's where the clip's
-    winner has ``Δ = 0``."""
+    """``R`` to the clip's argmax of each window where the clip's maximum is at least the
+    reference's, else to the reference's argmax."""
 
     name = "delta-max"
     requires = ("max_route",)
 
     def relevance(self, ctx, relevance):
         (x,), (reference,) = ctx.inputs, self.references
-        _, winners = ctx.op.forward_record([x], ctx.tensors)
-        _, reference_winners = ctx.op.forward_record([reference], ctx.tensors)
-        flat = winners.flatten(2)
-        moved = x.flatten(2).gather(2, flat) != reference.flatten(2).gather(2, flat)
-        moved = moved.view(relevance.shape)
+        pooled, winners = ctx.op.forward_record([x], ctx.tensors)
+        pooled_reference, reference_winners = ctx.op.forward_record([reference], ctx.tensors)
+        clip_wins = pooled >= pooled_reference
         shape = ctx.input_shapes[0]
         return [
-            ctx.op.max_route(x, torch.where(moved, relevance, 0.0), winners, shape)
+            ctx.op.max_route(x, torch.where(clip_wins, relevance, 0.0), winners, shape)
             + ctx.op.max_route(
-                reference, torch.where(moved, 0.0, relevance), reference_winners, shape
+                reference, torch.where(clip_wins, 0.0, relevance), reference_winners, shape
             )
         ]
 
@@ -158,7 +156,7 @@ def difference_rules(
         elif "reshape" in capabilities:
             rules[node] = _PassThrough()
         else:
-            line = graph.graph.nodes[node].get("line")
+            line = graph.line_of(node)
             raise RelgraphError(
                 f"the reference method has no difference rule for '{node}' ({op.type})",
                 file=graph.file,

@@ -1,10 +1,12 @@
 """The shipped demo models, trained on the synthetic clips (motion decides, colour hints), and
 ``run_demo``, what ``relgraph demo`` does with the first.
 
-Two architectures, both made by ``scripts/train_demo_model.py`` (``--arch``): ``c3d-tiny``
-(the demo model, ``DEMO_WEIGHTS``) and ``r2plus1d-tiny`` (R(2+1)D blocks with batch norm and
-residual adds, ``R2PLUS1D_DEMO_WEIGHTS``). Each classifies ``relgraph.datasets.synthetic`` clips,
-given through the ``hara`` preset at size 32, into ``relgraph.datasets.synthetic.CLASS_NAMES``.
+Three architectures, all made by ``scripts/train_demo_model.py`` (``--arch``): ``c3d-tiny``
+(the demo model, ``DEMO_WEIGHTS``), ``r2plus1d-tiny`` (R(2+1)D blocks with batch norm and
+residual adds, ``R2PLUS1D_DEMO_WEIGHTS``) and ``videomae-tiny`` (a 2-layer VideoMAE on 8
+frames, ``VIDEOMAE_DEMO_WEIGHTS``; explained with ``attnlrp`` by default). Each classifies
+``relgraph.datasets.synthetic`` clips, given through the ``hara`` preset at size 32, into
+``relgraph.datasets.synthetic.CLASS_NAMES``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from relgraph.datasets.synthetic import CLASS_NAMES, make_clip
 from relgraph.engine.graph import Graph, load_architecture
-from relgraph.errors import ArgumentError, RelgraphError
+from relgraph.errors import ArgumentError
 from relgraph.io.outputs import check_out_dir, ensure_out_dir
 from relgraph.io.video import ClipSelection, write_video
 from relgraph.pipeline.video import VideoExplanation, explain_video, load_model
@@ -32,6 +34,7 @@ __all__ = [
     "DEMO_MODELS",
     "DEMO_WEIGHTS",
     "R2PLUS1D_DEMO_WEIGHTS",
+    "VIDEOMAE_DEMO_WEIGHTS",
     "load_demo_model",
     "run_demo",
 ]
@@ -45,8 +48,15 @@ DEMO_WEIGHTS = Path(
 R2PLUS1D_DEMO_WEIGHTS = Path(
     str(resources.files("relgraph").joinpath("data", "r2plus1d-tiny-synthetic.safetensors"))
 )
+VIDEOMAE_DEMO_WEIGHTS = Path(
+    str(resources.files("relgraph").joinpath("data", "videomae-tiny-synthetic.safetensors"))
+)
 #: architecture name -> its shipped weights
-DEMO_MODELS = {DEMO_ARCHITECTURE: DEMO_WEIGHTS, "r2plus1d-tiny": R2PLUS1D_DEMO_WEIGHTS}
+DEMO_MODELS = {
+    DEMO_ARCHITECTURE: DEMO_WEIGHTS,
+    "r2plus1d-tiny": R2PLUS1D_DEMO_WEIGHTS,
+    "videomae-tiny": VIDEOMAE_DEMO_WEIGHTS,
+}
 DEMO_LABELS = Path(str(resources.files("relgraph").joinpath("data", "synthetic-labels.txt")))
 
 
@@ -54,7 +64,7 @@ def load_demo_model(architecture: str = DEMO_ARCHITECTURE) -> Graph:
     """A shipped demo model (``DEMO_MODELS``; c3d-tiny by default) at its architecture's
     default parameters, with its weights loaded."""
     if architecture not in DEMO_MODELS:
-        raise RelgraphError(
+        raise ArgumentError(
             f"no shipped demo model for architecture {architecture!r} "
             f"(there are: {', '.join(DEMO_MODELS)})"
         )
@@ -69,9 +79,11 @@ def run_demo(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     progress: bool | None = None,
+    architecture: str = DEMO_ARCHITECTURE,
 ) -> VideoExplanation:
     """Draw a synthetic clip (its class is its motion), write it as ``out/demo.mp4``, and
-    explain it with the shipped demo model through :func:`relgraph.explain_video`.
+    explain it with a shipped demo model (``architecture``, one of ``DEMO_MODELS``; c3d-tiny
+    by default) through :func:`relgraph.explain_video`.
 
     ``relevance.npz`` also gets the ground-truth masks of the moving objects
     (``moving_mask``) and of the static distractors (``static_mask``), and ``true_class``;
@@ -79,12 +91,20 @@ def run_demo(
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ArgumentError(f"seed must be an integer of 0 or more, got {seed!r}")
+    if architecture not in DEMO_MODELS:
+        raise ArgumentError(
+            f"no shipped demo model for architecture {architecture!r} "
+            f"(there are: {', '.join(DEMO_MODELS)})"
+        )
     check_out_dir(out)
     clock = time.perf_counter()
     model = load_model(
-        load_demo_model(), labels=DEMO_LABELS, preprocess=DEMO_PREPROCESS, device="cpu"
+        load_demo_model(architecture),
+        labels=DEMO_LABELS,
+        preprocess=DEMO_PREPROCESS,
+        device="cpu",
     )
-    model.weights = str(DEMO_WEIGHTS)
+    model.weights = str(DEMO_MODELS[architecture])
     model.weights_report = "shipped demo model"
     load_seconds = time.perf_counter() - clock
 

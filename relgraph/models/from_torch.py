@@ -47,11 +47,10 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from relgraph.cli.args import parse_key_values
 from relgraph.engine.graph import MAX_ELEMENTS, Graph, compile_spec
 from relgraph.engine.memory import available_bytes, format_bytes
 from relgraph.engine.ops import OPS
-from relgraph.engine.spec import ArchSpec, NodeSpec
+from relgraph.engine.spec import ArchSpec, NodeSpec, parse_key_values
 from relgraph.engine.token_ops import PARAM
 from relgraph.engine.weights import tensor_key
 from relgraph.errors import RelgraphError, RelgraphWarning, TorchImportError
@@ -1484,11 +1483,10 @@ def _compile(importer: _Importer) -> Graph:
         value = importer.values[importer.fx_of[node]]
         traced = tuple(value.example.shape)
         traced = traced[1:] if value.axis is None else (traced[value.axis],)
-        if graph.graph.nodes[node]["shape"] != traced:
+        if graph.shape_of(node) != traced:
             raise importer.error(
                 importer.fx_of[node],
-                f"relgraph's op gives shape {list(graph.graph.nodes[node]['shape'])}, "
-                f"the model {list(traced)}",
+                f"relgraph's op gives shape {list(graph.shape_of(node))}, the model {list(traced)}",
             )
     graph.assign(importer.weights)
     return graph
