@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,10 +194,16 @@ def test_preprocessor_config_sets_the_preset(tmp_path):
 
 
 # ------------------------------------------------------------------------------ refusals
-@pytest.fixture()
-def folder(tmp_path):
+@pytest.fixture(scope="module")
+def videomae_folder(tmp_path_factory):
     model, _ = hf_model("videomae", dtype=torch.float32)
-    return _save(model, tmp_path / "m")
+    return _save(model, tmp_path_factory.mktemp("videomae") / "m")
+
+
+@pytest.fixture()
+def folder(videomae_folder, tmp_path):
+    """A fresh copy of one saved VideoMAE folder, for each refusal test to spoil."""
+    return Path(shutil.copytree(videomae_folder, tmp_path / "m"))
 
 
 def _config(folder, **changes):
