@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file, save_file
 
-from relgraph.errors import WeightsError
+from relgraph.errors import ArgumentError, WeightsError
 from relgraph.io.outputs import atomic_path
 
 if TYPE_CHECKING:  # for annotations only: graph.py imports this module
@@ -60,7 +60,7 @@ def register_key_map(name: str) -> Callable[[KeyMap], KeyMap]:
 
     def register(function: KeyMap) -> KeyMap:
         if name in KEY_MAPS:
-            raise ValueError(f"key map '{name}' is registered twice")
+            raise ArgumentError(f"key map '{name}' is registered twice")
         KEY_MAPS[name] = function
         return function
 
