@@ -49,16 +49,21 @@ def clips_of(graph, n: int, seed: int):
     return torch.stack([transform(v) for v in data.frames]).to(graph.dtype), data
 
 
-def time_methods(graph, clips: torch.Tensor, rounds: int) -> dict[str, dict[str, float]]:
+def time_methods(
+    graph, clips: torch.Tensor, rounds: int, methods=METHODS, ig: bool = True
+) -> dict[str, dict[str, float]]:
     targets = graph.forward(clips).output.argmax(dim=1)
     runs = {
         "explanation": lambda: relgraph.explain(graph, clips, targets),
         **{
             m: (lambda m=m: relgraph.discriminative(graph, clips, targets, method=m))
-            for m in METHODS
+            for m in methods
         },
-        "integrated gradients (16 steps)": lambda: integrated_gradients(graph, clips, targets),
     }
+    if ig:
+        runs["integrated gradients (16 steps)"] = lambda: integrated_gradients(
+            graph, clips, targets
+        )
     for run in runs.values():  # warm-up
         run()
     seconds: dict[str, list[float]] = {name: [] for name in runs}
@@ -93,10 +98,8 @@ def figure(graph, clips: torch.Tensor, data, index: int, path: Path) -> None:
         len(rows) + 1, len(METHODS), figsize=(2.1 * len(METHODS), 2.1 * (len(rows) + 1))
     )
     still = np.asarray(data.frames[index][frame])
-    moving = data.moving[index, frame]
     for column, method in enumerate(METHODS):
         axes[0, column].imshow(still)
-        axes[0, column].contour(moving, levels=[0.5], colors="lime", linewidths=0.8)
         axes[0, column].set_title(method, fontsize=10)
         for row, name in enumerate(rows, start=1):
             values = getattr(results[method], name)[0, frame].float().numpy()
@@ -124,7 +127,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds (7)")
     parser.add_argument("--seed", type=int, default=7, help="synthetic data seed (7)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument(
+        "--models", nargs="*", default=MODELS, help="models to time (none: figure only)"
+    )
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--no-ig", action="store_true", help="do not time integrated gradients")
     parser.add_argument("--figure", type=Path, help="draw the comparison figure here")
     parser.add_argument("--figure-model", default="c3d-tiny")
     parser.add_argument("--figure-clip", type=int, default=0)
@@ -135,7 +142,7 @@ def main() -> None:
     for arch in args.models:
         graph = load(arch)
         clips, _ = clips_of(graph, args.clips, args.seed)
-        table = time_methods(graph, clips, args.rounds)
+        table = time_methods(graph, clips, args.rounds, args.methods, not args.no_ig)
         print(f"\n{arch}, {args.clips} clips per call, {args.rounds} rounds, "
               f"{torch.get_num_threads()} threads\n")  # fmt: skip
         print("| method | s per clip | × one explanation (median) | quartiles |")

@@ -290,7 +290,7 @@ def worker(
         composite = captum_like if name == "captum-like" else preset(name)
         needed = activations_needed(graph, composite.resolve(graph))
         size = clip.element_size()
-        shapes = [graph.graph.nodes[n]["shape"] for n in needed]
+        shapes = [graph.shape_of(n) for n in needed]
         per_clip = sum(size * int(torch.tensor(shape).prod()) for shape in shapes)
         report["needed_activation_bytes"] = per_clip * batch
     return report

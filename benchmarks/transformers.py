@@ -116,7 +116,7 @@ def kept_report(graph, rules: str = "attnlrp") -> dict:
     total = square = 0
     count_square = 0
     for node in needed:
-        shape = tuple(graph.graph.nodes[node]["shape"])
+        shape = tuple(graph.shape_of(node))
         numel = 1
         for extent in shape:
             numel *= extent

@@ -181,7 +181,7 @@ class Composite:
         rules: dict[str, Rule] = {}
         for node in graph.order[1:]:
             op = graph.op(node)
-            line = graph.graph.nodes[node].get("line")
+            line = graph.line_of(node)
             if node not in chosen:
                 raise RuleError(
                     f"composite '{self.name}' gives no rule to this {op.type} node; add an "

@@ -99,10 +99,8 @@ def _A_scaled(
         return _A(ctx, x, weight, bias)  # the bias added by the map itself: one pass fewer
     z = _A(ctx, x, weight)
     if scale is None:  # bfloat16: the bias added to the widened z, in float32
-        return z + bias.reshape(1, -1, *([1] * (z.dim() - 2)))
-    return z + bias.reshape(1, -1, *([1] * (z.dim() - 2))) * scale.reshape(
-        -1, *([1] * (z.dim() - 1))
-    )
+        return z + ctx.op.broadcast_bias(bias, z)
+    return z + ctx.op.broadcast_bias(bias, z) * scale.reshape(-1, *([1] * (z.dim() - 1)))
 
 
 def signed_share(
@@ -528,7 +526,7 @@ class ZBeta(_Stabilized):
             wide_pos, wide_neg = w_pos.to(low.dtype), w_neg.to(low.dtype)
             part = _A(ctx, high[:1], wide_neg, add_to=_A(ctx, low[:1], wide_pos))
             if from_output:
-                return _in_place(torch.add, part, bias.reshape(1, -1, *([1] * (part.dim() - 2))))
+                return _in_place(torch.add, part, ctx.op.broadcast_bias(bias, part))
             return part
 
         key = ("zbeta", tuple(x.shape[1:]), self.low, self.high, from_output, str(low.dtype))
@@ -645,8 +643,8 @@ def _map_box(graph: Any, rule_node: str, node: str, low: torch.Tensor, high: tor
     everywhere in channel c; each channel's box is the smaller and the larger of the two
     results (a decreasing map swaps them). An op that only reshapes (flatten) keeps a box that
     is the same for every channel, and mixes one that is not (a ``RuleError``)."""
-    shape = graph.graph.nodes[graph.inputs_of(node)[0]]["shape"]
-    out_shape = graph.graph.nodes[node]["shape"]
+    shape = graph.shape_of(graph.inputs_of(node)[0])
+    out_shape = graph.shape_of(node)
     if "reshape" in graph.op(node).capabilities and tuple(out_shape) != tuple(shape):
         if not bool((low == low[0]).all() and (high == high[0]).all()):
             raise RuleError(

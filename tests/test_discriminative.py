@@ -193,7 +193,7 @@ def test_other_rules_and_seed_are_passed_to_every_explanation(graph, clips, pred
         progress=False,
     )
     clip_relevance, frozen_relevance = reference_relevance(
-        graph, one_clip, predicted[:1].tolist(), rules="deep-taylor-2020", seed="logit"
+        graph, one_clip, predicted[:1].tolist(), rules="deep-taylor-2020", output_relevance="logit"
     )
     close(result.relevance, clip_relevance)
     # reduce first, normalize none: the frozen-clip shortcut explains slice 0 alone

@@ -146,7 +146,9 @@ def test_decomposed_epsilon_moving_part_is_the_moving_input_times_the_gradient_o
     rule = {"name": "epsilon", "epsilon": 0.0, "bias": False}
     rules = {"conv": rule, "fc": rule, "flatten": "pass"}
     x = torch.randn(2, 2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    result = relgraph.discriminative(g, x, rules=rules, target=1, seed="logit", method="decomposed")
+    result = relgraph.discriminative(
+        g, x, rules=rules, target=1, output_relevance="logit", method="decomposed"
+    )
     tensors = {n: g.tensors(n) for n in ("conv", "fc")}
     leaf = x.clone().requires_grad_(True)
     hidden = torch.nn.functional.conv3d(leaf, tensors["conv"]["weight"])

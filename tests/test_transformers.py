@@ -260,3 +260,21 @@ def test_full_size_keys_and_shapes_are_transformers_own(family):
         for name, shape in g.graph.nodes[node]["tensor_shapes"].items()
     }
     assert got == expected
+
+
+@pytest.mark.parametrize("rule", ["zplus", pytest.param("alphabeta", marks=pytest.mark.slow)])
+def test_token_linear_keeps_its_bias_per_feature_in_bfloat16(rule):
+    """z⁺ with its bias on token linear layers: bfloat16 adds the bias to the widened z, one
+    value per feature (the last axis), and stays close to float64."""
+    model, params = hf_model("vivit")
+    composite = relgraph.rules.preset("cp-lrp").override(
+        ops="linear", rule={"name": rule, "bias": True, "stabilizer": "epsilon"}
+    )
+    g = _graph("vivit", model, params)
+    x = _clip()
+    reference = relgraph.explain(g, x, target=1, rules=composite)
+    low = _graph("vivit", model, params, torch.bfloat16)
+    got = relgraph.explain(low, x.to(torch.bfloat16), target=1, rules=composite)
+    assert torch.isfinite(got).all()
+    cosine = torch.nn.functional.cosine_similarity(got.double().flatten(), reference.flatten(), 0)
+    assert cosine > 0.9

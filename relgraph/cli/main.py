@@ -474,6 +474,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             stdout = sys.stdout.fileno()
             os.dup2(os.open(os.devnull, os.O_WRONLY), stdout)
         return 1
+    except OSError as error:
+        # what the operating system refused where no check names it better (a file name too
+        # long, a permission): still one line, naming the file
+        where = f"{error.filename}: " if error.filename else ""
+        reason = error.strerror or str(error) or type(error).__name__
+        print(f"relgraph: error: {_one_line(where + reason)}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -207,10 +207,12 @@ def _media(root: Path, row: dict, out: Path, damaged: list[str]) -> dict[str, st
         with np.load(npz, allow_pickle=False) as data:
             frames = np.asarray(data["frames"][0])
             maps = [np.asarray(data[name][0]) for name in ("spatiotemporal", "spatial", "temporal")]
-        if frames.ndim != 4 or any(m.shape != frames.shape[:3] for m in maps):
-            raise ValueError(f"frames {frames.shape} and maps {[m.shape for m in maps]} differ")
     except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as error:
         damaged.append(f"{npz}: cannot be read ({_one_line(str(error)) or type(error).__name__})")
+        return {}
+    if frames.ndim != 4 or any(m.shape != frames.shape[:3] for m in maps):
+        shapes = [m.shape for m in maps]
+        damaged.append(f"{npz}: cannot be read (frames {frames.shape} and maps {shapes} differ)")
         return {}
     folder = ensure_out_dir(out / "media" / _page_name(row["folder"])[: -len(".html")])
     middle = len(frames) // 2

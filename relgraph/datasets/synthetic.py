@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from relgraph.errors import OutputError, RelgraphError
+from relgraph.errors import ArgumentError, OutputError
 from relgraph.io.video import write_video
 
 __all__ = [
@@ -120,9 +120,9 @@ def make_clip(
     """Draw one clip of class ``label`` (index into ``CLASS_NAMES``)."""
     _check_geometry(frames, size)
     if isinstance(label, bool) or not isinstance(label, int | np.integer):
-        raise RelgraphError(f"label must be a class index, not {label!r}.")
+        raise ArgumentError(f"label must be a class index, not {label!r}.")
     if not 0 <= label < len(CLASS_NAMES):
-        raise RelgraphError(
+        raise ArgumentError(
             f"label {label} is out of range: the classes are 0..{len(CLASS_NAMES) - 1} "
             f"({', '.join(CLASS_NAMES)})."
         )
@@ -165,7 +165,7 @@ def make_set(
     """:func:`make_dataset` with every mask, the ``irrelevant`` one included."""
     _check_geometry(frames, size)
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise RelgraphError(f"n must be a positive number of clips, not {n!r}.")
+        raise ArgumentError(f"n must be a positive number of clips, not {n!r}.")
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n, dtype=np.int64) % len(CLASS_NAMES))
     scene = _draw_scenes(labels, rng, size, _check_cue(cue), bool(irrelevant_motion))
@@ -229,14 +229,14 @@ def write_video_folders(
 
 def _check_geometry(frames: int, size: int) -> None:
     if isinstance(frames, bool) or not isinstance(frames, int | np.integer) or frames < 2:
-        raise RelgraphError(f"frames must be an integer >= 2 (motion needs two), not {frames!r}.")
+        raise ArgumentError(f"frames must be an integer >= 2 (motion needs two), not {frames!r}.")
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 8:
-        raise RelgraphError(f"size must be an integer >= 8 pixels, not {size!r}.")
+        raise ArgumentError(f"size must be an integer >= 8 pixels, not {size!r}.")
 
 
 def _check_cue(cue: float) -> float:
     if isinstance(cue, bool) or not isinstance(cue, int | float) or not 0 <= cue <= 1:
-        raise RelgraphError(f"cue must be a probability in [0, 1], not {cue!r}.")
+        raise ArgumentError(f"cue must be a probability in [0, 1], not {cue!r}.")
     return float(cue)
 
 

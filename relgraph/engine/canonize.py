@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 
-import networkx as nx
 import torch
 
-from relgraph.engine.graph import Graph
+from relgraph.engine.graph import Graph, Node, digraph_of
 from relgraph.engine.ops import BatchNormNd, ConvNd, Linear, Op
 from relgraph.engine.signature import same_tensors, tensor_signature
 from relgraph.errors import RelgraphError
@@ -36,6 +36,17 @@ class CanonicalGraph(Graph):
 
     folded: dict[str, str]
     canonical_of: Graph
+
+    def __init__(self, nodes: list[Node], original: Graph, folded: dict[str, str]) -> None:
+        super().__init__(digraph_of(nodes), original.spec)
+        self.output = folded.get(original.output, original.output)
+        self._dtype, self._device = original.dtype, original.device
+        self.canonize = True
+        self.folded = folded
+        self.canonical_of = original
+        # one memo for the graph and its view (entries are checked against the tensors they
+        # were derived from, so folded and unfolded layers never mix), cleared with the graph's
+        self.cache = original.cache
 
     def _refuse(self, *args: object, **kwargs: object) -> None:
         raise RelgraphError(
@@ -177,41 +188,26 @@ def fold_batchnorm(graph: Graph) -> Graph:
     """
     pairs = fold_pairs(graph)
     absorbed = {layer: norm for norm, layer in pairs.items()}
-    g = nx.DiGraph()
-    for node in graph.order:
-        if node in pairs:
+    nodes = []
+    for node in graph.nodes():
+        if node.name in pairs:
             continue
-        data = dict(graph.graph.nodes[node])
-        if node in absorbed:
-            norm = absorbed[node]
-            norm_data = graph.graph.nodes[norm]
-            norm_op = norm_data["op"]
+        # a consumer of a folded batch norm now reads the layer
+        inputs = tuple(pairs.get(source, source) for source in node.inputs)
+        if node.name in absorbed:
+            norm = graph.node(absorbed[node.name])
             needed = ("running_mean", "running_var") + (
-                ("weight", "bias") if norm_op.affine else ()
+                ("weight", "bias") if norm.op.affine else ()
             )
-            data["op"] = _folded_op(data["op"])
-            data["shape"] = norm_data["shape"]
-            shapes = dict(data["tensor_shapes"])
-            shapes["bias"] = (shapes["weight"][0],)
-            data["tensor_shapes"] = shapes
-            data["tensors"] = FoldedTensors(data["tensors"], norm_data["tensors"], norm_op, needed)
-            data["folds"] = norm
-        g.add_node(node, **data)
-    renamed = dict(pairs)  # a consumer of a folded batch norm now reads the layer
-    for source, target, slot in graph.graph.edges(data="slot"):
-        if target in pairs:
-            continue
-        g.add_edge(renamed.get(source, source), target, slot=slot)
-    view = CanonicalGraph(g, graph.spec)
-    view.output = renamed.get(graph.output, graph.output)
-    view._dtype, view._device = graph._dtype, graph._device
-    view.canonize = True
-    view.folded = pairs
-    view.canonical_of = graph
-    # one memo for the graph and its view (entries are checked against the tensors they were
-    # derived from, so folded and unfolded layers never mix), cleared with the graph's
-    view.cache = graph.cache
-    return view
+            node = replace(
+                node,
+                op=_folded_op(node.op),
+                shape=norm.shape,
+                tensor_shapes={**node.tensor_shapes, "bias": (node.tensor_shapes["weight"][0],)},
+                tensors=FoldedTensors(node.tensors, norm.tensors, norm.op, needed),
+            )
+        nodes.append(replace(node, inputs=inputs))
+    return CanonicalGraph(nodes, graph, pairs)
 
 
 def canonical(graph: Graph, canonize: bool | None = None) -> Graph:

@@ -61,6 +61,49 @@ class ForwardResult:
     records: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
+@dataclass(frozen=True)
+class Node:
+    """One compiled node, as ``Graph.node`` and ``Graph.nodes`` give it.
+
+    The record is read-only; ``tensors`` is the graph's own dict of the node's weights (the
+    one ``Graph.tensors`` returns), so weights assigned to the graph show here too.
+    """
+
+    name: str
+    op: Op
+    #: output shape without the batch dimension
+    shape: tuple[int, ...]
+    #: the nodes feeding it, in input-slot order
+    inputs: tuple[str, ...]
+    #: its line in the architecture's file (``None`` where not known)
+    line: int | None
+    #: the shape of each weight tensor the op needs
+    tensor_shapes: Mapping[str, tuple[int, ...]] = field(repr=False)
+    tensors: Mapping[str, torch.Tensor] = field(repr=False, compare=False)
+    #: position among the nodes of the file, the tie-break of the topological order
+    index: int = field(default=0, repr=False)
+
+
+def digraph_of(nodes: Iterable[Node]) -> nx.DiGraph:
+    """The networkx structure of ``Graph`` holding ``nodes`` (an edge per input slot)."""
+    graph = nx.DiGraph()
+    nodes = list(nodes)
+    for node in nodes:
+        graph.add_node(
+            node.name,
+            op=node.op,
+            shape=node.shape,
+            line=node.line,
+            tensor_shapes=dict(node.tensor_shapes),
+            tensors=node.tensors,
+            index=node.index,
+        )
+    for node in nodes:
+        for slot, source in enumerate(node.inputs):
+            graph.add_edge(source, node.name, slot=slot)
+    return graph
+
+
 #: the values of ``Graph.cache_policy``
 CACHE_POLICIES = ("weights", "none")
 
@@ -151,11 +194,42 @@ class Graph:
     # ------------------------------------------------------------------ structure
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return self.graph.nodes[self.input]["shape"]
+        return self.shape_of(self.input)
 
     @property
     def output_shape(self) -> tuple[int, ...]:
-        return self.graph.nodes[self.output]["shape"]
+        return self.shape_of(self.output)
+
+    def node(self, name: str) -> Node:
+        """The compiled node ``name`` (a ``GraphError`` naming the graph if there is none)."""
+        if name not in self.graph:
+            raise GraphError(
+                f"'{self.name}' has no node '{name}'{did_you_mean(name, self.order)}",
+                file=self.file,
+            )
+        data = self.graph.nodes[name]
+        return Node(
+            name=name,
+            op=data["op"],
+            shape=tuple(data["shape"]),
+            inputs=tuple(self.inputs_of(name)),
+            line=data.get("line"),
+            tensor_shapes=dict(data["tensor_shapes"]),
+            tensors=data["tensors"],
+            index=data.get("index", 0),
+        )
+
+    def nodes(self) -> list[Node]:
+        """Every node, in topological order (``order``)."""
+        return [self.node(name) for name in self.order]
+
+    def shape_of(self, node: str) -> tuple[int, ...]:
+        """The output shape of ``node``, without the batch dimension."""
+        return self.graph.nodes[node]["shape"]
+
+    def tensor_shapes_of(self, node: str) -> dict[str, tuple[int, ...]]:
+        """The shape of each weight tensor ``node``'s op needs."""
+        return dict(self.graph.nodes[node]["tensor_shapes"])
 
     @property
     def num_classes(self) -> int:
@@ -597,7 +671,7 @@ def compile_spec(
 
 def _compile_spec(spec: ArchSpec, *, init, seed, dtype, device) -> Graph:
     if init not in ("default", "none"):
-        raise RelgraphError(f"init must be 'default' or 'none', got {init!r}")
+        raise ArgumentError(f"init must be 'default' or 'none', got {init!r}")
     file = spec.file
     if math.prod(spec.input_shape) > MAX_ELEMENTS:
         raise ShapeError(

@@ -8,10 +8,12 @@ The estimate (bytes) for a batch of ``B`` samples is::
 with ``|n|`` a node's output size per sample (from the shapes compiled into the graph),
 ``kept`` the nodes whose activations the forward pass keeps for the rules (the input and the
 output included), ``s_act`` the graph's element size, ``s_rel`` that of the relevance
-(float32 through a bfloat16 graph, else the graph's), and ``k`` the reverse pass's working
-tensors at the largest node: 4 (relevance in, relevance out, the rule's denominator and
-quotient), 2 in the memory mode (``Graph.cache_policy = "none"``, where the rules run big
-maps a slice of channels at a time). Weights are not counted: they are already in memory.
+(float32 through a bfloat16 graph, else the graph's), and ``k = 4`` the reverse pass's
+working tensors at the largest node (relevance in, relevance out, the rule's denominator and
+quotient). The memory mode (``Graph.cache_policy = "none"``) keeps the same ``k``: it saves
+on wide layers' weight-derived tensors and temporaries, not on activations, and measured
+against the process's peak (``benchmarks/memory_preflight.py``) it did not stay below an
+estimate with a smaller ``k``. Weights are not counted: they are already in memory.
 
 The available memory is the system's ``MemAvailable`` (and the cgroup's limit, in a
 container) on the CPU, ``torch.cuda.mem_get_info`` plus what torch's allocator holds free on
@@ -44,8 +46,8 @@ __all__ = [
 
 #: working tensors of the reverse pass at its largest node (see the module docstring)
 WORKING_TENSORS = 4
-#: the same in the memory mode (``cache_policy = "none"``)
-WORKING_TENSORS_MEMORY_MODE = 2
+#: the same in the memory mode (``cache_policy = "none"``): no fewer (module docstring)
+WORKING_TENSORS_MEMORY_MODE = 4
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ def estimate_peak(graph: Graph, batch: int, kept: Iterable[str] | None = None) -
     kept
         The nodes whose activations the rules read; None: every node (an upper bound).
     """
-    sizes = {node: _numel(graph.graph.nodes[node]["shape"]) for node in graph.order}
+    sizes = {node: _numel(graph.shape_of(node)) for node in graph.order}
     kept_nodes = set(graph.order if kept is None else kept) | {graph.input, graph.output}
     activation_size = torch.empty((), dtype=graph.dtype).element_size()
     relevance_size = 8 if graph.dtype == torch.float64 else 4

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from relgraph.engine.fields import Field, Ints, OpDefinitionError, check_fields, fields_of, to_yaml
+from relgraph.errors import ArgumentError
 
 Shape = tuple[int, ...]
 
@@ -68,7 +69,7 @@ def register_op(name: str, *, dims: Sequence[int] = ()) -> Callable[[OpClass], O
             cls.type = name
         for key, factory in names.items():
             if key in OPS:
-                raise ValueError(f"op '{key}' is registered twice")
+                raise ArgumentError(f"op '{key}' is registered twice")
             OPS[key] = factory
         return cls
 
@@ -499,6 +500,10 @@ class Affine(Op):
         tensor also takes it as ``kernel=``, in place of deriving it from ``weight``."""
         raise NotImplementedError
 
+    def broadcast_bias(self, bias: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``bias`` shaped to add to the map's output ``z``: one value per channel (axis 1)."""
+        return bias.reshape(1, -1, *([1] * (z.dim() - 2)))
+
     def adjoint_kernel(self, weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor | None:
         """What ``adjoint(s, weight, x_shape)`` derives from ``weight`` on every call (a
         convolution's flipped kernel), for the caller to keep and hand back as ``kernel=``;
@@ -799,6 +804,9 @@ class Linear(Affine):
     @property
     def sliceable(self) -> bool:
         return not self.tokens
+
+    def broadcast_bias(self, bias, z):
+        return bias if self.tokens else super().broadcast_bias(bias, z)
 
     def stack_inputs(self, first, second):
         return None if self.tokens else torch.cat([first, second], dim=1)

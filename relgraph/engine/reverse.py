@@ -450,14 +450,14 @@ class ExplainPass(ReversePass):
                 self.lost[node] = node_relevance.new_zeros(batch, dtype=self.start_dtype)
             for pred in preds:
                 if pred not in self.relevance:
-                    shape = (batch, *graph.graph.nodes[pred]["shape"])
+                    shape = (batch, *graph.shape_of(pred))
                     self.relevance[pred] = no_relevance(node_relevance, shape)
             self.activations.pop(node, None)
             return None
         needs = self.needs[node]
         visit = Visit(
             relevance=node_relevance,
-            input_shapes=[torch.Size((batch, *graph.graph.nodes[p]["shape"])) for p in preds],
+            input_shapes=[torch.Size((batch, *graph.shape_of(p))) for p in preds],
             inputs=[self.activations.get(p) for p in preds] if "inputs" in needs else [],
             output=self.activations.get(node) if "output" in needs else None,
             record=self.records.pop(node, None),

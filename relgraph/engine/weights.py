@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file, save_file
 
-from relgraph.errors import WeightsError
+from relgraph.errors import ArgumentError, WeightsError
 from relgraph.io.outputs import atomic_path
 
 if TYPE_CHECKING:  # for annotations only: graph.py imports this module
@@ -60,7 +60,7 @@ def register_key_map(name: str) -> Callable[[KeyMap], KeyMap]:
 
     def register(function: KeyMap) -> KeyMap:
         if name in KEY_MAPS:
-            raise ValueError(f"key map '{name}' is registered twice")
+            raise ArgumentError(f"key map '{name}' is registered twice")
         KEY_MAPS[name] = function
         return function
 
@@ -69,9 +69,7 @@ def register_key_map(name: str) -> Callable[[KeyMap], KeyMap]:
 
 def _graph_keys(graph: Graph) -> set[str]:
     return {
-        tensor_key(node, tname)
-        for node in graph.order
-        for tname in graph.graph.nodes[node]["tensor_shapes"]
+        tensor_key(node, tname) for node in graph.order for tname in graph.tensor_shapes_of(node)
     }
 
 
@@ -246,7 +244,7 @@ def checked_state_dict(
     expected = {
         tensor_key(node, tname): (node, tname, shape)
         for node in graph.order
-        for tname, shape in graph.graph.nodes[node]["tensor_shapes"].items()
+        for tname, shape in graph.tensor_shapes_of(node).items()
     }
     optional = {
         tensor_key(node, t) for node in graph.order for t in graph.op(node).optional_tensors

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from relgraph.engine.graph import Graph, compile_spec
-from relgraph.errors import RelgraphError, ShapeError
+from relgraph.errors import ArgumentError, ShapeError
 
 __all__ = [
     "REPLACEMENTS",
@@ -138,11 +138,11 @@ def replacement(
             mean = clips.mean(dim=(0, 2, 3, 4))
         mean = torch.as_tensor(mean, dtype=clips.dtype, device=clips.device).reshape(-1)
         if mean.numel() != clips.shape[1]:
-            raise RelgraphError(
+            raise ArgumentError(
                 f"mean needs one value per channel ({clips.shape[1]}), got {mean.numel()}"
             )
         return mean.reshape(1, -1, 1, 1, 1).expand_as(clips).clone()
-    raise RelgraphError(f"replacement must be one of {', '.join(REPLACEMENTS)}, got {how!r}")
+    raise ArgumentError(f"replacement must be one of {', '.join(REPLACEMENTS)}, got {how!r}")
 
 
 def _blur_axis(x: torch.Tensor, axis: int, sigma: float) -> torch.Tensor:
@@ -221,7 +221,7 @@ def region_perturbation(
     _check_clips(clips)
     _check_maps(clips, maps)
     if order not in ("morf", "lerf"):
-        raise RelgraphError(f"order must be morf or lerf, got {order!r}")
+        raise ArgumentError(f"order must be morf or lerf, got {order!r}")
     values = (
         replace
         if isinstance(replace, torch.Tensor)
@@ -286,7 +286,7 @@ def frame_perturbation(
     _check_clips(clips)
     _check_maps(clips, maps)
     if mode not in ("deletion", "insertion"):
-        raise RelgraphError(f"mode must be deletion or insertion, got {mode!r}")
+        raise ArgumentError(f"mode must be deletion or insertion, got {mode!r}")
     values = (
         replace
         if isinstance(replace, torch.Tensor)

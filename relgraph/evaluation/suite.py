@@ -27,6 +27,7 @@ from relgraph.engine.memory import available_bytes, format_bytes
 from relgraph.engine.reverse import explain_with_rules
 from relgraph.errors import (
     ArgumentError,
+    DatasetError,
     LabelError,
     RelgraphError,
     ResourceError,
@@ -118,9 +119,7 @@ def frozen_batch_size(graph: Graph) -> int:
     ``DEFAULT_BATCH_SIZE`` (4) to 64. Small models are overhead bound and run faster in
     big batches; a full-size model keeps 4."""
     per_clip = (
-        2
-        * graph.dtype.itemsize
-        * sum(math.prod(graph.graph.nodes[node]["shape"]) for node in graph.order)
+        2 * graph.dtype.itemsize * sum(math.prod(graph.shape_of(node)) for node in graph.order)
     )
     return max(DEFAULT_BATCH_SIZE, min(64, FROZEN_BUDGET // per_clip))
 
@@ -147,10 +146,10 @@ def synthetic_data(
     """``n`` synthetic clips at the graph's input size, preprocessed, with their masks."""
 
     if len(graph.input_shape) != 4:
-        raise RelgraphError(f"'{graph.name}' does not take video clips (C, T, H, W)")
+        raise ArgumentError(f"'{graph.name}' does not take video clips (C, T, H, W)")
     _, frames, size, width = graph.input_shape
     if size != width:
-        raise RelgraphError(f"synthetic clips are square; '{graph.name}' takes {size}×{width}")
+        raise ArgumentError(f"synthetic clips are square; '{graph.name}' takes {size}×{width}")
     _check_data_memory(graph, n)
     data = make_set(
         n,
@@ -200,7 +199,7 @@ def video_data(
     try:
         lines = listing.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise RelgraphError(f"cannot read the video list: {exc}", file=str(listing)) from None
+        raise DatasetError(f"cannot read the video list: {exc}", file=str(listing)) from None
     _, frames, size, _ = graph.input_shape
     transform = get_preprocess(preprocess or graph.default_preprocess, size=size)
     clips, classes = [], []
@@ -209,7 +208,7 @@ def video_data(
         if not parts:
             continue
         if len(parts) != 2:
-            raise RelgraphError("expected 'PATH CLASS'", file=str(listing), line=number)
+            raise DatasetError("expected 'PATH CLASS'", file=str(listing), line=number)
         path, label = parts
         if label.isdigit():
             index = int(label) - 1
@@ -232,7 +231,7 @@ def video_data(
         clips.append(transform(select_clip(video, length=frames).frames))
         classes.append(index)
     if not clips:
-        raise RelgraphError("the video list names no video", file=str(listing))
+        raise DatasetError("the video list names no video", file=str(listing))
     data = torch.stack(clips).to(device=graph.device, dtype=graph.dtype)
     return EvaluationData(data, torch.tensor(classes))
 

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from PIL import Image
 
-from relgraph.errors import OutputError, RelgraphError, did_you_mean
+from relgraph.errors import ArgumentError, OutputError, did_you_mean
 from relgraph.io.outputs import atomic_path
 
 __all__ = ["animation", "figure_frames", "figure_paper", "paper_columns"]
@@ -60,7 +60,7 @@ def paper_columns(num_frames: int) -> tuple[int, ...]:
         0-based frame indices in increasing order.
     """
     if num_frames < 1:
-        raise RelgraphError(f"a clip needs at least one frame, got {num_frames}")
+        raise ArgumentError(f"a clip needs at least one frame, got {num_frames}")
     last = PAPER_COLUMNS[-1]
     scaled = (round(index * (num_frames - 1) / last) for index in PAPER_COLUMNS)
     return tuple(sorted(set(scaled)))
@@ -122,7 +122,7 @@ def figure_paper(
     columns = _check_columns(columns, num_frames)
     colormap = _colormap(cmap)
     if column_labels is not None and len(column_labels) != len(columns):
-        raise RelgraphError(
+        raise ArgumentError(
             f"column_labels has {len(column_labels)} entries but there are {len(columns)} "
             f"columns {list(columns)}: give one label per column"
         )
@@ -201,7 +201,7 @@ def animation(
     """
     maps = _check_clip(frames, spatiotemporal, spatial, temporal)
     if not np.isfinite(fps) or fps <= 0:
-        raise RelgraphError(f"fps must be a positive number, got {fps}")
+        raise ArgumentError(f"fps must be a positive number, got {fps}")
     num_frames = frames.shape[0]
     colormap = _colormap("seismic")
     figure = Figure(figsize=(4 * 1.6 + 0.7, 1.6 + 0.55), dpi=_DPI, layout="constrained")
@@ -317,16 +317,16 @@ def _check_maps(*maps: np.ndarray) -> list[np.ndarray]:
     for name, relevance in zip(_MAP_NAMES, maps, strict=True):
         relevance = np.asarray(relevance)
         if relevance.ndim != 3:
-            raise RelgraphError(
+            raise ArgumentError(
                 f"the {name} map must be shaped (T, H, W) for one clip, got shape "
                 f"{relevance.shape}; sum over colour channels and drop the batch dimension first"
             )
         if not np.issubdtype(relevance.dtype, np.number) or np.iscomplexobj(relevance):
-            raise RelgraphError(f"the {name} map must be real numbers, got dtype {relevance.dtype}")
+            raise ArgumentError(f"the {name} map must be real numbers, got dtype {relevance.dtype}")
         relevance = relevance.astype(np.float64, copy=False)
         finite = np.isfinite(relevance)
         if not finite.all():
-            raise RelgraphError(
+            raise ArgumentError(
                 f"the {name} map has {int(finite.size - finite.sum())} NaN or infinite values; "
                 "normalise with a safe division (an all-zero map must stay zero)"
             )
@@ -336,9 +336,9 @@ def _check_maps(*maps: np.ndarray) -> list[np.ndarray]:
         described = ", ".join(
             f"{name} {relevance.shape}" for name, relevance in zip(_MAP_NAMES, checked, strict=True)
         )
-        raise RelgraphError(f"the three maps must have the same shape, got {described}")
+        raise ArgumentError(f"the three maps must have the same shape, got {described}")
     if checked[0].shape[0] < 1:
-        raise RelgraphError("the maps have no frames (T = 0)")
+        raise ArgumentError("the maps have no frames (T = 0)")
     return checked
 
 
@@ -349,16 +349,16 @@ def _check_clip(
     maps = _check_maps(spatiotemporal, spatial, temporal)
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise RelgraphError(
+        raise ArgumentError(
             f"frames must be shaped (T, H, W, 3) RGB for one clip, got shape {frames.shape}"
         )
     if frames.dtype != np.uint8:
-        raise RelgraphError(
+        raise ArgumentError(
             f"frames must be uint8 RGB as displayed (0..255), got dtype {frames.dtype}; "
             "undo mean subtraction and BGR order before plotting"
         )
     if frames.shape[0] != maps[0].shape[0]:
-        raise RelgraphError(
+        raise ArgumentError(
             f"frames has {frames.shape[0]} frames but the maps have {maps[0].shape[0]}"
         )
     return maps
@@ -370,7 +370,7 @@ def _check_columns(columns: Sequence[int] | None, num_frames: int) -> tuple[int,
         return paper_columns(num_frames)
     columns = tuple(columns)
     if not columns:
-        raise RelgraphError("columns is empty: choose at least one frame to show")
+        raise ArgumentError("columns is empty: choose at least one frame to show")
     invalid = [
         column
         for column in columns
@@ -379,7 +379,7 @@ def _check_columns(columns: Sequence[int] | None, num_frames: int) -> tuple[int,
         or not 0 <= column < num_frames
     ]
     if invalid:
-        raise RelgraphError(
+        raise ArgumentError(
             f"columns {invalid} are outside the valid range 0..{num_frames - 1} "
             f"(0-based frame indices of a clip of {num_frames} frames)"
         )
@@ -394,7 +394,7 @@ def _colormap(cmap: str | Colormap) -> Colormap:
         try:
             colormap = matplotlib.colormaps[cmap]
         except KeyError:
-            raise RelgraphError(
+            raise ArgumentError(
                 f"unknown colormap '{cmap}'{did_you_mean(cmap, list(matplotlib.colormaps))}; "
                 "use a diverging map that is white at zero, such as 'seismic' or 'bwr'"
             ) from None

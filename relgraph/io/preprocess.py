@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from relgraph.errors import RelgraphError, VideoError, did_you_mean
+from relgraph.errors import ArgumentError, VideoError, did_you_mean
 
 __all__ = ["PRESETS", "Preprocess", "get_preprocess"]
 
@@ -68,22 +68,22 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.channel_order not in _CHANNEL_ORDERS:
-            raise RelgraphError(
+            raise ArgumentError(
                 f"preset '{self.name}': channel_order must be 'RGB' or 'BGR', "
                 f"not {self.channel_order!r}."
             )
         if len(self.mean) != 3:
-            raise RelgraphError(f"preset '{self.name}': mean needs 3 values, got {self.mean}.")
+            raise ArgumentError(f"preset '{self.name}': mean needs 3 values, got {self.mean}.")
         if self.size < 1:
-            raise RelgraphError(f"preset '{self.name}': size must be positive, not {self.size}.")
+            raise ArgumentError(f"preset '{self.name}': size must be positive, not {self.size}.")
         if len(self.std) != 3 or min(self.std) <= 0:
-            raise RelgraphError(
+            raise ArgumentError(
                 f"preset '{self.name}': std needs 3 positive values, got {self.std}."
             )
         if not self.scale > 0:
-            raise RelgraphError(f"preset '{self.name}': scale must be positive, not {self.scale}.")
+            raise ArgumentError(f"preset '{self.name}': scale must be positive, not {self.scale}.")
         if self.rounding not in ("c3d", "torchvision"):
-            raise RelgraphError(
+            raise ArgumentError(
                 f"preset '{self.name}': rounding must be 'c3d' or 'torchvision', "
                 f"not {self.rounding!r}."
             )
@@ -147,7 +147,7 @@ class Preprocess:
             or top + self.size > resized_height
             or left + self.size > resized_width
         ):
-            raise RelgraphError(
+            raise VideoError(
                 f"preset '{self.name}': a {self.size}x{self.size} crop at (top {top}, left {left}) "
                 f"does not fit the resized {resized_height}x{resized_width} frame."
             )
@@ -175,11 +175,11 @@ class Preprocess:
         if size is None or size == self.size:
             return self
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise RelgraphError(
+            raise ArgumentError(
                 f"preset '{self.name}': size must be a positive integer, not {size!r}."
             )
         if self.resize_shape is not None or self.crop_origin is not None or self.shorter_side:
-            raise RelgraphError(
+            raise ArgumentError(
                 f"preset '{self.name}' has a fixed geometry (resize to "
                 f"{self.resize_shape or self.shorter_side}, crop at {self.crop_origin}) and only "
                 "takes size "
@@ -303,7 +303,7 @@ def get_preprocess(name: str, size: int | None = None) -> Preprocess:
         Crop side; None keeps the preset's (112). ``c3d-ucf101`` only takes 112.
     """
     if name not in PRESETS:
-        raise RelgraphError(
+        raise ArgumentError(
             f"unknown preprocessing preset '{name}'{did_you_mean(name, PRESETS)}; known presets: "
             f"{', '.join(sorted(PRESETS))}."
         )

@@ -11,7 +11,7 @@ import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
-from relgraph.errors import RelgraphError, RuleError, SpecError, did_you_mean
+from relgraph.errors import ArgumentError, RelgraphError, RuleError, SpecError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def _folder(kind: str):
         spec = _KINDS[kind]
     except KeyError:
         kinds = ", ".join(_KINDS)
-        raise ValueError(f"unknown kind of shipped file {kind!r} (kinds: {kinds})") from None
+        raise ArgumentError(f"unknown kind of shipped file {kind!r} (kinds: {kinds})") from None
     folder = importlib.resources.files(spec.package)
     return folder / spec.folder if spec.folder else folder
 
@@ -58,7 +58,11 @@ def shipped_path(kind: str, name: str) -> Path:
         what is, with a did-you-mean.
     """
     candidate = _folder(kind) / f"{name}{SUFFIX}"
-    if not candidate.is_file():
+    try:
+        shipped = candidate.is_file()
+    except OSError:  # a name no file system takes (too long, say): nothing of that name
+        shipped = False
+    if not shipped:
         spec = _KINDS[kind]
         names = shipped_names(kind)
         raise spec.error(

@@ -74,7 +74,7 @@ def input_readers(graph: Graph) -> list[str]:
     for node in readers:
         op = graph.op(node)
         if "affine" not in op.capabilities or len(graph.inputs_of(node)) != 1:
-            line = graph.graph.nodes[node].get("line")
+            line = graph.line_of(node)
             raise RelgraphError(
                 f"the decomposed method splits relevance at the layers that read the input, "
                 f"but '{node}' ({op.type}) is not an affine layer of one input",

@@ -47,7 +47,7 @@ from relgraph.engine.reverse import (
     resolve_target,
     sample_totals,
 )
-from relgraph.errors import RelgraphError
+from relgraph.errors import ArgumentError, GraphError, RelgraphError
 from relgraph.rules.numerics import Numerics
 
 __all__ = [
@@ -180,7 +180,7 @@ def frozen_plan(graph: Graph) -> dict[str, NodePlan]:
 
 
 def _shape(graph: Graph, node: str) -> tuple[int, ...]:
-    return tuple(graph.graph.nodes[node]["shape"])
+    return tuple(graph.shape_of(node))
 
 
 def _temporal_field(op, name: str, index: int, default: int) -> int | None:
@@ -198,7 +198,7 @@ def _out_length(graph: Graph, node: str, plan: NodePlan, axis: int, length: int)
         shape = list(_shape(graph, graph.inputs_of(node)[0]))
         shape[axis - 1] = length
         try:
-            tensor_shapes = graph.graph.nodes[node]["tensor_shapes"]
+            tensor_shapes = graph.tensor_shapes_of(node)
             out = infer_output_shape(graph.op(node), [tuple(shape)], tensor_shapes)
             plan.lengths[length] = out[axis - 1]
         except Exception:  # too short for the kernel: no output (only asked of crops)
@@ -242,7 +242,7 @@ def _build_plan(graph: Graph) -> dict[str, NodePlan]:
     in_shape = graph.input_shape
     plans: dict[str, NodePlan] = {}
     if len(in_shape) < 2:
-        raise RelgraphError(
+        raise GraphError(
             f"frozen clips need an input with a time axis; '{graph.name}' takes {list(in_shape)}"
         )
     length = in_shape[1]
@@ -411,7 +411,7 @@ def _explain_frozen(
     batch = frames.shape[0]
     length = plans[graph.input].out.length
     if wanted is not None and len(wanted) != batch:
-        raise RelgraphError(f"wanted needs one slice per frame ({batch}), got {len(wanted)}")
+        raise ArgumentError(f"wanted needs one slice per frame ({batch}), got {len(wanted)}")
     with torch.inference_mode():
         target_index = resolve_target(output, target)
         # relevance in float32 through a bfloat16 graph, as in explain_with_rules

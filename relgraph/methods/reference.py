@@ -156,7 +156,7 @@ def difference_rules(
         elif "reshape" in capabilities:
             rules[node] = _PassThrough()
         else:
-            line = graph.graph.nodes[node].get("line")
+            line = graph.line_of(node)
             raise RelgraphError(
                 f"the reference method has no difference rule for '{node}' ({op.type})",
                 file=graph.file,

@@ -22,7 +22,7 @@ import numpy as np
 
 from relgraph.datasets.synthetic import CLASS_NAMES, make_clip
 from relgraph.engine.graph import Graph, load_architecture
-from relgraph.errors import ArgumentError, RelgraphError
+from relgraph.errors import ArgumentError
 from relgraph.io.outputs import check_out_dir, ensure_out_dir
 from relgraph.io.video import ClipSelection, write_video
 from relgraph.pipeline.video import VideoExplanation, explain_video, load_model
@@ -64,7 +64,7 @@ def load_demo_model(architecture: str = DEMO_ARCHITECTURE) -> Graph:
     """A shipped demo model (``DEMO_MODELS``; c3d-tiny by default) at its architecture's
     default parameters, with its weights loaded."""
     if architecture not in DEMO_MODELS:
-        raise RelgraphError(
+        raise ArgumentError(
             f"no shipped demo model for architecture {architecture!r} "
             f"(there are: {', '.join(DEMO_MODELS)})"
         )

@@ -51,6 +51,8 @@ from relgraph.engine.graph import MAX_ELEMENTS, Graph, compile_spec
 from relgraph.engine.memory import available_bytes, format_bytes
 from relgraph.engine.ops import OPS
 from relgraph.engine.spec import ArchSpec, NodeSpec, parse_key_values
+from relgraph.engine.token_ops import PARAM
+from relgraph.engine.weights import tensor_key
 from relgraph.errors import RelgraphError, RelgraphWarning, TorchImportError
 
 #: batch size of the example run that gives every fx value its shape; 2, so that a reshape
@@ -83,7 +85,19 @@ SUPPORTED_MODULES: tuple[type, ...] = (
     *_DROPOUT,
     *_PLAIN,
     nn.Flatten,
+    nn.LayerNorm,
+    nn.GELU,
+    nn.MultiheadAttention,
 )
+
+_PARAM_OUTSIDE = (
+    "a parameter or buffer used outside a supported module; relgraph takes weights only from "
+    "the modules it maps, and a learned tensor read directly only as a token prepended with "
+    "torch.cat([p.expand(B, -1, -1), x], dim) or added to the tokens (x + p)"
+)
+
+#: nn.GELU's ``approximate`` by the relgraph op that computes it
+_GELUS = {"none": "gelu", "tanh": "gelu_pytorch_tanh"}
 
 
 def _supported_base(module: nn.Module) -> type | None:
@@ -257,6 +271,15 @@ class _Importer:
         self.softmax: torch.fx.Node | None = None
         #: sigmoid(x) nodes of a swish x * sigmoid(x) -> x (mapped at the product, as silu)
         self.swish_gates: dict[torch.fx.Node, torch.fx.Node] = {}
+        #: learned tensors read outside a module (a CLS token, position embeddings), by the
+        #: fx node that reads (or expands) them: their path and value
+        self.params: dict[torch.fx.Node, tuple[str, torch.Tensor]] = {}
+        #: token values a (sequence, batch, features) transpose made: held batch-first
+        self.seq_first: set[torch.fx.Node] = set()
+        #: graph nodes inside one fx node's expansion (attention): no traced shape of their own
+        self.internal: set[str] = set()
+        #: nn.MultiheadAttention calls: their output tuple's item 0 is the graph node
+        self.attention_outputs: set[torch.fx.Node] = set()
 
     # ---------------------------------------------------------------- tracing
     def trace(self) -> torch.fx.GraphModule:
@@ -335,7 +358,17 @@ class _Importer:
         return self._unique(f"{scope}.{op}" if scope else op)
 
     # ---------------------------------------------------------------- building
-    def tensor_input(self, node: torch.fx.Node, arg: Any, what: str = "input") -> str:
+    def tensor_input(
+        self, node: torch.fx.Node, arg: Any, what: str = "input", seq_first: bool = False
+    ) -> str:
+        if arg in self.seq_first and not seq_first:
+            raise _Unsupported(
+                f"its {what} '{arg.name}' is (sequence, batch, features): relgraph maps such "
+                "a value only into nn.MultiheadAttention(batch_first=False) and the "
+                "transpose(0, 1) back"
+            )
+        if arg in self.params:
+            raise _Unsupported(_PARAM_OUTSIDE)
         if not isinstance(arg, torch.fx.Node):
             raise _Unsupported(
                 f"its {what} is a constant ({type(arg).__name__}), not a tensor the graph computes"
@@ -353,6 +386,24 @@ class _Importer:
         finals = [self.values[a].final for a in node.all_input_nodes if a in self.values]
         final = next((f for f in finals if f is not None), None)  # a reshape of the logits
         self.values[node] = _Value(name, self.values[node].example, axis, final)
+
+    def number_of(self, arg: Any) -> Any:
+        """The number a size computation gave (``head ** -0.5``), else ``arg`` itself."""
+        if isinstance(arg, torch.fx.Node) and arg in self.values:
+            example = self.values[arg].example
+            if _number(example) and self.values[arg].node is None:
+                return example
+        return arg
+
+    def add_internal(
+        self, node: torch.fx.Node, base: str, op: str, inputs: list[str], **fields: Any
+    ) -> str:
+        """A graph node inside ``node``'s expansion (attention); returns its name."""
+        name = self._unique(base)
+        self.nodes.append(NodeSpec(name=name, op=op, inputs=inputs, fields=fields))
+        self.fx_of[name] = node
+        self.internal.add(name)
+        return name
 
     def output_axis(self, node: torch.fx.Node, op: str) -> int | None:
         """Refuse an op on a left-out softmax's output, or one a channels-last input does not
@@ -449,11 +500,8 @@ class _Importer:
             self.map_function(node)
         elif node.op == "get_attr":
             value = self.values[node].example
-            if isinstance(value, torch.Tensor):
-                raise _Unsupported(
-                    "a parameter or buffer used outside a supported module; relgraph takes "
-                    "weights only from the modules it maps"
-                )
+            if isinstance(value, torch.Tensor):  # mapped where used (CLS token, positions)
+                self.params[node] = (str(node.target), value.detach())
         else:
             raise _Unsupported(f"fx op '{node.op}' is not supported")
 
@@ -471,6 +519,9 @@ class _Importer:
                 + ", ".join(sorted({c.__name__ for c in SUPPORTED_MODULES}))
                 + ")"
             )
+        if base is nn.MultiheadAttention:
+            _multihead_attention(self, node, module)
+            return
         if len(node.args) != 1 or node.kwargs:
             raise _Unsupported("a module called with more than one argument")
         arg = node.args[0]
@@ -516,10 +567,12 @@ class _Importer:
         if not isinstance(example, torch.Tensor):
             # shape arithmetic (x.size(0), x.shape[1], ...): allowed where only reshapes use
             # it, which take their shape from the traced output (checked at the end)
-            if (method and target in ("size", "dim")) or target in (getattr, operator.getitem):
+            if (method and target in ("size", "dim")) or target in _SHAPE_MATH:
                 return
             raise _Unsupported(f"it gives a {type(example).__name__}, which relgraph cannot use")
         handler = (_METHODS if method else _FUNCTIONS).get(target)
+        if handler is None and any(a in self.params for a in node.all_input_nodes):
+            raise _Unsupported(_PARAM_OUTSIDE)
         if handler is None:
             raise _Unsupported("no relgraph op for it")
         handler(self, node, args, kwargs)
@@ -576,7 +629,7 @@ class _Importer:
             for user in node.users:
                 used = self.values.get(user)
                 shape_math = used is not None and used.node is None
-                if not shape_math and user.target not in _RESHAPES:
+                if not shape_math and user.target not in _SHAPE_USERS:
                     raise self.error(
                         node,
                         f"a shape value used by fx node '{user.name}' "
@@ -648,8 +701,21 @@ def _module_op(
             "bias": module.bias is not None,
         }
         return f"conv{_CONV[base]}d", fields, _tensors(module, ("weight", "bias"))
+    if base is nn.LayerNorm:
+        if len(module.normalized_shape) != 1:
+            raise _Unsupported(
+                f"layer norm over the last {len(module.normalized_shape)} dimensions; relgraph's "
+                "layernorm normalises the last one"
+            )
+        affine = bool(module.elementwise_affine)
+        if affine and module.bias is None:
+            raise _Unsupported("layer norm with a weight but no bias (bias=False)")
+        names = ("weight", "bias") if affine else ()
+        return "layernorm", {"eps": float(module.eps), "affine": affine}, _tensors(module, names)
+    if base is nn.GELU:
+        return _GELUS[module.approximate], {}, {}
     if base is nn.Linear:
-        if len(in_shape) != 2:
+        if len(in_shape) < 2:
             raise _Unsupported(
                 f"linear over the last dimension of a rank-{len(in_shape)} input "
                 f"{list(in_shape)}; relgraph's linear takes (batch, features): flatten first"
@@ -751,6 +817,8 @@ def _binary(op: str) -> Callable:
         bound = _bind(_s_binary, args, kwargs)
         if bound["alpha"] != 1:
             raise _Unsupported(f"alpha={bound['alpha']} is not supported")
+        if _constant_operand(self, node, op, bound["input"], bound["other"]):
+            return
         for gate, signal in ((bound["other"], bound["input"]), (bound["input"], bound["other"])):
             if op == "mul" and self.swish_gates.get(gate) is signal:  # x * sigmoid(x)
                 self.add(node, "silu", [self.tensor_input(node, signal)])
@@ -814,6 +882,9 @@ def _cat(self: _Importer, node, args, kwargs) -> None:
     tensors = bound["tensors"]
     if not isinstance(tensors, (list, tuple)) or len(tensors) < 2:
         raise _Unsupported("concatenation needs a list of two or more tensors")
+    if len(tensors) == 2 and tensors[0] in self.params and tensors[1] not in self.params:
+        _prepend_token(self, node, tensors[0], tensors[1], int(bound["dim"]))
+        return
     inputs = [self.tensor_input(node, t, f"tensor #{i + 1}") for i, t in enumerate(tensors)]
     if len(set(inputs)) != len(inputs):
         raise _Unsupported("one tensor is concatenated twice")
@@ -905,12 +976,8 @@ def _permute(self: _Importer, node, args, kwargs) -> None:
         self.alias(node, source)
         return
     if sum(size != 1 for size in in_shape[1:]) > 1:
-        raise _Unsupported(
-            f"permute {dims} of shape {list(in_shape)} moves values; relgraph keeps the "
-            "(batch, channels, ...) layout and maps a permute only where at most one dimension "
-            "besides the batch is larger than 1 (as in pytorchvideo's head, whose pool leaves "
-            "1×1×1)"
-        )
+        self.add(node, "permute", [self.tensor_input(node, source)], dims=dims)
+        return
     self.add(node, "flatten", [self.tensor_input(node, source)])
     self.values[node].axis = _feature_axis(self.out_shape(node))
 
@@ -922,7 +989,260 @@ def _softmax(self: _Importer, node, args, kwargs) -> None:
     else:
         bound = _bind(_s_softmax, args, kwargs)
         source, dim = bound["input"], bound["dim"]
+    if isinstance(source, torch.fx.Node) and source in self.values and dim is not None:
+        shape = self.in_shape(source)
+        axis = int(dim) + len(shape) if int(dim) < 0 else int(dim)
+        if axis == len(shape) - 1 and 0 < axis and shape[axis] != math.prod(shape[1:]):
+            # inside the model (attention probabilities), not a final softmax over classes
+            self.add(node, "softmax", [self.tensor_input(node, source)])
+            return
     self.drop_softmax(node, source, dim)
+
+
+# --------------------------------------------------------------------------- token handlers
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _constant_operand(self: _Importer, node, op: str, a: Any, b: Any) -> bool:
+    """``x * c`` / ``x / c`` for a number ``c`` (``scale``), ``x + p`` for a learned tensor
+    ``p`` read outside a module (``add_param``: position embeddings). True when mapped."""
+    a, b = self.number_of(a), self.number_of(b)
+    if op in ("mul", "div") and (_number(a) or _number(b)):
+        if op == "div" and _number(a):
+            raise _Unsupported("a number divided by a tensor")
+        tensor, factor = (b, a) if _number(a) else (a, b)
+        factor = 1.0 / float(factor) if op == "div" else float(factor)
+        self.add(node, "scale", [self.tensor_input(node, tensor)], factor=factor)
+        return True
+    if op == "add" and (a in self.params) != (b in self.params):
+        tensor, param = (b, a) if a in self.params else (a, b)
+        _, value = self.params[param]
+        self.add(node, "add_param", [self.tensor_input(node, tensor)], shape=list(value.shape))
+        self.weights[tensor_key(self.values[node].node, PARAM)] = value
+        return True
+    return False
+
+
+def _div(self: _Importer, node, args, kwargs) -> None:
+    if len(args) != 2 or kwargs:
+        raise _Unsupported("a division other than tensor / number")
+    if not _constant_operand(self, node, "div", args[0], args[1]):
+        raise _Unsupported("a division by a tensor (only by a number)")
+
+
+def _prepend_token(self: _Importer, node, param: torch.fx.Node, tokens: Any, dim: int) -> None:
+    """``torch.cat([cls.expand(B, -1, -1), x], dim)``: a learned token before the tokens."""
+    _, value = self.params[param]
+    rank = len(self.out_shape(node))
+    dim = dim + rank if dim < 0 else dim
+    if value.dim() != rank or value.shape[0] != 1 or value.shape[dim] != 1:
+        raise _Unsupported(
+            f"a concatenation of the learned tensor {list(value.shape)} before the tokens; "
+            "relgraph maps one token of shape [1, ..., 1, ..., D] expanded over the batch"
+        )
+    self.add(
+        node, "prepend_token", [self.tensor_input(node, tokens)], dim=dim, shape=list(value.shape)
+    )
+    self.weights[tensor_key(self.values[node].node, PARAM)] = value
+
+
+def _expand(self: _Importer, node, args, kwargs) -> None:
+    """``param.expand(B, -1, -1)``: the learned tensor over the batch (mapped where used)."""
+    source = args[0]
+    if source not in self.params or kwargs:
+        raise _Unsupported("expand of a tensor the graph computes (only of a learned token)")
+    path, value = self.params[source]
+    if tuple(self.out_shape(node)[1:]) != tuple(value.shape[1:]) or value.shape[0] != 1:
+        raise _Unsupported(f"expand of {list(value.shape)} other than over the batch")
+    self.params[node] = (path, value)
+
+
+def _transpose(self: _Importer, node, args, kwargs) -> None:
+    """``x.transpose(a, b)`` / ``torch.transpose``: a ``transpose`` node; (0, 1) of tokens
+    marks a (sequence, batch, features) value, which only nn.MultiheadAttention takes."""
+    source = args[0]
+    dims = list(args[1:]) + [kwargs[k] for k in ("dim0", "dim1") if k in kwargs]
+    if len(dims) != 2 or not all(isinstance(d, int) for d in dims):
+        raise _Unsupported("transpose needs two integer dimensions")
+    rank = len(self.in_shape(source))
+    d0, d1 = sorted(d + rank if d < 0 else d for d in dims)
+    if d0 == d1:
+        self.tensor_input(node, source)
+        self.alias(node, source)
+        return
+    if (d0, d1) == (0, 1) and rank == 3 and not self.is_channels_last(source):
+        # (batch, sequence, features) <-> (sequence, batch, features): relgraph keeps the
+        # batch first, so the values stay and the value is marked
+        self.tensor_input(node, source, seq_first=True)
+        self.alias(node, source)
+        if source not in self.seq_first:
+            self.seq_first.add(node)
+        return
+    if d0 == 0:
+        raise _Unsupported(f"transpose {d0} {d1} moves the batch dimension")
+    if self.is_channels_last(source):
+        raise _Unsupported("transpose of a channels-last value")
+    self.add(node, "transpose", [self.tensor_input(node, source)], dim0=d0, dim1=d1)
+
+
+def _matmul(self: _Importer, node, args, kwargs) -> None:
+    if len(args) != 2 or kwargs:
+        raise _Unsupported("matmul needs two tensors")
+    a = self.tensor_input(node, args[0], "first operand")
+    b = self.tensor_input(node, args[1], "second operand")
+    if self.in_shape(args[0])[:-2] != self.in_shape(args[1])[:-2]:
+        raise _Unsupported(
+            f"matmul of {list(self.in_shape(args[0]))} and {list(self.in_shape(args[1]))}: "
+            "relgraph's matmul takes operands with the same leading dimensions"
+        )
+    self.add(node, "matmul", [a, b])
+
+
+def _gelu(self: _Importer, node, args, kwargs) -> None:
+    approximate = kwargs.get("approximate", args[1] if len(args) > 1 else "none")
+    if approximate not in _GELUS:
+        raise _Unsupported(f"gelu with approximate={approximate!r}")
+    self.add(node, _GELUS[approximate], [self.tensor_input(node, args[0])])
+
+
+def _getitem(self: _Importer, node, args, kwargs) -> None:
+    """``x[:, 0]`` (select) or ``x[:, a:b]`` (slice) on one dimension; ``mha(...)[0]``."""
+    source, index = args
+    if source in self.attention_outputs:
+        if index != 0:
+            raise _Unsupported("nn.MultiheadAttention's attention weights are used")
+        self.alias(node, source)
+        if source in self.seq_first:
+            self.seq_first.add(node)
+        return
+    index = index if isinstance(index, tuple) else (index,)
+    rank = len(self.in_shape(source))
+    if Ellipsis in index or len(index) > rank or not index or index[0] != slice(None):
+        raise _Unsupported(f"indexing {index!r}: relgraph maps x[:, i] and x[:, a:b]")
+    picked = [(d, i) for d, i in enumerate(index) if i != slice(None)]
+    if len(picked) != 1:
+        raise _Unsupported(f"indexing {index!r}: one dimension at a time")
+    (dim, item), source_name = picked[0], self.tensor_input(node, source)
+    if isinstance(item, int):
+        self.add(node, "select", [source_name], dim=dim, index=item)
+    elif isinstance(item, slice) and item.step in (None, 1):
+        fields = {"dim": dim, "start": item.start or 0}
+        if item.stop is not None:
+            fields["stop"] = item.stop
+        self.add(node, "slice", [source_name], **fields)
+    else:
+        raise _Unsupported(f"indexing {index!r}")
+
+
+def _attention_core(
+    self: _Importer, node, q: str, k: str, v: str, scale: float, prefix: str
+) -> str:
+    """softmax(q·kᵀ · scale)·v as four nodes; the last is returned (internal to ``node``)."""
+    names = []
+    for suffix, op, inputs, fields in (
+        ("scores", "matmul", [q, k], {"transpose_b": True}),
+        ("scaled", "scale", None, {"factor": scale}),
+        ("probs", "softmax", None, {}),
+        ("context", "matmul", None, {}),
+    ):
+        if inputs is None:
+            inputs = [names[-1]] if op != "matmul" else [names[-1], v]
+        names.append(self.add_internal(node, f"{prefix}.{suffix}", op, inputs, **fields))
+    return names[-1]
+
+
+def _sdpa(self: _Importer, node, args, kwargs) -> None:
+    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+    bound = dict(zip(names, args)) | kwargs
+    if bound.get("attn_mask") is not None or bound.get("is_causal") or bound.get("enable_gqa"):
+        raise _Unsupported("scaled_dot_product_attention with a mask, is_causal or enable_gqa")
+    if bound.get("dropout_p", 0.0):
+        raise _Unsupported("scaled_dot_product_attention with dropout_p > 0")
+    q, k, v = (self.tensor_input(node, bound[n], n) for n in ("query", "key", "value"))
+    shapes = [self.in_shape(bound[n]) for n in ("query", "key", "value")]
+    if len({s[:-2] for s in shapes}) != 1:
+        raise _Unsupported(f"query, key and value of shapes {[list(s) for s in shapes]}")
+    scale = self.number_of(bound.get("scale")) or shapes[0][-1] ** -0.5
+    prefix = self._scope(node) + ".attention" if self._scope(node) else "attention"
+    last = _attention_core(self, node, q, k, v, float(scale), prefix)
+    self.internal.discard(last)
+    self.values[node] = _Value(last, self.values[node].example)
+
+
+def _multihead_attention(self: _Importer, node, module: nn.MultiheadAttention) -> None:
+    """nn.MultiheadAttention as self-attention: q, k, v projections (slices of in_proj),
+    heads, softmax(q·kᵀ/√d)·v, heads merged, out_proj (Vaswani et al. 2017)."""
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask")
+    bound = dict(zip(names, node.args)) | dict(node.kwargs)
+    x = bound.get("query")
+    if bound.get("key") is not x or bound.get("value") is not x:
+        raise _Unsupported("nn.MultiheadAttention with key or value other than the query")
+    for name in ("key_padding_mask", "attn_mask"):
+        if bound.get(name) is not None:
+            raise _Unsupported(f"nn.MultiheadAttention with {name}")
+    if bound.get("is_causal"):
+        raise _Unsupported("nn.MultiheadAttention with is_causal=True")
+    if module.bias_k is not None or module.add_zero_attn or not module._qkv_same_embed_dim:
+        raise _Unsupported("nn.MultiheadAttention with add_bias_kv, add_zero_attn, kdim or vdim")
+    seq_first = not module.batch_first
+    if seq_first != (x in self.seq_first):
+        raise _Unsupported(
+            "nn.MultiheadAttention(batch_first="
+            f"{module.batch_first}) on a value that is not "
+            + ("(sequence, batch, features)" if seq_first else "(batch, sequence, features)")
+        )
+    source = self.tensor_input(node, x, seq_first=True)
+    shape = self.in_shape(x)
+    if len(shape) != 3:
+        raise _Unsupported(f"nn.MultiheadAttention on a rank-{len(shape)} input")
+    tokens = shape[0] if seq_first else shape[1]
+    embed, heads = module.embed_dim, module.num_heads
+    head = embed // heads
+    path = str(node.target)
+    weight, bias = module.in_proj_weight.detach(), module.in_proj_bias
+    split = []
+    for i, part in enumerate("qkv"):
+        name = self.add_internal(
+            node,
+            f"{path}.{part}_proj",
+            "linear",
+            [source],
+            out_features=embed,
+            bias=bias is not None,
+        )
+        self.weights[f"{name}.weight"] = weight[i * embed : (i + 1) * embed]
+        if bias is not None:
+            self.weights[f"{name}.bias"] = bias.detach()[i * embed : (i + 1) * embed]
+        heads_name = self.add_internal(
+            node, f"{path}.{part}_heads", "reshape", [name], shape=[tokens, heads, head]
+        )
+        split.append(
+            self.add_internal(
+                node, f"{path}.{part}_transposed", "transpose", [heads_name], dim0=1, dim1=2
+            )
+        )
+    context = _attention_core(self, node, *split, head**-0.5, path)
+    merge = self.add_internal(node, f"{path}.merge", "transpose", [context], dim0=1, dim1=2)
+    merged = self.add_internal(node, f"{path}.merged", "reshape", [merge], shape=[tokens, embed])
+    out = module.out_proj
+    name = self.add_internal(
+        node,
+        f"{path}.out_proj",
+        "linear",
+        [merged],
+        out_features=embed,
+        bias=out.bias is not None,
+    )
+    self.weights[f"{name}.weight"] = out.weight.detach()
+    if out.bias is not None:
+        self.weights[f"{name}.bias"] = out.bias.detach()
+    self.values[node] = _Value(name, self.values[node].example)
+    self.attention_outputs.add(node)
+    if seq_first:
+        self.seq_first.add(node)
 
 
 _RELU = _elementwise("relu")
@@ -957,6 +1277,15 @@ _FUNCTIONS: dict[Any, Callable] = {
     F.adaptive_avg_pool1d: _adaptive(1),
     F.adaptive_avg_pool2d: _adaptive(2),
     F.adaptive_avg_pool3d: _adaptive(3),
+    F.gelu: _gelu,
+    F.scaled_dot_product_attention: _sdpa,
+    torch.matmul: _matmul,
+    torch.bmm: _matmul,
+    operator.matmul: _matmul,
+    torch.transpose: _transpose,
+    operator.getitem: _getitem,
+    operator.truediv: _div,
+    torch.div: _div,
 }
 
 _METHODS: dict[str, Callable] = {
@@ -974,10 +1303,39 @@ _METHODS: dict[str, Callable] = {
     "contiguous": _noop,
     "permute": _permute,
     "softmax": _softmax,
+    "transpose": _transpose,
+    "matmul": _matmul,
+    "expand": _expand,
+    "div": _div,
 }
 
 #: fx targets whose shape argument may come from shape arithmetic
 _RESHAPES = (torch.reshape, "view", "reshape")
+
+#: arithmetic on sizes (``D // heads``, ``head ** -0.5``): a number, no node
+_SHAPE_MATH = (
+    getattr,
+    operator.getitem,
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.floordiv,
+    operator.truediv,
+    operator.pow,
+)
+
+#: fx targets that may take a number computed from sizes: reshapes, an expand of a learned
+#: token, a scale (``x * head ** -0.5``) and attention's scale
+_SHAPE_USERS = (
+    *_RESHAPES,
+    "expand",
+    *_MULS,
+    "mul",
+    "div",
+    operator.truediv,
+    torch.div,
+    F.scaled_dot_product_attention,
+)
 
 
 # --------------------------------------------------------------------------- public
@@ -1120,14 +1478,15 @@ def _compile(importer: _Importer) -> Graph:
             raise TorchImportError(exc.message) from None
         raise importer.error(fx_node, exc.message) from None
     for node in graph.order[1:]:
+        if node in importer.internal:
+            continue
         value = importer.values[importer.fx_of[node]]
         traced = tuple(value.example.shape)
         traced = traced[1:] if value.axis is None else (traced[value.axis],)
-        if graph.graph.nodes[node]["shape"] != traced:
+        if graph.shape_of(node) != traced:
             raise importer.error(
                 importer.fx_of[node],
-                f"relgraph's op gives shape {list(graph.graph.nodes[node]['shape'])}, "
-                f"the model {list(traced)}",
+                f"relgraph's op gives shape {list(graph.shape_of(node))}, the model {list(traced)}",
             )
     graph.assign(importer.weights)
     return graph
