@@ -212,3 +212,30 @@ def test_any_3d_convolution_runs_in_either_layout(case, layout, batch, bias):
             rtol=1e-4,
             atol=1e-4,
         )
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(
+    ("size", "kernel"),
+    [((8, 16, 16), (2, 8, 8)), ((9, 20, 18), (2, 8, 8)), ((4, 12, 8), (1, 4, 4))],
+)
+def test_a_patch_embedding_adjoint_is_the_transposed_convolution(size, kernel, channels_last):
+    """stride = kernel (a tubelet embedding) takes the per-patch matrix product; it equals
+    the transposed convolution, zeros where the input's extent is not a multiple of the
+    kernel included, and keeps the layout of s."""
+    op = OPS["conv3d"](out_channels=5, kernel_size=list(kernel), stride=list(kernel))
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, *size, dtype=torch.float64, generator=generator)
+    w = torch.randn(5, 3, *kernel, dtype=torch.float64, generator=generator)
+    y = F.conv3d(x, w, stride=kernel)
+    s = torch.randn(y.shape, dtype=torch.float64, generator=generator)
+    if channels_last:
+        s = s.contiguous(memory_format=torch.channels_last_3d)
+    pad = [n - m * k for n, m, k in zip(size, y.shape[2:], kernel, strict=True)]
+    expected = F.conv_transpose3d(s.contiguous(), w, stride=kernel, output_padding=pad)
+    got = op.adjoint(s, w, x.shape)
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert got.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
+    # the adjoint identity <A x, s> = <x, Aᵀ s>
+    assert torch.isclose((y * s).sum(), (x * got).sum(), rtol=1e-12)

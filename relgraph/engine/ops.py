@@ -269,6 +269,32 @@ def _pointwise_adjoint(
     return full
 
 
+def _patch_adjoint(s: torch.Tensor, weight: torch.Tensor, x_shape: Sequence[int]) -> torch.Tensor:
+    """The adjoint of a convolution whose stride equals its kernel (no padding, dilation or
+    groups: a patch or tubelet embedding): one matrix product ``sᵀ W`` per patch, the patches
+    put back in place, zero where the input's extent is not a multiple of the kernel.
+
+    ``conv_transpose`` runs such a kernel far slower than the matrix product on CPU."""
+    batch, out_channels, *grid = s.shape
+    kernel = weight.shape[2:]
+    dims = len(grid)
+    rows = s.permute(0, *range(2, 2 + dims), 1).reshape(-1, out_channels)
+    patches = torch.matmul(rows, weight.reshape(out_channels, -1).to(s.dtype))
+    patches = patches.reshape(batch, *grid, weight.shape[1], *kernel)
+    # (B, n1..nd, C, k1..kd) -> (B, C, n1, k1, ..., nd, kd)
+    order = [0, 1 + dims]
+    for axis in range(dims):
+        order += [1 + axis, 2 + dims + axis]
+    back = patches.permute(order).reshape(
+        batch, weight.shape[1], *(n * k for n, k in zip(grid, kernel, strict=True))
+    )
+    if list(back.shape[2:]) != list(x_shape[2:]):
+        full = back.new_zeros(batch, weight.shape[1], *x_shape[2:])
+        full[(slice(None), slice(None), *(slice(0, n) for n in back.shape[2:]))] = back
+        back = full
+    return _same_layout(back, s)
+
+
 def _spread(s: torch.Tensor, stride: Sequence[int], out_pad: Sequence[int]) -> torch.Tensor:
     """``s`` with ``stride − 1`` zeros between neighbouring entries along each spatial axis
     and ``out_pad`` zeros after the last: what a transposed convolution with that stride
@@ -631,6 +657,17 @@ class ConvNd(Spatial, Affine):
         return self.groups == 1 and max(self.kernel_size) == 1 and max(self.padding) == 0
 
     @property
+    def _patches(self) -> bool:
+        """Non-overlapping patches (stride = kernel, no padding, dilation or groups): a patch
+        or tubelet embedding, whose adjoint is one matrix product per patch."""
+        return (
+            self.groups == 1
+            and list(self.stride) == list(self.kernel_size)
+            and max(self.padding) == 0
+            and max(self.dilation) == 1
+        )
+
+    @property
     def sliceable(self) -> bool:
         return self.groups == 1
 
@@ -686,6 +723,8 @@ class ConvNd(Spatial, Affine):
     def adjoint(self, s, weight, x_shape, kernel=None):
         if self._pointwise:
             return _pointwise_adjoint(s, weight, x_shape, self.stride)
+        if self._patches:
+            return _patch_adjoint(s, weight, x_shape)
         full = [d * (k - 1) - p for k, p, d in zip(self.kernel_size, self.padding, self.dilation)]
         out_pad = _output_padding(
             x_shape[2:], s.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation
