@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> dict:
     report = run_evaluation(
         graph, data, **evaluation_kwargs(args, graph, len(data.clips)), progress=True
     )
-    report["config"]["weights"] = str(args.weights) if args.weights else "shipped demo"
+    report["config"]["weights"] = str(args.pretrained or args.weights or "shipped demo")
     report["config"]["threads"] = torch.get_num_threads()
     report["total_seconds"] = time.perf_counter() - started
     return report

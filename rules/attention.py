@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relgraph.engine.capabilities import Bilinear, Normalizing, Shifting
 from relgraph.errors import RuleError
 
 from .context import no_relevance
@@ -51,7 +52,7 @@ class BilinearUniform(Rule):
     ``b`` held constant; ``z`` stabilised by ε (0: a vanishing z hands on nothing)."""
 
     name = "bilinear-uniform"
-    requires = ("bilinear",)
+    requires = (Bilinear,)
     needs = frozenset({"inputs", "output"})
     epsilon: float = 0.0
 
@@ -77,7 +78,7 @@ class BilinearConstant(Rule):
     the constant input (slot ``constant``) gets nothing."""
 
     name = "bilinear-constant"
-    requires = ("bilinear",)
+    requires = (Bilinear,)
     needs = frozenset({"inputs", "output"})
     constant: int = 0
     epsilon: float = 0.0
@@ -106,7 +107,7 @@ class FrozenScale(Rule):
     (M the centring matrix, ``y`` the output: the bias's share is lost)."""
 
     name = "frozen-scale"
-    requires = ("normalize",)
+    requires = (Normalizing,)
     needs = frozenset({"inputs", "output"})
     epsilon: float = 0.0
 
@@ -144,7 +145,7 @@ class ShiftShare(Rule):
     share, ``R_x = x ⊙ R / stab(x + c)``; the constant's share is lost."""
 
     name = "shift-share"
-    requires = ("shift",)
+    requires = (Shifting,)
     needs = frozenset({"inputs", "output"})
     epsilon: float = 0.0
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 
 from relgraph.engine.canonize import canonical
+from relgraph.engine.capabilities import Affine, Channelwise, op_has
 from relgraph.engine.spec import line_of, load_yaml
 from relgraph.errors import RuleError, did_you_mean
 from relgraph.io.resources import shipped_names, shipped_path
@@ -96,9 +97,9 @@ def _boundary_affine(graph: Graph, *, first: bool) -> set[str]:
     no mixing affine node before them, so that on input → batch norm → conv the conv is first
     (zennit's ``SpecialFirstLayerMapComposite`` likewise picks the first conv or linear layer).
     ``last``: the affine nodes (batch norm included) with no affine node after them."""
-    affine = {n for n in graph.order if "affine" in graph.op(n).capabilities}
+    affine = {n for n in graph.order if isinstance(graph.op(n), Affine)}
     if first:
-        mixing = {n for n in affine if "channelwise" not in graph.op(n).capabilities}
+        mixing = {n for n in affine if not isinstance(graph.op(n), Channelwise)}
         return {n for n in mixing if not (nx.ancestors(graph.graph, n) & mixing)}
     return {n for n in affine if not (nx.descendants(graph.graph, n) & affine)}
 
@@ -198,7 +199,7 @@ class Composite:
                 fitting = sorted(
                     n
                     for n, cls in RULES.items()
-                    if isinstance(cls.requires, tuple) and set(cls.requires) & op.capabilities
+                    if isinstance(cls.requires, tuple) and any(op_has(op, c) for c in cls.requires)
                 )
                 where = f" ({entry.file}:{entry.line})" if entry.file else ""
                 raise RuleError(

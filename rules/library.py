@@ -15,6 +15,18 @@ from typing import Any, ClassVar
 
 import torch
 
+from relgraph.engine.capabilities import (
+    Affine,
+    Channelwise,
+    MaxRouted,
+    Product,
+    Reshaping,
+    RowSliceable,
+    Sliceable,
+    Splitting,
+    VectorJacobian,
+    Windowed,
+)
 from relgraph.engine.ops import keeps_shape
 from relgraph.errors import RelgraphWarning, RuleError
 from relgraph.io.preprocess import get_preprocess
@@ -60,7 +72,7 @@ def _A(
         return widened(ctx.op.linear_map(inputs, work, bias))
 
     if _sliced(ctx, weight):
-        if hasattr(ctx.op, "linear_map_rows") and x.dim() > 2:
+        if isinstance(ctx.op, RowSliceable) and x.dim() > 2:
             # cut along the first spatial axis too: a convolution's workspace (its unfolded
             # input: channels × kernel per output position) can exceed its result
             size = ctx.op.output_size(x.shape[2:])
@@ -87,7 +99,7 @@ def _At(ctx: NodeContext, s: torch.Tensor, weight: torch.Tensor | Lazy) -> torch
 
 def _sliced(ctx: NodeContext, weight: torch.Tensor | Lazy) -> bool:
     """Whether the maps run slice by slice: the memory mode, on an op that allows it."""
-    return ctx.low_memory and getattr(ctx.op, "sliceable", False)
+    return ctx.low_memory and isinstance(ctx.op, Sliceable) and ctx.op.sliceable
 
 
 def _A_scaled(
@@ -238,7 +250,7 @@ class Pass(Rule):
     batch norm left unfolded, a monotone per-channel map, as zennit's ``Pass`` treats it)."""
 
     name = "pass"
-    requires = ("reshape", "channelwise")
+    requires = (Reshaping, Channelwise)
     needs = frozenset()
 
     def relevance(self, ctx, relevance):
@@ -254,7 +266,7 @@ class Epsilon(Rule):
     """LRP-ε: ``z = A(x; W, b)``, ``R_in = x ⊙ Aᵀ(R / stab_ε(z); W)``; ε = 0 is LRP-0."""
 
     name = "epsilon"
-    requires = ("affine",)
+    requires = (Affine,)
     conserving = False  # conserves with b = 0 and ε = 0
     epsilon: float = 1e-6
     bias: bool = True
@@ -322,7 +334,7 @@ class ZPlus(_Stabilized):
     """z⁺: ``z = A(x⁺;W⁺) + A(x⁻;W⁻) (+b⁺)``, ``R_in = x⁺⊙Aᵀ(s;W⁺) + x⁻⊙Aᵀ(s;W⁻)``."""
 
     name = "zplus"
-    requires = ("affine",)
+    requires = (Affine,)
 
     def relevance(self, ctx, relevance):
         # lazy: in the memory mode W⁺ is made a slice at a time where the input is ≥ 0
@@ -352,7 +364,7 @@ class AlphaBeta(_Stabilized):
     with ``zα = A(x⁺;W⁺)+A(x⁻;W⁻) (+b⁺)`` and ``zβ = A(x⁺;W⁻)+A(x⁻;W⁺) (+b⁻)``; α − β = 1."""
 
     name = "alphabeta"
-    requires = ("affine",)
+    requires = (Affine,)
     alpha: float = 2.0
     beta: float = 1.0
 
@@ -386,7 +398,7 @@ class Gamma(_Stabilized):
     ``bias: false`` leaves the bias out of z↑ and z↓ (the output's sign still picks the side)."""
 
     name = "gamma"
-    requires = ("affine",)
+    requires = (Affine,)
     needs = frozenset({"inputs", "output"})
     gamma: float = 0.25
 
@@ -437,7 +449,7 @@ class ZBeta(_Stabilized):
     """
 
     name = "zbeta"
-    requires = ("affine",)
+    requires = (Affine,)
     drops_bias = True
     needs = frozenset({"inputs", "output"})
     low: float | tuple[float, ...] | None = None
@@ -626,8 +638,7 @@ def _channelwise_chain(graph: Any, node: str) -> list[str]:
         (previous,) = inputs
         if previous == graph.input:
             return chain[::-1]
-        capabilities = graph.op(previous).capabilities
-        if not capabilities & {"channelwise", "max_route", "reshape"}:
+        if not isinstance(graph.op(previous), (Channelwise, MaxRouted, Reshaping)):
             raise RuleError(
                 f"zbeta at '{node}' cannot map the input's bounds through '{previous}' "
                 f"({graph.op(previous).type}); give zbeta low/high explicitly",
@@ -645,7 +656,7 @@ def _map_box(graph: Any, rule_node: str, node: str, low: torch.Tensor, high: tor
     is the same for every channel, and mixes one that is not (a ``RuleError``)."""
     shape = graph.shape_of(graph.inputs_of(node)[0])
     out_shape = graph.shape_of(node)
-    if "reshape" in graph.op(node).capabilities and tuple(out_shape) != tuple(shape):
+    if isinstance(graph.op(node), Reshaping) and tuple(out_shape) != tuple(shape):
         if not bool((low == low[0]).all() and (high == high[0]).all()):
             raise RuleError(
                 f"zbeta at '{rule_node}' cannot carry per-channel bounds through '{node}' "
@@ -673,7 +684,7 @@ class Flat(_Stabilized):
     """Flat: ``R_in = Aᵀ(R / stab(A(1;1)); 1)``, uniform over each receptive field."""
 
     name = "flat"
-    requires = ("affine",)
+    requires = (Affine,)
     drops_bias = True
     needs = frozenset()
 
@@ -688,7 +699,7 @@ class WSquare(_Stabilized):
     """w²: ``R_in = Aᵀ(R / stab(A(1;W²)); W²)``, bias dropped."""
 
     name = "wsquare"
-    requires = ("affine",)
+    requires = (Affine,)
     drops_bias = True
     needs = frozenset()
 
@@ -706,7 +717,7 @@ class WinnerTakeAll(Rule):
     """Max pool: ``R_in[k] = Σ_j δ_jk R[j]``, δ the forward's argmax (overlaps add)."""
 
     name = "winner-take-all"
-    requires = ("max_route",)
+    requires = (MaxRouted,)
     # the argmax indices come from the forward pass, so the input itself need not be kept
     needs = frozenset({"record"})
 
@@ -723,7 +734,7 @@ class Gradient(Rule):
     gradient × input (Shrikumar et al. 2016). For baselines."""
 
     name = "gradient"
-    requires = ("vjp",)
+    requires = (VectorJacobian,)
     needs = frozenset({"inputs", "record"})
 
     def relevance(self, ctx, relevance):
@@ -762,7 +773,7 @@ class Proportional(_Shares):
     """
 
     name = "proportional"
-    requires = ("window", "split")
+    requires = (Windowed, Splitting)
     divide_by: str = "sum"
 
     def __post_init__(self):
@@ -771,7 +782,7 @@ class Proportional(_Shares):
             raise RuleError(f"divide_by must be 'sum' or 'output', got {self.divide_by!r}")
 
     def relevance(self, ctx, relevance):
-        if "window" not in ctx.op.capabilities:
+        if not isinstance(ctx.op, Windowed):
             return _scaled_split(ctx, relevance, self.stab)
         scale = sample_scale(
             ctx.x, nonnegative=ctx.known_nonnegative(0), numerics=ctx.numerics
@@ -780,7 +791,7 @@ class Proportional(_Shares):
         if self.divide_by == "sum":
             s = self.stab(relevance, ctx.op.window_sum(x), scale, numerics=ctx.numerics)
             return [x * ctx.op.window_sum_adjoint(s, x.shape)]
-        if "max_route" in ctx.op.capabilities:
+        if isinstance(ctx.op, MaxRouted):
             raise RuleError(
                 "divide_by: output needs an average pool (a max pool's output is no linear map)",
                 node=ctx.node,
@@ -804,7 +815,7 @@ class Uniform(Rule):
     (``N_j`` counts the window's real inputs, so padding takes no relevance)."""
 
     name = "uniform"
-    requires = ("window",)
+    requires = (Windowed,)
     needs = frozenset()
 
     def relevance(self, ctx, relevance):
@@ -828,7 +839,7 @@ class Split(_Shares):
     """add: ``R_i = x_i / Σx · R`` (stabilised); concat: ``R`` sliced back to each input."""
 
     name = "split"
-    requires = ("split",)
+    requires = (Splitting,)
 
     def relevance(self, ctx, relevance):
         return _scaled_split(ctx, relevance, self.stab)
@@ -847,7 +858,7 @@ class SignalTakeAll(Rule):
     only hand on zeros (X3D-S: 9 % of an explanation)."""
 
     name = "signal-take-all"
-    requires = ("product",)
+    requires = (Product,)
     needs = frozenset()  # the input shapes (always there) decide
     signal: int | None = None
 
@@ -908,7 +919,7 @@ class Combine(Rule):
         self.parts = [(float(w), make_rule(r)) for w, r in self.parts]
 
     @property
-    def requires(self) -> tuple[str, ...]:  # type: ignore[override]
+    def requires(self) -> tuple[type | str, ...]:  # type: ignore[override]
         return tuple(c for _, r in self.parts for c in r.requires)
 
     def fits(self, op) -> bool:

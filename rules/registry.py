@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from relgraph.engine.capabilities import op_has
 from relgraph.engine.ops import Op
 from relgraph.errors import RuleError, did_you_mean
 
@@ -34,7 +35,9 @@ class Rule:
     parameters):
 
     ``name``           the name used in YAML and by ``make_rule``
-    ``requires``       the op capabilities the rule works with (any one suffices)
+    ``requires``       the op capabilities the rule works with (any one suffices): Protocols
+                       of ``relgraph.engine.capabilities`` (``Affine``, ``Windowed``, ...), or
+                       their names (``"affine"``, ``"window"``, ...) as aliases
     ``needs``          what the rule reads from the forward pass: a frozenset of ``NEEDS``
                        (``inputs``, ``output``, ``record``). The reverse pass keeps exactly
                        that and asks nothing else; a rule built of parts (``Combine``) needs
@@ -44,7 +47,7 @@ class Rule:
     """
 
     name: ClassVar[str]
-    requires: ClassVar[tuple[str, ...]] = ()
+    requires: ClassVar[tuple[type | str, ...]] = ()
     needs: ClassVar[frozenset[str]] = frozenset({"inputs"})
     conserving: ClassVar[bool] = True
 
@@ -71,7 +74,7 @@ class Rule:
 
     def fits(self, op: Op) -> bool:
         """Whether the op offers a capability this rule needs."""
-        return any(c in op.capabilities for c in self.requires)
+        return any(op_has(op, c) for c in self.requires)
 
     def describe(self) -> str:
         """``name(param=value, ...)``."""

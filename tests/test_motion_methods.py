@@ -46,7 +46,7 @@ def clips_for(graph, batch: int = 2, seed: int = 0) -> torch.Tensor:
 
 def test_frozen_is_the_default_and_bit_identical_to_it():
     g = tiny_graph()
-    x = clips_for(g)
+    x = clips_for(g, batch=1)
     default = relgraph.discriminative(g, x)
     frozen = relgraph.discriminative(g, x, method="frozen")
     for name in ("spatiotemporal", "spatial", "temporal", "frozen_relevance"):

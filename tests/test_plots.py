@@ -213,6 +213,16 @@ def test_all_zero_maps_draw_every_figure_without_warnings(tmp_path):
         figure_paper(frames, zeros, zeros, zeros, path=tmp_path / "paper.png")
         figure_frames(zeros, zeros, zeros, path=tmp_path / "frames.png")
         animation(frames, zeros, zeros, zeros, tmp_path / "clip.gif")
+    assert sorted(os.listdir(tmp_path)) == ["clip.gif", "frames.png", "paper.png"]
+    for name, kind, frame_count in [
+        ("paper.png", "PNG", 1),
+        ("frames.png", "PNG", 1),
+        ("clip.gif", "GIF", 3),
+    ]:
+        with Image.open(tmp_path / name) as image:
+            assert (image.format, getattr(image, "n_frames", 1)) == (kind, frame_count), name
+            image.seek(frame_count - 1)
+            image.load()  # decodes the last frame: a truncated file fails here
 
 
 def test_animation_gif_has_one_frame_per_clip_frame(tmp_path):
@@ -221,6 +231,13 @@ def test_animation_gif_has_one_frame_per_clip_frame(tmp_path):
     with Image.open(target) as image:
         assert image.format == "GIF"
         assert image.n_frames == 5
+        sizes = set()
+        for index in range(5):
+            image.seek(index)
+            image.load()
+            sizes.add(image.size)
+    assert len(sizes) == 1
+    assert os.listdir(tmp_path) == ["clip.gif"]
 
 
 def test_animation_of_a_still_clip_keeps_every_frame(tmp_path):
@@ -272,9 +289,12 @@ def test_figure_frames_x_axis_is_frame_numbers_one_to_t():
 
 def test_figure_frames_saves_a_png_that_decodes(tmp_path):
     target = tmp_path / "frames.png"
-    figure_frames(*synthetic_clip(num_frames=4)[1:], path=target, title="PullUps")
+    figure = figure_frames(*synthetic_clip(num_frames=4)[1:], path=target, title="PullUps")
     with Image.open(target) as image:
         assert image.format == "PNG"
+        assert image.size == (round(figure.bbox.width), round(figure.bbox.height))
+        image.load()
+    assert os.listdir(tmp_path) == ["frames.png"]
 
 
 @settings(max_examples=8, deadline=None)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,10 +194,16 @@ def test_preprocessor_config_sets_the_preset(tmp_path):
 
 
 # ------------------------------------------------------------------------------ refusals
-@pytest.fixture()
-def folder(tmp_path):
+@pytest.fixture(scope="module")
+def videomae_folder(tmp_path_factory):
     model, _ = hf_model("videomae", dtype=torch.float32)
-    return _save(model, tmp_path / "m")
+    return _save(model, tmp_path_factory.mktemp("videomae") / "m")
+
+
+@pytest.fixture()
+def folder(videomae_folder, tmp_path):
+    """A fresh copy of one saved VideoMAE folder, for each refusal test to spoil."""
+    return Path(shutil.copytree(videomae_folder, tmp_path / "m"))
 
 
 def _config(folder, **changes):
@@ -271,3 +279,13 @@ def test_refuses_missing_and_unexpected_keys(folder):
     _refused(folder, WeightsError, "unexpected", "extra.weight")
     (folder / "model.safetensors").write_bytes(b"garbage")
     _refused(folder, RelgraphError, "model.safetensors")
+
+
+@pytest.mark.parametrize("family", ["videomae", "vivit"])
+def test_load_weights_takes_a_hub_state_dict(family):
+    model, params = hf_model(family, dtype=torch.float32)
+    old = {_old_layout(family, k): v for k, v in model.state_dict().items()}
+    g = relgraph.load_architecture(family, init="none", **params)
+    report = g.load_weights(old)
+    assert report.naming == f"{family}-hub"
+    _assert_same_logits(g, model)

@@ -255,7 +255,8 @@ def _plots(summary: dict, rows: list[dict], out: Path) -> None:
         ]
     ):
         ax = figure.add_subplot(1, 3, i + 1)
-        ax.hist([r[key] for r in ok], bins=20, range=(0, 1), color="tab:blue")
+        # None where the run's method has no such value (no frozen clips: --method decomposed)
+        ax.hist([r[key] for r in ok if r[key] is not None], bins=20, range=(0, 1), color="tab:blue")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("value")
         ax.set_ylabel("videos")
@@ -466,5 +467,8 @@ def _class_page_html(name: str, stats: dict, members: list[dict]) -> str:
     return _page(f"class {name}", body, 1)
 
 
-def _mean(values: list[float]) -> float | None:
-    return float(np.mean(values)) if values else None
+def _mean(values: list[float | None]) -> float | None:
+    """The mean of the values that are known (``None``: a run whose method has no such
+    value, say the frozen-frame accuracy of ``--method decomposed``); ``None`` if none is."""
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None

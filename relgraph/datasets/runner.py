@@ -484,7 +484,8 @@ def _write_video(model, store: Store, video: Decoded, result: dict, options, sta
             "clip_predictions": [model.labels.name(int(i)) for i in result["prediction"]],
             "target": [model.labels.name(int(i)) for i in result["target"]],
             "frozen_predictions": [[model.labels.name(int(i)) for i in c] for c in frozen],
-            "frozen_accuracy": float((frozen == true_index).mean()),
+            # methods other than frozen explain no frozen clip: no accuracy to report
+            "frozen_accuracy": float((frozen == true_index).mean()) if frozen.size else None,
             "temporal_share": temporal_share(result["spatial"], result["temporal"]),
         }
     )

@@ -6,7 +6,9 @@ Each op is a small object built from the fields of its YAML node. It knows
   round trip live in ``relgraph.engine.fields``),
 - the shapes of its parameter tensors and its output, given its input shapes,
 - its forward computation,
-- the adjoint maps its family offers to rules (rules ask for a capability, never an op type):
+- the adjoint maps its family offers to rules. Each capability is a Protocol of
+  ``relgraph.engine.capabilities`` (named here by its alias); an op has it by having its
+  members, and rules check ``isinstance(op, Affine)``, never an op type:
 
   ``affine``      ``linear_map(x, W, b)`` = A(x; W, b) and ``adjoint(s, W, x_shape)`` = Aᵀ(s; W)
                   (conv1d/2d/3d, linear, batch-norm as a per-channel affine map)
@@ -16,10 +18,12 @@ Each op is a small object built from the fields of its YAML node. It knows
   ``split``       ``split(inputs, R, divide)``: hand R back to several inputs (add, concat)
   ``product``     ``signal_slots(input_shapes, output_shape)`` and ``to_input_shape(R, shape)``:
                   an elementwise product of a signal and a gate that may broadcast (mul)
-  ``reshape``     relevance passes through unchanged, reshaped (relu, sigmoid, silu, dropout,
-                  flatten, ...)
-  ``channelwise`` a monotone map of each channel on its own, output shaped like the input
-                  (batch norm): relevance may pass through it unchanged
+  ``reshape``     ``pass_relevance(R, x_shape)``: relevance passes through unchanged, reshaped
+                  (relu, sigmoid, silu, dropout, flatten, ...)
+  ``vjp``         ``vjp(grad, inputs, tensors, input_shapes)``: the explicit vector-Jacobian
+                  product (the gradient rule)
+  ``channelwise`` affine with ``num_features``: a monotone map of each channel on its own,
+                  output shaped like the input (batch norm): relevance may pass it unchanged
 
 A new op is one class decorated with ``@register_op("name")``: its fields as ``Field``
 attributes, its ``forward``, and the capability methods of its family. Ops over 1, 2 or 3
@@ -37,6 +41,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 import torch.nn.functional as F
 
+from relgraph.engine.capabilities import capabilities_of
 from relgraph.engine.fields import Field, Ints, OpDefinitionError, check_fields, fields_of, to_yaml
 from relgraph.errors import ArgumentError
 
@@ -88,14 +93,19 @@ class Op:
     dims: int = 1
     #: number of inputs; ``None`` means two or more
     arity: ClassVar[int | None] = 1
-    #: adjoint capabilities offered to rules (see module docstring)
-    capabilities: ClassVar[frozenset[str]] = frozenset()
     #: parameter tensors that a weight file may carry but the op does not need
     optional_tensors: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.fields = fields_of(cls)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """The names of the capabilities this op has: the Protocols of
+        ``relgraph.engine.capabilities`` it satisfies (for messages and tables; rules check
+        ``isinstance(op, Affine)``)."""
+        return capabilities_of(self)
 
     def __init__(self, **attrs: Any) -> None:
         # ``ints`` fields take one value per spatial dimension; an op that is not Spatial has
@@ -468,7 +478,6 @@ class Input(Op):
 
     shape = Field[Shape]("shape", doc="shape without batch, e.g. [3, 16, 112, 112]")
     arity = 0
-    capabilities = frozenset()
 
 
 # --------------------------------------------------------------------------- affine ops
@@ -476,8 +485,6 @@ class Input(Op):
 
 class Affine(Op):
     """An affine map ``A(x; W) + b``; rules use ``linear_map`` and ``adjoint``."""
-
-    capabilities = frozenset({"affine", "vjp"})
 
     def weight_and_bias(
         self, tensors: dict[str, torch.Tensor]
@@ -819,7 +826,6 @@ class Linear(Affine):
 class BatchNormNd(Spatial, Affine):
     """Batch norm in inference mode, seen by rules as the affine map ``x·scale + shift``."""
 
-    capabilities = frozenset({"affine", "channelwise", "vjp"})
     num_features = Field[int | None]("int?", None, "inferred from the input when left out")
     eps = Field[float]("float", 1e-5)
     affine = Field[bool]("bool", True)
@@ -893,7 +899,6 @@ class PoolNd(Spatial):
     kernel_size = Field[Ints]("ints")
     stride = Field[Ints]("ints", None, "defaults to kernel_size")
     padding = Field[Ints]("ints", 0)
-    capabilities = frozenset({"window"})
 
     def _validate(self):
         if self.attrs["stride"] is None:
@@ -1013,7 +1018,6 @@ class PoolNd(Spatial):
 @register_op("maxpool{dims}d", dims=(1, 2, 3))
 class MaxPoolNd(PoolNd):
     sign = "keeps"
-    capabilities = frozenset({"window", "max_route", "vjp"})
     dilation = Field[Ints]("ints", 1)
     ceil_mode = Field[bool]("bool", False)
 
@@ -1060,7 +1064,6 @@ class MaxPoolNd(PoolNd):
 @register_op("avgpool{dims}d", dims=(1, 2, 3))
 class AvgPoolNd(PoolNd):
     sign = "keeps"
-    capabilities = frozenset({"window", "vjp"})
     ceil_mode = Field[bool]("bool", False)
     count_include_pad = Field[bool]("bool", True)
 
@@ -1094,7 +1097,6 @@ class AdaptiveAvgPoolNd(Spatial):
 
     sign = "keeps"
 
-    capabilities = frozenset({"window", "vjp"})
     output_size = Field[Ints]("ints")
 
     def resolve(self, in_shapes):
@@ -1149,7 +1151,6 @@ class Mean(Op):
 
     sign = "keeps"
 
-    capabilities = frozenset({"window", "vjp"})
     dims = Field[Shape]("shape", doc="dimensions to average, counting the batch as 0 (each ≥ 1)")
     keepdim = Field[bool]("bool", False)
 
@@ -1196,7 +1197,9 @@ class Mean(Op):
 class Elementwise(Op):
     """Ops whose relevance passes straight through (reshaped to the input's shape)."""
 
-    capabilities = frozenset({"reshape", "vjp"})
+    def pass_relevance(self, relevance: torch.Tensor, x_shape: Sequence[int]) -> torch.Tensor:
+        """The relevance of the input: the output's, reshaped to the input's shape."""
+        return relevance.reshape(x_shape)
 
     def vjp(self, grad, inputs, tensors, input_shapes, record=None):
         """Vector-Jacobian product of a reshape, dropout at inference or identity: pass."""
@@ -1340,7 +1343,6 @@ def _fits_in_first(inputs: Sequence[torch.Tensor]) -> bool:
 
 class Merge(Op):
     arity = None
-    capabilities = frozenset({"split", "vjp"})
 
     def split(
         self,
@@ -1355,7 +1357,6 @@ class Merge(Op):
 @register_op("add")
 class Add(Merge):  # no "window": add has no window_sum; rules reach its inputs through split
     sign = "keeps"
-    capabilities = frozenset({"split", "vjp"})
 
     def resolve(self, in_shapes):
         if len(set(in_shapes)) != 1:
@@ -1430,7 +1431,6 @@ class Mul(Op):
     sign = "keeps"
 
     arity = 2
-    capabilities = frozenset({"product", "vjp"})
     gate = Field[int | None](
         "int?",
         None,

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from relgraph.engine.capabilities import Affine
 from relgraph.engine.graph import Graph
 from relgraph.errors import ArgumentError, RelgraphError
 from relgraph.rules import (
@@ -73,7 +74,7 @@ def input_readers(graph: Graph) -> list[str]:
     readers = [n for n in graph.order if graph.input in graph.inputs_of(n)]
     for node in readers:
         op = graph.op(node)
-        if "affine" not in op.capabilities or len(graph.inputs_of(node)) != 1:
+        if not isinstance(op, Affine) or len(graph.inputs_of(node)) != 1:
             line = graph.line_of(node)
             raise RelgraphError(
                 f"the decomposed method splits relevance at the layers that read the input, "

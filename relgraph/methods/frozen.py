@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from relgraph.engine.capabilities import Bilinear, Channelwise, Reshaping, Splitting
 from relgraph.engine.graph import Graph
 from relgraph.engine.interpreter import ReversePass, Visit
 from relgraph.engine.ops import all_finite, infer_output_shape
@@ -65,7 +66,7 @@ def temporal_cropping_applies(graph: Graph) -> bool:
     of two activations (attention's q·kᵀ and attention·v, ops with the ``bilinear``
     capability), which makes every token depend on every frame. Found from the ops' declared
     capabilities, never from the architecture's name."""
-    return not any("bilinear" in graph.op(node).capabilities for node in graph.order[1:])
+    return not any(isinstance(graph.op(node), Bilinear) for node in graph.order[1:])
 
 
 @dataclass(frozen=True)
@@ -218,8 +219,7 @@ def _classify(graph: Graph, node: str, layouts: list[Layout | None]) -> str:
     rank = len(in_shapes[0]) + 1  # with the batch
     if len(out_shape) + 1 != rank or out_shape[axis - 1] < 1:
         return "end"
-    capabilities = op.capabilities
-    if "split" in capabilities:  # add, concat
+    if isinstance(op, Splitting):  # add, concat
         along = getattr(op, "dim", None)
         if along == axis or any(s[axis - 1] != out_shape[axis - 1] for s in in_shapes):
             return "end"
@@ -231,9 +231,7 @@ def _classify(graph: Graph, node: str, layouts: list[Layout | None]) -> str:
         if len(tuple(kernel)) == rank - 2 and hasattr(op, "padding"):
             return "window"
         return "end"
-    if out_shape == in_shapes[0] and (
-        "reshape" in capabilities or ("affine" in capabilities and hasattr(op, "num_features"))
-    ):
+    if out_shape == in_shapes[0] and (isinstance(op, (Reshaping, Channelwise))):
         return "pointwise"  # relu, dropout, identity, batch norm: the same map at every slice
     return "end"
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from relgraph.engine.capabilities import Bilinear, op_has
 from relgraph.engine.graph import Graph
 from relgraph.engine.reverse import Explanation, Target, explanation
 from relgraph.errors import ArgumentError
@@ -25,10 +26,10 @@ def attention_nodes(graph: Graph) -> list[str]:
     capability whose first input is the output of a ``softmax`` op."""
     found = []
     for node in graph.order[1:]:
-        if "bilinear" not in graph.op(node).capabilities:
+        if not isinstance(graph.op(node), Bilinear):
             continue
         first = graph.inputs_of(node)[0]
-        if "softmax" in graph.op(first).capabilities:
+        if op_has(graph.op(first), "softmax"):
             found.append(node)
     return found
 

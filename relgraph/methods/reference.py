@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from relgraph.engine.capabilities import Affine, MaxRouted, Reshaping, Splitting, Windowed
 from relgraph.engine.graph import Graph
 from relgraph.errors import RelgraphError
 from relgraph.rules import NodeContext, Rule, Stabilizer
@@ -56,7 +57,7 @@ class DeltaAffine(_Difference):
     """``R_x = Δx ⊙ Aᵀ(R / stab(A(Δx; W)); W)``."""
 
     name = "delta-affine"
-    requires = ("affine",)
+    requires = (Affine,)
 
     def relevance(self, ctx, relevance):
         (delta,) = self.deltas(ctx)
@@ -72,7 +73,7 @@ class DeltaMax(_Difference):
     reference's, else to the reference's argmax."""
 
     name = "delta-max"
-    requires = ("max_route",)
+    requires = (MaxRouted,)
 
     def relevance(self, ctx, relevance):
         (x,), (reference,) = ctx.inputs, self.references
@@ -93,7 +94,7 @@ class DeltaWindow(_Difference):
     """``R_x = Δx ⊙ Aᵀ(R / stab(ΣΔx))`` over each window of a pool or mean."""
 
     name = "delta-window"
-    requires = ("window",)
+    requires = (Windowed,)
 
     def relevance(self, ctx, relevance):
         (delta,) = self.deltas(ctx)
@@ -106,7 +107,7 @@ class DeltaSplit(_Difference):
     """add: ``R_i = Δx_i / stab(Σ_j Δx_j) · R``; concat: ``R`` sliced back to each input."""
 
     name = "delta-split"
-    requires = ("split",)
+    requires = (Splitting,)
 
     def relevance(self, ctx, relevance):
         deltas = self.deltas(ctx)
@@ -118,7 +119,7 @@ class _PassThrough(Rule):
     """Rescale at a pointwise map or a reshape: ``R`` passes through."""
 
     name = "rescale-pass"
-    requires = ("reshape",)
+    requires = (Reshaping,)
     needs = frozenset()
 
     def relevance(self, ctx, relevance):
@@ -143,17 +144,16 @@ def difference_rules(
     rules: dict[str, Rule] = {}
     for node in graph.order[1:]:
         op = graph.op(node)
-        capabilities = op.capabilities
         inputs = [references[p] for p in graph.inputs_of(node)]
-        if "affine" in capabilities:
+        if isinstance(op, Affine):
             rules[node] = DeltaAffine(inputs, stab)
-        elif "max_route" in capabilities:
+        elif isinstance(op, MaxRouted):
             rules[node] = DeltaMax(inputs, stab)
-        elif "window" in capabilities:
+        elif isinstance(op, Windowed):
             rules[node] = DeltaWindow(inputs, stab)
-        elif "split" in capabilities:
+        elif isinstance(op, Splitting):
             rules[node] = DeltaSplit(inputs, stab)
-        elif "reshape" in capabilities:
+        elif isinstance(op, Reshaping):
             rules[node] = _PassThrough()
         else:
             line = graph.line_of(node)

@@ -1210,6 +1210,7 @@ def _multihead_attention(self: _Importer, node, module: nn.MultiheadAttention) -
             f"{path}.{part}_proj",
             "linear",
             [source],
+            in_features=embed,
             out_features=embed,
             bias=bias is not None,
         )
@@ -1233,6 +1234,7 @@ def _multihead_attention(self: _Importer, node, module: nn.MultiheadAttention) -
         f"{path}.out_proj",
         "linear",
         [merged],
+        in_features=embed,
         out_features=embed,
         bias=out.bias is not None,
     )

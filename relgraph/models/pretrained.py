@@ -24,7 +24,7 @@ import torch
 
 from relgraph.engine.graph import Graph, load_architecture
 from relgraph.engine.token_ops import HIDDEN_ACTS
-from relgraph.engine.weights import read_state_dict
+from relgraph.engine.weights import read_state_dict, register_key_map
 from relgraph.errors import LabelError, RelgraphError, SpecError, WeightsError
 from relgraph.io.labels import Labels
 from relgraph.io.preprocess import PRESETS, Preprocess
@@ -368,6 +368,18 @@ def _new_layout(family: str, state: dict[str, torch.Tensor]) -> dict[str, torch.
             raise WeightsError(f"the keys '{key}' and another both name '{new}'")
         renamed[new] = value
     return renamed
+
+
+def _hub_key_map(family: str) -> Callable:
+    def key_map(graph: Graph, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        renamed = _new_layout(family, state)
+        return renamed if graph.name == family and set(renamed) != set(state) else None
+
+    return key_map
+
+
+for _family in ("videomae", "vivit"):
+    register_key_map(f"{_family}-hub")(_hub_key_map(_family))
 
 
 def _check_against_config(
