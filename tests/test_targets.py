@@ -34,13 +34,13 @@ def batch(net):
     )
 
 
-def explain(net, batch, target="auto", seed="onehot", **kwargs):
+def explain(net, batch, target="auto", output_relevance="onehot", **kwargs):
     return relgraph.explanation(
         net,
         batch,
         target,
         rules="epsilon-plus",
-        output_relevance=seed,
+        output_relevance=output_relevance,
         node_relevance=True,
         **kwargs,
     )

@@ -71,7 +71,9 @@ def relgraph_nodes(graph, x):
     """relgraph's relevance at the input and, under the reference's names, at every block
     output and the inputs of every residual add (the shortcut where it is a node of its own,
     the downsample)."""
-    explanation = relgraph.explain(graph, x, target=TARGET, rules="epsilon-plus", return_all=True)
+    explanation = relgraph.explanation(
+        graph, x, target=TARGET, rules="epsilon-plus", node_relevance=True
+    )
     view = canonical(graph)
     got = {"input": explanation.relevance}
     for node in view.order:
