@@ -398,8 +398,22 @@ class Repeat(IndexOp):
         return [grad.reshape(split).sum(dims)]
 
 
+class _LearnedConstant:
+    """An op that owns one learned tensor of its field ``shape``, stored under the node's own
+    name (``PARAM``), initialised as transformers initialises such tokens (normal, σ 0.02)."""
+
+    def tensor_shapes(self, in_shapes):
+        return {PARAM: tuple(self.shape)}
+
+    def init_tensors(self, shapes, generator, dtype):
+        return {
+            name: 0.02 * torch.randn(shape, generator=generator).to(dtype)
+            for name, shape in shapes.items()
+        }
+
+
 @register_op("prepend_token")
-class PrependToken(IndexOp):
+class PrependToken(_LearnedConstant, IndexOp):
     """A learned token put before the tokens along ``dim`` (the CLS token): the constant,
     stored as the library stores it (``[1, 1, D]``), broadcast over the other axes. Its
     share of relevance is lost (it is a constant)."""
@@ -419,15 +433,6 @@ class PrependToken(IndexOp):
                 f"tokens have {x[-1]} features",
                 "shape",
             )
-
-    def tensor_shapes(self, in_shapes):
-        return {PARAM: tuple(self.shape)}
-
-    def init_tensors(self, shapes, generator, dtype):
-        return {
-            name: 0.02 * torch.randn(shape, generator=generator).to(dtype)
-            for name, shape in shapes.items()
-        }
 
     def forward(self, inputs, tensors):
         x = inputs[0]
@@ -463,7 +468,7 @@ class Shift(Op):
 
 
 @register_op("add_param")
-class AddParam(Shift):
+class AddParam(_LearnedConstant, Shift):
     """``x`` plus a learned constant (position or time embeddings), stored as the library
     stores it (``shape``, e.g. ``[1, N, D]``) and broadcast over ``x`` from the right."""
 
@@ -482,15 +487,6 @@ class AddParam(Shift):
                 f"shape {list(x)} (batch left out)",
                 "shape",
             )
-
-    def tensor_shapes(self, in_shapes):
-        return {PARAM: tuple(self.shape)}
-
-    def init_tensors(self, shapes, generator, dtype):
-        return {
-            name: 0.02 * torch.randn(shape, generator=generator).to(dtype)
-            for name, shape in shapes.items()
-        }
 
     def constant(self, tensors, like):
         c = tensors[PARAM].to(like.dtype)
