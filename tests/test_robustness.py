@@ -233,7 +233,9 @@ def test_a_quotient_beyond_the_format_makes_explain_check_every_quotient(rule, d
     passes = []
     one_pass = relgraph.engine.reverse._explain_pass
     monkeypatch.setattr(
-        relgraph.engine.reverse, "_explain_pass", lambda *a: passes.append(1) or one_pass(*a)
+        relgraph.engine.reverse,
+        "_explain_pass",
+        lambda *a, **k: passes.append(1) or one_pass(*a, **k),
     )
     huge = torch.full((1, 1), 0.9 * torch.finfo(dtype).max, dtype=dtype)
     relevance = relgraph.explain(graph, x, 0, composite, huge)

@@ -370,8 +370,8 @@ def explain_with_rules(
     again with every quotient checked. The result is the same either way."""
     run = (graph, x, node_rules, target, output_relevance, labels)
     _check_memory(graph, x, node_rules, memory_check, keep_all=False)
-    result = _explain_pass(*run, "input", Numerics(checks_quotients_later=True))
-    return result if all_finite(result) else _explain_pass(*run, "input", Numerics())
+    result = _explain_pass(*run, "input", checks_later=True)
+    return result if all_finite(result) else _explain_pass(*run, "input", checks_later=False)
 
 
 def explanation_with_rules(
@@ -395,13 +395,13 @@ def explanation_with_rules(
     run = (graph, x, node_rules, target, output_relevance, labels)
     _check_memory(graph, x, node_rules, memory_check, keep_all=node_relevance)
     if node_relevance:  # every node's relevance is reported: each quotient checked as formed
-        return _explain_pass(*run, "all", Numerics())
-    result = _explain_pass(*run, "explanation", Numerics(checks_quotients_later=True))
+        return _explain_pass(*run, "all", checks_later=False)
+    result = _explain_pass(*run, "explanation", checks_later=True)
     # each node's loss, not the fraction: that is 0 wherever the output relevance sums to 0
     lost = list(result.lost.values())
     if all_finite(result.relevance) and (not lost or all_finite(torch.stack(lost))):
         return result
-    return _explain_pass(*run, "explanation", Numerics())
+    return _explain_pass(*run, "explanation", checks_later=False)
 
 
 def _check_memory(
@@ -497,13 +497,15 @@ def _explain_pass(
     output_relevance: str | torch.Tensor,
     labels: Any,
     returns: str,
-    numerics: Numerics,
+    *,
+    checks_later: bool,
 ) -> torch.Tensor | Explanation:
     """One forward and reverse pass: the input relevance (``returns="input"``), an
     ``Explanation`` (``"explanation"``), or one that keeps every node's relevance
     (``"all"``). Extremes of the rules' inputs are remembered as the forward pass makes
-    them."""
-    numerics.remembers_extremes = True
+    them; ``checks_later``: quotients beyond the format are checked in the result
+    (``Numerics.checks_quotients_later``)."""
+    numerics = Numerics(checks_quotients_later=checks_later, remembers_extremes=True)
     return_all = returns == "all"
     detailed = returns != "input"
     needs = {node: rule_needs(rule) for node, rule in node_rules.items()}
