@@ -96,14 +96,16 @@ def add_discriminative_options(parser: argparse.ArgumentParser) -> None:
         default="frozen",
         help="what relevance due to motion means: frozen clips (the paper's, default), the "
         "input split into static and moving parts (decomposed, one explanation), DeepLIFT "
-        "from the static clip (reference), or selective relevance (docs/motion-methods.md)",
+        "from the static clip with the Rescale rule (reference) or the RevealCancel rule "
+        "(revealcancel), or selective relevance (docs/motion-methods.md)",
     )
     group.add_argument(
         "--static",
         choices=STATIC_PARTS,
-        default="mean",
-        help="the static part of a clip for decomposed and reference: each pixel's mean "
-        "(default), median or first value over the frames",
+        default=None,
+        help="the static part of a clip for decomposed, reference and revealcancel: each "
+        "pixel's mean, median or first value over the frames (default: median for "
+        "revealcancel, mean for the others)",
     )
     group.add_argument(
         "--sigma",

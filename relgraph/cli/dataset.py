@@ -33,6 +33,7 @@ from relgraph.datasets.store import STORE_FORMAT, Store, file_digest
 from relgraph.errors import ArgumentError
 from relgraph.io.outputs import check_out_dir, check_out_file, write_json
 from relgraph.io.preprocess import PRESETS
+from relgraph.methods.decomposed import default_static
 from relgraph.pipeline.video import load_model
 
 __all__ = ["add_dataset_commands", "store_options"]
@@ -208,8 +209,8 @@ def _method_options(options) -> dict[str, Any]:
     if options.method == "frozen":
         return {}
     found: dict[str, Any] = {"method": options.method}
-    if options.method in ("decomposed", "reference"):
-        found["static"] = options.static
+    if options.method in ("decomposed", "reference", "revealcancel"):
+        found["static"] = default_static(options.method, options.static)
     if options.method == "selective":
         found["sigma"] = options.sigma
     return found

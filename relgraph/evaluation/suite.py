@@ -24,7 +24,7 @@ from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import Graph
 from relgraph.engine.hostmemory import reuse_freed
 from relgraph.engine.memory import available_bytes, format_bytes
-from relgraph.engine.reverse import explain_with_rules
+from relgraph.engine.reverse import explain, explain_with_rules
 from relgraph.errors import (
     ArgumentError,
     DatasetError,
@@ -251,8 +251,13 @@ def compute_maps(
     memory_check: bool = True,
     methods: Sequence[str] = ("frozen",),
     costs: dict[str, float] | None = None,
+    refused: dict[str, str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every map of the clips for their targets, ``{name: (B, T, H, W)}``.
+
+    A method other than ``frozen`` that the model refuses (a ``RelgraphError``: the reference
+    methods have no difference rule for attention's products) is left out; ``refused``, if
+    given, gets its message.
 
     Each of ``methods`` other than ``frozen`` adds its spatial and temporal maps
     (``temporal method=decomposed``; the model's preset, its default options), and then
@@ -308,11 +313,14 @@ def compute_maps(
             maps[f"temporal{options}{suffix}"] = spatiotemporal - spatial
         if costs is not None and preset is None:
             costs["frozen"] = time.perf_counter() - started
-    _motion_maps(graph, clips, targets, methods, clips_per_call, maps, costs, progress)
+    _motion_maps(graph, clips, targets, methods, clips_per_call, maps, costs, progress, refused)
     maps["random"] = baselines.random_map(clips)
     maps["frame difference"] = baselines.frame_difference(clips)
-    maps["gradient"] = baselines.gradient(graph, clips, targets)
-    maps["gradient × input"] = baselines.gradient_times_input(graph, clips, targets)
+    # one gradient for both maps (gradient_times_input would run it again)
+    gradient = explain(graph, clips, targets, rules="gradient")
+    maps["gradient"] = gradient.sum(dim=1)
+    maps["gradient × input"] = (gradient * clips).sum(dim=1)
+    del gradient
     if any(m != "frozen" for m in methods):
         clock = time.perf_counter()
         maps[INTEGRATED_GRADIENTS] = baselines.integrated_gradients(
@@ -332,9 +340,11 @@ def _motion_maps(
     maps: dict[str, torch.Tensor],
     costs: dict[str, float] | None,
     progress: bool,
+    refused: dict[str, str] | None = None,
 ) -> None:
     """The maps of the methods other than ``frozen`` into ``maps``; with ``costs``, their
-    seconds and those of one plain explanation of the clips."""
+    seconds and those of one plain explanation of the clips. A method the model refuses is
+    left out (its message into ``refused``)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise RelgraphError(f"unknown method '{unknown[0]}' (known: {', '.join(METHODS)})")
@@ -352,14 +362,20 @@ def _motion_maps(
             continue
         clock = time.perf_counter()
         spatial, temporal = [], []
-        for begin in _tqdm(range(0, len(clips), clips_per_call), progress, method):
-            part = slice(begin, begin + clips_per_call)
-            result = discriminative_with_rules(
-                graph, clips[part], node_rules, targets[part], seed, method=method
-            )
-            spatial.append(result.spatial)
-            temporal.append(result.temporal)
-            del result
+        try:
+            for begin in _tqdm(range(0, len(clips), clips_per_call), progress, method):
+                part = slice(begin, begin + clips_per_call)
+                result = discriminative_with_rules(
+                    graph, clips[part], node_rules, targets[part], seed, method=method
+                )
+                spatial.append(result.spatial)
+                temporal.append(result.temporal)
+                del result
+        except RelgraphError as exc:
+            if refused is None:
+                raise
+            refused[method] = str(exc)
+            continue
         if costs is not None:
             costs[method] = time.perf_counter() - clock
         names = method_maps(method)
@@ -460,6 +476,7 @@ def run_evaluation(
     accuracy = float((targets.cpu() == data.labels).double().mean())
     methods = tuple(dict.fromkeys(("frozen", *methods)))
     seconds: dict[str, float] = {}
+    refused: dict[str, str] = {}
     maps = compute_maps(
         graph,
         data.clips,
@@ -470,8 +487,10 @@ def run_evaluation(
         memory_check=memory_check,
         methods=methods,
         costs=seconds,
+        refused=refused,
     )
     map_seconds = time.perf_counter() - started
+    methods = tuple(m for m in methods if m not in refused)
     full = full_metric_maps(methods)
     mean = data.clips.mean(dim=(0, 2, 3, 4))
     memo = metrics.ForwardMemo()  # each distinct perturbed clip is run once
@@ -551,6 +570,7 @@ def run_evaluation(
         seconds=time.perf_counter() - started,
         map_seconds=map_seconds,
         perturbed_clips={"run": memo.runs, "reused": memo.hits},
+        refused_methods=refused,
         config={
             "arch": graph.name,
             "cube": list(cube),
@@ -721,6 +741,9 @@ def markdown(report: dict, maps: Sequence[str] | None = None) -> str:
         ]
         for label, stats in report["paired"].items():
             lines.append(f"- {label}: {_cell(stats, signed=True)} ({stats['share_higher']:.0%})")
+    if report.get("refused_methods"):
+        lines += ["", "Methods the model refuses (no maps):", ""]
+        lines += [f"- {name}: {message}" for name, message in report["refused_methods"].items()]
     if report.get("costs"):
         lines += ["", "Cost per clip (seconds; relative to one plain explanation of the clip)", ""]
         for name, cost in report["costs"].items():

@@ -48,10 +48,26 @@ from relgraph.rules import (
     ZPlus,
 )
 
-__all__ = ["STATIC_PARTS", "InputSplit", "input_readers", "split_input_relevance", "static_part"]
+__all__ = [
+    "STATIC_PARTS",
+    "InputSplit",
+    "default_static",
+    "input_readers",
+    "split_input_relevance",
+    "static_part",
+]
 
 #: How the static part of a clip is formed from its frames, per pixel.
 STATIC_PARTS: tuple[str, ...] = ("mean", "first", "median")
+#: The static part a method takes when none is given: the median for ``revealcancel`` (chosen
+#: on tuning clips of seed 7, docs/motion-methods.md), the mean for the others.
+METHOD_STATIC: dict[str, str] = {"revealcancel": "median"}
+
+
+def default_static(method: str, static: str | None = None) -> str:
+    """``static`` where given, else ``method``'s default static part (:data:`METHOD_STATIC`,
+    otherwise ``mean``)."""
+    return static if static is not None else METHOD_STATIC.get(method, "mean")
 
 
 def static_part(clips: torch.Tensor, static: str = "mean") -> torch.Tensor:

@@ -26,6 +26,7 @@ from relgraph.engine.reverse import (
     resolve_rules,
 )
 from relgraph.errors import ArgumentError, ShapeError, TargetError
+from relgraph.methods.decomposed import default_static
 from relgraph.methods.frozen import explain_frozen, temporal_cropping_applies, wanted_slices
 from relgraph.methods.maps import (
     METHODS,
@@ -82,7 +83,7 @@ def discriminative(
     canonize: bool | None = None,
     memory_check: bool = True,
     method: str = "frozen",
-    static: str = "mean",
+    static: str | None = None,
     sigma: float = 1.0,
 ) -> DiscriminativeResult:
     """Spatio-temporal, spatial and temporal relevance of each clip of a batch.
@@ -220,7 +221,7 @@ def discriminative_with_rules(
     frozen_shortcut: bool = True,
     memory_check: bool = True,
     method: str = "frozen",
-    static: str = "mean",
+    static: str | None = None,
     sigma: float = 1.0,
 ) -> DiscriminativeResult:
     """:func:`discriminative` with the rules already resolved per node
@@ -234,12 +235,13 @@ def discriminative_with_rules(
     seed = output_relevance
     seed_for = _seed_rows(seed, batch)
     if method != "frozen":
+        static = default_static(method, static)
         used = {
             "method": method,
             "target": target if isinstance(target, (str, int)) else _plain(target),
             "output_relevance": seed if isinstance(seed, str) else "tensor",
             "normalize": normalize,
-            **({"static": static} if method in ("decomposed", "reference") else {}),
+            **({"static": static} if method in ("decomposed", "reference", "revealcancel") else {}),
             **({"sigma": sigma} if method == "selective" else {}),
             **(options or {}),
         }

@@ -18,7 +18,7 @@ NORMALIZATIONS: tuple[str, ...] = ("maxabs", "sum", "none")
 #: What "relevance due to motion" means (``docs/motion-methods.md``): the paper's frozen
 #: clips, the input split between static and moving parts, DeepLIFT with the static clip as
 #: reference, or the selective relevance of Hiley et al. (2020).
-METHODS: tuple[str, ...] = ("frozen", "decomposed", "reference", "selective")
+METHODS: tuple[str, ...] = ("frozen", "decomposed", "reference", "revealcancel", "selective")
 
 
 @dataclass

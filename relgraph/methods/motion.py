@@ -18,6 +18,7 @@ from relgraph.engine.reverse import Explanation, Target, explain_with_rules, exp
 from relgraph.methods.decomposed import InputSplit, input_readers, static_part
 from relgraph.methods.maps import DiscriminativeResult, normalize_maps
 from relgraph.methods.reference import difference_rules
+from relgraph.methods.revealcancel import revealcancel_multipliers
 from relgraph.methods.selective import selective_mask
 from relgraph.rules import Rule
 
@@ -60,7 +61,7 @@ def explain_motion(
     parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     still = None
     rules = node_rules
-    if method in ("decomposed", "reference"):
+    if method in ("decomposed", "reference", "revealcancel"):
         still = static_part(clip, static)
     if method == "decomposed":
         rules = dict(node_rules)
@@ -88,7 +89,7 @@ def explain_motion(
             spatial, temporal = normalize_like(clip_map, [clip_map - selected, selected], normalize)
     else:
         spatial_relevance, temporal_relevance, static_output = _reference(
-            g, clip, still, node_rules, explanation, seed
+            g, clip, still, node_rules, explanation, seed, reveal=method == "revealcancel"
         )
         with torch.inference_mode():
             spatial = normalize_maps(spatial_relevance.sum(dim=1), normalize, dims=(1, 2, 3))
@@ -113,11 +114,16 @@ def _reference(
     node_rules: dict[str, Rule],
     explanation: Explanation,
     seed: str | torch.Tensor,
+    reveal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The static clip's ordinary relevance (for the clip's target), DeepLIFT's relevance of
-    ``clip − still`` seeded with the target's logit difference, and the logits on ``still``."""
+    ``clip − still`` for the target's logit difference (the Rescale rule, or RevealCancel with
+    ``reveal``), and the logits on ``still``."""
     target = explanation.target
     static_explanation = explanation_with_rules(g, still, node_rules, target, seed)
+    if reveal:
+        moving, _, static_output = revealcancel_multipliers(g, clip, still, target)
+        return static_explanation.relevance, moving, static_output
     references = g.forward(still).activations
     static_output = static_explanation.output.reshape(len(clip), -1)
     rows = torch.arange(len(clip), device=clip.device)

@@ -386,7 +386,7 @@ def explain_clips(
     progress: bool | None = False,
     memory_check: bool = True,
     method: str = "frozen",
-    static: str = "mean",
+    static: str | None = None,
     sigma: float = 1.0,
 ) -> list[ClipResult]:
     """Explain a batch of preprocessed clips (from one video or several) with the
@@ -663,7 +663,7 @@ class VideoOptions:
     reduce: str = "first"
     normalize: str = "maxabs"
     batch_size: int | None = None
-    static: str = "mean"
+    static: str | None = None
     sigma: float = 1.0
     columns: str | Sequence[int] | None = None
     figures: bool = True
