@@ -114,6 +114,13 @@ def contribution_split(
     return parts
 
 
+def _by_sign(delta: torch.Tensor, rising: torch.Tensor, falling: torch.Tensor) -> torch.Tensor:
+    """``rising`` where ``Δ > 0``, ``falling`` where ``Δ < 0``, 0 where ``Δ = 0``: an input
+    that does not change contributes neither positively nor negatively (the paper's
+    ``1{w Δx > 0}`` and ``1{w Δx < 0}``)."""
+    return torch.where(delta > 0, rising, torch.where(delta < 0, falling, 0.0))
+
+
 def _quotient(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     """``numerator / denominator``, 0 where the denominator is 0 or subnormal."""
     tiny = torch.finfo(denominator.dtype).tiny
@@ -165,7 +172,7 @@ class RevealNonlinear(Rule):
 @dataclass
 class RevealAffine(Rule):
     """An affine member of a linear group: ``M_a = Aᵀ(M⁺; W⁺) + Aᵀ(M⁻; W⁻)`` where
-    ``Δa ≥ 0`` and ``Aᵀ(M⁺; W⁻) + Aᵀ(M⁻; W⁺)`` where ``Δa < 0``."""
+    ``Δa > 0``, ``Aᵀ(M⁺; W⁻) + Aᵀ(M⁻; W⁺)`` where ``Δa < 0`` and 0 where ``Δa = 0``."""
 
     name = "reveal-affine"
     requires = (Affine,)
@@ -188,13 +195,13 @@ class RevealAffine(Rule):
 
         rising = back(up, w_pos) + back(down, w_neg)
         falling = back(up, w_neg) + back(down, w_pos)
-        return [torch.where(self.delta >= 0, rising, falling)]
+        return [_by_sign(self.delta, rising, falling)]
 
 
 @dataclass
 class RevealAdd(Rule):
     """An ``add`` member of a linear group: a member input gets ``(M⁺, M⁻)`` handed on,
-    any other input ``M⁺`` where its ``Δ ≥ 0`` and ``M⁻`` where it is negative."""
+    any other input ``M⁺`` where its ``Δ > 0``, ``M⁻`` where it is negative (0 where 0)."""
 
     name = "reveal-add"
     requires = ()
@@ -217,7 +224,7 @@ class RevealAdd(Rule):
                 self.handed.pending[member] = (up, down)
                 out.append(torch.zeros_like(up))
             else:
-                out.append(torch.where(delta >= 0, up, down))
+                out.append(_by_sign(delta, up, down))
         return out
 
 
