@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     parser.add_argument("--figures", type=Path, help="folder for the two PNG plots")
+    parser.add_argument(
+        "--maps",
+        type=Path,
+        help="a file of computed maps: read where it exists (the maps are not computed "
+        "again), else written after they are computed; the same model, clips and options",
+    )
     return parser
 
 
@@ -44,9 +50,18 @@ def run(args: argparse.Namespace) -> dict:
     data = synthetic_data(
         graph, args.clips, args.seed, irrelevant_motion=not args.no_irrelevant_motion
     )
+    computed: dict = {}
+    if args.maps and args.maps.exists():
+        computed = torch.load(args.maps, weights_only=True)
     report = run_evaluation(
-        graph, data, **evaluation_kwargs(args, graph, len(data.clips)), progress=True
+        graph,
+        data,
+        **evaluation_kwargs(args, graph, len(data.clips)),
+        progress=True,
+        computed=computed,
     )
+    if args.maps and not args.maps.exists():
+        torch.save(computed, args.maps)
     report["config"]["weights"] = str(args.pretrained or args.weights or "shipped demo")
     report["config"]["threads"] = torch.get_num_threads()
     report["total_seconds"] = time.perf_counter() - started

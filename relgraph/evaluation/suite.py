@@ -444,8 +444,14 @@ def run_evaluation(
     progress: bool = False,
     memory_check: bool = True,
     methods: Sequence[str] = ("frozen",),
+    computed: dict | None = None,
 ) -> dict:
     """Compute every map and every metric; a JSON-ready report (see :func:`markdown`).
+
+    ``computed``: an empty dict receives the maps, their costs and the refused methods
+    (``{"maps", "costs", "refused"}``); one filled so by an earlier run on the same model,
+    clips and options is used instead of computing the maps again (the metrics can then be
+    measured in parts, each part reading the same maps).
 
     ``methods`` are the motion methods whose maps are measured (``frozen``, the paper's,
     always; see :func:`compute_maps`); the report's ``costs`` give each method's seconds
@@ -475,20 +481,25 @@ def run_evaluation(
     targets = logits.argmax(dim=1)
     accuracy = float((targets.cpu() == data.labels).double().mean())
     methods = tuple(dict.fromkeys(("frozen", *methods)))
-    seconds: dict[str, float] = {}
-    refused: dict[str, str] = {}
-    maps = compute_maps(
-        graph,
-        data.clips,
-        targets,
-        presets=presets,
-        variants=variants,
-        progress=progress,
-        memory_check=memory_check,
-        methods=methods,
-        costs=seconds,
-        refused=refused,
-    )
+    if computed:
+        maps, refused = computed["maps"], dict(computed["refused"])
+        seconds = dict(computed["costs"])
+    else:
+        seconds, refused = {}, {}
+        maps = compute_maps(
+            graph,
+            data.clips,
+            targets,
+            presets=presets,
+            variants=variants,
+            progress=progress,
+            memory_check=memory_check,
+            methods=methods,
+            costs=seconds,
+            refused=refused,
+        )
+        if computed is not None:
+            computed.update(maps=maps, costs=dict(seconds), refused=dict(refused))
     map_seconds = time.perf_counter() - started
     methods = tuple(m for m in methods if m not in refused)
     full = full_metric_maps(methods)
