@@ -20,7 +20,9 @@ from relgraph.methods.revealcancel import revealcancel_multipliers
 
 
 def tiny_graph(dtype=torch.float64, arch: str = "c3d-tiny"):
-    params = {"size": 16, "width": 2, "hidden": 8} if arch == "c3d-tiny" else {"size": 16, "width": 2}
+    params = {"size": 16, "width": 2}
+    if arch == "c3d-tiny":
+        params["hidden"] = 8
     return relgraph.load_architecture(arch, seed=3, dtype=dtype, **params)
 
 
@@ -39,8 +41,9 @@ def relu(v):
 
 def reveal(r, positive, negative):
     """Δy⁺, Δy⁻ of a ReLU with reference input r and contribution sums Δ⁺, Δ⁻ (eq. in 3.5.3)."""
-    up = 0.5 * (relu(r + positive) - relu(r)) + 0.5 * (relu(r + negative + positive) - relu(r + negative))
-    down = 0.5 * (relu(r + negative) - relu(r)) + 0.5 * (relu(r + positive + negative) - relu(r + positive))
+    both = relu(r + positive + negative)
+    up = 0.5 * (relu(r + positive) - relu(r)) + 0.5 * (both - relu(r + negative))
+    down = 0.5 * (relu(r + negative) - relu(r)) + 0.5 * (both - relu(r + positive))
     return up, down
 
 
@@ -52,7 +55,8 @@ def neuron_multipliers(contributions, r, m_out):
     up, down = reveal(r, positive, negative)
     m_up = up / positive if positive != 0 else 0.0
     m_down = down / negative if negative != 0 else 0.0
-    return np.where(contributions > 0, m_out * m_up, np.where(contributions < 0, m_out * m_down, 0.0))
+    falling = np.where(contributions < 0, m_out * m_down, 0.0)
+    return np.where(contributions > 0, m_out * m_up, falling)
 
 
 MLP_YAML = {
@@ -207,7 +211,8 @@ def test_revealcancel_differs_from_rescale_and_agrees_on_a_linear_model():
         "output": "fc",
     }
     linear = relgraph.architecture_from_yaml(json.dumps(spec), dtype=torch.float64, seed=1)
-    clip = torch.randn(2, 2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    generator = torch.Generator().manual_seed(2)
+    clip = torch.randn(2, 2, 3, 4, 4, dtype=torch.float64, generator=generator)
     targets = torch.tensor([0, 1])
     relevance, _, _ = revealcancel_multipliers(linear, clip, static_part(clip), targets)
     # no nonlinearity: the multipliers are the gradient (autograd as the reference)
@@ -243,3 +248,47 @@ def test_revealcancel_is_finite_in_every_precision(arch, dtype):
     differs = result.output[rows, result.target] != result.static_output[rows, result.target]
     moved = result.temporal.abs().amax(dim=(1, 2, 3)) > 0
     assert torch.equal(moved, differs)
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+def transformer(dtype=torch.float64):
+    return relgraph.load_architecture("videomae-tiny", seed=3, dtype=dtype)
+
+
+def test_revealcancel_sums_to_the_logit_difference_on_a_transformer():
+    """Layer norms, softmax, attention's products and the token reshapes keep the sum."""
+    g = transformer()
+    x = clips_for(g, batch=2, seed=4) * 3
+    result = relgraph.discriminative(g, x, method="revealcancel", normalize="none")
+    rows = torch.arange(2)
+    difference = result.output[rows, result.target] - result.static_output[rows, result.target]
+    assert float(difference.abs().min()) > 0
+    torch.testing.assert_close(
+        result.temporal_relevance.sum(dim=(1, 2, 3, 4)), difference, rtol=1e-9, atol=1e-12
+    )
+
+
+def test_transformer_multipliers_approach_the_gradient_for_a_small_difference():
+    """For a clip a small step from its reference, every exact difference quotient tends to
+    the derivative: the input's multipliers are the gradient, which the engine's explicit
+    vector-Jacobian products (the ``gradient`` preset) compute another way."""
+    g = transformer()
+    r = clips_for(g, batch=2, seed=5)
+    step = torch.randn(r.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    x = r + 1e-7 * step
+    targets = torch.tensor([0, 3])
+    relevance, _, _ = revealcancel_multipliers(g, x, r, targets)
+    gradient = relgraph.explain(g, x, targets, rules="gradient")
+    expected = (x - r) * gradient
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(relevance, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_revealcancel_on_a_transformer_is_finite_in_low_precision(dtype):
+    g = transformer(dtype)
+    result = relgraph.discriminative(g, clips_for(g), method="revealcancel")
+    assert bool(torch.isfinite(result.temporal).all())
+    assert bool(torch.isfinite(result.spatial).all())

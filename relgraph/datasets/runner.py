@@ -48,7 +48,7 @@ class RunOptions:
     reduce: str = "first"
     normalize: str = "maxabs"
     method: str = "frozen"  # see relgraph.methods.discriminative.METHODS
-    static: str | None = None  # the static part (decomposed, reference, revealcancel); None: the method's default
+    static: str | None = None  # the static part; None: the method's default
     sigma: float = 1.0  # selective's threshold
     batch_size: int | None = None  # frozen clips at once
     clip_batch: int = 4  # clips (from any videos) explained at once

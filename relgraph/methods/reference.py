@@ -34,7 +34,7 @@ from relgraph.engine.graph import Graph
 from relgraph.errors import RelgraphError
 from relgraph.rules import NodeContext, Rule, Stabilizer
 
-__all__ = ["difference_rules"]
+__all__ = ["difference_rule", "difference_rules"]
 
 
 def _wide(t: torch.Tensor) -> torch.Tensor:
@@ -141,26 +141,35 @@ def difference_rules(
         For an op with no difference rule (a product of two activations: ``mul``).
     """
     stab = Stabilizer("epsilon", epsilon) if epsilon > 0 else Stabilizer("zero")
-    rules: dict[str, Rule] = {}
-    for node in graph.order[1:]:
-        op = graph.op(node)
-        inputs = [references[p] for p in graph.inputs_of(node)]
-        if isinstance(op, Affine):
-            rules[node] = DeltaAffine(inputs, stab)
-        elif isinstance(op, MaxRouted):
-            rules[node] = DeltaMax(inputs, stab)
-        elif isinstance(op, Windowed):
-            rules[node] = DeltaWindow(inputs, stab)
-        elif isinstance(op, Splitting):
-            rules[node] = DeltaSplit(inputs, stab)
-        elif isinstance(op, Reshaping):
-            rules[node] = _PassThrough()
-        else:
-            line = graph.line_of(node)
-            raise RelgraphError(
-                f"the reference method has no difference rule for '{node}' ({op.type})",
-                file=graph.file,
-                line=line,
-                node=node,
-            )
-    return rules
+    return {node: difference_rule(graph, node, references, stab) for node in graph.order[1:]}
+
+
+def difference_rule(
+    graph: Graph, node: str, references: dict[str, torch.Tensor], stab: Stabilizer
+) -> Rule:
+    """The difference rule of one node (see :func:`difference_rules`).
+
+    Raises
+    ------
+    RelgraphError
+        For an op with no difference rule.
+    """
+    op = graph.op(node)
+    inputs = [references[p] for p in graph.inputs_of(node)]
+    if isinstance(op, Affine):
+        return DeltaAffine(inputs, stab)
+    if isinstance(op, MaxRouted):
+        return DeltaMax(inputs, stab)
+    if isinstance(op, Windowed):
+        return DeltaWindow(inputs, stab)
+    if isinstance(op, Splitting):
+        return DeltaSplit(inputs, stab)
+    if isinstance(op, Reshaping):
+        return _PassThrough()
+    line = graph.line_of(node)
+    raise RelgraphError(
+        f"the reference method has no difference rule for '{node}' ({op.type})",
+        file=graph.file,
+        line=line,
+        node=node,
+    )

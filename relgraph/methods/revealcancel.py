@@ -29,6 +29,14 @@ sum), whose members feed nothing else; its contributions are those of the group'
 Every other node (pools, reshapes, a linear node that feeds something other than a
 nonlinearity) runs the Rescale rule of ``relgraph.methods.reference`` with multipliers in
 and out (``M_in = R_in / Δ_in``, 0 where ``Δ_in`` is 0: such an input contributes nothing).
+
+A transformer's ops have exact multipliers too, so that the sum still holds: a product of
+two activations (attention's ``q kᵀ`` and ``softmax · v``) splits its difference by the
+Shapley values of its two factors, ``Δ(ab) = Δa b̄ + ā Δb`` (``ā`` the mean of the clip's and
+the reference's value); layer norm and softmax are chains of such products, sums,
+reciprocals and exponentials, each with its exact difference quotient; token reshapes,
+transposes and constant shifts pass the multiplier through their own vector-Jacobian
+product.
 """
 
 from __future__ import annotations
@@ -40,8 +48,10 @@ import torch
 from relgraph.engine.capabilities import Affine, Reshaping
 from relgraph.engine.graph import Graph
 from relgraph.engine.ops import Elementwise
-from relgraph.methods.reference import difference_rules
-from relgraph.rules import NodeContext, Rule
+from relgraph.engine.token_ops import IndexOp, LayerNorm, MatMul, Shift, Softmax
+from relgraph.errors import RelgraphError
+from relgraph.methods.reference import difference_rule
+from relgraph.rules import NodeContext, Rule, Stabilizer
 
 __all__ = ["contribution_split", "nonlinear", "reveal_cancel_rules", "revealcancel_multipliers"]
 
@@ -263,7 +273,7 @@ def reveal_cancel_rules(
     RelgraphError
         For an op with neither a RevealCancel nor a Rescale rule (``difference_rules``).
     """
-    rescale = difference_rules(graph, references)
+    stab = Stabilizer("zero")
     parts = contribution_split(graph, activations, references)
     handed = _Handed()
 
@@ -292,11 +302,137 @@ def reveal_cancel_rules(
             rules[node] = _LinearMultiplier()
         elif op.type == "add":
             rules[node] = _AddMultiplier()
+        elif isinstance(op, LayerNorm):
+            rules[node] = _LayerNormMultiplier(references[inputs[0]])
+        elif isinstance(op, Softmax):
+            rules[node] = _SoftmaxMultiplier(references[inputs[0]])
+        elif isinstance(op, MatMul):
+            rules[node] = _ProductMultiplier([references[p] for p in inputs])
+        elif isinstance(op, (IndexOp, Shift)) or op.type == "scale":
+            rules[node] = _LinearVJP()
         else:
-            rules[node] = _Multiplied(
-                rescale[node], delta(node), [delta(p) for p in inputs]
-            )
+            try:
+                inner = difference_rule(graph, node, references, stab)
+            except RelgraphError:
+                line = graph.line_of(node)
+                raise RelgraphError(
+                    f"the revealcancel method has no rule for '{node}' ({op.type})",
+                    file=graph.file,
+                    line=line,
+                    node=node,
+                ) from None
+            rules[node] = _Multiplied(inner, delta(node), [delta(p) for p in inputs])
     return rules
+
+
+# --------------------------------------------------------------------------- attention's ops
+
+
+def _mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (_wide(a) + _wide(b))
+
+
+@dataclass
+class _LinearVJP(Rule):
+    """A linear map with no parameters (transpose, permute, select, a constant shift or
+    scale): ``M_x = Jᵀ M``, the op's own vector-Jacobian product (exact: the map is
+    linear)."""
+
+    name = "linear-vjp"
+    needs = frozenset({"inputs"})
+
+    def fits(self, op) -> bool:
+        return True
+
+    def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
+        multiplier = _wide(relevance)
+        inputs = [_wide(x) for x in ctx.inputs]
+        return ctx.op.vjp(multiplier, inputs, ctx.tensors, ctx.input_shapes)
+
+
+@dataclass
+class _ProductMultiplier(Rule):
+    """A product of two activations ``a b`` (matmul): ``Δ(ab) = Δa b̄ + ā Δb`` exactly, with
+    ``ā``, ``b̄`` the means of the clip's and the reference's values (each factor's Shapley
+    value in the two-player game of the product), so ``M_a = M b̄ᵀ`` and ``M_b = āᵀ M``:
+    the product's vector-Jacobian product at the midpoint."""
+
+    name = "product-multiplier"
+    needs = frozenset({"inputs"})
+
+    references: list[torch.Tensor]
+
+    def fits(self, op) -> bool:
+        return True
+
+    def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
+        midpoints = [_mean(x, r) for x, r in zip(ctx.inputs, self.references)]
+        return ctx.op.vjp(_wide(relevance), midpoints, ctx.tensors, ctx.input_shapes)
+
+
+@dataclass
+class _SoftmaxMultiplier(Rule):
+    """Softmax ``p = e ⊙ v`` with ``e = exp(x − c)``, ``v = 1 / Σ e`` (``c`` the larger of
+    the clip's and the reference's maximum, per row), each step exact: the product by its
+    Shapley split (``M_e = M v̄``, ``M_v = Σ M ē``), the reciprocal by its difference
+    quotient ``Δv / ΔS = −v v_ref``, the sum linearly, and the exponential by Rescale
+    (``Δe / Δx = e_ref · (e^Δx − 1) / Δx``, which is ``e`` where ``Δx = 0``)."""
+
+    name = "softmax-multiplier"
+    needs = frozenset({"inputs"})
+
+    reference: torch.Tensor
+
+    def fits(self, op) -> bool:
+        return True
+
+    def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
+        x, r = _wide(ctx.inputs[0]), _wide(self.reference)
+        m = _wide(relevance)
+        c = torch.maximum(x.amax(-1, keepdim=True), r.amax(-1, keepdim=True))
+        e_x, e_r = torch.exp(x - c), torch.exp(r - c)
+        v_x, v_r = 1 / e_x.sum(-1, keepdim=True), 1 / e_r.sum(-1, keepdim=True)
+        m_e = m * 0.5 * (v_x + v_r)
+        m_v = (m * 0.5 * (e_x + e_r)).sum(-1, keepdim=True)
+        m_e = m_e + m_v * (-v_x * v_r)  # through S = Σ e
+        delta = x - r
+        moved = delta != 0
+        slope = torch.where(moved, torch.expm1(delta) / torch.where(moved, delta, 1.0), 1.0)
+        return [m_e * e_r * slope]
+
+
+@dataclass
+class _LayerNormMultiplier(Rule):
+    """Layer norm ``y = w ⊙ u v + b`` with ``u = x − mean(x)`` and ``v = (mean(u²) + ε)^−½``,
+    each step exact: the product ``u v`` by its Shapley split (``M_u = h v̄``, ``M_v = Σ h ū``,
+    ``h = M ⊙ w``), ``v(q)`` by its difference quotient ``Δv / Δq = −1 / (√q √q_ref (√q +
+    √q_ref))``, ``q = mean(u²)`` by ``Δu² = 2 ū Δu``, and the centring linearly."""
+
+    name = "layernorm-multiplier"
+    needs = frozenset({"inputs"})
+
+    reference: torch.Tensor
+
+    def fits(self, op) -> bool:
+        return True
+
+    def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
+        x, r = _wide(ctx.inputs[0]), _wide(self.reference)
+        h = _wide(relevance)
+        weight = ctx.tensors.get("weight")
+        if weight is not None:
+            h = h * _wide(weight)
+        u_x, u_r = x - x.mean(-1, keepdim=True), r - r.mean(-1, keepdim=True)
+        eps = float(ctx.op.eps)
+        root_x = (u_x.square().mean(-1, keepdim=True) + eps).sqrt()
+        root_r = (u_r.square().mean(-1, keepdim=True) + eps).sqrt()
+        v_x, v_r = 1 / root_x, 1 / root_r
+        u_mid = 0.5 * (u_x + u_r)
+        m_u = h * 0.5 * (v_x + v_r)
+        m_v = (h * u_mid).sum(-1, keepdim=True)
+        m_q = m_v * (-1 / (root_x * root_r * (root_x + root_r)))
+        m_u = m_u + m_q * 2 * u_mid / x.shape[-1]
+        return [m_u - m_u.mean(-1, keepdim=True)]
 
 
 @dataclass
