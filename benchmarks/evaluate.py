@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     parser.add_argument("--figures", type=Path, help="folder for the two PNG plots")
     parser.add_argument(
+        "--full-maps",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        help="comma-separated names of the maps that get every metric (default: the "
+        "suite's set: every method's maps and the baselines); the others get freeze "
+        "region perturbation, if asked for, and localisation",
+    )
+    parser.add_argument(
         "--maps",
         type=Path,
         help="a file of computed maps: read where it exists (the maps are not computed "
@@ -59,6 +66,7 @@ def run(args: argparse.Namespace) -> dict:
         **evaluation_kwargs(args, graph, len(data.clips)),
         progress=True,
         computed=computed,
+        full_maps=args.full_maps,
     )
     if args.maps and not args.maps.exists():
         torch.save(computed, args.maps)

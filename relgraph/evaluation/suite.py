@@ -445,13 +445,16 @@ def run_evaluation(
     memory_check: bool = True,
     methods: Sequence[str] = ("frozen",),
     computed: dict | None = None,
+    full_maps: Sequence[str] | None = None,
 ) -> dict:
     """Compute every map and every metric; a JSON-ready report (see :func:`markdown`).
 
     ``computed``: an empty dict receives the maps, their costs and the refused methods
     (``{"maps", "costs", "refused"}``); one filled so by an earlier run on the same model,
     clips and options is used instead of computing the maps again (the metrics can then be
-    measured in parts, each part reading the same maps).
+    measured in parts, each part reading the same maps). ``full_maps``: the maps that get
+    every metric (default :func:`full_metric_maps` of the methods); the others get region
+    perturbation with ``freeze`` where ``replacements`` has it, and localisation.
 
     ``methods`` are the motion methods whose maps are measured (``frozen``, the paper's,
     always; see :func:`compute_maps`); the report's ``costs`` give each method's seconds
@@ -502,14 +505,14 @@ def run_evaluation(
             computed.update(maps=maps, costs=dict(seconds), refused=dict(refused))
     map_seconds = time.perf_counter() - started
     methods = tuple(m for m in methods if m not in refused)
-    full = full_metric_maps(methods)
+    full = full_metric_maps(methods) if full_maps is None else tuple(full_maps)
     mean = data.clips.mean(dim=(0, 2, 3, 4))
     memo = metrics.ForwardMemo()  # each distinct perturbed clip is run once
     report: dict = {"maps": {}, "curves": {}}
     for name, values in _tqdm(list(maps.items()), progress, "metrics"):
         values = values.to(data.clips.device)
         entry: dict = {}
-        chosen = replacements if name in full else ("freeze",)
+        chosen = replacements if name in full else tuple(r for r in replacements if r == "freeze")
         for how in chosen:
             curves = {
                 order: metrics.region_perturbation(
