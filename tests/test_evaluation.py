@@ -79,6 +79,82 @@ def test_run_evaluation_reports_every_metric_in_range(tiny):
     assert again == report["sanity"]
 
 
+def test_maps_computed_once_give_the_same_report_when_read_back(tiny):
+    data = synthetic_data(tiny, 3, seed=5)
+    options = dict(variants=False, cube=(2, 4, 4), steps=4, batch_size=16, methods=("selective",))
+    computed: dict = {}
+    first = run_evaluation(tiny, data, replacements=("freeze",), computed=computed, **options)
+    assert set(computed) == {"maps", "costs", "refused"}
+    assert "temporal method=selective" in computed["maps"]
+    # the second part reads the maps: a map changed in the file changes its numbers
+    computed["maps"]["temporal method=selective"] = computed["maps"]["random"].clone()
+    second = run_evaluation(tiny, data, replacements=("freeze",), computed=computed, **options)
+
+    def aopc(report, name):
+        return report["maps"][name]["aopc freeze"]["mean"]
+
+    # (the perturbed clips are batched differently: equal to rounding)
+    assert aopc(second, "random") == pytest.approx(aopc(first, "random"), rel=1e-6)
+    assert second["maps"]["random"]["rank moving"] == first["maps"]["random"]["rank moving"]
+    moved = aopc(second, "temporal method=selective")
+    assert moved == pytest.approx(aopc(second, "random"), rel=1e-6)
+    assert moved != pytest.approx(aopc(first, "temporal method=selective"), rel=1e-3)
+
+
+def test_full_maps_choose_which_maps_get_every_metric(tiny):
+    data = synthetic_data(tiny, 2, seed=6)
+    report = run_evaluation(
+        tiny,
+        data,
+        variants=False,
+        cube=(2, 4, 4),
+        steps=4,
+        replacements=("blur",),
+        frames=False,
+        full_maps=("spatiotemporal", "temporal"),
+    )
+    assert "aopc blur" in report["maps"]["temporal"]
+    assert "aopc blur" not in report["maps"]["spatial"]
+    assert "aopc freeze" not in report["maps"]["spatial"]  # freeze was not asked for
+    assert "rank moving" in report["maps"]["spatial"]
+
+
+def test_a_method_the_model_refuses_is_left_out_with_its_reason():
+    """The reference method has no difference rule for a product of two activations."""
+    spec = {
+        "name": "gated",
+        "rules": "epsilon-plus",
+        "preprocess": "hara",
+        "input": {"name": "input", "shape": [3, 4, 8, 8]},
+        "nodes": [
+            {"name": "conv", "op": "conv3d", "out_channels": 2, "kernel_size": 3, "padding": 1},
+            {"name": "gate", "op": "sigmoid", "inputs": "conv"},
+            {"name": "gated", "op": "mul", "inputs": ["conv", "gate"], "gate": 1},
+            {"name": "pool", "op": "adaptive_avgpool3d", "output_size": 1},
+            {"name": "flatten", "op": "flatten"},
+            {"name": "fc", "op": "linear", "out_features": 4},
+        ],
+        "output": "fc",
+    }
+    graph = architecture_from_yaml(json.dumps(spec), seed=2)
+    data = synthetic_data(graph, 2, seed=7)
+    report = run_evaluation(
+        graph,
+        data,
+        variants=False,
+        cube=(2, 4, 4),
+        steps=2,
+        replacements=("freeze",),
+        frames=False,
+        methods=("reference", "selective"),
+    )
+    assert set(report["refused_methods"]) == {"reference"}
+    assert "mul" in report["refused_methods"]["reference"]
+    assert "temporal method=selective" in report["maps"]
+    assert "temporal method=reference" not in report["maps"]
+    assert "Methods the model refuses" in markdown(report)
+
+
 def test_video_list_reads_the_first_clip_of_each_video(tiny, tmp_path):
     from relgraph.io.video import write_video
 
