@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     parser.add_argument("--figures", type=Path, help="folder for the two PNG plots")
     parser.add_argument(
+        "--no-regions",
+        action="store_true",
+        help="leave region perturbation out (with --maps: a part that measures the rest)",
+    )
+    parser.add_argument(
         "--full-maps",
         type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
         help="comma-separated names of the maps that get every metric (default: the "
@@ -67,6 +72,7 @@ def run(args: argparse.Namespace) -> dict:
         progress=True,
         computed=computed,
         full_maps=args.full_maps,
+        regions=not args.no_regions,
     )
     if args.maps and not args.maps.exists():
         torch.save(computed, args.maps)

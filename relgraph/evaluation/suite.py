@@ -446,6 +446,7 @@ def run_evaluation(
     methods: Sequence[str] = ("frozen",),
     computed: dict | None = None,
     full_maps: Sequence[str] | None = None,
+    regions: bool = True,
 ) -> dict:
     """Compute every map and every metric; a JSON-ready report (see :func:`markdown`).
 
@@ -455,6 +456,7 @@ def run_evaluation(
     measured in parts, each part reading the same maps). ``full_maps``: the maps that get
     every metric (default :func:`full_metric_maps` of the methods); the others get region
     perturbation with ``freeze`` where ``replacements`` has it, and localisation.
+    ``regions=False`` leaves region perturbation out (a part that measures the rest).
 
     ``methods`` are the motion methods whose maps are measured (``frozen``, the paper's,
     always; see :func:`compute_maps`); the report's ``costs`` give each method's seconds
@@ -513,6 +515,8 @@ def run_evaluation(
         values = values.to(data.clips.device)
         entry: dict = {}
         chosen = replacements if name in full else tuple(r for r in replacements if r == "freeze")
+        if not regions:
+            chosen = ()
         for how in chosen:
             curves = {
                 order: metrics.region_perturbation(
