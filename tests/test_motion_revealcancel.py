@@ -292,3 +292,18 @@ def test_revealcancel_on_a_transformer_is_finite_in_low_precision(dtype):
     result = relgraph.discriminative(g, clips_for(g), method="revealcancel")
     assert bool(torch.isfinite(result.temporal).all())
     assert bool(torch.isfinite(result.spatial).all())
+
+
+def test_reference_runs_on_a_transformer_with_rescale_on_multipliers():
+    """The reference method's difference rules do not cover attention's ops; it takes the
+    Rescale rule on multipliers there, and still sums to the logit difference."""
+    g = transformer()
+    x = clips_for(g, batch=2, seed=4) * 3
+    rescale = relgraph.discriminative(g, x, method="reference", normalize="none")
+    rows = torch.arange(2)
+    difference = rescale.output[rows, rescale.target] - rescale.static_output[rows, rescale.target]
+    torch.testing.assert_close(
+        rescale.temporal_relevance.sum(dim=(1, 2, 3, 4)), difference, rtol=1e-9, atol=1e-12
+    )
+    reveal = relgraph.discriminative(g, x, method="revealcancel", static="mean")
+    assert not torch.allclose(reveal.temporal, rescale.temporal)

@@ -15,6 +15,7 @@ import torch
 
 from relgraph.engine.graph import Graph
 from relgraph.engine.reverse import Explanation, Target, explain_with_rules, explanation_with_rules
+from relgraph.errors import RelgraphError
 from relgraph.methods.decomposed import InputSplit, input_readers, static_part
 from relgraph.methods.maps import DiscriminativeResult, normalize_maps
 from relgraph.methods.reference import difference_rules
@@ -125,13 +126,25 @@ def _reference(
         moving, _, static_output = revealcancel_multipliers(g, clip, still, target)
         return static_explanation.relevance, moving, static_output
     references = g.forward(still).activations
+    try:
+        rules = difference_rules(g, references)
+    except RelgraphError as refused:
+        # ops the difference rules do not cover (a transformer's attention, layer norm and
+        # token maps): the same Rescale rule on multipliers, with their exact multipliers
+        del references
+        try:
+            moving, _, static_output = revealcancel_multipliers(
+                g, clip, still, target, reveal=False
+            )
+        except RelgraphError:
+            raise refused from None
+        return static_explanation.relevance, moving, static_output
     static_output = static_explanation.output.reshape(len(clip), -1)
     rows = torch.arange(len(clip), device=clip.device)
     output = explanation.output.reshape(len(clip), -1)
     difference = output[rows, target] - static_output[rows, target]
     start = torch.zeros_like(explanation.output).reshape(len(clip), -1)
     start[rows, target] = difference
-    rules = difference_rules(g, references)
     del references
     moving = explain_with_rules(g, clip, rules, target, start.reshape(explanation.output.shape))
     return static_explanation.relevance, moving, static_output

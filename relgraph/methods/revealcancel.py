@@ -260,13 +260,17 @@ class _Multiplied(Rule):
 
 
 def reveal_cancel_rules(
-    graph: Graph, activations: dict[str, torch.Tensor], references: dict[str, torch.Tensor]
+    graph: Graph,
+    activations: dict[str, torch.Tensor],
+    references: dict[str, torch.Tensor],
+    reveal: bool = True,
 ) -> dict[str, Rule]:
     """The RevealCancel rule of every node, working on multipliers: run with the seed 1 at
     the target's logit, the reverse pass returns the input's multiplier ``M_x``, and
     ``(x − s) ⊙ M_x`` sums to the logit difference ``f(x) − f(s)``. ``activations`` and
     ``references``: every node's activation on the clip and on the reference (the input's
-    included).
+    included). ``reveal=False``: every nonlinearity takes the Rescale rule instead (the
+    ``reference`` method on models whose ops its difference rules do not cover).
 
     Raises
     ------
@@ -274,7 +278,7 @@ def reveal_cancel_rules(
         For an op with neither a RevealCancel nor a Rescale rule (``difference_rules``).
     """
     stab = Stabilizer("zero")
-    parts = contribution_split(graph, activations, references)
+    parts = contribution_split(graph, activations, references) if reveal else {}
     handed = _Handed()
 
     def delta(node: str) -> torch.Tensor:
@@ -469,17 +473,19 @@ def revealcancel_multipliers(
     clip: torch.Tensor,
     reference: torch.Tensor,
     target: torch.Tensor,
+    reveal: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(relevance, logits on the clip, logits on the reference)``: DeepLIFT RevealCancel's
     relevance ``(x − s) ⊙ M_x`` of each clip ``x`` from its ``reference`` ``s`` for the
-    target class, ``(B, C, T, H, W)`` in float32 (float64 for a float64 graph)."""
+    target class, ``(B, C, T, H, W)`` in float32 (float64 for a float64 graph); with
+    ``reveal=False`` the Rescale rule's."""
     from relgraph.engine.reverse import explain_with_rules
 
     activations = graph.forward(clip).activations
     references = graph.forward(reference).activations
     output = activations[graph.output].reshape(len(clip), -1)
     static_output = references[graph.output].reshape(len(clip), -1)
-    rules = reveal_cancel_rules(graph, activations, references)
+    rules = reveal_cancel_rules(graph, activations, references, reveal)
     seed = torch.zeros_like(output)
     seed[torch.arange(len(clip), device=clip.device), target] = 1
     multiplier = explain_with_rules(
