@@ -256,8 +256,8 @@ def compute_maps(
     """Every map of the clips for their targets, ``{name: (B, T, H, W)}``.
 
     A method other than ``frozen`` that the model refuses (a ``RelgraphError``: the reference
-    methods have no difference rule for attention's products) is left out; ``refused``, if
-    given, gets its message.
+    methods have no difference rule for a gate's product) is left out; ``refused``, if given,
+    gets its message.
 
     Each of ``methods`` other than ``frozen`` adds its spatial and temporal maps
     (``temporal method=decomposed``; the model's preset, its default options), and then
