@@ -260,8 +260,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     target = Path(path)
     try:
         text = json_text(obj, indent=2)
-    except (TypeError, ValueError) as error:
-        raise OutputError(f"cannot write as JSON: {error}", file=target) from None
+    except OutputError as error:
+        raise OutputError(error.message, file=target) from None
     return atomic_write_bytes(target, (text + "\n").encode("utf-8"))
 
 
@@ -291,18 +291,22 @@ def json_text(
 
     Raises
     ------
-    TypeError
-        If ``obj`` holds a value JSON cannot represent (the message names its type).
+    OutputError
+        If ``obj`` holds a value JSON cannot represent (the message names its type) or
+        refers to itself.
     """
     separators = (",", ":") if compact else None
-    return json.dumps(
-        _to_json(obj, unknown_as_text),
-        indent=indent,
-        ensure_ascii=False,
-        allow_nan=False,
-        separators=separators,
-        sort_keys=sort_keys,
-    )
+    try:
+        return json.dumps(
+            _to_json(obj, unknown_as_text),
+            indent=indent,
+            ensure_ascii=False,
+            allow_nan=False,
+            separators=separators,
+            sort_keys=sort_keys,
+        )
+    except (RecursionError, TypeError, ValueError) as error:
+        raise OutputError(f"cannot write as JSON: {error}") from None
 
 
 def write_npz(path: str | os.PathLike, /, **arrays: Any) -> Path:
@@ -383,7 +387,9 @@ def _to_json(value: Any, unknown_as_text: bool = False) -> Any:
         return _to_json(value.tolist(), unknown_as_text)
     if unknown_as_text:
         return str(value)
-    raise TypeError(f"a value of type {type(value).__name__} is not JSON serializable")
+    raise OutputError(
+        f"cannot write as JSON: a value of type {type(value).__name__} is not JSON serializable"
+    )
 
 
 def _json_key(key: Any) -> Any:
