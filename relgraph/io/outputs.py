@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -36,9 +37,31 @@ __all__ = [
     "disk_full",
     "ensure_out_dir",
     "json_text",
+    "kill_point",
     "write_json",
     "write_npz",
 ]
+
+
+#: Test hook: ``RELGRAPH_TEST_KILL=point:n`` sends SIGKILL to the process the n-th time it
+#: reaches ``point`` (see :func:`kill_point`); with ``RELGRAPH_TEST_KILL_RANK=r`` only rank r
+#: dies. The data-set runs' resumability tests use it; unset, a kill point does nothing.
+KILL_VARIABLE = "RELGRAPH_TEST_KILL"
+_reached: dict[str, int] = {}
+
+
+def kill_point(point: str) -> None:
+    """Kill this process with SIGKILL here if ``RELGRAPH_TEST_KILL`` asks for it."""
+    wanted = os.environ.get(KILL_VARIABLE)
+    if not wanted:
+        return
+    name, _, count = wanted.partition(":")
+    only_rank = os.environ.get(KILL_VARIABLE + "_RANK")
+    if name != point or (only_rank is not None and only_rank != os.environ.get("RANK", "0")):
+        return
+    _reached[point] = _reached.get(point, 0) + 1
+    if _reached[point] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def ensure_out_dir(path: str | os.PathLike) -> Path:
@@ -351,6 +374,7 @@ def write_npz(path: str | os.PathLike, /, **arrays: Any) -> Path:
             for name, array in converted.items():
                 with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
                     np.lib.format.write_array(member, array, allow_pickle=False)
+        kill_point("npz")  # written, not yet moved into place: a kill leaves the temporary
     return target
 
 
