@@ -307,3 +307,34 @@ def test_reference_runs_on_a_transformer_with_rescale_on_multipliers():
     )
     reveal = relgraph.discriminative(g, x, method="revealcancel", static="mean")
     assert not torch.allclose(reveal.temporal, rescale.temporal)
+
+
+def test_fused_attention_multipliers_sum_to_the_output_difference():
+    """``softmax(c q kᵀ) v`` as one op: Σ Δq M_q + Σ Δk M_k + Σ Δv M_v = Σ M ⊙ ΔO, and a
+    small difference gives the gradient (autograd)."""
+    from types import SimpleNamespace
+
+    from relgraph.methods.revealcancel import _AttentionMultiplier
+
+    generator = torch.Generator().manual_seed(8)
+
+    def draw():
+        return torch.randn(2, 3, 5, 4, dtype=torch.float64, generator=generator)
+
+    def attention(q, k, v, scale=0.7):
+        return torch.softmax(scale * q @ k.transpose(-1, -2), dim=-1) @ v
+
+    clip, reference, m = [draw() for _ in range(3)], [draw() for _ in range(3)], draw()
+    ctx = SimpleNamespace(inputs=clip, op=SimpleNamespace(scale=0.7))
+    multipliers = _AttentionMultiplier(reference).relevance(ctx, m)
+    total = sum(((x - r) * mx).sum() for x, r, mx in zip(clip, reference, multipliers))
+    expected = (m * (attention(*clip) - attention(*reference))).sum()
+    assert float(total) == pytest.approx(float(expected), rel=1e-10)
+
+    near = [r + 1e-7 * d for r, d in zip(reference, [draw() for _ in range(3)])]
+    ctx = SimpleNamespace(inputs=near, op=SimpleNamespace(scale=0.7))
+    multipliers = _AttentionMultiplier(reference).relevance(ctx, m)
+    leaves = [t.clone().requires_grad_(True) for t in near]
+    gradients = torch.autograd.grad((m * attention(*leaves)).sum(), leaves)
+    for found, gradient in zip(multipliers, gradients):
+        torch.testing.assert_close(found, gradient, rtol=1e-5, atol=1e-6)

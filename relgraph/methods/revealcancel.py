@@ -34,7 +34,8 @@ A transformer's ops have exact multipliers too, so that the sum still holds: a p
 two activations (attention's ``q kᵀ`` and ``softmax · v``) splits its difference by the
 Shapley values of its two factors, ``Δ(ab) = Δa b̄ + ā Δb`` (``ā`` the mean of the clip's and
 the reference's value); layer norm and softmax are chains of such products, sums,
-reciprocals and exponentials, each with its exact difference quotient; token reshapes,
+reciprocals and exponentials, each with its exact difference quotient (a fused ``attention``
+op, ``softmax(c q kᵀ) v``, is the chain of the three); token reshapes,
 transposes and constant shifts pass the multiplier through their own vector-Jacobian
 product.
 """
@@ -312,6 +313,8 @@ def reveal_cancel_rules(
             rules[node] = _SoftmaxMultiplier(references[inputs[0]])
         elif isinstance(op, MatMul):
             rules[node] = _ProductMultiplier([references[p] for p in inputs])
+        elif op.type == "attention":
+            rules[node] = _AttentionMultiplier([references[p] for p in inputs])
         elif isinstance(op, (IndexOp, Shift)) or op.type == "scale":
             rules[node] = _LinearVJP()
         else:
@@ -391,18 +394,53 @@ class _SoftmaxMultiplier(Rule):
         return True
 
     def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
-        x, r = _wide(ctx.inputs[0]), _wide(self.reference)
+        return [_softmax_multiplier(_wide(ctx.inputs[0]), _wide(self.reference), _wide(relevance))]
+
+
+def _softmax_multiplier(x: torch.Tensor, r: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """The input's multiplier of a softmax over the last axis (see ``_SoftmaxMultiplier``)."""
+    c = torch.maximum(x.amax(-1, keepdim=True), r.amax(-1, keepdim=True))
+    e_x, e_r = torch.exp(x - c), torch.exp(r - c)
+    v_x, v_r = 1 / e_x.sum(-1, keepdim=True), 1 / e_r.sum(-1, keepdim=True)
+    m_e = m * 0.5 * (v_x + v_r)
+    m_v = (m * 0.5 * (e_x + e_r)).sum(-1, keepdim=True)
+    m_e = m_e + m_v * (-v_x * v_r)  # through S = Σ e
+    delta = x - r
+    moved = delta != 0
+    slope = torch.where(moved, torch.expm1(delta) / torch.where(moved, delta, 1.0), 1.0)
+    return m_e * e_r * slope
+
+
+@dataclass
+class _AttentionMultiplier(Rule):
+    """Fused attention ``softmax(c · q kᵀ) v``: the chain of its parts, each exact: the
+    products ``q kᵀ`` and ``P v`` by their Shapley splits (the midpoints ``q̄``, ``k̄``, ``P̄``,
+    ``v̄``), the softmax as ``_SoftmaxMultiplier``. Forms every row's probabilities at once."""
+
+    name = "attention-multiplier"
+    needs = frozenset({"inputs"})
+
+    references: list[torch.Tensor]
+
+    def fits(self, op) -> bool:
+        return True
+
+    def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
+        (q, k, v), (q_r, k_r, v_r) = (
+            [_wide(t) for t in ctx.inputs],
+            [_wide(t) for t in self.references],
+        )
         m = _wide(relevance)
-        c = torch.maximum(x.amax(-1, keepdim=True), r.amax(-1, keepdim=True))
-        e_x, e_r = torch.exp(x - c), torch.exp(r - c)
-        v_x, v_r = 1 / e_x.sum(-1, keepdim=True), 1 / e_r.sum(-1, keepdim=True)
-        m_e = m * 0.5 * (v_x + v_r)
-        m_v = (m * 0.5 * (e_x + e_r)).sum(-1, keepdim=True)
-        m_e = m_e + m_v * (-v_x * v_r)  # through S = Σ e
-        delta = x - r
-        moved = delta != 0
-        slope = torch.where(moved, torch.expm1(delta) / torch.where(moved, delta, 1.0), 1.0)
-        return [m_e * e_r * slope]
+        scale = getattr(ctx.op, "scale", None)
+        scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+        s_x, s_r = scale * q @ k.transpose(-1, -2), scale * q_r @ k_r.transpose(-1, -2)
+        p_mid = 0.5 * (torch.softmax(s_x, dim=-1) + torch.softmax(s_r, dim=-1))
+        m_p = m @ (0.5 * (v + v_r)).transpose(-1, -2)
+        m_v = p_mid.transpose(-1, -2) @ m
+        m_s = scale * _softmax_multiplier(s_x, s_r, m_p)
+        m_q = m_s @ (0.5 * (k + k_r))
+        m_k = m_s.transpose(-1, -2) @ (0.5 * (q + q_r))
+        return [m_q, m_k, m_v]
 
 
 @dataclass
