@@ -20,7 +20,9 @@ from .library import (
     ZPlus,
 )
 from .numerics import Stabilizer
+from .policy import Policy
 from .registry import NEEDS, RULES, Rule, make_rule, register_rule
+from .zrule import Modifier, Term, ZRule
 
 __all__ = [
     "NEEDS",
@@ -32,19 +34,23 @@ __all__ = [
     "Epsilon",
     "Flat",
     "Gamma",
+    "Modifier",
     "NodeContext",
     "Pass",
+    "Policy",
     "Proportional",
     "Rule",
     "Selector",
     "SignalTakeAll",
     "Split",
     "Stabilizer",
+    "Term",
     "Uniform",
     "WSquare",
     "WinnerTakeAll",
     "ZBeta",
     "ZPlus",
+    "ZRule",
     "as_composite",
     "make_rule",
     "preset",

@@ -86,15 +86,15 @@ class NodeContext:
     numerics: Numerics = PLAIN
     #: the memo entry of this node, checked against ``tensors`` once (``memo``)
     _entry: tuple | None = field(default=None, init=False, repr=False)
-    _policy: Policy | None = field(default=None, init=False, repr=False)
+    #: what the rule may overwrite (``Policy.own``): id → weak reference
+    _owned: dict = field(default_factory=dict, init=False, repr=False)
 
     @property
     def policy(self) -> Policy:
         """The node's memory decisions (``relgraph.rules.policy``): the buffers its rule may
-        overwrite, its maps slice by slice, what is kept. Made once per context."""
-        if self._policy is None:
-            self._policy = Policy(self)
-        return self._policy
+        overwrite, its maps slice by slice, what is kept. (A view of this context: the
+        context holds no reference to it, so that nothing keeps the context alive.)"""
+        return Policy(self)
 
     @property
     def x(self) -> torch.Tensor:

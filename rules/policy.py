@@ -56,8 +56,8 @@ class Policy:
 
     def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
-        #: id → weak reference of each tensor the rule may overwrite
-        self._own: dict[int, weakref.ref] = {}
+        #: id → weak reference of each tensor the rule may overwrite (kept by the context)
+        self._own: dict[int, weakref.ref] = ctx._owned
 
     @property
     def low_memory(self) -> bool:

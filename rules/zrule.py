@@ -33,9 +33,10 @@ from typing import ClassVar
 import torch
 
 from relgraph.engine.capabilities import Affine
+from relgraph.errors import RuleError
 
 from .context import NodeContext
-from .numerics import LOW_PRECISION, Stabilizer, negative, positive, rescaled, scale_and_sign
+from .numerics import LOW_PRECISION, Stabilizer, negative, positive, rescaled
 from .registry import Rule
 from .slicing import Lazy, materialized, underlying
 
@@ -121,7 +122,10 @@ class Term:
 
     def __post_init__(self) -> None:
         if len(self.inputs) != len(self.params) or not self.inputs:
-            raise ValueError("a term needs one parameter modifier per input modifier")
+            raise RuleError(
+                f"a term needs one weight modifier per input modifier, got "
+                f"{len(self.inputs)} input and {len(self.params)} weight modifiers"
+            )
 
 
 @dataclass
@@ -323,7 +327,7 @@ def _plain_share(
     """The term as written: ``z = Σ_k A(m_k(x); w_k(W)) + β(b)``,
     ``R_in = Σ_k m_k(x) ⊙ Aᵀ(R / stab(z); w_k(W))``."""
     policy = ctx.policy
-    scale, _ = scale_and_sign(ctx.x, nonnegative=ctx.known_nonnegative(0), numerics=ctx.numerics)
+    scale = ctx.sample_scale(ctx.x, nonnegative=ctx.known_nonnegative(0))
     x = rescaled(ctx.x, scale)
     inputs = [modifier(x) for modifier in term.inputs]
     weights = [_weight(ctx, modifier) for modifier in term.params]
