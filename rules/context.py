@@ -167,7 +167,7 @@ class NodeContext:
     def positive_weight(self) -> torch.Tensor:
         """``W⁺``, memoised."""
         return self.memo(
-            ("W+", self.channels_last),
+            ("W'", "W⁺", self.channels_last),  # the key of Policy.weight's W⁺
             lambda: self.laid_out(self.weight_and_bias()[0].clamp(min=0)),
         )
 
@@ -175,7 +175,7 @@ class NodeContext:
         """``W⁻``, memoised. Kept apart from ``W⁺``: z⁺ on ReLU outputs never needs it, and
         caching it anyway would cost another copy of the weights."""
         return self.memo(
-            ("W-", self.channels_last),
+            ("W'", "W⁻", self.channels_last),
             lambda: self.laid_out(self.weight_and_bias()[0].clamp(max=0)),
         )
 

@@ -199,8 +199,8 @@ def _modified_bias(ctx: NodeContext, modifier: Modifier | None) -> torch.Tensor 
 
 
 def _weight(ctx: NodeContext, modifier: Modifier) -> torch.Tensor | Lazy:
-    """``w(W)``: the node's weight, W⁺ and W⁻ as the node keeps them, any other through the
-    policy (``Policy.weight``)."""
+    """``w(W)``: the node's weight itself, any other through the policy
+    (``Policy.weight``: kept, or made slice by slice in the memory mode)."""
     if modifier is W:
         return ctx.weight_and_bias()[0]
     return ctx.policy.weight(modifier.name, modifier.apply)
