@@ -22,9 +22,40 @@ from .library import (
 from .numerics import Stabilizer
 from .policy import Policy
 from .registry import NEEDS, RULES, Rule, make_rule, register_rule
-from .zrule import Modifier, Term, ZRule
+from .zrule import (
+    B_NEG,
+    B_POS,
+    ONES,
+    W_NEG,
+    W_ONES,
+    W_POS,
+    W_SQUARED,
+    X_NEG,
+    X_POS,
+    B,
+    Modifier,
+    Term,
+    W,
+    X,
+    ZRule,
+    negative_outputs,
+    plus_gamma,
+    positive_outputs,
+)
 
 __all__ = [
+    "B",
+    "B_NEG",
+    "B_POS",
+    "ONES",
+    "W",
+    "W_NEG",
+    "W_ONES",
+    "W_POS",
+    "W_SQUARED",
+    "X",
+    "X_NEG",
+    "X_POS",
     "NEEDS",
     "RULES",
     "AlphaBeta",
@@ -53,6 +84,9 @@ __all__ = [
     "ZRule",
     "as_composite",
     "make_rule",
+    "negative_outputs",
+    "plus_gamma",
+    "positive_outputs",
     "preset",
     "preset_names",
     "register_rule",
