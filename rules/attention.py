@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relgraph.engine.capabilities import Bilinear, Normalizing, Shifting
+from relgraph.engine.capabilities import Attending, Bilinear, Normalizing, Shifting
 from relgraph.errors import RuleError
 
 from .context import no_relevance
@@ -97,6 +97,57 @@ class BilinearConstant(Rule):
         handed = [no_relevance(relevance, shape) for shape in ctx.input_shapes]
         handed[signal] = inputs[signal] * ctx.op.input_vjp(s, inputs, signal)
         return handed
+
+
+@register_rule
+@dataclass
+class AttentionUniform(Rule):
+    """Fused attention ``O = softmax(scale · q kᵀ) v`` under AttnLRP (Achtibat et al. 2024,
+    LXT's efficient mode): the uniform rule on both products (Prop. 3.2), the softmax's
+    Taylor rule (Prop. 3.1) and the identity on the scale, composed, are gradient × input
+    with the gradients of q, k and v scaled by ¼, ¼ and ½: ``g = R / O``,
+    ``R_q = q ⊙ ¼ ∂_q(g·O)``, ``R_k = k ⊙ ¼ ∂_k(g·O)``, ``R_v = v ⊙ ½ Pᵀ g``. ``O`` stabilised
+    by ε (0: a vanishing output hands on nothing)."""
+
+    name = "attention-uniform"
+    requires = (Attending,)
+    needs = frozenset({"inputs", "output"})
+    conserving = False  # the softmax's Taylor rule drops its bias term
+    epsilon: float = 0.0
+
+    def __post_init__(self):
+        _epsilon_checked(self.epsilon)
+
+    def relevance(self, ctx, relevance):
+        q, k, v = (widened(x) for x in ctx.inputs)
+        output = widened(ctx.output)
+        g = Stabilizer("epsilon", self.epsilon)(relevance, output, numerics=ctx.numerics)
+        dq, dk, dv = ctx.op.attention_vjp(g, q, k, v, output)
+        return [dq.mul_(q).mul_(0.25), dk.mul_(k).mul_(0.25), dv.mul_(v).mul_(0.5)]
+
+
+@register_rule
+@dataclass
+class AttentionConstant(Rule):
+    """Fused attention ``O = P v``, ``P = softmax(scale · q kᵀ)``, with the probabilities
+    held constant (CP-LRP, Ali et al. 2022): LRP-ε on the map from ``v``,
+    ``R_v = v ⊙ Pᵀ(R / O)``; q and k get nothing."""
+
+    name = "attention-constant"
+    requires = (Attending,)
+    needs = frozenset({"inputs", "output"})
+    epsilon: float = 0.0
+
+    def __post_init__(self):
+        _epsilon_checked(self.epsilon)
+
+    def relevance(self, ctx, relevance):
+        q, k, v = (widened(x) for x in ctx.inputs)
+        g = Stabilizer("epsilon", self.epsilon)(
+            relevance, widened(ctx.output), numerics=ctx.numerics
+        )
+        handed = [no_relevance(relevance, shape) for shape in ctx.input_shapes[:2]]
+        return [*handed, ctx.op.value_adjoint(g, q, k).mul_(v)]
 
 
 @register_rule

@@ -259,6 +259,134 @@ class MatMul(Op):
         return [self.input_vjp(grad, inputs, 0), self.input_vjp(grad, inputs, 1)]
 
 
+#: the most elements one block of attention probabilities may hold (``Attention``: a block of
+#: query rows against every key, over all heads and leading axes at once)
+ATTENTION_BLOCK_ELEMENTS = 1 << 22
+
+
+def _heads4(t: torch.Tensor) -> torch.Tensor:
+    """``(…, N, d)`` as four axes ``(B', H', N, d)``: the leading axes flattened into the
+    first (a view where the layout allows), a single one given a head axis of 1."""
+    if t.dim() == 4:
+        return t
+    if t.dim() == 3:
+        return t.unsqueeze(1)
+    return t.reshape(-1, *t.shape[-3:])
+
+
+@register_op("attention")
+class Attention(Op):
+    """Fused attention (Vaswani et al. 2017): ``softmax(scale · q kᵀ) v`` on head tensors
+    ``q, k, v`` of shape ``(…, H, N, d)`` (any leading axes, e.g. TimeSformer's
+    ``(B, P, H, T, d)``), output ``(…, H, N, d)``.
+
+    The forward is ``torch.nn.functional.scaled_dot_product_attention``, which never forms
+    the ``N × N`` probabilities of every row at once; the adjoints (``attention_vjp``,
+    ``value_adjoint``) recompute them a block of query rows at a time
+    (``ATTENTION_BLOCK_ELEMENTS``), never holding all of them either.
+    """
+
+    arity = 3
+    capabilities = frozenset({"attention", "vjp"})
+    scale = Field[float | None](
+        "float?", None, "the factor of q kᵀ; default d^-1/2, d = q's last axis"
+    )
+
+    def resolve(self, in_shapes):
+        q, k, v = in_shapes
+        if len(q) < 2 or not (len(q) == len(k) == len(v)):
+            raise OpDefinitionError(
+                f"attention needs q, k, v of one rank ≥ 2 (…, N, d), batch left out, got "
+                f"{list(q)}, {list(k)} and {list(v)}"
+            )
+        if q[:-2] != k[:-2] or q[:-2] != v[:-2] or q[-1] != k[-1] or k[-2] != v[-2]:
+            raise OpDefinitionError(
+                f"attention of q {list(q)}, k {list(k)}, v {list(v)}: q and k need the same "
+                "features, k and v the same tokens, and all three the same leading axes"
+            )
+        if self.scale is None:
+            self.scale = q[-1] ** -0.5
+
+    def _scale(self, q: torch.Tensor) -> float:
+        return q.shape[-1] ** -0.5 if self.scale is None else self.scale
+
+    def forward(self, inputs, tensors):
+        q, k, v = inputs
+        out = F.scaled_dot_product_attention(
+            _heads4(q), _heads4(k), _heads4(v), scale=self._scale(q)
+        )
+        return out.reshape(*q.shape[:-1], v.shape[-1])
+
+    def _blocks(self, q: torch.Tensor, k: torch.Tensor):
+        """Row ranges of the queries such that a block of probabilities holds at most
+        ``ATTENTION_BLOCK_ELEMENTS`` elements."""
+        rows = q.shape[-2]
+        per_row = max(1, q.numel() // (q.shape[-1] * rows) * k.shape[-2])
+        step = max(1, min(rows, ATTENTION_BLOCK_ELEMENTS // per_row))
+        return [(start, min(rows, start + step)) for start in range(0, rows, step)]
+
+    def probabilities(self, q_block: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """``softmax(scale · q_b kᵀ)`` of a block of query rows ``q_b``."""
+        return torch.softmax(
+            torch.matmul(q_block, k.transpose(-1, -2)).mul_(self._scale(q_block)), dim=-1
+        )
+
+    def value_adjoint(self, grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """``Pᵀ g``: the adjoint of ``v ↦ P v`` with the probabilities ``P`` held constant,
+        formed block by block over query rows, in ``grad``'s format."""
+        q, k = _heads4(q).to(grad.dtype), _heads4(k).to(grad.dtype)
+        g = _heads4(grad)
+        back = None
+        for start, stop in self._blocks(q, k):
+            p = self.probabilities(q[..., start:stop, :], k)
+            part = torch.matmul(p.transpose(-1, -2), g[..., start:stop, :])
+            back = part if back is None else back.add_(part)
+        return back.reshape(*grad.shape[:-2], k.shape[-2], grad.shape[-1])
+
+    def attention_vjp(
+        self,
+        grad: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        output: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The gradients of q, k and v for the output's gradient ``grad`` (in ``grad``'s
+        format), block by block over query rows (the backward of Dao et al. 2022,
+        FlashAttention): with ``S = scale · q_b kᵀ``, ``P = softmax(S)``, ``dP = g_b vᵀ``,
+        ``D = rowsum(g_b ⊙ O_b)``, ``dS = P ⊙ (dP − D)``: ``dq_b = scale · dS k``,
+        ``dk = Σ_b scale · dSᵀ q_b``, ``dv = Σ_b Pᵀ g_b``. ``output`` is the forward's ``O``
+        (recomputed where not given)."""
+        scale = self._scale(q)
+        q4, k4, v4 = (_heads4(t).to(grad.dtype) for t in (q, k, v))
+        g = _heads4(grad)
+        if output is None:
+            out = F.scaled_dot_product_attention(q4, k4, v4, scale=scale)
+        else:
+            out = _heads4(output).to(grad.dtype)
+        dq = torch.empty_like(q4, memory_format=torch.contiguous_format)
+        dk = dv = None
+        for start, stop in self._blocks(q4, k4):
+            q_b, g_b = q4[..., start:stop, :], g[..., start:stop, :]
+            p = self.probabilities(q_b, k4)
+            d = (g_b * out[..., start:stop, :]).sum(-1, keepdim=True)
+            ds = torch.matmul(g_b, v4.transpose(-1, -2)).sub_(d).mul_(p)
+            part_v = torch.matmul(p.transpose(-1, -2), g_b)
+            del p
+            dq[..., start:stop, :] = torch.matmul(ds, k4)
+            part_k = torch.matmul(ds.transpose(-1, -2), q_b)
+            dk = part_k if dk is None else dk.add_(part_k)
+            dv = part_v if dv is None else dv.add_(part_v)
+        dq.mul_(scale)
+        dk.mul_(scale)
+        return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
+
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: ``attention_vjp`` (the output recomputed)."""
+        q, k, v = inputs
+        return list(self.attention_vjp(grad, q, k, v))
+
+
 # --------------------------------------------------------------------------- index maps
 
 
