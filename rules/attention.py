@@ -99,6 +99,13 @@ class BilinearConstant(Rule):
         return handed
 
 
+def _record(ctx, g):
+    """The attention node's forward record (each row's log-sum-exp) where it was formed in
+    the format the adjoint runs in (a bfloat16 graph's is recomputed from the widened
+    inputs)."""
+    return ctx.record if ctx.inputs[0].dtype == g.dtype else None
+
+
 @register_rule
 @dataclass
 class AttentionUniform(Rule):
@@ -111,7 +118,7 @@ class AttentionUniform(Rule):
 
     name = "attention-uniform"
     requires = (Attending,)
-    needs = frozenset({"inputs", "output"})
+    needs = frozenset({"inputs", "output", "record"})
     conserving = False  # the softmax's Taylor rule drops its bias term
     epsilon: float = 0.0
 
@@ -122,7 +129,7 @@ class AttentionUniform(Rule):
         q, k, v = (widened(x) for x in ctx.inputs)
         output = widened(ctx.output)
         g = Stabilizer("epsilon", self.epsilon)(relevance, output, numerics=ctx.numerics)
-        dq, dk, dv = ctx.op.attention_vjp(g, q, k, v, output)
+        dq, dk, dv = ctx.op.attention_vjp(g, q, k, v, output, _record(ctx, g))
         return [dq.mul_(q).mul_(0.25), dk.mul_(k).mul_(0.25), dv.mul_(v).mul_(0.5)]
 
 
@@ -135,7 +142,7 @@ class AttentionConstant(Rule):
 
     name = "attention-constant"
     requires = (Attending,)
-    needs = frozenset({"inputs", "output"})
+    needs = frozenset({"inputs", "output", "record"})
     epsilon: float = 0.0
 
     def __post_init__(self):
@@ -143,11 +150,10 @@ class AttentionConstant(Rule):
 
     def relevance(self, ctx, relevance):
         q, k, v = (widened(x) for x in ctx.inputs)
-        g = Stabilizer("epsilon", self.epsilon)(
-            relevance, widened(ctx.output), numerics=ctx.numerics
-        )
+        output = widened(ctx.output)
+        g = Stabilizer("epsilon", self.epsilon)(relevance, output, numerics=ctx.numerics)
         handed = [no_relevance(relevance, shape) for shape in ctx.input_shapes[:2]]
-        return [*handed, ctx.op.value_adjoint(g, q, k).mul_(v)]
+        return [*handed, ctx.op.value_adjoint(g, q, k, v, output, _record(ctx, g)).mul_(v)]
 
 
 @register_rule

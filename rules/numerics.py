@@ -139,13 +139,15 @@ class Stabilizer:
         into_numerator = fits and numerator_owned
         into_z = fits and owned and not z._is_view()
         if not (into_numerator or into_z):
+            mask = mask and _may_vanish(z, tiny)
             return _safe_quotient(numerator, z, tiny, numerator / z, mask=mask, check=check_now)
         # the quotient formed in place, a piece at a time: the mask of vanishing z is never
         # larger than a piece (element-wise, so the same values as in one go)
         for num, den in zip(_pieces(flat(numerator)), _pieces(flat(z))):
-            vanishing = _vanishing(den, tiny) if mask else None
+            masked = mask and _may_vanish(den, tiny)
+            vanishing = _vanishing(den, tiny) if masked else None
             quotient = torch.div(num, den, out=num if into_numerator else den)
-            _safe_quotient(num, den, tiny, quotient, vanishing, mask=mask, check=check_now)
+            _safe_quotient(num, den, tiny, quotient, vanishing, mask=masked, check=check_now)
         return numerator if into_numerator else z
 
 
@@ -180,6 +182,18 @@ def _same_places(a: torch.Tensor, b: torch.Tensor) -> bool:
 def flat(t: torch.Tensor) -> torch.Tensor:
     """A ``dense`` tensor's memory as a 1-D view, in memory order."""
     return t.view(-1) if t.is_contiguous() else t.as_strided((t.numel(),), (1,))
+
+
+def _may_vanish(z: torch.Tensor, tiny: float) -> bool:
+    """Whether some ``|z| < tiny`` may be there to mask: on the CPU, one reduction tells
+    (``min |z|``, much cheaper there than the two comparisons of the mask; a NaN is no
+    vanishing z, as in ``_vanishing``); on another device, always (the answer would cost a
+    synchronisation)."""
+    if z.device.type != "cpu":
+        return True
+    if z.numel() == 0:
+        return False
+    return bool(z.abs().amin() < tiny)
 
 
 def _vanishing(z: torch.Tensor, tiny: float) -> torch.Tensor:

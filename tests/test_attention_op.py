@@ -41,8 +41,16 @@ def _build(spec):
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Blocks of a few rows, so that every adjoint runs over several blocks."""
+    """Blocks of a few rows, so that the explicit adjoints run over several blocks."""
     monkeypatch.setattr(token_ops, "ATTENTION_BLOCK_ELEMENTS", 40)
+
+
+@pytest.fixture(params=["cpu-kernels", "blockwise"])
+def adjoints(request, monkeypatch, small_blocks):
+    """Either path of the adjoints: torch's fused CPU kernels, or the explicit block-wise
+    formulas that run on every other device."""
+    monkeypatch.setattr(token_ops, "USE_CPU_KERNELS", request.param == "cpu-kernels")
+    return request.param
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
@@ -65,18 +73,25 @@ def test_forward_takes_transposed_head_views():
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-def test_vjp_equals_autograd_over_several_blocks(shape, small_blocks):
+def test_vjp_equals_autograd(shape, adjoints):
     q, k, v = (t.requires_grad_() for t in _qkv(shape))
     op = _op(shape)
     out = _explicit(q, k, v, op.scale)
     grad = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     out.backward(grad)
     assert len(op._blocks(*(t.detach() for t in (q, k)))) > 1
-    got = op.vjp(grad, [q.detach(), k.detach(), v.detach()], {}, None)
-    for mine, leaf in zip(got, (q, k, v)):
-        assert (mine - leaf.grad).abs().max() <= 1e-12 * leaf.grad.abs().max().clamp(min=1)
-    probabilities = torch.softmax(q.detach() @ k.detach().transpose(-1, -2) * op.scale, dim=-1)
-    value = op.value_adjoint(grad, q.detach(), k.detach())
+    inputs = [q.detach(), k.detach(), v.detach()]
+    out, record = op.forward_record(inputs, {})
+    assert (record is not None) == (adjoints == "cpu-kernels")
+    for got in (
+        op.vjp(grad, inputs, {}, None),
+        op.attention_vjp(grad, *inputs, out, record),
+    ):
+        for mine, leaf in zip(got, (q, k, v)):
+            assert mine.shape == leaf.shape
+            assert (mine - leaf.grad).abs().max() <= 1e-12 * leaf.grad.abs().max().clamp(min=1)
+    probabilities = torch.softmax(inputs[0] @ inputs[1].transpose(-1, -2) * op.scale, dim=-1)
+    value = op.value_adjoint(grad, *inputs, out, record)
     assert (value - probabilities.transpose(-1, -2) @ grad).abs().max() <= 1e-12
 
 
@@ -90,7 +105,7 @@ def test_blocks_cover_every_row_once_within_the_budget(monkeypatch):
     assert all((stop - start) * 2 * 3 * 11 <= 200 for start, stop in blocks)
 
 
-def test_bfloat16_forward_and_adjoints_stay_close_to_float64():
+def test_bfloat16_forward_and_adjoints_stay_close_to_float64(adjoints):
     q, k, v = _qkv((1, 2, 16, 8))
     op = _op(q.shape)
     low = [t.to(torch.bfloat16) for t in (q, k, v)]
@@ -148,7 +163,7 @@ def _graphs(heads=2, tokens=6, width=3, classes=4):
 
 @pytest.mark.parametrize("preset", ["attnlrp", "cp-lrp"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fused_rule_equals_the_unfused_chain(preset, seed, small_blocks):
+def test_fused_rule_equals_the_unfused_chain(preset, seed, adjoints):
     fused, chain = _graphs()
     torch.testing.assert_close(fused.tensors("fc")["weight"], chain.tensors("fc")["weight"])
     x = torch.randn(
@@ -177,7 +192,7 @@ def test_fused_rule_equals_the_unfused_chain(preset, seed, small_blocks):
         assert got.relevance[:, :2].abs().max() == 0  # q and k get nothing
 
 
-def test_fused_attnlrp_equals_gradient_times_input_with_the_quarter_half_factors():
+def test_fused_attnlrp_equals_gradient_times_input_with_the_quarter_half_factors(adjoints):
     """AttnLRP on the block is autograd's gradient × input of ``Σ (R/O) ⊙ O``, with q and k
     scaled by ¼ and v by ½ (LXT's efficient mode), computed here with autograd."""
     fused, _ = _graphs()
@@ -192,6 +207,7 @@ def test_fused_attnlrp_equals_gradient_times_input_with_the_quarter_half_factors
         inputs = [q.detach(), k.detach(), v.detach()]
         output = out.detach()
         numerics = None
+        record = None  # the log-sum-exp is recomputed
         input_shapes = [q.shape] * 3
 
     Context.op = op
@@ -218,7 +234,7 @@ def test_mismatched_heads_are_refused_naming_the_node():
     assert "\n" not in str(info.value)
 
 
-def test_fused_attnlrp_loses_the_softmax_taylor_bias():
+def test_fused_attnlrp_loses_the_softmax_taylor_bias(adjoints):
     """What the fused node does not hand on is the softmax rule's loss in the chain:
     ``Σ R_P − Σ R_Z`` with ``R_P = P ⊙ ½ dP`` and ``R_Z = Z ⊙ ½ dS``, formed here from the
     full probability matrix (``dP = (R/O) vᵀ``, ``dS = P ⊙ (dP − rowsum(P ⊙ dP))``)."""

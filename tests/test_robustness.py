@@ -256,3 +256,22 @@ def test_a_quotient_beyond_the_format_makes_explain_check_every_quotient(rule, d
     # ε absorbs its share: R·x/(z + ε) for each input
     expected = 0.25 / (0.5 + torch.tensor(1e-6, dtype=dtype))
     torch.testing.assert_close(ordinary, torch.full_like(x, float(expected)))
+
+
+@pytest.mark.parametrize("vanishing", [0.0, 1e-40, None], ids=["zero", "subnormal", "none"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_safe_division_masks_exactly_the_vanishing_denominators(vanishing, overwrite):
+    """The zero stabiliser's quotient against ``torch.where(|z| < tiny, 0, R / z)``, with
+    and without a vanishing z (the mask is skipped where a reduction finds none)."""
+    from relgraph.rules.numerics import Stabilizer
+
+    generator = torch.Generator().manual_seed(4)
+    z = torch.randn(3, 70, generator=generator)
+    if vanishing is not None:
+        z[1, 5] = vanishing
+    numerator = torch.randn(3, 70, generator=generator)
+    tiny = torch.finfo(torch.float32).tiny
+    expected = torch.where(z.abs() < tiny, 0.0, numerator / z)
+    got = Stabilizer("zero")(numerator.clone(), z.clone(), overwrite=overwrite)
+    assert torch.equal(got, expected)
+    assert (got == 0).sum() == (0 if vanishing is None else 1)

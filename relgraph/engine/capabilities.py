@@ -146,9 +146,9 @@ class Bilinear(Protocol):
 
 @runtime_checkable
 class Attending(Protocol):
-    """Fused attention ``softmax(scale · q kᵀ) v``: its three input gradients and the
-    adjoint of the map from ``v`` with the probabilities held constant, both formed block by
-    block over query rows, never holding the probabilities of every row at once."""
+    """Fused attention ``softmax(scale · q kᵀ) v``: its three input gradients, and the
+    adjoint of the map from ``v`` with the probabilities held constant, never holding the
+    probabilities of every query row at once (``logsumexp``: the forward's record)."""
 
     def attention_vjp(
         self,
@@ -157,10 +157,17 @@ class Attending(Protocol):
         k: torch.Tensor,
         v: torch.Tensor,
         output: torch.Tensor | None = None,
+        logsumexp: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
     def value_adjoint(
-        self, grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+        self,
+        grad: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        output: torch.Tensor | None = None,
+        logsumexp: torch.Tensor | None = None,
     ) -> torch.Tensor: ...
 
 
