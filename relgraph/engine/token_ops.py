@@ -9,6 +9,8 @@ vector-Jacobian product (``vjp``, no autograd). The capabilities that rules ask 
 ``softmax``    softmax over the last axis (the rule reads input and output)
 ``bilinear``   the product of two inputs: ``input_vjp(g, inputs, slot)``, the adjoint of the
                map with the other input held constant
+``attention``  fused ``softmax(scale · q kᵀ) v``: ``attention_vjp`` (the gradients of q, k and
+               v) and ``value_adjoint`` (``Pᵀ g``), neither holding every row's probabilities
 ``index``      the output's entries are entries of the input or constants (permute, slice,
                select, repeat, a prepended token): relevance follows the adjoint, ``vjp``
 ``shift``      the input plus a constant: ``constant(tensors, like)`` (position embeddings)
