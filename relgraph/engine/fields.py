@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar, overload
 
-from relgraph.errors import did_you_mean
+from relgraph.errors import OpDefinitionError, did_you_mean
 
 T = TypeVar("T")
 
@@ -33,14 +33,6 @@ repeated); ``bool``; ``float`` (finite); ``float?`` (finite or null); ``shape`` 
 list of ints)."""
 
 
-class OpDefinitionError(ValueError):
-    """Raised by ops for a bad field or shape; the compiler adds file, line and node."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-
-
 class Field(Generic[T]):
     """One YAML field of an op: its kind (see ``KINDS``), default and a short description.
 
@@ -49,7 +41,7 @@ class Field(Generic[T]):
 
     def __init__(self, kind: str, default: Any = REQUIRED, doc: str = "") -> None:
         if kind not in KINDS:
-            raise ValueError(f"unknown field kind {kind!r}")
+            raise OpDefinitionError(f"unknown field kind {kind!r}: one of {', '.join(KINDS)}")
         self.kind = kind
         self.default = default
         self.doc = doc
