@@ -2,7 +2,7 @@
 
 Run (the numbers in docs/benchmarks/transformers.md)::
 
-    python benchmarks/transformers.py --sizes 224,112 --repeats 2
+    python benchmarks/transformers.py --sizes 112,224 --repeats 3 --bf16-size 112 --threads 1
 
 The model is VideoMAE-S (hidden 384, 12 layers, 6 heads, MLP 1536, 400 classes, random
 weights: timing needs no checkpoint) built twice from the same weights: relgraph's

@@ -177,7 +177,7 @@ class FrozenScale(Rule):
             relevance, widened(ctx.output), numerics=ctx.numerics
         )
         tensors = {k: widened(v) for k, v in ctx.tensors.items()}
-        return [x * ctx.op.frozen_scale_adjoint(s, x, tensors)]
+        return [ctx.op.frozen_scale_adjoint(s, x, tensors).mul_(x)]
 
 
 @register_rule

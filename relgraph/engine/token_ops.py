@@ -108,8 +108,8 @@ class LayerNorm(Op):
         weight = tensors.get("weight")
         t = s * self.inverse_sigma(x).to(s.dtype)
         if weight is not None:
-            t = t * weight.to(s.dtype)
-        return t - t.mean(-1, keepdim=True)
+            t.mul_(weight.to(s.dtype))
+        return t.sub_(t.mean(-1, keepdim=True))
 
     def vjp(self, grad, inputs, tensors, input_shapes, record=None):
         """Vector-Jacobian product: with ``x̂ = (x − μ)/σ`` and ``h = g ⊙ w``,
