@@ -99,6 +99,10 @@ class BilinearConstant(Rule):
         return handed
 
 
+#: AttnLRP's factors of the gradients of q, k and v (the uniform rule, twice for q and k)
+_FACTORS = (0.25, 0.25, 0.5)
+
+
 def _record(ctx, g):
     """The attention node's forward record (each row's log-sum-exp) where it was formed in
     the format the adjoint runs in (a bfloat16 graph's is recomputed from the widened
@@ -126,11 +130,17 @@ class AttentionUniform(Rule):
         _epsilon_checked(self.epsilon)
 
     def relevance(self, ctx, relevance):
+        policy = ctx.policy
         q, k, v = (widened(x) for x in ctx.inputs)
         output = widened(ctx.output)
-        g = Stabilizer("epsilon", self.epsilon)(relevance, output, numerics=ctx.numerics)
-        dq, dk, dv = ctx.op.attention_vjp(g, q, k, v, output, _record(ctx, g))
-        return [dq.mul_(q).mul_(0.25), dk.mul_(k).mul_(0.25), dv.mul_(v).mul_(0.5)]
+        stab = Stabilizer("epsilon", self.epsilon)
+        g = policy.divide(policy.relevance(relevance), output, stab)
+        gradients = ctx.op.attention_vjp(g, q, k, v, output, _record(ctx, g))
+        del g
+        return [
+            policy.multiply(policy.multiply(policy.own(gradient), x), gradient.new_tensor(factor))
+            for gradient, x, factor in zip(gradients, (q, k, v), _FACTORS)
+        ]
 
 
 @register_rule
@@ -149,11 +159,13 @@ class AttentionConstant(Rule):
         _epsilon_checked(self.epsilon)
 
     def relevance(self, ctx, relevance):
+        policy = ctx.policy
         q, k, v = (widened(x) for x in ctx.inputs)
         output = widened(ctx.output)
-        g = Stabilizer("epsilon", self.epsilon)(relevance, output, numerics=ctx.numerics)
         handed = [no_relevance(relevance, shape) for shape in ctx.input_shapes[:2]]
-        return [*handed, ctx.op.value_adjoint(g, q, k, v, output, _record(ctx, g)).mul_(v)]
+        g = policy.divide(policy.relevance(relevance), output, Stabilizer("epsilon", self.epsilon))
+        back = ctx.op.value_adjoint(g, q, k, v, output, _record(ctx, g))
+        return [*handed, policy.multiply(policy.own(back), v)]
 
 
 @register_rule
@@ -172,12 +184,13 @@ class FrozenScale(Rule):
         _epsilon_checked(self.epsilon)
 
     def relevance(self, ctx, relevance):
+        policy = ctx.policy
         x = widened(ctx.x)
-        s = Stabilizer("epsilon", self.epsilon)(
-            relevance, widened(ctx.output), numerics=ctx.numerics
+        s = policy.divide(
+            policy.relevance(relevance), widened(ctx.output), Stabilizer("epsilon", self.epsilon)
         )
         tensors = {k: widened(v) for k, v in ctx.tensors.items()}
-        return [ctx.op.frozen_scale_adjoint(s, x, tensors).mul_(x)]
+        return [policy.multiply(policy.own(ctx.op.frozen_scale_adjoint(s, x, tensors)), x)]
 
 
 @register_rule

@@ -310,8 +310,9 @@ class _Builder:
     def attention(self) -> str:
         """An attention block on a (C, L) tensor read as L tokens of C features: a CLS token
         and position embeddings, layer norm, q·kᵀ over 1 or 2 heads, scale, softmax,
-        attention·v (as four nodes or the fused ``attention`` op), the heads merged, a projection, GELU, a residual add, the CLS token
-        dropped again and the tokens back to (C, L)."""
+        attention·v (as four nodes or the fused ``attention`` op), the heads merged, a
+        projection, GELU, a residual add, the CLS token dropped again and the tokens back to
+        (C, L)."""
         draw = self.draw
         channels, length = self.shape
         heads = draw(st.integers(1, 2))

@@ -194,27 +194,19 @@ def test_fused_rule_equals_the_unfused_chain(preset, seed, adjoints):
 
 def test_fused_attnlrp_equals_gradient_times_input_with_the_quarter_half_factors(adjoints):
     """AttnLRP on the block is autograd's gradient × input of ``Σ (R/O) ⊙ O``, with q and k
-    scaled by ¼ and v by ½ (LXT's efficient mode), computed here with autograd."""
+    scaled by ¼ and v by ½ (LXT's efficient mode), computed here with autograd from the
+    relevance that reached the node."""
     fused, _ = _graphs()
-    op = fused.op("context")
-    q, k, v = (t.requires_grad_() for t in _qkv((2, 2, 6, 3), seed=4))
-    relevance = torch.randn(2, 2, 6, 3, dtype=torch.float64)
-    out = _explicit(q, k, v, op.scale)
+    x = torch.randn(2, 3, 2, 6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    e = relgraph.explanation(fused, x, rules="attnlrp", target=2, node_relevance=True)
+    relevance = e.node_relevance["context"]
+    q, k, v = (x[:, i].clone().requires_grad_() for i in range(3))
+    out = _explicit(q, k, v, fused.op("context").scale)
     (out * (relevance / out.detach())).sum().backward()
-    rule = relgraph.rules.make_rule("attention-uniform")
-
-    class Context:  # what the rule reads of its node
-        inputs = [q.detach(), k.detach(), v.detach()]
-        output = out.detach()
-        numerics = None
-        record = None  # the log-sum-exp is recomputed
-        input_shapes = [q.shape] * 3
-
-    Context.op = op
-    got = rule.relevance(Context, relevance)
-    for mine, leaf, factor in zip(got, (q, k, v), (0.25, 0.25, 0.5)):
+    for part, leaf, factor in zip("qkv", (q, k, v), (0.25, 0.25, 0.5)):
         expected = leaf.detach() * leaf.grad * factor
-        assert (mine - expected).abs().max() <= 1e-12 * expected.abs().max()
+        got = e.node_relevance[part]
+        assert (got - expected).abs().max() <= 1e-12 * expected.abs().max(), part
 
 
 def test_mismatched_heads_are_refused_naming_the_node():
