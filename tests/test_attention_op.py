@@ -241,3 +241,17 @@ def test_fused_attnlrp_loses_the_softmax_taylor_bias(adjoints):
     ds = p * (dp - (p * dp).sum(-1, keepdim=True))
     expected = (p * dp / 2).sum((1, 2, 3)) - (z * ds / 2).sum((1, 2, 3))
     assert (e.lost["context"] - expected).abs().max() <= 1e-10 * relevance.abs().sum()
+
+
+def test_the_fused_op_is_found_as_attention_by_the_head_readout_and_the_frozen_shortcut():
+    from relgraph.methods.frozen import temporal_cropping_applies
+    from relgraph.methods.heads import attention_nodes
+
+    fused, chain = _graphs()
+    assert attention_nodes(fused) == ["context"] == attention_nodes(chain)
+    assert not temporal_cropping_applies(fused)
+    x = torch.randn(2, 3, 2, 6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    e = relgraph.explanation(fused, x, rules="attnlrp", target=0, node_relevance=True)
+    heads = relgraph.head_relevance(fused, e)["context"]
+    assert heads.shape == (2, 2)
+    torch.testing.assert_close(heads, e.node_relevance["context"].sum((-2, -1)))
