@@ -338,3 +338,21 @@ def test_fused_attention_multipliers_sum_to_the_output_difference():
     gradients = torch.autograd.grad((m * attention(*leaves)).sum(), leaves)
     for found, gradient in zip(multipliers, gradients):
         torch.testing.assert_close(found, gradient, rtol=1e-5, atol=1e-6)
+
+
+def test_explain_command_takes_revealcancel_with_its_default_static_part(tmp_path):
+    from test_cli import moving_square_video, write_video
+
+    from relgraph.cli.main import main
+
+    video = write_video(tmp_path / "square.avi", moving_square_video(18))
+    out = tmp_path / "out"
+    argv = ["explain", str(video), "--arch", "c3d-tiny", "--out", str(out), "--quiet"]
+    argv += ["--weights", str(relgraph.models.demo.DEMO_MODELS["c3d-tiny"])]
+    assert main([*argv, "--method", "revealcancel"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["options"]["method"] == "revealcancel"
+    assert summary["options"]["static"] == "median"
+    with np.load(out / "relevance.npz") as arrays:
+        assert np.isfinite(arrays["temporal"]).all()
+        assert np.abs(arrays["temporal"]).max() > 0
