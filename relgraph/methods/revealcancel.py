@@ -63,9 +63,11 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
 
 def nonlinear(graph: Graph, node: str) -> bool:
     """Whether ``node`` is a pointwise nonlinearity: an elementwise op with a derivative of its
-    own (ReLU, sigmoid, ...), not a reshape, dropout or identity."""
+    own (ReLU, sigmoid, ...), not a reshape, dropout, identity or constant scale."""
     op = graph.op(node)
-    return isinstance(op, Elementwise) and type(op).vjp is not Elementwise.vjp
+    return (
+        isinstance(op, Elementwise) and type(op).vjp is not Elementwise.vjp and op.type != "scale"
+    )
 
 
 def _group_members(graph: Graph) -> set[str]:
