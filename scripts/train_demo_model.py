@@ -172,6 +172,7 @@ def initialise(
     input_scale: float,
     generator: torch.Generator,
     motion: float = MOTION_KERNELS,
+    velocity: float = 0.0,
 ) -> None:
     """He initialisation, zero biases; the first layer scaled to the input, part of the first
     temporal one motion.
@@ -184,6 +185,11 @@ def initialise(
     c3d-tiny learns colour first and motion slowly (81 % after 3 epochs); with all kernels so,
     it learns motion fast and never uses colour; with half, both. Training is free to move
     every kernel. Batch norms start as the identity (weight 1, bias 0, as the graph's init).
+
+    A share ``velocity`` of that convolution's kernels (the first ones; the motion kernels
+    follow them) starts tuned to a velocity (``tune_to_velocities``): for videomae-tiny's
+    linear tubelet embedding, whose two frames no nonlinearity separates, that is where the
+    motion signal comes from.
     """
     first = True
     temporal = True
@@ -204,11 +210,34 @@ def initialise(
             # back the variance that removal takes (a factor (kT - 1) / kT).
             time_taps = weight.shape[2] if weight.dim() == 5 else 1
             if temporal and time_taps > 1:
-                moving = weight[: round(len(weight) * motion)]
+                tuned = round(len(weight) * velocity)
+                moving = weight[tuned : tuned + round(len(weight) * motion)]
                 moving -= moving.mean(dim=2, keepdim=True)
                 moving *= math.sqrt(time_taps / (time_taps - 1))
+                tune_to_velocities(weight[:tuned])
                 temporal = False
         first = False
+
+
+#: the synthetic classes' velocities, (dy, dx) per frame: 1 or 2 px right, left, down, up
+VELOCITIES = ((0, 1), (0, -1), (1, 0), (-1, 0), (0, 2), (0, -2), (2, 0), (-2, 0))
+
+
+def tune_to_velocities(weight: torch.Tensor) -> None:
+    """Make each kernel ``(C_in, kT, kH, kW)`` of ``weight`` its first frame's pattern moving
+    at one of ``VELOCITIES`` (in turn): tap ``t`` is tap 0 shifted by ``t`` times the velocity
+    (wrapping around the kernel's edges).
+
+    Such a kernel's response to a pattern that moves at its velocity is the sum of ``kT``
+    equal terms; at another velocity the terms decorrelate, so the squared response (which a
+    later nonlinearity can form) is up to ``kT`` times larger at the kernel's own velocity: a
+    motion-energy detector. Its spatial pattern stays the random one it was drawn with.
+    """
+    with torch.no_grad():
+        for index, kernel in enumerate(weight):
+            dy, dx = VELOCITIES[index % len(VELOCITIES)]
+            for tap in range(1, kernel.shape[1]):
+                kernel[:, tap] = kernel[:, 0].roll((tap * dy, tap * dx), dims=(1, 2))
 
 
 def preprocess_clips(frames: np.ndarray) -> torch.Tensor:
@@ -261,6 +290,33 @@ def freeze_some(clips: torch.Tensor, share: float, generator: torch.Generator) -
     return clips
 
 
+#: ITU-R BT.601 luma weights of R, G and B (H.264's default colour matrix)
+LUMA = (0.299, 0.587, 0.114)
+
+
+def subsample_chroma(clips: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """Give a random ``share`` of the clips 4:2:0 chroma, as an mp4 stores them.
+
+    Each pixel keeps its luma (BT.601) and gets the mean chroma (R - Y, G - Y, B - Y) of its
+    2 x 2 block. That is the main loss of ``relgraph demo``'s mp4 round trip (it moves the
+    synthetic clips' pixels by ~9 of their ~10 grey levels; libx264's quantisation does the
+    rest), and, unlike the codec, it is deterministic. The ``hara`` preset only subtracts a
+    mean, which the block mean keeps, so it applies to preprocessed clips as to pixels.
+    """
+    chosen = torch.rand(len(clips), generator=generator) < share
+    if not chosen.any():
+        return clips
+    rows = chosen.nonzero().flatten()
+    picked = clips[rows]
+    weights = torch.tensor(LUMA, dtype=clips.dtype).reshape(1, 3, 1, 1, 1)
+    luma = (picked * weights).sum(dim=1, keepdim=True)
+    chroma = F.avg_pool3d(picked - luma, kernel_size=(1, 2, 2))
+    chroma = chroma.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
+    clips = clips.clone()
+    clips[rows] = luma + chroma
+    return clips
+
+
 def graph_accuracy(graph: Graph, clips: torch.Tensor, labels: torch.Tensor) -> float:
     """Share of clips that relgraph's own forward pass classifies correctly."""
     correct = 0
@@ -280,6 +336,22 @@ def video_round_trip(frames: np.ndarray, folder: Path) -> np.ndarray:
         decoded[index] = read_video(path)
         path.unlink()
     return decoded
+
+
+def parse_param(text: str) -> tuple[str, int | float]:
+    """``NAME=VALUE`` of ``--param``: the name and the number (an int where it is one)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--param wants NAME=VALUE, not {text!r}")
+    try:
+        return name, int(value)
+    except ValueError:
+        return name, float(value)
+
+
+def epoch_cue(args: argparse.Namespace, epoch: int) -> float:
+    """The colour cue of one epoch's clips: 0 before ``--cue-from``, ``--cue`` from it on."""
+    return args.cue if epoch >= args.cue_from else 0.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -305,6 +377,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--frozen-from", type=int, default=0, help="first epoch with frozen clips")
     parser.add_argument(
+        "--cue-from",
+        type=int,
+        default=0,
+        help="first epoch with the colour cue; the epochs before it are motion only (cue 0)",
+    )
+    parser.add_argument(
+        "--chroma-share",
+        type=float,
+        default=0.0,
+        help="training clips given 4:2:0 chroma (2 x 2 blocks), as an mp4 round trip does",
+    )
+    parser.add_argument(
         "--init",
         type=Path,
         default=None,
@@ -321,6 +405,12 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=MOTION_KERNELS,
         help="share of first-layer kernels started as motion detectors",
+    )
+    parser.add_argument(
+        "--velocity-kernels",
+        type=float,
+        default=0.0,
+        help="share of first-layer kernels started tuned to the classes' velocities",
     )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument(
@@ -339,6 +429,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--hidden", type=int, default=None, help="override the YAML's hidden (c3d-tiny only)"
     )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one of the YAML's params (a number), e.g. num_hidden_layers=3; repeatable",
+    )
+    parser.add_argument("--warmup", type=int, default=50, help="linear warm-up steps (50)")
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.0,
+        help="decoupled weight decay (AdamW) on matrices and kernels; 0 (default) is plain Adam",
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -348,12 +452,13 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
 
     params = {k: v for k, v in (("width", args.width), ("hidden", args.hidden)) if v is not None}
+    params.update(parse_param(text) for text in args.param)
     graph = load_architecture(args.arch, seed=args.seed, **params)
     print(f"{graph}; params {graph.params}")
 
     frames = graph.input_shape[1]  # 16 for the CNNs, 8 for videomae-tiny
     train_clips, train_labels = training_set(
-        args.clips, args.seed, 0, args.cue, args.irrelevant_share, frames
+        args.clips, args.seed, 0, epoch_cue(args, 0), args.irrelevant_share, frames
     )
     input_scale = float(train_clips.std())
     print(
@@ -365,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
         graph.load_weights(args.init)
     model = GraphModule(graph)
     if args.init is None:
-        initialise(model, input_scale, generator, args.motion_kernels)
+        initialise(model, input_scale, generator, args.motion_kernels, args.velocity_kernels)
     model = model.to(memory_format=torch.channels_last_3d)
     # Adam's steps have the same size for every weight: the first layer, whose weights are
     # input_scale times smaller, gets a learning rate that much smaller.
@@ -380,19 +485,32 @@ def main(argv: list[str] | None = None) -> None:
             "lr": args.lr,
         },
     ]
-    optimiser = torch.optim.Adam(groups)
+    if args.weight_decay > 0:
+        # decay the matrices and kernels only: biases, layer norms and the classifier's bias
+        # keep their values
+        decayed = [
+            {**group, "params": [p for p in group["params"] if p.dim() > 1]} for group in groups
+        ]
+        kept = [
+            {**group, "params": [p for p in group["params"] if p.dim() <= 1], "weight_decay": 0.0}
+            for group in groups
+        ]
+        groups = [group for group in decayed + kept if group["params"]]
+        optimiser = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
+    else:
+        optimiser = torch.optim.Adam(groups)
     base_lrs = [g["lr"] for g in groups]
     steps_per_pass = len(train_clips) // args.batch
     steps_per_epoch = steps_per_pass * args.passes
     total_steps = args.epochs * steps_per_epoch
-    warmup = min(50, total_steps // 4)
+    warmup = min(args.warmup, total_steps // 4)
 
     step = 0
     for epoch in range(args.epochs):
         model.train()
         if epoch > 0:
             train_clips, train_labels = training_set(
-                args.clips, args.seed, epoch, args.cue, args.irrelevant_share, frames
+                args.clips, args.seed, epoch, epoch_cue(args, epoch), args.irrelevant_share, frames
             )
         order = torch.cat(
             [torch.randperm(len(train_clips), generator=generator) for _ in range(args.passes)]
@@ -410,6 +528,8 @@ def main(argv: list[str] | None = None) -> None:
             clips, targets = roll(train_clips[index], generator), train_labels[index]
             if epoch >= args.frozen_from:
                 clips = freeze_some(clips, args.frozen_share, generator)
+            if args.chroma_share > 0:
+                clips = subsample_chroma(clips, args.chroma_share, generator)
             logits = model(clips.contiguous(memory_format=torch.channels_last_3d))
             loss = F.cross_entropy(logits, targets)
             optimiser.zero_grad(set_to_none=True)
