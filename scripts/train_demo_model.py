@@ -172,7 +172,6 @@ def initialise(
     input_scale: float,
     generator: torch.Generator,
     motion: float = MOTION_KERNELS,
-    velocity: float = 0.0,
 ) -> None:
     """He initialisation, zero biases; the first layer scaled to the input, part of the first
     temporal one motion.
@@ -185,11 +184,6 @@ def initialise(
     c3d-tiny learns colour first and motion slowly (81 % after 3 epochs); with all kernels so,
     it learns motion fast and never uses colour; with half, both. Training is free to move
     every kernel. Batch norms start as the identity (weight 1, bias 0, as the graph's init).
-
-    A share ``velocity`` of that convolution's kernels (the first ones; the motion kernels
-    follow them) starts tuned to a velocity (``tune_to_velocities``): for videomae-tiny's
-    linear tubelet embedding, whose two frames no nonlinearity separates, that is where the
-    motion signal comes from.
     """
     first = True
     temporal = True
@@ -210,34 +204,11 @@ def initialise(
             # back the variance that removal takes (a factor (kT - 1) / kT).
             time_taps = weight.shape[2] if weight.dim() == 5 else 1
             if temporal and time_taps > 1:
-                tuned = round(len(weight) * velocity)
-                moving = weight[tuned : tuned + round(len(weight) * motion)]
+                moving = weight[: round(len(weight) * motion)]
                 moving -= moving.mean(dim=2, keepdim=True)
                 moving *= math.sqrt(time_taps / (time_taps - 1))
-                tune_to_velocities(weight[:tuned])
                 temporal = False
         first = False
-
-
-#: the synthetic classes' velocities, (dy, dx) per frame: 1 or 2 px right, left, down, up
-VELOCITIES = ((0, 1), (0, -1), (1, 0), (-1, 0), (0, 2), (0, -2), (2, 0), (-2, 0))
-
-
-def tune_to_velocities(weight: torch.Tensor) -> None:
-    """Make each kernel ``(C_in, kT, kH, kW)`` of ``weight`` its first frame's pattern moving
-    at one of ``VELOCITIES`` (in turn): tap ``t`` is tap 0 shifted by ``t`` times the velocity
-    (wrapping around the kernel's edges).
-
-    Such a kernel's response to a pattern that moves at its velocity is the sum of ``kT``
-    equal terms; at another velocity the terms decorrelate, so the squared response (which a
-    later nonlinearity can form) is up to ``kT`` times larger at the kernel's own velocity: a
-    motion-energy detector. Its spatial pattern stays the random one it was drawn with.
-    """
-    with torch.no_grad():
-        for index, kernel in enumerate(weight):
-            dy, dx = VELOCITIES[index % len(VELOCITIES)]
-            for tap in range(1, kernel.shape[1]):
-                kernel[:, tap] = kernel[:, 0].roll((tap * dy, tap * dx), dims=(1, 2))
 
 
 def preprocess_clips(frames: np.ndarray) -> torch.Tensor:
@@ -406,12 +377,6 @@ def main(argv: list[str] | None = None) -> None:
         default=MOTION_KERNELS,
         help="share of first-layer kernels started as motion detectors",
     )
-    parser.add_argument(
-        "--velocity-kernels",
-        type=float,
-        default=0.0,
-        help="share of first-layer kernels started tuned to the classes' velocities",
-    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument(
         "--passes",
@@ -435,13 +400,6 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="override one of the YAML's params (a number), e.g. num_hidden_layers=3; repeatable",
-    )
-    parser.add_argument("--warmup", type=int, default=50, help="linear warm-up steps (50)")
-    parser.add_argument(
-        "--weight-decay",
-        type=float,
-        default=0.0,
-        help="decoupled weight decay (AdamW) on matrices and kernels; 0 (default) is plain Adam",
     )
     args = parser.parse_args(argv)
 
@@ -470,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
         graph.load_weights(args.init)
     model = GraphModule(graph)
     if args.init is None:
-        initialise(model, input_scale, generator, args.motion_kernels, args.velocity_kernels)
+        initialise(model, input_scale, generator, args.motion_kernels)
     model = model.to(memory_format=torch.channels_last_3d)
     # Adam's steps have the same size for every weight: the first layer, whose weights are
     # input_scale times smaller, gets a learning rate that much smaller.
@@ -485,25 +443,12 @@ def main(argv: list[str] | None = None) -> None:
             "lr": args.lr,
         },
     ]
-    if args.weight_decay > 0:
-        # decay the matrices and kernels only: biases, layer norms and the classifier's bias
-        # keep their values
-        decayed = [
-            {**group, "params": [p for p in group["params"] if p.dim() > 1]} for group in groups
-        ]
-        kept = [
-            {**group, "params": [p for p in group["params"] if p.dim() <= 1], "weight_decay": 0.0}
-            for group in groups
-        ]
-        groups = [group for group in decayed + kept if group["params"]]
-        optimiser = torch.optim.AdamW(groups, weight_decay=args.weight_decay)
-    else:
-        optimiser = torch.optim.Adam(groups)
+    optimiser = torch.optim.Adam(groups)
     base_lrs = [g["lr"] for g in groups]
     steps_per_pass = len(train_clips) // args.batch
     steps_per_epoch = steps_per_pass * args.passes
     total_steps = args.epochs * steps_per_epoch
-    warmup = min(args.warmup, total_steps // 4)
+    warmup = min(50, total_steps // 4)
 
     step = 0
     for epoch in range(args.epochs):

@@ -167,26 +167,3 @@ def test_chroma_subsampling_keeps_luma_and_shares_chroma_within_2x2_blocks(scrip
     assert not torch.allclose(changed, clips)
     untouched = script.subsample_chroma(clips, 0.0, torch.Generator().manual_seed(1))
     assert torch.equal(untouched, clips)
-
-
-def test_velocity_kernels_are_their_first_frame_moving_at_a_class_velocity(script):
-    """tune_to_velocities: kernel k's later taps are its first tap shifted by the k-th velocity
-    (1 or 2 px right, left, down, up) per frame, so a pattern moving at that velocity meets the
-    same weights in every frame; the first tap keeps its random draw."""
-    weight = torch.randn(10, 3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
-    first = weight[:, :, 0].clone()
-    script.tune_to_velocities(weight)
-    torch.testing.assert_close(weight[:, :, 0], first)
-    for index, kernel in enumerate(weight):
-        dy, dx = script.VELOCITIES[index % len(script.VELOCITIES)]
-        torch.testing.assert_close(kernel[:, 1], first[index].roll((dy, dx), dims=(1, 2)))
-    # motion energy: on random patterns, the right kernel's squared response is about twice
-    # as large when they move right by 1 px as when they move left (4 against 2 times a single
-    # frame's)
-    patterns = torch.randn(500, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    right, left = (
-        torch.stack([patterns, patterns.roll((0, dx), dims=(2, 3))], dim=2) for dx in (1, -1)
-    )
-    to_right, to_left = ((weight[0] * clips).sum(dim=(1, 2, 3, 4)) for clips in (right, left))
-    torch.testing.assert_close(to_right, 2 * (first[0] * patterns).sum(dim=(1, 2, 3)))
-    assert float(to_right.square().mean()) > 1.5 * float(to_left.square().mean())
