@@ -1,24 +1,8 @@
 """relgraph: an explicit layer-wise relevance graph engine for video classifiers."""
 
-import re as _re
-from importlib import metadata as _metadata
 from pathlib import Path as _Path
 
-
-def _version() -> str:
-    """The version, defined once in ``pyproject.toml`` (read from a checkout if not installed)."""
-    pyproject = _Path(__file__).resolve().parent.parent / "pyproject.toml"
-    if pyproject.is_file():
-        found = _re.search(r'^version = "([^"]+)"', pyproject.read_text(), _re.M)
-        if found:
-            return found.group(1)
-    try:
-        return _metadata.version("relgraph")
-    except _metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-__version__ = _version()
+from relgraph.version import __version__ as __version__
 
 
 def _mount_top_level_packages() -> None:
@@ -37,6 +21,7 @@ def _mount_top_level_packages() -> None:
 _mount_top_level_packages()
 
 from relgraph import rules
+from relgraph.datasets.store import read_index
 from relgraph.engine.graph import (
     ForwardResult,
     Graph,
@@ -51,12 +36,15 @@ from relgraph.engine.reverse import (
     explain_with_rules,
     explanation,
     explanation_with_rules,
+    resolve_rules,
 )
+from relgraph.engine.weights import checked_state_dict
 from relgraph.errors import (
     ArgumentError,
     DatasetError,
     GraphError,
     LabelError,
+    OpDefinitionError,
     OutputError,
     RelgraphError,
     RelgraphWarning,
@@ -70,28 +58,35 @@ from relgraph.errors import (
     VideoError,
     WeightsError,
 )
+from relgraph.io.labels import Labels
+from relgraph.io.preprocess import get_preprocess
+from relgraph.io.video import read_video, select_clip
+from relgraph.methods.baselines import gradient, gradient_times_input, integrated_gradients
 from relgraph.methods.discriminative import DiscriminativeResult, discriminative
+from relgraph.methods.heads import HeadRelevance, discriminative_heads, head_relevance
 from relgraph.models.demo import load_demo_model
 from relgraph.models.from_torch import from_torch
 from relgraph.models.pretrained import load_pretrained
 from relgraph.pipeline.video import (
+    ClipResult,
     Model,
     VideoExplanation,
     VideoOptions,
+    explain_clips,
     explain_video,
     load_model,
+    select_clips,
+    write_clip,
 )
 
+# The public names, each once; docs/reference/api.md lists them by task.
 __all__ = [
+    # errors and warnings
     "ArgumentError",
     "DatasetError",
-    "StoreError",
-    "DiscriminativeResult",
-    "Explanation",
-    "ForwardResult",
-    "Graph",
     "GraphError",
     "LabelError",
+    "OpDefinitionError",
     "OutputError",
     "RelgraphError",
     "RelgraphWarning",
@@ -99,26 +94,51 @@ __all__ = [
     "RuleError",
     "ShapeError",
     "SpecError",
+    "StoreError",
     "TargetError",
     "TorchImportError",
     "VideoError",
-    "Model",
-    "VideoExplanation",
-    "VideoOptions",
     "WeightsError",
+    # architectures and graphs
+    "ForwardResult",
+    "Graph",
     "architecture_from_yaml",
+    "checked_state_dict",
     "compile_spec",
-    "discriminative",
-    "explain",
-    "explain_video",
-    "explain_with_rules",
-    "explanation",
-    "explanation_with_rules",
     "from_torch",
     "load_architecture",
     "load_demo_model",
-    "load_model",
     "load_pretrained",
-    "rules",
     "shipped_architectures",
+    # explanations
+    "DiscriminativeResult",
+    "Explanation",
+    "HeadRelevance",
+    "discriminative",
+    "discriminative_heads",
+    "explain",
+    "explain_with_rules",
+    "explanation",
+    "explanation_with_rules",
+    "gradient",
+    "gradient_times_input",
+    "head_relevance",
+    "integrated_gradients",
+    "resolve_rules",
+    "rules",
+    # videos
+    "ClipResult",
+    "Labels",
+    "Model",
+    "VideoExplanation",
+    "VideoOptions",
+    "explain_clips",
+    "explain_video",
+    "get_preprocess",
+    "load_model",
+    "read_index",
+    "read_video",
+    "select_clip",
+    "select_clips",
+    "write_clip",
 ]

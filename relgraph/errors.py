@@ -97,6 +97,25 @@ class OutputError(RelgraphError):
     """An output location cannot be written."""
 
 
+class OpDefinitionError(RelgraphError, ValueError):
+    """An op is defined or configured wrongly: a bad field value or shape, an unknown field
+    kind, ``register_op`` misused. Compiling a YAML file turns it into a ``SpecError`` or
+    ``ShapeError`` naming the file, line and node; defining an op class in Python raises it
+    as it is.
+
+    Parameters
+    ----------
+    message
+        What is wrong.
+    field
+        The YAML field concerned, if any (the compiler looks up its line).
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
+
+
 class RelgraphWarning(UserWarning):
     """Something is likely wrong but relgraph can go on (e.g. inputs outside the zβ bounds)."""
 

@@ -55,7 +55,7 @@ class Rule:
         super().__init_subclass__(**kwargs)
         legacy = [n for n in _LEGACY_NEEDS if n in vars(cls)]
         if legacy:
-            raise TypeError(
+            raise RuleError(
                 f"rule class {cls.__name__} sets {', '.join(legacy)}: declare "
                 f"needs = frozenset({{...}}) with some of {sorted(NEEDS)} instead"
             )

@@ -103,3 +103,22 @@ def test_every_public_name_is_listed_once_and_resolves():
 def test_argument_errors_are_value_errors_too():
     assert issubclass(relgraph.ArgumentError, relgraph.RelgraphError)
     assert issubclass(relgraph.ArgumentError, ValueError)
+
+
+def test_every_public_name_is_in_the_api_page():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "reference" / "api.md").read_text()
+    missing = [
+        name
+        for name in relgraph.__all__
+        if f"relgraph.{name}`" not in page and f"`{name}`" not in page
+    ]
+    assert missing == []
+
+
+def test_the_data_set_runner_runs_the_video_pipeline_steps():
+    from relgraph.datasets import runner
+
+    for step in ("select_clips", "explain_clips", "write_clip"):
+        assert getattr(runner, step) is getattr(relgraph, step)

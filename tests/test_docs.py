@@ -1,10 +1,12 @@
-"""The README and the docs stay true: links resolve, named ``relgraph.*`` objects exist, every
-code block runs, the command-line page is the parsers' own help, and every rule and op is
-documented."""
+"""The README and the docs stay true: links resolve, named ``relgraph.*`` objects exist, the
+user pages name only public names, every code block runs, the command-line page is the
+parsers' own help, and every rule and op is documented."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
 import json
 import os
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import relgraph
 from tests.docs_blocks import (
     ROOT,
     anchors,
@@ -26,6 +29,18 @@ from tests.repo_scripts import load_script
 
 DOCS = ROOT / "docs"
 PAGES = {str(path.relative_to(ROOT)): path for path in doc_files()}
+#: The pages for contributors (docs/reference/api.md says so): they may name the modules
+#: behind the public names. Every other page is a user page and names only ``relgraph.NAME``.
+CONTRIBUTOR_PAGES = (
+    "CONTRIBUTING.md",
+    "CHANGELOG.md",
+    "docs/contributing.md",
+    "docs/changelog.md",
+    "docs/design-notes/",
+    "docs/benchmarks/",
+    "docs/reference/api/",
+)
+USER_PAGES = sorted(page for page in PAGES if not page.startswith(CONTRIBUTOR_PAGES))
 
 
 def _text(path: Path) -> str:
@@ -85,6 +100,53 @@ def test_every_relgraph_name_the_page_mentions_exists(page):
 def test_the_name_finder_sees_names_and_skips_paths():
     text = "`relgraph.explain` and relgraph.io.video.read_video(x); relgraph/cli/main.py"
     assert relgraph_names(text) == {"relgraph.explain", "relgraph.io.video.read_video"}
+
+
+def module_paths(text: str) -> set[str]:
+    """The ``relgraph.*`` names of a text that go through a module instead of a public name:
+    a first part that ``relgraph.__all__`` lacks (``relgraph.io.video.read_video``), or a
+    module of a public subpackage (``relgraph.rules.numerics``)."""
+    found = set()
+    for name in relgraph_names(text):
+        parts = name.split(".")
+        if parts[1].startswith("__"):  # relgraph.__version__, relgraph.__all__
+            continue
+        if parts[1] not in relgraph.__all__:
+            found.add(name)
+        elif (
+            len(parts) > 2
+            and inspect.ismodule(getattr(relgraph, parts[1]))
+            and importlib.util.find_spec(".".join(parts[:3])) is not None
+        ):
+            found.add(name)
+    return found
+
+
+@pytest.mark.parametrize("page", USER_PAGES)
+def test_user_pages_name_public_names_only(page):
+    assert module_paths(_text(PAGES[page])) == set(), (
+        f"{page} names modules: use the top-level name (relgraph.NAME), export it from "
+        "relgraph if users need it, or move the text to a page for contributors"
+    )
+
+
+def test_the_module_path_finder_flags_modules_and_keeps_public_names():
+    text = (
+        "`relgraph.explain`, relgraph.Graph.to, relgraph.rules.Epsilon, relgraph.__version__; "
+        "from relgraph.io.video import read_video; relgraph.rules.numerics.Stabilizer; "
+        "import relgraph.engine; relgraph/engine/ops.py"
+    )
+    assert module_paths(text) == {
+        "relgraph.io.video",
+        "relgraph.rules.numerics.Stabilizer",
+        "relgraph.engine",
+    }
+
+
+def test_user_and_contributor_pages_are_both_found():
+    assert {"README.md", "docs/guides/explain-video.md", "docs/reference/api.md"} <= set(USER_PAGES)
+    contributor = set(PAGES) - set(USER_PAGES)
+    assert {"CONTRIBUTING.md", "docs/reference/api/engine.md"} <= contributor
 
 
 def test_blocks_marked_no_run_are_skipped_and_others_kept():

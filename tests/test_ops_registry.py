@@ -60,7 +60,7 @@ def test_a_spatial_op_registers_once_per_dimension_count(registry):
     assert {"pad2d_test", "pad3d_test"} <= set(OPS) and "pad1d_test" not in OPS
     op = OPS["pad3d_test"]()
     assert (op.type, op.dims) == ("pad3d_test", 3)
-    with pytest.raises(TypeError, match="not a Spatial op"):
+    with pytest.raises(relgraph.OpDefinitionError, match="not a Spatial op"):
         register_op("flat{dims}d_test", dims=(1,))(type("Flat", (Elementwise,), {}))
 
 

@@ -268,6 +268,68 @@ def test_write_clip_without_figures_and_with_a_summary(inputs, tmp_path):
         np.testing.assert_array_equal(arrays["spatial"], result.spatial)
 
 
+def test_write_clip_of_several_clips_stacks_them_in_one_npz_and_draws_quick_figures(
+    inputs, tmp_path
+):
+    model = load_model(tiny_graph(inputs))
+    frames = read_video(inputs["long_video"])
+    selections = [select_clip(frames, start=start, length=16) for start in (0, 8)]
+    clips = torch.stack([model.preprocess(s.frames) for s in selections])
+    results = explain_clips(model, clips, frozen_relevance=False)
+    assert all(result.frozen_relevance is None for result in results)
+    display = np.stack([model.preprocess.display_frames(s.frames) for s in selections])
+    indices = [list(s.frame_indices) for s in selections]
+    timings: dict[str, float] = {}
+    written = write_clip(
+        model, results, tmp_path / "v", display, indices, figures="quick", timings=timings
+    )
+    assert [p.relative_to(tmp_path / "v").as_posix() for p in written] == [
+        "grid.png",
+        "animation.gif",
+        "clip-001/grid.png",
+        "clip-001/animation.gif",
+        "relevance.npz",
+    ]
+    assert set(timings) == {"figures_s", "npz_s"}
+    with np.load(tmp_path / "v" / "relevance.npz") as arrays:
+        assert "frozen_relevance" not in arrays.files
+        assert arrays["frame_indices"].tolist() == indices
+        assert arrays["frames"].shape == display.shape
+        for k, result in enumerate(results):
+            assert arrays["spatial"][k].tolist() == result.spatial.tolist()
+            assert arrays["output"][k].tolist() == result.output.astype(np.float32).tolist()
+            assert int(arrays["prediction"][k]) == result.prediction
+        assert arrays["probability"].dtype == arrays["relevance"].dtype == np.float32
+    only_first = write_clip(
+        model, results, tmp_path / "w", display, indices, figures="all", figure_clips=1
+    )
+    assert [p.name for p in only_first] == [
+        "grid.png",
+        "animation.gif",
+        "figure.png",
+        "frames.png",
+        "relevance.npz",
+    ]
+    assert not (tmp_path / "w" / "clip-001").exists()
+    with pytest.raises(relgraph.ArgumentError, match="figures must be"):
+        write_clip(model, results[0], tmp_path / "x", display[0], indices[0], figures="fancy")
+
+
+def test_select_clips_spreads_a_count_over_the_video_and_refuses_a_short_one(inputs):
+    every = relgraph.VideoOptions(all_clips=True, stride=1)
+    _, selections = relgraph.select_clips(inputs["long_video"], 4, every)
+    starts = [s.frame_indices[0] for s in selections]
+    assert starts == list(range(0, 24, 4))
+    _, spread = relgraph.select_clips(inputs["long_video"], 4, every, count=3)
+    assert [s.frame_indices[0] for s in spread] == [starts[0], starts[2], starts[-1]]
+    with pytest.raises(relgraph.VideoError, match="too short: 20 frame"):
+        relgraph.select_clips(inputs["video"], 16, every, min_frames=21)
+    info, (first,) = relgraph.select_clips(
+        inputs["video"], 16, relgraph.VideoOptions(start=2), min_frames=16
+    )
+    assert info.frames == 20 and list(first.frame_indices) == list(range(2, 18))
+
+
 # --------------------------------------------------------------------------- lost relevance
 
 

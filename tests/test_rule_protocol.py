@@ -242,7 +242,7 @@ def test_a_rule_that_needs_something_unknown_is_refused():
 
 
 def test_the_old_needs_flags_are_refused_at_class_definition():
-    with pytest.raises(TypeError, match="needs = frozenset"):
+    with pytest.raises(RuleError, match="needs = frozenset"):
 
         class Old(Rule):  # noqa: F841
             name = "old-for-tests"

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from relgraph import __version__
 from relgraph.cli.args import (
     add_discriminative_options,
     add_param_option,
@@ -34,6 +33,7 @@ from relgraph.errors import ArgumentError
 from relgraph.io.outputs import check_out_dir, check_out_file, write_json
 from relgraph.io.preprocess import PRESETS
 from relgraph.pipeline.video import load_model
+from relgraph.version import __version__
 
 __all__ = ["add_dataset_commands", "store_options"]
 

@@ -1,5 +1,10 @@
 """Explain every video of a data set into a store: planned, batched, resumable, sharded.
 
+A run takes the steps of :func:`relgraph.explain_video` (``select_clips``, ``explain_clips``,
+``write_clip``) over many videos: each video's clips are selected and preprocessed in
+background threads, clips of several videos are explained together, and each video's clips
+are written as one ``relevance.npz`` (see :mod:`relgraph.datasets.store`).
+
 The plan is a pure function of the source and the options: videos in key order are packed
 into *groups* of at most ``clip_batch`` clips (a longer video is a group of its own), and a
 group's clips are always explained together, in the same batches. A video's result therefore
@@ -25,15 +30,21 @@ import torch
 
 from relgraph.datasets.distributed import Context, shard
 from relgraph.datasets.sources import VideoItem
-from relgraph.datasets.store import Store, kill_point
+from relgraph.datasets.store import Store
 from relgraph.engine.memory import check_memory
 from relgraph.engine.reverse import activations_needed
 from relgraph.errors import RelgraphError, VideoError
-from relgraph.io import quickfig
-from relgraph.io.outputs import atomic_path, ensure_out_dir, write_npz
-from relgraph.io.plots import figure_frames, figure_paper, paper_columns
-from relgraph.io.video import iter_clips, read_video, select_clip, video_info
-from relgraph.methods.discriminative import DEFAULT_BATCH_SIZE, discriminative_with_rules
+from relgraph.io.outputs import kill_point
+from relgraph.io.video import video_info
+from relgraph.methods.discriminative import DEFAULT_BATCH_SIZE
+from relgraph.pipeline.video import (
+    ClipResult,
+    Model,
+    VideoOptions,
+    explain_clips,
+    select_clips,
+    write_clip,
+)
 
 __all__ = ["RunOptions", "VideoPlan", "plan_groups", "run_dataset", "temporal_share"]
 
@@ -133,34 +144,33 @@ class Decoded:
     display: np.ndarray | None = None  # (K, T, S, S, 3) uint8
     indices: list[list[int]] = field(default_factory=list)
     looped: bool = False
-    frames_read: int = 0
     error: str | None = None
     decode_s: float = 0.0
 
 
-def _decode(plan: VideoPlan, model, options: RunOptions) -> Decoded:
+def _selection(options: RunOptions) -> tuple[VideoOptions, int | None]:
+    """The clip selection of :func:`select_clips` that ``--clips`` means, and its count."""
+    spread = options.clips not in ("first", "all")
+    chosen = VideoOptions(stride=options.stride, all_clips=options.clips != "first")
+    return chosen, int(options.clips) if spread else None
+
+
+def _decode(plan: VideoPlan, model: Model, options: RunOptions) -> Decoded:
 
     clock = time.perf_counter()
     length = model.frames_per_clip
     result = Decoded(plan)
+    chosen, count = _selection(options)
     try:
         if plan.probe_error:
             raise VideoError(plan.probe_error)
-        if options.clips == "first":
-            frames = read_video(plan.item.path, max_frames=options.stride * (length - 1) + 1)
-        else:
-            frames = read_video(plan.item.path)
-        result.frames_read = len(frames)
-        minimum = _min_frames(options, length)
-        if len(frames) < minimum:
-            raise VideoError(_too_short(len(frames), minimum, length))
-        if options.clips == "first":
-            selections = [select_clip(frames, start=0, stride=options.stride, length=length)]
-        else:
-            selections = list(iter_clips(frames, stride=options.stride, length=length))
-            if options.clips != "all" and len(selections) > int(options.clips):
-                picks = np.linspace(0, len(selections) - 1, int(options.clips)).round()
-                selections = [selections[int(i)] for i in picks]
+        _, selections = select_clips(
+            plan.item.path,
+            length,
+            chosen,
+            count=count,
+            min_frames=_min_frames(options, length),
+        )
         result.clips = torch.stack([model.preprocess(s.frames) for s in selections])
         result.display = np.stack([model.preprocess.display_frames(s.frames) for s in selections])
         result.indices = [list(s.frame_indices) for s in selections]
@@ -171,13 +181,6 @@ def _decode(plan: VideoPlan, model, options: RunOptions) -> Decoded:
         result.error = f"{plan.item.path}: {type(error).__name__}: {error}"
     result.decode_s = time.perf_counter() - clock
     return result
-
-
-def _too_short(frames: int, minimum: int, length: int) -> str:
-    return (
-        f"too short: {frames} frame(s), fewer than {minimum} (--min-frames); a {length}-frame "
-        "clip would repeat every frame more than twice"
-    )
 
 
 def _prefetch(groups, load: Callable, workers: int) -> Iterator[tuple[Any, list[Decoded], float]]:
@@ -222,7 +225,7 @@ def temporal_share(spatial: np.ndarray, temporal: np.ndarray) -> float:
 
 
 def run_dataset(
-    model,
+    model: Model,
     items: Sequence[VideoItem],
     store: Store,
     store_options: dict[str, Any],
@@ -250,7 +253,7 @@ def run_dataset(
 
 
 def _run_dataset(
-    model,
+    model: Model,
     items: Sequence[VideoItem],
     store: Store,
     store_options: dict[str, Any],
@@ -317,11 +320,11 @@ def _run_dataset(
     for _, decoded, wait in _prefetch(mine, load, options.workers):
         stats["wait_s"] += wait
         stats["decode_s"] += sum(d.decode_s for d in decoded)
-        results = _explain_group(model, decoded, options, stats)
-        for video, result in zip(decoded, results):
+        explained = _explain_group(model, decoded, options, stats)
+        for video, results in zip(decoded, explained):
             if video.plan.item.folder in done:
                 continue
-            row = _write_video(model, store, video, result, options, stats)
+            row = _write_video(model, store, video, results, options, stats)
             stats["videos"] += 1
             stats["failed"] += row["status"] != "ok"
             progress.update(row)
@@ -364,30 +367,26 @@ def _cost(plan: VideoPlan, length: int) -> float:
     return plan.clips * (length + 1) + plan.frames / max(length, 1) + 0.1
 
 
-def _explain_group(model, decoded: list[Decoded], options: RunOptions, stats) -> list[dict]:
-    """Explain the clips of a group's videos together, ``clip_batch`` at a time."""
+def _explain_group(
+    model: Model, decoded: list[Decoded], options: RunOptions, stats: dict[str, Any]
+) -> list[list[ClipResult]]:
+    """Explain the clips of a group's videos together, ``clip_batch`` at a time; the
+    results of each video's clips (none for a video that failed)."""
 
-    graph = model.explained_graph  # batch norms folded unless the model says not to
     good = [d for d in decoded if d.error is None]
-    results: dict[int, dict] = {}
+    results: dict[int, list[ClipResult]] = {}
     if good:
         clips = torch.cat([d.clips for d in good])
-        owner = [i for i, d in enumerate(good) for _ in range(len(d.clips))]
-        targets = []
-        for d in good:
-            target = "auto" if options.target == "auto" else model.labels.index(d.plan.item.label)
-            targets += [target] * len(d.clips)
-        parts: list[dict[str, np.ndarray]] = []
-        clock = time.perf_counter()
+        targets: list[int] = []
+        if options.target != "auto":
+            for d in good:
+                targets += [model.labels.index(d.plan.item.label)] * len(d.clips)
+        explained: list[ClipResult] = []
         for begin in range(0, len(clips), options.clip_batch):
-            batch = clips[begin : begin + options.clip_batch]
-            target = targets[begin : begin + options.clip_batch]
-            result = discriminative_with_rules(
-                graph,
-                batch.to(device=graph.device, dtype=graph.dtype),
-                model.node_rules,
-                "auto" if options.target == "auto" else target,
-                model.output_relevance,
+            explained += explain_clips(
+                model,
+                clips[begin : begin + options.clip_batch],
+                target="auto" if not targets else targets[begin : begin + options.clip_batch],
                 reduce=options.reduce,
                 normalize=options.normalize,
                 batch_size=options.batch_size,
@@ -396,42 +395,29 @@ def _explain_group(model, decoded: list[Decoded], options: RunOptions, stats) ->
                 method=options.method,
                 static=options.static,
                 sigma=options.sigma,
+                frozen_relevance=options.raw == "all",
             )
-            part = {
-                "spatiotemporal": result.spatiotemporal,
-                "spatial": result.spatial,
-                "temporal": result.temporal,
-                "relevance": result.relevance,
-                "output": result.output,
-                "prediction": result.prediction,
-                "probability": result.probability,
-                "target": result.target,
-                "frozen_predictions": result.frozen_predictions,
-                "frozen_probabilities": result.frozen_probabilities,
-            }
-            if options.raw == "all":
-                part["frozen_relevance"] = result.frozen_relevance
-            parts.append(
-                {
-                    k: v.detach().float().cpu().numpy()
-                    if v.is_floating_point()
-                    else v.detach().cpu().numpy()
-                    for k, v in part.items()
-                }
-            )
-        seconds = time.perf_counter() - clock
-        stats["explain_s"] += seconds
+        stats["explain_s"] += sum(result.explain_seconds for result in explained)
         stats["clips"] += len(clips)
-        joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        owner_array = np.asarray(owner)
-        for i, d in enumerate(good):
-            rows = owner_array == i
-            results[id(d)] = {k: v[rows] for k, v in joined.items()}
-            results[id(d)]["explain_s"] = seconds * rows.sum() / len(clips)
-    return [results.get(id(d), {}) for d in decoded]
+        begin = 0
+        for d in good:
+            results[id(d)] = explained[begin : begin + len(d.clips)]
+            begin += len(d.clips)
+    return [results.get(id(d), []) for d in decoded]
 
 
-def _write_video(model, store: Store, video: Decoded, result: dict, options, stats) -> dict:
+#: the figures of ``--figures``: a style of ``write_clip`` and how many clips get them
+FIGURES = {"none": (False, 0), "summary": ("quick", 1), "all": ("all", None)}
+
+
+def _write_video(
+    model: Model,
+    store: Store,
+    video: Decoded,
+    results: list[ClipResult],
+    options: RunOptions,
+    stats: dict[str, Any],
+) -> dict[str, Any]:
 
     item = video.plan.item
     folder = store.video_dir(item.folder)
@@ -452,25 +438,29 @@ def _write_video(model, store: Store, video: Decoded, result: dict, options, sta
         kill_point("row")
         return row
 
-    ensure_out_dir(folder)
-    arrays = {k: v for k, v in result.items() if k != "explain_s"}
-    arrays["frames"] = video.display
-    arrays["frame_indices"] = np.asarray(video.indices, dtype=np.int64)
-    with atomic_path(folder / "relevance.npz") as temporary:
-        write_npz(temporary, **arrays)
-        kill_point("npz")
-    figures_s = 0.0
-    if options.figures != "none":
-        tick = time.perf_counter()
-        _figures(model, folder, video, result, options)
-        figures_s = time.perf_counter() - tick
-        stats["figures_s"] += figures_s
+    figures, figure_clips = FIGURES[options.figures]
+    written: dict[str, float] = {}
+    write_clip(
+        model,
+        results,
+        folder,
+        video.display,
+        video.indices,
+        figures=figures,
+        figure_clips=figure_clips,
+        timings=written,
+    )
+    figures_s = written["figures_s"]
+    stats["figures_s"] += figures_s
     kill_point("files")
 
     # Video-level prediction: the class with the highest mean softmax over the clips.
-    probabilities = torch.from_numpy(result["output"]).double().softmax(dim=1).mean(dim=0)
+    outputs = np.stack([result.output for result in results]).astype(np.float32)
+    probabilities = torch.from_numpy(outputs).double().softmax(dim=1).mean(dim=0)
     prediction = int(probabilities.argmax())
-    frozen = result["frozen_predictions"]
+    frozen = np.stack([result.frozen_predictions for result in results])
+    spatial = np.stack([result.spatial for result in results])
+    temporal = np.stack([result.temporal for result in results])
     row.update(
         {
             "status": "ok",
@@ -481,47 +471,25 @@ def _write_video(model, store: Store, video: Decoded, result: dict, options, sta
             "prediction_index": prediction,
             "probability": float(probabilities[prediction]),
             "correct": prediction == true_index,
-            "clip_predictions": [model.labels.name(int(i)) for i in result["prediction"]],
-            "target": [model.labels.name(int(i)) for i in result["target"]],
+            "clip_predictions": [model.labels.name(result.prediction) for result in results],
+            "target": [model.labels.name(result.target) for result in results],
             "frozen_predictions": [[model.labels.name(int(i)) for i in c] for c in frozen],
             # methods other than frozen explain no frozen clip: no accuracy to report
             "frozen_accuracy": float((frozen == true_index).mean()) if frozen.size else None,
-            "temporal_share": temporal_share(result["spatial"], result["temporal"]),
+            "temporal_share": temporal_share(spatial, temporal),
         }
     )
     write_s = time.perf_counter() - clock - figures_s
     stats["write_s"] += write_s
     row["timings"] = {
         "decode_s": video.decode_s,
-        "explain_s": float(result["explain_s"]),
+        "explain_s": sum(result.explain_seconds for result in results),
         "write_s": write_s,
         "figures_s": figures_s,
     }
     store.write_row(item.folder, row)
     kill_point("row")
     return row
-
-
-def _figures(model, folder, video: Decoded, result: dict, options: RunOptions) -> None:
-
-    count = len(video.indices) if options.figures == "all" else 1
-    for k in range(count):
-        maps = [result[name][k] for name in ("spatiotemporal", "spatial", "temporal")]
-        target = folder if k == 0 else folder / f"clip-{k:03d}"
-        quickfig.save_grid(target / "grid.png", video.display[k], *maps)
-        quickfig.save_animation(target / "animation.gif", video.display[k], *maps)
-        if options.figures == "all":
-            frozen = result["frozen_predictions"][k]
-            columns = paper_columns(len(frozen))
-            figure_paper(
-                video.display[k],
-                *maps,
-                columns=columns,
-                title=f"predicted {model.labels.name(int(result['prediction'][k]))}",
-                column_labels=[f"frozen: {model.labels.name(int(frozen[t]))}" for t in columns],
-                path=target / "figure.png",
-            )
-            figure_frames(*maps, path=target / "frames.png")
 
 
 def _totals(per_rank: list[dict]) -> dict[str, Any]:

@@ -24,22 +24,20 @@ import fcntl
 import hashlib
 import json
 import os
-import signal
 import socket
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from relgraph import __version__
 from relgraph.errors import OutputError, StoreError
 from relgraph.io.outputs import atomic_write_bytes, ensure_out_dir, json_text, write_json
+from relgraph.version import __version__
 
 __all__ = [
     "STORE_FORMAT",
     "Store",
     "file_digest",
     "fingerprint",
-    "kill_point",
     "read_index",
 ]
 
@@ -52,26 +50,6 @@ ROW = "row.json"
 #: the writers' lock (``Store.lock``): held by the one process that writes the store
 LOCK = ".writer.lock"
 VIDEOS = "videos"
-
-#: Test hook: ``RELGRAPH_TEST_KILL=point:n`` sends SIGKILL to the process the n-th time it
-#: reaches ``point`` (see :func:`kill_point`); with ``RELGRAPH_TEST_KILL_RANK=r`` only rank r
-#: dies. Used by the resumability tests only.
-KILL_VARIABLE = "RELGRAPH_TEST_KILL"
-_reached: dict[str, int] = {}
-
-
-def kill_point(point: str) -> None:
-    """Kill this process with SIGKILL here if ``RELGRAPH_TEST_KILL`` asks for it."""
-    wanted = os.environ.get(KILL_VARIABLE)
-    if not wanted:
-        return
-    name, _, count = wanted.partition(":")
-    only_rank = os.environ.get(KILL_VARIABLE + "_RANK")
-    if name != point or (only_rank is not None and only_rank != os.environ.get("RANK", "0")):
-        return
-    _reached[point] = _reached.get(point, 0) + 1
-    if _reached[point] == int(count or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fingerprint(options: Mapping[str, Any]) -> str:

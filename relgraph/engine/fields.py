@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar, overload
 
-from relgraph.errors import did_you_mean
+from relgraph.errors import OpDefinitionError, did_you_mean
 
 T = TypeVar("T")
 
@@ -32,14 +32,6 @@ KINDS = ("int", "int?", "ints", "bool", "float", "shape")
 repeated); ``bool``; ``float`` (finite); ``shape`` (a non-empty list of ints)."""
 
 
-class OpDefinitionError(ValueError):
-    """Raised by ops for a bad field or shape; the compiler adds file, line and node."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-
-
 class Field(Generic[T]):
     """One YAML field of an op: its kind (see ``KINDS``), default and a short description.
 
@@ -48,7 +40,7 @@ class Field(Generic[T]):
 
     def __init__(self, kind: str, default: Any = REQUIRED, doc: str = "") -> None:
         if kind not in KINDS:
-            raise ValueError(f"unknown field kind {kind!r}")
+            raise OpDefinitionError(f"unknown field kind {kind!r}: one of {', '.join(KINDS)}")
         self.kind = kind
         self.default = default
         self.doc = doc

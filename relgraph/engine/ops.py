@@ -66,7 +66,7 @@ def register_op(name: str, *, dims: Sequence[int] = ()) -> Callable[[OpClass], O
     def register(cls: OpClass) -> OpClass:
         if dims:
             if not issubclass(cls, Spatial):
-                raise TypeError(f"{cls.__name__} takes no dims: it is not a Spatial op")
+                raise OpDefinitionError(f"{cls.__name__} takes no dims: it is not a Spatial op")
             names = {name.format(dims=d): functools.partial(cls, d) for d in dims}
             cls.type_template = name
         else:

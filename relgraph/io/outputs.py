@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -36,9 +37,31 @@ __all__ = [
     "disk_full",
     "ensure_out_dir",
     "json_text",
+    "kill_point",
     "write_json",
     "write_npz",
 ]
+
+
+#: Test hook: ``RELGRAPH_TEST_KILL=point:n`` sends SIGKILL to the process the n-th time it
+#: reaches ``point`` (see :func:`kill_point`); with ``RELGRAPH_TEST_KILL_RANK=r`` only rank r
+#: dies. The data-set runs' resumability tests use it; unset, a kill point does nothing.
+KILL_VARIABLE = "RELGRAPH_TEST_KILL"
+_reached: dict[str, int] = {}
+
+
+def kill_point(point: str) -> None:
+    """Kill this process with SIGKILL here if ``RELGRAPH_TEST_KILL`` asks for it."""
+    wanted = os.environ.get(KILL_VARIABLE)
+    if not wanted:
+        return
+    name, _, count = wanted.partition(":")
+    only_rank = os.environ.get(KILL_VARIABLE + "_RANK")
+    if name != point or (only_rank is not None and only_rank != os.environ.get("RANK", "0")):
+        return
+    _reached[point] = _reached.get(point, 0) + 1
+    if _reached[point] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def ensure_out_dir(path: str | os.PathLike) -> Path:
@@ -260,8 +283,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     target = Path(path)
     try:
         text = json_text(obj, indent=2)
-    except (TypeError, ValueError) as error:
-        raise OutputError(f"cannot write as JSON: {error}", file=target) from None
+    except OutputError as error:
+        raise OutputError(error.message, file=target) from None
     return atomic_write_bytes(target, (text + "\n").encode("utf-8"))
 
 
@@ -291,18 +314,22 @@ def json_text(
 
     Raises
     ------
-    TypeError
-        If ``obj`` holds a value JSON cannot represent (the message names its type).
+    OutputError
+        If ``obj`` holds a value JSON cannot represent (the message names its type) or
+        refers to itself.
     """
     separators = (",", ":") if compact else None
-    return json.dumps(
-        _to_json(obj, unknown_as_text),
-        indent=indent,
-        ensure_ascii=False,
-        allow_nan=False,
-        separators=separators,
-        sort_keys=sort_keys,
-    )
+    try:
+        return json.dumps(
+            _to_json(obj, unknown_as_text),
+            indent=indent,
+            ensure_ascii=False,
+            allow_nan=False,
+            separators=separators,
+            sort_keys=sort_keys,
+        )
+    except (RecursionError, TypeError, ValueError) as error:
+        raise OutputError(f"cannot write as JSON: {error}") from None
 
 
 def write_npz(path: str | os.PathLike, /, **arrays: Any) -> Path:
@@ -347,6 +374,7 @@ def write_npz(path: str | os.PathLike, /, **arrays: Any) -> Path:
             for name, array in converted.items():
                 with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
                     np.lib.format.write_array(member, array, allow_pickle=False)
+        kill_point("npz")  # written, not yet moved into place: a kill leaves the temporary
     return target
 
 
@@ -383,7 +411,9 @@ def _to_json(value: Any, unknown_as_text: bool = False) -> Any:
         return _to_json(value.tolist(), unknown_as_text)
     if unknown_as_text:
         return str(value)
-    raise TypeError(f"a value of type {type(value).__name__} is not JSON serializable")
+    raise OutputError(
+        f"cannot write as JSON: a value of type {type(value).__name__} is not JSON serializable"
+    )
 
 
 def _json_key(key: Any) -> Any:

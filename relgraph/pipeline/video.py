@@ -7,8 +7,10 @@ al. (2019), and write ``figure.png``, ``animation.gif``, ``frames.png``, ``relev
 them clip by clip:
 
 ``load_model`` (graph, weights, labels, preprocessing, rules: once) →
+``select_clips`` (a video's clips, decoding only the frames they need) →
 ``explain_clips`` (a preprocessed batch of clips → one :class:`ClipResult` per clip) →
-``write_clip`` (one result's files, figures optional).
+``write_clip`` (a clip's files, or one file set for several clips of a video; figures
+optional).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from relgraph.engine.canonize import canonical
 from relgraph.engine.graph import Graph, load_architecture
 from relgraph.engine.memory import check_memory
 from relgraph.engine.reverse import activations_needed
-from relgraph.errors import ArgumentError, RelgraphError, TargetError
+from relgraph.errors import ArgumentError, RelgraphError, TargetError, VideoError
 from relgraph.io.labels import Labels
 from relgraph.io.outputs import OutputSet, ensure_out_dir, write_json, write_npz
 from relgraph.io.preprocess import Preprocess, get_preprocess
@@ -50,11 +52,13 @@ from relgraph.rules import as_composite
 
 __all__ = [
     "FIGURE_FILES",
+    "FIGURE_STYLES",
     "LOST_NOTE_FRACTION",
     "OUTPUT_FILES",
     "ClipResult",
     "Model",
     "VideoExplanation",
+    "VideoOptions",
     "check_explain_video_args",
     "explain_clips",
     "explain_video",
@@ -62,6 +66,7 @@ __all__ = [
     "lost_note",
     "parse_columns",
     "parse_target",
+    "select_clips",
     "write_clip",
 ]
 
@@ -75,6 +80,14 @@ OUTPUT_FILES: tuple[str, ...] = (
 )
 #: The files that ``figures=False`` leaves out.
 FIGURE_FILES: tuple[str, ...] = OUTPUT_FILES[:3]
+#: The figures each ``figures=`` style of :func:`write_clip` draws: ``paper`` (``True``) the
+#: matplotlib figures; ``quick`` the pixels-only grid and animation of data-set runs
+#: (:mod:`relgraph.io.quickfig`, far faster); ``all`` the quick ones and the paper's stills.
+FIGURE_STYLES: dict[str, tuple[str, ...]] = {
+    "paper": FIGURE_FILES,
+    "quick": ("grid.png", "animation.gif"),
+    "all": ("grid.png", "animation.gif", "figure.png", "frames.png"),
+}
 #: A clip whose reverse passes lost more than this share of the seed relevance gets a note.
 LOST_NOTE_FRACTION = 0.01
 
@@ -333,9 +346,12 @@ class ClipResult:
     relevance
         ``(C, T, H, W)``: the clip's raw relevance.
     frozen_relevance
-        ``(T, C, T, H, W)``: the raw relevance of every frozen clip.
+        ``(T, C, T, H, W)``: the raw relevance of every frozen clip; None where
+        :func:`explain_clips` was asked not to keep it.
     prediction, probability, target
         The model's class on the clip, its softmax probability, and the class explained.
+    output
+        ``(classes,)``: the model's output (logits) on the clip, or None.
     frozen_predictions, frozen_probabilities
         ``(T,)``: the model's class on each frozen clip and its probability.
     lost_fraction
@@ -353,12 +369,13 @@ class ClipResult:
     spatial: np.ndarray
     temporal: np.ndarray
     relevance: np.ndarray = field(repr=False)
-    frozen_relevance: np.ndarray = field(repr=False)
+    frozen_relevance: np.ndarray | None = field(repr=False)
     prediction: int
     probability: float
     target: int
     frozen_predictions: np.ndarray
     frozen_probabilities: np.ndarray
+    output: np.ndarray | None = field(default=None, repr=False)
     lost_fraction: float | None = None
     frozen_lost_fraction: np.ndarray | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -388,6 +405,7 @@ def explain_clips(
     method: str = "frozen",
     static: str = "mean",
     sigma: float = 1.0,
+    frozen_relevance: bool = True,
 ) -> list[ClipResult]:
     """Explain a batch of preprocessed clips (from one video or several) with the
     discriminative method of Hiley et al. (2019), and split the result per clip.
@@ -402,7 +420,10 @@ def explain_clips(
     target
         ``"auto"``, an index or a class name, or one of those per clip.
     reduce, normalize, batch_size, progress, memory_check, method, static, sigma
-        As in :func:`relgraph.methods.discriminative`.
+        As in :func:`relgraph.discriminative`.
+    frozen_relevance
+        Keep every frozen clip's raw relevance (``T`` times the clip's size) in the results;
+        False leaves ``ClipResult.frozen_relevance`` None and copies none of it to the CPU.
     """
     graph = model.explained_graph
     clips = clips.to(device=graph.device, dtype=graph.dtype)
@@ -432,12 +453,13 @@ def explain_clips(
             spatial=_numpy(result.spatial[b], float32=True),
             temporal=_numpy(result.temporal[b], float32=True),
             relevance=_numpy(result.relevance[b]),
-            frozen_relevance=_numpy(result.frozen_relevance[b]),
+            frozen_relevance=_numpy(result.frozen_relevance[b]) if frozen_relevance else None,
             prediction=int(result.prediction[b]),
             probability=float(result.probability[b]),
             target=int(result.target[b]),
             frozen_predictions=_numpy(result.frozen_predictions[b]),
             frozen_probabilities=_numpy(result.frozen_probabilities[b]),
+            output=_numpy(result.output[b]),
             lost_fraction=float(lost[b]),
             frozen_lost_fraction=_numpy(frozen_lost[b]),
             options=dict(result.options),
@@ -490,27 +512,40 @@ def clip_summary(
 
 def write_clip(
     model: Model,
-    result: ClipResult,
+    result: ClipResult | Sequence[ClipResult],
     folder: str | os.PathLike,
     frames: np.ndarray,
-    frame_indices: Sequence[int],
+    frame_indices: Sequence[int] | Sequence[Sequence[int]],
     *,
-    figures: bool = True,
+    figures: bool | str = True,
+    figure_clips: int | None = None,
     columns: Sequence[int] | None = None,
     npz_extra: Mapping[str, Any] | None = None,
     summary: Mapping[str, Any] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[Path]:
-    """Write one clip's files into ``folder``, each atomically: ``figure.png``,
-    ``animation.gif`` and ``frames.png`` (with ``figures``), ``relevance.npz`` and, when
-    ``summary`` is given, ``summary.json`` (with a ``files`` entry added).
+    """Write a clip's files into ``folder``, each atomically: the figures, ``relevance.npz``
+    and, when ``summary`` is given, ``summary.json`` (with a ``files`` entry added).
+
+    Given several results (the clips of one video, as a data-set store keeps them), one
+    ``relevance.npz`` holds them all, every array stacked along a first clip axis and
+    floating-point arrays in float32; the first clip's figures go into ``folder``, clip
+    ``k``'s into ``folder/clip-NNN``.
 
     Parameters
     ----------
+    result
+        One clip's result (:func:`explain_clips`), or those of several clips of a video.
     frames
         ``(T, S, S, 3)`` uint8 RGB: the clip as the model saw it
-        (``model.preprocess.display_frames``).
+        (``model.preprocess.display_frames``); ``(K, T, S, S, 3)`` for ``K`` results.
     frame_indices
-        Index in the video of each frame of the clip.
+        Index in the video of each frame of the clip (one list per clip for ``K`` results).
+    figures
+        A style of :data:`FIGURE_STYLES` (``"paper"``, ``"quick"``, ``"all"``); True is
+        ``"paper"``, False draws none.
+    figure_clips
+        How many of the clips get figures (the first ones); default: all.
     columns
         0-based frames shown in ``figure.png``; default: the paper's 1, 6, 10, 16 scaled to
         the clip length.
@@ -518,39 +553,111 @@ def write_clip(
         More arrays for ``relevance.npz``.
     summary
         What ``summary.json`` holds (e.g. :func:`clip_summary` plus options and timings).
+    timings
+        When given, gets ``figures_s`` and ``npz_s``: the seconds spent on each.
 
     Returns
     -------
     list[Path]
-        The files written, in the order of :data:`OUTPUT_FILES`.
+        The files written: figures first, then ``relevance.npz`` (and ``summary.json``).
+
+    Raises
+    ------
+    ArgumentError
+        For an unknown ``figures`` style.
     """
+    style = figure_style(figures)
+    stacked = not isinstance(result, ClipResult)
+    results = list(result) if stacked else [result]
     folder = ensure_out_dir(folder)
-    maps = (result.spatiotemporal, result.spatial, result.temporal)
     written: list[Path] = []
-    if figures:
-        written += _draw_figures(model, result, folder, frames, maps, columns)
-    written.append(
-        write_npz(
-            folder / "relevance.npz",
-            spatiotemporal=maps[0],
-            spatial=maps[1],
-            temporal=maps[2],
-            relevance=result.relevance,
-            frozen_relevance=result.frozen_relevance,
-            frames=frames,
-            frame_indices=np.asarray(frame_indices, dtype=np.int64),
-            prediction=np.int64(result.prediction),
-            probability=np.float64(result.probability),
-            target=np.int64(result.target),
-            frozen_predictions=result.frozen_predictions,
-            frozen_probabilities=result.frozen_probabilities,
-            **dict(npz_extra or {}),
-        )
-    )
+    clock = time.perf_counter()
+    if style is not None:
+        count = len(results) if figure_clips is None else min(figure_clips, len(results))
+        for k in range(count):
+            target = folder if k == 0 else ensure_out_dir(folder / f"clip-{k:03d}")
+            shown = frames[k] if stacked else frames
+            written += _draw_style(model, results[k], target, shown, style, columns)
+    seconds = time.perf_counter() - clock
+    arrays = _clip_arrays(results[0]) if not stacked else _stacked_arrays(results)
+    arrays["frames"] = frames
+    arrays["frame_indices"] = np.asarray(frame_indices, dtype=np.int64)
+    written.append(write_npz(folder / "relevance.npz", **arrays, **dict(npz_extra or {})))
+    if timings is not None:
+        timings["figures_s"] = seconds
+        timings["npz_s"] = time.perf_counter() - clock - seconds
     if summary is not None:
         names = [path.name for path in written] + ["summary.json"]
         written.append(write_json(folder / "summary.json", {**summary, "files": names}))
     return written
+
+
+def figure_style(figures: bool | str) -> str | None:
+    """The :data:`FIGURE_STYLES` name of a ``figures=`` value (None: no figures)."""
+    if isinstance(figures, (bool, np.bool_)):
+        return "paper" if figures else None
+    if figures not in FIGURE_STYLES:
+        raise ArgumentError(
+            f"figures must be True, False or one of {', '.join(FIGURE_STYLES)}, got {figures!r}"
+        )
+    return figures
+
+
+def _clip_arrays(result: ClipResult) -> dict[str, Any]:
+    """One clip's arrays of ``relevance.npz``, as explained (dtypes kept)."""
+    arrays: dict[str, Any] = {
+        "spatiotemporal": result.spatiotemporal,
+        "spatial": result.spatial,
+        "temporal": result.temporal,
+        "relevance": result.relevance,
+    }
+    if result.output is not None:
+        arrays["output"] = result.output
+    arrays.update(
+        prediction=np.int64(result.prediction),
+        probability=np.float64(result.probability),
+        target=np.int64(result.target),
+        frozen_predictions=result.frozen_predictions,
+        frozen_probabilities=result.frozen_probabilities,
+    )
+    if result.frozen_relevance is not None:
+        arrays["frozen_relevance"] = result.frozen_relevance
+    return arrays
+
+
+def _stacked_arrays(results: Sequence[ClipResult]) -> dict[str, np.ndarray]:
+    """Several clips' arrays stacked along a first axis, floating point in float32."""
+    per_clip = [_clip_arrays(result) for result in results]
+    stacked = {}
+    for name in per_clip[0]:
+        array = np.stack([np.asarray(arrays[name]) for arrays in per_clip])
+        stacked[name] = array.astype(np.float32) if array.dtype.kind == "f" else array
+    return stacked
+
+
+def _draw_style(
+    model: Model,
+    result: ClipResult,
+    folder: Path,
+    frames: np.ndarray,
+    style: str,
+    columns: Sequence[int] | None,
+) -> list[Path]:
+    """Draw one clip's figures of a :data:`FIGURE_STYLES` style into ``folder``."""
+    maps = (result.spatiotemporal, result.spatial, result.temporal)
+    if style == "paper":
+        return _draw_figures(model, result, folder, frames, maps, columns)
+    # pixels only: no matplotlib figure (imported here: only runs that draw pay for it)
+    from relgraph.io import quickfig
+
+    paths = [
+        quickfig.save_grid(folder / "grid.png", frames, *maps),
+        quickfig.save_animation(folder / "animation.gif", frames, *maps),
+    ]
+    if style == "all":
+        stills = _draw_figures(model, result, folder, frames, maps, columns, animation=False)
+        paths += stills
+    return paths
 
 
 def lost_note(result: ClipResult, label: str = "clip") -> str | None:
@@ -686,17 +793,53 @@ class VideoOptions:
 
 
 def select_clips(
-    video: str | os.PathLike, frames_per_clip: int, options: VideoOptions
+    video: str | os.PathLike,
+    frames_per_clip: int,
+    options: VideoOptions,
+    *,
+    count: int | None = None,
+    min_frames: int | None = None,
 ) -> tuple[VideoInfo, list[ClipSelection]]:
     """The select step of :func:`explain_video`: the video's properties and the clips the
-    options select, decoding only the frames they need (every frame for ``all_clips``)."""
+    options select, decoding only the frames they need (every frame for ``all_clips``).
+
+    Parameters
+    ----------
+    video
+        A video file.
+    frames_per_clip
+        The clip length (``Model.frames_per_clip``).
+    options
+        ``start``, ``stride`` and ``all_clips`` say which frames (:class:`VideoOptions`).
+    count
+        With ``all_clips``: at most this many clips, spread evenly over the video (the first
+        and the last included).
+    min_frames
+        Refuse a video of fewer frames (it would be loop-padded more than a clip can bear).
+
+    Raises
+    ------
+    VideoError
+        The video cannot be read, or is shorter than ``min_frames``.
+    """
     info = video_info(video)
     start, stride = options.start, options.stride
     if options.all_clips:
-        return info, list(iter_clips(read_video(video), stride=stride, length=frames_per_clip))
-    needed = start + stride * (frames_per_clip - 1) + 1
-    frames = read_video(video, max_frames=needed)
-    return info, [select_clip(frames, start=start, stride=stride, length=frames_per_clip)]
+        frames = read_video(video)
+    else:
+        frames = read_video(video, max_frames=start + stride * (frames_per_clip - 1) + 1)
+    if min_frames is not None and len(frames) < min_frames:
+        raise VideoError(
+            f"too short: {len(frames)} frame(s), fewer than {min_frames} (--min-frames); a "
+            f"{frames_per_clip}-frame clip would repeat every frame more than twice"
+        )
+    if not options.all_clips:
+        return info, [select_clip(frames, start=start, stride=stride, length=frames_per_clip)]
+    selections = list(iter_clips(frames, stride=stride, length=frames_per_clip))
+    if count is not None and len(selections) > count:
+        picks = np.linspace(0, len(selections) - 1, count).round()
+        selections = [selections[int(i)] for i in picks]
+    return info, selections
 
 
 def explain_video(
@@ -1035,15 +1178,17 @@ def _draw_figures(
     frames: np.ndarray,
     maps: tuple[np.ndarray, np.ndarray, np.ndarray],
     columns: Sequence[int] | None,
+    animation: bool = True,
 ) -> list[Path]:
+    """``figure.png``, ``animation.gif`` (with ``animation``) and ``frames.png``."""
     # matplotlib is heavy to import: only runs that draw figures pay for it.
-    from relgraph.io.plots import animation, figure_frames, figure_paper, paper_columns
+    from relgraph.io import plots
 
     frozen = list(zip(result.frozen_predictions.tolist(), result.frozen_probabilities.tolist()))
     title = f"predicted {model.describe_class(result.prediction)}, p = {result.probability:.3f}"
     if result.target != result.prediction:
         title += f"; explaining {model.describe_class(result.target)}"
-    shown = tuple(columns) if columns is not None else paper_columns(len(frames))
+    shown = tuple(columns) if columns is not None else plots.paper_columns(len(frames))
     # methods other than frozen explain no frozen clip: no frozen prediction to show
     column_labels = (
         [
@@ -1053,13 +1198,14 @@ def _draw_figures(
         if frozen
         else None
     )
-    paths = [folder / name for name in FIGURE_FILES]
-    figure_paper(
-        frames, *maps, columns=shown, title=title, column_labels=column_labels, path=paths[0]
+    figure, moving, stills = (folder / name for name in FIGURE_FILES)
+    plots.figure_paper(
+        frames, *maps, columns=shown, title=title, column_labels=column_labels, path=figure
     )
-    animation(frames, *maps, paths[1], title=title)
-    figure_frames(*maps, path=paths[2], title=title)
-    return paths
+    if animation:
+        plots.animation(frames, *maps, moving, title=title)
+    plots.figure_frames(*maps, path=stills, title=title)
+    return [figure, moving, stills] if animation else [figure, stills]
 
 
 def _class_entry(model: Model, index: int, probability: float | None = None) -> dict[str, Any]:
