@@ -122,9 +122,13 @@ def test_training_mode_batch_norm_normalises_with_the_batch_and_updates_its_stat
 
 @pytest.mark.slow
 def test_videomae_tiny_trains_reproducibly_on_eight_frames(script, tmp_path):
-    """--arch videomae-tiny (the demo transformer): same seed and thread count, same bytes;
-    the clips follow the graph's 8 frames, and the weights load and moved off the init."""
+    """--arch videomae-tiny (the demo transformer) with the shipped recipe's options: same seed
+    and thread count, same bytes; the clips follow the graph's 8 frames, and the weights load
+    and moved off the init."""
     arch = ["--arch", "videomae-tiny", "--irrelevant-share", "0.5", "--threads", "1"]
+    # the shipped recipe's knobs: motion only first, frozen clips after, mp4 chroma, two passes
+    arch += ["--motion-kernels", "1", "--cue-from", "1", "--frozen-from", "1"]
+    arch += ["--frozen-share", "0.5", "--chroma-share", "0.5", "--passes", "2"]
     first = train_tiny(script, tmp_path / "a", *arch)
     again = train_tiny(script, tmp_path / "b", *arch)
     assert first.name == "videomae-tiny-synthetic.safetensors"
@@ -167,3 +171,8 @@ def test_chroma_subsampling_keeps_luma_and_shares_chroma_within_2x2_blocks(scrip
     assert not torch.allclose(changed, clips)
     untouched = script.subsample_chroma(clips, 0.0, torch.Generator().manual_seed(1))
     assert torch.equal(untouched, clips)
+
+
+def test_the_epochs_before_cue_from_are_motion_only(script):
+    args = script.argparse.Namespace(cue=0.8, cue_from=2)
+    assert [script.epoch_cue(args, epoch) for epoch in range(4)] == [0.0, 0.0, 0.8, 0.8]
