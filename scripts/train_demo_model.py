@@ -18,7 +18,7 @@ in two runs) were made with::
 @@PLAIN@@ on 1000 fresh clips, @@ODD@@ with irrelevant motion, @@MP4@@ on 200 after an mp4 round
 trip (docs/transformers.md, "Demo transformer"). The first 6 epochs are motion only
 (``--cue-from``: colour cue 0, no frozen clips): with the cue from the start the transformer
-learns colour and hardly any motion (0.30 on motion-only clips). A quarter of the clips get
+learns colour and hardly any motion (0.30 on clips without the cue). A quarter of the clips get
 an mp4's 4:2:0 chroma (``--chroma-share``), which the round trip otherwise breaks.
 ``--threads 1``: on a loaded machine two threads wait on each other at every parallel region.
 
