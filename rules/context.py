@@ -18,10 +18,20 @@ from .numerics import (
     PLAIN,
     SMALL_INPUT,
     Numerics,
-    positive,
     scale_and_sign,
     widened,
 )
+from .policy import Policy
+from .slicing import Lazy, materialized, underlying
+
+__all__ = [
+    "Lazy",
+    "NodeContext",
+    "is_no_relevance",
+    "materialized",
+    "no_relevance",
+    "underlying",
+]
 
 
 @dataclass
@@ -59,10 +69,11 @@ class NodeContext:
     record: Any = None
     #: the memory mode (``Graph.cache_policy == "none"``): big affine maps run a slice of
     #: their weight at a time (``sliced_map``), derived weights are made slice by slice
+    #: (what that means for a rule is decided in one place: ``policy``)
     low_memory: bool = False
     #: the reverse pass will not read the relevance handed to the rule again, and no other
     #: tensor shares its memory: a rule that reads it once may form a result in it
-    #: (``Stabilizer(..., overwrite_numerator=True)``); a rule that reads it twice must not
+    #: (``Policy.relevance``); a rule that reads it twice must not
     relevance_owned: bool = False
     #: per input slot, whether the activation is ≥ 0 by construction
     #: (``Graph.nonnegative_nodes``): then no rule need look for negative entries
@@ -75,6 +86,15 @@ class NodeContext:
     numerics: Numerics = PLAIN
     #: the memo entry of this node, checked against ``tensors`` once (``memo``)
     _entry: tuple | None = field(default=None, init=False, repr=False)
+    #: what the rule may overwrite (``Policy.own``): id → weak reference
+    _owned: dict = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def policy(self) -> Policy:
+        """The node's memory decisions (``relgraph.rules.policy``): the buffers its rule may
+        overwrite, its maps slice by slice, what is kept. (A view of this context: the
+        context holds no reference to it, so that nothing keeps the context alive.)"""
+        return Policy(self)
 
     @property
     def x(self) -> torch.Tensor:
@@ -144,13 +164,10 @@ class NodeContext:
         """The affine map's weight and bias (batch-norm folded to scale and shift)."""
         return self.memo("W,b", lambda: self.op.weight_and_bias(self.tensors))
 
-    def positive_weight(self, lazy: bool = False) -> torch.Tensor | Lazy:
-        """``W⁺``, memoised; with ``lazy`` in the memory mode a ``Lazy`` W⁺ that the maps
-        make slice by slice, so that the whole of it never exists."""
-        if lazy and self.low_memory:
-            return Lazy(self.weight_and_bias()[0], positive)
+    def positive_weight(self) -> torch.Tensor:
+        """``W⁺``, memoised."""
         return self.memo(
-            ("W+", self.channels_last),
+            ("W'", "W⁺", self.channels_last),  # the key of Policy.weight's W⁺
             lambda: self.laid_out(self.weight_and_bias()[0].clamp(min=0)),
         )
 
@@ -158,7 +175,7 @@ class NodeContext:
         """``W⁻``, memoised. Kept apart from ``W⁺``: z⁺ on ReLU outputs never needs it, and
         caching it anyway would cost another copy of the weights."""
         return self.memo(
-            ("W-", self.channels_last),
+            ("W'", "W⁻", self.channels_last),
             lambda: self.laid_out(self.weight_and_bias()[0].clamp(max=0)),
         )
 
@@ -219,19 +236,6 @@ class NodeContext:
         return None if weight is None else self.laid_out(weight)
 
 
-@dataclass(frozen=True)
-class Lazy:
-    """A weight derived element-wise from another (``derive(weight)``, e.g. W⁺ = max(W, 0)),
-    made a slice at a time where the maps run slice by slice (``sliced_map``); ``full()``
-    makes all of it. Element-wise, so a slice of the derived weight is the derived slice."""
-
-    weight: torch.Tensor
-    derive: Callable[[torch.Tensor], torch.Tensor]
-
-    def full(self) -> torch.Tensor:
-        return self.derive(self.weight)
-
-
 def no_relevance(like: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Relevance that is zero by construction (the gate's under ``signal-take-all``), shaped
     ``shape``: one zero broadcast (no memory of its own), which the reverse pass recognises
@@ -244,14 +248,3 @@ def is_no_relevance(t: torch.Tensor) -> bool:
     """Whether ``t`` is a broadcast zero (``no_relevance``): every stride 0 and its one
     value 0 (a rule may broadcast another value; that one is handed on as it is)."""
     return t.dim() > 0 and t.numel() > 0 and not any(t.stride()) and t[(0,) * t.dim()].item() == 0
-
-
-def materialized(weight: torch.Tensor | Lazy) -> torch.Tensor:
-    """The weight itself, a ``Lazy`` one made whole."""
-    return weight.full() if isinstance(weight, Lazy) else weight
-
-
-def underlying(weight: torch.Tensor | Lazy) -> torch.Tensor:
-    """The weight itself, or the one a ``Lazy`` weight is derived from (same shape and
-    format), without making anything."""
-    return weight.weight if isinstance(weight, Lazy) else weight

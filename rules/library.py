@@ -1,6 +1,8 @@
 """The rule library: each rule is a short dataclass whose ``relevance`` reads like its formula
-in the rule reference (docs/reference/rules.md). ``A``/``Aᵀ`` are the op's
-``linear_map``/``adjoint``; ``stab`` the safe division.
+in the rule reference (docs/reference/rules.md), or, for the z-family, whose ``terms`` are
+its formula as configuration (``relgraph.rules.zrule``). ``A``/``Aᵀ`` are the op's
+``linear_map``/``adjoint``; ``stab`` the safe division; where values live is the node's
+policy's business (``relgraph.rules.policy``).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ import dataclasses
 import math
 import numbers
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -21,224 +22,41 @@ from relgraph.engine.capabilities import (
     MaxRouted,
     Product,
     Reshaping,
-    RowSliceable,
-    Sliceable,
     Splitting,
     VectorJacobian,
     Windowed,
 )
-from relgraph.engine.ops import keeps_shape
 from relgraph.errors import RelgraphWarning, RuleError
 from relgraph.io.preprocess import get_preprocess
 
-from .context import Lazy, NodeContext, materialized, no_relevance, underlying
+from .context import NodeContext, no_relevance
 from .numerics import (
-    LOW_PRECISION,
     Stabilizer,
     accumulator,
-    dense,
-    negative,
-    positive,
     rescaled,
     sample_scale,
-    scale_and_sign,
     widened,
 )
 from .registry import Rule, make_rule, register_rule
-from .slicing import sliced_adjoint, sliced_map
-
-# bfloat16 (see docs/guides/precision-and-memory.md): the heavy maps A and Aᵀ run in the
-# weights' format; their results are widened to float32 (``widened``), where shares are
-# divided and summed.
-
-
-def _A(
-    ctx: NodeContext,
-    x: torch.Tensor,
-    weight: torch.Tensor | Lazy,
-    bias=None,
-    *,
-    add_to: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``A(x; W) + b`` in the weight's working format, widened (``add_to``: added into that
-    tensor). In the memory mode a slice of output channels at a time (``sliced_map``)."""
-
-    def one(weight: torch.Tensor, bias: torch.Tensor | None, rows=None) -> torch.Tensor:
-        work, inputs = ctx.working(weight), x
-        if work is not weight:
-            inputs, bias = widened(x), None if bias is None else widened(bias)
-        if rows is not None:
-            return widened(ctx.op.linear_map_rows(inputs, work, bias, *rows))
-        return widened(ctx.op.linear_map(inputs, work, bias))
-
-    if _sliced(ctx, weight):
-        if isinstance(ctx.op, RowSliceable) and x.dim() > 2:
-            # cut along the first spatial axis too: a convolution's workspace (its unfolded
-            # input: channels × kernel per output position) can exceed its result
-            size = ctx.op.output_size(x.shape[2:])
-            per_position = math.prod(size[1:]) * x.shape[0] * 4
-            row_bytes = per_position * (1 + x.shape[1] * math.prod(ctx.op.kernel_size))
-            return sliced_map(one, weight, bias, add_to=add_to, rows=size[0], row_bytes=row_bytes)
-        return sliced_map(one, weight, bias, add_to=add_to)
-    result = one(materialized(weight), bias)
-    return result if add_to is None else _in_place(torch.add, add_to, result)
-
-
-def _At(ctx: NodeContext, s: torch.Tensor, weight: torch.Tensor | Lazy) -> torch.Tensor:
-    """``Aᵀ(s; W)``, widened; in the memory mode a slice of input channels at a time."""
-
-    def one(weight: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
-        work = ctx.working(weight)
-        kept = ctx.adjoint_kernel
-        return widened(ctx.op.adjoint_kept(s.to(work.dtype), work, x_shape, lambda w: kept(w, s)))
-
-    if _sliced(ctx, weight):
-        return sliced_adjoint(one, weight, ctx.input_shapes[0])
-    return one(materialized(weight), ctx.input_shapes[0])
-
-
-def _sliced(ctx: NodeContext, weight: torch.Tensor | Lazy) -> bool:
-    """Whether the maps run slice by slice: the memory mode, on an op that allows it."""
-    return ctx.low_memory and isinstance(ctx.op, Sliceable) and ctx.op.sliceable
-
-
-def _A_scaled(
-    ctx: NodeContext, x: torch.Tensor, weight: torch.Tensor | Lazy, bias, scale: torch.Tensor
-) -> torch.Tensor:
-    """``A(x; W) + scale·b`` for an input ``x`` already multiplied by the per-sample ``scale``."""
-    dtype = underlying(weight).dtype
-    if bias is None or (scale is None and dtype not in LOW_PRECISION):
-        return _A(ctx, x, weight, bias)  # the bias added by the map itself: one pass fewer
-    z = _A(ctx, x, weight)
-    if scale is None:  # bfloat16: the bias added to the widened z, in float32
-        return z + ctx.op.broadcast_bias(bias, z)
-    return z + ctx.op.broadcast_bias(bias, z) * scale.reshape(-1, *([1] * (z.dim() - 1)))
-
-
-def signed_share(
-    ctx: NodeContext,
-    relevance: torch.Tensor,
-    w_for_positive: torch.Tensor | Lazy,
-    w_for_negative: torch.Tensor | Callable[[], torch.Tensor],
-    bias: torch.Tensor | None,
-    stab: Stabilizer,
-    key: str,
-    own_relevance: bool = False,
-    nonnegative_z: bool = False,
-    bias_key: str | None = None,
-) -> torch.Tensor:
-    """``z = A(x⁺; W_p) + A(x⁻; W_n) (+ bias)``, ``s = R / stab(z)``,
-    ``R_in = x⁺ ⊙ Aᵀ(s; W_p) + x⁻ ⊙ Aᵀ(s; W_n)``: the building block of zplus, αβ and γ.
-    Where ``x ≥ 0`` everywhere (ReLU outputs) the ``x⁻`` terms vanish and are skipped;
-    elsewhere both adjoints run as one where the op stacks the pair (``stack_inputs``;
-    ``key`` names the pair for the memo).
-    Each sample runs at the scale ``sample_scale`` picks: the same result, no overflow.
-    ``own_relevance``: ``relevance`` is not read again, ``s`` may be formed in it.
-    ``nonnegative_z``: ``W_p ≥ 0 ≥ W_n`` and ``bias ≥ 0`` (z⁺), so that no ``z`` is negative.
-    ``bias_key``: names ``bias`` in the node's memo (``_bias_part``'s sign), so that
-    ``bias + ε`` is made once, not on every pass; ``None``: made each time."""
-    scale, nonnegative = scale_and_sign(
-        ctx.x, nonnegative=ctx.known_nonnegative(0), numerics=ctx.numerics
-    )
-    x = rescaled(ctx.x, scale)
-
-    def share(r: torch.Tensor, z: torch.Tensor, shifted: bool = False) -> torch.Tensor:
-        # s = R / stab(z), in place
-        return stab(
-            r,
-            z,
-            scale,
-            overwrite=True,
-            overwrite_numerator=own_relevance,
-            nonnegative=nonnegative_z,
-            shifted=shifted,
-            numerics=ctx.numerics,
-        )
-
-    # z, s and the adjoint are temporaries of this rule alone: s is formed in z's memory and
-    # the products in the adjoints' (``_in_place``), so that few of them are alive at once
-    # (the same values, bit for bit; what the memory mode, ``cache_policy="none"``, is for)
-    # z + ε formed by the map itself, where z ≥ 0 by construction: one pass over z fewer
-    dtype = underlying(w_for_positive).dtype
-    shifted = None
-    if nonnegative_z and bias_key is not None and scale is None:  # made once per node
-        shifted = ctx.memo(
-            ("bias+ε", bias_key, stab, dtype), lambda: stab.epsilon_in_bias(bias, None, dtype)
-        )
-    elif nonnegative_z:
-        shifted = stab.epsilon_in_bias(bias, scale, dtype)
-    if nonnegative:
-        if shifted is not None:
-            s = share(relevance, _A_scaled(ctx, x, w_for_positive, shifted, scale), True)
-        else:
-            s = share(relevance, _A_scaled(ctx, x, w_for_positive, bias, scale))
-        del relevance
-        return _in_place(torch.mul, _At(ctx, s, w_for_positive), x)
-    if callable(w_for_negative):  # computed only now that the x⁻ terms are needed
-        w_for_negative = w_for_negative()
-    w_for_positive = materialized(w_for_positive)  # the pair's adjoint runs on both at once
-    x_pos = positive(x)
-    z = _A_scaled(ctx, x_pos, w_for_positive, bias if shifted is None else shifted, scale)
-    x_neg = negative(x)  # A(x⁻; W⁻) ≥ 0 too: z + ε is still ≥ ε
-    z = _in_place(torch.add, z, _A(ctx, x_neg, w_for_negative))
-    s = share(relevance, z, shifted is not None)
-    del z, relevance
-    from_positive, from_negative = ctx.adjoint_pair(s, key, w_for_positive, w_for_negative)
-    del s
-    # the pair may be two halves of one tensor: the sum is then a tensor of its own; two
-    # adjoints give two temporaries of this rule's, where the products are formed
-    if dense(from_positive) and _whole(from_positive):
-        total = from_positive.mul_(x_pos)
-    else:
-        total = from_positive * x_pos
-    del from_positive
-    return total.addcmul_(from_negative, x_neg)  # no temporary for the second product
-
-
-def _whole(t: torch.Tensor) -> bool:
-    """Whether ``t`` spans all of its memory (not a part of a larger tensor's)."""
-    return t.untyped_storage().nbytes() == t.numel() * t.element_size()
-
-
-def _in_place(
-    op: Callable[..., torch.Tensor], t: torch.Tensor, other: torch.Tensor, *, views: bool = False
-) -> torch.Tensor:
-    """``op(t, other)`` written into ``t`` (a temporary of the caller's, not read again) where
-    the result's shape and format are ``t``'s and ``t`` owns its memory (``views=True``: or is
-    a view of a temporary nobody else holds), else a new tensor; the same values either way."""
-    if (
-        keeps_shape(t.shape, other.shape)
-        and torch.result_type(t, other) == t.dtype
-        and (views or (dense(t) and not t._is_view()))
-        and t.data_ptr() != other.data_ptr()
-    ):
-        return op(t, other, out=t)
-    return op(t, other)
-
-
-def input_free_share(
-    ctx: NodeContext, relevance: torch.Tensor, stab: Stabilizer, name: str, weight: torch.Tensor
-) -> torch.Tensor:
-    """``R_in = Aᵀ(R / stab(A(1; V)); V)`` for a weight ``V`` (named ``name``) that ignores the
-    input's values: flat (V = 1) and w² (V = W²). ``A(1; V)`` is the same for every sample,
-    so it is computed once, for one sample."""
-    shape = ctx.input_shapes[0]
-
-    def denominator():
-        ones = torch.ones((1, *shape[1:]), dtype=weight.dtype, device=weight.device)
-        return _A(ctx, ones, weight)
-
-    z = ctx.memo((f"A(1;{name})", tuple(shape[1:])), denominator)
-    return _At(ctx, stab(relevance, z, numerics=ctx.numerics), weight)
-
-
-def _bias_part(ctx: NodeContext, use_bias: bool, sign: str) -> torch.Tensor | None:
-    """``b⁺`` or ``b⁻`` (``sign``), memoised; ``None`` without a bias or ``use_bias``."""
-    bias = ctx.weight_and_bias()[1]
-    if not use_bias or bias is None:
-        return None
-    return ctx.memo(("b", sign), lambda: positive(bias) if sign == "+" else negative(bias))
-
+from .zrule import (
+    B_NEG,
+    B_POS,
+    ONES,
+    W_NEG,
+    W_ONES,
+    W_POS,
+    W_SQUARED,
+    X_NEG,
+    X_POS,
+    B,
+    Term,
+    W,
+    X,
+    ZRule,
+    negative_outputs,
+    plus_gamma,
+    positive_outputs,
+)
 
 # --------------------------------------------------------------------------- structural
 
@@ -262,11 +80,11 @@ class Pass(Rule):
 
 @register_rule
 @dataclass
-class Epsilon(Rule):
-    """LRP-ε: ``z = A(x; W, b)``, ``R_in = x ⊙ Aᵀ(R / stab_ε(z); W)``; ε = 0 is LRP-0."""
+class Epsilon(ZRule):
+    """LRP-ε: ``z = A(x; W, b)``, ``R_in = x ⊙ Aᵀ(R / stab_ε(z); W)``; ε = 0 is LRP-0
+    (Bach et al. 2015)."""
 
     name = "epsilon"
-    requires = (Affine,)
     conserving = False  # conserves with b = 0 and ε = 0
     epsilon: float = 1e-6
     bias: bool = True
@@ -275,37 +93,19 @@ class Epsilon(Rule):
         _check_number(self.name, "epsilon", self.epsilon)
         if self.epsilon < 0:
             raise RuleError(f"epsilon must be ≥ 0, got {self.epsilon}")
+        self.stab = Stabilizer("epsilon", self.epsilon)
 
     @property
     def needs(self) -> frozenset[str]:  # type: ignore[override]
         # the forward output is z itself when the bias is kept
         return frozenset({"inputs", "output"}) if self.bias else frozenset({"inputs"})
 
-    def relevance(self, ctx, relevance):
-        weight, bias = ctx.weight_and_bias()
-        scale = sample_scale(
-            ctx.x, nonnegative=ctx.known_nonnegative(0), numerics=ctx.numerics
-        )  # see signed_share
-        x = rescaled(ctx.x, scale)
-        if self.bias and ctx.output is not None:
-            z = rescaled(ctx.output, scale)
-        else:
-            z = _A_scaled(ctx, x, weight, bias if self.bias else None, scale)
-        own = z is not ctx.output  # a temporary of this rule's: s may be formed in it
-        s = Stabilizer("epsilon", self.epsilon)(
-            relevance,
-            z,
-            scale,
-            overwrite=own,
-            overwrite_numerator=ctx.relevance_owned,
-            numerics=ctx.numerics,
-        )
-        del z, relevance
-        return [_in_place(torch.mul, _At(ctx, s, weight), x)]
+    def terms(self):
+        return (Term(inputs=(X,), params=(W,), bias=B if self.bias else None),)
 
 
 @dataclass
-class _Stabilized(Rule):
+class _Stabilized(ZRule):
     """Rules with a choice of stabiliser (``zero`` or ``epsilon``) and of keeping the bias."""
 
     bias: bool = False
@@ -331,40 +131,24 @@ class _Stabilized(Rule):
 @register_rule
 @dataclass
 class ZPlus(_Stabilized):
-    """z⁺: ``z = A(x⁺;W⁺) + A(x⁻;W⁻) (+b⁺)``, ``R_in = x⁺⊙Aᵀ(s;W⁺) + x⁻⊙Aᵀ(s;W⁻)``."""
+    """z⁺ (Montavon et al. 2017): ``z = A(x⁺;W⁺) + A(x⁻;W⁻) (+b⁺)``,
+    ``R_in = x⁺⊙Aᵀ(s;W⁺) + x⁻⊙Aᵀ(s;W⁻)``."""
 
     name = "zplus"
-    requires = (Affine,)
 
-    def relevance(self, ctx, relevance):
-        # lazy: in the memory mode W⁺ is made a slice at a time where the input is ≥ 0
-        w_pos, w_neg = ctx.positive_weight(lazy=True), ctx.negative_weight
-        bias = _bias_part(ctx, self.bias, "+")
-        own = ctx.relevance_owned
-        return [
-            signed_share(
-                ctx,
-                relevance,
-                w_pos,
-                w_neg,
-                bias,
-                self.stab,
-                "W+|W-",
-                own,
-                nonnegative_z=True,
-                bias_key="+" if bias is not None else None,
-            )
-        ]
+    def terms(self):
+        bias = B_POS if self.bias else None
+        return (Term((X_POS, X_NEG), (W_POS, W_NEG), bias, nonnegative=True),)
 
 
 @register_rule
 @dataclass
 class AlphaBeta(_Stabilized):
-    """αβ: ``R_in = α·[x⁺⊙Aᵀ(sα;W⁺) + x⁻⊙Aᵀ(sα;W⁻)] − β·[x⁺⊙Aᵀ(sβ;W⁻) + x⁻⊙Aᵀ(sβ;W⁺)]``
-    with ``zα = A(x⁺;W⁺)+A(x⁻;W⁻) (+b⁺)`` and ``zβ = A(x⁺;W⁻)+A(x⁻;W⁺) (+b⁻)``; α − β = 1."""
+    """αβ (Bach et al. 2015): ``R_in = α·[x⁺⊙Aᵀ(sα;W⁺) + x⁻⊙Aᵀ(sα;W⁻)]
+    − β·[x⁺⊙Aᵀ(sβ;W⁻) + x⁻⊙Aᵀ(sβ;W⁺)]`` with ``zα = A(x⁺;W⁺)+A(x⁻;W⁻) (+b⁺)`` and
+    ``zβ = A(x⁺;W⁻)+A(x⁻;W⁺) (+b⁻)``; α − β = 1."""
 
     name = "alphabeta"
-    requires = (Affine,)
     alpha: float = 2.0
     beta: float = 1.0
 
@@ -377,16 +161,12 @@ class AlphaBeta(_Stabilized):
                 f"alphabeta needs α, β ≥ 0 and α − β = 1, got α={self.alpha}, β={self.beta}"
             )
 
-    def relevance(self, ctx, relevance):
-        w_pos, w_neg = ctx.positive_weight(), ctx.negative_weight
-        r_in = self.alpha * signed_share(
-            ctx, relevance, w_pos, w_neg, _bias_part(ctx, self.bias, "+"), self.stab, "W+|W-"
+    def terms(self):
+        b_pos, b_neg = (B_POS, B_NEG) if self.bias else (None, None)
+        return (
+            Term((X_POS, X_NEG), (W_POS, W_NEG), b_pos, coefficient=self.alpha),
+            Term((X_POS, X_NEG), (W_NEG, W_POS), b_neg, coefficient=-self.beta),
         )
-        if self.beta:
-            r_in = r_in - self.beta * signed_share(
-                ctx, relevance, w_neg(), w_pos, _bias_part(ctx, self.bias, "-"), self.stab, "W-|W+"
-            )
-        return [r_in]
 
 
 @register_rule
@@ -398,7 +178,6 @@ class Gamma(_Stabilized):
     ``bias: false`` leaves the bias out of z↑ and z↓ (the output's sign still picks the side)."""
 
     name = "gamma"
-    requires = (Affine,)
     needs = frozenset({"inputs", "output"})
     gamma: float = 0.25
 
@@ -408,31 +187,13 @@ class Gamma(_Stabilized):
         if self.gamma < 0:
             raise RuleError(f"gamma must be ≥ 0, got {self.gamma}")
 
-    def relevance(self, ctx, relevance):
-        weight, bias = ctx.weight_and_bias()
-        gamma = self.gamma
-
-        def weights():
-            w_pos, w_neg = ctx.weight_parts()
-            return weight + gamma * w_pos, weight + gamma * w_neg
-
-        w_up, w_down = ctx.memo(f"gamma={gamma}", weights)
-        b_up = b_down = None
-        if self.bias and bias is not None:
-            b_up, b_down = ctx.memo(
-                f"gamma={gamma} b",
-                lambda: (bias + gamma * positive(bias), bias + gamma * negative(bias)),
-            )
-        z = ctx.output if ctx.output is not None else _A(ctx, ctx.x, weight, bias)
-        up_key, down_key = f"γ={gamma} W↑|W↓", f"γ={gamma} W↓|W↑"
-        # each side's relevance is a tensor of its own: s may be formed in it
-        up = signed_share(
-            ctx, torch.where(z > 0, relevance, 0.0), w_up, w_down, b_up, self.stab, up_key, True
+    def terms(self):
+        up, down = plus_gamma(self.gamma, W_POS), plus_gamma(self.gamma, W_NEG)
+        b_up, b_down = (up, down) if self.bias else (None, None)
+        return (
+            Term((X_POS, X_NEG), (up, down), b_up, where=positive_outputs),
+            Term((X_POS, X_NEG), (down, up), b_down, where=negative_outputs),
         )
-        down = signed_share(
-            ctx, torch.where(z < 0, relevance, 0.0), w_down, w_up, b_down, self.stab, down_key, True
-        )
-        return [up + down]
 
 
 @register_rule
@@ -445,7 +206,10 @@ class ZBeta(_Stabilized):
     preprocessing preset (``c3d-ucf101``, ``hara``) or ``preprocess`` (the one in use), with
     ``per_channel`` choosing per-channel bounds over the paper's one bound for all channels.
     The bias cancels out of z (zennit's ``ZBox`` likewise: ``(Wx+b) − (W⁺l+b⁺) − (W⁻h+b⁻)``),
-    so ``bias: true`` is refused.
+    so ``bias: true`` is refused. As a z-rule (``relgraph.rules.zrule``) it is one term with
+    the input modifiers ``(x, l, h)``, the weight modifiers ``(W, W⁺, W⁻)`` and the signs
+    ``(+, −, −)``; its body computes that term with the bounds' part, the same for every
+    sample, made once.
     """
 
     name = "zbeta"
@@ -522,62 +286,44 @@ class ZBeta(_Stabilized):
         return t.expand_as(x)
 
     def relevance(self, ctx, relevance):
-        x = ctx.x
+        x, policy = ctx.x, ctx.policy
         weight, bias = ctx.weight_and_bias()
         w_pos, w_neg = ctx.weight_parts()
         low, high = self._bound(self.low, x), self._bound(self.high, x)
         _warn_outside(ctx.node, x, low, high)
         # A(x;W) = output − b: no extra pass; the bounds' part is the same for every sample,
-        # so it is computed once, for one sample, with the bias folded in
+        # so it is computed once, for one sample, with the bias folded in.
         # In bfloat16, z = A(x;W) − offset cancels much of a rounded output: it is formed from
         # the input in float32 instead (the first layer is cheap: few input channels).
         low_precision = accumulator(x.dtype) != x.dtype
         from_output = ctx.output is not None and bias is not None and not low_precision
 
-        def offset():
+        def offset():  # A(l;W⁺) + A(h;W⁻) (+ b)
             wide_pos, wide_neg = w_pos.to(low.dtype), w_neg.to(low.dtype)
-            part = _A(ctx, high[:1], wide_neg, add_to=_A(ctx, low[:1], wide_pos))
-            if from_output:
-                return _in_place(torch.add, part, ctx.op.broadcast_bias(bias, part))
-            return part
+            part = policy.linear_map(
+                high[:1], wide_neg, add_to=policy.linear_map(low[:1], wide_pos)
+            )
+            return policy.add(part, ctx.op.broadcast_bias(bias, part)) if from_output else part
 
-        key = ("zbeta", tuple(x.shape[1:]), self.low, self.high, from_output, str(low.dtype))
         if from_output:
             forward = ctx.output
         elif low_precision:
-            forward = _A(ctx, widened(x), weight.to(low.dtype))
+            forward = policy.linear_map(widened(x), weight.to(low.dtype))
         else:
-            forward = _A(ctx, x, weight)
-        if ctx.low_memory:  # not kept: z is formed in the offset's memory where it fits
-            bounds_part = offset()
-            if forward is not ctx.output:
-                z = _in_place(torch.sub, forward, bounds_part)
-            elif bounds_part.shape == forward.shape and bounds_part.dtype == forward.dtype:
-                z = torch.sub(forward, bounds_part, out=bounds_part)
-            else:
-                z = forward - bounds_part
-            del bounds_part
-        else:
-            z = forward - ctx.memo(key, offset)
+            forward = policy.linear_map(x, weight)
+        key = ("zbeta", tuple(x.shape[1:]), self.low, self.high, from_output, str(low.dtype))
+        z = policy.subtract(forward, policy.keep(key, offset))
         del forward
         bound_peak = max(abs(v) for v in _values(self.low) + _values(self.high))
-        scale = ctx.sample_scale(x, also=bound_peak)  # see signed_share
-        # z is this rule's own temporary: s is formed in its memory (see signed_share)
-        s = self.stab(
-            relevance,
-            rescaled(z, scale),
-            scale,
-            overwrite=True,
-            overwrite_numerator=ctx.relevance_owned,
-            numerics=ctx.numerics,
-        )
+        scale = ctx.sample_scale(x, also=bound_peak)  # see relgraph.rules.zrule
+        s = policy.divide(policy.relevance(relevance), policy.rescaled(z, scale), self.stab, scale)
         del z, relevance
         # x⊙Aᵀ(s;W) − l⊙Aᵀ(s;W⁺) − h⊙Aᵀ(s;W⁻) with Aᵀ(s;W) = Aᵀ(s;W⁺) + Aᵀ(s;W⁻)
-        from_positive, from_negative = ctx.adjoint_pair(s, "W+|W-", w_pos, w_neg)
+        from_positive, from_negative = policy.adjoint_pair(s, "W⁺|W⁻", w_pos, w_neg)
         del s
         total = (x - low) * from_positive
         del from_positive
-        total.add_(_in_place(torch.mul, from_negative, x - high, views=True))
+        total.add_(policy.multiply(from_negative, x - high))
         return [rescaled(total, scale)]
 
 
@@ -681,31 +427,28 @@ def _map_box(graph: Any, rule_node: str, node: str, low: torch.Tensor, high: tor
 @register_rule
 @dataclass
 class Flat(_Stabilized):
-    """Flat: ``R_in = Aᵀ(R / stab(A(1;1)); 1)``, uniform over each receptive field."""
+    """Flat (Lapuschkin et al. 2019): ``R_in = Aᵀ(R / stab(A(1;1)); 1)``, uniform over each
+    receptive field."""
 
     name = "flat"
-    requires = (Affine,)
     drops_bias = True
     needs = frozenset()
 
-    def relevance(self, ctx, relevance):
-        ones = ctx.memo("1", lambda: torch.ones_like(ctx.weight_and_bias()[0]))
-        return [input_free_share(ctx, relevance, self.stab, "1", ones)]
+    def terms(self):
+        return (Term(inputs=(ONES,), params=(W_ONES,)),)
 
 
 @register_rule
 @dataclass
 class WSquare(_Stabilized):
-    """w²: ``R_in = Aᵀ(R / stab(A(1;W²)); W²)``, bias dropped."""
+    """w² (Montavon et al. 2017): ``R_in = Aᵀ(R / stab(A(1;W²)); W²)``, bias dropped."""
 
     name = "wsquare"
-    requires = (Affine,)
     drops_bias = True
     needs = frozenset()
 
-    def relevance(self, ctx, relevance):
-        squared = ctx.memo("W²", lambda: ctx.weight_and_bias()[0] ** 2)
-        return [input_free_share(ctx, relevance, self.stab, "W²", squared)]
+    def terms(self):
+        return (Term(inputs=(ONES,), params=(W_SQUARED,)),)
 
 
 # --------------------------------------------------------------------------- pooling, merges
@@ -786,7 +529,7 @@ class Proportional(_Shares):
             return _scaled_split(ctx, relevance, self.stab)
         scale = sample_scale(
             ctx.x, nonnegative=ctx.known_nonnegative(0), numerics=ctx.numerics
-        )  # see signed_share
+        )  # see relgraph.rules.zrule
         x = rescaled(ctx.x, scale)
         if self.divide_by == "sum":
             s = self.stab(relevance, ctx.op.window_sum(x), scale, numerics=ctx.numerics)
@@ -887,7 +630,7 @@ class SignalTakeAll(Rule):
 
 def _scaled_split(ctx: NodeContext, relevance: torch.Tensor, stab: Stabilizer) -> list:
     """The op's ``split`` with the inputs at the scale ``sample_scale`` picks (see
-    ``signed_share``); concat only slices, and its inputs are not even read."""
+    ``relgraph.rules.zrule``); concat only slices, and its inputs are not even read."""
     if any(x is None for x in ctx.inputs):
         return ctx.op.split(ctx.inputs, relevance, stab)
     known = [ctx.known_nonnegative(slot) for slot in range(len(ctx.inputs))]

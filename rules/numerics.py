@@ -52,9 +52,13 @@ class Stabilizer:
 
     ``zero`` (the paper authors' code): ``stab(z) = z`` and the result is 0 where ``z == 0``.
     ``epsilon`` (zennit, innvestigate): ``stab(z) = z + ε·sign(z)`` with ``sign(0) = +1``
-    (a z of −0 takes −ε, which hands on the same shares: see ``__call__``).
+    (a z of −0 takes −ε, which hands on the same shares: see ``denominator``).
     In both, a denominator that is zero or subnormal gives 0, and so does a quotient too large
     for the format: never Inf or NaN.
+
+    Which buffers a rule's quotient may be formed in is not the stabiliser's business: the
+    rules divide through their node's ``Policy.divide`` (``relgraph.rules.policy``), which
+    calls ``denominator`` and ``safe_divide``.
     """
 
     kind: str = "zero"
@@ -70,7 +74,7 @@ class Stabilizer:
         self, bias: torch.Tensor | None, scale: torch.Tensor | None, dtype: torch.dtype
     ) -> torch.Tensor | None:
         """``b + ε`` for a map whose ``z`` is ≥ 0 by construction (z⁺) and that adds its bias
-        itself: the map then forms ``z + ε`` with no pass of its own (call this with
+        itself: the map then forms ``z + ε`` with no pass of its own (``denominator`` with
         ``shifted=True``); ``None`` where that does not apply: no bias, a zero stabiliser, a
         rescaled sample, or bfloat16 (whose bias is added to the widened ``z``)."""
         if (
@@ -83,73 +87,92 @@ class Stabilizer:
             return None
         return bias + self.epsilon
 
+    def denominator(
+        self,
+        z: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        *,
+        nonnegative: bool = False,
+        shifted: bool = False,
+        into_z: bool = False,
+    ) -> torch.Tensor:
+        """``stab(z)``; ``scale`` is the per-sample factor (``sample_scale``) that ``z`` was
+        computed with, so that ε scales along with it. ``nonnegative``: no ``z`` is below 0
+        by construction (z⁺'s sums of non-negative products), so ``sign(z) = +1`` needs no
+        test. ``shifted``: ``z`` holds ``z + ε`` already (``epsilon_in_bias``). ``into_z``:
+        ``z + ε`` may be formed in ``z``'s memory (the same values)."""
+        if shifted and (scale is not None or not nonnegative or self.kind != "epsilon"):
+            raise RuleError("shifted: a non-negative z with ε added, at no rescaling")
+        if self.kind != "epsilon" or self.epsilon <= 0 or shifted:
+            return z
+        epsilon = self.epsilon if scale is None else self.epsilon * _to_rank(scale, z)
+        epsilon = torch.as_tensor(epsilon, dtype=z.dtype, device=z.device)
+        if nonnegative:
+            return z.add_(epsilon) if into_z and not z._is_view() else z + epsilon
+        # ε·sign(z) as copysign(ε, z): faster than a where on X3D-S's adds. A z of −0 takes
+        # −ε, which changes no share: a sum is −0 only where every one of its terms is, so
+        # each contribution divided by it is 0 either way
+        return torch.copysign(epsilon, z).add_(z)
+
+    def masks_vanishing(self, dtype: torch.dtype, scale: torch.Tensor | None = None) -> bool:
+        """Whether a denominator of ``dtype`` may be zero or subnormal: not
+        ``z + ε·sign(z)`` at no rescaling, ``|z + ε·sign(z)| ≥ ε ≥ tiny``."""
+        tiny = torch.finfo(dtype).tiny
+        return not (self.kind == "epsilon" and scale is None and self.epsilon >= tiny)
+
     def __call__(
         self,
         numerator: torch.Tensor,
         z: torch.Tensor,
         scale: torch.Tensor | None = None,
         *,
-        overwrite: bool = False,
-        overwrite_numerator: bool = False,
-        nonnegative: bool = False,
-        shifted: bool = False,
         numerics: Numerics | None = None,
     ) -> torch.Tensor:
-        """``numerator / stab(z)``; ``scale`` is the per-sample factor (``sample_scale``) that
-        ``z`` was computed with, so that ε scales along with it. A bfloat16 ``z`` or numerator
-        is widened to float32 first: the quotient is formed in float32.
-
-        ``overwrite=True`` says that the caller will not read ``z`` again,
-        ``overwrite_numerator=True`` the same of ``numerator``: the quotient is then formed in
-        that one's memory (the numerator's first) where the shapes and formats allow, so that
-        they and the quotient are never alive at once (the same values, bit for bit).
-        ``nonnegative=True`` says that no ``z`` is below 0 by construction (z⁺'s sums of
-        non-negative products), so ``sign(z) = +1`` needs no test. ``shifted=True`` says that
-        ``z`` holds ``z + ε`` already (``epsilon_in_bias``), and ``scale`` is ``None``.
+        """``numerator / stab(z)`` as a new tensor (see ``denominator``); a bfloat16 ``z``
+        or numerator is widened to float32 first: the quotient is formed in float32.
         ``numerics``: the pass's numeric policy (``Numerics``; default: every share checked
         as it is formed)."""
-        check_now = numerics is None or not numerics.checks_quotients_later
-        wide_z, wide_numerator = widened(z), widened(numerator)
-        owned = overwrite or wide_z is not z
-        numerator_owned = overwrite_numerator or wide_numerator is not numerator
-        numerator, z = wide_numerator, wide_z
-        if shifted and (scale is not None or not nonnegative or self.kind != "epsilon"):
-            raise RuleError("shifted: a non-negative z with ε added, at no rescaling")
-        if self.kind == "epsilon" and self.epsilon > 0 and not shifted:
-            epsilon = self.epsilon if scale is None else self.epsilon * _to_rank(scale, z)
-            epsilon = torch.as_tensor(epsilon, dtype=z.dtype, device=z.device)
-            if nonnegative:
-                z = z.add_(epsilon) if owned and not z._is_view() else z + epsilon
-            else:
-                # ε·sign(z) as copysign(ε, z): faster than a where on X3D-S's adds. A z
-                # of −0 takes −ε, which changes no share: a sum is −0 only where every one
-                # of its terms is, so each contribution divided by it is 0 either way
-                z = torch.copysign(epsilon, z).add_(z)
-            owned = True
-        tiny = torch.finfo(z.dtype).tiny
-        # |z + ε·sign(z)| ≥ ε ≥ tiny: no subnormal denominator to mask
-        mask = not (self.kind == "epsilon" and scale is None and self.epsilon >= tiny)
-        fits = (
-            z.shape == numerator.shape
-            and torch.result_type(numerator, z) == z.dtype == numerator.dtype
-            and dense(z)
-            and _same_places(z, numerator)  # one layout: element i at the same place
-            and dense(numerator)
-        )
-        into_numerator = fits and numerator_owned
-        into_z = fits and owned and not z._is_view()
-        if not (into_numerator or into_z):
-            return _safe_quotient(numerator, z, tiny, numerator / z, mask=mask, check=check_now)
-        # the quotient formed in place, a piece at a time: the mask of vanishing z is never
-        # larger than a piece (element-wise, so the same values as in one go)
-        for num, den in zip(_pieces(flat(numerator)), _pieces(flat(z))):
-            vanishing = _vanishing(den, tiny) if mask else None
-            quotient = torch.div(num, den, out=num if into_numerator else den)
-            _safe_quotient(num, den, tiny, quotient, vanishing, mask=mask, check=check_now)
-        return numerator if into_numerator else z
+        wide_z = widened(z)
+        denominator = self.denominator(wide_z, scale, into_z=wide_z is not z)
+        mask = self.masks_vanishing(denominator.dtype, scale)
+        return safe_divide(widened(numerator), denominator, mask=mask, numerics=numerics)
 
 
-#: elements per piece of the in-place quotient (``Stabilizer(..., overwrite=True)``)
+def safe_divide(
+    numerator: torch.Tensor,
+    denominator: torch.Tensor,
+    *,
+    mask: bool = True,
+    out: torch.Tensor | None = None,
+    numerics: Numerics | None = None,
+) -> torch.Tensor:
+    """``numerator / denominator`` with every share beyond the format set to 0 (see
+    ``_safe_quotient``; ``mask=False``: no denominator can be subnormal). ``out``: one of the
+    two operands, ``dense``, of the quotient's shape, format and layout, which the quotient
+    is written into, a piece of ``CHUNK`` elements at a time, so that the mask of vanishing
+    denominators is never larger than a piece (element-wise: the same values as in one go).
+    ``numerics``: the pass's numeric policy (default: every share checked as it is formed)."""
+    check = numerics is None or not numerics.checks_quotients_later
+    tiny = torch.finfo(denominator.dtype).tiny
+    if out is None:
+        quotient = numerator / denominator
+        return _safe_quotient(numerator, denominator, tiny, quotient, mask=mask, check=check)
+    into_numerator = out is numerator
+    for num, den in zip(_pieces(flat(numerator)), _pieces(flat(denominator))):
+        vanishing = _vanishing(den, tiny) if mask else None
+        quotient = torch.div(num, den, out=num if into_numerator else den)
+        _safe_quotient(num, den, tiny, quotient, vanishing, mask=mask, check=check)
+    return out
+
+
+def same_places(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors of one shape keep each element at the same offset: their strides
+    agree on every dimension longer than one (a dimension of size one, such as a batch of one,
+    may carry any stride, and channels-last results differ there)."""
+    return all(m == n or size == 1 for m, n, size in zip(a.stride(), b.stride(), a.shape))
+
+
+#: elements per piece of a quotient formed in place (``safe_divide(..., out=...)``)
 CHUNK = 2**20
 
 
@@ -168,13 +191,6 @@ def dense(t: torch.Tensor) -> bool:
     if t.dim() == 4:
         return t.is_contiguous(memory_format=torch.channels_last)
     return False
-
-
-def _same_places(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two tensors of one shape keep each element at the same offset: their strides
-    agree on every dimension longer than one (a dimension of size one, such as a batch of one,
-    may carry any stride, and channels-last results differ there)."""
-    return all(m == n or size == 1 for m, n, size in zip(a.stride(), b.stride(), a.shape))
 
 
 def flat(t: torch.Tensor) -> torch.Tensor:

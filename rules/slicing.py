@@ -4,12 +4,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from relgraph.engine.hostmemory import release_freed
 
-from .context import Lazy, underlying
+
+@dataclass(frozen=True)
+class Lazy:
+    """A weight derived element-wise from another (``derive(weight)``, e.g. W⁺ = max(W, 0)),
+    made a slice at a time where the maps run slice by slice (``sliced_map``); ``full()``
+    makes all of it. Element-wise, so a slice of the derived weight is the derived slice."""
+
+    weight: torch.Tensor
+    derive: Callable[[torch.Tensor], torch.Tensor]
+
+    def full(self) -> torch.Tensor:
+        return self.derive(self.weight)
+
+
+def materialized(weight: torch.Tensor | Lazy) -> torch.Tensor:
+    """The weight itself, a ``Lazy`` one made whole."""
+    return weight.full() if isinstance(weight, Lazy) else weight
+
+
+def underlying(weight: torch.Tensor | Lazy) -> torch.Tensor:
+    """The weight itself, or the one a ``Lazy`` weight is derived from (same shape and
+    format), without making anything."""
+    return weight.weight if isinstance(weight, Lazy) else weight
+
 
 #: the memory mode's slices of a map: at most about this many bytes of weight or of result
 #: per slice (and at least ``SLICE_ALIGN`` channels)

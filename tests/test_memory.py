@@ -2,7 +2,7 @@
 
 It runs big affine maps a slice of channels at a time (``sliced_map``, ``sliced_adjoint``),
 makes W⁺ slice by slice (``Lazy``), forms ``s = R / z`` in the memory of ``z`` or of the
-relevance (``Stabilizer(..., overwrite=...)``), and hands freed memory back after each node.
+relevance (``Policy.divide``), and hands freed memory back after each node.
 The references are the default mode's results (whole maps, nothing overwritten) and the ops'
 own maps; slices are made tiny here so that every path runs on small graphs. Peak memory is
 measured by ``benchmarks/speed.py --only-memory``, not asserted here.
@@ -36,9 +36,8 @@ from relgraph.rules import (
 )
 from relgraph.rules import numerics as rule_numerics
 from relgraph.rules import slicing as rule_slicing
-from relgraph.rules.context import Lazy
 from relgraph.rules.numerics import Stabilizer, positive
-from relgraph.rules.slicing import sliced_adjoint, sliced_map
+from relgraph.rules.slicing import Lazy, sliced_adjoint, sliced_map
 from strategies import graph_cases, one_torch_thread  # noqa: F401
 
 import relgraph
@@ -272,7 +271,8 @@ def test_a_rule_leaves_the_relevance_alone_unless_it_owns_it(tiny_slices, rule):
     assert torch.equal(handed, relevance)  # not owned: read, never written
     got = rule(contexts(True, owned=True), handed)[0]
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
-    # AlphaBeta reads the relevance twice and Gamma splits it first: they never write in it
+    # AlphaBeta reads the relevance twice (its last reading may reuse it) and Gamma splits it
+    # first (never writes in it)
     if isinstance(rule, (ZPlus, Epsilon, ZBeta)):
         assert not torch.equal(handed, relevance)  # owned: the memory was reused
 
@@ -285,9 +285,9 @@ def test_combine_gives_each_part_the_relevance_unchanged():
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("overwrite", ["z", "numerator", "both", "neither"])
+@pytest.mark.parametrize("owned", ["z", "numerator", "both", "neither"])
 @pytest.mark.parametrize("kind", ["zero", "epsilon"])
-def test_stabilizer_in_place_equals_the_plain_quotient(tiny_slices, overwrite, kind):
+def test_policy_divides_in_place_as_the_plain_quotient(tiny_slices, owned, kind):
     generator = torch.Generator().manual_seed(6)
     z = torch.randn((3, 4, 5), generator=generator)
     z[0, 0, :3] = torch.tensor([0.0, -0.0, 1e-39])  # zero and subnormal: shares of 0
@@ -296,23 +296,23 @@ def test_stabilizer_in_place_equals_the_plain_quotient(tiny_slices, overwrite, k
     stab = Stabilizer(kind, 1e-3)
     expected = stab(numerator.clone(), z.clone())
     z_copy, numerator_copy = z.clone(), numerator.clone()
-    got = stab(
-        numerator_copy,
-        z_copy,
-        overwrite=overwrite in ("z", "both"),
-        overwrite_numerator=overwrite in ("numerator", "both"),
-    )
+    policy = contexts(False).policy
+    if owned in ("z", "both"):
+        policy.own(z_copy)
+    if owned in ("numerator", "both"):
+        policy.own(numerator_copy)
+    got = policy.divide(numerator_copy, z_copy, stab)
     assert torch.equal(got, expected)
     assert torch.isfinite(got).all()
-    if overwrite in ("numerator", "both"):
+    if owned in ("numerator", "both"):
         assert got.data_ptr() == numerator_copy.data_ptr()
-    elif overwrite == "z" and kind == "zero":
+    elif owned == "z" and kind == "zero":
         assert got.data_ptr() == z_copy.data_ptr()
     else:
         assert torch.equal(z_copy, z) and torch.equal(numerator_copy, numerator)
 
 
-def test_stabilizer_forms_the_quotient_in_place_across_a_batch_of_ones_strides():
+def test_policy_divides_in_place_across_a_batch_of_ones_strides():
     # channels-last tensors of a batch of one differ in the batch's stride alone (one conv's
     # output against another's): the same places, so the quotient is still formed in place
     generator = torch.Generator().manual_seed(8)
@@ -325,23 +325,29 @@ def test_stabilizer_forms_the_quotient_in_place_across_a_batch_of_ones_strides()
     for into in ("z", "numerator"):
         z_copy, numerator_copy = z.clone(), numerator.clone()
         numerator_copy = numerator_copy.as_strided(numerator.shape, numerator.stride())
-        got = Stabilizer("epsilon", 1e-3)(
-            numerator_copy,
-            z_copy,
-            overwrite=into == "z",
-            overwrite_numerator=into == "numerator",
-            nonnegative=True,
-        )
+        policy = contexts(False).policy
+        policy.own(z_copy if into == "z" else numerator_copy)
+        got = policy.divide(numerator_copy, z_copy, Stabilizer("epsilon", 1e-3), nonnegative=True)
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
         owner = z_copy if into == "z" else numerator_copy
         assert got.data_ptr() == owner.data_ptr()
 
 
-def test_stabilizer_never_writes_into_a_broadcast_denominator():
+def test_policy_never_writes_into_a_broadcast_denominator():
     z = torch.tensor([[2.0, 4.0]])
     numerator = torch.ones((3, 2))
-    got = Stabilizer()(numerator, z, overwrite=True)
+    policy = contexts(False).policy
+    got = policy.divide(numerator, policy.own(z), Stabilizer())
     assert got.shape == (3, 2) and torch.equal(z, torch.tensor([[2.0, 4.0]]))
+
+
+def test_policy_never_writes_into_what_it_keeps():
+    ctx = contexts(False, owned=True)
+    kept = ctx.policy.keep("kept", lambda: ctx.policy.linear_map(ctx.x[:1], ctx.tensors["weight"]))
+    again = kept.clone()
+    relevance = torch.ones_like(kept)
+    ctx.policy.divide(relevance, kept, Stabilizer("epsilon", 1e-3))
+    assert torch.equal(kept, again) and ctx.memo("kept", lambda: None) is kept
 
 
 @pytest.mark.parametrize(
