@@ -2,7 +2,7 @@
 
 Run (the numbers in docs/benchmarks/transformers.md)::
 
-    python benchmarks/transformers.py --sizes 224,112 --repeats 2
+    python benchmarks/transformers.py --sizes 112,224 --repeats 3 --bf16-size 112 --threads 1
 
 The model is VideoMAE-S (hidden 384, 12 layers, 6 heads, MLP 1536, 400 classes, random
 weights: timing needs no checkpoint) built twice from the same weights: relgraph's
@@ -23,6 +23,12 @@ weights: timing needs no checkpoint) built twice from the same weights: relgraph
   level before the call, and the activations relgraph keeps for the rules (from the graph's
   shapes: which nodes the preset reads, and how many of them are ``heads × N × N``).
 
+``--reuse-freed`` runs every size's rounds, all four calls alike, with freed memory kept for
+reuse (``relgraph.engine.hostmemory.reuse_freed``, as ``benchmarks/speed.py`` does): with
+glibc's defaults the memory an explanation keeps (622 MiB at 1,568 tokens) goes back to the
+system after each call and is faulted in again on the next (about 150,000 page faults per
+explanation), which a loop over many clips can avoid.
+
 ``--bf16-size`` (default 112; 0 skips) explains the same model in bfloat16 and compares it
 with float32: finiteness, cosine similarity and the largest difference relative to the
 largest float32 value. Prints Markdown tables; ``--json`` writes them.
@@ -31,6 +37,7 @@ largest float32 value. Prints Markdown tables; ``--json`` writes them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -134,7 +141,15 @@ def kept_report(graph, rules: str = "attnlrp") -> dict:
     }
 
 
-def run_size(size: int, repeats: int) -> dict:
+def run_size(size: int, repeats: int, reuse: bool = False) -> dict:
+    """One size's warm-up and paired rounds (``reuse``: under ``reuse_freed``)."""
+    from relgraph.engine.hostmemory import reuse_freed
+
+    with reuse_freed() if reuse else contextlib.nullcontext():
+        return _run_size(size, repeats)
+
+
+def _run_size(size: int, repeats: int) -> dict:
     graph, model = build(size)
     x = torch.randn(1, 3, FRAMES, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -262,13 +277,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds after a warm-up")
     parser.add_argument("--bf16-size", type=int, default=112, help="0 skips the bfloat16 check")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument(
+        "--reuse-freed", action="store_true", help="keep freed memory for reuse (all calls)"
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for size in (int(s) for s in args.sizes.split(",") if s):
-        rows.append(run_size(size, args.repeats))
+        rows.append(run_size(size, args.repeats, args.reuse_freed))
         print(json.dumps(rows[-1]), flush=True)
     bf16 = run_bfloat16(args.bf16_size) if args.bf16_size else None
     if bf16 is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relgraph.engine.capabilities import Bilinear, Normalizing, Shifting
+from relgraph.engine.capabilities import Attending, Bilinear, Normalizing, Shifting
 from relgraph.errors import RuleError
 
 from .context import no_relevance
@@ -99,6 +99,75 @@ class BilinearConstant(Rule):
         return handed
 
 
+#: AttnLRP's factors of the gradients of q, k and v (the uniform rule, twice for q and k)
+_FACTORS = (0.25, 0.25, 0.5)
+
+
+def _record(ctx, g):
+    """The attention node's forward record (each row's log-sum-exp) where it was formed in
+    the format the adjoint runs in (a bfloat16 graph's is recomputed from the widened
+    inputs)."""
+    return ctx.record if ctx.inputs[0].dtype == g.dtype else None
+
+
+@register_rule
+@dataclass
+class AttentionUniform(Rule):
+    """Fused attention ``O = softmax(scale · q kᵀ) v`` under AttnLRP (Achtibat et al. 2024,
+    LXT's efficient mode): the uniform rule on both products (Prop. 3.2), the softmax's
+    Taylor rule (Prop. 3.1) and the identity on the scale, composed, are gradient × input
+    with the gradients of q, k and v scaled by ¼, ¼ and ½: ``g = R / O``,
+    ``R_q = q ⊙ ¼ ∂_q(g·O)``, ``R_k = k ⊙ ¼ ∂_k(g·O)``, ``R_v = v ⊙ ½ Pᵀ g``. ``O`` stabilised
+    by ε (0: a vanishing output hands on nothing)."""
+
+    name = "attention-uniform"
+    requires = (Attending,)
+    needs = frozenset({"inputs", "output", "record"})
+    conserving = False  # the softmax's Taylor rule drops its bias term
+    epsilon: float = 0.0
+
+    def __post_init__(self):
+        _epsilon_checked(self.epsilon)
+
+    def relevance(self, ctx, relevance):
+        policy = ctx.policy
+        q, k, v = (widened(x) for x in ctx.inputs)
+        output = widened(ctx.output)
+        stab = Stabilizer("epsilon", self.epsilon)
+        g = policy.divide(policy.relevance(relevance), output, stab)
+        gradients = ctx.op.attention_vjp(g, q, k, v, output, _record(ctx, g))
+        del g
+        return [
+            policy.multiply(policy.multiply(policy.own(gradient), x), gradient.new_tensor(factor))
+            for gradient, x, factor in zip(gradients, (q, k, v), _FACTORS)
+        ]
+
+
+@register_rule
+@dataclass
+class AttentionConstant(Rule):
+    """Fused attention ``O = P v``, ``P = softmax(scale · q kᵀ)``, with the probabilities
+    held constant (CP-LRP, Ali et al. 2022): LRP-ε on the map from ``v``,
+    ``R_v = v ⊙ Pᵀ(R / O)``; q and k get nothing."""
+
+    name = "attention-constant"
+    requires = (Attending,)
+    needs = frozenset({"inputs", "output", "record"})
+    epsilon: float = 0.0
+
+    def __post_init__(self):
+        _epsilon_checked(self.epsilon)
+
+    def relevance(self, ctx, relevance):
+        policy = ctx.policy
+        q, k, v = (widened(x) for x in ctx.inputs)
+        output = widened(ctx.output)
+        handed = [no_relevance(relevance, shape) for shape in ctx.input_shapes[:2]]
+        g = policy.divide(policy.relevance(relevance), output, Stabilizer("epsilon", self.epsilon))
+        back = ctx.op.value_adjoint(g, q, k, v, output, _record(ctx, g))
+        return [*handed, policy.multiply(policy.own(back), v)]
+
+
 @register_rule
 @dataclass
 class FrozenScale(Rule):
@@ -115,12 +184,13 @@ class FrozenScale(Rule):
         _epsilon_checked(self.epsilon)
 
     def relevance(self, ctx, relevance):
+        policy = ctx.policy
         x = widened(ctx.x)
-        s = Stabilizer("epsilon", self.epsilon)(
-            relevance, widened(ctx.output), numerics=ctx.numerics
+        s = policy.divide(
+            policy.relevance(relevance), widened(ctx.output), Stabilizer("epsilon", self.epsilon)
         )
         tensors = {k: widened(v) for k, v in ctx.tensors.items()}
-        return [x * ctx.op.frozen_scale_adjoint(s, x, tensors)]
+        return [policy.multiply(policy.own(ctx.op.frozen_scale_adjoint(s, x, tensors)), x)]
 
 
 @register_rule

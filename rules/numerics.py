@@ -156,12 +156,14 @@ def safe_divide(
     tiny = torch.finfo(denominator.dtype).tiny
     if out is None:
         quotient = numerator / denominator
+        mask = mask and _may_vanish(denominator, tiny)
         return _safe_quotient(numerator, denominator, tiny, quotient, mask=mask, check=check)
     into_numerator = out is numerator
     for num, den in zip(_pieces(flat(numerator)), _pieces(flat(denominator))):
-        vanishing = _vanishing(den, tiny) if mask else None
+        masked = mask and _may_vanish(den, tiny)
+        vanishing = _vanishing(den, tiny) if masked else None
         quotient = torch.div(num, den, out=num if into_numerator else den)
-        _safe_quotient(num, den, tiny, quotient, vanishing, mask=mask, check=check)
+        _safe_quotient(num, den, tiny, quotient, vanishing, mask=masked, check=check)
     return out
 
 
@@ -196,6 +198,18 @@ def dense(t: torch.Tensor) -> bool:
 def flat(t: torch.Tensor) -> torch.Tensor:
     """A ``dense`` tensor's memory as a 1-D view, in memory order."""
     return t.view(-1) if t.is_contiguous() else t.as_strided((t.numel(),), (1,))
+
+
+def _may_vanish(z: torch.Tensor, tiny: float) -> bool:
+    """Whether some ``|z| < tiny`` may be there to mask: on the CPU, one reduction tells
+    (``min |z|``, much cheaper there than the two comparisons of the mask; a NaN is no
+    vanishing z, as in ``_vanishing``); on another device, always (the answer would cost a
+    synchronisation)."""
+    if z.device.type != "cpu":
+        return True
+    if z.numel() == 0:
+        return False
+    return bool(z.abs().amin() < tiny)
 
 
 def _vanishing(z: torch.Tensor, tiny: float) -> torch.Tensor:

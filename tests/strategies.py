@@ -310,8 +310,9 @@ class _Builder:
     def attention(self) -> str:
         """An attention block on a (C, L) tensor read as L tokens of C features: a CLS token
         and position embeddings, layer norm, q·kᵀ over 1 or 2 heads, scale, softmax,
-        attention·v, the heads merged, a projection, GELU, a residual add, the CLS token
-        dropped again and the tokens back to (C, L)."""
+        attention·v (as four nodes or the fused ``attention`` op), the heads merged, a
+        projection, GELU, a residual add, the CLS token dropped again and the tokens back to
+        (C, L)."""
         draw = self.draw
         channels, length = self.shape
         heads = draw(st.integers(1, 2))
@@ -332,11 +333,14 @@ class _Builder:
             )
             self.add("reshape", (length + 1, heads, 2), shape=[length + 1, heads, 2])
             split[part] = self.add("transpose", (heads, length + 1, 2), dim0=1, dim1=2)
-        square = (heads, length + 1, length + 1)
-        self.add("matmul", square, inputs=[split["q"], split["k"]], transpose_b=True)
-        self.add("scale", square, factor=2**-0.5)
-        probs = self.add("softmax", square)
-        self.add("matmul", (heads, length + 1, 2), inputs=[probs, split["v"]])
+        if draw(st.booleans()):  # the fused op
+            self.add("attention", (heads, length + 1, 2), inputs=[split[p] for p in "qkv"])
+        else:  # the same as four nodes
+            square = (heads, length + 1, length + 1)
+            self.add("matmul", square, inputs=[split["q"], split["k"]], transpose_b=True)
+            self.add("scale", square, factor=2**-0.5)
+            probs = self.add("softmax", square)
+            self.add("matmul", (heads, length + 1, 2), inputs=[probs, split["v"]])
         self.add("transpose", (length + 1, heads, 2), dim0=1, dim1=2)
         self.add("reshape", (length + 1, width), shape=[length + 1, width])
         self.add("linear", (length + 1, channels), in_features=width, out_features=channels)

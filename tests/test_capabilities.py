@@ -43,6 +43,7 @@ FAMILY = {
     "scale": {"reshape", "vjp"},
     "softmax": {"softmax", "vjp"},
     "matmul": {"bilinear", "vjp"},
+    "attention": {"attention", "vjp"},
     "permute": {"index", "vjp"},
     "transpose": {"index", "vjp"},
     "slice": {"index", "vjp"},

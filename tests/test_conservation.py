@@ -143,6 +143,16 @@ def relevance_handed_on(graph, node, rule, activations, relevance) -> torch.Tens
         return per_sample(relevance)
     if name in ("bilinear-uniform", "bilinear-constant"):  # halves or all: R where z ≠ 0
         return kept(relevance, output != 0)
+    if name == "attention-constant":  # Σ v ⊙ Pᵀ(R/O) = Σ (R/O) ⊙ P v: R where O ≠ 0
+        return kept(relevance, output != 0)
+    if name == "attention-uniform":  # v's half of R, and the softmax rule's Σ Z ⊙ ½dS
+        q, k, v = inputs
+        z = q @ k.transpose(-1, -2) * op.scale
+        p = torch.softmax(z, dim=-1)
+        g = torch.where(output != 0, relevance / output, 0.0)
+        dp = g @ v.transpose(-1, -2)
+        ds = p * (dp - (p * dp).sum(-1, keepdim=True))
+        return kept(relevance, output != 0) / 2 + per_sample(z * ds) / 2
     if name == "shift-share":  # the input's part x / (x + c) of R; the constant's is lost
         return per_sample(torch.where(output != 0, relevance * inputs[0] / output, 0.0))
     if name == "frozen-scale":  # Σ x ⊙ M[v ⊙ w/σ] = Σ (y − b) ⊙ v, v = R / y: the bias's share

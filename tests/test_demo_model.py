@@ -82,7 +82,7 @@ def test_the_demo_transformer_is_a_small_videomae_under_2_mb():
     assert model.input_shape == (3, 8, 32, 32)
     assert model.default_rules == "attnlrp"
     ops = {model.op(node).type for node in model.order[1:]}
-    assert {"softmax", "matmul", "layernorm", "add_sinusoid"} <= ops
+    assert {"attention", "layernorm", "add_sinusoid"} <= ops
 
 
 def test_the_default_demo_model_is_c3d_tiny_and_an_unknown_one_is_a_clear_error():

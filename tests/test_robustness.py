@@ -256,3 +256,25 @@ def test_a_quotient_beyond_the_format_makes_explain_check_every_quotient(rule, d
     # ε absorbs its share: R·x/(z + ε) for each input
     expected = 0.25 / (0.5 + torch.tensor(1e-6, dtype=dtype))
     torch.testing.assert_close(ordinary, torch.full_like(x, float(expected)))
+
+
+@pytest.mark.parametrize("vanishing", [0.0, 1e-40, None], ids=["zero", "subnormal", "none"])
+@pytest.mark.parametrize("into", [None, "numerator", "denominator"])
+def test_safe_division_masks_exactly_the_vanishing_denominators(vanishing, into):
+    """The safe division's quotient against ``torch.where(|z| < tiny, 0, R / z)``, with
+    and without a vanishing z (the mask is skipped where a reduction finds none), formed
+    anew or in either operand."""
+    from relgraph.rules.numerics import safe_divide
+
+    generator = torch.Generator().manual_seed(4)
+    z = torch.randn(3, 70, generator=generator)
+    if vanishing is not None:
+        z[1, 5] = vanishing
+    numerator = torch.randn(3, 70, generator=generator)
+    tiny = torch.finfo(torch.float32).tiny
+    expected = torch.where(z.abs() < tiny, 0.0, numerator / z)
+    numerator, z = numerator.clone(), z.clone()
+    out = {None: None, "numerator": numerator, "denominator": z}[into]
+    got = safe_divide(numerator, z, out=out)
+    assert torch.equal(got, expected)
+    assert (got == 0).sum() == (0 if vanishing is None else 1)

@@ -74,6 +74,7 @@ OP_EXAMPLES: dict[str, tuple[list[int], dict]] = {
     "scale": ([3, 4], {"factor": 0.5}),
     "softmax": ([2, 3, 4], {}),
     "matmul": ([2, 3, 4], {"transpose_b": True}),
+    "attention": ([2, 3, 4], {}),
     "permute": ([2, 3, 4], {"dims": [0, 3, 1, 2]}),
     "transpose": ([2, 3, 4], {"dim0": 1, "dim1": 3}),
     "slice": ([5, 4], {"dim": 1, "start": 1, "stop": 4}),
@@ -86,6 +87,8 @@ OP_EXAMPLES: dict[str, tuple[list[int], dict]] = {
 }
 #: two inputs: the input and its ReLU (matmul: the product of the two)
 MERGES = ("add", "concat", "matmul")
+#: three inputs: q, k, v of attention (the input, its ReLU, a copy of the input)
+TRIPLES = ("attention",)
 #: products read the input and a gate broadcast along its last dimension (mean over it)
 PRODUCTS = ("mul",)
 
@@ -107,6 +110,10 @@ def example_graph(op_type: str) -> relgraph.Graph:
     if op_type in MERGES:
         nodes.append({"name": "pre", "op": "relu", "inputs": ["input"]})
         inputs = ["input", "pre"]
+    if op_type in TRIPLES:
+        nodes.append({"name": "pre", "op": "relu", "inputs": ["input"]})
+        nodes.append({"name": "copy", "op": "identity", "inputs": ["input"]})
+        inputs = ["input", "pre", "copy"]
     if op_type in PRODUCTS:
         dim = len(input_shape)
         nodes.append({"name": "pre", "op": "mean", "inputs": ["input"], "dims": [dim]})

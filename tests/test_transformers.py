@@ -103,15 +103,16 @@ def test_cp_lrp_conserves_without_constants(family):
     )
 
 
-def test_attnlrp_loses_only_at_softmax_without_constants():
+def test_attnlrp_loses_only_at_attention_without_constants():
+    """The fused attention op holds the softmax's Taylor rule, the one lossy rule left."""
     model, params = hf_model("vivit")
     _zero_constants(model)
     g = _graph("vivit", model, params)
     e = relgraph.explanation(g, _clip(), target=2, rules="attnlrp")
     for node, lost in e.lost.items():
-        if g.op(node).type != "softmax":
+        if g.op(node).type != "attention":
             assert lost.abs().max() < 1e-12, node
-    softmax_lost = sum(lost for n, lost in e.lost.items() if g.op(n).type == "softmax")
+    softmax_lost = sum(lost for n, lost in e.lost.items() if g.op(n).type == "attention")
     assert torch.allclose(e.relevance.sum((1, 2, 3, 4)) + softmax_lost, e.output_relevance.sum(1))
 
 

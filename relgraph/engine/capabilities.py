@@ -145,6 +145,33 @@ class Bilinear(Protocol):
 
 
 @runtime_checkable
+class Attending(Protocol):
+    """Fused attention ``softmax(scale · q kᵀ) v``: its three input gradients, and the
+    adjoint of the map from ``v`` with the probabilities held constant, never holding the
+    probabilities of every query row at once (``logsumexp``: the forward's record)."""
+
+    def attention_vjp(
+        self,
+        grad: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        output: torch.Tensor | None = None,
+        logsumexp: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def value_adjoint(
+        self,
+        grad: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        output: torch.Tensor | None = None,
+        logsumexp: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
 class Shifting(Protocol):
     """The input plus a constant (position embeddings)."""
 
@@ -163,6 +190,7 @@ CAPABILITIES: dict[str, type] = {
     "vjp": VectorJacobian,
     "normalize": Normalizing,
     "bilinear": Bilinear,
+    "attention": Attending,
     "shift": Shifting,
 }
 

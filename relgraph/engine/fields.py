@@ -27,9 +27,10 @@ Ints = tuple[int, ...]
 REQUIRED: Any = object()
 """Default of a field that the YAML node must give."""
 
-KINDS = ("int", "int?", "ints", "bool", "float", "shape")
+KINDS = ("int", "int?", "ints", "bool", "float", "float?", "shape")
 """``int``; ``int?`` (an int or null); ``ints`` (one int per spatial dimension, a single int
-repeated); ``bool``; ``float`` (finite); ``shape`` (a non-empty list of ints)."""
+repeated); ``bool``; ``float`` (finite); ``float?`` (finite or null); ``shape`` (a non-empty
+list of ints)."""
 
 
 class Field(Generic[T]):
@@ -133,7 +134,9 @@ def check_value(op: str, name: str, field: Field, value: Any, dims: int) -> Any:
                 f"field '{name}' of {op} must be true or false (or 0 or 1), got {show(value)}", name
             )
         return value
-    if kind == "float":
+    if kind == "float?" and value is None:
+        return None
+    if kind in ("float", "float?"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise OpDefinitionError(
                 f"field '{name}' of {op} must be a number, got {show(value)}", name

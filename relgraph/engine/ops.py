@@ -24,6 +24,9 @@ Each op is a small object built from the fields of its YAML node. It knows
                   product (the gradient rule)
   ``channelwise`` affine with ``num_features``: a monotone map of each channel on its own,
                   output shaped like the input (batch norm): relevance may pass it unchanged
+  ``attention``   ``attention_vjp(g, q, k, v, output, logsumexp)`` and
+                  ``value_adjoint(g, q, k, v, output, logsumexp)``: fused attention's input
+                  gradients, and the adjoint from v with the probabilities held constant
 
 A new op is one class decorated with ``@register_op("name")``: its fields as ``Field``
 attributes, its ``forward``, and the capability methods of its family. Ops over 1, 2 or 3

@@ -9,6 +9,8 @@ vector-Jacobian product (``vjp``, no autograd). The capabilities that rules ask 
 ``softmax``    softmax over the last axis (the rule reads input and output)
 ``bilinear``   the product of two inputs: ``input_vjp(g, inputs, slot)``, the adjoint of the
                map with the other input held constant
+``attention``  fused ``softmax(scale · q kᵀ) v``: ``attention_vjp`` (the gradients of q, k and
+               v) and ``value_adjoint`` (``Pᵀ g``), neither holding every row's probabilities
 ``index``      the output's entries are entries of the input or constants (permute, slice,
                select, repeat, a prepended token): relevance follows the adjoint, ``vjp``
 ``shift``      the input plus a constant: ``constant(tensors, like)`` (position embeddings)
@@ -89,7 +91,14 @@ class LayerNorm(Op):
 
     def sigma(self, x: torch.Tensor) -> torch.Tensor:
         """``σ = sqrt(var(x) + eps)`` over the last axis, kept as a size-1 axis."""
-        return (x.var(-1, unbiased=False, keepdim=True) + self.eps).sqrt()
+        return self.inverse_sigma(x).reciprocal().to(x.dtype)
+
+    def inverse_sigma(self, x: torch.Tensor) -> torch.Tensor:
+        """``1 / σ`` over the last axis, kept as a size-1 axis: the layer norm's own
+        statistics (``torch.native_layer_norm``, one pass; ``torch.var`` over the last axis
+        is several times slower on the CPU), widened where x is in half precision."""
+        x = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+        return torch.native_layer_norm(x, (x.shape[-1],), None, None, self.eps)[2]
 
     def frozen_scale_adjoint(
         self, s: torch.Tensor, x: torch.Tensor, tensors: dict[str, torch.Tensor]
@@ -97,10 +106,10 @@ class LayerNorm(Op):
         """``M[s ⊙ w / σ]``: the adjoint of ``x ↦ (x − μ)/σ ⊙ w`` with σ held constant
         (M removes the mean over the last axis; it is its own adjoint)."""
         weight = tensors.get("weight")
-        t = s / self.sigma(x).to(s.dtype)
+        t = s * self.inverse_sigma(x).to(s.dtype)
         if weight is not None:
-            t = t * weight.to(s.dtype)
-        return t - t.mean(-1, keepdim=True)
+            t.mul_(weight.to(s.dtype))
+        return t.sub_(t.mean(-1, keepdim=True))
 
     def vjp(self, grad, inputs, tensors, input_shapes, record=None):
         """Vector-Jacobian product: with ``x̂ = (x − μ)/σ`` and ``h = g ⊙ w``,
@@ -257,6 +266,197 @@ class MatMul(Op):
     def vjp(self, grad, inputs, tensors, input_shapes, record=None):
         """Vector-Jacobian product: ``g bᵀ`` and ``aᵀ g`` (transposed back for ``bᵀ``)."""
         return [self.input_vjp(grad, inputs, 0), self.input_vjp(grad, inputs, 1)]
+
+
+#: the most elements one block of attention probabilities may hold (``Attention``'s
+#: explicit adjoints: a block of query rows against every key, over all heads and leading
+#: axes at once)
+ATTENTION_BLOCK_ELEMENTS = 1 << 22
+
+#: whether ``Attention`` runs torch's fused CPU attention kernels (forward with the
+#: log-sum-exp of each row, and their backward) where they apply
+USE_CPU_KERNELS = True
+
+_CPU_KERNEL_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
+def _heads4(t: torch.Tensor) -> torch.Tensor:
+    """``(…, N, d)`` as four axes ``(B', H', N, d)``: the leading axes flattened into the
+    first (a view where the layout allows), a single one given a head axis of 1."""
+    if t.dim() == 4:
+        return t
+    if t.dim() == 3:
+        return t.unsqueeze(1)
+    return t.reshape(-1, *t.shape[-3:])
+
+
+def _cpu_kernels_apply(*tensors: torch.Tensor) -> bool:
+    """Whether torch's fused CPU attention kernels take ``tensors`` (q, k, v, …): on the CPU,
+    one format they support, q and v of one width, and the kernels present in this torch."""
+    q, k, v = tensors[:3]
+    return (
+        USE_CPU_KERNELS
+        and all(t.device.type == "cpu" and t.dtype == q.dtype for t in tensors)
+        and q.dtype in _CPU_KERNEL_DTYPES
+        and q.shape[-1] == v.shape[-1]
+        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
+    )
+
+
+@register_op("attention")
+class Attention(Op):
+    """Fused attention (Vaswani et al. 2017): ``softmax(scale · q kᵀ) v`` on head tensors
+    ``q, k, v`` of shape ``(…, H, N, d)`` (any leading axes, e.g. TimeSformer's
+    ``(B, P, H, T, d)``), output ``(…, H, N, d)``.
+
+    The forward is ``torch.nn.functional.scaled_dot_product_attention``, which never forms
+    the ``N × N`` probabilities of every row at once. The adjoints (``attention_vjp``,
+    ``value_adjoint``) run torch's fused CPU attention backward on the CPU (its forward
+    records each row's log-sum-exp for it, ``forward_record``), and elsewhere recompute the
+    probabilities a block of query rows at a time (``ATTENTION_BLOCK_ELEMENTS``); neither
+    holds the probabilities of every row at once.
+    """
+
+    arity = 3
+    capabilities = frozenset({"attention", "vjp"})
+    scale = Field[float | None](
+        "float?", None, "the factor of q kᵀ; default d^-1/2, d = q's last axis"
+    )
+
+    def resolve(self, in_shapes):
+        q, k, v = in_shapes
+        if len(q) < 2 or not (len(q) == len(k) == len(v)):
+            raise OpDefinitionError(
+                f"attention needs q, k, v of one rank ≥ 2 (…, N, d), batch left out, got "
+                f"{list(q)}, {list(k)} and {list(v)}"
+            )
+        if q[:-2] != k[:-2] or q[:-2] != v[:-2] or q[-1] != k[-1] or k[-2] != v[-2]:
+            raise OpDefinitionError(
+                f"attention of q {list(q)}, k {list(k)}, v {list(v)}: q and k need the same "
+                "features, k and v the same tokens, and all three the same leading axes"
+            )
+        if self.scale is None:
+            self.scale = q[-1] ** -0.5
+
+    def _scale(self, q: torch.Tensor) -> float:
+        return q.shape[-1] ** -0.5 if self.scale is None else self.scale
+
+    def forward(self, inputs, tensors):
+        q, k, v = inputs
+        out = F.scaled_dot_product_attention(
+            _heads4(q), _heads4(k), _heads4(v), scale=self._scale(q)
+        )
+        return out.reshape(*q.shape[:-1], v.shape[-1])
+
+    def _kernel_forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """torch's fused CPU attention on four-axis tensors: the output and each row's
+        log-sum-exp of ``scale · q kᵀ``."""
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, False, attn_mask=None, scale=self._scale(q)
+        )
+        return out, lse
+
+    def forward_record(self, inputs, tensors):
+        """The output and, where the CPU kernels apply, each row's log-sum-exp of
+        ``scale · q kᵀ`` (what their backward reads; ``None`` elsewhere)."""
+        if not _cpu_kernels_apply(*inputs):
+            return self.forward(inputs, tensors), None
+        q, k, v = inputs
+        out, lse = self._kernel_forward(_heads4(q), _heads4(k), _heads4(v))
+        return out.reshape(*q.shape[:-1], v.shape[-1]), lse
+
+    def _blocks(self, q: torch.Tensor, k: torch.Tensor):
+        """Row ranges of the queries such that a block of probabilities holds at most
+        ``ATTENTION_BLOCK_ELEMENTS`` elements."""
+        rows = q.shape[-2]
+        per_row = max(1, q.numel() // (q.shape[-1] * rows) * k.shape[-2])
+        step = max(1, min(rows, ATTENTION_BLOCK_ELEMENTS // per_row))
+        return [(start, min(rows, start + step)) for start in range(0, rows, step)]
+
+    def probabilities(self, q_block: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """``softmax(scale · q_b kᵀ)`` of a block of query rows ``q_b``."""
+        return torch.softmax(
+            torch.matmul(q_block, k.transpose(-1, -2)).mul_(self._scale(q_block)), dim=-1
+        )
+
+    def value_adjoint(
+        self,
+        grad: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        output: torch.Tensor | None = None,
+        logsumexp: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``Pᵀ g``: the adjoint of ``v ↦ P v`` with the probabilities ``P`` held constant, in
+        ``grad``'s format (the value gradient of ``attention_vjp``; block by block over query
+        rows where the CPU kernels do not apply)."""
+        q4, k4, v4 = (_heads4(t).to(grad.dtype) for t in (q, k, v))
+        if _cpu_kernels_apply(q4, k4, v4, grad):
+            return self.attention_vjp(grad, q, k, v, output, logsumexp)[2]
+        g = _heads4(grad)
+        back = None
+        for start, stop in self._blocks(q4, k4):
+            p = self.probabilities(q4[..., start:stop, :], k4)
+            part = torch.matmul(p.transpose(-1, -2), g[..., start:stop, :])
+            back = part if back is None else back.add_(part)
+        return back.reshape(v.shape[:-1] + grad.shape[-1:])
+
+    def attention_vjp(
+        self,
+        grad: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        output: torch.Tensor | None = None,
+        logsumexp: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The gradients of q, k and v for the output's gradient ``grad``, in ``grad``'s
+        format. ``output`` is the forward's ``O`` and ``logsumexp`` its record
+        (``forward_record``); either is recomputed where not given (the record only where
+        the CPU kernels apply).
+
+        On the CPU, torch's fused attention backward; elsewhere the same formulas block by
+        block over query rows (the backward of Dao et al. 2022, FlashAttention): with
+        ``S = scale · q_b kᵀ``, ``P = softmax(S)``, ``dP = g_b vᵀ``,
+        ``D = rowsum(g_b ⊙ O_b)``, ``dS = P ⊙ (dP − D)``: ``dq_b = scale · dS k``,
+        ``dk = Σ_b scale · dSᵀ q_b``, ``dv = Σ_b Pᵀ g_b``."""
+        scale = self._scale(q)
+        q4, k4, v4 = (_heads4(t).to(grad.dtype) for t in (q, k, v))
+        g = _heads4(grad)
+        out = None if output is None else _heads4(output).to(grad.dtype)
+        if _cpu_kernels_apply(q4, k4, v4, g):
+            if out is None or logsumexp is None:
+                out, logsumexp = self._kernel_forward(q4, k4, v4)
+            dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                g, q4, k4, v4, out, logsumexp, 0.0, False, attn_mask=None, scale=scale
+            )
+            return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
+        if out is None:
+            out = F.scaled_dot_product_attention(q4, k4, v4, scale=scale)
+        dq = torch.empty_like(q4, memory_format=torch.contiguous_format)
+        dk = dv = None
+        for start, stop in self._blocks(q4, k4):
+            q_b, g_b = q4[..., start:stop, :], g[..., start:stop, :]
+            p = self.probabilities(q_b, k4)
+            d = (g_b * out[..., start:stop, :]).sum(-1, keepdim=True)
+            ds = torch.matmul(g_b, v4.transpose(-1, -2)).sub_(d).mul_(p)
+            part_v = torch.matmul(p.transpose(-1, -2), g_b)
+            del p
+            dq[..., start:stop, :] = torch.matmul(ds, k4)
+            part_k = torch.matmul(ds.transpose(-1, -2), q_b)
+            dk = part_k if dk is None else dk.add_(part_k)
+            dv = part_v if dv is None else dv.add_(part_v)
+        dq.mul_(scale)
+        dk.mul_(scale)
+        return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
+
+    def vjp(self, grad, inputs, tensors, input_shapes, record=None):
+        """Vector-Jacobian product: ``attention_vjp`` (the output recomputed)."""
+        q, k, v = inputs
+        return list(self.attention_vjp(grad, q, k, v))
 
 
 # --------------------------------------------------------------------------- index maps

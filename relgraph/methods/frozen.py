@@ -36,7 +36,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from relgraph.engine.capabilities import Bilinear, Channelwise, Reshaping, Splitting
+from relgraph.engine.capabilities import (
+    Attending,
+    Bilinear,
+    Channelwise,
+    Reshaping,
+    Splitting,
+)
 from relgraph.engine.graph import Graph
 from relgraph.engine.interpreter import ReversePass, Visit
 from relgraph.engine.ops import all_finite, infer_output_shape
@@ -64,9 +70,10 @@ __all__ = [
 def temporal_cropping_applies(graph: Graph) -> bool:
     """Whether the frozen-clip shortcut suits ``graph``: no node mixes tokens by a product
     of two activations (attention's q·kᵀ and attention·v, ops with the ``bilinear``
-    capability), which makes every token depend on every frame. Found from the ops' declared
-    capabilities, never from the architecture's name."""
-    return not any(isinstance(graph.op(node), Bilinear) for node in graph.order[1:])
+    capability, or fused attention, the ``attention`` capability), which makes every token
+    depend on every frame. Found from the ops' declared capabilities, never from the
+    architecture's name."""
+    return not any(isinstance(graph.op(node), (Bilinear, Attending)) for node in graph.order[1:])
 
 
 @dataclass(frozen=True)

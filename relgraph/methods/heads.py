@@ -3,8 +3,8 @@
 An attention head's contribution is its slice of attention·v, the context ``(…, H, N, d)``
 that the heads' merge joins into ``(…, N, H·d)``; the relevance of that output, summed over
 tokens and head features, is the head's share (Achtibat et al. 2024 read heads so). The
-nodes are found structurally: a product of two activations (``bilinear``) whose first input
-is a softmax's output.
+nodes are found structurally: a fused attention op (the ``attention`` capability), or a
+product of two activations (``bilinear``) whose first input is a softmax's output.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from relgraph.engine.capabilities import Bilinear, op_has
+from relgraph.engine.capabilities import Attending, Bilinear, op_has
 from relgraph.engine.graph import Graph
 from relgraph.engine.reverse import Explanation, Target, explanation
 from relgraph.errors import ArgumentError
@@ -22,10 +22,14 @@ __all__ = ["HeadRelevance", "attention_nodes", "discriminative_heads", "head_rel
 
 
 def attention_nodes(graph: Graph) -> list[str]:
-    """The attention·v nodes of ``graph``, in forward order: ops with the ``bilinear``
-    capability whose first input is the output of a ``softmax`` op."""
+    """The attention·v nodes of ``graph``, in forward order: fused attention ops (the
+    ``attention`` capability), and ops with the ``bilinear`` capability whose first input is
+    the output of a ``softmax`` op."""
     found = []
     for node in graph.order[1:]:
+        if isinstance(graph.op(node), Attending):
+            found.append(node)
+            continue
         if not isinstance(graph.op(node), Bilinear):
             continue
         first = graph.inputs_of(node)[0]
@@ -46,7 +50,9 @@ def head_relevance(graph: Graph, explanation: Explanation) -> dict[str, torch.Te
     """
     nodes = attention_nodes(graph)
     if not nodes:
-        raise ArgumentError(f"'{graph.name}' has no attention (no softmax·v product)")
+        raise ArgumentError(
+            f"'{graph.name}' has no attention (no attention op, no softmax·v product)"
+        )
     missing = [n for n in nodes if n not in explanation.node_relevance]
     if missing:
         raise ArgumentError(

@@ -1140,18 +1140,9 @@ def _getitem(self: _Importer, node, args, kwargs) -> None:
 def _attention_core(
     self: _Importer, node, q: str, k: str, v: str, scale: float, prefix: str
 ) -> str:
-    """softmax(q·kᵀ · scale)·v as four nodes; the last is returned (internal to ``node``)."""
-    names = []
-    for suffix, op, inputs, fields in (
-        ("scores", "matmul", [q, k], {"transpose_b": True}),
-        ("scaled", "scale", None, {"factor": scale}),
-        ("probs", "softmax", None, {}),
-        ("context", "matmul", None, {}),
-    ):
-        if inputs is None:
-            inputs = [names[-1]] if op != "matmul" else [names[-1], v]
-        names.append(self.add_internal(node, f"{prefix}.{suffix}", op, inputs, **fields))
-    return names[-1]
+    """softmax(q·kᵀ · scale)·v as one fused ``attention`` node, which is returned (internal
+    to ``node``)."""
+    return self.add_internal(node, f"{prefix}.context", "attention", [q, k, v], scale=scale)
 
 
 def _sdpa(self: _Importer, node, args, kwargs) -> None:
