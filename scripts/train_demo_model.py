@@ -15,7 +15,7 @@ in two runs) were made with::
         --cue-from 6 --frozen-from 6 --frozen-share 0.1 --chroma-share 0.25 \
         --video-clips 200 --test-clips 1000
 
-0.966 on 1000 fresh clips, 0.868 with irrelevant motion, 0.915 on 200 after an mp4 round
+0.966 on 1000 fresh clips, 0.868 with irrelevant motion, 0.910–0.915 on 200 after an mp4 round
 trip (docs/transformers.md, "Demo transformer"). The first 6 epochs are motion only
 (``--cue-from``: colour cue 0, no frozen clips): with the cue from the start the transformer
 learns colour and hardly any motion (0.30 on clips without the cue). A quarter of the clips get
