@@ -31,7 +31,7 @@ from relgraph.datasets.sources import check_labels, load_source
 from relgraph.datasets.store import STORE_FORMAT, Store, file_digest
 from relgraph.errors import ArgumentError
 from relgraph.io.outputs import check_out_dir, check_out_file, write_json
-from relgraph.io.preprocess import PRESETS
+from relgraph.io.preprocess import SHIPPED_PRESETS
 from relgraph.pipeline.video import load_model
 from relgraph.version import __version__
 
@@ -73,7 +73,7 @@ def add_dataset_commands(subparsers) -> None:
     )
     explain.add_argument("--out", required=True, metavar="STORE", help="the result store")
     explain.add_argument("--rules", metavar="PRESET|FILE")
-    explain.add_argument("--preprocess", choices=sorted(PRESETS))
+    explain.add_argument("--preprocess", choices=SHIPPED_PRESETS)
     explain.add_argument(
         "--clips",
         default="first",

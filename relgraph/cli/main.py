@@ -38,7 +38,7 @@ from relgraph.engine.canonize import fold_notes
 from relgraph.engine.graph import load_architecture
 from relgraph.errors import RelgraphError
 from relgraph.io.outputs import atomic_write_bytes
-from relgraph.io.preprocess import PRESETS
+from relgraph.io.preprocess import SHIPPED_PRESETS
 from relgraph.models.demo import DEMO_ARCHITECTURE, DEMO_MODELS, run_demo
 from relgraph.models.from_torch import from_torch, load_factory, parse_kwargs
 from relgraph.pipeline.video import (
@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument(
         "--preprocess",
-        choices=sorted(PRESETS),
+        choices=SHIPPED_PRESETS,
         help="input preset (default: the architecture's 'preprocess:', e.g. c3d → "
         "c3d-ucf101; required when the architecture names none)",
     )
@@ -437,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_param_option(table)
     table.add_argument(
         "--preprocess",
-        choices=sorted(PRESETS),
+        choices=SHIPPED_PRESETS,
         help="input preset the zβ bounds follow (default: the architecture's)",
     )
     _add_canonize_option(table)

@@ -289,6 +289,10 @@ PRESETS.update(
     }
 )
 
+#: the presets relgraph ships (the command line offers these; a Hugging Face folder's own
+#: normalisation is added to ``PRESETS`` under a derived name when it is loaded)
+SHIPPED_PRESETS: tuple[str, ...] = tuple(sorted(PRESETS))
+
 
 def get_preprocess(name: str, size: int | None = None) -> Preprocess:
     """Look up an input preset in ``PRESETS``.
