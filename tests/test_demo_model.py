@@ -18,12 +18,13 @@ from relgraph.models.demo import (
     load_demo_model,
 )
 
-# The training script uses seed 0 for its clips and 1_000_003 for its own check.
+# The training script draws its clips from seeds 0 and up (seed + epoch) and checks on 1_000_003.
 TEST_SEED = 424_242
 # Share of 200 fresh clips each shipped model must classify (plain, with irrelevant motion).
-# The goal is 0.95; the shipped videomae-tiny reaches 0.886 / 0.804 on the training script's
-# 500 held-out clips (docs/transformers.md, "Demo transformer"), so its floor is set below that.
-FLOORS = {"videomae-tiny": (0.85, 0.75)}
+# The goal is 0.95 for both; the shipped videomae-tiny reaches 0.975 on these 200 clips and
+# 0.860 with irrelevant motion (0.966 / 0.868 on the training script's 1000 held-out clips,
+# docs/transformers.md, "Demo transformer"), so its irrelevant-motion floor is below the goal.
+FLOORS = {"videomae-tiny": (0.95, 0.83)}
 
 
 @pytest.fixture(scope="module", params=sorted(DEMO_MODELS))

@@ -122,9 +122,13 @@ def test_training_mode_batch_norm_normalises_with_the_batch_and_updates_its_stat
 
 @pytest.mark.slow
 def test_videomae_tiny_trains_reproducibly_on_eight_frames(script, tmp_path):
-    """--arch videomae-tiny (the demo transformer): same seed and thread count, same bytes;
-    the clips follow the graph's 8 frames, and the weights load and moved off the init."""
+    """--arch videomae-tiny (the demo transformer) with the shipped recipe's options: same seed
+    and thread count, same bytes; the clips follow the graph's 8 frames, and the weights load
+    and moved off the init."""
     arch = ["--arch", "videomae-tiny", "--irrelevant-share", "0.5", "--threads", "1"]
+    # the shipped recipe's knobs: motion only first, frozen clips after, mp4 chroma, two passes
+    arch += ["--motion-kernels", "1", "--cue-from", "1", "--frozen-from", "1"]
+    arch += ["--frozen-share", "0.5", "--chroma-share", "0.5", "--passes", "2"]
     first = train_tiny(script, tmp_path / "a", *arch)
     again = train_tiny(script, tmp_path / "b", *arch)
     assert first.name == "videomae-tiny-synthetic.safetensors"
@@ -150,3 +154,25 @@ def test_the_training_module_of_a_transformer_is_the_graph_forward(script):
     logits.sum().backward()
     missing = [n for n, p in module.named_parameters() if p.grad is None or not p.grad.any()]
     assert not missing
+
+
+def test_chroma_subsampling_keeps_luma_and_shares_chroma_within_2x2_blocks(script):
+    """subsample_chroma (the mp4 round trip's 4:2:0 chroma): the chosen clips keep each pixel's
+    BT.601 luma, their chroma is constant over each 2 x 2 block; share 0 changes nothing."""
+    generator = torch.Generator().manual_seed(0)
+    clips = torch.randn(3, 3, 2, 4, 6, generator=generator, dtype=torch.float64) * 50
+    changed = script.subsample_chroma(clips, 1.0, torch.Generator().manual_seed(1))
+    weights = torch.tensor(script.LUMA, dtype=clips.dtype).reshape(1, 3, 1, 1, 1)
+    luma = (clips * weights).sum(dim=1, keepdim=True)
+    torch.testing.assert_close((changed * weights).sum(dim=1, keepdim=True), luma)
+    chroma = changed - (changed * weights).sum(dim=1, keepdim=True)
+    blocks = chroma.reshape(3, 3, 2, 2, 2, 3, 2)  # (n, C, T, H/2, 2, W/2, 2)
+    torch.testing.assert_close(blocks, blocks[:, :, :, :, :1, :, :1].expand_as(blocks))
+    assert not torch.allclose(changed, clips)
+    untouched = script.subsample_chroma(clips, 0.0, torch.Generator().manual_seed(1))
+    assert torch.equal(untouched, clips)
+
+
+def test_the_epochs_before_cue_from_are_motion_only(script):
+    args = script.argparse.Namespace(cue=0.8, cue_from=2)
+    assert [script.epoch_cue(args, epoch) for epoch in range(4)] == [0.0, 0.0, 0.8, 0.8]

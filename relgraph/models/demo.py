@@ -3,7 +3,7 @@
 
 Three architectures, all made by ``scripts/train_demo_model.py`` (``--arch``): ``c3d-tiny``
 (the demo model, ``DEMO_WEIGHTS``), ``r2plus1d-tiny`` (R(2+1)D blocks with batch norm and
-residual adds, ``R2PLUS1D_DEMO_WEIGHTS``) and ``videomae-tiny`` (a 2-layer VideoMAE on 8
+residual adds, ``R2PLUS1D_DEMO_WEIGHTS``) and ``videomae-tiny`` (a 3-layer VideoMAE on 8
 frames, ``VIDEOMAE_DEMO_WEIGHTS``; explained with ``attnlrp`` by default). Each classifies
 ``relgraph.datasets.synthetic`` clips, given through the ``hara`` preset at size 32, into
 ``relgraph.datasets.synthetic.CLASS_NAMES``.
