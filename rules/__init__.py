@@ -19,7 +19,7 @@ from .library import (
     ZBeta,
     ZPlus,
 )
-from .numerics import Stabilizer
+from .numerics import Stabilizer, widened
 from .policy import Policy
 from .registry import NEEDS, RULES, Rule, make_rule, register_rule
 from .zrule import (
@@ -90,4 +90,5 @@ __all__ = [
     "preset",
     "preset_names",
     "register_rule",
+    "widened",
 ]

@@ -46,6 +46,7 @@ from relgraph.rules import (
     WSquare,
     ZBeta,
     ZPlus,
+    widened,
 )
 
 __all__ = [
@@ -105,10 +106,6 @@ def input_readers(graph: Graph) -> list[str]:
 # --------------------------------------------------------------------------- the split
 
 
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype == torch.float64 else t.float()
-
-
 def _maps(ctx: NodeContext, dtype: torch.dtype):
     """``A(x; W) + b`` and ``Aᵀ(s; W)`` of the node, in ``dtype``."""
     op, shape = ctx.op, ctx.input_shapes[0]
@@ -161,7 +158,7 @@ def split_input_relevance(
     RelgraphError
         For a rule whose split is not defined (pass, proportional, a ``combine``).
     """
-    x = _wide(ctx.x)
+    x = widened(ctx.x)
     dtype = x.dtype
     static = static.to(dtype)
     moving = x - static
@@ -174,7 +171,7 @@ def split_input_relevance(
 
     if isinstance(rule, Epsilon):
         if rule.bias and ctx.output is not None:  # the forward's own z
-            z = _wide(ctx.output).to(dtype)
+            z = widened(ctx.output).to(dtype)
         else:
             z = forward(x, weight, bias if rule.bias else None)
         multiplier = adjoint(Stabilizer("epsilon", rule.epsilon)(relevance, z), weight)
@@ -229,7 +226,7 @@ def split_input_relevance(
         )  # fmt: skip
         return static * multiplier, moving * multiplier
     if isinstance(rule, (Flat, WSquare)):
-        total = _wide(rule(ctx, relevance)[0])
+        total = widened(rule(ctx, relevance)[0])
         magnitude = static.abs() + moving.abs()
         share = torch.where(magnitude > 0, moving.abs() / magnitude.clamp(min=1e-30), 0.0)
         return total - total * share, total * share

@@ -32,13 +32,9 @@ import torch
 from relgraph.engine.capabilities import Affine, MaxRouted, Reshaping, Splitting, Windowed
 from relgraph.engine.graph import Graph
 from relgraph.errors import RelgraphError
-from relgraph.rules import NodeContext, Rule, Stabilizer
+from relgraph.rules import NodeContext, Rule, Stabilizer, widened
 
 __all__ = ["difference_rule", "difference_rules"]
-
-
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype == torch.float64 else t.float()
 
 
 @dataclass
@@ -49,7 +45,7 @@ class _Difference(Rule):
     stab: Stabilizer
 
     def deltas(self, ctx: NodeContext) -> list[torch.Tensor]:
-        return [_wide(x) - _wide(ref) for x, ref in zip(ctx.inputs, self.references)]
+        return [widened(x) - widened(ref) for x, ref in zip(ctx.inputs, self.references)]
 
 
 @dataclass
@@ -61,7 +57,7 @@ class DeltaAffine(_Difference):
 
     def relevance(self, ctx, relevance):
         (delta,) = self.deltas(ctx)
-        weight = _wide(ctx.weight_and_bias()[0]).to(delta.dtype)
+        weight = widened(ctx.weight_and_bias()[0]).to(delta.dtype)
         z = ctx.op.linear_map(delta, weight)
         s = self.stab(relevance.to(delta.dtype), z)
         return [delta * ctx.op.adjoint(s, weight, ctx.input_shapes[0])]

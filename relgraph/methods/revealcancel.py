@@ -52,13 +52,9 @@ from relgraph.engine.ops import Elementwise
 from relgraph.engine.token_ops import IndexOp, LayerNorm, MatMul, Shift, Softmax
 from relgraph.errors import RelgraphError
 from relgraph.methods.reference import difference_rule
-from relgraph.rules import NodeContext, Rule, Stabilizer
+from relgraph.rules import NodeContext, Rule, Stabilizer, widened
 
 __all__ = ["contribution_split", "nonlinear", "reveal_cancel_rules", "revealcancel_multipliers"]
-
-
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype == torch.float64 else t.float()
 
 
 def nonlinear(graph: Graph, node: str) -> bool:
@@ -111,13 +107,13 @@ def contribution_split(
                 if parent in parts:
                     p, n = parts[parent]
                 else:
-                    p, n = _split(_wide(activations[parent]) - _wide(references[parent]))
+                    p, n = _split(widened(activations[parent]) - widened(references[parent]))
                 positive, negative = positive + p, negative + n
             parts[node] = (positive, negative)
             continue
         (parent,) = inputs
-        delta = _wide(activations[parent]) - _wide(references[parent])
-        weight = _wide(op.weight_and_bias(graph.tensors(node))[0]).to(delta.dtype)
+        delta = widened(activations[parent]) - widened(references[parent])
+        weight = widened(op.weight_and_bias(graph.tensors(node))[0]).to(delta.dtype)
         w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
         d_pos, d_neg = _split(delta)
         parts[node] = (
@@ -166,11 +162,11 @@ class RevealNonlinear(Rule):
     handed: _Handed
 
     def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
-        r, p, n = _wide(self.reference), self.positive, self.negative
-        multiplier = _wide(relevance).to(p.dtype)
+        r, p, n = widened(self.reference), self.positive, self.negative
+        multiplier = widened(relevance).to(p.dtype)
 
         def f(t: torch.Tensor) -> torch.Tensor:
-            return _wide(ctx.op.forward([t], ctx.tensors))
+            return widened(ctx.op.forward([t], ctx.tensors))
 
         base, with_p, with_n, both = f(r), f(r + p), f(r + n), f(r + p + n)
         up = 0.5 * (with_p - base) + 0.5 * (both - with_n)
@@ -198,8 +194,8 @@ class RevealAffine(Rule):
     def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
         up, down = self.handed.pending.pop(self.node)
         # what other consumers hand (none: a member feeds one node) applies to both parts
-        up, down = up + _wide(relevance), down + _wide(relevance)
-        weight = _wide(ctx.weight_and_bias()[0]).to(up.dtype)
+        up, down = up + widened(relevance), down + widened(relevance)
+        weight = widened(ctx.weight_and_bias()[0]).to(up.dtype)
         w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
         shape = ctx.input_shapes[0]
 
@@ -230,7 +226,7 @@ class RevealAdd(Rule):
 
     def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
         up, down = self.handed.pending.pop(self.node)
-        up, down = up + _wide(relevance), down + _wide(relevance)
+        up, down = up + widened(relevance), down + widened(relevance)
         out = []
         for delta, member in zip(self.deltas, self.members):
             if member is not None:
@@ -257,9 +253,9 @@ class _Multiplied(Rule):
         return self.inner.fits(op)
 
     def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
-        flowing = _wide(relevance) * self.out_delta.reshape(relevance.shape)
+        flowing = widened(relevance) * self.out_delta.reshape(relevance.shape)
         parts = self.inner(ctx, flowing)
-        return [_quotient(_wide(p), d) for p, d in zip(parts, self.in_deltas)]
+        return [_quotient(widened(p), d) for p, d in zip(parts, self.in_deltas)]
 
 
 def reveal_cancel_rules(
@@ -285,7 +281,7 @@ def reveal_cancel_rules(
     handed = _Handed()
 
     def delta(node: str) -> torch.Tensor:
-        return _wide(activations[node]) - _wide(references[node])
+        return widened(activations[node]) - widened(references[node])
 
     rules: dict[str, Rule] = {}
     for node in graph.order[1:]:
@@ -338,7 +334,7 @@ def reveal_cancel_rules(
 
 
 def _mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (_wide(a) + _wide(b))
+    return 0.5 * (widened(a) + widened(b))
 
 
 @dataclass
@@ -354,8 +350,8 @@ class _LinearVJP(Rule):
         return True
 
     def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
-        multiplier = _wide(relevance)
-        inputs = [_wide(x) for x in ctx.inputs]
+        multiplier = widened(relevance)
+        inputs = [widened(x) for x in ctx.inputs]
         return ctx.op.vjp(multiplier, inputs, ctx.tensors, ctx.input_shapes)
 
 
@@ -376,7 +372,7 @@ class _ProductMultiplier(Rule):
 
     def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
         midpoints = [_mean(x, r) for x, r in zip(ctx.inputs, self.references)]
-        return ctx.op.vjp(_wide(relevance), midpoints, ctx.tensors, ctx.input_shapes)
+        return ctx.op.vjp(widened(relevance), midpoints, ctx.tensors, ctx.input_shapes)
 
 
 @dataclass
@@ -396,7 +392,9 @@ class _SoftmaxMultiplier(Rule):
         return True
 
     def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
-        return [_softmax_multiplier(_wide(ctx.inputs[0]), _wide(self.reference), _wide(relevance))]
+        return [
+            _softmax_multiplier(widened(ctx.inputs[0]), widened(self.reference), widened(relevance))
+        ]
 
 
 def _softmax_multiplier(x: torch.Tensor, r: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -429,10 +427,10 @@ class _AttentionMultiplier(Rule):
 
     def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
         (q, k, v), (q_r, k_r, v_r) = (
-            [_wide(t) for t in ctx.inputs],
-            [_wide(t) for t in self.references],
+            [widened(t) for t in ctx.inputs],
+            [widened(t) for t in self.references],
         )
-        m = _wide(relevance)
+        m = widened(relevance)
         scale = getattr(ctx.op, "scale", None)
         scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
         s_x, s_r = scale * q @ k.transpose(-1, -2), scale * q_r @ k_r.transpose(-1, -2)
@@ -461,11 +459,11 @@ class _LayerNormMultiplier(Rule):
         return True
 
     def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
-        x, r = _wide(ctx.inputs[0]), _wide(self.reference)
-        h = _wide(relevance)
+        x, r = widened(ctx.inputs[0]), widened(self.reference)
+        h = widened(relevance)
         weight = ctx.tensors.get("weight")
         if weight is not None:
-            h = h * _wide(weight)
+            h = h * widened(weight)
         u_x, u_r = x - x.mean(-1, keepdim=True), r - r.mean(-1, keepdim=True)
         eps = float(ctx.op.eps)
         root_x = (u_x.square().mean(-1, keepdim=True) + eps).sqrt()
@@ -488,8 +486,8 @@ class _LinearMultiplier(Rule):
     needs = frozenset()
 
     def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
-        multiplier = _wide(relevance)
-        weight = _wide(ctx.weight_and_bias()[0]).to(multiplier.dtype)
+        multiplier = widened(relevance)
+        weight = widened(ctx.weight_and_bias()[0]).to(multiplier.dtype)
         return [ctx.op.adjoint(multiplier, weight, ctx.input_shapes[0])]
 
 
@@ -505,7 +503,7 @@ class _AddMultiplier(Rule):
         return op.type == "add"
 
     def relevance(self, ctx: NodeContext, relevance: torch.Tensor) -> list[torch.Tensor]:
-        return [_wide(relevance).reshape(shape) for shape in ctx.input_shapes]
+        return [widened(relevance).reshape(shape) for shape in ctx.input_shapes]
 
 
 def revealcancel_multipliers(
@@ -531,5 +529,5 @@ def revealcancel_multipliers(
     multiplier = explain_with_rules(
         graph, clip, rules, target, seed.reshape(activations[graph.output].shape)
     )
-    relevance = (_wide(clip) - _wide(reference)) * _wide(multiplier)
+    relevance = (widened(clip) - widened(reference)) * widened(multiplier)
     return relevance, output, static_output
