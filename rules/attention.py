@@ -17,7 +17,7 @@ from relgraph.engine.capabilities import Attending, Bilinear, Normalizing, Shift
 from relgraph.errors import RuleError
 
 from .context import no_relevance
-from .numerics import Stabilizer, widened
+from .numerics import Stabilizer, packed, widened
 from .registry import Rule, register_rule
 
 
@@ -36,6 +36,7 @@ class SoftmaxTaylor(Rule):
     name = "softmax"
     requires = ("softmax",)
     needs = frozenset({"inputs", "output"})
+    scans = False
     conserving = False
 
     def relevance(self, ctx, relevance):
@@ -54,6 +55,7 @@ class BilinearUniform(Rule):
     name = "bilinear-uniform"
     requires = (Bilinear,)
     needs = frozenset({"inputs", "output"})
+    scans = False
     epsilon: float = 0.0
 
     def __post_init__(self):
@@ -80,6 +82,7 @@ class BilinearConstant(Rule):
     name = "bilinear-constant"
     requires = (Bilinear,)
     needs = frozenset({"inputs", "output"})
+    scans = False
     constant: int = 0
     epsilon: float = 0.0
 
@@ -123,6 +126,7 @@ class AttentionUniform(Rule):
     name = "attention-uniform"
     requires = (Attending,)
     needs = frozenset({"inputs", "output", "record"})
+    scans = False
     conserving = False  # the softmax's Taylor rule drops its bias term
     epsilon: float = 0.0
 
@@ -138,7 +142,7 @@ class AttentionUniform(Rule):
         gradients = ctx.op.attention_vjp(g, q, k, v, output, _record(ctx, g))
         del g
         return [
-            policy.multiply(policy.multiply(policy.own(gradient), x), gradient.new_tensor(factor))
+            policy.multiply(policy.own(gradient), x, factor)
             for gradient, x, factor in zip(gradients, (q, k, v), _FACTORS)
         ]
 
@@ -153,6 +157,7 @@ class AttentionConstant(Rule):
     name = "attention-constant"
     requires = (Attending,)
     needs = frozenset({"inputs", "output", "record"})
+    scans = False
     epsilon: float = 0.0
 
     def __post_init__(self):
@@ -177,7 +182,8 @@ class FrozenScale(Rule):
 
     name = "frozen-scale"
     requires = (Normalizing,)
-    needs = frozenset({"inputs", "output"})
+    needs = frozenset({"inputs", "output", "record"})
+    scans = False
     epsilon: float = 0.0
 
     def __post_init__(self):
@@ -190,7 +196,12 @@ class FrozenScale(Rule):
             policy.relevance(relevance), widened(ctx.output), Stabilizer("epsilon", self.epsilon)
         )
         tensors = {k: widened(v) for k, v in ctx.tensors.items()}
-        return [policy.multiply(policy.own(ctx.op.frozen_scale_adjoint(s, x, tensors)), x)]
+        # 1/σ as the forward recorded it, in the format the rule runs in (else recomputed)
+        recorded = ctx.record if ctx.record is not None and ctx.record.dtype == x.dtype else None
+        adjoint = ctx.op.frozen_scale_adjoint(
+            s, x, tensors, recorded, into_s=policy.owns(s) and packed(s) and s.shape == x.shape
+        )
+        return [policy.multiply(policy.own(adjoint), x)]
 
 
 @register_rule
@@ -217,6 +228,7 @@ class ShiftShare(Rule):
     name = "shift-share"
     requires = (Shifting,)
     needs = frozenset({"inputs", "output"})
+    scans = False
     epsilon: float = 0.0
 
     def __post_init__(self):

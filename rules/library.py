@@ -673,6 +673,11 @@ class Combine(Rule):
         """Everything any part needs: each part sees the same node context."""
         return frozenset().union(*(r.needs for _, r in self.parts))
 
+    @property
+    def scans(self) -> bool:  # type: ignore[override]
+        """Whether any part reads its inputs' numeric scale."""
+        return any(r.scans for _, r in self.parts)
+
     def bind(self, **context: Any) -> Rule:
         parts = [(w, r.bind(**context)) for w, r in self.parts]
         return dataclasses.replace(self, parts=parts)

@@ -33,6 +33,7 @@ from relgraph.engine.ops import keeps_shape
 from .numerics import (
     Stabilizer,
     dense,
+    packed,
     rescaled,
     safe_divide,
     same_places,
@@ -143,21 +144,32 @@ class Policy:
         self, op: Callable[..., torch.Tensor], t: torch.Tensor, other: torch.Tensor
     ) -> torch.Tensor:
         """``op(t, other)``, written into ``t`` where the rule owns it and the result has its
-        shape and format (a view the policy handed out as the rule's own included), else a
-        new tensor; the same values either way."""
+        shape and format (a view the policy handed out as the rule's own, or a tensor whose
+        axes are permuted, included), else a new tensor; the same values either way."""
         if (
             self.owns(t)
             and keeps_shape(t.shape, other.shape)
             and torch.result_type(t, other) == t.dtype
-            and (t._is_view() or dense(t))
+            and (t._is_view() or packed(t))
             and t.data_ptr() != other.data_ptr()
         ):
             return op(t, other, out=t)
         return self.own(op(t, other))
 
-    def multiply(self, t: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        """``t ⊙ other`` (in ``t`` where the rule owns it)."""
-        return self._into(torch.mul, t, other)
+    def multiply(
+        self, t: torch.Tensor, other: torch.Tensor, factor: float | None = None
+    ) -> torch.Tensor:
+        """``t ⊙ other`` (in ``t`` where the rule owns it); ``factor``: times that number
+        too, in the same pass over the data (exact for a power of two, such as AttnLRP's
+        ¼ and ½, as a second product would be)."""
+        if factor is None:
+            return self._into(torch.mul, t, other)
+        zero = t.new_zeros(())
+
+        def scaled_product(a, b, out=None):
+            return torch.addcmul(zero, a, b, value=factor, out=out)
+
+        return self._into(scaled_product, t, other)
 
     def add(self, t: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """``t + other`` (in ``t`` where the rule owns it)."""

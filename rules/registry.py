@@ -44,12 +44,17 @@ class Rule:
                        the union of its parts' needs.
     ``conserving``     whether Σ R_in = Σ R holds (under the conditions in
                        docs/reference/rules.md)
+    ``scans``          whether the rule reads its inputs' numeric scale (``scale_and_sign``),
+                       which ``explain`` then takes as the forward pass makes them; a hint
+                       only (a rule that scans anyway scans the tensor itself), ``True`` by
+                       default
     """
 
     name: ClassVar[str]
     requires: ClassVar[tuple[type | str, ...]] = ()
     needs: ClassVar[frozenset[str]] = frozenset({"inputs"})
     conserving: ClassVar[bool] = True
+    scans: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -509,7 +509,12 @@ def _explain_pass(
     return_all = returns == "all"
     detailed = returns != "input"
     needs = {node: rule_needs(rule) for node, rule in node_rules.items()}
-    read = {p for n in node_rules if "inputs" in needs[n] for p in graph.inputs_of(n)}
+    read = {
+        p
+        for n, rule in node_rules.items()
+        if "inputs" in needs[n] and rule.scans
+        for p in graph.inputs_of(n)
+    }
     nonnegative = graph.nonnegative_nodes()
 
     def made(node: str, activation: torch.Tensor) -> None:

@@ -89,6 +89,19 @@ class LayerNorm(Op):
         x = inputs[0]
         return F.layer_norm(x, (x.shape[-1],), tensors.get("weight"), tensors.get("bias"), self.eps)
 
+    def forward_record(self, inputs, tensors):
+        """The output and ``1 / σ`` over the last axis (a size-1 axis), both from one
+        ``torch.native_layer_norm``: what ``frozen_scale_adjoint`` reads, recorded in
+        float32 and float64 (a half-precision graph's rule recomputes it from the widened
+        input: ``inverse_sigma``)."""
+        x = inputs[0]
+        if x.dtype not in (torch.float32, torch.float64):
+            return self.forward(inputs, tensors), None
+        out, _, rstd = torch.native_layer_norm(
+            x, (x.shape[-1],), tensors.get("weight"), tensors.get("bias"), self.eps
+        )
+        return out, rstd
+
     def sigma(self, x: torch.Tensor) -> torch.Tensor:
         """``σ = sqrt(var(x) + eps)`` over the last axis, kept as a size-1 axis."""
         return self.inverse_sigma(x).reciprocal().to(x.dtype)
@@ -101,12 +114,21 @@ class LayerNorm(Op):
         return torch.native_layer_norm(x, (x.shape[-1],), None, None, self.eps)[2]
 
     def frozen_scale_adjoint(
-        self, s: torch.Tensor, x: torch.Tensor, tensors: dict[str, torch.Tensor]
+        self,
+        s: torch.Tensor,
+        x: torch.Tensor,
+        tensors: dict[str, torch.Tensor],
+        inverse_sigma: torch.Tensor | None = None,
+        *,
+        into_s: bool = False,
     ) -> torch.Tensor:
         """``M[s ⊙ w / σ]``: the adjoint of ``x ↦ (x − μ)/σ ⊙ w`` with σ held constant
-        (M removes the mean over the last axis; it is its own adjoint)."""
+        (M removes the mean over the last axis; it is its own adjoint). ``inverse_sigma``:
+        ``1 / σ`` of ``x`` as the forward recorded it (``forward_record``), else recomputed;
+        ``into_s``: the result may be formed in ``s``'s memory."""
         weight = tensors.get("weight")
-        t = s * self.inverse_sigma(x).to(s.dtype)
+        scale = (self.inverse_sigma(x) if inverse_sigma is None else inverse_sigma).to(s.dtype)
+        t = torch.mul(s, scale, out=s) if into_s else s * scale
         if weight is not None:
             t.mul_(weight.to(s.dtype))
         return t.sub_(t.mean(-1, keepdim=True))
