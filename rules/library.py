@@ -636,7 +636,13 @@ def _scaled_split(ctx: NodeContext, relevance: torch.Tensor, stab: Stabilizer) -
     known = [ctx.known_nonnegative(slot) for slot in range(len(ctx.inputs))]
     scale = ctx.sample_scale(*ctx.inputs, nonnegative=known)
     inputs = [widened(rescaled(x, scale)) for x in ctx.inputs]
-    return ctx.op.split(inputs, relevance, lambda r, z: stab(r, z, scale, numerics=ctx.numerics))
+    policy = ctx.policy
+
+    def divide(r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        # the quotient in the relevance's memory where the pass handed it over
+        return policy.divide(policy.relevance(r), z, stab, scale)
+
+    return ctx.op.split(inputs, relevance, divide)
 
 
 # --------------------------------------------------------------------------- composition

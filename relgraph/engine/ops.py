@@ -1353,7 +1353,8 @@ class Merge(Op):
         relevance: torch.Tensor,
         divide: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> list[torch.Tensor]:
-        """Hand ``relevance`` back to the inputs (``divide`` is the rule's safe division)."""
+        """Hand ``relevance`` back to the inputs (``divide`` is the rule's safe division; the
+        quotient it returns is the split's own, to overwrite)."""
         raise NotImplementedError
 
 
@@ -1379,7 +1380,11 @@ class Add(Merge):  # no "window": add has no window_sum; rules reach its inputs 
 
     def split(self, inputs, relevance, divide):
         share = divide(relevance, self.forward(inputs, {}))
-        return [x * share for x in inputs]
+        *others, last = inputs
+        shares = [x * share for x in others]
+        if share.shape == last.shape and torch.result_type(share, last) == share.dtype:
+            return [*shares, share.mul_(last)]  # the quotient is the split's own
+        return [*shares, last * share]
 
     def vjp(self, grad, inputs, tensors, input_shapes, record=None):
         """Vector-Jacobian product: a copy of ``g`` for each input."""

@@ -24,7 +24,7 @@ from relgraph.errors import TargetError
 from relgraph.io.labels import Labels
 from relgraph.rules import Composite, Rule, as_composite
 from relgraph.rules.context import is_no_relevance, no_relevance
-from relgraph.rules.numerics import Numerics
+from relgraph.rules.numerics import Numerics, packed
 
 Target = int | str | Sequence[int | str] | torch.Tensor
 
@@ -438,6 +438,7 @@ class ExplainPass(ReversePass):
         self.lost: dict[str, torch.Tensor] = {}
         self.batch, self.detailed, self.keep_all = batch, detailed, keep_all
         self.start_dtype = start.dtype
+        self.seed_storage = start.untyped_storage().data_ptr()
 
     def arrive(self, node: str) -> Visit | None:
         graph, batch = self.graph, self.batch
@@ -484,9 +485,26 @@ class ExplainPass(ReversePass):
                 contribution = _channels_last(contribution)
             if pred not in relevance or is_no_relevance(relevance[pred]):
                 relevance[pred] = contribution
+            elif self._may_add_into(pred, contribution):
+                relevance[pred].add_(contribution)
             else:
                 relevance[pred] = relevance[pred] + contribution
         self.activations.pop(node, None)
+
+    def _may_add_into(self, pred: str, contribution: torch.Tensor) -> bool:
+        """Whether ``pred``'s relevance so far may take ``contribution`` in its own memory:
+        a whole tensor of the result's shape and format that nothing else holds (no other
+        node's relevance, not the seed, which an ``Explanation`` returns, and nothing kept)."""
+        total = self.relevance[pred]
+        return (
+            not self.keep_all
+            and not total._is_view()
+            and total.shape == contribution.shape
+            and torch.result_type(total, contribution) == total.dtype
+            and packed(total)
+            and total.untyped_storage().data_ptr() != self.seed_storage
+            and _exclusive(total, (r for p, r in self.relevance.items() if p != pred))
+        )
 
 
 def _explain_pass(
@@ -512,7 +530,7 @@ def _explain_pass(
     read = {
         p
         for n, rule in node_rules.items()
-        if "inputs" in needs[n] and rule.scans
+        if "inputs" in needs[n] and getattr(rule, "scans", True)  # a hint, True by default
         for p in graph.inputs_of(n)
     }
     nonnegative = graph.nonnegative_nodes()
