@@ -224,25 +224,24 @@ VANISH_PIECE = 2**17
 
 def _may_vanish(z: torch.Tensor, tiny: float) -> bool:
     """Whether some ``|z| < tiny`` may be there to mask: on the CPU, one reduction tells
-    (``min |z|``, much cheaper there than the two comparisons of the mask; a NaN is no
-    vanishing z, as in ``_vanishing``); on another device, always (the answer would cost a
-    synchronisation).
+    (``min |z|``, much cheaper there than the two comparisons of the mask); on another
+    device, always (the answer would cost a synchronisation). A NaN in ``z`` hides the
+    minimum, so the answer is then yes: the mask itself takes a NaN for no vanishing z.
 
     A ``dense`` z larger than ``VANISH_PIECE`` is taken a piece at a time, its ``|z|``
     written into one reused scratch buffer, which stays in the cache, instead of a new
-    z-sized tensor: the same minimum (a NaN in any piece gives NaN, as in one go), at about
-    half the cost."""
+    z-sized tensor: the same minimum at about half the cost."""
     if z.device.type != "cpu":
         return True
     if z.numel() == 0:
         return False
     if z.numel() <= VANISH_PIECE or not dense(z):
-        return bool(z.abs().amin() < tiny)
+        return not bool(z.abs().amin() >= tiny)
     scratch = torch.empty(VANISH_PIECE, dtype=z.dtype)
     least = torch.stack(
         [torch.abs(p, out=scratch[: p.numel()]).amin() for p in flat(z).split(VANISH_PIECE)]
     )
-    return bool(least.amin() < tiny)
+    return not bool(least.amin() >= tiny)
 
 
 def _vanishing(z: torch.Tensor, tiny: float) -> torch.Tensor:

@@ -278,3 +278,28 @@ def test_safe_division_masks_exactly_the_vanishing_denominators(vanishing, into)
     got = safe_divide(numerator, z, out=out)
     assert torch.equal(got, expected)
     assert (got == 0).sum() == (0 if vanishing is None else 1)
+
+
+@pytest.mark.parametrize("where", [None, 0, -1], ids=["none", "first-piece", "last-piece"])
+@pytest.mark.parametrize("nan", [False, True], ids=["finite", "nan-elsewhere"])
+def test_safe_division_of_a_large_z_checks_every_piece(where, nan):
+    """A denominator larger than the pieces the vanishing check takes at a time: a vanishing
+    z in the first or the last piece is masked, and a NaN in another piece hides nothing
+    (the reference: ``torch.where(|z| < tiny, 0, R / z)``, its NaN shares zeroed)."""
+    from relgraph.rules.numerics import VANISH_PIECE, safe_divide
+
+    generator = torch.Generator().manual_seed(5)
+    size = 2 * VANISH_PIECE + 999
+    z = torch.randn(2, size, generator=generator)
+    if where is not None:
+        z.view(-1)[where] = 1e-40  # subnormal
+    if nan:
+        z[0, VANISH_PIECE + 3] = float("nan")
+    numerator = torch.randn(2, size, generator=generator)
+    if where is not None:
+        numerator.view(-1)[where] = 1e-3  # R / z = 1e37: finite, so only the mask zeroes it
+    tiny = torch.finfo(torch.float32).tiny
+    expected = torch.where(z.abs() < tiny, 0.0, numerator / z).nan_to_num(nan=0.0)
+    assert torch.equal(safe_divide(numerator, z), expected)
+    into = numerator.clone()
+    assert torch.equal(safe_divide(into, z.clone(), out=into), expected)
