@@ -17,13 +17,21 @@ from relgraph.engine.capabilities import Attending, Bilinear, Normalizing, Shift
 from relgraph.errors import RuleError
 
 from .context import no_relevance
-from .numerics import Stabilizer, packed, widened
+from .numerics import Stabilizer, widened
 from .registry import Rule, register_rule
 
 
-def _epsilon_checked(epsilon: float) -> None:
-    if epsilon < 0:
-        raise RuleError(f"epsilon must be ≥ 0, got {epsilon}")
+@dataclass
+class _Stabilized(Rule):
+    """A rule of this module whose quotients ``R / z`` are stabilised by ``epsilon`` (0: a
+    vanishing z hands on nothing): ``stab``, derived from it, is not itself a parameter."""
+
+    epsilon: float = 0.0
+
+    def __post_init__(self):
+        if self.epsilon < 0:
+            raise RuleError(f"epsilon must be ≥ 0, got {self.epsilon}")
+        self.stab = Stabilizer("epsilon", self.epsilon)
 
 
 @register_rule
@@ -46,7 +54,7 @@ class SoftmaxTaylor(Rule):
 
 @register_rule
 @dataclass
-class BilinearUniform(Rule):
+class BilinearUniform(_Stabilized):
     """A product of two inputs (attention's q·kᵀ and attention·v) by the uniform rule
     (AttnLRP, Prop. 3.2): each input takes half, ``R_a = a ⊙ J_aᵀ(R / 2z)``,
     ``R_b = b ⊙ J_bᵀ(R / 2z)`` with ``z`` the product and ``J_a`` the map from ``a`` with
@@ -56,25 +64,16 @@ class BilinearUniform(Rule):
     requires = (Bilinear,)
     needs = frozenset({"inputs", "output"})
     scans = False
-    epsilon: float = 0.0
-
-    def __post_init__(self):
-        _epsilon_checked(self.epsilon)
 
     def relevance(self, ctx, relevance):
         inputs = [widened(x) for x in ctx.inputs]
-        s = (
-            Stabilizer("epsilon", self.epsilon)(
-                relevance, widened(ctx.output), numerics=ctx.numerics
-            )
-            * 0.5
-        )
+        s = self.stab(relevance, widened(ctx.output), numerics=ctx.numerics) * 0.5
         return [x * ctx.op.input_vjp(s, inputs, slot) for slot, x in enumerate(inputs)]
 
 
 @register_rule
 @dataclass
-class BilinearConstant(Rule):
+class BilinearConstant(_Stabilized):
     """A product of two inputs with one held constant (CP-LRP, Ali et al. 2022: the
     attention probabilities): LRP-ε on the map from the other, ``R_b = b ⊙ J_bᵀ(R / z)``;
     the constant input (slot ``constant``) gets nothing."""
@@ -84,18 +83,15 @@ class BilinearConstant(Rule):
     needs = frozenset({"inputs", "output"})
     scans = False
     constant: int = 0
-    epsilon: float = 0.0
 
     def __post_init__(self):
-        _epsilon_checked(self.epsilon)
+        super().__post_init__()
         if self.constant not in (0, 1):
             raise RuleError(f"constant must be the slot 0 or 1, got {self.constant}")
 
     def relevance(self, ctx, relevance):
         inputs = [widened(x) for x in ctx.inputs]
-        s = Stabilizer("epsilon", self.epsilon)(
-            relevance, widened(ctx.output), numerics=ctx.numerics
-        )
+        s = self.stab(relevance, widened(ctx.output), numerics=ctx.numerics)
         signal = 1 - self.constant
         handed = [no_relevance(relevance, shape) for shape in ctx.input_shapes]
         handed[signal] = inputs[signal] * ctx.op.input_vjp(s, inputs, signal)
@@ -115,7 +111,7 @@ def _record(ctx, g):
 
 @register_rule
 @dataclass
-class AttentionUniform(Rule):
+class AttentionUniform(_Stabilized):
     """Fused attention ``O = softmax(scale · q kᵀ) v`` under AttnLRP (Achtibat et al. 2024,
     LXT's efficient mode): the uniform rule on both products (Prop. 3.2), the softmax's
     Taylor rule (Prop. 3.1) and the identity on the scale, composed, are gradient × input
@@ -128,17 +124,12 @@ class AttentionUniform(Rule):
     needs = frozenset({"inputs", "output", "record"})
     scans = False
     conserving = False  # the softmax's Taylor rule drops its bias term
-    epsilon: float = 0.0
-
-    def __post_init__(self):
-        _epsilon_checked(self.epsilon)
 
     def relevance(self, ctx, relevance):
         policy = ctx.policy
         q, k, v = (widened(x) for x in ctx.inputs)
         output = widened(ctx.output)
-        stab = Stabilizer("epsilon", self.epsilon)
-        g = policy.divide(policy.relevance(relevance), output, stab)
+        g = policy.divide(policy.relevance(relevance), output, self.stab)
         gradients = ctx.op.attention_vjp(g, q, k, v, output, _record(ctx, g))
         del g
         return [
@@ -149,7 +140,7 @@ class AttentionUniform(Rule):
 
 @register_rule
 @dataclass
-class AttentionConstant(Rule):
+class AttentionConstant(_Stabilized):
     """Fused attention ``O = P v``, ``P = softmax(scale · q kᵀ)``, with the probabilities
     held constant (CP-LRP, Ali et al. 2022): LRP-ε on the map from ``v``,
     ``R_v = v ⊙ Pᵀ(R / O)``; q and k get nothing."""
@@ -158,24 +149,20 @@ class AttentionConstant(Rule):
     requires = (Attending,)
     needs = frozenset({"inputs", "output", "record"})
     scans = False
-    epsilon: float = 0.0
-
-    def __post_init__(self):
-        _epsilon_checked(self.epsilon)
 
     def relevance(self, ctx, relevance):
         policy = ctx.policy
         q, k, v = (widened(x) for x in ctx.inputs)
         output = widened(ctx.output)
         handed = [no_relevance(relevance, shape) for shape in ctx.input_shapes[:2]]
-        g = policy.divide(policy.relevance(relevance), output, Stabilizer("epsilon", self.epsilon))
+        g = policy.divide(policy.relevance(relevance), output, self.stab)
         back = ctx.op.value_adjoint(g, q, k, v, output, _record(ctx, g))
         return [*handed, policy.multiply(policy.own(back), v)]
 
 
 @register_rule
 @dataclass
-class FrozenScale(Rule):
+class FrozenScale(_Stabilized):
     """Layer norm by the identity rule (AttnLRP, Prop. 3.3; LXT: σ detached):
     ``R_x = x ⊙ M[(R / y) ⊙ w / σ]``, the LRP-ε rule of the map with σ held constant
     (M the centring matrix, ``y`` the output: the bias's share is lost)."""
@@ -184,23 +171,15 @@ class FrozenScale(Rule):
     requires = (Normalizing,)
     needs = frozenset({"inputs", "output", "record"})
     scans = False
-    epsilon: float = 0.0
-
-    def __post_init__(self):
-        _epsilon_checked(self.epsilon)
 
     def relevance(self, ctx, relevance):
         policy = ctx.policy
         x = widened(ctx.x)
-        s = policy.divide(
-            policy.relevance(relevance), widened(ctx.output), Stabilizer("epsilon", self.epsilon)
-        )
+        s = policy.divide(policy.relevance(relevance), widened(ctx.output), self.stab)
         tensors = {k: widened(v) for k, v in ctx.tensors.items()}
         # 1/σ as the forward recorded it, in the format the rule runs in (else recomputed)
         recorded = ctx.record if ctx.record is not None and ctx.record.dtype == x.dtype else None
-        adjoint = ctx.op.frozen_scale_adjoint(
-            s, x, tensors, recorded, into_s=policy.owns(s) and packed(s) and s.shape == x.shape
-        )
+        adjoint = ctx.op.frozen_scale_adjoint(s, x, tensors, recorded, into_s=policy.owns(s))
         return [policy.multiply(policy.own(adjoint), x)]
 
 
@@ -221,7 +200,7 @@ class Index(Rule):
 
 @register_rule
 @dataclass
-class ShiftShare(Rule):
+class ShiftShare(_Stabilized):
     """``x + c`` for a constant ``c`` (position and time embeddings): the input keeps its
     share, ``R_x = x ⊙ R / stab(x + c)``; the constant's share is lost."""
 
@@ -229,16 +208,7 @@ class ShiftShare(Rule):
     requires = (Shifting,)
     needs = frozenset({"inputs", "output"})
     scans = False
-    epsilon: float = 0.0
-
-    def __post_init__(self):
-        _epsilon_checked(self.epsilon)
 
     def relevance(self, ctx, relevance):
         x = widened(ctx.x)
-        return [
-            x
-            * Stabilizer("epsilon", self.epsilon)(
-                relevance, widened(ctx.output), numerics=ctx.numerics
-            )
-        ]
+        return [x * self.stab(relevance, widened(ctx.output), numerics=ctx.numerics)]
