@@ -41,6 +41,23 @@ def clips_for(graph, batch: int = 2, seed: int = 0) -> torch.Tensor:
     return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1).to(graph.dtype)
 
 
+def linear_video_graph(bias: bool = True) -> relgraph.Graph:
+    """A model linear in its clip, in float64: a conv3d on ``(2, 3, 4, 4)`` clips, a
+    flatten and a linear layer (``bias=False``: neither layer has a bias)."""
+    no_bias = {} if bias else {"bias": False}
+    spec = {
+        "name": "linear-video",
+        "input": {"name": "input", "shape": [2, 3, 4, 4]},
+        "nodes": [
+            {"name": "conv", "op": "conv3d", "out_channels": 3, "kernel_size": 3, **no_bias},
+            {"name": "flatten", "op": "flatten"},
+            {"name": "fc", "op": "linear", "out_features": 2, **no_bias},
+        ],
+        "output": "fc",
+    }
+    return relgraph.architecture_from_yaml(json.dumps(spec), dtype=torch.float64, seed=1)
+
+
 # --------------------------------------------------------------------------- options
 
 
@@ -132,17 +149,7 @@ def test_decomposed_gives_a_still_clip_no_motion_relevance():
 def test_decomposed_epsilon_moving_part_is_the_moving_input_times_the_gradient_of_a_linear_model():
     # LRP-0 on a bias-free linear model seeded with the logit is gradient × input (Bach et al.
     # 2015), so the moving part's relevance is m ⊙ ∇f, computed here by autograd
-    spec = {
-        "name": "linear-video",
-        "input": {"name": "input", "shape": [2, 3, 4, 4]},
-        "nodes": [
-            {"name": "conv", "op": "conv3d", "out_channels": 3, "kernel_size": 3, "bias": False},
-            {"name": "flatten", "op": "flatten"},
-            {"name": "fc", "op": "linear", "out_features": 2, "bias": False},
-        ],
-        "output": "fc",
-    }
-    g = relgraph.architecture_from_yaml(json.dumps(spec), dtype=torch.float64, seed=1)
+    g = linear_video_graph(bias=False)
     rule = {"name": "epsilon", "epsilon": 0.0, "bias": False}
     rules = {"conv": rule, "fc": rule, "flatten": "pass"}
     x = torch.randn(2, 2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -317,17 +324,7 @@ def test_selective_temporal_is_the_masked_spatiotemporal_map_and_spatial_the_res
 
 
 def test_integrated_gradients_is_exact_on_a_linear_model_and_sums_to_the_difference():
-    spec = {
-        "name": "linear-video",
-        "input": {"name": "input", "shape": [2, 3, 4, 4]},
-        "nodes": [
-            {"name": "conv", "op": "conv3d", "out_channels": 3, "kernel_size": 3},
-            {"name": "flatten", "op": "flatten"},
-            {"name": "fc", "op": "linear", "out_features": 2},
-        ],
-        "output": "fc",
-    }
-    g = relgraph.architecture_from_yaml(json.dumps(spec), dtype=torch.float64, seed=1)
+    g = linear_video_graph()
     x = torch.randn(2, 2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     targets = torch.tensor([0, 1])
     attribution = integrated_gradients(g, x, targets, steps=3, channels=True)

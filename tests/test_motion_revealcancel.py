@@ -13,24 +13,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_motion_methods import clips_for, linear_video_graph, tiny_graph
 
 import relgraph
 from relgraph.methods.decomposed import static_part
 from relgraph.methods.revealcancel import revealcancel_multipliers
-
-
-def tiny_graph(dtype=torch.float64, arch: str = "c3d-tiny"):
-    params = {"size": 16, "width": 2}
-    if arch == "c3d-tiny":
-        params["hidden"] = 8
-    return relgraph.load_architecture(arch, seed=3, dtype=dtype, **params)
-
-
-def clips_for(graph, batch: int = 2, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    shape = (batch, *graph.input_shape)
-    return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1).to(graph.dtype)
-
 
 # --------------------------------------------------------------------------- the paper's formulas
 
@@ -200,17 +187,7 @@ def test_revealcancel_differs_from_rescale_and_agrees_on_a_linear_model():
     reveal = relgraph.discriminative(g, x, method="revealcancel", static="mean")
     rescale = relgraph.discriminative(g, x, method="reference", static="mean")
     assert not torch.allclose(reveal.temporal, rescale.temporal)
-    spec = {
-        "name": "linear-video",
-        "input": {"name": "input", "shape": [2, 3, 4, 4]},
-        "nodes": [
-            {"name": "conv", "op": "conv3d", "out_channels": 3, "kernel_size": 3},
-            {"name": "flatten", "op": "flatten"},
-            {"name": "fc", "op": "linear", "out_features": 2},
-        ],
-        "output": "fc",
-    }
-    linear = relgraph.architecture_from_yaml(json.dumps(spec), dtype=torch.float64, seed=1)
+    linear = linear_video_graph()
     generator = torch.Generator().manual_seed(2)
     clip = torch.randn(2, 2, 3, 4, 4, dtype=torch.float64, generator=generator)
     targets = torch.tensor([0, 1])
