@@ -239,15 +239,19 @@ nodes:
 # --------------------------------------------------------------------------- pieces
 
 
-def contexts(low_memory: bool, owned: bool = False):
-    op = relgraph.engine.ops.OPS["conv2d"](out_channels=5, kernel_size=3, padding=1)
-    op.resolve([(3, 6, 6)])
-    generator = torch.Generator().manual_seed(2)
+def contexts(
+    low_memory: bool, owned: bool = False, *, channels: int = 5, size: int = 6, seed: int = 2
+) -> NodeContext:
+    """A float64 conv2d node (3 → ``channels``, 3 × 3, padded) with random weights, bias and
+    a batch of 2 inputs of both signs, ``size`` × ``size``, drawn from ``seed``."""
+    op = relgraph.engine.ops.OPS["conv2d"](out_channels=channels, kernel_size=3, padding=1)
+    op.resolve([(3, size, size)])
+    generator = torch.Generator().manual_seed(seed)
     tensors = {
-        "weight": torch.randn((5, 3, 3, 3), generator=generator, dtype=torch.float64),
-        "bias": torch.randn(5, generator=generator, dtype=torch.float64),
+        "weight": torch.randn((channels, 3, 3, 3), generator=generator, dtype=torch.float64),
+        "bias": torch.randn(channels, generator=generator, dtype=torch.float64),
     }
-    x = torch.randn((2, 3, 6, 6), generator=generator, dtype=torch.float64)
+    x = torch.randn((2, 3, size, size), generator=generator, dtype=torch.float64)
     return NodeContext(
         node="conv",
         op=op,

@@ -24,6 +24,7 @@ from relgraph.rules.zrule import (
     plus_gamma,
     positive_outputs,
 )
+from test_memory import contexts
 
 import relgraph
 
@@ -78,24 +79,7 @@ def registered():
 
 
 def context(low_memory: bool = False) -> NodeContext:
-    op = relgraph.engine.ops.OPS["conv2d"](out_channels=4, kernel_size=3, padding=1)
-    op.resolve([(3, 5, 5)])
-    generator = torch.Generator().manual_seed(11)
-    tensors = {
-        "weight": torch.randn((4, 3, 3, 3), generator=generator, dtype=torch.float64),
-        "bias": torch.randn(4, generator=generator, dtype=torch.float64),
-    }
-    x = torch.randn((2, 3, 5, 5), generator=generator, dtype=torch.float64)  # both signs
-    return NodeContext(
-        node="conv",
-        op=op,
-        inputs=[x],
-        input_shapes=[x.shape],
-        output=op.forward([x], tensors),
-        tensors=tensors,
-        cache={},
-        low_memory=low_memory,
-    )
+    return contexts(low_memory, channels=4, size=5, seed=11)
 
 
 def dense_map(weight: torch.Tensor) -> torch.Tensor:
